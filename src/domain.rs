@@ -1,0 +1,218 @@
+//! The records tollgate keeps: users, teams, memberships, virtual keys and audit events.
+//!
+//! These are plain data shared by the store, the admin API and the decision pipeline.
+//! Times are Unix seconds (UTC); money is USD as `f64`.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Unix seconds, UTC.
+pub type Timestamp = i64;
+
+/// Current time in Unix seconds.
+pub fn now() -> Timestamp {
+    chrono::Utc::now().timestamp()
+}
+
+/// A new time-ordered identifier (UUIDv7, hyphenated).
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// A user's role across the whole installation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Manager,
+    User,
+    Viewer,
+}
+
+/// A user's role inside one team.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeamRole {
+    Owner,
+    Member,
+}
+
+macro_rules! string_enum {
+    ($ty:ty, $what:literal, { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok(Self::$variant),)+
+                    other => Err(format!(
+                        concat!("unknown ", $what, " `{}` (expected one of: {})"),
+                        other,
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(Role, "role", { Admin => "admin", Manager => "manager", User => "user", Viewer => "viewer" });
+string_enum!(TeamRole, "team role", { Owner => "owner", Member => "member" });
+
+/// Where a team membership came from: granted by hand, or synced from an identity
+/// provider's groups (only the latter are removed by group sync).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MembershipSource {
+    Manual,
+    Group,
+}
+
+string_enum!(MembershipSource, "membership source", { Manual => "manual", Group => "group" });
+
+/// How often a budget's spend resets: `1d`, `7d`, `30d`, `1mo`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BudgetDuration {
+    #[serde(rename = "1d")]
+    Day,
+    #[serde(rename = "7d")]
+    Week,
+    #[serde(rename = "30d")]
+    ThirtyDays,
+    #[serde(rename = "1mo")]
+    Month,
+}
+
+string_enum!(BudgetDuration, "budget_duration", { Day => "1d", Week => "7d", ThirtyDays => "30d", Month => "1mo" });
+
+/// Fields shared by everything that can carry limits and a budget: keys, users, teams.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
+    pub max_budget: Option<f64>,
+    pub budget_duration: Option<BudgetDuration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    pub username: String,
+    pub email: String,
+    pub full_name: Option<String>,
+    pub role: Role,
+    pub blocked: bool,
+    #[serde(flatten)]
+    pub limits: Limits,
+    pub metadata: serde_json::Value,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Team {
+    pub id: String,
+    pub name: String,
+    /// Models the team's keys may use; empty means no restriction.
+    pub models: Vec<String>,
+    pub blocked: bool,
+    #[serde(flatten)]
+    pub limits: Limits,
+    pub metadata: serde_json::Value,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Membership {
+    pub team_id: String,
+    pub user_id: String,
+    pub role: TeamRole,
+    pub source: MembershipSource,
+    pub created_at: Timestamp,
+}
+
+/// A virtual API key as stored. The plaintext is never stored; `key_hint` is a
+/// recognisable fragment (`sk-tg-AbCd…wxyz`) for listings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    pub key_hint: String,
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+    /// Permissions granted to the key; empty means "as its owner".
+    pub permissions: Vec<String>,
+    /// Models the key may use; empty means "as its owner".
+    pub models: Vec<String>,
+    #[serde(flatten)]
+    pub limits: Limits,
+    pub expires_at: Option<Timestamp>,
+    pub blocked: bool,
+    pub metadata: serde_json::Value,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+    /// When the key was rotated with a grace period: the old secret's end of life.
+    pub previous_expires_at: Option<Timestamp>,
+}
+
+/// What the store returns for a credential lookup: the key, whether the presented
+/// secret is the previous (rotated-out) one, and the owner's facts that the decision needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyLookup {
+    pub key: ApiKey,
+    /// The presented secret is the key's previous one, valid until `key.previous_expires_at`.
+    pub via_previous: bool,
+    /// The owning user, when the key belongs to a user.
+    pub user: Option<KeyOwnerUser>,
+    /// The owning team, when the key belongs to a team.
+    pub team: Option<KeyOwnerTeam>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyOwnerUser {
+    pub id: String,
+    pub role: Role,
+    pub blocked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyOwnerTeam {
+    pub id: String,
+    pub models: Vec<String>,
+    pub blocked: bool,
+}
+
+/// One line of the audit log. `details` never carries a secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub id: i64,
+    pub at: Timestamp,
+    pub actor: String,
+    pub action: String,
+    pub target: Option<String>,
+    pub source: Option<String>,
+    pub details: serde_json::Value,
+}
+
+/// An audit event about to be written (the store assigns `id`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAuditEvent {
+    pub at: Timestamp,
+    pub actor: String,
+    pub action: String,
+    pub target: Option<String>,
+    pub source: Option<String>,
+    pub details: serde_json::Value,
+}

@@ -1,0 +1,28 @@
+//! tollgate: the authorization sidecar that governs LLM traffic behind Envoy.
+//!
+//! Envoy asks [`authz`] over gRPC ext_authz whether a request may pass. The answer is
+//! computed in three layers, each in its own module:
+//!
+//! - [`authz`] is the gRPC edge: it turns a `CheckRequest` into [`decision::RequestFacts`]
+//!   and a [`decision::Verdict`] back into a `CheckResponse`. Nothing else knows about Envoy.
+//! - [`authn`] resolves a credential into a [`decision::Principal`] (master key, virtual key,
+//!   later JWTs); virtual keys are served from a moka cache so a warm decision does no I/O.
+//! - [`decision`] is the pure policy: expiry, blocking, route permissions, model access.
+//!   It takes `now` and the resolved facts and returns a verdict; no I/O, no tonic, no sqlx.
+//!
+//! Around it: [`store`] (SQLite or Postgres through sqlx), [`admin`] (the HTTP API),
+//! [`cli`] (the command line), [`config`], [`metrics`] and [`app`] (wiring and listeners).
+//! [`mock_llm`] is an OpenAI-shaped upstream used by the end-to-end tests and the demo.
+
+pub mod admin;
+pub mod app;
+pub mod authn;
+pub mod authz;
+pub mod cli;
+pub mod config;
+pub mod decision;
+pub mod domain;
+pub mod metrics;
+pub mod mock_llm;
+pub mod secret;
+pub mod store;

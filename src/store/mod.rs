@@ -1,0 +1,229 @@
+//! Persistence: users, teams, memberships, virtual keys and the audit log.
+//!
+//! One [`Store`] trait, one SQL implementation ([`sql::SqlStore`]) that runs on SQLite
+//! (the embedded default) and on Postgres through sqlx's `Any` driver. The schemas live in
+//! `migrations/sqlite` and `migrations/postgres`; the SQL text is shared, so both backends
+//! behave the same and one behaviour suite (`tests/store.rs`) runs over both.
+//!
+//! Every write takes an [`Actor`] and records its audit event in the same transaction, so an
+//! admin write without its audit line cannot happen.
+
+pub mod sql;
+
+use crate::domain::{
+    ApiKey, AuditEvent, BudgetDuration, KeyLookup, Membership, MembershipSource, Role, Team,
+    TeamRole, Timestamp, User,
+};
+use async_trait::async_trait;
+use std::sync::Arc;
+
+pub type SharedStore = Arc<dyn Store>;
+
+/// Why a store call failed. `Unavailable` is the only transient kind: the backend could not
+/// be reached or timed out, and the caller should answer "try later" (gRPC UNAVAILABLE,
+/// HTTP 503), never "allow" and never "no such key".
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Other(String),
+}
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Who is writing, for the audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Actor {
+    /// `master`, `key:<id>` or `user:<id>`.
+    pub name: String,
+    /// The client's address, when known.
+    pub source: Option<String>,
+}
+
+impl Actor {
+    pub fn new(name: impl Into<String>, source: Option<String>) -> Self {
+        Actor {
+            name: name.into(),
+            source,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NewUser {
+    pub username: String,
+    pub email: String,
+    pub full_name: Option<String>,
+    pub role: Option<Role>,
+    /// An argon2id PHC string, never a plaintext password.
+    pub password_hash: Option<String>,
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
+    pub max_budget: Option<f64>,
+    pub budget_duration: Option<BudgetDuration>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// A partial update: `None` leaves a field as it is; `Some(None)` clears a nullable field.
+#[derive(Debug, Clone, Default)]
+pub struct UserPatch {
+    pub email: Option<String>,
+    pub full_name: Option<Option<String>>,
+    pub role: Option<Role>,
+    pub blocked: Option<bool>,
+    pub rpm: Option<Option<i64>>,
+    pub tpm: Option<Option<i64>>,
+    pub max_budget: Option<Option<f64>>,
+    pub budget_duration: Option<Option<BudgetDuration>>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NewTeam {
+    pub name: String,
+    pub models: Vec<String>,
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
+    pub max_budget: Option<f64>,
+    pub budget_duration: Option<BudgetDuration>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TeamPatch {
+    pub name: Option<String>,
+    pub models: Option<Vec<String>>,
+    pub blocked: Option<bool>,
+    pub rpm: Option<Option<i64>>,
+    pub tpm: Option<Option<i64>>,
+    pub max_budget: Option<Option<f64>>,
+    pub budget_duration: Option<Option<BudgetDuration>>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NewKey {
+    pub name: String,
+    /// SHA-256 of the whole plaintext key, lowercase hex.
+    pub key_hash: String,
+    pub key_hint: String,
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+    pub permissions: Vec<String>,
+    pub models: Vec<String>,
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
+    pub max_budget: Option<f64>,
+    pub budget_duration: Option<BudgetDuration>,
+    pub expires_at: Option<Timestamp>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct KeyPatch {
+    pub name: Option<String>,
+    pub permissions: Option<Vec<String>>,
+    pub models: Option<Vec<String>>,
+    pub blocked: Option<bool>,
+    pub rpm: Option<Option<i64>>,
+    pub tpm: Option<Option<i64>>,
+    pub max_budget: Option<Option<f64>>,
+    pub budget_duration: Option<Option<BudgetDuration>>,
+    pub expires_at: Option<Option<Timestamp>>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct KeyFilter {
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+    pub include_revoked: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub target: Option<String>,
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+    /// At most this many events, newest first (the store caps it at 1000).
+    pub limit: Option<i64>,
+}
+
+/// The persistence contract. Implementations must be safe to share across tasks.
+///
+/// Reads that find nothing return `Ok(None)` / `Ok(false)`; uniqueness violations return
+/// [`StoreError::Conflict`]; a reference to a missing user or team returns
+/// [`StoreError::Invalid`].
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies pending migrations.
+    async fn migrate(&self) -> StoreResult<()>;
+    /// A cheap round trip, for readiness.
+    async fn ping(&self) -> StoreResult<()>;
+
+    async fn create_user(&self, actor: &Actor, user: NewUser) -> StoreResult<User>;
+    async fn get_user(&self, id: &str) -> StoreResult<Option<User>>;
+    async fn list_users(&self) -> StoreResult<Vec<User>>;
+    async fn update_user(&self, actor: &Actor, id: &str, patch: UserPatch)
+        -> StoreResult<Option<User>>;
+    /// Deletes the user, their memberships, and revokes their keys.
+    async fn delete_user(&self, actor: &Actor, id: &str) -> StoreResult<bool>;
+
+    async fn create_team(&self, actor: &Actor, team: NewTeam) -> StoreResult<Team>;
+    async fn get_team(&self, id: &str) -> StoreResult<Option<Team>>;
+    async fn list_teams(&self) -> StoreResult<Vec<Team>>;
+    async fn update_team(&self, actor: &Actor, id: &str, patch: TeamPatch)
+        -> StoreResult<Option<Team>>;
+    /// Deletes the team, its memberships, and revokes its keys.
+    async fn delete_team(&self, actor: &Actor, id: &str) -> StoreResult<bool>;
+
+    /// Adds a member, or changes the role and source of an existing one.
+    async fn add_member(
+        &self,
+        actor: &Actor,
+        team_id: &str,
+        user_id: &str,
+        role: TeamRole,
+        source: MembershipSource,
+    ) -> StoreResult<Membership>;
+    async fn remove_member(&self, actor: &Actor, team_id: &str, user_id: &str)
+        -> StoreResult<bool>;
+    async fn list_members(&self, team_id: &str) -> StoreResult<Vec<Membership>>;
+
+    async fn create_key(&self, actor: &Actor, key: NewKey) -> StoreResult<ApiKey>;
+    async fn get_key(&self, id: &str) -> StoreResult<Option<ApiKey>>;
+    async fn list_keys(&self, filter: KeyFilter) -> StoreResult<Vec<ApiKey>>;
+    async fn update_key(&self, actor: &Actor, id: &str, patch: KeyPatch)
+        -> StoreResult<Option<ApiKey>>;
+    /// Replaces the key's secret; the old one stays valid until `previous_expires_at`
+    /// (when `None`, the old secret stops working at once).
+    async fn rotate_key(
+        &self,
+        actor: &Actor,
+        id: &str,
+        new_hash: &str,
+        new_hint: &str,
+        previous_expires_at: Option<Timestamp>,
+    ) -> StoreResult<Option<ApiKey>>;
+    /// Marks the key revoked (kept for the audit trail and usage history).
+    async fn revoke_key(&self, actor: &Actor, id: &str) -> StoreResult<Option<ApiKey>>;
+    /// The hot path's only store read: the key whose current or previous secret hashes
+    /// to `key_hash`, with its owner's facts. Revoked keys are returned (with `revoked_at`
+    /// set) so the decision can say why it denies.
+    async fn lookup_key(&self, key_hash: &str) -> StoreResult<Option<KeyLookup>>;
+
+    async fn list_audit(&self, filter: AuditFilter) -> StoreResult<Vec<AuditEvent>>;
+}

@@ -1,0 +1,1 @@
+//! SQL store (being written)

@@ -1,0 +1,5 @@
+//! Shared helpers for the integration tests: fresh databases, the mock LLM upstream,
+//! a real Envoy, and an in-process tollgate.
+#![allow(dead_code)]
+
+pub mod db;
