@@ -1,1 +1,690 @@
-//! (being written)
+//! Typed configuration: one YAML file, `${VAR}` / `${VAR:-default}` expanded from the
+//! environment, unknown keys rejected with their line, and [`Config::validate`] run before
+//! any port is bound.
+//!
+//! Environment variables read here: whatever the file names in `${…}`, plus
+//! `TOLLGATE_MASTER_KEY` when the file sets no `master_key`.
+//! With no file at all, [`Config::default`] is the embedded default: SQLite in
+//! `./tollgate.db`, in-process limits and queue, gRPC on 127.0.0.1:9191, HTTP on 127.0.0.1:9090.
+
+use crate::secret::Secret;
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Full-admin credential. Empty: taken from `TOLLGATE_MASTER_KEY`, else generated at start.
+    pub master_key: Secret,
+    pub listen: Listen,
+    pub database: Database,
+    pub redis: Option<Redis>,
+    pub cache: Cache,
+    pub auth: Auth,
+    pub limits: Limits,
+    /// Which permission each LLM route needs, and whether it needs a `model` in the body.
+    /// Merged over [`default_routes`]; a path matches exactly, or by prefix when it ends in `*`.
+    pub routes: BTreeMap<String, RouteRule>,
+    pub models: Vec<Model>,
+    pub budgets: Budgets,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            master_key: Secret::default(),
+            listen: Listen::default(),
+            database: Database::default(),
+            redis: None,
+            cache: Cache::default(),
+            auth: Auth::default(),
+            limits: Limits::default(),
+            routes: BTreeMap::new(),
+            models: Vec::new(),
+            budgets: Budgets::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            grpc: ([127, 0, 0, 1], 9191).into(),
+            http: ([127, 0, 0, 1], 9090).into(),
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Database {
+    /// `sqlite://path` or `postgres://user:password@host/db`.
+    pub url: String,
+    pub max_connections: u32,
+    /// How long one query (or waiting for a connection) may take before the store counts
+    /// as unavailable.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Database {
+            url: "sqlite://tollgate.db".into(),
+            max_connections: 10,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Database")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redis {
+    pub url: String,
+    #[serde(default)]
+    pub failure_mode: FailureMode,
+}
+
+impl fmt::Debug for Redis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Redis")
+            .field("url", &redact_url(&self.url))
+            .field("failure_mode", &self.failure_mode)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    Open,
+    Closed,
+    #[default]
+    Local,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cache {
+    /// How long a key's record is served from memory before it is read again.
+    #[serde(deserialize_with = "duration")]
+    pub key_ttl: Duration,
+    /// How long "no such key" is remembered.
+    #[serde(deserialize_with = "duration")]
+    pub negative_ttl: Duration,
+    pub max_entries: u64,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            key_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(5),
+            max_entries: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    pub session: Option<Session>,
+    pub oidc: Vec<OidcIssuer>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Session {
+    pub secret: Secret,
+    #[serde(default = "default_access_ttl", deserialize_with = "duration")]
+    pub access_ttl: Duration,
+    #[serde(default = "default_refresh_ttl", deserialize_with = "duration")]
+    pub refresh_ttl: Duration,
+}
+
+fn default_access_ttl() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+fn default_refresh_ttl() -> Duration {
+    Duration::from_secs(168 * 3600)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcIssuer {
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    #[serde(default)]
+    pub auto_provision: bool,
+    #[serde(default)]
+    pub default_role: Option<String>,
+    #[serde(default)]
+    pub group_to_team: BTreeMap<String, String>,
+    #[serde(default)]
+    pub group_to_role: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub global: Option<Rate>,
+    pub routes: BTreeMap<String, Rate>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    /// The permission an identity needs to use the route (`chat`, `embeddings`, …).
+    pub permission: String,
+    /// Whether the JSON body must name a `model`.
+    #[serde(default)]
+    pub model_required: bool,
+}
+
+/// The routes governed out of the box: OpenAI's and Anthropic's LLM endpoints.
+pub fn default_routes() -> BTreeMap<String, RouteRule> {
+    let rule = |permission: &str, model_required: bool| RouteRule {
+        permission: permission.into(),
+        model_required,
+    };
+    [
+        ("/v1/chat/completions", rule("chat", true)),
+        ("/v1/completions", rule("completions", true)),
+        ("/v1/embeddings", rule("embeddings", true)),
+        ("/v1/responses", rule("chat", true)),
+        ("/v1/messages", rule("chat", true)),
+        ("/v1/models", rule("models:read", false)),
+        ("/v1/models/*", rule("models:read", false)),
+    ]
+    .into_iter()
+    .map(|(path, rule)| (path.to_owned(), rule))
+    .collect()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    pub name: String,
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    #[serde(default)]
+    pub pricing: Option<Pricing>,
+    /// The provider credential that replaces the client's `authorization` upstream.
+    #[serde(default)]
+    pub upstream_api_key: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pricing {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+    #[serde(default)]
+    pub cached_input_per_million: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Budgets {
+    pub alert_thresholds: Vec<u8>,
+    pub alert_webhook: String,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets {
+            alert_thresholds: vec![50, 75, 90, 100],
+            alert_webhook: String::new(),
+        }
+    }
+}
+
+/// A configuration problem, with the key and (when known) the line it is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub source_name: String,
+    pub key: Option<String>,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.source_name)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        write!(f, ": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "`{key}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A loaded configuration and what loading noticed on the way.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// Environment variables named in the file but unset (they expanded to "").
+    pub unset_vars: Vec<String>,
+}
+
+impl Config {
+    /// Reads, expands, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: name.clone(),
+            key: None,
+            line: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse_str(&name, &text, &|var| std::env::var(var).ok())
+    }
+
+    /// Parses YAML text; `env` answers `${VAR}` look-ups (tests pass their own).
+    pub fn parse_str(
+        source_name: &str,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Loaded, ConfigError> {
+        let error = |key: Option<String>, line: Option<usize>, message: String| ConfigError {
+            source_name: source_name.to_owned(),
+            key,
+            line,
+            message,
+        };
+        let (expanded, unset_vars) =
+            expand_env(text, env).map_err(|(line, message)| error(None, Some(line), message))?;
+        let config: Config = if expanded.trim().is_empty() {
+            Config::default()
+        } else {
+            serde_yaml::from_str(&expanded).map_err(|e| {
+                let line = e.location().map(|l| l.line());
+                // serde_yaml appends " at line L column C"; the line is already in front.
+                let message = e.to_string();
+                let message = match message.find(" at line ") {
+                    Some(i) => message[..i].to_owned(),
+                    None => message,
+                };
+                error(None, line, message)
+            })?
+        };
+        config
+            .validate()
+            .map_err(|(key, message)| error(Some(key.clone()), locate_key(text, &key), message))?;
+        Ok(Loaded { config, unset_vars })
+    }
+
+    /// Semantic checks that types alone cannot express. Returns the offending key's dotted
+    /// path and what is wrong with it.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let err = |key: &str, msg: String| Err((key.to_owned(), msg));
+        let url = self.database.url.as_str();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return err(
+                "database.url",
+                format!(
+                    "unsupported database URL `{}`: use sqlite://PATH or postgres://…",
+                    redact_url(url)
+                ),
+            );
+        }
+        if self.database.max_connections == 0 {
+            return err("database.max_connections", "must be at least 1".into());
+        }
+        if self.database.timeout.is_zero() {
+            return err("database.timeout", "must be greater than zero".into());
+        }
+        if self.cache.max_entries == 0 {
+            return err("cache.max_entries", "must be at least 1".into());
+        }
+        if self.cache.key_ttl.is_zero() {
+            return err("cache.key_ttl", "must be greater than zero".into());
+        }
+        if let Some(redis) = &self.redis {
+            if !(redis.url.starts_with("redis://") || redis.url.starts_with("rediss://")) {
+                return err(
+                    "redis.url",
+                    "must start with redis:// or rediss://".to_owned(),
+                );
+            }
+        }
+        if let Some(session) = &self.auth.session {
+            if session.secret.expose().len() < 32 {
+                return err(
+                    "auth.session.secret",
+                    "must be at least 32 characters (use a random value)".into(),
+                );
+            }
+        }
+        for (path, rule) in &self.routes {
+            if !path.starts_with('/') {
+                return err(&format!("routes.{path}"), "a route must start with `/`".into());
+            }
+            if rule.permission.trim().is_empty() {
+                return err(&format!("routes.{path}.permission"), "must not be empty".into());
+            }
+        }
+        for path in self.limits.routes.keys() {
+            if !path.starts_with('/') {
+                return err(
+                    &format!("limits.routes.{path}"),
+                    "a route must start with `/`".into(),
+                );
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for model in &self.models {
+            if model.name.trim().is_empty() {
+                return err("models.name", "a model needs a name".into());
+            }
+            if !seen.insert(model.name.as_str()) {
+                return err(
+                    "models.name",
+                    format!("model `{}` is listed twice", model.name),
+                );
+            }
+            if let Some(p) = &model.pricing {
+                if p.input_per_million < 0.0 || p.output_per_million < 0.0 {
+                    return err("models.pricing", "prices cannot be negative".into());
+                }
+            }
+        }
+        for t in &self.budgets.alert_thresholds {
+            if *t == 0 || *t > 100 {
+                return err(
+                    "budgets.alert_thresholds",
+                    format!("{t} is not a percentage from 1 to 100"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The route table in force: the defaults with the file's `routes` laid over them.
+    pub fn effective_routes(&self) -> BTreeMap<String, RouteRule> {
+        let mut routes = default_routes();
+        routes.extend(self.routes.clone());
+        routes
+    }
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}`; `$${` is a literal `${`. Returns the text and
+/// the names of unset variables used without a default.
+fn expand_env(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(String, Vec<String>), (usize, String)> {
+    let mut out = String::with_capacity(text.len());
+    let mut unset = Vec::new();
+    let mut rest = text;
+    let line_of = |rest: &str| text[..text.len() - rest.len()].matches('\n').count() + 1;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("${") {
+            let end = after.find('}').ok_or_else(|| {
+                (line_of(tail), "unterminated `${` (missing `}`)".to_owned())
+            })?;
+            let inner = &after[..end];
+            let (name, default) = match inner.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (inner, None),
+            };
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                return Err((
+                    line_of(tail),
+                    format!("`${{{inner}}}` is not a valid variable reference"),
+                ));
+            }
+            let value = match (env(name).filter(|v| !v.is_empty()), default) {
+                (Some(v), _) => v,
+                (None, Some(d)) => d.to_owned(),
+                (None, None) => {
+                    unset.push(name.to_owned());
+                    String::new()
+                }
+            };
+            if value.contains('\n') {
+                return Err((
+                    line_of(tail),
+                    format!("the value of ${{{name}}} spans several lines"),
+                ));
+            }
+            // Quote nothing: values are spliced as the user wrote them, like a shell would.
+            out.push_str(&value);
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok((out, unset))
+}
+
+/// Finds the line of a dotted key path (`cache.key_ttl`, `models.name`) in YAML text:
+/// each segment is searched below the line of its parent. Best effort: `None` when the key
+/// is not written in the file (for example a default that fails validation).
+pub fn locate_key(text: &str, path: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut from = 0;
+    let mut found = None;
+    for segment in path.split('.') {
+        let needle_block = format!("{segment}:");
+        let hit = lines.iter().enumerate().skip(from).find(|(_, line)| {
+            let content = line.split('#').next().unwrap_or("");
+            content.trim_start().trim_start_matches("- ").starts_with(&needle_block)
+                || content.contains(&format!("{{ {segment}:"))
+                || content.contains(&format!(", {segment}:"))
+                || content.contains(&format!("{{{segment}:"))
+        });
+        match hit {
+            Some((i, _)) => {
+                found = Some(i + 1);
+                from = i;
+            }
+            None => return None,
+        }
+    }
+    found
+}
+
+/// Hides the password of a URL (`postgres://user:secret@host` → `postgres://user:***@host`).
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_owned()
+            };
+            format!(
+                "{}://{}{}",
+                &url[..scheme_end],
+                masked,
+                &rest[at..]
+            )
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration `{text}` ({e}); write it like 500ms, 60s, 15m or 168h"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Loaded, ConfigError> {
+        Config::parse_str("test.yaml", text, &|var| match var {
+            "SET" => Some("value".into()),
+            "PORT" => Some("7000".into()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        let c = parse("").unwrap().config;
+        assert_eq!(c.database.url, "sqlite://tollgate.db");
+        assert_eq!(c.listen.grpc.to_string(), "127.0.0.1:9191");
+        assert_eq!(c.listen.http.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.cache.key_ttl, Duration::from_secs(60));
+        assert!(c.redis.is_none());
+    }
+
+    #[test]
+    fn env_vars_expand_with_defaults_and_report_unset() {
+        let loaded = parse(
+            "master_key: ${SET}\nlisten: { grpc: \"127.0.0.1:${PORT}\", http: \"127.0.0.1:${HTTP:-9999}\" }\nbudgets: { alert_webhook: ${MISSING} }\n",
+        )
+        .unwrap();
+        assert_eq!(loaded.config.master_key.expose(), "value");
+        assert_eq!(loaded.config.listen.grpc.port(), 7000);
+        assert_eq!(loaded.config.listen.http.port(), 9999);
+        assert_eq!(loaded.unset_vars, vec!["MISSING".to_owned()]);
+    }
+
+    #[test]
+    fn dollar_escape_and_bare_dollars_pass_through() {
+        let (out, _) = expand_env("a: $${X} $5 $", &|_| None).unwrap();
+        assert_eq!(out, "a: ${X} $5 $");
+    }
+
+    #[test]
+    fn unterminated_reference_names_its_line() {
+        let e = parse("listen:\n  grpc: ${OOPS\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("unterminated"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_its_line() {
+        let e = parse("listen:\n  grpc: 127.0.0.1:1\ncache:\n  key_ttl: 5s\n  max_entires: 10\n")
+            .unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.message.contains("max_entires"), "{e}");
+        assert!(e.to_string().starts_with("test.yaml:5: "), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_line_and_the_format() {
+        let e = parse("cache:\n  key_ttl: 60 parsecs\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.message.contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn validation_errors_name_key_and_line() {
+        let e = parse("database:\n  url: mysql://root:hunter2@db/x\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("database.url"));
+        assert_eq!(e.line, Some(2));
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+
+        let e = parse("cache: { key_ttl: 1s, max_entries: 0 }\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("cache.max_entries"));
+        assert_eq!(e.line, Some(1));
+
+        let e = parse("models:\n  - name: a\n  - name: a\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("models.name"));
+        assert!(e.message.contains("twice"));
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let c = parse(
+            "master_key: sk-admin-123456\ndatabase: { url: \"postgres://u:pw123@h/db\" }\nmodels:\n  - { name: m, upstream_api_key: sk-provider-999 }\n",
+        )
+        .unwrap()
+        .config;
+        let shown = format!("{c:?}");
+        for secret in ["sk-admin-123456", "pw123", "sk-provider-999"] {
+            assert!(!shown.contains(secret), "{secret} leaked in {shown}");
+        }
+    }
+
+    #[test]
+    fn redact_url_hides_only_the_password() {
+        assert_eq!(
+            redact_url("postgres://u:p@h:5432/db?x=1"),
+            "postgres://u:***@h:5432/db?x=1"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite://a.db"), "sqlite://a.db");
+    }
+
+    #[test]
+    fn routes_merge_over_defaults() {
+        let c = parse("routes:\n  /v1/audio/speech: { permission: audio }\n  /v1/embeddings: { permission: embed, model_required: true }\n")
+            .unwrap()
+            .config;
+        let routes = c.effective_routes();
+        assert_eq!(routes["/v1/audio/speech"].permission, "audio");
+        assert_eq!(routes["/v1/embeddings"].permission, "embed");
+        assert_eq!(routes["/v1/chat/completions"].permission, "chat");
+    }
+}
