@@ -1,1 +1,566 @@
-//! (being written)
+//! The pure decision pipeline: given what a request is and who is calling, allow or deny.
+//!
+//! Nothing here does I/O, knows about gRPC or SQL, or reads the clock: the edge
+//! ([`crate::authz`]) gathers [`RequestFacts`], [`crate::authn`] resolves a [`Principal`],
+//! and [`authorize`] applies the policy in the order DESIGN.md fixes:
+//!
+//! route → credential → identity → expiry/blocked → permission → model → (budget →
+//! rate limits, which need shared counters and run after this, in the edge) → allow.
+//!
+//! Every denial is a [`Denial`] whose [`DenyReason`] fixes the HTTP status and OpenAI
+//! error code; the edge renders it, once.
+
+use crate::config::{Config, RouteRule};
+use crate::domain::{KeyLookup, Role, Timestamp};
+use crate::secret::Secret;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Permissions every LLM-calling identity has unless narrowed.
+pub const LLM_PERMISSIONS: &[&str] = &["chat", "completions", "embeddings", "models:read"];
+/// The permission that implies every other.
+pub const ADMIN_PERMISSION: &str = "admin";
+
+/// The permissions a role carries, before a key narrows them.
+pub fn role_permissions(role: Role) -> &'static [&'static str] {
+    match role {
+        Role::Admin => &[ADMIN_PERMISSION],
+        Role::Manager | Role::User => LLM_PERMISSIONS,
+        Role::Viewer => &["models:read", "usage:read"],
+    }
+}
+
+/// What the gateway's configuration says, compiled for fast matching. Rebuilt when the
+/// configuration changes; the hot path only reads it.
+#[derive(Debug, Default)]
+pub struct Policy {
+    exact_routes: HashMap<String, RouteRule>,
+    /// `(prefix, rule)`, longest prefix first.
+    prefix_routes: Vec<(String, RouteRule)>,
+    /// The model catalogue. Empty: any model name is accepted.
+    models: HashMap<String, ModelPolicy>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ModelPolicy {
+    /// Replaces the client's credential upstream when set.
+    pub upstream_credential: Option<Secret>,
+}
+
+impl Policy {
+    pub fn from_config(config: &Config) -> Policy {
+        let mut exact_routes = HashMap::new();
+        let mut prefix_routes = Vec::new();
+        for (path, rule) in config.effective_routes() {
+            match path.strip_suffix('*') {
+                Some(prefix) => prefix_routes.push((prefix.to_owned(), rule)),
+                None => {
+                    exact_routes.insert(path, rule);
+                }
+            }
+        }
+        prefix_routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        let models = config
+            .models
+            .iter()
+            .map(|m| {
+                let policy = ModelPolicy {
+                    upstream_credential: m.upstream_api_key.clone().filter(|s| !s.is_empty()),
+                };
+                (m.name.clone(), policy)
+            })
+            .collect();
+        Policy {
+            exact_routes,
+            prefix_routes,
+            models,
+        }
+    }
+
+    /// The rule for a request path (query string already removed).
+    pub fn route(&self, path: &str) -> Option<&RouteRule> {
+        self.exact_routes.get(path).or_else(|| {
+            self.prefix_routes
+                .iter()
+                .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+                .map(|(_, rule)| rule)
+        })
+    }
+
+    pub fn model(&self, name: &str) -> Option<&ModelPolicy> {
+        self.models.get(name)
+    }
+}
+
+/// The `model` field of the request body, as far as it could be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelField {
+    /// The body is JSON (or empty) and names no model.
+    Absent,
+    Named(String),
+    /// `model` is present but not a string.
+    NotAString,
+    /// The body is not JSON, or was truncated before a model was seen.
+    Unreadable(&'static str),
+}
+
+/// Who the credential resolved to.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// The master key: full admin.
+    Master,
+    /// A virtual key, with its owner's facts, as the store (or cache) returned it.
+    Key(Arc<KeyLookup>),
+}
+
+/// What an allowed request carries onward: identity for upstream headers and metadata,
+/// the model, and the provider credential to inject.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Grant {
+    pub key_id: Option<String>,
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+    pub model: Option<String>,
+    pub upstream_credential: Option<Secret>,
+}
+
+/// Why a request is refused. Fixes the HTTP status, the OpenAI error `type` and `code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    UnknownRoute,
+    InvalidRequest,
+    InvalidApiKey,
+    PermissionDenied,
+    ModelNotAllowed,
+    RateLimitExceeded,
+    InsufficientQuota,
+    AuthUnavailable,
+}
+
+impl DenyReason {
+    pub fn status(self) -> u16 {
+        match self {
+            DenyReason::UnknownRoute => 404,
+            DenyReason::InvalidRequest => 400,
+            DenyReason::InvalidApiKey => 401,
+            DenyReason::PermissionDenied | DenyReason::ModelNotAllowed => 403,
+            DenyReason::RateLimitExceeded | DenyReason::InsufficientQuota => 429,
+            DenyReason::AuthUnavailable => 503,
+        }
+    }
+
+    /// The OpenAI-style `error.code`, also the `code` label of `tollgate_check_total`.
+    pub fn code(self) -> &'static str {
+        match self {
+            DenyReason::UnknownRoute => "unknown_route",
+            DenyReason::InvalidRequest => "invalid_request",
+            DenyReason::InvalidApiKey => "invalid_api_key",
+            DenyReason::PermissionDenied => "permission_denied",
+            DenyReason::ModelNotAllowed => "model_not_allowed",
+            DenyReason::RateLimitExceeded => "rate_limit_exceeded",
+            DenyReason::InsufficientQuota => "insufficient_quota",
+            DenyReason::AuthUnavailable => "auth_unavailable",
+        }
+    }
+
+    /// The OpenAI-style `error.type`.
+    pub fn error_type(self) -> &'static str {
+        match self {
+            DenyReason::UnknownRoute | DenyReason::InvalidRequest => "invalid_request_error",
+            DenyReason::InvalidApiKey => "authentication_error",
+            DenyReason::PermissionDenied | DenyReason::ModelNotAllowed => "permission_error",
+            DenyReason::RateLimitExceeded => "rate_limit_error",
+            DenyReason::InsufficientQuota => "insufficient_quota",
+            DenyReason::AuthUnavailable => "service_unavailable",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub reason: DenyReason,
+    /// Safe to show the client: never contains a credential.
+    pub message: String,
+    /// Seconds, for 429s.
+    pub retry_after: Option<u64>,
+}
+
+impl Denial {
+    pub fn new(reason: DenyReason, message: impl Into<String>) -> Denial {
+        Denial {
+            reason,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+/// Step 1: the route. Paths tollgate does not govern are refused, so a gap in the
+/// route table can never become an open door.
+pub fn route<'p>(policy: &'p Policy, method: &str, path: &str) -> Result<&'p RouteRule, Denial> {
+    policy.route(path).ok_or_else(|| {
+        Denial::new(
+            DenyReason::UnknownRoute,
+            format!("Unknown route ({method} {path})"),
+        )
+    })
+}
+
+/// Steps after identity: standing (revoked, expired, blocked), the route's permission,
+/// then the model. `now` is Unix seconds.
+pub fn authorize(
+    policy: &Policy,
+    rule: &RouteRule,
+    principal: &Principal,
+    model: &ModelField,
+    now: Timestamp,
+) -> Result<Grant, Denial> {
+    let mut grant = Grant::default();
+    match principal {
+        Principal::Master => {
+            grant.key_id = Some("master".to_owned());
+        }
+        Principal::Key(lookup) => {
+            standing(lookup, now)?;
+            let key = &lookup.key;
+            if !has_permission(&effective_permissions(lookup), &rule.permission) {
+                return Err(Denial::new(
+                    DenyReason::PermissionDenied,
+                    format!(
+                        "This API key lacks the `{}` permission needed for this route",
+                        rule.permission
+                    ),
+                ));
+            }
+            grant.key_id = Some(key.id.clone());
+            grant.user_id = lookup.user.as_ref().map(|u| u.id.clone());
+            grant.team_id = lookup.team.as_ref().map(|t| t.id.clone());
+        }
+    }
+
+    let name = match model {
+        _ if !rule.model_required => return Ok(grant),
+        ModelField::Named(name) => name,
+        ModelField::Absent => {
+            return Err(Denial::new(
+                DenyReason::InvalidRequest,
+                "You must provide a model parameter",
+            ))
+        }
+        ModelField::NotAString => {
+            return Err(Denial::new(
+                DenyReason::InvalidRequest,
+                "The model parameter must be a string",
+            ))
+        }
+        ModelField::Unreadable(why) => {
+            return Err(Denial::new(
+                DenyReason::InvalidRequest,
+                format!("Could not read the model from the request body: {why}"),
+            ))
+        }
+    };
+    let not_allowed = || {
+        Err(Denial::new(
+            DenyReason::ModelNotAllowed,
+            format!("This API key is not allowed to use the model `{name}`"),
+        ))
+    };
+    let catalogued = policy.model(name);
+    if !policy.models.is_empty() && catalogued.is_none() {
+        return Err(Denial::new(
+            DenyReason::ModelNotAllowed,
+            format!("The model `{name}` is not available on this gateway"),
+        ));
+    }
+    if let Principal::Key(lookup) = principal {
+        if !models_allow(&lookup.key.models, name) {
+            return not_allowed();
+        }
+        if let Some(team) = &lookup.team {
+            if !models_allow(&team.models, name) {
+                return not_allowed();
+            }
+        }
+    }
+    grant.upstream_credential = catalogued.and_then(|m| m.upstream_credential.clone());
+    grant.model = Some(name.clone());
+    Ok(grant)
+}
+
+/// Revoked, expired, rotated-out past its grace, or blocked (the key, its user or team).
+fn standing(lookup: &KeyLookup, now: Timestamp) -> Result<(), Denial> {
+    let key = &lookup.key;
+    let invalid = |message: &str| Err(Denial::new(DenyReason::InvalidApiKey, message));
+    if key.revoked_at.is_some() {
+        return invalid("This API key has been revoked");
+    }
+    if key.expires_at.is_some_and(|at| at <= now) {
+        return invalid("This API key has expired");
+    }
+    if lookup.via_previous && key.previous_expires_at.is_none_or(|at| at <= now) {
+        return invalid("This API key was rotated and is no longer valid");
+    }
+    let blocked = |message: &str| Err(Denial::new(DenyReason::PermissionDenied, message));
+    if key.blocked {
+        return blocked("This API key is blocked");
+    }
+    if lookup.user.as_ref().is_some_and(|u| u.blocked) {
+        return blocked("The user owning this API key is blocked");
+    }
+    if lookup.team.as_ref().is_some_and(|t| t.blocked) {
+        return blocked("The team owning this API key is blocked");
+    }
+    Ok(())
+}
+
+/// The key's permissions, narrowed to what its owner has. A key with no permissions of its
+/// own has its owner's; a key with no user owner (a team or service key) is capped at the
+/// LLM permissions unless it was given `admin` by an admin.
+pub fn effective_permissions(lookup: &KeyLookup) -> Vec<String> {
+    let owner: Vec<&str> = match &lookup.user {
+        Some(user) => role_permissions(user.role).to_vec(),
+        None => LLM_PERMISSIONS.to_vec(),
+    };
+    let key = &lookup.key.permissions;
+    if key.is_empty() {
+        return owner.into_iter().map(str::to_owned).collect();
+    }
+    let owner_is_admin = owner.contains(&ADMIN_PERMISSION);
+    let ownerless = lookup.user.is_none();
+    key.iter()
+        .filter(|p| owner_is_admin || ownerless || has_permission_str(&owner, p))
+        .cloned()
+        .collect()
+}
+
+fn has_permission_str(granted: &[&str], wanted: &str) -> bool {
+    granted.iter().any(|p| *p == wanted || *p == ADMIN_PERMISSION)
+}
+
+pub fn has_permission(granted: &[String], wanted: &str) -> bool {
+    granted
+        .iter()
+        .any(|p| p == wanted || p == ADMIN_PERMISSION)
+}
+
+/// Whether a model list lets `model` through. Empty: no restriction. An entry ending in `*`
+/// matches by prefix (`gpt-4o*`).
+pub fn models_allow(allowed: &[String], model: &str) -> bool {
+    allowed.is_empty()
+        || allowed.iter().any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => model.starts_with(prefix),
+            None => pattern == model,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ApiKey, KeyOwnerTeam, KeyOwnerUser, Limits};
+
+    const NOW: Timestamp = 1_800_000_000;
+
+    fn policy(yaml: &str) -> Policy {
+        let config = Config::parse_str("t", yaml, &|_| None).unwrap().config;
+        Policy::from_config(&config)
+    }
+
+    fn key() -> ApiKey {
+        ApiKey {
+            id: "k1".into(),
+            name: "ci".into(),
+            key_hint: "sk-tg-abcd…wxyz".into(),
+            user_id: Some("u1".into()),
+            team_id: None,
+            permissions: vec![],
+            models: vec![],
+            limits: Limits::default(),
+            expires_at: None,
+            blocked: false,
+            metadata: serde_json::json!({}),
+            created_at: NOW - 10,
+            updated_at: NOW - 10,
+            revoked_at: None,
+            previous_expires_at: None,
+        }
+    }
+
+    fn lookup(key: ApiKey) -> Principal {
+        Principal::Key(Arc::new(KeyLookup {
+            key,
+            via_previous: false,
+            user: Some(KeyOwnerUser {
+                id: "u1".into(),
+                role: Role::User,
+                blocked: false,
+            }),
+            team: None,
+        }))
+    }
+
+    fn chat(policy: &Policy) -> RouteRule {
+        route(policy, "POST", "/v1/chat/completions").unwrap().clone()
+    }
+
+    fn named(m: &str) -> ModelField {
+        ModelField::Named(m.into())
+    }
+
+    #[test]
+    fn unknown_routes_are_refused() {
+        let p = policy("");
+        let d = route(&p, "POST", "/v1/secret").unwrap_err();
+        assert_eq!(d.reason, DenyReason::UnknownRoute);
+        assert_eq!(route(&p, "GET", "/v1/models/gpt-4o").unwrap().permission, "models:read");
+    }
+
+    #[test]
+    fn a_plain_key_is_allowed_with_its_identity() {
+        let p = policy("");
+        let g = authorize(&p, &chat(&p), &lookup(key()), &named("gpt-4o"), NOW).unwrap();
+        assert_eq!(g.key_id.as_deref(), Some("k1"));
+        assert_eq!(g.user_id.as_deref(), Some("u1"));
+        assert_eq!(g.team_id, None);
+        assert_eq!(g.model.as_deref(), Some("gpt-4o"));
+        assert_eq!(g.upstream_credential, None);
+    }
+
+    #[test]
+    fn standing_is_checked_in_order() {
+        let p = policy("");
+        let rule = chat(&p);
+        let deny = |k: ApiKey| authorize(&p, &rule, &lookup(k), &named("m"), NOW).unwrap_err();
+
+        let mut k = key();
+        k.revoked_at = Some(NOW - 1);
+        k.blocked = true;
+        assert_eq!(deny(k).reason, DenyReason::InvalidApiKey);
+
+        let mut k = key();
+        k.expires_at = Some(NOW);
+        assert_eq!(deny(k).message, "This API key has expired");
+
+        let mut k = key();
+        k.blocked = true;
+        assert_eq!(deny(k).reason, DenyReason::PermissionDenied);
+
+        let mut k = key();
+        k.expires_at = Some(NOW + 1);
+        assert!(authorize(&p, &rule, &lookup(k), &named("m"), NOW).is_ok());
+    }
+
+    #[test]
+    fn a_rotated_out_secret_works_only_during_grace() {
+        let p = policy("");
+        let rule = chat(&p);
+        let via_previous = |grace_end: Option<Timestamp>| {
+            let mut k = key();
+            k.previous_expires_at = grace_end;
+            let Principal::Key(l) = lookup(k) else { unreachable!() };
+            let mut l = (*l).clone();
+            l.via_previous = true;
+            authorize(&p, &rule, &Principal::Key(Arc::new(l)), &named("m"), NOW)
+        };
+        assert!(via_previous(Some(NOW + 30)).is_ok());
+        assert_eq!(via_previous(Some(NOW)).unwrap_err().reason, DenyReason::InvalidApiKey);
+        assert_eq!(via_previous(None).unwrap_err().reason, DenyReason::InvalidApiKey);
+    }
+
+    #[test]
+    fn blocked_owners_block_their_keys() {
+        let p = policy("");
+        let rule = chat(&p);
+        let Principal::Key(l) = lookup(key()) else { unreachable!() };
+        let mut l = (*l).clone();
+        l.team = Some(KeyOwnerTeam {
+            id: "t1".into(),
+            models: vec![],
+            blocked: true,
+        });
+        let d = authorize(&p, &rule, &Principal::Key(Arc::new(l)), &named("m"), NOW).unwrap_err();
+        assert_eq!(d.reason, DenyReason::PermissionDenied);
+        assert!(d.message.contains("team"));
+    }
+
+    #[test]
+    fn permissions_narrow_and_admin_implies_all() {
+        let p = policy("");
+        let embeddings = route(&p, "POST", "/v1/embeddings").unwrap().clone();
+        let mut k = key();
+        k.permissions = vec!["chat".into()];
+        let d = authorize(&p, &embeddings, &lookup(k.clone()), &named("m"), NOW).unwrap_err();
+        assert_eq!(d.reason, DenyReason::PermissionDenied);
+        assert!(d.message.contains("`embeddings`"));
+        assert!(authorize(&p, &chat(&p), &lookup(k), &named("m"), NOW).is_ok());
+
+        // A user's key cannot claim admin: it is narrowed away.
+        let mut k = key();
+        k.permissions = vec!["admin".into(), "chat".into()];
+        let Principal::Key(l) = lookup(k) else { unreachable!() };
+        assert_eq!(effective_permissions(&l), vec!["chat".to_owned()]);
+    }
+
+    #[test]
+    fn viewers_cannot_chat() {
+        let p = policy("");
+        let Principal::Key(l) = lookup(key()) else { unreachable!() };
+        let mut l = (*l).clone();
+        l.user.as_mut().unwrap().role = Role::Viewer;
+        let d = authorize(&p, &chat(&p), &Principal::Key(Arc::new(l)), &named("m"), NOW)
+            .unwrap_err();
+        assert_eq!(d.reason, DenyReason::PermissionDenied);
+    }
+
+    #[test]
+    fn models_are_checked_against_key_team_and_catalogue() {
+        let p = policy("models:\n  - { name: gpt-4o, upstream_api_key: sk-up }\n  - { name: gpt-4o-mini }\n");
+        let rule = chat(&p);
+        let mut k = key();
+        k.models = vec!["gpt-4o-mini".into()];
+        let d = authorize(&p, &rule, &lookup(k.clone()), &named("gpt-4o"), NOW).unwrap_err();
+        assert_eq!(d.reason, DenyReason::ModelNotAllowed);
+        assert!(authorize(&p, &rule, &lookup(k), &named("gpt-4o-mini"), NOW).is_ok());
+
+        let d = authorize(&p, &rule, &lookup(key()), &named("claude"), NOW).unwrap_err();
+        assert!(d.message.contains("not available"));
+
+        let g = authorize(&p, &rule, &lookup(key()), &named("gpt-4o"), NOW).unwrap();
+        assert_eq!(g.upstream_credential.unwrap().expose(), "sk-up");
+    }
+
+    #[test]
+    fn model_patterns_match_by_prefix() {
+        assert!(models_allow(&[], "x"));
+        assert!(models_allow(&["gpt-4o*".into()], "gpt-4o-mini"));
+        assert!(!models_allow(&["gpt-4o*".into()], "gpt-3.5"));
+        assert!(!models_allow(&["gpt-4o".into()], "gpt-4o-mini"));
+    }
+
+    #[test]
+    fn model_field_problems_are_invalid_requests() {
+        let p = policy("");
+        let rule = chat(&p);
+        for field in [
+            ModelField::Absent,
+            ModelField::NotAString,
+            ModelField::Unreadable("not JSON"),
+        ] {
+            let d = authorize(&p, &rule, &lookup(key()), &field, NOW).unwrap_err();
+            assert_eq!(d.reason, DenyReason::InvalidRequest, "{field:?}");
+            assert_eq!(d.reason.status(), 400);
+        }
+        // Routes that need no model ignore the body.
+        let models = route(&p, "GET", "/v1/models").unwrap().clone();
+        assert!(authorize(&p, &models, &lookup(key()), &ModelField::Unreadable("x"), NOW).is_ok());
+    }
+
+    #[test]
+    fn master_passes_everything_but_the_catalogue() {
+        let p = policy("models:\n  - { name: gpt-4o }\n");
+        let g = authorize(&p, &chat(&p), &Principal::Master, &named("gpt-4o"), NOW).unwrap();
+        assert_eq!(g.key_id.as_deref(), Some("master"));
+        let d = authorize(&p, &chat(&p), &Principal::Master, &named("other"), NOW).unwrap_err();
+        assert_eq!(d.reason, DenyReason::ModelNotAllowed);
+    }
+}
