@@ -1,0 +1,64 @@
+//! The master key: full admin. Only its SHA-256 is kept after start, and a presented
+//! credential is compared against it in constant time.
+
+use crate::secret::Secret;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use subtle::ConstantTimeEq;
+
+pub struct MasterKey {
+    hash: [u8; 32],
+}
+
+impl MasterKey {
+    pub fn from_secret(secret: &Secret) -> MasterKey {
+        MasterKey {
+            hash: Sha256::digest(secret.expose().as_bytes()).into(),
+        }
+    }
+
+    /// A new random master key (`tg-master-` + 43 base62 characters), for when none is
+    /// configured. The caller shows it once and keeps only the [`MasterKey`].
+    pub fn generate() -> Secret {
+        const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        let mut rng = rand::thread_rng();
+        let random: String = (0..43)
+            .map(|_| BASE62[rng.gen_range(0..BASE62.len())] as char)
+            .collect();
+        Secret::new(format!("tg-master-{random}"))
+    }
+
+    /// Constant-time comparison of hashes, so timing reveals nothing about the key.
+    pub fn matches(&self, presented: &str) -> bool {
+        let candidate: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        candidate.ct_eq(&self.hash).into()
+    }
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey([redacted])")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_only_the_configured_key() {
+        let m = MasterKey::from_secret(&Secret::new("sk-admin"));
+        assert!(m.matches("sk-admin"));
+        assert!(!m.matches("sk-admin "));
+        assert!(!m.matches(""));
+        assert_eq!(format!("{m:?}"), "MasterKey([redacted])");
+    }
+
+    #[test]
+    fn generated_keys_differ() {
+        let a = MasterKey::generate();
+        assert!(a.expose().starts_with("tg-master-"));
+        assert_ne!(a, MasterKey::generate());
+    }
+}
