@@ -1,1 +1,187 @@
-//! (being written)
+//! Wiring: configuration → store → decision state → listeners.
+//!
+//! [`App::build`] does everything that can fail for a configuration reason (store
+//! connection, migrations) before [`App::start`] binds a port. Tests start a whole tollgate
+//! in-process with listeners on `127.0.0.1:0` and read the bound addresses from [`Running`].
+
+use crate::authn::{KeyResolver, MasterKey};
+use crate::authz::{AuthorizationService, Gate};
+use crate::config::Config;
+use crate::decision::Policy;
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+use crate::store::sql::{ConnectOptions, SqlStore};
+use crate::store::SharedStore;
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Where the master key came from, so `serve` can tell the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MasterKeySource {
+    Config,
+    Environment,
+    /// Generated at start: shown once, then only its hash is kept.
+    Generated(Secret),
+}
+
+/// The master key in force: `master_key` from the file, else `TOLLGATE_MASTER_KEY`, else a
+/// new random one.
+pub fn resolve_master_key(config: &Config, env: Option<String>) -> (Secret, MasterKeySource) {
+    if !config.master_key.is_empty() {
+        return (config.master_key.clone(), MasterKeySource::Config);
+    }
+    if let Some(value) = env.filter(|v| !v.trim().is_empty()) {
+        return (Secret::new(value.trim()), MasterKeySource::Environment);
+    }
+    let generated = MasterKey::generate();
+    (generated.clone(), MasterKeySource::Generated(generated))
+}
+
+/// Opens the configured store (no migrations).
+pub async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
+    let options = ConnectOptions {
+        max_connections: config.database.max_connections,
+        acquire_timeout: config.database.timeout,
+    };
+    SqlStore::connect(&config.database.url, &options)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the database at {}",
+                crate::config::redact_url(&config.database.url)
+            )
+        })
+}
+
+/// Shared state of a built tollgate: what the gRPC edge and the HTTP API both use.
+pub struct App {
+    pub config: Arc<Config>,
+    pub store: SharedStore,
+    pub gate: Arc<Gate>,
+    pub metrics: Metrics,
+}
+
+impl App {
+    /// Connects and migrates the store and builds the decision state. Binds nothing.
+    pub async fn build(config: Config, master_key: &Secret) -> anyhow::Result<Arc<App>> {
+        let store = open_store(&config).await?;
+        crate::store::Store::migrate(&store)
+            .await
+            .context("cannot apply database migrations")?;
+        Ok(Self::with_store(config, master_key, Arc::new(store)))
+    }
+
+    /// Builds the decision state over an already opened store.
+    pub fn with_store(config: Config, master_key: &Secret, store: SharedStore) -> Arc<App> {
+        let metrics = Metrics::new();
+        let keys = Arc::new(KeyResolver::new(
+            store.clone(),
+            &config.cache,
+            config.database.timeout,
+            metrics.clone(),
+        ));
+        let gate = Arc::new(Gate {
+            policy: ArcSwap::from_pointee(Policy::from_config(&config)),
+            master: MasterKey::from_secret(master_key),
+            keys,
+            metrics: metrics.clone(),
+        });
+        Arc::new(App {
+            config: Arc::new(config),
+            store,
+            gate,
+            metrics,
+        })
+    }
+
+    /// Binds the gRPC and HTTP listeners and serves until [`Running::shutdown`].
+    pub async fn start(self: &Arc<Self>) -> anyhow::Result<Running> {
+        let grpc = TcpListener::bind(self.config.listen.grpc)
+            .await
+            .with_context(|| format!("cannot listen on listen.grpc {}", self.config.listen.grpc))?;
+        let http = TcpListener::bind(self.config.listen.http)
+            .await
+            .with_context(|| format!("cannot listen on listen.http {}", self.config.listen.http))?;
+        let grpc_addr = grpc.local_addr()?;
+        let http_addr = http.local_addr()?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<AuthorizationServer<AuthorizationService>>()
+            .await;
+        let authz = AuthorizationServer::new(AuthorizationService::new(self.gate.clone()));
+        let mut grpc_stop = stop_rx.clone();
+        let grpc_task = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(authz)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                    async move {
+                        let _ = grpc_stop.wait_for(|stop| *stop).await;
+                    },
+                )
+                .await
+                .context("gRPC server failed")
+        });
+
+        let router = crate::admin::router(self.clone());
+        let mut http_stop = stop_rx;
+        let http_task = tokio::spawn(async move {
+            axum::serve(
+                http,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|stop| *stop).await;
+            })
+            .await
+            .context("HTTP server failed")
+        });
+
+        Ok(Running {
+            grpc_addr,
+            http_addr,
+            stop: stop_tx,
+            tasks: vec![grpc_task, http_task],
+        })
+    }
+}
+
+/// A started tollgate.
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    /// Waits until a listener fails or [`Running::shutdown`] is called.
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        let (result, _, rest) = futures::future::select_all(self.tasks.drain(..)).await;
+        self.tasks = rest;
+        result.context("server task panicked")?
+    }
+
+    /// Stops both listeners gracefully and waits for them.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        for task in self.tasks.drain(..) {
+            task.await.context("server task panicked")??;
+        }
+        Ok(())
+    }
+
+    /// A handle that stops the listeners when told (for signal handling).
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+}

@@ -10,6 +10,74 @@ use std::str::FromStr;
 /// Unix seconds, UTC.
 pub type Timestamp = i64;
 
+/// Serde for [`Timestamp`]s in the API: RFC 3339 strings out; RFC 3339 strings or Unix
+/// seconds in.
+pub mod rfc3339 {
+    use super::Timestamp;
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub fn format(t: Timestamp) -> String {
+        chrono::DateTime::from_timestamp(t, 0)
+            .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_else(|| t.to_string())
+    }
+
+    /// Parses RFC 3339 (`2026-11-24T10:00:00Z`), a date (`2026-11-24`, midnight UTC), or
+    /// Unix seconds.
+    pub fn parse(text: &str) -> Result<Timestamp, String> {
+        let text = text.trim();
+        if let Ok(secs) = text.parse::<i64>() {
+            return Ok(secs);
+        }
+        if let Ok(d) = chrono::DateTime::parse_from_rfc3339(text) {
+            return Ok(d.timestamp());
+        }
+        if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+            return Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc().timestamp());
+        }
+        Err(format!(
+            "`{text}` is not a time: use RFC 3339 (2026-11-24T10:00:00Z), a date (2026-11-24) or Unix seconds"
+        ))
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Input {
+        Secs(i64),
+        Text(String),
+    }
+
+    fn from_input<E: de::Error>(input: Input) -> Result<Timestamp, E> {
+        match input {
+            Input::Secs(s) => Ok(s),
+            Input::Text(t) => parse(&t).map_err(E::custom),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        from_input(Input::deserialize(d)?)
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => s.serialize_str(&format(*t)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+            Option::<Input>::deserialize(d)?.map(from_input).transpose()
+        }
+    }
+}
+
 /// Current time in Unix seconds.
 pub fn now() -> Timestamp {
     chrono::Utc::now().timestamp()
@@ -115,7 +183,9 @@ pub struct User {
     #[serde(flatten)]
     pub limits: Limits,
     pub metadata: serde_json::Value,
+    #[serde(with = "rfc3339")]
     pub created_at: Timestamp,
+    #[serde(with = "rfc3339")]
     pub updated_at: Timestamp,
 }
 
@@ -129,7 +199,9 @@ pub struct Team {
     #[serde(flatten)]
     pub limits: Limits,
     pub metadata: serde_json::Value,
+    #[serde(with = "rfc3339")]
     pub created_at: Timestamp,
+    #[serde(with = "rfc3339")]
     pub updated_at: Timestamp,
 }
 
@@ -139,6 +211,7 @@ pub struct Membership {
     pub user_id: String,
     pub role: TeamRole,
     pub source: MembershipSource,
+    #[serde(with = "rfc3339")]
     pub created_at: Timestamp,
 }
 
@@ -157,13 +230,18 @@ pub struct ApiKey {
     pub models: Vec<String>,
     #[serde(flatten)]
     pub limits: Limits,
+    #[serde(with = "rfc3339::option")]
     pub expires_at: Option<Timestamp>,
     pub blocked: bool,
     pub metadata: serde_json::Value,
+    #[serde(with = "rfc3339")]
     pub created_at: Timestamp,
+    #[serde(with = "rfc3339")]
     pub updated_at: Timestamp,
+    #[serde(with = "rfc3339::option")]
     pub revoked_at: Option<Timestamp>,
     /// When the key was rotated with a grace period: the old secret's end of life.
+    #[serde(with = "rfc3339::option")]
     pub previous_expires_at: Option<Timestamp>,
 }
 
@@ -198,6 +276,7 @@ pub struct KeyOwnerTeam {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEvent {
     pub id: i64,
+    #[serde(with = "rfc3339")]
     pub at: Timestamp,
     pub actor: String,
     pub action: String,
