@@ -1,0 +1,163 @@
+//! `tollgate serve`: load and validate the configuration, settle the master key, build the
+//! app (store connected and migrated) before binding any port, then serve until SIGINT or
+//! SIGTERM and shut down gracefully.
+
+use super::output::boxed;
+use super::{load_config, CliError};
+use crate::app::{self, App, MasterKeySource};
+use crate::config::{redact_url, Config};
+use crate::secret::Secret;
+use anyhow::Context;
+use clap::Args;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The configuration file [default: ./tollgate.yaml, else the embedded default]
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+pub async fn run(args: ServeArgs) -> Result<(), CliError> {
+    let (loaded, source) = load_config(args.config.as_deref())?;
+    tracing::info!(config.source = %source, "configuration loaded");
+    for var in &loaded.unset_vars {
+        tracing::warn!(
+            config.var = %var,
+            "${{{var}}} is not set; it expands to an empty value"
+        );
+    }
+    let config = loaded.config;
+    for section in unenforced(&config) {
+        tracing::warn!(
+            config.section = section,
+            "`{section}` is accepted but not enforced yet"
+        );
+    }
+
+    let (master_key, key_source) =
+        app::resolve_master_key(&config, std::env::var("TOLLGATE_MASTER_KEY").ok());
+    match &key_source {
+        MasterKeySource::Config => tracing::info!("master key: from the configuration file"),
+        MasterKeySource::Environment => tracing::info!("master key: from TOLLGATE_MASTER_KEY"),
+        MasterKeySource::Generated(secret) => announce_generated(secret),
+    }
+
+    let database = redact_url(&config.database.url);
+    let app = App::build(config, &master_key).await?;
+    // Only the hash lives on in the app.
+    drop(master_key);
+    let mut running = app.start().await?;
+    tracing::info!(
+        grpc.addr = %running.grpc_addr,
+        http.addr = %running.http_addr,
+        database = %database,
+        "tollgate is serving: gRPC on {}, HTTP on {}, database {}",
+        running.grpc_addr,
+        running.http_addr,
+        database
+    );
+
+    let stop = running.stopper();
+    tokio::spawn(async move {
+        match shutdown_signal().await {
+            Ok(signal) => tracing::info!(signal, "shutting down gracefully"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for shutdown signals; shutting down")
+            }
+        }
+        let _ = stop.send(true);
+    });
+    // Returns when the signal stops the listeners, or when one of them fails; either way
+    // the other is then stopped and awaited.
+    let first = running.wait().await;
+    let rest = running.shutdown().await;
+    first.and(rest)?;
+    tracing::info!("tollgate stopped");
+    Ok(())
+}
+
+/// Prints a generated master key once, on stdout and never through tracing, so it does not
+/// end up in a log pipeline.
+fn announce_generated(secret: &Secret) {
+    let text = boxed(&[
+        "No master key configured; generated one for this run:".to_owned(),
+        String::new(),
+        format!("    {}", secret.expose()),
+        String::new(),
+        "Set TOLLGATE_MASTER_KEY to keep one across restarts.".to_owned(),
+    ]);
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+    tracing::warn!("no master key configured: generated one for this run (printed on stdout)");
+}
+
+/// Configuration sections that parse but have no effect yet, so an operator is not misled
+/// into thinking a limit or a budget alert protects them.
+pub fn unenforced(config: &Config) -> Vec<&'static str> {
+    let mut sections = Vec::new();
+    if config.redis.is_some() {
+        sections.push("redis");
+    }
+    if config.auth.session.is_some() {
+        sections.push("auth.session");
+    }
+    if !config.auth.oidc.is_empty() {
+        sections.push("auth.oidc");
+    }
+    if config.limits.global.is_some() || !config.limits.routes.is_empty() {
+        sections.push("limits");
+    }
+    if config
+        .models
+        .iter()
+        .any(|m| m.rpm.is_some() || m.tpm.is_some())
+    {
+        sections.push("models.rpm/tpm");
+    }
+    if config.models.iter().any(|m| m.pricing.is_some()) {
+        sections.push("models.pricing");
+    }
+    if !config.budgets.alert_webhook.trim().is_empty() {
+        sections.push("budgets.alert_webhook");
+    }
+    sections
+}
+
+/// Waits for SIGINT (Ctrl-C) or, on Unix, SIGTERM (what Kubernetes sends); answers its name.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result.map(|()| "SIGINT").context("cannot listen for SIGINT"),
+            _ = term.recv() => Ok("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot listen for Ctrl-C")?;
+        Ok("Ctrl-C")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_sections_that_are_not_enforced_yet() {
+        assert!(unenforced(&Config::default()).is_empty());
+        let text = "redis: { url: redis://127.0.0.1:6379 }\nlimits: { global: { rpm: 10 } }\nmodels:\n  - { name: a, pricing: { input_per_million: 1, output_per_million: 2 } }\nbudgets: { alert_webhook: http://hook }\n";
+        let config = Config::parse_str("t.yaml", text, &|_| None).unwrap().config;
+        assert_eq!(
+            unenforced(&config),
+            vec!["redis", "limits", "models.pricing", "budgets.alert_webhook"]
+        );
+    }
+}

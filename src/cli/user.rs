@@ -1,0 +1,200 @@
+//! `tollgate user …`: users through `/admin/users`.
+
+use super::args::{parse_bool, set, Body, Clearable, JsonObject, LimitArgs};
+use super::client::{Api, ApiArgs};
+use super::output::{self, print, Cell, Column};
+use super::CliError;
+use crate::domain::Role;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use std::io::BufRead;
+
+#[derive(Debug, Args)]
+pub struct UserCommand {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(subcommand)]
+    action: UserAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum UserAction {
+    /// Create a user.
+    Create {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        email: String,
+        /// admin, manager, user or viewer
+        #[arg(long, default_value = "user")]
+        role: Role,
+        /// Full name
+        #[arg(long)]
+        full_name: Option<String>,
+        /// Password for logging in (prefer --password-stdin: arguments are visible to
+        /// other local users)
+        #[arg(long, conflicts_with = "password_stdin")]
+        password: Option<String>,
+        /// Read the password from the first line of standard input
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// Free-form JSON object kept with the user
+        #[arg(long, value_name = "JSON")]
+        metadata: Option<JsonObject>,
+    },
+    /// List users.
+    List,
+    /// Show one user.
+    Get {
+        /// The user's id
+        id: String,
+    },
+    /// Change a user's email, name, role, blocked state, limits, budget or metadata.
+    Update {
+        /// The user's id
+        id: String,
+        #[arg(long)]
+        email: Option<String>,
+        /// Full name (`none` clears it)
+        #[arg(long)]
+        full_name: Option<Clearable<String>>,
+        /// admin, manager, user or viewer
+        #[arg(long)]
+        role: Option<Role>,
+        /// true blocks the user and all their keys; false unblocks
+        #[arg(long, value_parser = parse_bool, value_name = "true|false")]
+        blocked: Option<bool>,
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// Free-form JSON object kept with the user
+        #[arg(long, value_name = "JSON")]
+        metadata: Option<JsonObject>,
+    },
+    /// Delete a user: their team memberships go, their keys are revoked.
+    Delete {
+        /// The user's id
+        id: String,
+    },
+}
+
+const COLUMNS: &[Column] = &[
+    ("ID", Cell::Field("id")),
+    ("USERNAME", Cell::Field("username")),
+    ("EMAIL", Cell::Field("email")),
+    ("ROLE", Cell::Field("role")),
+    ("RPM", Cell::Field("rpm")),
+    ("TPM", Cell::Field("tpm")),
+    ("BUDGET", Cell::With(output::budget)),
+    ("STATUS", Cell::With(output::standing)),
+    ("CREATED", Cell::Field("created_at")),
+];
+
+const FIELDS: &[&str] = &[
+    "id",
+    "username",
+    "email",
+    "full_name",
+    "role",
+    "blocked",
+    "rpm",
+    "tpm",
+    "max_budget",
+    "budget_duration",
+    "spend",
+    "metadata",
+    "created_at",
+    "updated_at",
+];
+
+fn show(user: &Value) -> String {
+    output::record(user, FIELDS)
+}
+
+fn read_password_line() -> Result<String, CliError> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| CliError::Runtime(anyhow::anyhow!("cannot read the password: {e}")))?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    if password.is_empty() {
+        return Err(CliError::Usage(
+            "--password-stdin: standard input is empty".into(),
+        ));
+    }
+    Ok(password)
+}
+
+pub async fn run(cmd: UserCommand) -> Result<(), CliError> {
+    let api = Api::new(&cmd.api)?;
+    match cmd.action {
+        UserAction::Create {
+            username,
+            email,
+            role,
+            full_name,
+            password,
+            password_stdin,
+            limits,
+            metadata,
+        } => {
+            let password = if password_stdin {
+                Some(read_password_line()?)
+            } else {
+                password
+            };
+            let mut body = Body::new();
+            body.insert("username".into(), json!(username));
+            body.insert("email".into(), json!(email));
+            body.insert("role".into(), json!(role));
+            set(&mut body, "full_name", full_name);
+            set(&mut body, "password", password);
+            limits.write(&mut body);
+            set(&mut body, "metadata", metadata);
+            let user = api.post(&["admin", "users"], Value::Object(body)).await?;
+            print(api.output, &user, show);
+        }
+        UserAction::List => {
+            let users = api.get(&["admin", "users"], &[]).await?;
+            print(api.output, &users, |body| output::list_table(body, COLUMNS));
+        }
+        UserAction::Get { id } => {
+            let user = api.get(&["admin", "users", &id], &[]).await?;
+            print(api.output, &user, show);
+        }
+        UserAction::Update {
+            id,
+            email,
+            full_name,
+            role,
+            blocked,
+            limits,
+            metadata,
+        } => {
+            let mut body = Body::new();
+            set(&mut body, "email", email);
+            set(&mut body, "full_name", full_name);
+            set(&mut body, "role", role);
+            set(&mut body, "blocked", blocked);
+            limits.write(&mut body);
+            set(&mut body, "metadata", metadata);
+            if body.is_empty() {
+                return Err(CliError::Usage(
+                    "nothing to update: give at least one field (see `tollgate user update --help`)"
+                        .into(),
+                ));
+            }
+            let user = api
+                .patch(&["admin", "users", &id], Value::Object(body))
+                .await?;
+            print(api.output, &user, show);
+        }
+        UserAction::Delete { id } => {
+            let answer = api.delete(&["admin", "users", &id]).await?;
+            print(api.output, &answer, |_| format!("deleted user {id}"));
+        }
+    }
+    Ok(())
+}
