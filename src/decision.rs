@@ -289,7 +289,7 @@ pub fn authorize(
 }
 
 /// Revoked, expired, rotated-out past its grace, or blocked (the key, its user or team).
-fn standing(lookup: &KeyLookup, now: Timestamp) -> Result<(), Denial> {
+pub fn standing(lookup: &KeyLookup, now: Timestamp) -> Result<(), Denial> {
     let key = &lookup.key;
     let invalid = |message: &str| Err(Denial::new(DenyReason::InvalidApiKey, message));
     if key.revoked_at.is_some() {
@@ -335,23 +335,25 @@ pub fn effective_permissions(lookup: &KeyLookup) -> Vec<String> {
 }
 
 fn has_permission_str(granted: &[&str], wanted: &str) -> bool {
-    granted.iter().any(|p| *p == wanted || *p == ADMIN_PERMISSION)
+    granted
+        .iter()
+        .any(|p| *p == wanted || *p == ADMIN_PERMISSION)
 }
 
 pub fn has_permission(granted: &[String], wanted: &str) -> bool {
-    granted
-        .iter()
-        .any(|p| p == wanted || p == ADMIN_PERMISSION)
+    granted.iter().any(|p| p == wanted || p == ADMIN_PERMISSION)
 }
 
 /// Whether a model list lets `model` through. Empty: no restriction. An entry ending in `*`
 /// matches by prefix (`gpt-4o*`).
 pub fn models_allow(allowed: &[String], model: &str) -> bool {
     allowed.is_empty()
-        || allowed.iter().any(|pattern| match pattern.strip_suffix('*') {
-            Some(prefix) => model.starts_with(prefix),
-            None => pattern == model,
-        })
+        || allowed
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => model.starts_with(prefix),
+                None => pattern == model,
+            })
 }
 
 #[cfg(test)]
@@ -400,7 +402,9 @@ mod tests {
     }
 
     fn chat(policy: &Policy) -> RouteRule {
-        route(policy, "POST", "/v1/chat/completions").unwrap().clone()
+        route(policy, "POST", "/v1/chat/completions")
+            .unwrap()
+            .clone()
     }
 
     fn named(m: &str) -> ModelField {
@@ -412,7 +416,10 @@ mod tests {
         let p = policy("");
         let d = route(&p, "POST", "/v1/secret").unwrap_err();
         assert_eq!(d.reason, DenyReason::UnknownRoute);
-        assert_eq!(route(&p, "GET", "/v1/models/gpt-4o").unwrap().permission, "models:read");
+        assert_eq!(
+            route(&p, "GET", "/v1/models/gpt-4o").unwrap().permission,
+            "models:read"
+        );
     }
 
     #[test]
@@ -457,21 +464,31 @@ mod tests {
         let via_previous = |grace_end: Option<Timestamp>| {
             let mut k = key();
             k.previous_expires_at = grace_end;
-            let Principal::Key(l) = lookup(k) else { unreachable!() };
+            let Principal::Key(l) = lookup(k) else {
+                unreachable!()
+            };
             let mut l = (*l).clone();
             l.via_previous = true;
             authorize(&p, &rule, &Principal::Key(Arc::new(l)), &named("m"), NOW)
         };
         assert!(via_previous(Some(NOW + 30)).is_ok());
-        assert_eq!(via_previous(Some(NOW)).unwrap_err().reason, DenyReason::InvalidApiKey);
-        assert_eq!(via_previous(None).unwrap_err().reason, DenyReason::InvalidApiKey);
+        assert_eq!(
+            via_previous(Some(NOW)).unwrap_err().reason,
+            DenyReason::InvalidApiKey
+        );
+        assert_eq!(
+            via_previous(None).unwrap_err().reason,
+            DenyReason::InvalidApiKey
+        );
     }
 
     #[test]
     fn blocked_owners_block_their_keys() {
         let p = policy("");
         let rule = chat(&p);
-        let Principal::Key(l) = lookup(key()) else { unreachable!() };
+        let Principal::Key(l) = lookup(key()) else {
+            unreachable!()
+        };
         let mut l = (*l).clone();
         l.team = Some(KeyOwnerTeam {
             id: "t1".into(),
@@ -497,24 +514,36 @@ mod tests {
         // A user's key cannot claim admin: it is narrowed away.
         let mut k = key();
         k.permissions = vec!["admin".into(), "chat".into()];
-        let Principal::Key(l) = lookup(k) else { unreachable!() };
+        let Principal::Key(l) = lookup(k) else {
+            unreachable!()
+        };
         assert_eq!(effective_permissions(&l), vec!["chat".to_owned()]);
     }
 
     #[test]
     fn viewers_cannot_chat() {
         let p = policy("");
-        let Principal::Key(l) = lookup(key()) else { unreachable!() };
+        let Principal::Key(l) = lookup(key()) else {
+            unreachable!()
+        };
         let mut l = (*l).clone();
         l.user.as_mut().unwrap().role = Role::Viewer;
-        let d = authorize(&p, &chat(&p), &Principal::Key(Arc::new(l)), &named("m"), NOW)
-            .unwrap_err();
+        let d = authorize(
+            &p,
+            &chat(&p),
+            &Principal::Key(Arc::new(l)),
+            &named("m"),
+            NOW,
+        )
+        .unwrap_err();
         assert_eq!(d.reason, DenyReason::PermissionDenied);
     }
 
     #[test]
     fn models_are_checked_against_key_team_and_catalogue() {
-        let p = policy("models:\n  - { name: gpt-4o, upstream_api_key: sk-up }\n  - { name: gpt-4o-mini }\n");
+        let p = policy(
+            "models:\n  - { name: gpt-4o, upstream_api_key: sk-up }\n  - { name: gpt-4o-mini }\n",
+        );
         let rule = chat(&p);
         let mut k = key();
         k.models = vec!["gpt-4o-mini".into()];
@@ -552,7 +581,14 @@ mod tests {
         }
         // Routes that need no model ignore the body.
         let models = route(&p, "GET", "/v1/models").unwrap().clone();
-        assert!(authorize(&p, &models, &lookup(key()), &ModelField::Unreadable("x"), NOW).is_ok());
+        assert!(authorize(
+            &p,
+            &models,
+            &lookup(key()),
+            &ModelField::Unreadable("x"),
+            NOW
+        )
+        .is_ok());
     }
 
     #[test]

@@ -1,0 +1,53 @@
+//! `/admin/audit`: who changed what, when, from where.
+
+use super::{list, AdminCaller, ApiError, AppState, QueryParams};
+use crate::domain::rfc3339;
+use crate::store::AuditFilter;
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/admin/audit", get(list_audit))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    actor: Option<String>,
+    action: Option<String>,
+    target: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<i64>,
+}
+
+fn time(field: &str, value: Option<String>) -> Result<Option<i64>, ApiError> {
+    value
+        .map(|v| rfc3339::parse(&v).map_err(|e| ApiError::BadRequest(format!("`{field}`: {e}"))))
+        .transpose()
+}
+
+async fn list_audit(
+    State(app): State<AppState>,
+    _caller: AdminCaller,
+    QueryParams(q): QueryParams<AuditQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if let Some(limit) = q.limit {
+        if !(1..=1000).contains(&limit) {
+            return Err(ApiError::BadRequest(format!(
+                "`limit` must be from 1 to 1000, got {limit}"
+            )));
+        }
+    }
+    let filter = AuditFilter {
+        actor: q.actor,
+        action: q.action,
+        target: q.target,
+        since: time("since", q.since)?,
+        until: time("until", q.until)?,
+        limit: q.limit,
+    };
+    Ok(list(app.store.list_audit(filter).await?))
+}

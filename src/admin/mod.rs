@@ -1,0 +1,198 @@
+//! The HTTP API: admin routes, operational endpoints, and (later) the user API.
+//!
+//! One router factory ([`router`]), one file per resource, one error type ([`ApiError`])
+//! that renders `{"error":{"code","message"}}`. Every admin route goes through the
+//! [`AdminCaller`] extractor: the master key, or a key with the `admin` permission.
+
+mod audit;
+mod error;
+mod keys;
+mod ops;
+mod teams;
+mod users;
+
+pub use error::ApiError;
+
+use crate::app::App;
+use crate::authn::{self, credential, AuthnError};
+use crate::decision::{self, Principal, ADMIN_PERMISSION};
+use crate::store::Actor;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::Router;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub type AppState = Arc<App>;
+
+/// Bodies larger than this are refused with 413 before they are parsed.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// The whole HTTP API.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .merge(ops::routes())
+        .merge(keys::routes())
+        .merge(users::routes())
+        .merge(teams::routes())
+        .merge(audit::routes())
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(app)
+}
+
+/// An authenticated admin: the master key, or a virtual key with the `admin` permission
+/// that is in good standing.
+pub struct AdminCaller {
+    pub actor: Actor,
+}
+
+impl FromRequestParts<AppState> for AdminCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let source = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
+        let presented =
+            credential::extract(|name| parts.headers.get(name).and_then(|v| v.to_str().ok()));
+        let principal = authn::resolve(&app.gate.master, &app.gate.keys, presented)
+            .await
+            .map_err(|e| match e {
+                AuthnError::Denied(d) => ApiError::Unauthorized(d.message),
+                AuthnError::Unavailable(e) => ApiError::from(e),
+            })?;
+        let name = match &principal {
+            Principal::Master => "master".to_owned(),
+            Principal::Key(lookup) => {
+                decision::standing(lookup, crate::domain::now())
+                    .map_err(|d| ApiError::Unauthorized(d.message))?;
+                if !decision::has_permission(
+                    &decision::effective_permissions(lookup),
+                    ADMIN_PERMISSION,
+                ) {
+                    return Err(ApiError::Forbidden(
+                        "this route needs the master key or an admin key".into(),
+                    ));
+                }
+                format!("key:{}", lookup.key.id)
+            }
+        };
+        Ok(AdminCaller {
+            actor: Actor::new(name, source),
+        })
+    }
+}
+
+/// A JSON body, parsed whatever its `content-type` (curl users forget it), with our 400
+/// on failure saying what is wrong and where. An empty body reads as `{}` where `T`
+/// allows it, so bodies with only optional fields may be left out.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| match rejection.status().as_u16() {
+                413 => ApiError::TooLarge(format!(
+                    "request body is larger than {MAX_BODY_BYTES} bytes"
+                )),
+                _ => ApiError::BadRequest(rejection.body_text()),
+            })?;
+        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(text)
+            .map(JsonBody)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// Query strings with our error shape on failure.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| QueryParams(q.0))
+            .map_err(|e| ApiError::BadRequest(e.body_text()))
+    }
+}
+
+/// For PATCH bodies: tells "absent" (`None`) from "null" (`Some(None)`).
+pub fn nullable<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// `{"data": [...]}`, the shape of every list.
+pub fn list<T: serde::Serialize>(items: Vec<T>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "data": items }))
+}
+
+/// Shared checks of the fields that keys, users and teams have in common.
+pub mod validate {
+    use super::ApiError;
+
+    pub fn name(field: &str, value: &str) -> Result<(), ApiError> {
+        let trimmed = value.trim();
+        if trimmed.is_empty() {
+            return Err(ApiError::BadRequest(format!("`{field}` must not be empty")));
+        }
+        if value.chars().count() > 200 {
+            return Err(ApiError::BadRequest(format!(
+                "`{field}` is longer than 200 characters"
+            )));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(ApiError::BadRequest(format!(
+                "`{field}` must not contain control characters"
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn limit(field: &str, value: Option<i64>) -> Result<(), ApiError> {
+        match value {
+            Some(v) if v < 0 => Err(ApiError::BadRequest(format!(
+                "`{field}` must be zero or more, got {v}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn budget(value: Option<f64>) -> Result<(), ApiError> {
+        match value {
+            Some(v) if !v.is_finite() || v < 0.0 => Err(ApiError::BadRequest(format!(
+                "`max_budget` must be a USD amount of zero or more, got {v}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Permission and model names: short, printable, no spaces.
+    pub fn tokens(field: &str, values: &[String]) -> Result<(), ApiError> {
+        for v in values {
+            if v.is_empty()
+                || v.len() > 128
+                || v.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "`{field}` has an invalid entry {v:?}: entries are non-empty, at most 128 characters, without spaces"
+                )));
+            }
+        }
+        Ok(())
+    }
+}

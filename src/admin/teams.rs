@@ -1,0 +1,203 @@
+//! `/admin/teams`: teams, their limits and model sets, and their members.
+
+use super::{list, nullable, validate, AdminCaller, ApiError, AppState, JsonBody};
+use crate::authn::key_cache::Invalidation;
+use crate::domain::{BudgetDuration, Membership, MembershipSource, Team, TeamRole};
+use crate::store::{NewTeam, TeamPatch};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin/teams", get(list_teams).post(create))
+        .route(
+            "/admin/teams/{id}",
+            get(get_team).patch(update).delete(remove),
+        )
+        .route("/admin/teams/{id}/members", post(add_member))
+        .route("/admin/teams/{id}/members/{user_id}", delete(remove_member))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTeam {
+    name: String,
+    #[serde(default)]
+    models: Vec<String>,
+    rpm: Option<i64>,
+    tpm: Option<i64>,
+    max_budget: Option<f64>,
+    budget_duration: Option<BudgetDuration>,
+    metadata: Option<serde_json::Value>,
+}
+
+async fn create(
+    State(app): State<AppState>,
+    caller: AdminCaller,
+    JsonBody(body): JsonBody<CreateTeam>,
+) -> Result<(StatusCode, Json<Team>), ApiError> {
+    validate::name("name", &body.name)?;
+    validate::tokens("models", &body.models)?;
+    validate::limit("rpm", body.rpm)?;
+    validate::limit("tpm", body.tpm)?;
+    validate::budget(body.max_budget)?;
+    let team = app
+        .store
+        .create_team(
+            &caller.actor,
+            NewTeam {
+                name: body.name,
+                models: body.models,
+                rpm: body.rpm,
+                tpm: body.tpm,
+                max_budget: body.max_budget,
+                budget_duration: body.budget_duration,
+                metadata: body.metadata,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(team)))
+}
+
+async fn list_teams(
+    State(app): State<AppState>,
+    _caller: AdminCaller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(list(app.store.list_teams().await?))
+}
+
+#[derive(Serialize)]
+struct TeamWithMembers {
+    #[serde(flatten)]
+    team: Team,
+    members: Vec<Membership>,
+}
+
+async fn get_team(
+    State(app): State<AppState>,
+    _caller: AdminCaller,
+    Path(id): Path<String>,
+) -> Result<Json<TeamWithMembers>, ApiError> {
+    let team = app
+        .store
+        .get_team(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("team", &id))?;
+    let members = app.store.list_members(&id).await?;
+    Ok(Json(TeamWithMembers { team, members }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateTeam {
+    name: Option<String>,
+    models: Option<Vec<String>>,
+    blocked: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    rpm: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    tpm: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    max_budget: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    budget_duration: Option<Option<BudgetDuration>>,
+    metadata: Option<serde_json::Value>,
+}
+
+async fn update(
+    State(app): State<AppState>,
+    caller: AdminCaller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<UpdateTeam>,
+) -> Result<Json<Team>, ApiError> {
+    if let Some(name) = &body.name {
+        validate::name("name", name)?;
+    }
+    validate::tokens("models", body.models.as_deref().unwrap_or_default())?;
+    validate::limit("rpm", body.rpm.flatten())?;
+    validate::limit("tpm", body.tpm.flatten())?;
+    validate::budget(body.max_budget.flatten())?;
+    let patch = TeamPatch {
+        name: body.name,
+        models: body.models,
+        blocked: body.blocked,
+        rpm: body.rpm,
+        tpm: body.tpm,
+        max_budget: body.max_budget,
+        budget_duration: body.budget_duration,
+        metadata: body.metadata,
+    };
+    let team = app.store.update_team(&caller.actor, &id, patch).await?;
+    app.gate.keys.invalidate(Invalidation::Team(id.clone()));
+    team.map(Json)
+        .ok_or_else(|| ApiError::not_found("team", &id))
+}
+
+async fn remove(
+    State(app): State<AppState>,
+    caller: AdminCaller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let deleted = app.store.delete_team(&caller.actor, &id).await?;
+    app.gate.keys.invalidate(Invalidation::Team(id.clone()));
+    if deleted {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("team", &id))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddMember {
+    user_id: String,
+    #[serde(default = "member")]
+    role: TeamRole,
+}
+
+fn member() -> TeamRole {
+    TeamRole::Member
+}
+
+async fn add_member(
+    State(app): State<AppState>,
+    caller: AdminCaller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<AddMember>,
+) -> Result<(StatusCode, Json<Membership>), ApiError> {
+    if app.store.get_team(&id).await?.is_none() {
+        return Err(ApiError::not_found("team", &id));
+    }
+    let membership = app
+        .store
+        .add_member(
+            &caller.actor,
+            &id,
+            &body.user_id,
+            body.role,
+            MembershipSource::Manual,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(membership)))
+}
+
+async fn remove_member(
+    State(app): State<AppState>,
+    caller: AdminCaller,
+    Path((id, user_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    if app
+        .store
+        .remove_member(&caller.actor, &id, &user_id)
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!(
+            "user `{user_id}` is not a member of team `{id}`"
+        )))
+    }
+}
