@@ -3,3 +3,5 @@
 #![allow(dead_code)]
 
 pub mod db;
+pub mod envoy;
+pub mod upstream;
