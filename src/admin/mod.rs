@@ -109,9 +109,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         } else {
             &bytes
         };
-        serde_json::from_slice(text)
+        let mut de = serde_json::Deserializer::from_slice(text);
+        serde_path_to_error::deserialize(&mut de)
             .map(JsonBody)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                ApiError::BadRequest(match path.as_str() {
+                    "." => format!("invalid JSON body: {}", e.inner()),
+                    _ => format!("invalid JSON body: `{path}`: {}", e.inner()),
+                })
+            })
     }
 }
 

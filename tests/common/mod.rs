@@ -5,3 +5,5 @@
 pub mod db;
 pub mod envoy;
 pub mod upstream;
+pub mod chaos;
+pub mod tollgate;
