@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Full-admin credential. Empty: taken from `TOLLGATE_MASTER_KEY`, else generated at start.
@@ -31,23 +31,6 @@ pub struct Config {
     pub routes: BTreeMap<String, RouteRule>,
     pub models: Vec<Model>,
     pub budgets: Budgets,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            master_key: Secret::default(),
-            listen: Listen::default(),
-            database: Database::default(),
-            redis: None,
-            cache: Cache::default(),
-            auth: Auth::default(),
-            limits: Limits::default(),
-            routes: BTreeMap::new(),
-            models: Vec::new(),
-            budgets: Budgets::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -450,16 +433,46 @@ impl Config {
     }
 }
 
-/// Replaces `${VAR}` and `${VAR:-default}`; `$${` is a literal `${`. Returns the text and
-/// the names of unset variables used without a default.
+/// Replaces `${VAR}` and `${VAR:-default}` outside YAML comments; `$${` is a literal
+/// `${`. Returns the text and the names of unset variables used without a default.
 fn expand_env(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(String, Vec<String>), (usize, String)> {
     let mut out = String::with_capacity(text.len());
     let mut unset = Vec::new();
-    let mut rest = text;
-    let line_of = |rest: &str| text[..text.len() - rest.len()].matches('\n').count() + 1;
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let (content, comment) = line.split_at(comment_start(line));
+        expand_line(content, env, &mut out, &mut unset).map_err(|m| (index + 1, m))?;
+        out.push_str(comment);
+    }
+    Ok((out, unset))
+}
+
+/// Where a line's YAML comment begins: a `#` at the start or after white space, outside
+/// quotes. The line's length when there is none.
+fn comment_start(line: &str) -> usize {
+    let mut quote = None;
+    let mut previous = ' ';
+    for (i, c) in line.char_indices() {
+        match (quote, c) {
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), _) if c == q && previous != '\\' => quote = None,
+            (None, '#') if previous.is_whitespace() => return i,
+            _ => {}
+        }
+        previous = c;
+    }
+    line.len()
+}
+
+fn expand_line(
+    line: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    out: &mut String,
+    unset: &mut Vec<String>,
+) -> Result<(), String> {
+    let mut rest = line;
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
         let tail = &rest[i..];
@@ -467,23 +480,16 @@ fn expand_env(
             out.push_str("${");
             rest = after;
         } else if let Some(after) = tail.strip_prefix("${") {
-            let end = after.find('}').ok_or_else(|| {
-                (line_of(tail), "unterminated `${` (missing `}`)".to_owned())
-            })?;
+            let end = after
+                .find('}')
+                .ok_or_else(|| "unterminated `${` (missing `}`)".to_owned())?;
             let inner = &after[..end];
             let (name, default) = match inner.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
                 None => (inner, None),
             };
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
-                return Err((
-                    line_of(tail),
-                    format!("`${{{inner}}}` is not a valid variable reference"),
-                ));
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("`${{{inner}}}` is not a valid variable reference"));
             }
             let value = match (env(name).filter(|v| !v.is_empty()), default) {
                 (Some(v), _) => v,
@@ -494,12 +500,9 @@ fn expand_env(
                 }
             };
             if value.contains('\n') {
-                return Err((
-                    line_of(tail),
-                    format!("the value of ${{{name}}} spans several lines"),
-                ));
+                return Err(format!("the value of ${{{name}}} spans several lines"));
             }
-            // Quote nothing: values are spliced as the user wrote them, like a shell would.
+            // Spliced as written, like a shell would: quoting is the file's business.
             out.push_str(&value);
             rest = &after[end + 1..];
         } else {
@@ -508,7 +511,7 @@ fn expand_env(
         }
     }
     out.push_str(rest);
-    Ok((out, unset))
+    Ok(())
 }
 
 /// Finds the line of a dotted key path (`cache.key_ttl`, `models.name`) in YAML text:
@@ -613,6 +616,17 @@ mod tests {
     fn dollar_escape_and_bare_dollars_pass_through() {
         let (out, _) = expand_env("a: $${X} $5 $", &|_| None).unwrap();
         assert_eq!(out, "a: ${X} $5 $");
+    }
+
+    #[test]
+    fn comments_are_not_expanded() {
+        let (out, unset) = expand_env(
+            "# uses ${NOPE} and ${broken\nkey: \"a # ${SET}\" # ${ALSO_NOT}\n",
+            &|v| (v == "SET").then(|| "x".to_owned()),
+        )
+        .unwrap();
+        assert_eq!(out, "# uses ${NOPE} and ${broken\nkey: \"a # x\" # ${ALSO_NOT}\n");
+        assert!(unset.is_empty());
     }
 
     #[test]

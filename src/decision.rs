@@ -59,7 +59,7 @@ impl Policy {
                 }
             }
         }
-        prefix_routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        prefix_routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         let models = config
             .models
             .iter()

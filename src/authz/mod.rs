@@ -58,7 +58,9 @@ impl Gate {
             }
             Err(e) => {
                 tracing::warn!(authz.decision = "error", error = %e, "cannot decide: backend unavailable");
-                Err(Status::unavailable("tollgate: a backend needed for the decision is unavailable"))
+                Err(Status::unavailable(
+                    "tollgate: a backend needed for the decision is unavailable",
+                ))
             }
         }
     }

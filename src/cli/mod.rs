@@ -1,7 +1,7 @@
 //! The `tollgate` command line.
 //!
 //! `serve`, `migrate` and `config check` work on the configuration file directly; the
-//! admin commands (`key`, `user`, `team`, `audit`, `usage`) are thin clients of the HTTP API
+//! admin commands (`key`, `user`, `team`, `audit`) are thin clients of the HTTP API
 //! (see [`client`]), so they work the same against a local or a remote tollgate and never
 //! touch the database themselves.
 //!
@@ -17,7 +17,6 @@ mod migrate;
 mod output;
 mod serve;
 mod team;
-mod usage;
 mod user;
 
 use crate::config::{Config, ConfigError, Loaded};
@@ -79,8 +78,6 @@ pub enum Command {
     Team(team::TeamCommand),
     /// Read the audit log of admin writes.
     Audit(audit::AuditCommand),
-    /// Usage and spend reports.
-    Usage(usage::UsageCommand),
 }
 
 /// Runs one parsed command line.
@@ -93,7 +90,6 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::User(cmd) => user::run(cmd).await,
         Command::Team(cmd) => team::run(cmd).await,
         Command::Audit(cmd) => audit::run(cmd).await,
-        Command::Usage(cmd) => usage::run(cmd).await,
     }
 }
 
