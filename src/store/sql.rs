@@ -1,1 +1,1507 @@
-//! SQL store (being written)
+//! The SQL implementation of [`Store`], on SQLite and on Postgres through sqlx's `Any` driver.
+//!
+//! One set of SQL text serves both backends: placeholders are `$1, $2, …` (SQLite accepts
+//! them), only portable functions are used, JSON is kept as text, and the few things the
+//! backends spell differently (how a write transaction starts, row locks) are chosen by
+//! [`Backend`] in one place each. The schemas live in `migrations/sqlite` and
+//! `migrations/postgres` and must keep the same table and column names.
+//!
+//! Things the `Any` driver imposes, found by testing against both backends (they matter to
+//! anyone writing SQL against [`SqlStore::pool`] too):
+//! - A value is mapped by its own type, not the column's declared type: a SQLite boolean is
+//!   an INTEGER and arrives as a 64-bit integer (so does `1 = 1`), a Postgres BOOLEAN
+//!   arrives as a bool, and `Any` refuses to decode one as the other. Booleans are therefore
+//!   read by [`bool_col`], which accepts both. Writing a Rust `bool` works on both.
+//! - json/jsonb, numeric, name and timestamp types cannot be decoded at all, and one such
+//!   column fails the whole row: hence JSON as TEXT, money as DOUBLE PRECISION/REAL, times
+//!   as BIGINT Unix seconds, and `CAST(SUM(int_column) AS BIGINT)` (Postgres sums BIGINT
+//!   into NUMERIC). `COUNT(*)` is BIGINT on both; a REAL sum needs a `0.0` default, not
+//!   `0`, or SQLite hands back an integer.
+//! - A NULL read into a non-`Option` type is an error on both; read nullable columns and
+//!   aggregates over possibly empty sets as `Option`.
+//!
+//! Users and teams are soft-deleted (`deleted_at`): their revoked keys and their usage
+//! history keep a valid owner, and a partial unique index lets a name be reused afterwards.
+//!
+//! Every write runs in one transaction with its audit row. On SQLite a write transaction
+//! starts with `BEGIN IMMEDIATE`, so it holds the write lock from its first read and never
+//! fails half-way on a lock upgrade; on Postgres the rows read before a write are locked with
+//! `FOR UPDATE` / `FOR SHARE`, so concurrent patches and deletes serialise per row.
+
+use super::{
+    Actor, AuditFilter, KeyFilter, KeyPatch, NewKey, NewTeam, NewUser, Store, StoreError,
+    StoreResult, TeamPatch, UserPatch,
+};
+use crate::domain::{
+    self, ApiKey, AuditEvent, BudgetDuration, KeyLookup, KeyOwnerTeam, KeyOwnerUser, Limits,
+    Membership, MembershipSource, Role, Team, TeamRole, Timestamp, User,
+};
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+
+static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How long a SQLite connection waits for another connection's write lock before giving up
+/// with `SQLITE_BUSY` (reported as [`StoreError::Unavailable`]).
+const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
+
+/// Default and maximum number of audit events one `list_audit` call returns.
+const AUDIT_DEFAULT_LIMIT: i64 = 100;
+const AUDIT_MAX_LIMIT: i64 = 1000;
+
+/// Which database a [`SqlStore`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a database URL names, or `Invalid` naming the unsupported scheme.
+    pub fn from_url(url: &str) -> StoreResult<Backend> {
+        let scheme = match url.split_once(':') {
+            Some((scheme, _)) if !scheme.is_empty() => scheme.to_ascii_lowercase(),
+            _ => {
+                return Err(StoreError::Invalid(format!(
+                    "database URL `{}` has no scheme (expected sqlite:// or postgres://)",
+                    redact_url(url)
+                )))
+            }
+        };
+        match scheme.as_str() {
+            "sqlite" => Ok(Backend::Sqlite),
+            "postgres" | "postgresql" => Ok(Backend::Postgres),
+            other => Err(StoreError::Invalid(format!(
+                "unsupported database URL scheme `{other}` in `{}` (expected sqlite:// or postgres://)",
+                redact_url(url)
+            ))),
+        }
+    }
+
+    /// Row-lock clause for rows read before they are updated. SQLite has no row locks; its
+    /// `BEGIN IMMEDIATE` already serialises writers.
+    fn for_update(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// Row-lock clause for rows that must not be deleted (or soft-deleted) before the
+    /// transaction commits, e.g. the owner of a key being created.
+    fn for_share(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR SHARE",
+        }
+    }
+}
+
+/// Pool settings for [`SqlStore::connect`].
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub max_connections: u32,
+    /// How long a call waits for a free connection before failing with `Unavailable`.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// The [`Store`] on SQLite or Postgres.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl SqlStore {
+    /// Opens a pool on `sqlite://path` / `sqlite:path` (the file is created when missing) or
+    /// `postgres://…` / `postgresql://…`, and checks that one connection can be made.
+    /// Does not migrate: call [`Store::migrate`].
+    pub async fn connect(url: &str, opts: &ConnectOptions) -> StoreResult<SqlStore> {
+        let backend = Backend::from_url(url)?;
+        sqlx::any::install_default_drivers();
+        let url = match backend {
+            Backend::Sqlite => sqlite_url_with_create(url),
+            Backend::Postgres => url.to_string(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(opts.max_connections.max(1))
+            .acquire_timeout(opts.acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        configure_sqlite(conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(|e| match map_db_err(e, None) {
+                StoreError::Other(msg) | StoreError::Unavailable(msg) => StoreError::Unavailable(
+                    format!("cannot connect to `{}`: {msg}", redact_url(&url)),
+                ),
+                other => other,
+            })?;
+        Ok(SqlStore { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The connection pool, for modules that keep their own tables in the same database.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Closes every connection; later calls fail with `Unavailable`.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Starts a write transaction (see the module docs for why SQLite uses `BEGIN IMMEDIATE`).
+    async fn begin_write(&self) -> StoreResult<Transaction<'static, Any>> {
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        };
+        tx.map_err(db_err)
+    }
+
+    async fn locked_user(&self, conn: &mut AnyConnection, id: &str) -> StoreResult<Option<User>> {
+        let sql = format!(
+            "SELECT {USER_COLS} FROM users WHERE id = $1 AND deleted_at IS NULL{}",
+            self.backend.for_update()
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn locked_team(&self, conn: &mut AnyConnection, id: &str) -> StoreResult<Option<Team>> {
+        let sql = format!(
+            "SELECT {TEAM_COLS} FROM teams WHERE id = $1 AND deleted_at IS NULL{}",
+            self.backend.for_update()
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(team_from_row).transpose()
+    }
+
+    async fn locked_key(&self, conn: &mut AnyConnection, id: &str) -> StoreResult<Option<ApiKey>> {
+        let sql = format!(
+            "SELECT {KEY_COLS} FROM api_keys WHERE id = $1{}",
+            self.backend.for_update()
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    /// Fails with `Invalid` unless the live user or team `id` exists, and keeps it from being
+    /// deleted until the transaction ends (so a key or membership cannot outlive its owner).
+    async fn require_live(
+        &self,
+        conn: &mut AnyConnection,
+        table: &'static str,
+        what: &'static str,
+        id: &str,
+    ) -> StoreResult<()> {
+        let sql = format!(
+            "SELECT id FROM {table} WHERE id = $1 AND deleted_at IS NULL{}",
+            self.backend.for_share()
+        );
+        let found = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        match found {
+            Some(_) => Ok(()),
+            None => Err(StoreError::Invalid(format!("{what} {id} does not exist"))),
+        }
+    }
+}
+
+/// Adds `mode=rwc` (create the file when missing) unless the URL already says a mode.
+fn sqlite_url_with_create(url: &str) -> String {
+    match url.split_once('?') {
+        Some((_, query)) if query.split('&').any(|p| p.starts_with("mode=")) => url.to_string(),
+        Some(_) => format!("{url}&mode=rwc"),
+        None => format!("{url}?mode=rwc"),
+    }
+}
+
+async fn configure_sqlite(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    // busy_timeout first: switching to WAL needs a lock another new connection may hold.
+    conn.execute(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str())
+        .await?;
+    conn.execute("PRAGMA journal_mode = WAL").await?;
+    conn.execute("PRAGMA foreign_keys = ON").await?;
+    // With WAL, NORMAL loses no committed transaction on a crash of the process, only
+    // possibly the last ones on a power loss; FULL would fsync on every commit.
+    conn.execute("PRAGMA synchronous = NORMAL").await?;
+    Ok(())
+}
+
+/// The URL with any password (in the userinfo or in a `password=` query parameter)
+/// replaced by `***`, fit for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    let (head, query) = match url.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match head.split_once("://") {
+        Some((scheme, rest)) => {
+            let auth_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(auth_end);
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) => match userinfo.split_once(':') {
+                    Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
+                    None => head.to_string(),
+                },
+                None => head.to_string(),
+            }
+        }
+        None => head.to_string(),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if is_secret_param(key) => format!("{key}=***"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+fn is_secret_param(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "token"]
+        .iter()
+        .any(|word| key.contains(word))
+}
+
+/// The one place where database errors become [`StoreError`]s. `conflict` is the message for
+/// a uniqueness violation, phrased for the caller ("a team named X already exists").
+/// Database messages are passed on, but never the values involved (Postgres keeps those in
+/// the error's detail, which is not used), so no secret or hash reaches a message.
+fn map_db_err(err: sqlx::Error, conflict: Option<&str>) -> StoreError {
+    use sqlx::error::ErrorKind;
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed
+        // A connection cut mid-conversation shows up as a protocol error (a short or
+        // garbled message) as often as an I/O one.
+        | sqlx::Error::Protocol(_) => StoreError::Unavailable(err.to_string()),
+        sqlx::Error::Database(db) => match db.kind() {
+            ErrorKind::UniqueViolation => StoreError::Conflict(
+                conflict
+                    .unwrap_or("a record with the same unique value already exists")
+                    .to_string(),
+            ),
+            ErrorKind::ForeignKeyViolation => StoreError::Invalid(
+                "the record refers to a user or team that does not exist".to_string(),
+            ),
+            _ if is_transient_db_error(db.as_ref()) => {
+                StoreError::Unavailable(db.message().to_string())
+            }
+            _ => StoreError::Other(db.message().to_string()),
+        },
+        other => StoreError::Other(other.to_string()),
+    }
+}
+
+/// Errors that go away by themselves: a busy or locked SQLite file; a Postgres connection
+/// failure, shutdown, overload, deadlock or serialisation failure.
+fn is_transient_db_error(db: &dyn sqlx::error::DatabaseError) -> bool {
+    let Some(code) = db.code() else { return false };
+    if db
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .is_some()
+    {
+        code.starts_with("08")
+            || code.starts_with("57P")
+            || code.starts_with("53")
+            || code == "40001"
+            || code == "40P01"
+    } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // Extended result codes carry the primary code in the low byte.
+        matches!(code.parse::<i32>().map(|c| c & 0xff), Ok(5 | 6 | 14))
+    } else {
+        false
+    }
+}
+
+fn db_err(err: sqlx::Error) -> StoreError {
+    map_db_err(err, None)
+}
+
+fn migrate_err(err: MigrateError) -> StoreError {
+    match err {
+        MigrateError::Execute(e) => db_err(e),
+        other => StoreError::Other(format!("migration failed: {other}")),
+    }
+}
+
+// ---- row mapping -------------------------------------------------------------------------
+
+const USER_COLS: &str = "id, username, email, full_name, role, blocked, rpm, tpm, max_budget, \
+     budget_duration, metadata, created_at, updated_at";
+const TEAM_COLS: &str = "id, name, models, blocked, rpm, tpm, max_budget, budget_duration, \
+     metadata, created_at, updated_at";
+const KEY_COLS: &str = "id, name, key_hint, user_id, team_id, permissions, models, rpm, tpm, \
+     max_budget, budget_duration, expires_at, blocked, metadata, created_at, updated_at, \
+     revoked_at, previous_expires_at";
+const MEMBER_COLS: &str = "team_id, user_id, role, source, created_at";
+const AUDIT_COLS: &str = "id, at, actor, action, target, source, details";
+
+fn col<'r, T>(row: &'r AnyRow, name: &str) -> StoreResult<T>
+where
+    T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
+{
+    row.try_get(name)
+        .map_err(|e| StoreError::Other(format!("cannot read column {name}: {e}")))
+}
+
+/// A boolean column: a bool on Postgres, an INTEGER 0/1 on SQLite (see the module docs).
+fn bool_col(row: &AnyRow, name: &str) -> StoreResult<bool> {
+    Ok(opt_bool_col(row, name)?.unwrap_or(false))
+}
+
+fn opt_bool_col(row: &AnyRow, name: &str) -> StoreResult<Option<bool>> {
+    match row.try_get::<Option<bool>, _>(name) {
+        Ok(b) => Ok(b),
+        Err(_) => Ok(col::<Option<i64>>(row, name)?.map(|i| i != 0)),
+    }
+}
+
+fn enum_col<T: FromStr<Err = String>>(row: &AnyRow, name: &str) -> StoreResult<T> {
+    let text: String = col(row, name)?;
+    text.parse()
+        .map_err(|e| StoreError::Other(format!("column {name}: {e}")))
+}
+
+fn opt_enum_col<T: FromStr<Err = String>>(row: &AnyRow, name: &str) -> StoreResult<Option<T>> {
+    let text: Option<String> = col(row, name)?;
+    text.map(|t| t.parse())
+        .transpose()
+        .map_err(|e| StoreError::Other(format!("column {name}: {e}")))
+}
+
+fn json_col(row: &AnyRow, name: &str) -> StoreResult<Value> {
+    let text: String = col(row, name)?;
+    serde_json::from_str(&text)
+        .map_err(|e| StoreError::Other(format!("column {name} holds invalid JSON: {e}")))
+}
+
+fn list_col(row: &AnyRow, name: &str) -> StoreResult<Vec<String>> {
+    let text: String = col(row, name)?;
+    serde_json::from_str(&text)
+        .map_err(|e| StoreError::Other(format!("column {name} holds an invalid list: {e}")))
+}
+
+fn limits_from_row(row: &AnyRow) -> StoreResult<Limits> {
+    Ok(Limits {
+        rpm: col(row, "rpm")?,
+        tpm: col(row, "tpm")?,
+        max_budget: col(row, "max_budget")?,
+        budget_duration: opt_enum_col(row, "budget_duration")?,
+    })
+}
+
+fn user_from_row(row: &AnyRow) -> StoreResult<User> {
+    Ok(User {
+        id: col(row, "id")?,
+        username: col(row, "username")?,
+        email: col(row, "email")?,
+        full_name: col(row, "full_name")?,
+        role: enum_col(row, "role")?,
+        blocked: bool_col(row, "blocked")?,
+        limits: limits_from_row(row)?,
+        metadata: json_col(row, "metadata")?,
+        created_at: col(row, "created_at")?,
+        updated_at: col(row, "updated_at")?,
+    })
+}
+
+fn team_from_row(row: &AnyRow) -> StoreResult<Team> {
+    Ok(Team {
+        id: col(row, "id")?,
+        name: col(row, "name")?,
+        models: list_col(row, "models")?,
+        blocked: bool_col(row, "blocked")?,
+        limits: limits_from_row(row)?,
+        metadata: json_col(row, "metadata")?,
+        created_at: col(row, "created_at")?,
+        updated_at: col(row, "updated_at")?,
+    })
+}
+
+fn key_from_row(row: &AnyRow) -> StoreResult<ApiKey> {
+    Ok(ApiKey {
+        id: col(row, "id")?,
+        name: col(row, "name")?,
+        key_hint: col(row, "key_hint")?,
+        user_id: col(row, "user_id")?,
+        team_id: col(row, "team_id")?,
+        permissions: list_col(row, "permissions")?,
+        models: list_col(row, "models")?,
+        limits: limits_from_row(row)?,
+        expires_at: col(row, "expires_at")?,
+        blocked: bool_col(row, "blocked")?,
+        metadata: json_col(row, "metadata")?,
+        created_at: col(row, "created_at")?,
+        updated_at: col(row, "updated_at")?,
+        revoked_at: col(row, "revoked_at")?,
+        previous_expires_at: col(row, "previous_expires_at")?,
+    })
+}
+
+fn member_from_row(row: &AnyRow) -> StoreResult<Membership> {
+    Ok(Membership {
+        team_id: col(row, "team_id")?,
+        user_id: col(row, "user_id")?,
+        role: enum_col(row, "role")?,
+        source: enum_col(row, "source")?,
+        created_at: col(row, "created_at")?,
+    })
+}
+
+fn audit_from_row(row: &AnyRow) -> StoreResult<AuditEvent> {
+    Ok(AuditEvent {
+        id: col(row, "id")?,
+        at: col(row, "at")?,
+        actor: col(row, "actor")?,
+        action: col(row, "action")?,
+        target: col(row, "target")?,
+        source: col(row, "source")?,
+        details: json_col(row, "details")?,
+    })
+}
+
+fn list_text(list: &[String]) -> String {
+    serde_json::to_string(list).expect("a list of strings serialises")
+}
+
+fn duration_text(d: Option<BudgetDuration>) -> Option<&'static str> {
+    d.map(BudgetDuration::as_str)
+}
+
+/// Records the fields a patch sets while applying them, for the audit row's details.
+#[derive(Default)]
+struct Changes(Map<String, Value>);
+
+impl Changes {
+    fn apply<T: Serialize>(&mut self, field: &str, slot: &mut T, new: Option<T>) {
+        if let Some(value) = new {
+            self.0.insert(
+                field.to_string(),
+                serde_json::to_value(&value).unwrap_or(Value::Null),
+            );
+            *slot = value;
+        }
+    }
+
+    fn into_value(self) -> Value {
+        Value::Object(self.0)
+    }
+}
+
+fn require_nonempty(what: &str, value: &str) -> StoreResult<()> {
+    if value.trim().is_empty() {
+        return Err(StoreError::Invalid(format!("{what} must not be empty")));
+    }
+    Ok(())
+}
+
+/// A key hash is the lowercase hex SHA-256 of the plaintext key; anything else is a caller
+/// bug (e.g. passing the plaintext), so it is refused without echoing the value.
+fn require_key_hash(hash: &str) -> StoreResult<()> {
+    let ok = hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(
+            "key_hash must be a lowercase hex SHA-256 (64 characters)".to_string(),
+        ))
+    }
+}
+
+async fn write_audit(
+    conn: &mut AnyConnection,
+    actor: &Actor,
+    at: Timestamp,
+    action: &str,
+    target: &str,
+    details: Value,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (at, actor, action, target, source, details) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(at)
+    .bind(&actor.name)
+    .bind(action)
+    .bind(target)
+    .bind(actor.source.as_deref())
+    .bind(details.to_string())
+    .execute(conn)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+async fn commit(tx: Transaction<'static, Any>) -> StoreResult<()> {
+    tx.commit().await.map_err(db_err)
+}
+
+const USER_CONFLICT: &str = "a user with that username or email already exists";
+const KEY_CONFLICT: &str = "a key with that secret already exists";
+
+fn team_conflict(name: &str) -> String {
+    format!("a team named {name} already exists")
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn migrate(&self) -> StoreResult<()> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATOR,
+            Backend::Postgres => &POSTGRES_MIGRATOR,
+        };
+        migrator.run(&self.pool).await.map_err(migrate_err)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        conn.ping().await.map_err(db_err)
+    }
+
+    async fn create_user(&self, actor: &Actor, new: NewUser) -> StoreResult<User> {
+        require_nonempty("username", &new.username)?;
+        require_nonempty("email", &new.email)?;
+        let now = domain::now();
+        let user = User {
+            id: domain::new_id(),
+            username: new.username,
+            email: new.email,
+            full_name: new.full_name,
+            role: new.role.unwrap_or(Role::User),
+            blocked: false,
+            limits: Limits {
+                rpm: new.rpm,
+                tpm: new.tpm,
+                max_budget: new.max_budget,
+                budget_duration: new.budget_duration,
+            },
+            metadata: new.metadata.unwrap_or_else(|| json!({})),
+            created_at: now,
+            updated_at: now,
+        };
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO users (id, username, email, full_name, role, blocked, password_hash, \
+             rpm, tpm, max_budget, budget_duration, metadata, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(&user.id)
+        .bind(&user.username)
+        .bind(&user.email)
+        .bind(user.full_name.as_deref())
+        .bind(user.role.as_str())
+        .bind(user.blocked)
+        .bind(new.password_hash.as_deref())
+        .bind(user.limits.rpm)
+        .bind(user.limits.tpm)
+        .bind(user.limits.max_budget)
+        .bind(duration_text(user.limits.budget_duration))
+        .bind(user.metadata.to_string())
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| map_db_err(e, Some(USER_CONFLICT)))?;
+        let details = json!({
+            "username": user.username,
+            "email": user.email,
+            "full_name": user.full_name,
+            "role": user.role,
+            "password_set": new.password_hash.is_some(),
+            "rpm": user.limits.rpm,
+            "tpm": user.limits.tpm,
+            "max_budget": user.limits.max_budget,
+            "budget_duration": user.limits.budget_duration,
+        });
+        write_audit(&mut tx, actor, now, "user.create", &user.id, details).await?;
+        commit(tx).await?;
+        Ok(user)
+    }
+
+    async fn get_user(&self, id: &str) -> StoreResult<Option<User>> {
+        let sql = format!("SELECT {USER_COLS} FROM users WHERE id = $1 AND deleted_at IS NULL");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<User>> {
+        let sql = format!(
+            "SELECT {USER_COLS} FROM users WHERE deleted_at IS NULL ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(&sql)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn update_user(
+        &self,
+        actor: &Actor,
+        id: &str,
+        patch: UserPatch,
+    ) -> StoreResult<Option<User>> {
+        if let Some(email) = &patch.email {
+            require_nonempty("email", email)?;
+        }
+        let mut tx = self.begin_write().await?;
+        let Some(mut user) = self.locked_user(&mut tx, id).await? else {
+            return Ok(None);
+        };
+        let mut changes = Changes::default();
+        changes.apply("email", &mut user.email, patch.email);
+        changes.apply("full_name", &mut user.full_name, patch.full_name);
+        changes.apply("role", &mut user.role, patch.role);
+        changes.apply("blocked", &mut user.blocked, patch.blocked);
+        changes.apply("rpm", &mut user.limits.rpm, patch.rpm);
+        changes.apply("tpm", &mut user.limits.tpm, patch.tpm);
+        changes.apply("max_budget", &mut user.limits.max_budget, patch.max_budget);
+        changes.apply(
+            "budget_duration",
+            &mut user.limits.budget_duration,
+            patch.budget_duration,
+        );
+        changes.apply("metadata", &mut user.metadata, patch.metadata);
+        let now = domain::now();
+        user.updated_at = now;
+        sqlx::query(
+            "UPDATE users SET email = $2, full_name = $3, role = $4, blocked = $5, rpm = $6, \
+             tpm = $7, max_budget = $8, budget_duration = $9, metadata = $10, updated_at = $11 \
+             WHERE id = $1",
+        )
+        .bind(&user.id)
+        .bind(&user.email)
+        .bind(user.full_name.as_deref())
+        .bind(user.role.as_str())
+        .bind(user.blocked)
+        .bind(user.limits.rpm)
+        .bind(user.limits.tpm)
+        .bind(user.limits.max_budget)
+        .bind(duration_text(user.limits.budget_duration))
+        .bind(user.metadata.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| map_db_err(e, Some(USER_CONFLICT)))?;
+        write_audit(
+            &mut tx,
+            actor,
+            now,
+            "user.update",
+            &user.id,
+            changes.into_value(),
+        )
+        .await?;
+        commit(tx).await?;
+        Ok(Some(user))
+    }
+
+    async fn delete_user(&self, actor: &Actor, id: &str) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let Some(user) = self.locked_user(&mut tx, id).await? else {
+            return Ok(false);
+        };
+        let now = domain::now();
+        // The row stays (soft delete) so revoked keys and usage keep their owner; the
+        // password hash goes, so nothing can authenticate as the deleted user.
+        sqlx::query(
+            "UPDATE users SET deleted_at = $2, updated_at = $2, password_hash = NULL \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let members = sqlx::query("DELETE FROM team_members WHERE user_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        let keys = sqlx::query(
+            "UPDATE api_keys SET revoked_at = $2, updated_at = $2 \
+             WHERE user_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+        let details = json!({
+            "username": user.username,
+            "memberships_removed": members,
+            "keys_revoked": keys,
+        });
+        write_audit(&mut tx, actor, now, "user.delete", id, details).await?;
+        commit(tx).await?;
+        Ok(true)
+    }
+
+    async fn create_team(&self, actor: &Actor, new: NewTeam) -> StoreResult<Team> {
+        require_nonempty("team name", &new.name)?;
+        let now = domain::now();
+        let team = Team {
+            id: domain::new_id(),
+            name: new.name,
+            models: new.models,
+            blocked: false,
+            limits: Limits {
+                rpm: new.rpm,
+                tpm: new.tpm,
+                max_budget: new.max_budget,
+                budget_duration: new.budget_duration,
+            },
+            metadata: new.metadata.unwrap_or_else(|| json!({})),
+            created_at: now,
+            updated_at: now,
+        };
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO teams (id, name, models, blocked, rpm, tpm, max_budget, \
+             budget_duration, metadata, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&team.id)
+        .bind(&team.name)
+        .bind(list_text(&team.models))
+        .bind(team.blocked)
+        .bind(team.limits.rpm)
+        .bind(team.limits.tpm)
+        .bind(team.limits.max_budget)
+        .bind(duration_text(team.limits.budget_duration))
+        .bind(team.metadata.to_string())
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| map_db_err(e, Some(&team_conflict(&team.name))))?;
+        let details = json!({
+            "name": team.name,
+            "models": team.models,
+            "rpm": team.limits.rpm,
+            "tpm": team.limits.tpm,
+            "max_budget": team.limits.max_budget,
+            "budget_duration": team.limits.budget_duration,
+        });
+        write_audit(&mut tx, actor, now, "team.create", &team.id, details).await?;
+        commit(tx).await?;
+        Ok(team)
+    }
+
+    async fn get_team(&self, id: &str) -> StoreResult<Option<Team>> {
+        let sql = format!("SELECT {TEAM_COLS} FROM teams WHERE id = $1 AND deleted_at IS NULL");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(team_from_row).transpose()
+    }
+
+    async fn list_teams(&self) -> StoreResult<Vec<Team>> {
+        let sql = format!(
+            "SELECT {TEAM_COLS} FROM teams WHERE deleted_at IS NULL ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(&sql)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(team_from_row).collect()
+    }
+
+    async fn update_team(
+        &self,
+        actor: &Actor,
+        id: &str,
+        patch: TeamPatch,
+    ) -> StoreResult<Option<Team>> {
+        if let Some(name) = &patch.name {
+            require_nonempty("team name", name)?;
+        }
+        let mut tx = self.begin_write().await?;
+        let Some(mut team) = self.locked_team(&mut tx, id).await? else {
+            return Ok(None);
+        };
+        let mut changes = Changes::default();
+        changes.apply("name", &mut team.name, patch.name);
+        changes.apply("models", &mut team.models, patch.models);
+        changes.apply("blocked", &mut team.blocked, patch.blocked);
+        changes.apply("rpm", &mut team.limits.rpm, patch.rpm);
+        changes.apply("tpm", &mut team.limits.tpm, patch.tpm);
+        changes.apply("max_budget", &mut team.limits.max_budget, patch.max_budget);
+        changes.apply(
+            "budget_duration",
+            &mut team.limits.budget_duration,
+            patch.budget_duration,
+        );
+        changes.apply("metadata", &mut team.metadata, patch.metadata);
+        let now = domain::now();
+        team.updated_at = now;
+        sqlx::query(
+            "UPDATE teams SET name = $2, models = $3, blocked = $4, rpm = $5, tpm = $6, \
+             max_budget = $7, budget_duration = $8, metadata = $9, updated_at = $10 \
+             WHERE id = $1",
+        )
+        .bind(&team.id)
+        .bind(&team.name)
+        .bind(list_text(&team.models))
+        .bind(team.blocked)
+        .bind(team.limits.rpm)
+        .bind(team.limits.tpm)
+        .bind(team.limits.max_budget)
+        .bind(duration_text(team.limits.budget_duration))
+        .bind(team.metadata.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| map_db_err(e, Some(&team_conflict(&team.name))))?;
+        write_audit(
+            &mut tx,
+            actor,
+            now,
+            "team.update",
+            &team.id,
+            changes.into_value(),
+        )
+        .await?;
+        commit(tx).await?;
+        Ok(Some(team))
+    }
+
+    async fn delete_team(&self, actor: &Actor, id: &str) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let Some(team) = self.locked_team(&mut tx, id).await? else {
+            return Ok(false);
+        };
+        let now = domain::now();
+        sqlx::query("UPDATE teams SET deleted_at = $2, updated_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let members = sqlx::query("DELETE FROM team_members WHERE team_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        let keys = sqlx::query(
+            "UPDATE api_keys SET revoked_at = $2, updated_at = $2 \
+             WHERE team_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+        let details = json!({
+            "name": team.name,
+            "memberships_removed": members,
+            "keys_revoked": keys,
+        });
+        write_audit(&mut tx, actor, now, "team.delete", id, details).await?;
+        commit(tx).await?;
+        Ok(true)
+    }
+
+    async fn add_member(
+        &self,
+        actor: &Actor,
+        team_id: &str,
+        user_id: &str,
+        role: TeamRole,
+        source: MembershipSource,
+    ) -> StoreResult<Membership> {
+        let mut tx = self.begin_write().await?;
+        self.require_live(&mut tx, "teams", "team", team_id).await?;
+        self.require_live(&mut tx, "users", "user", user_id).await?;
+        let sql = format!(
+            "SELECT role FROM team_members WHERE team_id = $1 AND user_id = $2{}",
+            self.backend.for_update()
+        );
+        let previous_role: Option<String> = sqlx::query_scalar(&sql)
+            .bind(team_id)
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let now = domain::now();
+        sqlx::query(
+            "INSERT INTO team_members (team_id, user_id, role, source, created_at) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (team_id, user_id) DO UPDATE SET role = excluded.role, \
+             source = excluded.source",
+        )
+        .bind(team_id)
+        .bind(user_id)
+        .bind(role.as_str())
+        .bind(source.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let sql =
+            format!("SELECT {MEMBER_COLS} FROM team_members WHERE team_id = $1 AND user_id = $2");
+        let row = sqlx::query(&sql)
+            .bind(team_id)
+            .bind(user_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let membership = member_from_row(&row)?;
+        let mut details = json!({ "role": role, "source": source });
+        if let Some(previous) = previous_role {
+            details["previous_role"] = Value::String(previous);
+        }
+        let target = format!("{team_id}/{user_id}");
+        write_audit(&mut tx, actor, now, "team.member.add", &target, details).await?;
+        commit(tx).await?;
+        Ok(membership)
+    }
+
+    async fn remove_member(
+        &self,
+        actor: &Actor,
+        team_id: &str,
+        user_id: &str,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let removed = sqlx::query("DELETE FROM team_members WHERE team_id = $1 AND user_id = $2")
+            .bind(team_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        if removed == 0 {
+            return Ok(false);
+        }
+        let target = format!("{team_id}/{user_id}");
+        write_audit(
+            &mut tx,
+            actor,
+            domain::now(),
+            "team.member.remove",
+            &target,
+            json!({}),
+        )
+        .await?;
+        commit(tx).await?;
+        Ok(true)
+    }
+
+    async fn list_members(&self, team_id: &str) -> StoreResult<Vec<Membership>> {
+        let sql = format!(
+            "SELECT {MEMBER_COLS} FROM team_members WHERE team_id = $1 ORDER BY created_at, user_id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(team_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(member_from_row).collect()
+    }
+
+    async fn create_key(&self, actor: &Actor, new: NewKey) -> StoreResult<ApiKey> {
+        require_nonempty("key name", &new.name)?;
+        require_key_hash(&new.key_hash)?;
+        let now = domain::now();
+        let key = ApiKey {
+            id: domain::new_id(),
+            name: new.name,
+            key_hint: new.key_hint,
+            user_id: new.user_id,
+            team_id: new.team_id,
+            permissions: new.permissions,
+            models: new.models,
+            limits: Limits {
+                rpm: new.rpm,
+                tpm: new.tpm,
+                max_budget: new.max_budget,
+                budget_duration: new.budget_duration,
+            },
+            expires_at: new.expires_at,
+            blocked: false,
+            metadata: new.metadata.unwrap_or_else(|| json!({})),
+            created_at: now,
+            updated_at: now,
+            revoked_at: None,
+            previous_expires_at: None,
+        };
+        let mut tx = self.begin_write().await?;
+        if let Some(user_id) = &key.user_id {
+            self.require_live(&mut tx, "users", "user", user_id).await?;
+        }
+        if let Some(team_id) = &key.team_id {
+            self.require_live(&mut tx, "teams", "team", team_id).await?;
+        }
+        sqlx::query(
+            "INSERT INTO api_keys (id, name, key_hash, key_hint, user_id, team_id, permissions, \
+             models, rpm, tpm, max_budget, budget_duration, expires_at, blocked, metadata, \
+             created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        )
+        .bind(&key.id)
+        .bind(&key.name)
+        .bind(&new.key_hash)
+        .bind(&key.key_hint)
+        .bind(key.user_id.as_deref())
+        .bind(key.team_id.as_deref())
+        .bind(list_text(&key.permissions))
+        .bind(list_text(&key.models))
+        .bind(key.limits.rpm)
+        .bind(key.limits.tpm)
+        .bind(key.limits.max_budget)
+        .bind(duration_text(key.limits.budget_duration))
+        .bind(key.expires_at)
+        .bind(key.blocked)
+        .bind(key.metadata.to_string())
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| map_db_err(e, Some(KEY_CONFLICT)))?;
+        let details = json!({
+            "name": key.name,
+            "key_hint": key.key_hint,
+            "user_id": key.user_id,
+            "team_id": key.team_id,
+            "permissions": key.permissions,
+            "models": key.models,
+            "rpm": key.limits.rpm,
+            "tpm": key.limits.tpm,
+            "max_budget": key.limits.max_budget,
+            "budget_duration": key.limits.budget_duration,
+            "expires_at": key.expires_at,
+        });
+        write_audit(&mut tx, actor, now, "key.create", &key.id, details).await?;
+        commit(tx).await?;
+        Ok(key)
+    }
+
+    async fn get_key(&self, id: &str) -> StoreResult<Option<ApiKey>> {
+        let sql = format!("SELECT {KEY_COLS} FROM api_keys WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn list_keys(&self, filter: KeyFilter) -> StoreResult<Vec<ApiKey>> {
+        let mut conditions: Vec<String> = Vec::new();
+        let mut params: Vec<String> = Vec::new();
+        if let Some(user_id) = filter.user_id {
+            params.push(user_id);
+            conditions.push(format!("user_id = ${}", params.len()));
+        }
+        if let Some(team_id) = filter.team_id {
+            params.push(team_id);
+            conditions.push(format!("team_id = ${}", params.len()));
+        }
+        if !filter.include_revoked {
+            conditions.push("revoked_at IS NULL".to_string());
+        }
+        let mut sql = format!("SELECT {KEY_COLS} FROM api_keys");
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        sql.push_str(" ORDER BY created_at, id");
+        let mut query = sqlx::query(&sql);
+        for param in params {
+            query = query.bind(param);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn update_key(
+        &self,
+        actor: &Actor,
+        id: &str,
+        patch: KeyPatch,
+    ) -> StoreResult<Option<ApiKey>> {
+        if let Some(name) = &patch.name {
+            require_nonempty("key name", name)?;
+        }
+        let mut tx = self.begin_write().await?;
+        let Some(mut key) = self.locked_key(&mut tx, id).await? else {
+            return Ok(None);
+        };
+        if key.revoked_at.is_some() {
+            return Err(StoreError::Invalid("key is revoked".to_string()));
+        }
+        // Blocking and unblocking get their own audit actions, so they can be filtered on.
+        let only_blocked = matches!(
+            &patch,
+            KeyPatch {
+                blocked: Some(_),
+                name: None,
+                permissions: None,
+                models: None,
+                rpm: None,
+                tpm: None,
+                max_budget: None,
+                budget_duration: None,
+                expires_at: None,
+                metadata: None,
+            }
+        );
+        let action = match patch.blocked {
+            Some(true) if only_blocked => "key.block",
+            Some(false) if only_blocked => "key.unblock",
+            _ => "key.update",
+        };
+        let mut changes = Changes::default();
+        changes.apply("name", &mut key.name, patch.name);
+        changes.apply("permissions", &mut key.permissions, patch.permissions);
+        changes.apply("models", &mut key.models, patch.models);
+        changes.apply("blocked", &mut key.blocked, patch.blocked);
+        changes.apply("rpm", &mut key.limits.rpm, patch.rpm);
+        changes.apply("tpm", &mut key.limits.tpm, patch.tpm);
+        changes.apply("max_budget", &mut key.limits.max_budget, patch.max_budget);
+        changes.apply(
+            "budget_duration",
+            &mut key.limits.budget_duration,
+            patch.budget_duration,
+        );
+        changes.apply("expires_at", &mut key.expires_at, patch.expires_at);
+        changes.apply("metadata", &mut key.metadata, patch.metadata);
+        let now = domain::now();
+        key.updated_at = now;
+        sqlx::query(
+            "UPDATE api_keys SET name = $2, permissions = $3, models = $4, blocked = $5, \
+             rpm = $6, tpm = $7, max_budget = $8, budget_duration = $9, expires_at = $10, \
+             metadata = $11, updated_at = $12 WHERE id = $1",
+        )
+        .bind(&key.id)
+        .bind(&key.name)
+        .bind(list_text(&key.permissions))
+        .bind(list_text(&key.models))
+        .bind(key.blocked)
+        .bind(key.limits.rpm)
+        .bind(key.limits.tpm)
+        .bind(key.limits.max_budget)
+        .bind(duration_text(key.limits.budget_duration))
+        .bind(key.expires_at)
+        .bind(key.metadata.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        write_audit(&mut tx, actor, now, action, &key.id, changes.into_value()).await?;
+        commit(tx).await?;
+        Ok(Some(key))
+    }
+
+    async fn rotate_key(
+        &self,
+        actor: &Actor,
+        id: &str,
+        new_hash: &str,
+        new_hint: &str,
+        previous_expires_at: Option<Timestamp>,
+    ) -> StoreResult<Option<ApiKey>> {
+        require_key_hash(new_hash)?;
+        let mut tx = self.begin_write().await?;
+        let Some(mut key) = self.locked_key(&mut tx, id).await? else {
+            return Ok(None);
+        };
+        if key.revoked_at.is_some() {
+            return Err(StoreError::Invalid("key is revoked".to_string()));
+        }
+        let now = domain::now();
+        // SET expressions see the row as it was, so `previous_hash = key_hash` keeps the
+        // old secret's hash. Without a grace period the old secret must stop at once, and a
+        // secret from an earlier rotation must not linger either: both hashes are replaced.
+        let sql = match previous_expires_at {
+            Some(_) => {
+                "UPDATE api_keys SET previous_hash = key_hash, key_hash = $2, key_hint = $3, \
+                 previous_expires_at = $4, updated_at = $5 WHERE id = $1"
+            }
+            None => {
+                "UPDATE api_keys SET previous_hash = NULL, key_hash = $2, key_hint = $3, \
+                 previous_expires_at = $4, updated_at = $5 WHERE id = $1"
+            }
+        };
+        sqlx::query(sql)
+            .bind(id)
+            .bind(new_hash)
+            .bind(new_hint)
+            .bind(previous_expires_at)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_db_err(e, Some(KEY_CONFLICT)))?;
+        let details = json!({
+            "key_hint": new_hint,
+            "previous_hint": key.key_hint,
+            "previous_expires_at": previous_expires_at,
+        });
+        write_audit(&mut tx, actor, now, "key.rotate", id, details).await?;
+        commit(tx).await?;
+        key.key_hint = new_hint.to_string();
+        key.previous_expires_at = previous_expires_at;
+        key.updated_at = now;
+        Ok(Some(key))
+    }
+
+    async fn revoke_key(&self, actor: &Actor, id: &str) -> StoreResult<Option<ApiKey>> {
+        let mut tx = self.begin_write().await?;
+        let Some(mut key) = self.locked_key(&mut tx, id).await? else {
+            return Ok(None);
+        };
+        if key.revoked_at.is_some() {
+            // Revoking twice changes nothing, so it records nothing either.
+            return Ok(Some(key));
+        }
+        let now = domain::now();
+        sqlx::query("UPDATE api_keys SET revoked_at = $2, updated_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let details = json!({ "name": key.name, "key_hint": key.key_hint });
+        write_audit(&mut tx, actor, now, "key.revoke", id, details).await?;
+        commit(tx).await?;
+        key.revoked_at = Some(now);
+        key.updated_at = now;
+        Ok(Some(key))
+    }
+
+    async fn lookup_key(&self, key_hash: &str) -> StoreResult<Option<KeyLookup>> {
+        // One statement, served by the unique index on key_hash and the index on
+        // previous_hash. The owners are joined even when soft-deleted: their keys are
+        // revoked by then, and the decision reports the revocation.
+        const SQL: &str = "SELECT k.id, k.name, k.key_hint, k.user_id, k.team_id, \
+             k.permissions, k.models, k.rpm, k.tpm, k.max_budget, k.budget_duration, \
+             k.expires_at, k.blocked, k.metadata, k.created_at, k.updated_at, k.revoked_at, \
+             k.previous_expires_at, k.key_hash, \
+             u.id AS owner_user_id, u.role AS owner_user_role, u.blocked AS owner_user_blocked, \
+             t.id AS owner_team_id, t.models AS owner_team_models, \
+             t.blocked AS owner_team_blocked \
+             FROM api_keys k \
+             LEFT JOIN users u ON u.id = k.user_id \
+             LEFT JOIN teams t ON t.id = k.team_id \
+             WHERE k.key_hash = $1 OR k.previous_hash = $1 \
+             LIMIT 2";
+        let rows = sqlx::query(SQL)
+            .bind(key_hash)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        // Two rows only if one key's current secret is another's previous one; the current
+        // secret wins.
+        let mut best: Option<(&AnyRow, bool)> = None;
+        for row in &rows {
+            let current: String = col(row, "key_hash")?;
+            let via_previous = current != key_hash;
+            if best.is_none() || !via_previous {
+                best = Some((row, via_previous));
+            }
+        }
+        let Some((row, via_previous)) = best else {
+            return Ok(None);
+        };
+        let user = match col::<Option<String>>(row, "owner_user_id")? {
+            Some(id) => Some(KeyOwnerUser {
+                id,
+                role: enum_col(row, "owner_user_role")?,
+                blocked: bool_col(row, "owner_user_blocked")?,
+            }),
+            None => None,
+        };
+        let team = match col::<Option<String>>(row, "owner_team_id")? {
+            Some(id) => Some(KeyOwnerTeam {
+                id,
+                models: list_col(row, "owner_team_models")?,
+                blocked: bool_col(row, "owner_team_blocked")?,
+            }),
+            None => None,
+        };
+        Ok(Some(KeyLookup {
+            key: key_from_row(row)?,
+            via_previous,
+            user,
+            team,
+        }))
+    }
+
+    async fn list_audit(&self, filter: AuditFilter) -> StoreResult<Vec<AuditEvent>> {
+        enum Param {
+            Text(String),
+            Int(i64),
+        }
+        let mut conditions: Vec<String> = Vec::new();
+        let mut params: Vec<Param> = Vec::new();
+        let mut add = |condition: &str, param: Param| {
+            params.push(param);
+            conditions.push(format!("{condition} ${}", params.len()));
+        };
+        if let Some(actor) = filter.actor {
+            add("actor =", Param::Text(actor));
+        }
+        if let Some(action) = filter.action {
+            add("action =", Param::Text(action));
+        }
+        if let Some(target) = filter.target {
+            add("target =", Param::Text(target));
+        }
+        if let Some(since) = filter.since {
+            add("at >=", Param::Int(since));
+        }
+        if let Some(until) = filter.until {
+            add("at <=", Param::Int(until));
+        }
+        let limit = filter
+            .limit
+            .unwrap_or(AUDIT_DEFAULT_LIMIT)
+            .clamp(0, AUDIT_MAX_LIMIT);
+        let mut sql = format!("SELECT {AUDIT_COLS} FROM audit_log");
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        sql.push_str(&format!(
+            " ORDER BY at DESC, id DESC LIMIT ${}",
+            params.len() + 1
+        ));
+        let mut query = sqlx::query(&sql);
+        for param in params {
+            query = match param {
+                Param::Text(text) => query.bind(text),
+                Param::Int(int) => query.bind(int),
+            };
+        }
+        let rows = query
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(audit_from_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/tollgate"),
+            "postgres://app:***@db:5432/tollgate"
+        );
+        assert_eq!(
+            redact_url("postgres://app@db/tollgate?password=s3cret&sslmode=require"),
+            "postgres://app@db/tollgate?password=***&sslmode=require"
+        );
+        assert_eq!(redact_url("sqlite://tollgate.db"), "sqlite://tollgate.db");
+        assert_eq!(redact_url("sqlite:tollgate.db"), "sqlite:tollgate.db");
+        assert_eq!(
+            redact_url("postgres://u:p@ss@host/db"),
+            "postgres://u:***@host/db"
+        );
+    }
+
+    #[test]
+    fn backend_from_url() {
+        assert_eq!(Backend::from_url("sqlite://x.db").unwrap(), Backend::Sqlite);
+        assert_eq!(Backend::from_url("sqlite:x.db").unwrap(), Backend::Sqlite);
+        assert_eq!(
+            Backend::from_url("postgresql://h/db").unwrap(),
+            Backend::Postgres
+        );
+        let err = Backend::from_url("mysql://root:hunter2@h/db").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("`mysql`"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        assert!(Backend::from_url("tollgate.db").is_err());
+    }
+
+    #[test]
+    fn sqlite_url_gets_create_mode() {
+        assert_eq!(
+            sqlite_url_with_create("sqlite://a.db"),
+            "sqlite://a.db?mode=rwc"
+        );
+        assert_eq!(
+            sqlite_url_with_create("sqlite://a.db?cache=shared"),
+            "sqlite://a.db?cache=shared&mode=rwc"
+        );
+        assert_eq!(
+            sqlite_url_with_create("sqlite://a.db?mode=ro"),
+            "sqlite://a.db?mode=ro"
+        );
+    }
+
+    #[test]
+    fn key_hash_shape() {
+        assert!(require_key_hash(&"a".repeat(64)).is_ok());
+        assert!(require_key_hash(&"A".repeat(64)).is_err());
+        assert!(require_key_hash("sk-tg-abc").is_err());
+    }
+}

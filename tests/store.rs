@@ -1,0 +1,1885 @@
+//! The store's behaviour suite. Every `store_suite!` test runs on SQLite and on Postgres,
+//! so the two backends cannot drift apart; a few tests at the end cover one backend's
+//! plumbing (URLs, schemas, caps that need direct inserts).
+
+mod common;
+
+use common::db::{fresh_postgres, fresh_sqlite, test_connect_options};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use tollgate::domain::{BudgetDuration, MembershipSource, Role, TeamRole};
+use tollgate::store::sql::{Backend, ConnectOptions, SqlStore};
+use tollgate::store::{
+    Actor, AuditFilter, KeyFilter, KeyPatch, NewKey, NewTeam, NewUser, SharedStore, Store,
+    StoreError, TeamPatch, UserPatch,
+};
+
+fn hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+fn admin() -> Actor {
+    Actor::new("master", Some("10.0.0.7".to_string()))
+}
+
+fn new_user(username: &str) -> NewUser {
+    NewUser {
+        username: username.to_string(),
+        email: format!("{username}@example.com"),
+        ..NewUser::default()
+    }
+}
+
+fn new_team(name: &str) -> NewTeam {
+    NewTeam {
+        name: name.to_string(),
+        ..NewTeam::default()
+    }
+}
+
+fn new_key(name: &str, secret: &str) -> NewKey {
+    NewKey {
+        name: name.to_string(),
+        key_hash: hash(secret),
+        key_hint: format!("sk-tg-{}…", &secret[..4]),
+        ..NewKey::default()
+    }
+}
+
+async fn audit_of(store: &SharedStore, action: &str) -> Vec<tollgate::domain::AuditEvent> {
+    store
+        .list_audit(AuditFilter {
+            action: Some(action.to_string()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap()
+}
+
+fn assert_conflict(err: StoreError, expected: &str) {
+    match err {
+        StoreError::Conflict(msg) => assert_eq!(msg, expected),
+        other => panic!("expected Conflict({expected:?}), got {other:?}"),
+    }
+}
+
+fn assert_invalid(err: StoreError, expected_part: &str) {
+    match err {
+        StoreError::Invalid(msg) => assert!(
+            msg.contains(expected_part),
+            "expected Invalid containing {expected_part:?}, got {msg:?}"
+        ),
+        other => panic!("expected Invalid containing {expected_part:?}, got {other:?}"),
+    }
+}
+
+store_suite!(
+    user_crud,
+    user_uniqueness,
+    username_reusable_after_delete,
+    team_crud,
+    team_name_conflict,
+    memberships,
+    key_crud_and_filters,
+    lookup_by_current_hash,
+    rotate_with_grace,
+    rotate_without_grace_clears_previous,
+    revoked_key_is_still_returned,
+    delete_user_revokes_keys_and_memberships,
+    delete_team_revokes_keys_and_memberships,
+    audit_rows_for_every_write,
+    audit_filters,
+    patch_semantics,
+    key_block_and_unblock,
+    invalid_references,
+    key_hash_rules,
+    sql_text_is_plain_data,
+    migrate_twice_is_noop,
+    concurrent_writes,
+);
+
+async fn user_crud(store: SharedStore) {
+    let user = store
+        .create_user(
+            &admin(),
+            NewUser {
+                username: "ada".into(),
+                email: "ada@example.com".into(),
+                full_name: Some("Ada Lovelace".into()),
+                role: Some(Role::Manager),
+                password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
+                rpm: Some(60),
+                tpm: Some(10_000),
+                max_budget: Some(12.5),
+                budget_duration: Some(BudgetDuration::Month),
+                metadata: Some(json!({"cost_center": "R&D"})),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(user.username, "ada");
+    assert_eq!(user.role, Role::Manager);
+    assert!(!user.blocked);
+    assert_eq!(user.limits.max_budget, Some(12.5));
+
+    let got = store.get_user(&user.id).await.unwrap().unwrap();
+    assert_eq!(got, user);
+
+    let defaulted = store.create_user(&admin(), new_user("bob")).await.unwrap();
+    assert_eq!(defaulted.role, Role::User);
+    assert_eq!(defaulted.metadata, json!({}));
+    assert_eq!(defaulted.full_name, None);
+
+    let all = store.list_users().await.unwrap();
+    assert_eq!(
+        all.iter().map(|u| u.username.as_str()).collect::<Vec<_>>(),
+        ["ada", "bob"]
+    );
+
+    let updated = store
+        .update_user(
+            &admin(),
+            &user.id,
+            UserPatch {
+                blocked: Some(true),
+                role: Some(Role::Viewer),
+                ..UserPatch::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(updated.blocked);
+    assert_eq!(updated.role, Role::Viewer);
+    assert_eq!(store.get_user(&user.id).await.unwrap().unwrap(), updated);
+
+    assert!(store.delete_user(&admin(), &user.id).await.unwrap());
+    assert_eq!(store.get_user(&user.id).await.unwrap(), None);
+    assert!(!store.delete_user(&admin(), &user.id).await.unwrap());
+    assert_eq!(store.list_users().await.unwrap(), vec![defaulted]);
+    assert!(store
+        .update_user(&admin(), &user.id, UserPatch::default())
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(store.get_user("no-such-id").await.unwrap(), None);
+}
+
+async fn user_uniqueness(store: SharedStore) {
+    const MSG: &str = "a user with that username or email already exists";
+    let ada = store.create_user(&admin(), new_user("ada")).await.unwrap();
+    let err = store
+        .create_user(
+            &admin(),
+            NewUser {
+                email: "other@example.com".into(),
+                ..new_user("ada")
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_conflict(err, MSG);
+    let err = store
+        .create_user(
+            &admin(),
+            NewUser {
+                email: ada.email.clone(),
+                ..new_user("ada2")
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_conflict(err, MSG);
+
+    let bob = store.create_user(&admin(), new_user("bob")).await.unwrap();
+    let err = store
+        .update_user(
+            &admin(),
+            &bob.id,
+            UserPatch {
+                email: Some(ada.email.clone()),
+                ..UserPatch::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_conflict(err, MSG);
+    // The failed update left bob as he was, and wrote no audit row.
+    assert_eq!(store.get_user(&bob.id).await.unwrap().unwrap(), bob);
+    assert!(audit_of(&store, "user.update").await.is_empty());
+    assert_eq!(audit_of(&store, "user.create").await.len(), 2);
+}
+
+async fn username_reusable_after_delete(store: SharedStore) {
+    let first = store.create_user(&admin(), new_user("ada")).await.unwrap();
+    assert!(store.delete_user(&admin(), &first.id).await.unwrap());
+    let second = store.create_user(&admin(), new_user("ada")).await.unwrap();
+    assert_ne!(first.id, second.id);
+    assert_eq!(store.list_users().await.unwrap(), vec![second.clone()]);
+    // Still unique among live users.
+    assert!(matches!(
+        store.create_user(&admin(), new_user("ada")).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+async fn team_crud(store: SharedStore) {
+    let team = store
+        .create_team(
+            &admin(),
+            NewTeam {
+                name: "Engineering".into(),
+                models: vec!["gpt-4o".into(), "gpt-4o-mini".into()],
+                rpm: Some(100),
+                tpm: None,
+                max_budget: Some(1000.0),
+                budget_duration: Some(BudgetDuration::Week),
+                metadata: Some(json!({"slack": "#eng"})),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.get_team(&team.id).await.unwrap().unwrap(), team);
+    let other = store
+        .create_team(&admin(), new_team("Sales"))
+        .await
+        .unwrap();
+    assert!(other.models.is_empty());
+    assert_eq!(
+        store.list_teams().await.unwrap(),
+        vec![team.clone(), other.clone()]
+    );
+
+    let renamed = store
+        .update_team(
+            &admin(),
+            &team.id,
+            TeamPatch {
+                name: Some("Platform".into()),
+                models: Some(vec![]),
+                blocked: Some(true),
+                ..TeamPatch::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(renamed.name, "Platform");
+    assert!(renamed.models.is_empty());
+    assert!(renamed.blocked);
+    assert_eq!(renamed.limits.rpm, Some(100));
+    assert_eq!(store.get_team(&team.id).await.unwrap().unwrap(), renamed);
+
+    assert!(store.delete_team(&admin(), &team.id).await.unwrap());
+    assert!(!store.delete_team(&admin(), &team.id).await.unwrap());
+    assert_eq!(store.get_team(&team.id).await.unwrap(), None);
+    assert_eq!(store.list_teams().await.unwrap(), vec![other]);
+    assert!(store
+        .update_team(&admin(), &team.id, TeamPatch::default())
+        .await
+        .unwrap()
+        .is_none());
+    // The name is free again.
+    store
+        .create_team(&admin(), new_team("Platform"))
+        .await
+        .unwrap();
+}
+
+async fn team_name_conflict(store: SharedStore) {
+    store
+        .create_team(&admin(), new_team("Engineering"))
+        .await
+        .unwrap();
+    let err = store
+        .create_team(&admin(), new_team("Engineering"))
+        .await
+        .unwrap_err();
+    assert_conflict(err, "a team named Engineering already exists");
+    let sales = store
+        .create_team(&admin(), new_team("Sales"))
+        .await
+        .unwrap();
+    let err = store
+        .update_team(
+            &admin(),
+            &sales.id,
+            TeamPatch {
+                name: Some("Engineering".into()),
+                ..TeamPatch::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_conflict(err, "a team named Engineering already exists");
+    assert_eq!(
+        store.get_team(&sales.id).await.unwrap().unwrap().name,
+        "Sales"
+    );
+}
+
+async fn memberships(store: SharedStore) {
+    let team = store.create_team(&admin(), new_team("Eng")).await.unwrap();
+    let ada = store.create_user(&admin(), new_user("ada")).await.unwrap();
+    let bob = store.create_user(&admin(), new_user("bob")).await.unwrap();
+
+    let m = store
+        .add_member(
+            &admin(),
+            &team.id,
+            &ada.id,
+            TeamRole::Owner,
+            MembershipSource::Manual,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (m.team_id.as_str(), m.user_id.as_str()),
+        (team.id.as_str(), ada.id.as_str())
+    );
+    assert_eq!(m.role, TeamRole::Owner);
+    assert_eq!(m.source, MembershipSource::Manual);
+    store
+        .add_member(
+            &admin(),
+            &team.id,
+            &bob.id,
+            TeamRole::Member,
+            MembershipSource::Group,
+        )
+        .await
+        .unwrap();
+    let members = store.list_members(&team.id).await.unwrap();
+    assert_eq!(members.len(), 2);
+    assert_eq!(members[0], m);
+
+    // Adding again changes role and source, keeps the original join time.
+    let changed = store
+        .add_member(
+            &admin(),
+            &team.id,
+            &ada.id,
+            TeamRole::Member,
+            MembershipSource::Group,
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed.role, TeamRole::Member);
+    assert_eq!(changed.source, MembershipSource::Group);
+    assert_eq!(changed.created_at, m.created_at);
+    assert_eq!(store.list_members(&team.id).await.unwrap().len(), 2);
+
+    let adds = audit_of(&store, "team.member.add").await;
+    assert_eq!(adds.len(), 3);
+    assert_eq!(
+        adds[0].target.as_deref(),
+        Some(format!("{}/{}", team.id, ada.id).as_str())
+    );
+    assert_eq!(adds[0].details["previous_role"], "owner");
+    assert_eq!(adds[0].details["role"], "member");
+
+    assert!(store
+        .remove_member(&admin(), &team.id, &ada.id)
+        .await
+        .unwrap());
+    assert!(!store
+        .remove_member(&admin(), &team.id, &ada.id)
+        .await
+        .unwrap());
+    let members = store.list_members(&team.id).await.unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].user_id, bob.id);
+    let removes = audit_of(&store, "team.member.remove").await;
+    assert_eq!(removes.len(), 1, "a no-op removal writes no audit row");
+    assert_eq!(
+        removes[0].target.as_deref(),
+        Some(format!("{}/{}", team.id, ada.id).as_str())
+    );
+
+    assert!(store.list_members("no-such-team").await.unwrap().is_empty());
+}
+
+async fn key_crud_and_filters(store: SharedStore) {
+    let ada = store.create_user(&admin(), new_user("ada")).await.unwrap();
+    let team = store.create_team(&admin(), new_team("Eng")).await.unwrap();
+    let personal = store
+        .create_key(
+            &admin(),
+            NewKey {
+                user_id: Some(ada.id.clone()),
+                permissions: vec!["chat".into(), "embeddings".into()],
+                models: vec!["gpt-4o".into()],
+                rpm: Some(10),
+                tpm: Some(1000),
+                max_budget: Some(5.25),
+                budget_duration: Some(BudgetDuration::Day),
+                expires_at: Some(4_102_444_800),
+                metadata: Some(json!({"purpose": "laptop", "n": 1})),
+                ..new_key("laptop", "secret-one")
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(personal.user_id.as_deref(), Some(ada.id.as_str()));
+    assert_eq!(personal.revoked_at, None);
+    assert_eq!(personal.previous_expires_at, None);
+    assert_eq!(
+        store.get_key(&personal.id).await.unwrap().unwrap(),
+        personal
+    );
+
+    let team_key = store
+        .create_key(
+            &admin(),
+            NewKey {
+                team_id: Some(team.id.clone()),
+                ..new_key("ci", "secret-two")
+            },
+        )
+        .await
+        .unwrap();
+    let both = store
+        .create_key(
+            &admin(),
+            NewKey {
+                user_id: Some(ada.id.clone()),
+                team_id: Some(team.id.clone()),
+                ..new_key("ada-in-eng", "secret-three")
+            },
+        )
+        .await
+        .unwrap();
+    let service = store
+        .create_key(&admin(), new_key("service", "secret-four"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (service.user_id.clone(), service.team_id.clone()),
+        (None, None)
+    );
+
+    let ids =
+        |keys: Vec<tollgate::domain::ApiKey>| keys.into_iter().map(|k| k.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.list_keys(KeyFilter::default()).await.unwrap()),
+        [
+            personal.id.as_str(),
+            team_key.id.as_str(),
+            both.id.as_str(),
+            service.id.as_str()
+        ]
+    );
+    let by_user = KeyFilter {
+        user_id: Some(ada.id.clone()),
+        ..KeyFilter::default()
+    };
+    assert_eq!(
+        ids(store.list_keys(by_user.clone()).await.unwrap()),
+        [personal.id.as_str(), both.id.as_str()]
+    );
+    let by_team = KeyFilter {
+        team_id: Some(team.id.clone()),
+        ..KeyFilter::default()
+    };
+    assert_eq!(
+        ids(store.list_keys(by_team).await.unwrap()),
+        [team_key.id.as_str(), both.id.as_str()]
+    );
+    let by_both = KeyFilter {
+        user_id: Some(ada.id.clone()),
+        team_id: Some(team.id.clone()),
+        ..KeyFilter::default()
+    };
+    assert_eq!(
+        ids(store.list_keys(by_both).await.unwrap()),
+        [both.id.as_str()]
+    );
+
+    store
+        .revoke_key(&admin(), &personal.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        ids(store.list_keys(by_user.clone()).await.unwrap()),
+        [both.id.as_str()]
+    );
+    let with_revoked = KeyFilter {
+        include_revoked: true,
+        ..by_user
+    };
+    assert_eq!(
+        ids(store.list_keys(with_revoked).await.unwrap()),
+        [personal.id.as_str(), both.id.as_str()]
+    );
+    assert_eq!(store.get_key("no-such-key").await.unwrap(), None);
+}
+
+async fn lookup_by_current_hash(store: SharedStore) {
+    let ada = store
+        .create_user(
+            &admin(),
+            NewUser {
+                role: Some(Role::Admin),
+                ..new_user("ada")
+            },
+        )
+        .await
+        .unwrap();
+    let team = store
+        .create_team(
+            &admin(),
+            NewTeam {
+                models: vec!["gpt-4o".into()],
+                ..new_team("Eng")
+            },
+        )
+        .await
+        .unwrap();
+    let key = store
+        .create_key(
+            &admin(),
+            NewKey {
+                user_id: Some(ada.id.clone()),
+                team_id: Some(team.id.clone()),
+                ..new_key("k", "secret-one")
+            },
+        )
+        .await
+        .unwrap();
+
+    let found = store
+        .lookup_key(&hash("secret-one"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.key, key);
+    assert!(!found.via_previous);
+    let user = found.user.unwrap();
+    assert_eq!(
+        (user.id.as_str(), user.role, user.blocked),
+        (ada.id.as_str(), Role::Admin, false)
+    );
+    let owner_team = found.team.unwrap();
+    assert_eq!(owner_team.id, team.id);
+    assert_eq!(owner_team.models, ["gpt-4o"]);
+    assert!(!owner_team.blocked);
+
+    assert_eq!(store.lookup_key(&hash("secret-two")).await.unwrap(), None);
+
+    // Owners' blocked flags travel with the lookup.
+    store
+        .update_user(
+            &admin(),
+            &ada.id,
+            UserPatch {
+                blocked: Some(true),
+                ..UserPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .update_team(
+            &admin(),
+            &team.id,
+            TeamPatch {
+                blocked: Some(true),
+                ..TeamPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    let found = store
+        .lookup_key(&hash("secret-one"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(found.user.unwrap().blocked);
+    assert!(found.team.unwrap().blocked);
+
+    // A key without owners has neither.
+    store
+        .create_key(&admin(), new_key("service", "secret-svc"))
+        .await
+        .unwrap();
+    let found = store
+        .lookup_key(&hash("secret-svc"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((found.user, found.team), (None, None));
+}
+
+async fn rotate_with_grace(store: SharedStore) {
+    let key = store
+        .create_key(&admin(), new_key("k", "secret-old"))
+        .await
+        .unwrap();
+    let grace_end = tollgate::domain::now() + 3600;
+    let rotated = store
+        .rotate_key(
+            &admin(),
+            &key.id,
+            &hash("secret-new"),
+            "sk-tg-new…",
+            Some(grace_end),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rotated.key_hint, "sk-tg-new…");
+    assert_eq!(rotated.previous_expires_at, Some(grace_end));
+    assert_eq!(store.get_key(&key.id).await.unwrap().unwrap(), rotated);
+
+    let current = store
+        .lookup_key(&hash("secret-new"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!current.via_previous);
+    assert_eq!(current.key, rotated);
+    let previous = store
+        .lookup_key(&hash("secret-old"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(previous.via_previous);
+    assert_eq!(previous.key.id, key.id);
+    assert_eq!(previous.key.previous_expires_at, Some(grace_end));
+
+    // A second rotation with grace moves the window on: the first secret is gone.
+    store
+        .rotate_key(
+            &admin(),
+            &key.id,
+            &hash("secret-newer"),
+            "sk-tg-nwr…",
+            Some(grace_end),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.lookup_key(&hash("secret-old")).await.unwrap(), None);
+    assert!(
+        store
+            .lookup_key(&hash("secret-new"))
+            .await
+            .unwrap()
+            .unwrap()
+            .via_previous
+    );
+    assert!(
+        !store
+            .lookup_key(&hash("secret-newer"))
+            .await
+            .unwrap()
+            .unwrap()
+            .via_previous
+    );
+
+    assert_eq!(
+        store
+            .rotate_key(&admin(), "no-such-key", &hash("x"), "h", None)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn rotate_without_grace_clears_previous(store: SharedStore) {
+    let key = store
+        .create_key(&admin(), new_key("k", "secret-one"))
+        .await
+        .unwrap();
+    store
+        .rotate_key(
+            &admin(),
+            &key.id,
+            &hash("secret-two"),
+            "h2",
+            Some(tollgate::domain::now() + 60),
+        )
+        .await
+        .unwrap();
+    assert!(store
+        .lookup_key(&hash("secret-one"))
+        .await
+        .unwrap()
+        .is_some());
+
+    let rotated = store
+        .rotate_key(&admin(), &key.id, &hash("secret-three"), "h3", None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rotated.previous_expires_at, None);
+    assert_eq!(store.lookup_key(&hash("secret-one")).await.unwrap(), None);
+    assert_eq!(store.lookup_key(&hash("secret-two")).await.unwrap(), None);
+    let found = store
+        .lookup_key(&hash("secret-three"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!found.via_previous);
+    assert_eq!(found.key.previous_expires_at, None);
+
+    // A secret in use by another key cannot become this key's secret.
+    let other = store
+        .create_key(&admin(), new_key("other", "secret-other"))
+        .await
+        .unwrap();
+    let err = store
+        .rotate_key(&admin(), &other.id, &hash("secret-three"), "hx", None)
+        .await
+        .unwrap_err();
+    assert_conflict(err, "a key with that secret already exists");
+}
+
+async fn revoked_key_is_still_returned(store: SharedStore) {
+    let key = store
+        .create_key(&admin(), new_key("k", "secret-one"))
+        .await
+        .unwrap();
+    let revoked = store.revoke_key(&admin(), &key.id).await.unwrap().unwrap();
+    let at = revoked.revoked_at.expect("revoked_at set");
+    let found = store
+        .lookup_key(&hash("secret-one"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.key.revoked_at, Some(at));
+    assert_eq!(found.key, revoked);
+
+    // Revoking again changes nothing and records nothing.
+    let again = store.revoke_key(&admin(), &key.id).await.unwrap().unwrap();
+    assert_eq!(again, revoked);
+    assert_eq!(audit_of(&store, "key.revoke").await.len(), 1);
+
+    assert_invalid(
+        store
+            .update_key(
+                &admin(),
+                &key.id,
+                KeyPatch {
+                    name: Some("renamed".into()),
+                    ..KeyPatch::default()
+                },
+            )
+            .await
+            .unwrap_err(),
+        "key is revoked",
+    );
+    assert_invalid(
+        store
+            .rotate_key(&admin(), &key.id, &hash("secret-two"), "h", None)
+            .await
+            .unwrap_err(),
+        "key is revoked",
+    );
+    assert_eq!(store.get_key(&key.id).await.unwrap().unwrap(), revoked);
+    assert_eq!(
+        store.revoke_key(&admin(), "no-such-key").await.unwrap(),
+        None
+    );
+}
+
+async fn delete_user_revokes_keys_and_memberships(store: SharedStore) {
+    let ada = store.create_user(&admin(), new_user("ada")).await.unwrap();
+    let team = store.create_team(&admin(), new_team("Eng")).await.unwrap();
+    store
+        .add_member(
+            &admin(),
+            &team.id,
+            &ada.id,
+            TeamRole::Owner,
+            MembershipSource::Manual,
+        )
+        .await
+        .unwrap();
+    let key = store
+        .create_key(
+            &admin(),
+            NewKey {
+                user_id: Some(ada.id.clone()),
+                ..new_key("k", "secret-one")
+            },
+        )
+        .await
+        .unwrap();
+    let already = store
+        .create_key(
+            &admin(),
+            NewKey {
+                user_id: Some(ada.id.clone()),
+                ..new_key("old", "secret-two")
+            },
+        )
+        .await
+        .unwrap();
+    let old_revocation = store
+        .revoke_key(&admin(), &already.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at;
+
+    assert!(store.delete_user(&admin(), &ada.id).await.unwrap());
+    let kept = store.get_key(&key.id).await.unwrap().expect("key row kept");
+    assert!(kept.revoked_at.is_some());
+    assert_eq!(kept.user_id.as_deref(), Some(ada.id.as_str()));
+    assert_eq!(
+        store
+            .get_key(&already.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        old_revocation,
+        "an earlier revocation keeps its time"
+    );
+    let found = store
+        .lookup_key(&hash("secret-one"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(found.key.revoked_at.is_some());
+    assert!(store.list_members(&team.id).await.unwrap().is_empty());
+    assert!(store
+        .list_keys(KeyFilter {
+            user_id: Some(ada.id.clone()),
+            ..KeyFilter::default()
+        })
+        .await
+        .unwrap()
+        .is_empty());
+
+    let deletes = audit_of(&store, "user.delete").await;
+    assert_eq!(deletes.len(), 1);
+    assert_eq!(deletes[0].target.as_deref(), Some(ada.id.as_str()));
+    assert_eq!(deletes[0].details["keys_revoked"], 1);
+    assert_eq!(deletes[0].details["memberships_removed"], 1);
+
+    let again = store.create_user(&admin(), new_user("ada")).await.unwrap();
+    assert_ne!(again.id, ada.id);
+    assert!(store
+        .list_keys(KeyFilter {
+            user_id: Some(again.id.clone()),
+            ..KeyFilter::default()
+        })
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn delete_team_revokes_keys_and_memberships(store: SharedStore) {
+    let ada = store.create_user(&admin(), new_user("ada")).await.unwrap();
+    let team = store.create_team(&admin(), new_team("Eng")).await.unwrap();
+    store
+        .add_member(
+            &admin(),
+            &team.id,
+            &ada.id,
+            TeamRole::Member,
+            MembershipSource::Manual,
+        )
+        .await
+        .unwrap();
+    let key = store
+        .create_key(
+            &admin(),
+            NewKey {
+                team_id: Some(team.id.clone()),
+                ..new_key("ci", "secret-one")
+            },
+        )
+        .await
+        .unwrap();
+    let personal = store
+        .create_key(
+            &admin(),
+            NewKey {
+                user_id: Some(ada.id.clone()),
+                ..new_key("mine", "secret-two")
+            },
+        )
+        .await
+        .unwrap();
+
+    assert!(store.delete_team(&admin(), &team.id).await.unwrap());
+    assert!(store
+        .get_key(&key.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_some());
+    assert_eq!(
+        store
+            .get_key(&personal.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        None
+    );
+    assert!(store.list_members(&team.id).await.unwrap().is_empty());
+    assert!(store.get_user(&ada.id).await.unwrap().is_some());
+    let deletes = audit_of(&store, "team.delete").await;
+    assert_eq!(deletes[0].details["keys_revoked"], 1);
+    assert_eq!(deletes[0].details["name"], "Eng");
+}
+
+async fn audit_rows_for_every_write(store: SharedStore) {
+    let password_hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$c2VjcmV0aGFzaA";
+    let actor = Actor::new("key:abc", Some("192.0.2.1".to_string()));
+    let ada = store
+        .create_user(
+            &actor,
+            NewUser {
+                password_hash: Some(password_hash.into()),
+                ..new_user("ada")
+            },
+        )
+        .await
+        .unwrap();
+    let team = store.create_team(&actor, new_team("Eng")).await.unwrap();
+    store
+        .update_user(
+            &actor,
+            &ada.id,
+            UserPatch {
+                rpm: Some(Some(5)),
+                ..UserPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .update_team(
+            &actor,
+            &team.id,
+            TeamPatch {
+                name: Some("Platform".into()),
+                ..TeamPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .add_member(
+            &actor,
+            &team.id,
+            &ada.id,
+            TeamRole::Member,
+            MembershipSource::Manual,
+        )
+        .await
+        .unwrap();
+    store
+        .remove_member(&actor, &team.id, &ada.id)
+        .await
+        .unwrap();
+    let key = store
+        .create_key(
+            &actor,
+            NewKey {
+                user_id: Some(ada.id.clone()),
+                ..new_key("k", "secret-one")
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .update_key(
+            &actor,
+            &key.id,
+            KeyPatch {
+                rpm: Some(Some(1)),
+                ..KeyPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    let block = KeyPatch {
+        blocked: Some(true),
+        ..KeyPatch::default()
+    };
+    store.update_key(&actor, &key.id, block).await.unwrap();
+    let unblock = KeyPatch {
+        blocked: Some(false),
+        ..KeyPatch::default()
+    };
+    store.update_key(&actor, &key.id, unblock).await.unwrap();
+    store
+        .rotate_key(
+            &actor,
+            &key.id,
+            &hash("secret-two"),
+            "h2",
+            Some(tollgate::domain::now() + 60),
+        )
+        .await
+        .unwrap();
+    store.revoke_key(&actor, &key.id).await.unwrap();
+    store.delete_team(&actor, &team.id).await.unwrap();
+    store.delete_user(&actor, &ada.id).await.unwrap();
+
+    let events = store.list_audit(AuditFilter::default()).await.unwrap();
+    let seen: Vec<(String, String)> = events
+        .iter()
+        .rev()
+        .map(|e| (e.action.clone(), e.target.clone().unwrap_or_default()))
+        .collect();
+    let member = format!("{}/{}", team.id, ada.id);
+    let expected: Vec<(String, String)> = [
+        ("user.create", &ada.id),
+        ("team.create", &team.id),
+        ("user.update", &ada.id),
+        ("team.update", &team.id),
+        ("team.member.add", &member),
+        ("team.member.remove", &member),
+        ("key.create", &key.id),
+        ("key.update", &key.id),
+        ("key.block", &key.id),
+        ("key.unblock", &key.id),
+        ("key.rotate", &key.id),
+        ("key.revoke", &key.id),
+        ("team.delete", &team.id),
+        ("user.delete", &ada.id),
+    ]
+    .iter()
+    .map(|(a, t)| (a.to_string(), t.to_string()))
+    .collect();
+    assert_eq!(seen, expected);
+
+    // Newest first, ids strictly decreasing.
+    assert!(events
+        .windows(2)
+        .all(|w| w[0].id > w[1].id && w[0].at >= w[1].at));
+    for event in &events {
+        assert_eq!(event.actor, "key:abc");
+        assert_eq!(event.source.as_deref(), Some("192.0.2.1"));
+        assert!(event.details.is_object(), "{event:?}");
+        let text = event.details.to_string();
+        for secret in [
+            hash("secret-one"),
+            hash("secret-two"),
+            password_hash.to_string(),
+        ] {
+            assert!(
+                !text.contains(&secret),
+                "secret in audit details: {event:?}"
+            );
+        }
+    }
+    let by_action = |action: &str| events.iter().find(|e| e.action == action).unwrap();
+    assert_eq!(by_action("user.create").details["username"], "ada");
+    assert_eq!(by_action("user.create").details["password_set"], true);
+    assert_eq!(by_action("user.update").details, json!({"rpm": 5}));
+    assert_eq!(
+        by_action("team.update").details,
+        json!({"name": "Platform"})
+    );
+    assert_eq!(by_action("key.block").details, json!({"blocked": true}));
+    assert_eq!(by_action("key.create").details["name"], "k");
+    assert_eq!(by_action("key.rotate").details["key_hint"], "h2");
+}
+
+async fn audit_filters(store: SharedStore) {
+    let alice = Actor::new("user:alice", None);
+    let bob = Actor::new("user:bob", Some("203.0.113.9".into()));
+    let t0 = tollgate::domain::now();
+    let u1 = store.create_user(&alice, new_user("u1")).await.unwrap();
+    let u2 = store.create_user(&bob, new_user("u2")).await.unwrap();
+    let team = store.create_team(&alice, new_team("T")).await.unwrap();
+    store
+        .update_user(
+            &bob,
+            &u1.id,
+            UserPatch {
+                full_name: Some(Some("U One".into())),
+                ..UserPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    let t1 = tollgate::domain::now();
+
+    let query = |filter: AuditFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .list_audit(filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.actor, e.action, e.target.unwrap_or_default()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let row = |actor: &str, action: &str, target: &str| {
+        (actor.to_string(), action.to_string(), target.to_string())
+    };
+
+    assert_eq!(
+        query(AuditFilter {
+            actor: Some("user:alice".into()),
+            ..AuditFilter::default()
+        })
+        .await,
+        [
+            row("user:alice", "team.create", &team.id),
+            row("user:alice", "user.create", &u1.id)
+        ]
+    );
+    assert_eq!(
+        query(AuditFilter {
+            action: Some("user.create".into()),
+            ..AuditFilter::default()
+        })
+        .await,
+        [
+            row("user:bob", "user.create", &u2.id),
+            row("user:alice", "user.create", &u1.id)
+        ]
+    );
+    assert_eq!(
+        query(AuditFilter {
+            target: Some(u1.id.clone()),
+            ..AuditFilter::default()
+        })
+        .await,
+        [
+            row("user:bob", "user.update", &u1.id),
+            row("user:alice", "user.create", &u1.id)
+        ]
+    );
+    // Filters combine with AND.
+    assert_eq!(
+        query(AuditFilter {
+            actor: Some("user:bob".into()),
+            target: Some(u1.id.clone()),
+            ..AuditFilter::default()
+        })
+        .await,
+        [row("user:bob", "user.update", &u1.id)]
+    );
+    assert!(query(AuditFilter {
+        actor: Some("user:alice".into()),
+        action: Some("user.update".into()),
+        ..AuditFilter::default()
+    })
+    .await
+    .is_empty());
+
+    // since and until are inclusive bounds on `at`.
+    let all = query(AuditFilter {
+        since: Some(t0),
+        until: Some(t1),
+        ..AuditFilter::default()
+    })
+    .await;
+    assert_eq!(all.len(), 4);
+    assert!(query(AuditFilter {
+        since: Some(t1 + 1),
+        ..AuditFilter::default()
+    })
+    .await
+    .is_empty());
+    assert!(query(AuditFilter {
+        until: Some(t0 - 1),
+        ..AuditFilter::default()
+    })
+    .await
+    .is_empty());
+    let newest = store.list_audit(AuditFilter::default()).await.unwrap()[0].clone();
+    let exact = store
+        .list_audit(AuditFilter {
+            since: Some(newest.at),
+            until: Some(newest.at),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(exact.iter().any(|e| e.id == newest.id));
+
+    // limit keeps the newest.
+    assert_eq!(
+        query(AuditFilter {
+            limit: Some(2),
+            ..AuditFilter::default()
+        })
+        .await,
+        [
+            row("user:bob", "user.update", &u1.id),
+            row("user:alice", "team.create", &team.id)
+        ]
+    );
+    assert!(query(AuditFilter {
+        limit: Some(0),
+        ..AuditFilter::default()
+    })
+    .await
+    .is_empty());
+    assert_eq!(
+        query(AuditFilter {
+            limit: Some(-5),
+            ..AuditFilter::default()
+        })
+        .await
+        .len(),
+        0
+    );
+}
+
+async fn patch_semantics(store: SharedStore) {
+    let ada = store
+        .create_user(
+            &admin(),
+            NewUser {
+                full_name: Some("Ada".into()),
+                rpm: Some(1),
+                tpm: Some(2),
+                max_budget: Some(3.5),
+                budget_duration: Some(BudgetDuration::ThirtyDays),
+                metadata: Some(json!({"a": 1})),
+                ..new_user("ada")
+            },
+        )
+        .await
+        .unwrap();
+    // None leaves everything as it is.
+    let same = store
+        .update_user(&admin(), &ada.id, UserPatch::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            same.full_name.clone(),
+            same.limits.clone(),
+            same.metadata.clone()
+        ),
+        (
+            ada.full_name.clone(),
+            ada.limits.clone(),
+            ada.metadata.clone()
+        )
+    );
+    // Some(None) clears, Some(Some(_)) sets.
+    let cleared = store
+        .update_user(
+            &admin(),
+            &ada.id,
+            UserPatch {
+                full_name: Some(None),
+                rpm: Some(None),
+                tpm: Some(Some(20)),
+                max_budget: Some(None),
+                budget_duration: Some(None),
+                metadata: Some(json!({"b": [1, 2]})),
+                ..UserPatch::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cleared.full_name, None);
+    assert_eq!(cleared.limits.rpm, None);
+    assert_eq!(cleared.limits.tpm, Some(20));
+    assert_eq!(cleared.limits.max_budget, None);
+    assert_eq!(cleared.limits.budget_duration, None);
+    assert_eq!(cleared.metadata, json!({"b": [1, 2]}));
+    assert_eq!(cleared.email, ada.email);
+    assert_eq!(store.get_user(&ada.id).await.unwrap().unwrap(), cleared);
+    let details = &audit_of(&store, "user.update").await[0].details;
+    assert_eq!(details["full_name"], serde_json::Value::Null);
+    assert_eq!(details["tpm"], 20);
+    assert!(details.get("email").is_none());
+
+    let team = store
+        .create_team(
+            &admin(),
+            NewTeam {
+                max_budget: Some(9.0),
+                ..new_team("T")
+            },
+        )
+        .await
+        .unwrap();
+    let team = store
+        .update_team(
+            &admin(),
+            &team.id,
+            TeamPatch {
+                max_budget: Some(None),
+                rpm: Some(Some(7)),
+                ..TeamPatch::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((team.limits.max_budget, team.limits.rpm), (None, Some(7)));
+    assert_eq!(store.get_team(&team.id).await.unwrap().unwrap(), team);
+
+    let key = store
+        .create_key(
+            &admin(),
+            NewKey {
+                expires_at: Some(4_102_444_800),
+                rpm: Some(3),
+                permissions: vec!["chat".into()],
+                ..new_key("k", "secret-one")
+            },
+        )
+        .await
+        .unwrap();
+    let key = store
+        .update_key(
+            &admin(),
+            &key.id,
+            KeyPatch {
+                expires_at: Some(None),
+                permissions: Some(vec![]),
+                models: Some(vec!["gpt-4o".into()]),
+                ..KeyPatch::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(key.expires_at, None);
+    assert!(key.permissions.is_empty());
+    assert_eq!(key.models, ["gpt-4o"]);
+    assert_eq!(key.limits.rpm, Some(3));
+    assert_eq!(store.get_key(&key.id).await.unwrap().unwrap(), key);
+    assert!(store
+        .update_key(&admin(), "no-such-key", KeyPatch::default())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+async fn key_block_and_unblock(store: SharedStore) {
+    let key = store
+        .create_key(&admin(), new_key("k", "secret-one"))
+        .await
+        .unwrap();
+    let blocked = store
+        .update_key(
+            &admin(),
+            &key.id,
+            KeyPatch {
+                blocked: Some(true),
+                ..KeyPatch::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(blocked.blocked);
+    assert!(
+        store
+            .lookup_key(&hash("secret-one"))
+            .await
+            .unwrap()
+            .unwrap()
+            .key
+            .blocked
+    );
+    // Blocking together with another change is an ordinary update.
+    store
+        .update_key(
+            &admin(),
+            &key.id,
+            KeyPatch {
+                blocked: Some(false),
+                name: Some("k2".into()),
+                ..KeyPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!store.get_key(&key.id).await.unwrap().unwrap().blocked);
+    assert_eq!(audit_of(&store, "key.block").await.len(), 1);
+    assert_eq!(audit_of(&store, "key.unblock").await.len(), 0);
+    assert_eq!(audit_of(&store, "key.update").await.len(), 1);
+}
+
+async fn invalid_references(store: SharedStore) {
+    let err = store
+        .create_key(
+            &admin(),
+            NewKey {
+                user_id: Some("ghost".into()),
+                ..new_key("k", "secret-one")
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_invalid(err, "user ghost does not exist");
+    let err = store
+        .create_key(
+            &admin(),
+            NewKey {
+                team_id: Some("ghost-team".into()),
+                ..new_key("k", "secret-one")
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_invalid(err, "team ghost-team does not exist");
+
+    let ada = store.create_user(&admin(), new_user("ada")).await.unwrap();
+    let team = store.create_team(&admin(), new_team("T")).await.unwrap();
+    store.delete_user(&admin(), &ada.id).await.unwrap();
+    let err = store
+        .create_key(
+            &admin(),
+            NewKey {
+                user_id: Some(ada.id.clone()),
+                ..new_key("k", "secret-one")
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_invalid(err, &format!("user {} does not exist", ada.id));
+    let err = store
+        .add_member(
+            &admin(),
+            &team.id,
+            &ada.id,
+            TeamRole::Member,
+            MembershipSource::Manual,
+        )
+        .await
+        .unwrap_err();
+    assert_invalid(err, &format!("user {} does not exist", ada.id));
+    let bob = store.create_user(&admin(), new_user("bob")).await.unwrap();
+    let err = store
+        .add_member(
+            &admin(),
+            "ghost-team",
+            &bob.id,
+            TeamRole::Member,
+            MembershipSource::Manual,
+        )
+        .await
+        .unwrap_err();
+    assert_invalid(err, "team ghost-team does not exist");
+
+    // Nothing was written by the failed calls.
+    assert!(store
+        .list_keys(KeyFilter {
+            include_revoked: true,
+            ..KeyFilter::default()
+        })
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(audit_of(&store, "key.create").await.is_empty());
+    assert!(audit_of(&store, "team.member.add").await.is_empty());
+
+    assert_invalid(
+        store.create_user(&admin(), new_user("")).await.unwrap_err(),
+        "username",
+    );
+    assert_invalid(
+        store
+            .create_team(&admin(), new_team(" "))
+            .await
+            .unwrap_err(),
+        "team name",
+    );
+}
+
+async fn key_hash_rules(store: SharedStore) {
+    let plaintext = "sk-tg-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdefghijkl";
+    let err = store
+        .create_key(
+            &admin(),
+            NewKey {
+                key_hash: plaintext.to_string(),
+                ..new_key("k", "secret-one")
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+    assert!(!err.to_string().contains(plaintext));
+
+    let upper = NewKey {
+        key_hash: hash("secret-one").to_uppercase(),
+        ..new_key("k", "secret-one")
+    };
+    assert!(matches!(
+        store.create_key(&admin(), upper).await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    store
+        .create_key(&admin(), new_key("k", "secret-one"))
+        .await
+        .unwrap();
+    let err = store
+        .create_key(&admin(), new_key("k-again", "secret-one"))
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains(&hash("secret-one")));
+    assert_conflict(err, "a key with that secret already exists");
+}
+
+async fn sql_text_is_plain_data(store: SharedStore) {
+    let evil = "'; DROP TABLE users; --";
+    let quote = "O'Brien \"$1\" \\ %_ ? ?1 $2";
+    let user = store
+        .create_user(
+            &admin(),
+            NewUser {
+                username: evil.into(),
+                email: format!("{evil}@example.com"),
+                full_name: Some(quote.into()),
+                metadata: Some(json!({ evil: quote })),
+                ..NewUser::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.get_user(&user.id).await.unwrap().unwrap(), user);
+    let team = store
+        .create_team(
+            &admin(),
+            NewTeam {
+                name: evil.into(),
+                models: vec![evil.into(), quote.into()],
+                ..NewTeam::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.get_team(&team.id).await.unwrap().unwrap(), team);
+    let key = store
+        .create_key(
+            &admin(),
+            NewKey {
+                name: evil.into(),
+                key_hint: quote.into(),
+                permissions: vec![evil.into()],
+                user_id: Some(user.id.clone()),
+                ..new_key("k", "secret-one")
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.get_key(&key.id).await.unwrap().unwrap(), key);
+
+    // Tables intact; the strings work as lookup values and filters.
+    assert_eq!(store.list_users().await.unwrap().len(), 1);
+    assert_eq!(store.lookup_key(evil).await.unwrap(), None);
+    assert!(store.get_user(evil).await.unwrap().is_none());
+    let events = store
+        .list_audit(AuditFilter {
+            actor: Some(evil.into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(events.is_empty());
+    let evil_actor = Actor::new(evil, Some(quote.into()));
+    store
+        .update_user(
+            &evil_actor,
+            &user.id,
+            UserPatch {
+                blocked: Some(true),
+                ..UserPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    let events = store
+        .list_audit(AuditFilter {
+            actor: Some(evil.into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].source.as_deref(), Some(quote));
+    assert_eq!(
+        store
+            .create_team(&admin(), new_team(evil))
+            .await
+            .unwrap_err()
+            .to_string(),
+        format!("a team named {evil} already exists")
+    );
+}
+
+async fn migrate_twice_is_noop(store: SharedStore) {
+    let user = store.create_user(&admin(), new_user("ada")).await.unwrap();
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(store.get_user(&user.id).await.unwrap().unwrap(), user);
+    store.ping().await.unwrap();
+}
+
+async fn concurrent_writes(store: SharedStore) {
+    let team = store.create_team(&admin(), new_team("T")).await.unwrap();
+    let tasks: Vec<_> = (0..24)
+        .map(|i| {
+            let store = store.clone();
+            let team_id = team.id.clone();
+            tokio::spawn(async move {
+                let user = store
+                    .create_user(&admin(), new_user(&format!("user{i}")))
+                    .await?;
+                store
+                    .add_member(
+                        &admin(),
+                        &team_id,
+                        &user.id,
+                        TeamRole::Member,
+                        MembershipSource::Group,
+                    )
+                    .await?;
+                store
+                    .create_key(
+                        &admin(),
+                        NewKey {
+                            user_id: Some(user.id.clone()),
+                            team_id: Some(team_id.clone()),
+                            ..new_key("k", &format!("secret-{i}"))
+                        },
+                    )
+                    .await?;
+                store
+                    .update_team(
+                        &admin(),
+                        &team_id,
+                        TeamPatch {
+                            rpm: Some(Some(i)),
+                            ..TeamPatch::default()
+                        },
+                    )
+                    .await?;
+                Ok::<_, StoreError>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(store.list_users().await.unwrap().len(), 24);
+    assert_eq!(store.list_members(&team.id).await.unwrap().len(), 24);
+    assert_eq!(
+        store.list_keys(KeyFilter::default()).await.unwrap().len(),
+        24
+    );
+    assert_eq!(
+        store
+            .list_audit(AuditFilter {
+                limit: Some(1000),
+                ..AuditFilter::default()
+            })
+            .await
+            .unwrap()
+            .len(),
+        1 + 24 * 4
+    );
+
+    // Deleting the team while keys are being made never leaves a live key on a dead team.
+    let creators: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            let team_id = team.id.clone();
+            tokio::spawn(async move {
+                store
+                    .create_key(
+                        &admin(),
+                        NewKey {
+                            team_id: Some(team_id),
+                            ..new_key("late", &format!("late-secret-{i}"))
+                        },
+                    )
+                    .await
+            })
+        })
+        .collect();
+    assert!(store.delete_team(&admin(), &team.id).await.unwrap());
+    for task in creators {
+        match task.await.unwrap() {
+            Ok(_) | Err(StoreError::Invalid(_)) => {}
+            Err(other) => panic!("unexpected error: {other:?}"),
+        }
+    }
+    let live = store
+        .list_keys(KeyFilter {
+            team_id: Some(team.id.clone()),
+            ..KeyFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(live.is_empty(), "live keys on a deleted team: {live:?}");
+}
+
+// ---- backend-specific plumbing ---------------------------------------------------------
+
+#[tokio::test]
+async fn closed_store_reports_unavailable() {
+    let (sqlite, _dir, _) = fresh_sqlite().await;
+    let (postgres, _) = fresh_postgres().await;
+    for store in [sqlite, postgres] {
+        store.close().await;
+        let err = store.get_user("x").await.unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
+        assert!(store.ping().await.unwrap_err().is_transient());
+    }
+}
+
+#[tokio::test]
+async fn unreachable_postgres_is_unavailable_and_redacted() {
+    let opts = ConnectOptions {
+        max_connections: 1,
+        acquire_timeout: std::time::Duration::from_secs(2),
+    };
+    // Port 1 on loopback: nothing listens there.
+    let err = SqlStore::connect("postgres://app:hunter2@127.0.0.1:1/db", &opts)
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    let msg = err.to_string();
+    assert!(!msg.contains("hunter2"), "{msg}");
+    assert!(msg.contains("127.0.0.1:1"), "{msg}");
+}
+
+#[tokio::test]
+async fn unsupported_scheme_is_invalid() {
+    let err = SqlStore::connect(
+        "mysql://root:hunter2@127.0.0.1/db",
+        &ConnectOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    match err {
+        StoreError::Invalid(msg) => {
+            assert!(msg.contains("mysql"), "{msg}");
+            assert!(!msg.contains("hunter2"), "{msg}");
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn sqlite_url_forms_create_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("short-form.db");
+    let url = format!("sqlite:{}", path.display());
+    let store = SqlStore::connect(&url, &test_connect_options())
+        .await
+        .unwrap();
+    assert_eq!(store.backend(), Backend::Sqlite);
+    store.migrate().await.unwrap();
+    assert!(path.exists());
+    store.create_user(&admin(), new_user("ada")).await.unwrap();
+    store.close().await;
+
+    // Reopening the same file sees the data; WAL and foreign keys are on.
+    let store = SqlStore::connect(
+        &format!("sqlite://{}", path.display()),
+        &test_connect_options(),
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(store.list_users().await.unwrap().len(), 1);
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(mode.to_lowercase(), "wal");
+    let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(fk, 1);
+}
+
+#[tokio::test]
+async fn postgres_store_uses_its_own_schema() {
+    let (store, url) = fresh_postgres().await;
+    assert_eq!(store.backend(), Backend::Postgres);
+    let schema: String = sqlx::query_scalar("SELECT CAST(current_schema() AS TEXT)")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert!(schema.starts_with("tg_test_"), "{schema}");
+    assert!(url.contains(&schema));
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = $1 \
+         AND table_name IN ('users', 'teams', 'team_members', 'api_keys', 'audit_log')",
+    )
+    .bind(&schema)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(tables, 5);
+}
+
+/// Adds `n` audit rows straight into the table, one transaction.
+async fn bulk_audit(store: &SqlStore, n: i64) {
+    let mut tx = store.pool().begin().await.unwrap();
+    for i in 0..n {
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor, action, target, source, details) \
+             VALUES ($1, 'bulk', 'test.bulk', NULL, NULL, '{}')",
+        )
+        .bind(1_700_000_000 + i)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+async fn check_audit_limits(store: SqlStore) {
+    bulk_audit(&store, 1005).await;
+    let shared: SharedStore = Arc::new(store);
+    let default = shared.list_audit(AuditFilter::default()).await.unwrap();
+    assert_eq!(default.len(), 100);
+    assert_eq!(default[0].at, 1_700_000_000 + 1004, "newest first");
+    let capped = shared
+        .list_audit(AuditFilter {
+            limit: Some(5000),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(capped.len(), 1000);
+    let window = shared
+        .list_audit(AuditFilter {
+            since: Some(1_700_000_010),
+            until: Some(1_700_000_019),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(window.len(), 10);
+    assert_eq!(window.first().unwrap().at, 1_700_000_019);
+    assert_eq!(window.last().unwrap().at, 1_700_000_010);
+}
+
+#[tokio::test]
+async fn audit_limit_defaults_and_cap_sqlite() {
+    let (store, _dir, _) = fresh_sqlite().await;
+    check_audit_limits(store).await;
+}
+
+#[tokio::test]
+async fn audit_limit_defaults_and_cap_postgres() {
+    let (store, _) = fresh_postgres().await;
+    check_audit_limits(store).await;
+}
