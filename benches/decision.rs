@@ -1,1 +1,111 @@
-fn main(){}
+//! What one Check costs inside tollgate, without the network: a whole `Gate::check` for a
+//! cached key (credential extraction, checksum, SHA-256, cache hit, policy, response), and
+//! its parts. Run with `cargo bench --bench decision`.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use envoy_types::ext_authz::v3::pb::CheckRequest;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use std::sync::Arc;
+use tollgate::app::App;
+use tollgate::authn::api_key;
+use tollgate::authz::body::model_field;
+use tollgate::config::Config;
+use tollgate::decision::{self, ModelField, Policy, Principal};
+use tollgate::secret::Secret;
+use tollgate::store::sql::{ConnectOptions, SqlStore};
+use tollgate::store::{Actor, NewKey, Store};
+
+fn check_request(key: &str, body: &[u8]) -> CheckRequest {
+    let headers = [
+        ("authorization", format!("Bearer {key}")),
+        ("content-type", "application/json".to_owned()),
+        ("x-request-id", "4c1ad6b4-6bb3-4f7d-9b07-2f3b8a1c0d55".to_owned()),
+        (":authority", "llm.internal".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "POST".into(),
+                    path: "/v1/chat/completions".into(),
+                    headers,
+                    raw_body: body.to_vec(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+const BODY: &[u8] = br#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Summarise the plot of Hamlet in one sentence."}],"max_tokens":64,"temperature":0.2}"#;
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let (gate, key) = rt.block_on(async {
+        let store = SqlStore::connect(&url, &ConnectOptions::default()).await.unwrap();
+        store.migrate().await.unwrap();
+        let plain = api_key::generate();
+        store
+            .create_key(
+                &Actor::new("bench", None),
+                NewKey {
+                    name: "bench".into(),
+                    key_hash: plain.hash().to_hex(),
+                    key_hint: plain.hint(),
+                    models: vec!["gpt-4o-mini".into()],
+                    ..NewKey::default()
+                },
+            )
+            .await
+            .unwrap();
+        let app = App::with_store(Config::default(), &Secret::new("master"), Arc::new(store));
+        (app.gate.clone(), plain.into_string())
+    });
+    let request = check_request(&key, BODY);
+    // Warm the cache: the benchmark is of the cached decision, which does no I/O.
+    let warm = rt.block_on(gate.check(&request)).unwrap();
+    assert_eq!(warm.status.unwrap().code, 0, "the bench key must be allowed");
+
+    c.bench_function("check/cached_key_allowed", |b| {
+        b.to_async(&rt).iter(|| gate.check(&request))
+    });
+    let denied = check_request(&key.replace("sk-tg-", "sk-tg-X").split_at(55).0.to_owned(), BODY);
+    c.bench_function("check/bad_checksum_denied", |b| {
+        b.to_async(&rt).iter(|| gate.check(&denied))
+    });
+
+    c.bench_function("parts/key_validate_and_hash", |b| {
+        b.iter(|| api_key::parse(&key).unwrap().hash())
+    });
+    c.bench_function("parts/model_from_body", |b| b.iter(|| model_field(BODY, false)));
+    let policy = Policy::from_config(&Config::default());
+    let rule = decision::route(&policy, "POST", "/v1/chat/completions").unwrap().clone();
+    let lookup = rt
+        .block_on(gate.keys.resolve(&api_key::parse(&key).unwrap().hash()))
+        .unwrap()
+        .unwrap();
+    let principal = Principal::Key(lookup);
+    let model = ModelField::Named("gpt-4o-mini".into());
+    c.bench_function("parts/authorize_pure", |b| {
+        b.iter(|| decision::authorize(&policy, &rule, &principal, &model, 1_800_000_000).unwrap())
+    });
+    c.bench_function("parts/render_allowed_response", |b| {
+        let grant = decision::authorize(&policy, &rule, &principal, &model, 1_800_000_000).unwrap();
+        b.iter_batched(|| grant.clone(), |g| tollgate::authz::response::allowed(&g), BatchSize::SmallInput)
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
