@@ -20,7 +20,10 @@ fn check_request(key: &str, body: &[u8]) -> CheckRequest {
     let headers = [
         ("authorization", format!("Bearer {key}")),
         ("content-type", "application/json".to_owned()),
-        ("x-request-id", "4c1ad6b4-6bb3-4f7d-9b07-2f3b8a1c0d55".to_owned()),
+        (
+            "x-request-id",
+            "4c1ad6b4-6bb3-4f7d-9b07-2f3b8a1c0d55".to_owned(),
+        ),
         (":authority", "llm.internal".to_owned()),
     ]
     .into_iter()
@@ -54,7 +57,9 @@ fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
     let (gate, key) = rt.block_on(async {
-        let store = SqlStore::connect(&url, &ConnectOptions::default()).await.unwrap();
+        let store = SqlStore::connect(&url, &ConnectOptions::default())
+            .await
+            .unwrap();
         store.migrate().await.unwrap();
         let plain = api_key::generate();
         store
@@ -76,12 +81,16 @@ fn bench(c: &mut Criterion) {
     let request = check_request(&key, BODY);
     // Warm the cache: the benchmark is of the cached decision, which does no I/O.
     let warm = rt.block_on(gate.check(&request)).unwrap();
-    assert_eq!(warm.status.unwrap().code, 0, "the bench key must be allowed");
+    assert_eq!(
+        warm.status.unwrap().code,
+        0,
+        "the bench key must be allowed"
+    );
 
     c.bench_function("check/cached_key_allowed", |b| {
         b.to_async(&rt).iter(|| gate.check(&request))
     });
-    let denied = check_request(&key.replace("sk-tg-", "sk-tg-X").split_at(55).0.to_owned(), BODY);
+    let denied = check_request(key.replace("sk-tg-", "sk-tg-X").split_at(55).0, BODY);
     c.bench_function("check/bad_checksum_denied", |b| {
         b.to_async(&rt).iter(|| gate.check(&denied))
     });
@@ -89,9 +98,13 @@ fn bench(c: &mut Criterion) {
     c.bench_function("parts/key_validate_and_hash", |b| {
         b.iter(|| api_key::parse(&key).unwrap().hash())
     });
-    c.bench_function("parts/model_from_body", |b| b.iter(|| model_field(BODY, false)));
+    c.bench_function("parts/model_from_body", |b| {
+        b.iter(|| model_field(BODY, false))
+    });
     let policy = Policy::from_config(&Config::default());
-    let rule = decision::route(&policy, "POST", "/v1/chat/completions").unwrap().clone();
+    let rule = decision::route(&policy, "POST", "/v1/chat/completions")
+        .unwrap()
+        .clone();
     let lookup = rt
         .block_on(gate.keys.resolve(&api_key::parse(&key).unwrap().hash()))
         .unwrap()
@@ -103,7 +116,11 @@ fn bench(c: &mut Criterion) {
     });
     c.bench_function("parts/render_allowed_response", |b| {
         let grant = decision::authorize(&policy, &rule, &principal, &model, 1_800_000_000).unwrap();
-        b.iter_batched(|| grant.clone(), |g| tollgate::authz::response::allowed(&g), BatchSize::SmallInput)
+        b.iter_batched(
+            || grant.clone(),
+            |g| tollgate::authz::response::allowed(&g),
+            BatchSize::SmallInput,
+        )
     });
 }
 

@@ -383,10 +383,16 @@ impl Config {
         }
         for (path, rule) in &self.routes {
             if !path.starts_with('/') {
-                return err(&format!("routes.{path}"), "a route must start with `/`".into());
+                return err(
+                    &format!("routes.{path}"),
+                    "a route must start with `/`".into(),
+                );
             }
             if rule.permission.trim().is_empty() {
-                return err(&format!("routes.{path}.permission"), "must not be empty".into());
+                return err(
+                    &format!("routes.{path}.permission"),
+                    "must not be empty".into(),
+                );
             }
         }
         for path in self.limits.routes.keys() {
@@ -525,7 +531,10 @@ pub fn locate_key(text: &str, path: &str) -> Option<usize> {
         let needle_block = format!("{segment}:");
         let hit = lines.iter().enumerate().skip(from).find(|(_, line)| {
             let content = line.split('#').next().unwrap_or("");
-            content.trim_start().trim_start_matches("- ").starts_with(&needle_block)
+            content
+                .trim_start()
+                .trim_start_matches("- ")
+                .starts_with(&needle_block)
                 || content.contains(&format!("{{ {segment}:"))
                 || content.contains(&format!(", {segment}:"))
                 || content.contains(&format!("{{{segment}:"))
@@ -541,32 +550,46 @@ pub fn locate_key(text: &str, path: &str) -> Option<usize> {
     found
 }
 
-/// Hides the password of a URL (`postgres://user:secret@host` → `postgres://user:***@host`).
+/// The URL with any password (in the userinfo or in a `password=` query parameter)
+/// replaced by `***`, fit for logs and error messages.
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
+    let (head, query) = match url.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (url, None),
     };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_owned()
-            };
-            format!(
-                "{}://{}{}",
-                &url[..scheme_end],
-                masked,
-                &rest[at..]
-            )
+    let mut out = match head.split_once("://") {
+        Some((scheme, rest)) => {
+            let auth_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(auth_end);
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) => match userinfo.split_once(':') {
+                    Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
+                    None => head.to_string(),
+                },
+                None => head.to_string(),
+            }
         }
-        None => url.to_owned(),
+        None => head.to_string(),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if is_secret_param(key) => format!("{key}=***"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
+}
+
+fn is_secret_param(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "token"]
+        .iter()
+        .any(|word| key.contains(word))
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -625,7 +648,10 @@ mod tests {
             &|v| (v == "SET").then(|| "x".to_owned()),
         )
         .unwrap();
-        assert_eq!(out, "# uses ${NOPE} and ${broken\nkey: \"a # x\" # ${ALSO_NOT}\n");
+        assert_eq!(
+            out,
+            "# uses ${NOPE} and ${broken\nkey: \"a # x\" # ${ALSO_NOT}\n"
+        );
         assert!(unset.is_empty());
     }
 

@@ -33,7 +33,11 @@ pub mod rfc3339 {
             return Ok(d.timestamp());
         }
         if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-            return Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc().timestamp());
+            return Ok(d
+                .and_hms_opt(0, 0, 0)
+                .expect("midnight exists")
+                .and_utc()
+                .timestamp());
         }
         Err(format!(
             "`{text}` is not a time: use RFC 3339 (2026-11-24T10:00:00Z), a date (2026-11-24) or Unix seconds"

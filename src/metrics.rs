@@ -39,11 +39,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let check_duration = Histogram::with_opts(
-            HistogramOpts::new(CHECK_DURATION, "Time to answer one Check")
-                .buckets(vec![
-                    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5,
-                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                ]),
+            HistogramOpts::new(CHECK_DURATION, "Time to answer one Check").buckets(vec![
+                0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
         )
         .expect("valid metric");
         let cache_requests = IntCounterVec::new(
@@ -52,7 +51,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let backend_errors = IntCounterVec::new(
-            Opts::new(BACKEND_ERRORS, "Failed calls to a backend (database, redis)"),
+            Opts::new(
+                BACKEND_ERRORS,
+                "Failed calls to a backend (database, redis)",
+            ),
             &["backend"],
         )
         .expect("valid metric");
@@ -66,7 +68,9 @@ impl Metrics {
             Box::new(backend_errors.clone()),
             Box::new(usage_queue_depth.clone()),
         ] {
-            registry.register(collector).expect("metric names are unique");
+            registry
+                .register(collector)
+                .expect("metric names are unique");
         }
         Metrics {
             registry,
@@ -100,7 +104,13 @@ mod tests {
         m.backend_errors.with_label_values(&["database"]).inc();
         m.check_duration.observe(0.0001);
         let text = m.render();
-        for name in [CHECK_TOTAL, CHECK_DURATION, CACHE_REQUESTS, BACKEND_ERRORS, USAGE_QUEUE_DEPTH] {
+        for name in [
+            CHECK_TOTAL,
+            CHECK_DURATION,
+            CACHE_REQUESTS,
+            BACKEND_ERRORS,
+            USAGE_QUEUE_DEPTH,
+        ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }
         assert!(text.contains("tollgate_check_total{code=\"ok\",decision=\"allow\"} 1"));

@@ -19,16 +19,28 @@ fn admin_routes() -> Vec<(Method, &'static str, Option<Value>)> {
         (Method::POST, "/admin/keys/ID/block", None),
         (Method::POST, "/admin/keys/ID/unblock", None),
         (Method::GET, "/admin/users", None),
-        (Method::POST, "/admin/users", Some(json!({"username": "u", "email": "u@example.com", "role": "user"}))),
+        (
+            Method::POST,
+            "/admin/users",
+            Some(json!({"username": "u", "email": "u@example.com", "role": "user"})),
+        ),
         (Method::GET, "/admin/users/ID", None),
-        (Method::PATCH, "/admin/users/ID", Some(json!({"role": "viewer"}))),
+        (
+            Method::PATCH,
+            "/admin/users/ID",
+            Some(json!({"role": "viewer"})),
+        ),
         (Method::DELETE, "/admin/users/ID", None),
         (Method::GET, "/admin/teams", None),
         (Method::POST, "/admin/teams", Some(json!({"name": "t"}))),
         (Method::GET, "/admin/teams/ID", None),
         (Method::PATCH, "/admin/teams/ID", Some(json!({"rpm": 5}))),
         (Method::DELETE, "/admin/teams/ID", None),
-        (Method::POST, "/admin/teams/ID/members", Some(json!({"user_id": "u", "role": "member"}))),
+        (
+            Method::POST,
+            "/admin/teams/ID/members",
+            Some(json!({"user_id": "u", "role": "member"})),
+        ),
         (Method::DELETE, "/admin/teams/ID/members/UID", None),
         (Method::GET, "/admin/audit", None),
     ]
@@ -38,31 +50,60 @@ fn admin_routes() -> Vec<(Method, &'static str, Option<Value>)> {
 async fn every_admin_route_needs_an_admin() {
     let t = Tollgate::start("").await;
     let user = t.create_user("bob", "user").await;
-    let (_, user_key) = t.create_key(json!({"name": "bob's", "user_id": user})).await;
+    let (_, user_key) = t
+        .create_key(json!({"name": "bob's", "user_id": user}))
+        .await;
     let (_, service_key) = t.create_key(json!({"name": "svc"})).await;
-    let (_, admin_key) = t.create_key(json!({"name": "ops", "permissions": ["admin"]})).await;
-    let (revoked_id, revoked_admin) = t.create_key(json!({"name": "old", "permissions": ["admin"]})).await;
-    t.admin(Method::DELETE, &format!("/admin/keys/{revoked_id}"), None).await;
+    let (_, admin_key) = t
+        .create_key(json!({"name": "ops", "permissions": ["admin"]}))
+        .await;
+    let (revoked_id, revoked_admin) = t
+        .create_key(json!({"name": "old", "permissions": ["admin"]}))
+        .await;
+    t.admin(Method::DELETE, &format!("/admin/keys/{revoked_id}"), None)
+        .await;
 
     for (method, path, body) in admin_routes() {
         let (status, err) = t.call(method.clone(), path, None, body.clone()).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} without a credential: {err}");
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} without a credential: {err}"
+        );
         assert_eq!(err["error"]["code"], "unauthorized");
 
-        let (status, _) = t.call(method.clone(), path, Some("sk-tg-garbage"), body.clone()).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} with garbage");
+        let (status, _) = t
+            .call(method.clone(), path, Some("sk-tg-garbage"), body.clone())
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} with garbage"
+        );
 
-        let (status, _) = t.call(method.clone(), path, Some(&revoked_admin), body.clone()).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} with a revoked admin key");
+        let (status, _) = t
+            .call(method.clone(), path, Some(&revoked_admin), body.clone())
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} with a revoked admin key"
+        );
 
         for key in [&user_key, &service_key] {
             let (status, err) = t.call(method.clone(), path, Some(key), body.clone()).await;
-            assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path} with a non-admin key: {err}");
+            assert_eq!(
+                status,
+                StatusCode::FORBIDDEN,
+                "{method} {path} with a non-admin key: {err}"
+            );
             assert_eq!(err["error"]["code"], "forbidden");
         }
 
         // An admin key gets past authentication (unknown ids then give 404, not 401/403).
-        let (status, err) = t.call(method.clone(), path, Some(&admin_key), body.clone()).await;
+        let (status, err) = t
+            .call(method.clone(), path, Some(&admin_key), body.clone())
+            .await;
         assert!(
             ![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN].contains(&status),
             "{method} {path} with an admin key: {status} {err}"
@@ -95,17 +136,61 @@ async fn validation_errors_are_400_with_a_clear_message() {
         ("/admin/keys", json!({}), "name"),
         ("/admin/keys", json!({"name": ""}), "name"),
         ("/admin/keys", json!({"name": "k", "rpm": -1}), "rpm"),
-        ("/admin/keys", json!({"name": "k", "max_budget": -5.0}), "max_budget"),
-        ("/admin/keys", json!({"name": "k", "budget_duration": "2w"}), "budget_duration"),
-        ("/admin/keys", json!({"name": "k", "expires_at": "2001-01-01T00:00:00Z"}), "expires_at"),
-        ("/admin/keys", json!({"name": "k", "expires_at": "next tuesday"}), "next tuesday"),
-        ("/admin/keys", json!({"name": "k", "models": ["has space"]}), "models"),
-        ("/admin/keys", json!({"name": "k", "metadata": [1]}), "metadata"),
-        ("/admin/keys", json!({"name": "k", "user_id": "nobody"}), "nobody"),
-        ("/admin/keys", json!({"name": "k", "colour": "red"}), "colour"),
-        ("/admin/users", json!({"username": "u", "email": "not-an-email", "role": "user"}), "email"),
-        ("/admin/users", json!({"username": "u", "email": "u@example.com", "role": "emperor"}), "emperor"),
-        ("/admin/users", json!({"username": "u", "email": "u@example.com", "password": "short"}), "password"),
+        (
+            "/admin/keys",
+            json!({"name": "k", "max_budget": -5.0}),
+            "max_budget",
+        ),
+        (
+            "/admin/keys",
+            json!({"name": "k", "budget_duration": "2w"}),
+            "budget_duration",
+        ),
+        (
+            "/admin/keys",
+            json!({"name": "k", "expires_at": "2001-01-01T00:00:00Z"}),
+            "expires_at",
+        ),
+        (
+            "/admin/keys",
+            json!({"name": "k", "expires_at": "next tuesday"}),
+            "next tuesday",
+        ),
+        (
+            "/admin/keys",
+            json!({"name": "k", "models": ["has space"]}),
+            "models",
+        ),
+        (
+            "/admin/keys",
+            json!({"name": "k", "metadata": [1]}),
+            "metadata",
+        ),
+        (
+            "/admin/keys",
+            json!({"name": "k", "user_id": "nobody"}),
+            "nobody",
+        ),
+        (
+            "/admin/keys",
+            json!({"name": "k", "colour": "red"}),
+            "colour",
+        ),
+        (
+            "/admin/users",
+            json!({"username": "u", "email": "not-an-email", "role": "user"}),
+            "email",
+        ),
+        (
+            "/admin/users",
+            json!({"username": "u", "email": "u@example.com", "role": "emperor"}),
+            "emperor",
+        ),
+        (
+            "/admin/users",
+            json!({"username": "u", "email": "u@example.com", "password": "short"}),
+            "password",
+        ),
         ("/admin/teams", json!({"name": "   "}), "name"),
     ];
     for (path, body, mentions) in cases {
@@ -113,7 +198,10 @@ async fn validation_errors_are_400_with_a_clear_message() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {body}: {err}");
         assert_eq!(err["error"]["code"], "invalid_request");
         let message = err["error"]["message"].as_str().unwrap();
-        assert!(message.contains(mentions), "{path} {body}: message {message:?} should mention {mentions}");
+        assert!(
+            message.contains(mentions),
+            "{path} {body}: message {message:?} should mention {mentions}"
+        );
     }
 
     // Malformed JSON, and an oversized body.
@@ -130,9 +218,13 @@ async fn validation_errors_are_400_with_a_clear_message() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{err}");
 
     // Duplicates are conflicts.
-    let (status, _) = t.admin(Method::POST, "/admin/teams", Some(json!({"name": "dup"}))).await;
+    let (status, _) = t
+        .admin(Method::POST, "/admin/teams", Some(json!({"name": "dup"})))
+        .await;
     assert_eq!(status, StatusCode::CREATED);
-    let (status, err) = t.admin(Method::POST, "/admin/teams", Some(json!({"name": "dup"}))).await;
+    let (status, err) = t
+        .admin(Method::POST, "/admin/teams", Some(json!({"name": "dup"})))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{err}");
     t.stop().await;
 }
@@ -146,9 +238,17 @@ async fn keys_users_teams_round_trip_and_are_audited() {
     let team_id = team["id"].as_str().unwrap();
     assert_eq!(team["budget_duration"], "1mo");
 
-    let (status, m) = t.admin(Method::POST, &format!("/admin/teams/{team_id}/members"), Some(json!({"user_id": user, "role": "owner"}))).await;
+    let (status, m) = t
+        .admin(
+            Method::POST,
+            &format!("/admin/teams/{team_id}/members"),
+            Some(json!({"user_id": user, "role": "owner"})),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{m}");
-    let (_, got) = t.admin(Method::GET, &format!("/admin/teams/{team_id}"), None).await;
+    let (_, got) = t
+        .admin(Method::GET, &format!("/admin/teams/{team_id}"), None)
+        .await;
     assert_eq!(got["members"][0]["user_id"], user.as_str());
     assert_eq!(got["members"][0]["role"], "owner");
 
@@ -159,31 +259,72 @@ async fn keys_users_teams_round_trip_and_are_audited() {
     let secret = created["key"].as_str().unwrap();
     assert!(secret.starts_with("sk-tg-") && secret.len() == 55);
     let id = created["id"].as_str().unwrap();
-    let (_, got) = t.admin(Method::GET, &format!("/admin/keys/{id}"), None).await;
+    let (_, got) = t
+        .admin(Method::GET, &format!("/admin/keys/{id}"), None)
+        .await;
     assert!(got.get("key").is_none(), "the plaintext is shown only once");
     assert_eq!(got["rpm"], 10);
     assert!(got["created_at"].as_str().unwrap().ends_with('Z'));
 
-    let (_, patched) = t.admin(Method::PATCH, &format!("/admin/keys/{id}"), Some(json!({"rpm": null, "name": "renamed"}))).await;
+    let (_, patched) = t
+        .admin(
+            Method::PATCH,
+            &format!("/admin/keys/{id}"),
+            Some(json!({"rpm": null, "name": "renamed"})),
+        )
+        .await;
     assert_eq!(patched["rpm"], Value::Null);
     assert_eq!(patched["name"], "renamed");
 
-    let (_, listed) = t.admin(Method::GET, &format!("/admin/keys?team_id={team_id}"), None).await;
+    let (_, listed) = t
+        .admin(Method::GET, &format!("/admin/keys?team_id={team_id}"), None)
+        .await;
     assert_eq!(listed["data"].as_array().unwrap().len(), 1);
 
-    let (status, _) = t.admin(Method::DELETE, &format!("/admin/teams/{team_id}/members/{user}"), None).await;
+    let (status, _) = t
+        .admin(
+            Method::DELETE,
+            &format!("/admin/teams/{team_id}/members/{user}"),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 
-    let (_, audit) = t.admin(Method::GET, "/admin/audit?actor=master", None).await;
-    let actions: Vec<&str> = audit["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
-    for action in ["user.create", "team.create", "team.member.add", "key.create", "key.update", "team.member.remove"] {
-        assert!(actions.contains(&action), "{action} missing from {actions:?}");
+    let (_, audit) = t
+        .admin(Method::GET, "/admin/audit?actor=master", None)
+        .await;
+    let actions: Vec<&str> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for action in [
+        "user.create",
+        "team.create",
+        "team.member.add",
+        "key.create",
+        "key.update",
+        "team.member.remove",
+    ] {
+        assert!(
+            actions.contains(&action),
+            "{action} missing from {actions:?}"
+        );
     }
     let text = audit.to_string();
     assert!(!text.contains(secret), "no secret in the audit log");
-    let (_, filtered) = t.admin(Method::GET, &format!("/admin/audit?action=key.create&target={id}"), None).await;
+    let (_, filtered) = t
+        .admin(
+            Method::GET,
+            &format!("/admin/audit?action=key.create&target={id}"),
+            None,
+        )
+        .await;
     assert_eq!(filtered["data"].as_array().unwrap().len(), 1);
-    let (status, err) = t.admin(Method::GET, "/admin/audit?since=yesterday", None).await;
+    let (status, err) = t
+        .admin(Method::GET, "/admin/audit?since=yesterday", None)
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
     t.stop().await;
 }
@@ -200,6 +341,9 @@ async fn health_readiness_metrics_and_openapi() {
     assert!(body["paths"]["/admin/keys"].is_object(), "{body}");
     let (status, text) = t.call(Method::GET, "/metrics", None, None).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(text.as_str().unwrap().contains("tollgate_check_duration_seconds"));
+    assert!(text
+        .as_str()
+        .unwrap()
+        .contains("tollgate_check_duration_seconds"));
     t.stop().await;
 }

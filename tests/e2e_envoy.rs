@@ -19,7 +19,9 @@ struct Stack {
 
 async fn stack(yaml: &str) -> Stack {
     let tollgate = Tollgate::start(yaml).await;
-    let mock = MockLlm::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mock = MockLlm::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let envoy = Envoy::start("envoy/envoy.yaml", tollgate.grpc, mock.addr).await;
     Stack {
         tollgate,
@@ -32,7 +34,11 @@ fn chat(model: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "hello there"}]})
 }
 
-async fn chat_with(s: &Stack, headers: &[(&str, &str)], body: &Value) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+async fn chat_with(
+    s: &Stack,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
     post_json(&s.envoy, "/v1/chat/completions", headers, body).await
 }
 
@@ -41,12 +47,26 @@ fn bearer(key: &str) -> String {
 }
 
 /// Asserts an OpenAI-shaped error with the given status and code.
-fn assert_error(status: StatusCode, headers: &reqwest::header::HeaderMap, body: &Value, want: u16, code: &str) {
+fn assert_error(
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &Value,
+    want: u16,
+    code: &str,
+) {
     assert_eq!(status.as_u16(), want, "{body}");
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     assert!(body["error"]["type"].is_string(), "{body}");
-    assert!(body["error"].get("param").is_some_and(Value::is_null), "{body}");
+    assert!(
+        body["error"].get("param").is_some_and(Value::is_null),
+        "{body}"
+    );
     assert_eq!(headers["content-type"], "application/json");
 }
 
@@ -61,7 +81,10 @@ async fn a_valid_key_reaches_the_upstream_with_identity_headers() {
 
     let (status, _, body) = chat_with(
         &s,
-        &[("authorization", &bearer(&key)), ("x-tollgate-team-id", "spoofed")],
+        &[
+            ("authorization", &bearer(&key)),
+            ("x-tollgate-team-id", "spoofed"),
+        ],
         &chat("gpt-4o-mini"),
     )
     .await;
@@ -73,8 +96,16 @@ async fn a_valid_key_reaches_the_upstream_with_identity_headers() {
     assert_eq!(seen.header("x-tollgate-key-id"), Some(key_id.as_str()));
     assert_eq!(seen.header("x-tollgate-user-id"), Some(user.as_str()));
     assert_eq!(seen.header("x-tollgate-model"), Some("gpt-4o-mini"));
-    assert_eq!(seen.header("x-tollgate-team-id"), None, "client-sent identity must not pass");
-    assert_eq!(seen.header("authorization"), None, "the client's key must not go upstream");
+    assert_eq!(
+        seen.header("x-tollgate-team-id"),
+        None,
+        "client-sent identity must not pass"
+    );
+    assert_eq!(
+        seen.header("authorization"),
+        None,
+        "the client's key must not go upstream"
+    );
     assert!(seen.header("x-request-id").is_some());
     s.tollgate.stop().await;
 }
@@ -99,7 +130,10 @@ async fn the_models_provider_key_replaces_the_clients() {
     let (status, _, body) = chat_with(&s, &[("x-api-key", &key)], &chat("gpt-4o")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let seen = s.mock.last_request().unwrap();
-    assert_eq!(seen.header("authorization"), Some("Bearer sk-provider-secret"));
+    assert_eq!(
+        seen.header("authorization"),
+        Some("Bearer sk-provider-secret")
+    );
     assert_eq!(seen.header("x-api-key"), None);
 
     // Outside the configured catalogue: refused, even though the key allows any model.
@@ -117,21 +151,41 @@ async fn missing_garbage_and_bad_checksum_keys_are_401() {
     assert_error(status, &headers, &body, 401, "invalid_api_key");
     assert_eq!(headers["www-authenticate"], "Bearer");
 
-    let (status, headers, body) = chat_with(&s, &[("authorization", "Bearer hunter2")], &chat("m")).await;
+    let (status, headers, body) =
+        chat_with(&s, &[("authorization", "Bearer hunter2")], &chat("m")).await;
     assert_error(status, &headers, &body, 401, "invalid_api_key");
 
     // Same length and alphabet, one character changed: the checksum fails, and the key is
     // rejected without touching the cache or the store.
-    let lookups_before = s.tollgate.metric("tollgate_cache_requests_total{cache=\"key\",result=\"miss\"}").await;
+    let lookups_before = s
+        .tollgate
+        .metric("tollgate_cache_requests_total{cache=\"key\",result=\"miss\"}")
+        .await;
     let mut tampered: Vec<char> = key.chars().collect();
     tampered[10] = if tampered[10] == 'a' { 'b' } else { 'a' };
     let tampered: String = tampered.into_iter().collect();
-    let (status, headers, body) = chat_with(&s, &[("authorization", &bearer(&tampered))], &chat("m")).await;
+    let (status, headers, body) =
+        chat_with(&s, &[("authorization", &bearer(&tampered))], &chat("m")).await;
     assert_error(status, &headers, &body, 401, "invalid_api_key");
-    assert!(body["error"]["message"].as_str().unwrap().contains("checksum"), "{body}");
-    let lookups_after = s.tollgate.metric("tollgate_cache_requests_total{cache=\"key\",result=\"miss\"}").await;
-    assert_eq!(lookups_before, lookups_after, "a bad checksum must not reach the cache or store");
-    assert!(s.mock.requests().is_empty(), "nothing denied may reach the upstream");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("checksum"),
+        "{body}"
+    );
+    let lookups_after = s
+        .tollgate
+        .metric("tollgate_cache_requests_total{cache=\"key\",result=\"miss\"}")
+        .await;
+    assert_eq!(
+        lookups_before, lookups_after,
+        "a bad checksum must not reach the cache or store"
+    );
+    assert!(
+        s.mock.requests().is_empty(),
+        "nothing denied may reach the upstream"
+    );
     s.tollgate.stop().await;
 }
 
@@ -146,31 +200,49 @@ async fn revoked_blocked_and_expired_keys_are_refused() {
     let (status, _, _) = chat_with(&s, &auth, &chat("m")).await;
     assert_eq!(status, StatusCode::OK);
 
-    let (code, _) = s.tollgate.admin(Method::POST, &format!("/admin/keys/{id}/block"), None).await;
+    let (code, _) = s
+        .tollgate
+        .admin(Method::POST, &format!("/admin/keys/{id}/block"), None)
+        .await;
     assert_eq!(code, StatusCode::OK);
     let (status, headers, body) = chat_with(&s, &auth, &chat("m")).await;
     assert_error(status, &headers, &body, 403, "permission_denied");
 
-    let (code, _) = s.tollgate.admin(Method::POST, &format!("/admin/keys/{id}/unblock"), None).await;
+    let (code, _) = s
+        .tollgate
+        .admin(Method::POST, &format!("/admin/keys/{id}/unblock"), None)
+        .await;
     assert_eq!(code, StatusCode::OK);
     let (status, _, _) = chat_with(&s, &auth, &chat("m")).await;
     assert_eq!(status, StatusCode::OK);
 
-    let (code, _) = s.tollgate.admin(Method::DELETE, &format!("/admin/keys/{id}"), None).await;
+    let (code, _) = s
+        .tollgate
+        .admin(Method::DELETE, &format!("/admin/keys/{id}"), None)
+        .await;
     assert_eq!(code, StatusCode::OK);
     let (status, headers, body) = chat_with(&s, &auth, &chat("m")).await;
     assert_error(status, &headers, &body, 401, "invalid_api_key");
-    assert!(body["error"]["message"].as_str().unwrap().contains("revoked"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("revoked"));
 
     // Expiry is checked against the clock on every decision, cached or not.
     let soon = chrono::Utc::now().timestamp() + 2;
-    let (_, short) = s.tollgate.create_key(json!({"name": "short", "expires_at": soon})).await;
+    let (_, short) = s
+        .tollgate
+        .create_key(json!({"name": "short", "expires_at": soon}))
+        .await;
     let (status, _, _) = chat_with(&s, &[("x-api-key", &short)], &chat("m")).await;
     assert_eq!(status, StatusCode::OK);
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let (status, headers, body) = chat_with(&s, &[("x-api-key", &short)], &chat("m")).await;
     assert_error(status, &headers, &body, 401, "invalid_api_key");
-    assert!(body["error"]["message"].as_str().unwrap().contains("expired"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("expired"));
     s.tollgate.stop().await;
 }
 
@@ -183,7 +255,11 @@ async fn rotation_keeps_the_old_secret_only_for_the_grace_period() {
 
     let (code, rotated) = s
         .tollgate
-        .admin(Method::POST, &format!("/admin/keys/{id}/rotate"), Some(json!({"grace_seconds": 300})))
+        .admin(
+            Method::POST,
+            &format!("/admin/keys/{id}/rotate"),
+            Some(json!({"grace_seconds": 300})),
+        )
         .await;
     assert_eq!(code, StatusCode::OK, "{rotated}");
     let new = rotated["key"].as_str().unwrap().to_owned();
@@ -212,12 +288,18 @@ async fn model_access_is_enforced() {
     let s = stack("").await;
     let team = s
         .tollgate
-        .admin(Method::POST, "/admin/teams", Some(json!({"name": "research", "models": ["gpt-4o*"]})))
+        .admin(
+            Method::POST,
+            "/admin/teams",
+            Some(json!({"name": "research", "models": ["gpt-4o*"]})),
+        )
         .await
         .1;
     let (_, key) = s
         .tollgate
-        .create_key(json!({"name": "k", "team_id": team["id"], "models": ["gpt-4o-mini", "claude-3"]}))
+        .create_key(
+            json!({"name": "k", "team_id": team["id"], "models": ["gpt-4o-mini", "claude-3"]}),
+        )
         .await;
     let (status, _, _) = chat_with(&s, &[("x-api-key", &key)], &chat("gpt-4o-mini")).await;
     assert_eq!(status, StatusCode::OK);
@@ -234,7 +316,10 @@ async fn model_access_is_enforced() {
 #[tokio::test]
 async fn bad_bodies_are_400_and_large_bodies_are_read_from_the_front() {
     let s = stack("").await;
-    let (_, key) = s.tollgate.create_key(json!({"name": "k", "models": ["gpt-4o"]})).await;
+    let (_, key) = s
+        .tollgate
+        .create_key(json!({"name": "k", "models": ["gpt-4o"]}))
+        .await;
     let client = common::upstream::client();
     let url = s.envoy.url("/v1/chat/completions");
     let send = |body: Vec<u8>| {
@@ -249,7 +334,11 @@ async fn bad_bodies_are_400_and_large_bodies_are_read_from_the_front() {
         let status = r.status();
         let headers = r.headers().clone();
         let text = r.text().await.unwrap();
-        (status, headers, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            headers,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     // Not JSON.
@@ -265,18 +354,23 @@ async fn bad_bodies_are_400_and_large_bodies_are_read_from_the_front() {
     // whole body still reaches the upstream.
     let filler = "word ".repeat(400_000);
     // Written by hand: serde_json would sort the keys and put "messages" first.
-    let big = format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{filler}"}}]}}"#)
-        .into_bytes();
+    let big =
+        format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{filler}"}}]}}"#)
+            .into_bytes();
     assert!(big.len() > 2 * 1024 * 1024 - 100_000);
     let (status, _, body) = read(send(big.clone()).await.unwrap()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(s.mock.last_request().unwrap().body.len(), big.len());
 
     // The same with the model after the cut: tollgate cannot see it, and says so.
-    let late = format!(r#"{{"messages":[{{"role":"user","content":"{filler}"}}],"model":"gpt-4o"}}"#);
+    let late =
+        format!(r#"{{"messages":[{{"role":"user","content":"{filler}"}}],"model":"gpt-4o"}}"#);
     let (status, headers, body) = read(send(late.into_bytes()).await.unwrap()).await;
     assert_error(status, &headers, &body, 400, "invalid_request");
-    assert!(body["error"]["message"].as_str().unwrap().contains("cut"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("cut"),
+        "{body}"
+    );
     s.tollgate.stop().await;
 }
 
@@ -284,9 +378,11 @@ async fn bad_bodies_are_400_and_large_bodies_are_read_from_the_front() {
 async fn ungoverned_routes_are_404_and_models_listing_needs_no_model() {
     let s = stack("").await;
     let (_, key) = s.tollgate.create_key(json!({"name": "k"})).await;
-    let (status, headers, body) = post_json(&s.envoy, "/v1/files", &[("x-api-key", &key)], &json!({})).await;
+    let (status, headers, body) =
+        post_json(&s.envoy, "/v1/files", &[("x-api-key", &key)], &json!({})).await;
     assert_error(status, &headers, &body, 404, "unknown_route");
-    let (status, _, body) = common::upstream::get_json(&s.envoy, "/v1/models", &[("x-api-key", &key)]).await;
+    let (status, _, body) =
+        common::upstream::get_json(&s.envoy, "/v1/models", &[("x-api-key", &key)]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     s.tollgate.stop().await;
 }
@@ -294,9 +390,13 @@ async fn ungoverned_routes_are_404_and_models_listing_needs_no_model() {
 #[tokio::test]
 async fn the_master_key_passes_as_admin() {
     let s = stack("").await;
-    let (status, _, body) = chat_with(&s, &[("authorization", &bearer(MASTER_KEY))], &chat("m")).await;
+    let (status, _, body) =
+        chat_with(&s, &[("authorization", &bearer(MASTER_KEY))], &chat("m")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(s.mock.last_request().unwrap().header("x-tollgate-key-id"), Some("master"));
+    assert_eq!(
+        s.mock.last_request().unwrap().header("x-tollgate-key-id"),
+        Some("master")
+    );
     s.tollgate.stop().await;
 }
 
@@ -308,7 +408,14 @@ async fn a_store_outage_fails_closed_and_recovers() {
     let pg = common::db::fresh_postgres().await.1;
     let url: reqwest::Url = pg.replace("postgres://", "http://").parse().unwrap();
     let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
-    let proxy = ChaosProxy::start(tokio::net::lookup_host(target).await.unwrap().next().unwrap()).await;
+    let proxy = ChaosProxy::start(
+        tokio::net::lookup_host(target)
+            .await
+            .unwrap()
+            .next()
+            .unwrap(),
+    )
+    .await;
     let proxied = pg.replacen(
         &format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432)),
         &proxy.addr.to_string(),
@@ -323,12 +430,21 @@ async fn a_store_outage_fails_closed_and_recovers() {
 
     proxy.cut();
     let (status, _, _) = chat_with(&s, &[("x-api-key", &warm)], &chat("m")).await;
-    assert_eq!(status, StatusCode::OK, "a cached decision needs no database");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a cached decision needs no database"
+    );
     let (status, _, _) = chat_with(&s, &[("x-api-key", &cold)], &chat("m")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let (status, body) = s.tollgate.call(Method::GET, "/readyz", None, None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert!(s.tollgate.metric("tollgate_check_total{code=\"unavailable\",decision=\"error\"}").await >= 1.0);
+    assert!(
+        s.tollgate
+            .metric("tollgate_check_total{code=\"unavailable\",decision=\"error\"}")
+            .await
+            >= 1.0
+    );
 
     proxy.restore();
     let mut recovered = false;

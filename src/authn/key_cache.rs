@@ -82,7 +82,11 @@ impl KeyResolver {
     /// The key whose current or previous secret hashes to `hash`, or `None`.
     pub async fn resolve(&self, hash: &KeyHash) -> Result<Entry, StoreError> {
         if let Some(entry) = self.cache.get(hash) {
-            let result = if entry.is_some() { "hit" } else { "negative_hit" };
+            let result = if entry.is_some() {
+                "hit"
+            } else {
+                "negative_hit"
+            };
             self.count(result);
             return Ok(entry);
         }

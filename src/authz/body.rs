@@ -158,7 +158,8 @@ impl Scanner<'_> {
             }
             _ => {
                 let start = self.i;
-                while !matches!(self.peek()?, b',' | b'}' | b']') && !self.peek()?.is_ascii_whitespace()
+                while !matches!(self.peek()?, b',' | b'}' | b']')
+                    && !self.peek()?.is_ascii_whitespace()
                 {
                     self.i += 1;
                 }
@@ -181,14 +182,35 @@ mod tests {
 
     #[test]
     fn complete_bodies() {
-        assert_eq!(model_field(br#"{"model":"gpt-4o","messages":[]}"#, false), named("gpt-4o"));
-        assert_eq!(model_field(br#"{"messages":[]}"#, false), ModelField::Absent);
+        assert_eq!(
+            model_field(br#"{"model":"gpt-4o","messages":[]}"#, false),
+            named("gpt-4o")
+        );
+        assert_eq!(
+            model_field(br#"{"messages":[]}"#, false),
+            ModelField::Absent
+        );
         assert_eq!(model_field(b"", false), ModelField::Absent);
-        assert_eq!(model_field(br#"{"model":4}"#, false), ModelField::NotAString);
-        assert_eq!(model_field(b"hello", false), ModelField::Unreadable(NOT_JSON));
-        assert_eq!(model_field(b"[1,2]", false), ModelField::Unreadable(NOT_JSON));
-        assert_eq!(model_field(br#"{"model":"a""#, false), ModelField::Unreadable(NOT_JSON));
-        assert_eq!(model_field(br#"{"model":"gpt\u002d4o"}"#, false), named("gpt-4o"));
+        assert_eq!(
+            model_field(br#"{"model":4}"#, false),
+            ModelField::NotAString
+        );
+        assert_eq!(
+            model_field(b"hello", false),
+            ModelField::Unreadable(NOT_JSON)
+        );
+        assert_eq!(
+            model_field(b"[1,2]", false),
+            ModelField::Unreadable(NOT_JSON)
+        );
+        assert_eq!(
+            model_field(br#"{"model":"a""#, false),
+            ModelField::Unreadable(NOT_JSON)
+        );
+        assert_eq!(
+            model_field(br#"{"model":"gpt\u002d4o"}"#, false),
+            named("gpt-4o")
+        );
     }
 
     #[test]
@@ -198,17 +220,41 @@ mod tests {
         let late = br#"{"temperature": 0.5, "stream": true, "n": null, "meta": {"a": [1, {"b": "}"}]}, "model": "m\"x", "messages": [{"content": "long"#;
         assert_eq!(model_field(late, true), named("m\"x"));
         let cut_first = br#"{"messages": [{"role":"user","content":"aaaa"#;
-        assert_eq!(model_field(cut_first, true), ModelField::Unreadable(CUT_BEFORE_MODEL));
-        assert_eq!(model_field(br#"{"model": 12, "x"#, true), ModelField::NotAString);
-        assert_eq!(model_field(b"not json at all", true), ModelField::Unreadable(NOT_JSON));
-        assert_eq!(model_field(br#"{"model": "gpt-"#, true), ModelField::Unreadable(CUT_BEFORE_MODEL));
+        assert_eq!(
+            model_field(cut_first, true),
+            ModelField::Unreadable(CUT_BEFORE_MODEL)
+        );
+        assert_eq!(
+            model_field(br#"{"model": 12, "x"#, true),
+            ModelField::NotAString
+        );
+        assert_eq!(
+            model_field(b"not json at all", true),
+            ModelField::Unreadable(NOT_JSON)
+        );
+        assert_eq!(
+            model_field(br#"{"model": "gpt-"#, true),
+            ModelField::Unreadable(CUT_BEFORE_MODEL)
+        );
         assert_eq!(model_field(br#"{"a": 1}"#, true), ModelField::Absent);
-        assert_eq!(model_field(b"  ", true), ModelField::Unreadable(CUT_BEFORE_MODEL));
+        assert_eq!(
+            model_field(b"  ", true),
+            ModelField::Unreadable(CUT_BEFORE_MODEL)
+        );
     }
 
     #[test]
     fn scanner_never_panics_on_garbage() {
-        let samples: [&[u8]; 8] = [b"{", b"{\"", b"{\"a\"", b"{\"a\":", b"{\"a\":]", b"{\"a\":1,", b"{]", b"{\"a\":{]]}"];
+        let samples: [&[u8]; 8] = [
+            b"{",
+            b"{\"",
+            b"{\"a\"",
+            b"{\"a\":",
+            b"{\"a\":]",
+            b"{\"a\":1,",
+            b"{]",
+            b"{\"a\":{]]}",
+        ];
         for s in samples {
             let _ = model_field(s, true);
             let _ = model_field(s, false);

@@ -177,16 +177,24 @@ pub trait Store: Send + Sync + 'static {
     async fn create_user(&self, actor: &Actor, user: NewUser) -> StoreResult<User>;
     async fn get_user(&self, id: &str) -> StoreResult<Option<User>>;
     async fn list_users(&self) -> StoreResult<Vec<User>>;
-    async fn update_user(&self, actor: &Actor, id: &str, patch: UserPatch)
-        -> StoreResult<Option<User>>;
+    async fn update_user(
+        &self,
+        actor: &Actor,
+        id: &str,
+        patch: UserPatch,
+    ) -> StoreResult<Option<User>>;
     /// Deletes the user, their memberships, and revokes their keys.
     async fn delete_user(&self, actor: &Actor, id: &str) -> StoreResult<bool>;
 
     async fn create_team(&self, actor: &Actor, team: NewTeam) -> StoreResult<Team>;
     async fn get_team(&self, id: &str) -> StoreResult<Option<Team>>;
     async fn list_teams(&self) -> StoreResult<Vec<Team>>;
-    async fn update_team(&self, actor: &Actor, id: &str, patch: TeamPatch)
-        -> StoreResult<Option<Team>>;
+    async fn update_team(
+        &self,
+        actor: &Actor,
+        id: &str,
+        patch: TeamPatch,
+    ) -> StoreResult<Option<Team>>;
     /// Deletes the team, its memberships, and revokes its keys.
     async fn delete_team(&self, actor: &Actor, id: &str) -> StoreResult<bool>;
 
@@ -206,8 +214,12 @@ pub trait Store: Send + Sync + 'static {
     async fn create_key(&self, actor: &Actor, key: NewKey) -> StoreResult<ApiKey>;
     async fn get_key(&self, id: &str) -> StoreResult<Option<ApiKey>>;
     async fn list_keys(&self, filter: KeyFilter) -> StoreResult<Vec<ApiKey>>;
-    async fn update_key(&self, actor: &Actor, id: &str, patch: KeyPatch)
-        -> StoreResult<Option<ApiKey>>;
+    async fn update_key(
+        &self,
+        actor: &Actor,
+        id: &str,
+        patch: KeyPatch,
+    ) -> StoreResult<Option<ApiKey>>;
     /// Replaces the key's secret; the old one stays valid until `previous_expires_at`
     /// (when `None`, the old secret stops working at once).
     async fn rotate_key(

@@ -269,47 +269,7 @@ async fn configure_sqlite(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// The URL with any password (in the userinfo or in a `password=` query parameter)
-/// replaced by `***`, fit for logs and error messages.
-pub fn redact_url(url: &str) -> String {
-    let (head, query) = match url.split_once('?') {
-        Some((head, query)) => (head, Some(query)),
-        None => (url, None),
-    };
-    let mut out = match head.split_once("://") {
-        Some((scheme, rest)) => {
-            let auth_end = rest.find('/').unwrap_or(rest.len());
-            let (authority, path) = rest.split_at(auth_end);
-            match authority.rsplit_once('@') {
-                Some((userinfo, host)) => match userinfo.split_once(':') {
-                    Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
-                    None => head.to_string(),
-                },
-                None => head.to_string(),
-            }
-        }
-        None => head.to_string(),
-    };
-    if let Some(query) = query {
-        let params: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((key, _)) if is_secret_param(key) => format!("{key}=***"),
-                _ => pair.to_string(),
-            })
-            .collect();
-        out.push('?');
-        out.push_str(&params.join("&"));
-    }
-    out
-}
-
-fn is_secret_param(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    ["password", "secret", "token"]
-        .iter()
-        .any(|word| key.contains(word))
-}
+pub use crate::config::redact_url;
 
 /// The one place where database errors become [`StoreError`]s. `conflict` is the message for
 /// a uniqueness violation, phrased for the caller ("a team named X already exists").

@@ -28,7 +28,9 @@ impl ChaosProxy {
                 }
                 let mut stop = cut2.subscribe();
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(target).await else { return };
+                    let Ok(mut server) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                         _ = stop.recv() => {}

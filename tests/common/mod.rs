@@ -2,8 +2,8 @@
 //! a real Envoy, and an in-process tollgate.
 #![allow(dead_code)]
 
+pub mod chaos;
 pub mod db;
 pub mod envoy;
-pub mod upstream;
-pub mod chaos;
 pub mod tollgate;
+pub mod upstream;

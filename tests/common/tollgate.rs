@@ -58,8 +58,8 @@ impl Tollgate {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut request = super::upstream::client()
-            .request(method, format!("http://{}{path}", self.http));
+        let mut request =
+            super::upstream::client().request(method, format!("http://{}{path}", self.http));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -78,7 +78,12 @@ impl Tollgate {
     }
 
     /// Calls the HTTP API as the master key.
-    pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         self.call(method, path, Some(MASTER_KEY), body).await
     }
 
@@ -94,7 +99,8 @@ impl Tollgate {
 
     /// Creates a user and returns its id.
     pub async fn create_user(&self, username: &str, role: &str) -> String {
-        let body = json!({"username": username, "email": format!("{username}@example.com"), "role": role});
+        let body =
+            json!({"username": username, "email": format!("{username}@example.com"), "role": role});
         let (status, user) = self.admin(Method::POST, "/admin/users", Some(body)).await;
         assert_eq!(status, StatusCode::CREATED, "{user}");
         user["id"].as_str().unwrap().to_owned()
