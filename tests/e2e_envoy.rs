@@ -17,6 +17,47 @@ struct Stack {
     envoy: Envoy,
 }
 
+/// Which store the tollgate under test uses.
+#[derive(Clone, Copy)]
+enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs a scenario once per store: the same behaviour is owed on SQLite and Postgres.
+macro_rules! on_both_stores {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::Db::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(super::Db::Postgres).await
+            }
+        }
+    )+};
+}
+
+on_both_stores!(
+    a_valid_key_reaches_the_upstream_with_identity_headers,
+    missing_garbage_and_bad_checksum_keys_are_401,
+    revoked_blocked_and_expired_keys_are_refused,
+    rotation_keeps_the_old_secret_only_for_the_grace_period,
+    model_access_is_enforced,
+);
+
+async fn stack_on(db: Db) -> Stack {
+    match db {
+        Db::Sqlite => stack("").await,
+        Db::Postgres => {
+            let (_, url) = common::db::fresh_postgres().await;
+            stack(&format!("database: {{ url: \"{url}\" }}\n")).await
+        }
+    }
+}
+
 async fn stack(yaml: &str) -> Stack {
     let tollgate = Tollgate::start(yaml).await;
     let mock = MockLlm::start("127.0.0.1:0".parse().unwrap())
@@ -70,9 +111,8 @@ fn assert_error(
     assert_eq!(headers["content-type"], "application/json");
 }
 
-#[tokio::test]
-async fn a_valid_key_reaches_the_upstream_with_identity_headers() {
-    let s = stack("").await;
+async fn a_valid_key_reaches_the_upstream_with_identity_headers(db: Db) {
+    let s = stack_on(db).await;
     let user = s.tollgate.create_user("alice", "user").await;
     let (key_id, key) = s
         .tollgate
@@ -142,9 +182,8 @@ async fn the_models_provider_key_replaces_the_clients() {
     s.tollgate.stop().await;
 }
 
-#[tokio::test]
-async fn missing_garbage_and_bad_checksum_keys_are_401() {
-    let s = stack("").await;
+async fn missing_garbage_and_bad_checksum_keys_are_401(db: Db) {
+    let s = stack_on(db).await;
     let (_, key) = s.tollgate.create_key(json!({"name": "k"})).await;
 
     let (status, headers, body) = chat_with(&s, &[], &chat("m")).await;
@@ -189,9 +228,8 @@ async fn missing_garbage_and_bad_checksum_keys_are_401() {
     s.tollgate.stop().await;
 }
 
-#[tokio::test]
-async fn revoked_blocked_and_expired_keys_are_refused() {
-    let s = stack("").await;
+async fn revoked_blocked_and_expired_keys_are_refused(db: Db) {
+    let s = stack_on(db).await;
     let (id, key) = s.tollgate.create_key(json!({"name": "k"})).await;
     let auth = [("authorization", bearer(&key))];
     let auth: Vec<(&str, &str)> = auth.iter().map(|(h, v)| (*h, v.as_str())).collect();
@@ -246,9 +284,8 @@ async fn revoked_blocked_and_expired_keys_are_refused() {
     s.tollgate.stop().await;
 }
 
-#[tokio::test]
-async fn rotation_keeps_the_old_secret_only_for_the_grace_period() {
-    let s = stack("").await;
+async fn rotation_keeps_the_old_secret_only_for_the_grace_period(db: Db) {
+    let s = stack_on(db).await;
     let (id, old) = s.tollgate.create_key(json!({"name": "k"})).await;
     let (status, _, _) = chat_with(&s, &[("x-api-key", &old)], &chat("m")).await;
     assert_eq!(status, StatusCode::OK);
@@ -283,9 +320,8 @@ async fn rotation_keeps_the_old_secret_only_for_the_grace_period() {
     s.tollgate.stop().await;
 }
 
-#[tokio::test]
-async fn model_access_is_enforced() {
-    let s = stack("").await;
+async fn model_access_is_enforced(db: Db) {
+    let s = stack_on(db).await;
     let team = s
         .tollgate
         .admin(
@@ -439,6 +475,9 @@ async fn a_store_outage_fails_closed_and_recovers() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let (status, body) = s.tollgate.call(Method::GET, "/readyz", None, None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (status, body) = s.tollgate.admin(Method::GET, "/admin/keys", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "auth_unavailable");
     assert!(
         s.tollgate
             .metric("tollgate_check_total{code=\"unavailable\",decision=\"error\"}")
