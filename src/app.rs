@@ -78,7 +78,9 @@ impl App {
     }
 
     /// Builds the decision state over an already opened store.
-    pub fn with_store(config: Config, master_key: &Secret, store: SharedStore) -> Arc<App> {
+    pub fn with_store(mut config: Config, master_key: &Secret, store: SharedStore) -> Arc<App> {
+        // Only the master key's hash is kept (in the gate); the plaintext leaves the config.
+        config.master_key = Secret::default();
         let metrics = Metrics::new();
         let keys = Arc::new(KeyResolver::new(
             store.clone(),

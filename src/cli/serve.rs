@@ -47,7 +47,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let database = redact_url(&config.database.url);
     let app = App::build(config, &master_key).await?;
     // Only the hash lives on in the app.
-    drop(master_key);
+    drop((master_key, key_source));
     let mut running = app.start().await?;
     tracing::info!(
         grpc.addr = %running.grpc_addr,
