@@ -8,11 +8,11 @@ use common::db::{fresh_postgres, fresh_sqlite, test_connect_options};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use tollgate::domain::{BudgetDuration, MembershipSource, Role, TeamRole};
+use tollgate::domain::{BudgetDuration, Limits, MembershipSource, Role, TeamRole};
 use tollgate::store::sql::{Backend, ConnectOptions, SqlStore};
 use tollgate::store::{
-    Actor, AuditFilter, KeyFilter, KeyPatch, NewKey, NewTeam, NewUser, SharedStore, Store,
-    StoreError, TeamPatch, UserPatch,
+    Actor, AuditFilter, KeyFilter, KeyPatch, LimitsPatch, NewKey, NewTeam, NewUser, SharedStore,
+    Store, StoreError, TeamPatch, UserPatch,
 };
 
 fn hash(secret: &str) -> String {
@@ -109,10 +109,12 @@ async fn user_crud(store: SharedStore) {
                 full_name: Some("Ada Lovelace".into()),
                 role: Some(Role::Manager),
                 password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
-                rpm: Some(60),
-                tpm: Some(10_000),
-                max_budget: Some(12.5),
-                budget_duration: Some(BudgetDuration::Month),
+                limits: Limits {
+                    rpm: Some(60),
+                    tpm: Some(10_000),
+                    max_budget: Some(12.5),
+                    budget_duration: Some(BudgetDuration::Month),
+                },
                 metadata: Some(json!({"cost_center": "R&D"})),
             },
         )
@@ -231,10 +233,12 @@ async fn team_crud(store: SharedStore) {
             NewTeam {
                 name: "Engineering".into(),
                 models: vec!["gpt-4o".into(), "gpt-4o-mini".into()],
-                rpm: Some(100),
-                tpm: None,
-                max_budget: Some(1000.0),
-                budget_duration: Some(BudgetDuration::Week),
+                limits: Limits {
+                    rpm: Some(100),
+                    tpm: None,
+                    max_budget: Some(1000.0),
+                    budget_duration: Some(BudgetDuration::Week),
+                },
                 metadata: Some(json!({"slack": "#eng"})),
             },
         )
@@ -410,10 +414,12 @@ async fn key_crud_and_filters(store: SharedStore) {
                 user_id: Some(ada.id.clone()),
                 permissions: vec!["chat".into(), "embeddings".into()],
                 models: vec!["gpt-4o".into()],
-                rpm: Some(10),
-                tpm: Some(1000),
-                max_budget: Some(5.25),
-                budget_duration: Some(BudgetDuration::Day),
+                limits: Limits {
+                    rpm: Some(10),
+                    tpm: Some(1000),
+                    max_budget: Some(5.25),
+                    budget_duration: Some(BudgetDuration::Day),
+                },
                 expires_at: Some(4_102_444_800),
                 metadata: Some(json!({"purpose": "laptop", "n": 1})),
                 ..new_key("laptop", "secret-one")
@@ -950,7 +956,10 @@ async fn audit_rows_for_every_write(store: SharedStore) {
             &actor,
             &ada.id,
             UserPatch {
-                rpm: Some(Some(5)),
+                limits: LimitsPatch {
+                    rpm: Some(Some(5)),
+                    ..LimitsPatch::default()
+                },
                 ..UserPatch::default()
             },
         )
@@ -996,7 +1005,10 @@ async fn audit_rows_for_every_write(store: SharedStore) {
             &actor,
             &key.id,
             KeyPatch {
-                rpm: Some(Some(1)),
+                limits: LimitsPatch {
+                    rpm: Some(Some(1)),
+                    ..LimitsPatch::default()
+                },
                 ..KeyPatch::default()
             },
         )
@@ -1240,10 +1252,12 @@ async fn patch_semantics(store: SharedStore) {
             &admin(),
             NewUser {
                 full_name: Some("Ada".into()),
-                rpm: Some(1),
-                tpm: Some(2),
-                max_budget: Some(3.5),
-                budget_duration: Some(BudgetDuration::ThirtyDays),
+                limits: Limits {
+                    rpm: Some(1),
+                    tpm: Some(2),
+                    max_budget: Some(3.5),
+                    budget_duration: Some(BudgetDuration::ThirtyDays),
+                },
                 metadata: Some(json!({"a": 1})),
                 ..new_user("ada")
             },
@@ -1275,10 +1289,12 @@ async fn patch_semantics(store: SharedStore) {
             &ada.id,
             UserPatch {
                 full_name: Some(None),
-                rpm: Some(None),
-                tpm: Some(Some(20)),
-                max_budget: Some(None),
-                budget_duration: Some(None),
+                limits: LimitsPatch {
+                    rpm: Some(None),
+                    tpm: Some(Some(20)),
+                    max_budget: Some(None),
+                    budget_duration: Some(None),
+                },
                 metadata: Some(json!({"b": [1, 2]})),
                 ..UserPatch::default()
             },
@@ -1303,7 +1319,10 @@ async fn patch_semantics(store: SharedStore) {
         .create_team(
             &admin(),
             NewTeam {
-                max_budget: Some(9.0),
+                limits: Limits {
+                    max_budget: Some(9.0),
+                    ..Limits::default()
+                },
                 ..new_team("T")
             },
         )
@@ -1314,8 +1333,11 @@ async fn patch_semantics(store: SharedStore) {
             &admin(),
             &team.id,
             TeamPatch {
-                max_budget: Some(None),
-                rpm: Some(Some(7)),
+                limits: LimitsPatch {
+                    max_budget: Some(None),
+                    rpm: Some(Some(7)),
+                    ..LimitsPatch::default()
+                },
                 ..TeamPatch::default()
             },
         )
@@ -1330,7 +1352,10 @@ async fn patch_semantics(store: SharedStore) {
             &admin(),
             NewKey {
                 expires_at: Some(4_102_444_800),
-                rpm: Some(3),
+                limits: Limits {
+                    rpm: Some(3),
+                    ..Limits::default()
+                },
                 permissions: vec!["chat".into()],
                 ..new_key("k", "secret-one")
             },
@@ -1661,7 +1686,10 @@ async fn concurrent_writes(store: SharedStore) {
                         &admin(),
                         &team_id,
                         TeamPatch {
-                            rpm: Some(Some(i)),
+                            limits: LimitsPatch {
+                                rpm: Some(Some(i)),
+                                ..LimitsPatch::default()
+                            },
                             ..TeamPatch::default()
                         },
                     )

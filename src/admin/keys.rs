@@ -1,7 +1,10 @@
 //! `/admin/keys`: create, list, inspect, update, block, unblock, rotate and revoke virtual
 //! keys. Every write invalidates the key in this process's cache at once.
 
-use super::{list, nullable, validate, AdminCaller, ApiError, AppState, JsonBody, QueryParams};
+use super::{
+    limits_of, limits_patch_of, list, nullable, validate, AdminCaller, ApiError, AppState,
+    JsonBody, QueryParams,
+};
 use crate::authn::api_key;
 use crate::authn::key_cache::Invalidation;
 use crate::domain::{self, ApiKey, BudgetDuration, Timestamp};
@@ -79,9 +82,8 @@ async fn create(
     validate::name("name", &body.name)?;
     validate::tokens("permissions", &body.permissions)?;
     validate::tokens("models", &body.models)?;
-    validate::limit("rpm", body.rpm)?;
-    validate::limit("tpm", body.tpm)?;
-    validate::budget(body.max_budget)?;
+    let limits = limits_of!(body);
+    validate::limits(&limits)?;
     check_expiry(body.expires_at)?;
     check_metadata(&body.metadata)?;
     let plain = api_key::generate();
@@ -98,10 +100,7 @@ async fn create(
                 team_id: body.team_id,
                 permissions: body.permissions,
                 models: body.models,
-                rpm: body.rpm,
-                tpm: body.tpm,
-                max_budget: body.max_budget,
-                budget_duration: body.budget_duration,
+                limits,
                 expires_at: body.expires_at,
                 metadata: body.metadata,
             },
@@ -194,9 +193,8 @@ async fn update(
         body.permissions.as_deref().unwrap_or_default(),
     )?;
     validate::tokens("models", body.models.as_deref().unwrap_or_default())?;
-    validate::limit("rpm", body.rpm.flatten())?;
-    validate::limit("tpm", body.tpm.flatten())?;
-    validate::budget(body.max_budget.flatten())?;
+    let limits = limits_patch_of!(body);
+    validate::limits_patch(&limits)?;
     check_expiry(body.expires_at.flatten())?;
     check_metadata(&body.metadata)?;
     let patch = KeyPatch {
@@ -204,10 +202,7 @@ async fn update(
         permissions: body.permissions,
         models: body.models,
         blocked: body.blocked,
-        rpm: body.rpm,
-        tpm: body.tpm,
-        max_budget: body.max_budget,
-        budget_duration: body.budget_duration,
+        limits,
         expires_at: body.expires_at,
         metadata: body.metadata,
     };

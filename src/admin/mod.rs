@@ -148,9 +148,44 @@ pub fn list<T: serde::Serialize>(items: Vec<T>) -> axum::Json<serde_json::Value>
     axum::Json(serde_json::json!({ "data": items }))
 }
 
+/// The four limit fields of a create body (key, user or team) as one [`Limits`].
+///
+/// The request bodies list `rpm`, `tpm`, `max_budget` and `budget_duration` themselves:
+/// `#[serde(flatten)]` does not work together with `deny_unknown_fields`.
+///
+/// [`Limits`]: crate::domain::Limits
+macro_rules! limits_of {
+    ($body:ident) => {
+        $crate::domain::Limits {
+            rpm: $body.rpm,
+            tpm: $body.tpm,
+            max_budget: $body.max_budget,
+            budget_duration: $body.budget_duration,
+        }
+    };
+}
+
+/// The four limit fields of an update body as one [`LimitsPatch`] (see [`limits_of`]).
+///
+/// [`LimitsPatch`]: crate::store::LimitsPatch
+macro_rules! limits_patch_of {
+    ($body:ident) => {
+        $crate::store::LimitsPatch {
+            rpm: $body.rpm,
+            tpm: $body.tpm,
+            max_budget: $body.max_budget,
+            budget_duration: $body.budget_duration,
+        }
+    };
+}
+
+use {limits_of, limits_patch_of};
+
 /// Shared checks of the fields that keys, users and teams have in common.
 pub mod validate {
     use super::ApiError;
+    use crate::domain::Limits;
+    use crate::store::LimitsPatch;
 
     pub fn name(field: &str, value: &str) -> Result<(), ApiError> {
         let trimmed = value.trim();
@@ -186,6 +221,24 @@ pub mod validate {
             ))),
             _ => Ok(()),
         }
+    }
+
+    /// The limits of a key, user or team: `rpm` and `tpm` zero or more, `max_budget` a USD
+    /// amount of zero or more.
+    pub fn limits(limits: &Limits) -> Result<(), ApiError> {
+        limit("rpm", limits.rpm)?;
+        limit("tpm", limits.tpm)?;
+        budget(limits.max_budget)
+    }
+
+    /// The limits a patch sets, checked as [`limits`]; clearing a limit is always allowed.
+    pub fn limits_patch(patch: &LimitsPatch) -> Result<(), ApiError> {
+        limits(&Limits {
+            rpm: patch.rpm.flatten(),
+            tpm: patch.tpm.flatten(),
+            max_budget: patch.max_budget.flatten(),
+            budget_duration: patch.budget_duration.flatten(),
+        })
     }
 
     /// Permission and model names: short, printable, no spaces.

@@ -1,6 +1,8 @@
 //! `/admin/teams`: teams, their limits and model sets, and their members.
 
-use super::{list, nullable, validate, AdminCaller, ApiError, AppState, JsonBody};
+use super::{
+    limits_of, limits_patch_of, list, nullable, validate, AdminCaller, ApiError, AppState, JsonBody,
+};
 use crate::authn::key_cache::Invalidation;
 use crate::domain::{BudgetDuration, Membership, MembershipSource, Team, TeamRole};
 use crate::store::{NewTeam, TeamPatch};
@@ -41,9 +43,8 @@ async fn create(
 ) -> Result<(StatusCode, Json<Team>), ApiError> {
     validate::name("name", &body.name)?;
     validate::tokens("models", &body.models)?;
-    validate::limit("rpm", body.rpm)?;
-    validate::limit("tpm", body.tpm)?;
-    validate::budget(body.max_budget)?;
+    let limits = limits_of!(body);
+    validate::limits(&limits)?;
     let team = app
         .store
         .create_team(
@@ -51,10 +52,7 @@ async fn create(
             NewTeam {
                 name: body.name,
                 models: body.models,
-                rpm: body.rpm,
-                tpm: body.tpm,
-                max_budget: body.max_budget,
-                budget_duration: body.budget_duration,
+                limits,
                 metadata: body.metadata,
             },
         )
@@ -117,17 +115,13 @@ async fn update(
         validate::name("name", name)?;
     }
     validate::tokens("models", body.models.as_deref().unwrap_or_default())?;
-    validate::limit("rpm", body.rpm.flatten())?;
-    validate::limit("tpm", body.tpm.flatten())?;
-    validate::budget(body.max_budget.flatten())?;
+    let limits = limits_patch_of!(body);
+    validate::limits_patch(&limits)?;
     let patch = TeamPatch {
         name: body.name,
         models: body.models,
         blocked: body.blocked,
-        rpm: body.rpm,
-        tpm: body.tpm,
-        max_budget: body.max_budget,
-        budget_duration: body.budget_duration,
+        limits,
         metadata: body.metadata,
     };
     let team = app.store.update_team(&caller.actor, &id, patch).await?;

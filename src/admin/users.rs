@@ -1,6 +1,8 @@
 //! `/admin/users`: people who own keys (and, with sessions, log in).
 
-use super::{list, nullable, validate, AdminCaller, ApiError, AppState, JsonBody};
+use super::{
+    limits_of, limits_patch_of, list, nullable, validate, AdminCaller, ApiError, AppState, JsonBody,
+};
 use crate::authn::key_cache::Invalidation;
 use crate::domain::{BudgetDuration, Role, User};
 use crate::store::{NewUser, UserPatch};
@@ -78,9 +80,8 @@ async fn create(
         ));
     }
     check_email(&body.email)?;
-    validate::limit("rpm", body.rpm)?;
-    validate::limit("tpm", body.tpm)?;
-    validate::budget(body.max_budget)?;
+    let limits = limits_of!(body);
+    validate::limits(&limits)?;
     let password_hash = body.password.as_deref().map(hash_password).transpose()?;
     let user = app
         .store
@@ -92,10 +93,7 @@ async fn create(
                 full_name: body.full_name,
                 role: Some(body.role.unwrap_or(Role::User)),
                 password_hash,
-                rpm: body.rpm,
-                tpm: body.tpm,
-                max_budget: body.max_budget,
-                budget_duration: body.budget_duration,
+                limits,
                 metadata: body.metadata,
             },
         )
@@ -150,18 +148,14 @@ async fn update(
     if let Some(email) = &body.email {
         check_email(email)?;
     }
-    validate::limit("rpm", body.rpm.flatten())?;
-    validate::limit("tpm", body.tpm.flatten())?;
-    validate::budget(body.max_budget.flatten())?;
+    let limits = limits_patch_of!(body);
+    validate::limits_patch(&limits)?;
     let patch = UserPatch {
         email: body.email,
         full_name: body.full_name,
         role: body.role,
         blocked: body.blocked,
-        rpm: body.rpm,
-        tpm: body.tpm,
-        max_budget: body.max_budget,
-        budget_duration: body.budget_duration,
+        limits,
         metadata: body.metadata,
     };
     let user = app.store.update_user(&caller.actor, &id, patch).await?;

@@ -11,8 +11,8 @@
 pub mod sql;
 
 use crate::domain::{
-    ApiKey, AuditEvent, BudgetDuration, KeyLookup, Membership, MembershipSource, Role, Team,
-    TeamRole, Timestamp, User,
+    ApiKey, AuditEvent, BudgetDuration, KeyLookup, Limits, Membership, MembershipSource, Role,
+    Team, TeamRole, Timestamp, User,
 };
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -60,6 +60,16 @@ impl Actor {
     }
 }
 
+/// A partial update of the [`Limits`] that keys, users and teams share: `None` leaves a
+/// field as it is; `Some(None)` clears it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LimitsPatch {
+    pub rpm: Option<Option<i64>>,
+    pub tpm: Option<Option<i64>>,
+    pub max_budget: Option<Option<f64>>,
+    pub budget_duration: Option<Option<BudgetDuration>>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct NewUser {
     pub username: String,
@@ -68,10 +78,7 @@ pub struct NewUser {
     pub role: Option<Role>,
     /// An argon2id PHC string, never a plaintext password.
     pub password_hash: Option<String>,
-    pub rpm: Option<i64>,
-    pub tpm: Option<i64>,
-    pub max_budget: Option<f64>,
-    pub budget_duration: Option<BudgetDuration>,
+    pub limits: Limits,
     pub metadata: Option<serde_json::Value>,
 }
 
@@ -82,10 +89,7 @@ pub struct UserPatch {
     pub full_name: Option<Option<String>>,
     pub role: Option<Role>,
     pub blocked: Option<bool>,
-    pub rpm: Option<Option<i64>>,
-    pub tpm: Option<Option<i64>>,
-    pub max_budget: Option<Option<f64>>,
-    pub budget_duration: Option<Option<BudgetDuration>>,
+    pub limits: LimitsPatch,
     pub metadata: Option<serde_json::Value>,
 }
 
@@ -93,10 +97,7 @@ pub struct UserPatch {
 pub struct NewTeam {
     pub name: String,
     pub models: Vec<String>,
-    pub rpm: Option<i64>,
-    pub tpm: Option<i64>,
-    pub max_budget: Option<f64>,
-    pub budget_duration: Option<BudgetDuration>,
+    pub limits: Limits,
     pub metadata: Option<serde_json::Value>,
 }
 
@@ -105,10 +106,7 @@ pub struct TeamPatch {
     pub name: Option<String>,
     pub models: Option<Vec<String>>,
     pub blocked: Option<bool>,
-    pub rpm: Option<Option<i64>>,
-    pub tpm: Option<Option<i64>>,
-    pub max_budget: Option<Option<f64>>,
-    pub budget_duration: Option<Option<BudgetDuration>>,
+    pub limits: LimitsPatch,
     pub metadata: Option<serde_json::Value>,
 }
 
@@ -122,10 +120,7 @@ pub struct NewKey {
     pub team_id: Option<String>,
     pub permissions: Vec<String>,
     pub models: Vec<String>,
-    pub rpm: Option<i64>,
-    pub tpm: Option<i64>,
-    pub max_budget: Option<f64>,
-    pub budget_duration: Option<BudgetDuration>,
+    pub limits: Limits,
     pub expires_at: Option<Timestamp>,
     pub metadata: Option<serde_json::Value>,
 }
@@ -136,10 +131,7 @@ pub struct KeyPatch {
     pub permissions: Option<Vec<String>>,
     pub models: Option<Vec<String>>,
     pub blocked: Option<bool>,
-    pub rpm: Option<Option<i64>>,
-    pub tpm: Option<Option<i64>>,
-    pub max_budget: Option<Option<f64>>,
-    pub budget_duration: Option<Option<BudgetDuration>>,
+    pub limits: LimitsPatch,
     pub expires_at: Option<Option<Timestamp>>,
     pub metadata: Option<serde_json::Value>,
 }

@@ -29,8 +29,8 @@
 //! `FOR UPDATE` / `FOR SHARE`, so concurrent patches and deletes serialise per row.
 
 use super::{
-    Actor, AuditFilter, KeyFilter, KeyPatch, NewKey, NewTeam, NewUser, Store, StoreError,
-    StoreResult, TeamPatch, UserPatch,
+    Actor, AuditFilter, KeyFilter, KeyPatch, LimitsPatch, NewKey, NewTeam, NewUser, Store,
+    StoreError, StoreResult, TeamPatch, UserPatch,
 };
 use crate::domain::{
     self, ApiKey, AuditEvent, BudgetDuration, KeyLookup, KeyOwnerTeam, KeyOwnerUser, Limits,
@@ -39,8 +39,9 @@ use crate::domain::{
 use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
 use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row, Transaction};
 use std::str::FromStr;
 use std::time::Duration;
@@ -480,6 +481,31 @@ fn duration_text(d: Option<BudgetDuration>) -> Option<&'static str> {
     d.map(BudgetDuration::as_str)
 }
 
+/// Binds the four limit columns of users, teams and keys, in the order every INSERT and
+/// UPDATE lists them: `rpm, tpm, max_budget, budget_duration`.
+trait BindLimits {
+    fn bind_limits(self, limits: &Limits) -> Self;
+}
+
+impl<'q> BindLimits for Query<'q, Any, AnyArguments<'q>> {
+    fn bind_limits(self, limits: &Limits) -> Self {
+        self.bind(limits.rpm)
+            .bind(limits.tpm)
+            .bind(limits.max_budget)
+            .bind(duration_text(limits.budget_duration))
+    }
+}
+
+/// The audit details of a created user, team or key: `details` (a JSON object) plus the
+/// record's four limits.
+fn with_limits(mut details: Value, limits: &Limits) -> Value {
+    details["rpm"] = json!(limits.rpm);
+    details["tpm"] = json!(limits.tpm);
+    details["max_budget"] = json!(limits.max_budget);
+    details["budget_duration"] = json!(limits.budget_duration);
+    details
+}
+
 /// Records the fields a patch sets while applying them, for the audit row's details.
 #[derive(Default)]
 struct Changes(Map<String, Value>);
@@ -493,6 +519,18 @@ impl Changes {
             );
             *slot = value;
         }
+    }
+
+    /// Applies a [`LimitsPatch`] the same way, field by field.
+    fn apply_limits(&mut self, limits: &mut Limits, patch: LimitsPatch) {
+        self.apply("rpm", &mut limits.rpm, patch.rpm);
+        self.apply("tpm", &mut limits.tpm, patch.tpm);
+        self.apply("max_budget", &mut limits.max_budget, patch.max_budget);
+        self.apply(
+            "budget_duration",
+            &mut limits.budget_duration,
+            patch.budget_duration,
+        );
     }
 
     fn into_value(self) -> Value {
@@ -581,12 +619,7 @@ impl Store for SqlStore {
             full_name: new.full_name,
             role: new.role.unwrap_or(Role::User),
             blocked: false,
-            limits: Limits {
-                rpm: new.rpm,
-                tpm: new.tpm,
-                max_budget: new.max_budget,
-                budget_duration: new.budget_duration,
-            },
+            limits: new.limits,
             metadata: new.metadata.unwrap_or_else(|| json!({})),
             created_at: now,
             updated_at: now,
@@ -604,27 +637,23 @@ impl Store for SqlStore {
         .bind(user.role.as_str())
         .bind(user.blocked)
         .bind(new.password_hash.as_deref())
-        .bind(user.limits.rpm)
-        .bind(user.limits.tpm)
-        .bind(user.limits.max_budget)
-        .bind(duration_text(user.limits.budget_duration))
+        .bind_limits(&user.limits)
         .bind(user.metadata.to_string())
         .bind(now)
         .bind(now)
         .execute(&mut *tx)
         .await
         .map_err(|e| map_db_err(e, Some(USER_CONFLICT)))?;
-        let details = json!({
-            "username": user.username,
-            "email": user.email,
-            "full_name": user.full_name,
-            "role": user.role,
-            "password_set": new.password_hash.is_some(),
-            "rpm": user.limits.rpm,
-            "tpm": user.limits.tpm,
-            "max_budget": user.limits.max_budget,
-            "budget_duration": user.limits.budget_duration,
-        });
+        let details = with_limits(
+            json!({
+                "username": user.username,
+                "email": user.email,
+                "full_name": user.full_name,
+                "role": user.role,
+                "password_set": new.password_hash.is_some(),
+            }),
+            &user.limits,
+        );
         write_audit(&mut tx, actor, now, "user.create", &user.id, details).await?;
         commit(tx).await?;
         Ok(user)
@@ -669,14 +698,7 @@ impl Store for SqlStore {
         changes.apply("full_name", &mut user.full_name, patch.full_name);
         changes.apply("role", &mut user.role, patch.role);
         changes.apply("blocked", &mut user.blocked, patch.blocked);
-        changes.apply("rpm", &mut user.limits.rpm, patch.rpm);
-        changes.apply("tpm", &mut user.limits.tpm, patch.tpm);
-        changes.apply("max_budget", &mut user.limits.max_budget, patch.max_budget);
-        changes.apply(
-            "budget_duration",
-            &mut user.limits.budget_duration,
-            patch.budget_duration,
-        );
+        changes.apply_limits(&mut user.limits, patch.limits);
         changes.apply("metadata", &mut user.metadata, patch.metadata);
         let now = domain::now();
         user.updated_at = now;
@@ -690,10 +712,7 @@ impl Store for SqlStore {
         .bind(user.full_name.as_deref())
         .bind(user.role.as_str())
         .bind(user.blocked)
-        .bind(user.limits.rpm)
-        .bind(user.limits.tpm)
-        .bind(user.limits.max_budget)
-        .bind(duration_text(user.limits.budget_duration))
+        .bind_limits(&user.limits)
         .bind(user.metadata.to_string())
         .bind(now)
         .execute(&mut *tx)
@@ -763,12 +782,7 @@ impl Store for SqlStore {
             name: new.name,
             models: new.models,
             blocked: false,
-            limits: Limits {
-                rpm: new.rpm,
-                tpm: new.tpm,
-                max_budget: new.max_budget,
-                budget_duration: new.budget_duration,
-            },
+            limits: new.limits,
             metadata: new.metadata.unwrap_or_else(|| json!({})),
             created_at: now,
             updated_at: now,
@@ -783,24 +797,17 @@ impl Store for SqlStore {
         .bind(&team.name)
         .bind(list_text(&team.models))
         .bind(team.blocked)
-        .bind(team.limits.rpm)
-        .bind(team.limits.tpm)
-        .bind(team.limits.max_budget)
-        .bind(duration_text(team.limits.budget_duration))
+        .bind_limits(&team.limits)
         .bind(team.metadata.to_string())
         .bind(now)
         .bind(now)
         .execute(&mut *tx)
         .await
         .map_err(|e| map_db_err(e, Some(&team_conflict(&team.name))))?;
-        let details = json!({
-            "name": team.name,
-            "models": team.models,
-            "rpm": team.limits.rpm,
-            "tpm": team.limits.tpm,
-            "max_budget": team.limits.max_budget,
-            "budget_duration": team.limits.budget_duration,
-        });
+        let details = with_limits(
+            json!({ "name": team.name, "models": team.models }),
+            &team.limits,
+        );
         write_audit(&mut tx, actor, now, "team.create", &team.id, details).await?;
         commit(tx).await?;
         Ok(team)
@@ -844,14 +851,7 @@ impl Store for SqlStore {
         changes.apply("name", &mut team.name, patch.name);
         changes.apply("models", &mut team.models, patch.models);
         changes.apply("blocked", &mut team.blocked, patch.blocked);
-        changes.apply("rpm", &mut team.limits.rpm, patch.rpm);
-        changes.apply("tpm", &mut team.limits.tpm, patch.tpm);
-        changes.apply("max_budget", &mut team.limits.max_budget, patch.max_budget);
-        changes.apply(
-            "budget_duration",
-            &mut team.limits.budget_duration,
-            patch.budget_duration,
-        );
+        changes.apply_limits(&mut team.limits, patch.limits);
         changes.apply("metadata", &mut team.metadata, patch.metadata);
         let now = domain::now();
         team.updated_at = now;
@@ -864,10 +864,7 @@ impl Store for SqlStore {
         .bind(&team.name)
         .bind(list_text(&team.models))
         .bind(team.blocked)
-        .bind(team.limits.rpm)
-        .bind(team.limits.tpm)
-        .bind(team.limits.max_budget)
-        .bind(duration_text(team.limits.budget_duration))
+        .bind_limits(&team.limits)
         .bind(team.metadata.to_string())
         .bind(now)
         .execute(&mut *tx)
@@ -1034,12 +1031,7 @@ impl Store for SqlStore {
             team_id: new.team_id,
             permissions: new.permissions,
             models: new.models,
-            limits: Limits {
-                rpm: new.rpm,
-                tpm: new.tpm,
-                max_budget: new.max_budget,
-                budget_duration: new.budget_duration,
-            },
+            limits: new.limits,
             expires_at: new.expires_at,
             blocked: false,
             metadata: new.metadata.unwrap_or_else(|| json!({})),
@@ -1069,10 +1061,7 @@ impl Store for SqlStore {
         .bind(key.team_id.as_deref())
         .bind(list_text(&key.permissions))
         .bind(list_text(&key.models))
-        .bind(key.limits.rpm)
-        .bind(key.limits.tpm)
-        .bind(key.limits.max_budget)
-        .bind(duration_text(key.limits.budget_duration))
+        .bind_limits(&key.limits)
         .bind(key.expires_at)
         .bind(key.blocked)
         .bind(key.metadata.to_string())
@@ -1081,19 +1070,18 @@ impl Store for SqlStore {
         .execute(&mut *tx)
         .await
         .map_err(|e| map_db_err(e, Some(KEY_CONFLICT)))?;
-        let details = json!({
-            "name": key.name,
-            "key_hint": key.key_hint,
-            "user_id": key.user_id,
-            "team_id": key.team_id,
-            "permissions": key.permissions,
-            "models": key.models,
-            "rpm": key.limits.rpm,
-            "tpm": key.limits.tpm,
-            "max_budget": key.limits.max_budget,
-            "budget_duration": key.limits.budget_duration,
-            "expires_at": key.expires_at,
-        });
+        let details = with_limits(
+            json!({
+                "name": key.name,
+                "key_hint": key.key_hint,
+                "user_id": key.user_id,
+                "team_id": key.team_id,
+                "permissions": key.permissions,
+                "models": key.models,
+                "expires_at": key.expires_at,
+            }),
+            &key.limits,
+        );
         write_audit(&mut tx, actor, now, "key.create", &key.id, details).await?;
         commit(tx).await?;
         Ok(key)
@@ -1161,10 +1149,12 @@ impl Store for SqlStore {
                 name: None,
                 permissions: None,
                 models: None,
-                rpm: None,
-                tpm: None,
-                max_budget: None,
-                budget_duration: None,
+                limits: LimitsPatch {
+                    rpm: None,
+                    tpm: None,
+                    max_budget: None,
+                    budget_duration: None,
+                },
                 expires_at: None,
                 metadata: None,
             }
@@ -1179,14 +1169,7 @@ impl Store for SqlStore {
         changes.apply("permissions", &mut key.permissions, patch.permissions);
         changes.apply("models", &mut key.models, patch.models);
         changes.apply("blocked", &mut key.blocked, patch.blocked);
-        changes.apply("rpm", &mut key.limits.rpm, patch.rpm);
-        changes.apply("tpm", &mut key.limits.tpm, patch.tpm);
-        changes.apply("max_budget", &mut key.limits.max_budget, patch.max_budget);
-        changes.apply(
-            "budget_duration",
-            &mut key.limits.budget_duration,
-            patch.budget_duration,
-        );
+        changes.apply_limits(&mut key.limits, patch.limits);
         changes.apply("expires_at", &mut key.expires_at, patch.expires_at);
         changes.apply("metadata", &mut key.metadata, patch.metadata);
         let now = domain::now();
@@ -1201,10 +1184,7 @@ impl Store for SqlStore {
         .bind(list_text(&key.permissions))
         .bind(list_text(&key.models))
         .bind(key.blocked)
-        .bind(key.limits.rpm)
-        .bind(key.limits.tpm)
-        .bind(key.limits.max_budget)
-        .bind(duration_text(key.limits.budget_duration))
+        .bind_limits(&key.limits)
         .bind(key.expires_at)
         .bind(key.metadata.to_string())
         .bind(now)
