@@ -34,8 +34,7 @@ pub struct Envoy {
     child: Child,
     log_path: PathBuf,
     config_path: PathBuf,
-    // Last: removed after the child is killed (fields drop in declaration order, after
-    // Drop::drop has run).
+    // Holds the config and the log; removed only after Drop::drop has killed Envoy.
     _tempdir: tempfile::TempDir,
 }
 
