@@ -4,8 +4,9 @@
 #   scripts/load.sh [--noauth-only] [--duration 10s] [--concurrency 32] [--no-build]
 #
 # Runs, for --duration each, `oha` against
-#   1. envoy/envoy.yaml        (ext_authz -> tollgate, with a valid virtual key), then
-#   2. envoy/envoy-noauth.yaml (the same Envoy without ext_authz: the baseline),
+#   1. envoy/envoy.yaml        (ext_authz -> tollgate, with a valid virtual key),
+#   2. envoy/envoy.yaml        (ext_authz -> an allow-all server: Envoy's own ext_authz hop),
+#   3. envoy/envoy-noauth.yaml (the same Envoy without ext_authz: the baseline),
 # and prints requests/s, p50 and p99 of each. Both use the shipped configs unchanged, so
 # the fixed ports they name must be free: 10000 (listener), 9901 (admin), 9191 and 9090
 # (tollgate), 8000 (the mock LLM).
@@ -160,7 +161,7 @@ for port in 10000 9901 8000; do
   port_free "$port" || die "port $port is in use; the shipped configs need it"
 done
 if [ "$NOAUTH_ONLY" = 0 ]; then
-  for port in 9191 9090; do
+  for port in 9191 9090 8001; do
     port_free "$port" || die "port $port is in use; tollgate's default listeners need it"
   done
 fi
@@ -205,6 +206,18 @@ if [ "$NOAUTH_ONLY" = 0 ]; then
   log "starting envoy with envoy/envoy.yaml"
   run_envoy envoy/envoy.yaml authz
   measure tollgate "authorization: Bearer $KEY"
+  stop_envoy
+  kill "$TOLLGATE_PID" 2>/dev/null || true
+  wait "$TOLLGATE_PID" 2>/dev/null || true
+  for _ in $(seq 1 50); do port_free 9191 && break; sleep 0.1; done
+
+  log "starting an allow-all ext_authz server on 127.0.0.1:9191"
+  "$BIN/tollgate-mock-llm" --listen 127.0.0.1:8001 --quiet --max-recorded 0 \
+    --authz-allow-all 127.0.0.1:9191 >"$WORK/allow-all.log" 2>&1 &
+  PIDS+=("$!")
+  wait_for "allow-all ext_authz" "$!" "$WORK/allow-all.log" curl -sf http://127.0.0.1:8001/v1/models
+  run_envoy envoy/envoy.yaml allow-all
+  measure authz-noop "authorization: Bearer $KEY"
   stop_envoy
 fi
 

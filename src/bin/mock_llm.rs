@@ -1,11 +1,18 @@
 //! `tollgate-mock-llm`: the mock OpenAI-shaped upstream as a standalone server, for the
 //! load script, the shipped Envoy config and trying tollgate without a provider account.
 //! See [`tollgate::mock_llm`] for what it answers.
+//!
+//! With `--authz-allow-all ADDR` it also answers Envoy's ext_authz `Check` on ADDR with a
+//! bare OK: the cheapest possible authorization server, so the load script can tell what
+//! Envoy's ext_authz hop costs apart from what tollgate's decision costs.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse,
+};
 use tollgate::mock_llm::{MockLlm, MockOptions};
 
 #[derive(Parser)]
@@ -27,6 +34,25 @@ struct Args {
     /// Do not log each request (for load runs).
     #[arg(long)]
     quiet: bool,
+    /// Also serve an ext_authz server that allows every request, on this address.
+    #[arg(long, value_name = "ADDR")]
+    authz_allow_all: Option<SocketAddr>,
+}
+
+/// Allows everything, changes nothing: Envoy's ext_authz hop at its cheapest.
+struct AllowAll;
+
+#[tonic::async_trait]
+impl Authorization for AllowAll {
+    async fn check(
+        &self,
+        _request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new(CheckResponse {
+            status: Some(Default::default()),
+            ..Default::default()
+        }))
+    }
 }
 
 #[tokio::main]
@@ -48,6 +74,15 @@ async fn main() -> anyhow::Result<()> {
     };
     let mock = MockLlm::start_with(args.listen, options).await?;
     tracing::info!(listen = %mock.addr, "mock LLM listening");
+    if let Some(addr) = args.authz_allow_all {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(listen = %addr, "allow-all ext_authz listening");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AuthorizationServer::new(AllowAll))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+    }
     tokio::signal::ctrl_c().await?;
     tracing::info!("shutting down");
     mock.shutdown().await;
