@@ -129,21 +129,53 @@ impl Default for Cache {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
+    /// tollgate's own login sessions (`/v1/login`). Absent: no password login.
     pub session: Option<Session>,
+    /// OIDC issuers whose tokens are accepted.
     pub oidc: Vec<OidcIssuer>,
+    /// Whether `POST /v1/register` is open. Off by default: a registered user can call
+    /// models, so opening it is a decision.
+    pub allow_registration: bool,
+    /// Created at start when no admin user exists yet.
+    pub bootstrap_admin: Option<BootstrapAdmin>,
+    pub password_policy: PasswordPolicy,
+    pub login: LoginProtection,
+    /// Bearer tokens longer than this are refused before any parsing.
+    pub max_token_bytes: usize,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            session: None,
+            oidc: Vec::new(),
+            allow_registration: false,
+            bootstrap_admin: None,
+            password_policy: PasswordPolicy::default(),
+            login: LoginProtection::default(),
+            max_token_bytes: 8 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Session {
+    /// Signs new tokens (HS256). Its `kid` is derived from it.
     pub secret: Secret,
+    /// Earlier secrets: tokens they signed still verify until they are removed here.
+    #[serde(default)]
+    pub previous_secrets: Vec<Secret>,
     #[serde(default = "default_access_ttl", deserialize_with = "duration")]
     pub access_ttl: Duration,
     #[serde(default = "default_refresh_ttl", deserialize_with = "duration")]
     pub refresh_ttl: Duration,
+    /// The `iss` of tollgate's own tokens.
+    #[serde(default = "default_session_issuer")]
+    pub issuer: String,
 }
 
 fn default_access_ttl() -> Duration {
@@ -154,14 +186,78 @@ fn default_refresh_ttl() -> Duration {
     Duration::from_secs(168 * 3600)
 }
 
+fn default_session_issuer() -> String {
+    "tollgate".to_owned()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapAdmin {
+    pub username: String,
+    pub email: String,
+    pub password: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordPolicy {
+    pub min_length: usize,
+    /// How many of the four classes (lower case, upper case, digit, other) must appear.
+    pub min_classes: usize,
+}
+
+impl Default for PasswordPolicy {
+    fn default() -> Self {
+        PasswordPolicy {
+            min_length: 12,
+            min_classes: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginProtection {
+    /// Consecutive failures that lock an account.
+    pub max_failures: u32,
+    #[serde(deserialize_with = "duration")]
+    pub lockout: Duration,
+    /// Login attempts per minute for one account, and for one client address.
+    pub per_account_per_minute: u32,
+    pub per_address_per_minute: u32,
+}
+
+impl Default for LoginProtection {
+    fn default() -> Self {
+        LoginProtection {
+            max_failures: 5,
+            lockout: Duration::from_secs(15 * 60),
+            per_account_per_minute: 10,
+            per_address_per_minute: 30,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OidcIssuer {
+    /// Exactly the `iss` of its tokens; the discovery document is read from
+    /// `{issuer}/.well-known/openid-configuration`.
     pub issuer: String,
+    /// Accepted `aud` values; a token must carry at least one.
     #[serde(default)]
     pub audiences: Vec<String>,
+    /// Accepted `alg`s: RS256/384/512, PS256/384/512, ES256/384, EdDSA (default RS256).
     #[serde(default)]
     pub algorithms: Vec<String>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
+    #[serde(default = "default_leeway", deserialize_with = "duration")]
+    pub leeway: Duration,
+    #[serde(default)]
+    pub claims: ClaimNames,
+    /// How often the JWKS is re-read in the background.
+    #[serde(default = "default_jwks_refresh", deserialize_with = "duration")]
+    pub jwks_refresh: Duration,
     #[serde(default)]
     pub auto_provision: bool,
     #[serde(default)]
@@ -170,6 +266,35 @@ pub struct OidcIssuer {
     pub group_to_team: BTreeMap<String, String>,
     #[serde(default)]
     pub group_to_role: BTreeMap<String, String>,
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// Which claims carry what (issuers differ: Entra ID puts groups in `roles`, …).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimNames {
+    pub subject: String,
+    pub email: String,
+    pub name: String,
+    pub groups: String,
+}
+
+impl Default for ClaimNames {
+    fn default() -> Self {
+        ClaimNames {
+            subject: "sub".into(),
+            email: "email".into(),
+            name: "name".into(),
+            groups: "groups".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -379,6 +504,73 @@ impl Config {
                     "auth.session.secret",
                     "must be at least 32 characters (use a random value)".into(),
                 );
+            }
+            if session
+                .previous_secrets
+                .iter()
+                .any(|s| s.expose().len() < 32)
+            {
+                return err(
+                    "auth.session.previous_secrets",
+                    "every secret must be at least 32 characters".into(),
+                );
+            }
+        }
+        if self.auth.password_policy.min_classes > 4 {
+            return err(
+                "auth.password_policy.min_classes",
+                "there are only 4 classes (lower, upper, digit, other)".into(),
+            );
+        }
+        if self.auth.max_token_bytes < 512 {
+            return err("auth.max_token_bytes", "must be at least 512".into());
+        }
+        const ALGORITHMS: [&str; 9] = [
+            "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+        ];
+        let mut issuers = std::collections::HashSet::new();
+        for oidc in &self.auth.oidc {
+            if !(oidc.issuer.starts_with("https://") || oidc.issuer.starts_with("http://")) {
+                return err(
+                    "auth.oidc.issuer",
+                    format!("`{}` is not an http(s) URL", oidc.issuer),
+                );
+            }
+            if !issuers.insert(oidc.issuer.as_str()) {
+                return err(
+                    "auth.oidc.issuer",
+                    format!("`{}` is listed twice", oidc.issuer),
+                );
+            }
+            if let Some(alg) = oidc
+                .algorithms
+                .iter()
+                .find(|a| !ALGORITHMS.contains(&a.as_str()))
+            {
+                return err(
+                    "auth.oidc.algorithms",
+                    format!(
+                        "`{alg}` is not accepted for OIDC issuers (use {}; HS256 is only for tollgate's own sessions)",
+                        ALGORITHMS.join(", ")
+                    ),
+                );
+            }
+            for (key, role) in oidc
+                .group_to_role
+                .iter()
+                .map(|(_, r)| ("auth.oidc.group_to_role", r))
+                .chain(
+                    oidc.default_role
+                        .iter()
+                        .map(|r| ("auth.oidc.default_role", r)),
+                )
+            {
+                if role.parse::<crate::domain::Role>().is_err() {
+                    return err(
+                        key,
+                        format!("`{role}` is not a role (admin, manager, user, viewer)"),
+                    );
+                }
             }
         }
         for (path, rule) in &self.routes {
@@ -616,6 +808,8 @@ mod tests {
     #[test]
     fn empty_file_is_the_embedded_default() {
         let c = parse("").unwrap().config;
+        assert!(!c.auth.allow_registration, "registration is opt-in");
+        assert_eq!(c.auth.password_policy.min_length, 12);
         assert_eq!(c.database.url, "sqlite://tollgate.db");
         assert_eq!(c.listen.grpc.to_string(), "127.0.0.1:9191");
         assert_eq!(c.listen.http.to_string(), "127.0.0.1:9090");
@@ -692,6 +886,27 @@ mod tests {
         let e = parse("models:\n  - name: a\n  - name: a\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("models.name"));
         assert!(e.message.contains("twice"));
+    }
+
+    #[test]
+    fn oidc_issuers_are_validated() {
+        let e = parse(
+            "auth:\n  oidc:\n    - issuer: https://id.example.com\n      algorithms: [HS256]\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("auth.oidc.algorithms"));
+        assert_eq!(e.line, Some(4), "{e}");
+        let e =
+            parse("auth:\n  oidc:\n    - { issuer: https://a, group_to_role: { g: emperor } }\n")
+                .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("auth.oidc.group_to_role"));
+        let c = parse(
+            "auth:\n  oidc:\n    - { issuer: https://a, leeway: 5s, claims: { groups: roles } }\n",
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.auth.oidc[0].claims.groups, "roles");
+        assert_eq!(c.auth.oidc[0].claims.subject, "sub");
     }
 
     #[test]

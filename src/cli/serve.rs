@@ -107,6 +107,12 @@ pub fn unenforced(config: &Config) -> Vec<&'static str> {
     if !config.auth.oidc.is_empty() {
         sections.push("auth.oidc");
     }
+    if config.auth.allow_registration {
+        sections.push("auth.allow_registration");
+    }
+    if config.auth.bootstrap_admin.is_some() {
+        sections.push("auth.bootstrap_admin");
+    }
     if config.limits.global.is_some() || !config.limits.routes.is_empty() {
         sections.push("limits");
     }
