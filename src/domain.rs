@@ -187,6 +187,9 @@ pub struct User {
     #[serde(flatten)]
     pub limits: Limits,
     pub metadata: serde_json::Value,
+    /// Set while the account is locked out after repeated failed logins.
+    #[serde(with = "rfc3339::option", default)]
+    pub locked_until: Option<Timestamp>,
     #[serde(with = "rfc3339")]
     pub created_at: Timestamp,
     #[serde(with = "rfc3339")]

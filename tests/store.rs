@@ -11,8 +11,8 @@ use std::sync::Arc;
 use tollgate::domain::{BudgetDuration, Limits, MembershipSource, Role, TeamRole};
 use tollgate::store::sql::{Backend, ConnectOptions, SqlStore};
 use tollgate::store::{
-    Actor, AuditFilter, KeyFilter, KeyPatch, LimitsPatch, NewKey, NewTeam, NewUser, SharedStore,
-    Store, StoreError, TeamPatch, UserPatch,
+    Actor, AuditFilter, KeyFilter, KeyPatch, LimitsPatch, NewKey, NewRefreshToken, NewTeam,
+    NewUser, RefreshOutcome, SharedStore, Store, StoreError, TeamPatch, UserPatch,
 };
 
 fn hash(secret: &str) -> String {
@@ -1910,4 +1910,261 @@ async fn audit_limit_defaults_and_cap_sqlite() {
 async fn audit_limit_defaults_and_cap_postgres() {
     let (store, _) = fresh_postgres().await;
     check_audit_limits(store).await;
+}
+
+// ---- login sessions ----------------------------------------------------------------------
+
+store_suite!(
+    login_lookup_by_username_or_email,
+    failed_logins_lock_and_unlock,
+    password_hash_is_replaced_and_audited_without_it,
+    refresh_rotation_and_reuse,
+    refresh_expired_and_unknown,
+    logout_and_password_change_revoke_families,
+    record_event_writes_an_audit_line,
+);
+
+fn refresh(user_id: &str, family: &str, secret: &str, expires_at: i64) -> NewRefreshToken {
+    NewRefreshToken {
+        user_id: user_id.to_string(),
+        family_id: family.to_string(),
+        token_hash: hash(secret),
+        expires_at,
+        source: Some("10.0.0.8".to_string()),
+    }
+}
+
+async fn user_with_password(store: &SharedStore, username: &str) -> String {
+    let mut new = new_user(username);
+    new.password_hash = Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into());
+    store.create_user(&admin(), new).await.unwrap().id
+}
+
+async fn login_lookup_by_username_or_email(store: SharedStore) {
+    let id = user_with_password(&store, "grace").await;
+    let by_name = store.find_login_user("grace").await.unwrap().unwrap();
+    assert_eq!(by_name.user.id, id);
+    assert!(by_name.password_hash.unwrap().starts_with("$argon2id$"));
+    let by_email = store
+        .find_login_user("grace@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_email.user.id, id);
+    assert!(store.find_login_user("nobody").await.unwrap().is_none());
+    store.delete_user(&admin(), &id).await.unwrap();
+    assert!(store.find_login_user("grace").await.unwrap().is_none());
+}
+
+async fn failed_logins_lock_and_unlock(store: SharedStore) {
+    let id = user_with_password(&store, "linus").await;
+    let actor = Actor::new("anonymous", Some("10.0.0.9".into()));
+    let until = tollgate::domain::now() + 600;
+    for _ in 0..2 {
+        let locked = store
+            .record_login_failure(&actor, &id, 3, until)
+            .await
+            .unwrap();
+        assert_eq!(locked, None);
+    }
+    // A success in between resets the count.
+    store.record_login_success(&id).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            store
+                .record_login_failure(&actor, &id, 3, until)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    let locked = store
+        .record_login_failure(&actor, &id, 3, until)
+        .await
+        .unwrap();
+    assert_eq!(locked, Some(until));
+    let user = store.get_user(&id).await.unwrap().unwrap();
+    assert_eq!(user.locked_until, Some(until));
+    let lockouts = audit_of(&store, "auth.lockout").await;
+    assert_eq!(lockouts.len(), 1);
+    assert_eq!(lockouts[0].target.as_deref(), Some(id.as_str()));
+    assert_eq!(lockouts[0].source.as_deref(), Some("10.0.0.9"));
+
+    let unlocked = store.unlock_user(&admin(), &id).await.unwrap().unwrap();
+    assert_eq!(unlocked.locked_until, None);
+    assert_eq!(
+        store.get_user(&id).await.unwrap().unwrap().locked_until,
+        None
+    );
+    assert_eq!(audit_of(&store, "user.unlock").await.len(), 1);
+    assert!(store
+        .unlock_user(&admin(), "no-such-user")
+        .await
+        .unwrap()
+        .is_none());
+}
+
+async fn password_hash_is_replaced_and_audited_without_it(store: SharedStore) {
+    let id = user_with_password(&store, "barbara").await;
+    let new_hash = "$argon2id$v=19$m=19456,t=2,p=1$bmV3c2FsdA$bmV3aGFzaA";
+    assert!(store
+        .set_password_hash(&admin(), &id, new_hash)
+        .await
+        .unwrap());
+    let login = store.find_login_user("barbara").await.unwrap().unwrap();
+    assert_eq!(login.password_hash.as_deref(), Some(new_hash));
+    let events = audit_of(&store, "user.password").await;
+    assert_eq!(events.len(), 1);
+    assert!(!events[0].details.to_string().contains("argon2"));
+    assert!(!store
+        .set_password_hash(&admin(), "no-such-user", new_hash)
+        .await
+        .unwrap());
+}
+
+async fn refresh_rotation_and_reuse(store: SharedStore) {
+    let id = user_with_password(&store, "margaret").await;
+    let later = tollgate::domain::now() + 3600;
+    store
+        .create_refresh_token(refresh(&id, "fam-1", "rt-one", later))
+        .await
+        .unwrap();
+    let outcome = store
+        .rotate_refresh_token(&hash("rt-one"), &hash("rt-two"), later, Some("10.0.0.8"))
+        .await
+        .unwrap();
+    match outcome {
+        RefreshOutcome::Rotated { user, family } => {
+            assert_eq!(user.id, id);
+            assert_eq!(family, "fam-1");
+        }
+        other => panic!("expected Rotated, got {other:?}"),
+    }
+    // The old token again: reuse, the whole family goes.
+    let outcome = store
+        .rotate_refresh_token(&hash("rt-one"), &hash("rt-three"), later, Some("10.6.6.6"))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        RefreshOutcome::Reused {
+            user_id: id.clone(),
+            family: "fam-1".into()
+        }
+    );
+    let outcome = store
+        .rotate_refresh_token(&hash("rt-two"), &hash("rt-four"), later, None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, RefreshOutcome::Reused { .. }),
+        "{outcome:?}"
+    );
+    let events = audit_of(&store, "auth.refresh_reuse").await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1].source.as_deref(), Some("10.6.6.6"));
+    assert_eq!(events[1].target.as_deref(), Some(id.as_str()));
+    assert_eq!(
+        store.refresh_token_family(&hash("rt-two")).await.unwrap(),
+        Some((id.clone(), "fam-1".to_string()))
+    );
+}
+
+async fn refresh_expired_and_unknown(store: SharedStore) {
+    let id = user_with_password(&store, "katherine").await;
+    let now = tollgate::domain::now();
+    store
+        .create_refresh_token(refresh(&id, "fam-old", "rt-old", now - 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .rotate_refresh_token(&hash("rt-old"), &hash("rt-x"), now + 60, None)
+            .await
+            .unwrap(),
+        RefreshOutcome::Expired
+    );
+    assert_eq!(
+        store
+            .rotate_refresh_token(&hash("rt-none"), &hash("rt-y"), now + 60, None)
+            .await
+            .unwrap(),
+        RefreshOutcome::Unknown
+    );
+    // A deleted user's tokens are unknown.
+    store
+        .create_refresh_token(refresh(&id, "fam-live", "rt-live", now + 60))
+        .await
+        .unwrap();
+    store.delete_user(&admin(), &id).await.unwrap();
+    assert_eq!(
+        store
+            .rotate_refresh_token(&hash("rt-live"), &hash("rt-z"), now + 60, None)
+            .await
+            .unwrap(),
+        RefreshOutcome::Unknown
+    );
+}
+
+async fn logout_and_password_change_revoke_families(store: SharedStore) {
+    let id = user_with_password(&store, "hedy").await;
+    let later = tollgate::domain::now() + 3600;
+    for (family, secret) in [("fa", "rt-a"), ("fb", "rt-b"), ("fc", "rt-c")] {
+        store
+            .create_refresh_token(refresh(&id, family, secret, later))
+            .await
+            .unwrap();
+    }
+    let me = Actor::new(format!("user:{id}"), Some("10.0.0.8".into()));
+    assert_eq!(store.revoke_refresh_family(&me, "fa").await.unwrap(), 1);
+    assert!(matches!(
+        store
+            .rotate_refresh_token(&hash("rt-a"), &hash("rt-a2"), later, None)
+            .await
+            .unwrap(),
+        RefreshOutcome::Reused { .. }
+    ));
+    assert_eq!(audit_of(&store, "auth.logout").await.len(), 1);
+    // Password change: every other family goes, the current one stays.
+    assert_eq!(
+        store
+            .revoke_user_sessions(&me, &id, Some("fc"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(matches!(
+        store
+            .rotate_refresh_token(&hash("rt-c"), &hash("rt-c2"), later, None)
+            .await
+            .unwrap(),
+        RefreshOutcome::Rotated { .. }
+    ));
+    assert!(matches!(
+        store
+            .rotate_refresh_token(&hash("rt-b"), &hash("rt-b2"), later, None)
+            .await
+            .unwrap(),
+        RefreshOutcome::Reused { .. }
+    ));
+    assert_eq!(store.revoke_user_sessions(&me, &id, None).await.unwrap(), 1);
+    assert_eq!(audit_of(&store, "auth.sessions_revoked").await.len(), 2);
+}
+
+async fn record_event_writes_an_audit_line(store: SharedStore) {
+    let actor = Actor::new("anonymous", Some("10.0.0.10".into()));
+    store
+        .record_event(
+            &actor,
+            "auth.login_failed",
+            None,
+            json!({"username": "mallory"}),
+        )
+        .await
+        .unwrap();
+    let events = audit_of(&store, "auth.login_failed").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].actor, "anonymous");
+    assert_eq!(events[0].target, None);
+    assert_eq!(events[0].details["username"], "mallory");
 }

@@ -154,6 +154,53 @@ pub struct AuditFilter {
     pub limit: Option<i64>,
 }
 
+/// A user as seen by password login: the record and its argon2id PHC hash (`None` for
+/// users who cannot log in with a password, e.g. created without one).
+#[derive(Clone)]
+pub struct LoginUser {
+    pub user: User,
+    pub password_hash: Option<String>,
+}
+
+impl std::fmt::Debug for LoginUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginUser")
+            .field("user", &self.user)
+            .field(
+                "password_hash",
+                &self.password_hash.as_ref().map(|_| "[redacted]"),
+            )
+            .finish()
+    }
+}
+
+/// A refresh token about to be stored. The token itself is never stored, only its hash.
+#[derive(Debug, Clone)]
+pub struct NewRefreshToken {
+    pub user_id: String,
+    /// Every token issued from one login shares the family of the first.
+    pub family_id: String,
+    /// SHA-256 of the opaque token, lowercase hex.
+    pub token_hash: String,
+    pub expires_at: Timestamp,
+    /// The client's address at issue, for the record.
+    pub source: Option<String>,
+}
+
+/// What presenting a refresh token led to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RefreshOutcome {
+    /// The token was live: it is now used, and the new one (same family) is stored.
+    Rotated { user: User, family: String },
+    /// The token had already been used or revoked: someone replays it, so its whole family
+    /// has just been revoked (and `auth.refresh_reuse` audited).
+    Reused { user_id: String, family: String },
+    /// The token exists but is past its `expires_at`.
+    Expired,
+    /// No such token, or its user no longer exists.
+    Unknown,
+}
+
 /// The persistence contract. Implementations must be safe to share across tasks.
 ///
 /// Reads that find nothing return `Ok(None)` / `Ok(false)`; uniqueness violations return
@@ -230,4 +277,66 @@ pub trait Store: Send + Sync + 'static {
     async fn lookup_key(&self, key_hash: &str) -> StoreResult<Option<KeyLookup>>;
 
     async fn list_audit(&self, filter: AuditFilter) -> StoreResult<Vec<AuditEvent>>;
+
+    /// Writes one audit line for something that is not a store write (a login, a failed
+    /// login). `details` must not carry a secret.
+    async fn record_event(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: Option<&str>,
+        details: serde_json::Value,
+    ) -> StoreResult<()>;
+
+    // ---- login sessions ------------------------------------------------------------------
+
+    /// The live user whose username or email is `name` (exact match), with its password
+    /// hash, for password login.
+    async fn find_login_user(&self, name: &str) -> StoreResult<Option<LoginUser>>;
+    /// Counts one more consecutive failed login. When the count reaches `max_failures` the
+    /// account is locked until `lock_until`, the count starts again, and `auth.lockout` is
+    /// audited. Returns the lock's end when this failure locked the account.
+    async fn record_login_failure(
+        &self,
+        actor: &Actor,
+        user_id: &str,
+        max_failures: u32,
+        lock_until: Timestamp,
+    ) -> StoreResult<Option<Timestamp>>;
+    /// Resets the failure count and any expired lock after a successful login.
+    async fn record_login_success(&self, user_id: &str) -> StoreResult<()>;
+    /// Lifts a lockout and resets the failure count (audited `user.unlock`).
+    async fn unlock_user(&self, actor: &Actor, id: &str) -> StoreResult<Option<User>>;
+    /// Replaces the user's password hash (audited `user.password`, without the hash).
+    /// Returns false when there is no such live user.
+    async fn set_password_hash(&self, actor: &Actor, id: &str, hash: &str) -> StoreResult<bool>;
+
+    /// Stores a new refresh token (the first of a family, at login).
+    async fn create_refresh_token(&self, token: NewRefreshToken) -> StoreResult<()>;
+    /// Atomically exchanges the refresh token hashing to `presented_hash` for the one
+    /// hashing to `new_hash` (same family, valid until `new_expires_at`); see
+    /// [`RefreshOutcome`] for the other cases. `source` is the client's address.
+    async fn rotate_refresh_token(
+        &self,
+        presented_hash: &str,
+        new_hash: &str,
+        new_expires_at: Timestamp,
+        source: Option<&str>,
+    ) -> StoreResult<RefreshOutcome>;
+    /// The family (user id, family id) of a refresh token, whatever its state.
+    async fn refresh_token_family(&self, token_hash: &str)
+        -> StoreResult<Option<(String, String)>>;
+    /// Revokes every token of a family (logout; audited `auth.logout`). Returns how many
+    /// tokens were still live (not yet used nor revoked); a used token needs no revoking,
+    /// since presenting it again is a reuse anyway.
+    async fn revoke_refresh_family(&self, actor: &Actor, family_id: &str) -> StoreResult<u64>;
+    /// Revokes every refresh token of a user except those of `keep_family` (password
+    /// change; audited `auth.sessions_revoked` when any was live). Returns how many were
+    /// live.
+    async fn revoke_user_sessions(
+        &self,
+        actor: &Actor,
+        user_id: &str,
+        keep_family: Option<&str>,
+    ) -> StoreResult<u64>;
 }

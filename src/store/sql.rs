@@ -29,8 +29,8 @@
 //! `FOR UPDATE` / `FOR SHARE`, so concurrent patches and deletes serialise per row.
 
 use super::{
-    Actor, AuditFilter, KeyFilter, KeyPatch, LimitsPatch, NewKey, NewTeam, NewUser, Store,
-    StoreError, StoreResult, TeamPatch, UserPatch,
+    Actor, AuditFilter, KeyFilter, KeyPatch, LimitsPatch, LoginUser, NewKey, NewRefreshToken,
+    NewTeam, NewUser, RefreshOutcome, Store, StoreError, StoreResult, TeamPatch, UserPatch,
 };
 use crate::domain::{
     self, ApiKey, AuditEvent, BudgetDuration, KeyLookup, KeyOwnerTeam, KeyOwnerUser, Limits,
@@ -340,7 +340,7 @@ fn migrate_err(err: MigrateError) -> StoreError {
 // ---- row mapping -------------------------------------------------------------------------
 
 const USER_COLS: &str = "id, username, email, full_name, role, blocked, rpm, tpm, max_budget, \
-     budget_duration, metadata, created_at, updated_at";
+     budget_duration, metadata, locked_until, created_at, updated_at";
 const TEAM_COLS: &str = "id, name, models, blocked, rpm, tpm, max_budget, budget_duration, \
      metadata, created_at, updated_at";
 const KEY_COLS: &str = "id, name, key_hint, user_id, team_id, permissions, models, rpm, tpm, \
@@ -413,6 +413,7 @@ fn user_from_row(row: &AnyRow) -> StoreResult<User> {
         blocked: bool_col(row, "blocked")?,
         limits: limits_from_row(row)?,
         metadata: json_col(row, "metadata")?,
+        locked_until: col(row, "locked_until")?,
         created_at: col(row, "created_at")?,
         updated_at: col(row, "updated_at")?,
     })
@@ -621,6 +622,7 @@ impl Store for SqlStore {
             blocked: false,
             limits: new.limits,
             metadata: new.metadata.unwrap_or_else(|| json!({})),
+            locked_until: None,
             created_at: now,
             updated_at: now,
         };
@@ -1382,6 +1384,318 @@ impl Store for SqlStore {
             .await
             .map_err(db_err)?;
         rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn record_event(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: Option<&str>,
+        details: Value,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor, action, target, source, details) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(domain::now())
+        .bind(&actor.name)
+        .bind(action)
+        .bind(target)
+        .bind(actor.source.as_deref())
+        .bind(details.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn find_login_user(&self, name: &str) -> StoreResult<Option<LoginUser>> {
+        // Usernames and emails are unique among live users, but one user's username may be
+        // another's email; the username wins then.
+        let sql = format!(
+            "SELECT {USER_COLS}, password_hash FROM users \
+             WHERE (username = $1 OR email = $1) AND deleted_at IS NULL \
+             ORDER BY CASE WHEN username = $1 THEN 0 ELSE 1 END LIMIT 1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.map(|row| {
+            Ok(LoginUser {
+                user: user_from_row(&row)?,
+                password_hash: col(&row, "password_hash")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn record_login_failure(
+        &self,
+        actor: &Actor,
+        user_id: &str,
+        max_failures: u32,
+        lock_until: Timestamp,
+    ) -> StoreResult<Option<Timestamp>> {
+        let mut tx = self.begin_write().await?;
+        let sql = format!(
+            "SELECT failed_logins FROM users WHERE id = $1 AND deleted_at IS NULL{}",
+            self.backend.for_update()
+        );
+        let Some(row) = sqlx::query(&sql)
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?
+        else {
+            return Ok(None);
+        };
+        let failures: i64 = col::<i64>(&row, "failed_logins")? + 1;
+        let now = domain::now();
+        if max_failures > 0 && failures >= i64::from(max_failures) {
+            sqlx::query("UPDATE users SET failed_logins = 0, locked_until = $1 WHERE id = $2")
+                .bind(lock_until)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            let details = json!({
+                "failures": failures,
+                "locked_until": domain::rfc3339::format(lock_until),
+            });
+            write_audit(&mut tx, actor, now, "auth.lockout", user_id, details).await?;
+            commit(tx).await?;
+            Ok(Some(lock_until))
+        } else {
+            sqlx::query("UPDATE users SET failed_logins = $1 WHERE id = $2")
+                .bind(failures)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            commit(tx).await?;
+            Ok(None)
+        }
+    }
+
+    async fn record_login_success(&self, user_id: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn unlock_user(&self, actor: &Actor, id: &str) -> StoreResult<Option<User>> {
+        let mut tx = self.begin_write().await?;
+        let Some(mut user) = self.locked_user(&mut tx, id).await? else {
+            return Ok(None);
+        };
+        let was_locked = user.locked_until;
+        sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        user.locked_until = None;
+        let details = json!({ "was_locked_until": was_locked.map(domain::rfc3339::format) });
+        write_audit(&mut tx, actor, domain::now(), "user.unlock", id, details).await?;
+        commit(tx).await?;
+        Ok(Some(user))
+    }
+
+    async fn set_password_hash(&self, actor: &Actor, id: &str, hash: &str) -> StoreResult<bool> {
+        require_nonempty("password hash", hash)?;
+        let mut tx = self.begin_write().await?;
+        if self.locked_user(&mut tx, id).await?.is_none() {
+            return Ok(false);
+        }
+        let now = domain::now();
+        sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
+            .bind(hash)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        write_audit(&mut tx, actor, now, "user.password", id, json!({})).await?;
+        commit(tx).await?;
+        Ok(true)
+    }
+
+    async fn create_refresh_token(&self, token: NewRefreshToken) -> StoreResult<()> {
+        require_key_hash(&token.token_hash)?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, expires_at, \
+             created_at, source) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(domain::new_id())
+        .bind(&token.user_id)
+        .bind(&token.family_id)
+        .bind(&token.token_hash)
+        .bind(token.expires_at)
+        .bind(domain::now())
+        .bind(token.source.as_deref())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_db_err(e, Some("a refresh token with that hash already exists")))?;
+        Ok(())
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        presented_hash: &str,
+        new_hash: &str,
+        new_expires_at: Timestamp,
+        source: Option<&str>,
+    ) -> StoreResult<RefreshOutcome> {
+        require_key_hash(new_hash)?;
+        let mut tx = self.begin_write().await?;
+        // The row lock (Postgres) or the write lock (SQLite) makes two concurrent
+        // presentations of one token serialise: the second one sees it used.
+        let sql = format!(
+            "SELECT user_id, family_id, expires_at, used_at, revoked_at FROM refresh_tokens \
+             WHERE token_hash = $1{}",
+            self.backend.for_update()
+        );
+        let Some(row) = sqlx::query(&sql)
+            .bind(presented_hash)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?
+        else {
+            return Ok(RefreshOutcome::Unknown);
+        };
+        let user_id: String = col(&row, "user_id")?;
+        let family: String = col(&row, "family_id")?;
+        let expires_at: i64 = col(&row, "expires_at")?;
+        let used_at: Option<i64> = col(&row, "used_at")?;
+        let revoked_at: Option<i64> = col(&row, "revoked_at")?;
+        let now = domain::now();
+        if used_at.is_some() || revoked_at.is_some() {
+            let revoked = sqlx::query(
+                "UPDATE refresh_tokens SET revoked_at = $1 \
+                 WHERE family_id = $2 AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(&family)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+            let actor = Actor::new(format!("user:{user_id}"), source.map(str::to_owned));
+            let details = json!({ "family": family, "revoked": revoked });
+            write_audit(
+                &mut tx,
+                &actor,
+                now,
+                "auth.refresh_reuse",
+                &user_id,
+                details,
+            )
+            .await?;
+            commit(tx).await?;
+            return Ok(RefreshOutcome::Reused { user_id, family });
+        }
+        if expires_at <= now {
+            return Ok(RefreshOutcome::Expired);
+        }
+        let Some(user) = self.locked_user(&mut tx, &user_id).await? else {
+            return Ok(RefreshOutcome::Unknown);
+        };
+        sqlx::query("UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2")
+            .bind(now)
+            .bind(presented_hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, expires_at, \
+             created_at, source) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(domain::new_id())
+        .bind(&user_id)
+        .bind(&family)
+        .bind(new_hash)
+        .bind(new_expires_at)
+        .bind(now)
+        .bind(source)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| map_db_err(e, Some("a refresh token with that hash already exists")))?;
+        commit(tx).await?;
+        Ok(RefreshOutcome::Rotated { user, family })
+    }
+
+    async fn refresh_token_family(
+        &self,
+        token_hash: &str,
+    ) -> StoreResult<Option<(String, String)>> {
+        let row =
+            sqlx::query("SELECT user_id, family_id FROM refresh_tokens WHERE token_hash = $1")
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+        row.map(|row| Ok((col(&row, "user_id")?, col(&row, "family_id")?)))
+            .transpose()
+    }
+
+    async fn revoke_refresh_family(&self, actor: &Actor, family_id: &str) -> StoreResult<u64> {
+        let mut tx = self.begin_write().await?;
+        let now = domain::now();
+        let revoked = sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = $1 \
+             WHERE family_id = $2 AND revoked_at IS NULL AND used_at IS NULL",
+        )
+        .bind(now)
+        .bind(family_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+        let user_id = actor.name.strip_prefix("user:").unwrap_or(&actor.name);
+        let details = json!({ "family": family_id, "revoked": revoked });
+        write_audit(&mut tx, actor, now, "auth.logout", user_id, details).await?;
+        commit(tx).await?;
+        Ok(revoked)
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        actor: &Actor,
+        user_id: &str,
+        keep_family: Option<&str>,
+    ) -> StoreResult<u64> {
+        let mut tx = self.begin_write().await?;
+        let now = domain::now();
+        let revoked = sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = $1 \
+             WHERE user_id = $2 AND revoked_at IS NULL AND used_at IS NULL AND family_id <> $3",
+        )
+        .bind(now)
+        .bind(user_id)
+        .bind(keep_family.unwrap_or(""))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+        if revoked > 0 {
+            let details = json!({ "revoked": revoked, "kept_family": keep_family });
+            write_audit(
+                &mut tx,
+                actor,
+                now,
+                "auth.sessions_revoked",
+                user_id,
+                details,
+            )
+            .await?;
+        }
+        commit(tx).await?;
+        Ok(revoked)
     }
 }
 
