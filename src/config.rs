@@ -557,8 +557,8 @@ impl Config {
             }
             for (key, role) in oidc
                 .group_to_role
-                .iter()
-                .map(|(_, r)| ("auth.oidc.group_to_role", r))
+                .values()
+                .map(|r| ("auth.oidc.group_to_role", r))
                 .chain(
                     oidc.default_role
                         .iter()
