@@ -58,3 +58,7 @@ pub async fn resolve(
         Err(e) => Err(AuthnError::Unavailable(e)),
     }
 }
+
+// Bearer JWTs: shared structural and claim checks ([`jwt`]), and tokens of OIDC issuers
+// verified against their published keys ([`oidc`]).
+pub mod jwt;
