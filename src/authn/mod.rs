@@ -62,3 +62,4 @@ pub async fn resolve(
 // Bearer JWTs: shared structural and claim checks ([`jwt`]), and tokens of OIDC issuers
 // verified against their published keys ([`oidc`]).
 pub mod jwt;
+pub mod oidc;
