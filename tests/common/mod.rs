@@ -7,3 +7,4 @@ pub mod db;
 pub mod envoy;
 pub mod tollgate;
 pub mod upstream;
+pub mod oidc_issuer;
