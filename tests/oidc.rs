@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate::authn::jwt::{JwtRejection, Segment};
-use tollgate::authn::oidc::{OidcError, OidcIdentity, OidcVerifier};
+use tollgate::authn::oidc::{HttpFetch, OidcError, OidcIdentity, OidcVerifier};
+use tollgate::config::OidcIssuer;
 
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
@@ -17,10 +18,24 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+/// A verifier reading over HTTP, bypassing any proxy of the environment (loopback tests).
+fn verifier(issuers: &[OidcIssuer]) -> OidcVerifier {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    OidcVerifier::with_fetch(
+        issuers,
+        MAX_TOKEN_BYTES,
+        Arc::new(HttpFetch::with_client(client)),
+    )
+}
+
 /// An issuer and a verifier for it whose keys were fetched once, as at start.
 async fn setup(extra_config: &str) -> (TestIssuer, OidcVerifier) {
     let issuer = TestIssuer::start().await;
-    let verifier = OidcVerifier::new(&[issuer.config(extra_config)], MAX_TOKEN_BYTES);
+    let verifier = verifier(&[issuer.config(extra_config)]);
     assert_eq!(verifier.refresh_all().await, vec![]);
     assert_eq!(issuer.jwks_fetches(), 1);
     (issuer, verifier)
@@ -473,7 +488,7 @@ async fn concurrent_unknown_kids_share_one_fetch() {
 async fn issuer_down_at_start_is_transient_not_a_rejection() {
     let issuer = TestIssuer::start().await;
     issuer.set_failing(true);
-    let verifier = OidcVerifier::new(&[issuer.config("")], MAX_TOKEN_BYTES);
+    let verifier = verifier(&[issuer.config("")]);
     let failed = verifier.refresh_all().await;
     assert_eq!(failed.len(), 1);
     assert!(failed[0].1.contains("500"), "{failed:?}");
@@ -503,11 +518,11 @@ async fn unreachable_issuer_is_transient() {
         .local_addr()
         .unwrap()
         .port();
-    let config: tollgate::config::OidcIssuer = serde_yaml::from_str(&format!(
+    let config: OidcIssuer = serde_yaml::from_str(&format!(
         "{{ issuer: 'http://127.0.0.1:{port}', audiences: [x] }}"
     ))
     .unwrap();
-    let verifier = OidcVerifier::new(&[config], MAX_TOKEN_BYTES);
+    let verifier = verifier(&[config]);
     let issuer = TestIssuer::start().await;
     let claims = with(
         issuer.claims(now()),
@@ -524,7 +539,7 @@ async fn unreachable_issuer_is_transient() {
 async fn discovery_issuer_mismatch_is_refused() {
     let issuer = TestIssuer::start().await;
     issuer.set_discovery_issuer("https://evil.example");
-    let verifier = OidcVerifier::new(&[issuer.config("")], MAX_TOKEN_BYTES);
+    let verifier = verifier(&[issuer.config("")]);
     let failed = verifier.refresh_all().await;
     assert_eq!(failed.len(), 1);
     assert!(failed[0].1.contains("evil.example"), "{failed:?}");

@@ -90,6 +90,12 @@ impl HttpFetch {
             .expect("an HTTP client with rustls and no custom settings builds");
         HttpFetch { client }
     }
+
+    /// With a client configured elsewhere (a proxy, extra root certificates, or none of the
+    /// environment's proxy settings for loopback tests).
+    pub fn with_client(client: reqwest::Client) -> Self {
+        HttpFetch { client }
+    }
 }
 
 impl Default for HttpFetch {
