@@ -4,14 +4,17 @@
 //! connection, migrations) before [`App::start`] binds a port. Tests start a whole tollgate
 //! in-process with listeners on `127.0.0.1:0` and read the bound addresses from [`Running`].
 
+use crate::authn::login::Sessions;
 use crate::authn::{KeyResolver, MasterKey};
 use crate::authz::{AuthorizationService, Gate};
 use crate::config::Config;
 use crate::decision::Policy;
+use crate::domain::Role;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::store::sql::{ConnectOptions, SqlStore};
 use crate::store::SharedStore;
+use crate::store::{Actor, NewUser};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
@@ -59,12 +62,43 @@ pub async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
         })
 }
 
+/// Creates `auth.bootstrap_admin` when no admin user exists yet (audit actor
+/// `bootstrap`). Once any admin exists, the entry is ignored, so it can stay in the config.
+pub async fn bootstrap_admin(
+    store: &SharedStore,
+    admin: &crate::config::BootstrapAdmin,
+) -> anyhow::Result<bool> {
+    let users = store.list_users().await?;
+    if users.iter().any(|u| u.role == Role::Admin) {
+        return Ok(false);
+    }
+    let hash = crate::authn::login::hash_blocking(admin.password.expose())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let user = store
+        .create_user(
+            &Actor::new("bootstrap", None),
+            NewUser {
+                username: admin.username.clone(),
+                email: admin.email.clone(),
+                role: Some(Role::Admin),
+                password_hash: Some(hash),
+                ..NewUser::default()
+            },
+        )
+        .await?;
+    tracing::info!(user.id = %user.id, user.name = %user.username, "created the bootstrap admin");
+    Ok(true)
+}
+
 /// Shared state of a built tollgate: what the gRPC edge and the HTTP API both use.
 pub struct App {
     pub config: Arc<Config>,
     pub store: SharedStore,
     pub gate: Arc<Gate>,
     pub metrics: Metrics,
+    /// tollgate's own login sessions; `None` when `auth.session` is not configured.
+    pub sessions: Option<Arc<Sessions>>,
 }
 
 impl App {
@@ -74,7 +108,13 @@ impl App {
         crate::store::Store::migrate(&store)
             .await
             .context("cannot apply database migrations")?;
-        Ok(Self::with_store(config, master_key, Arc::new(store)))
+        let store: SharedStore = Arc::new(store);
+        if let Some(admin) = &config.auth.bootstrap_admin {
+            bootstrap_admin(&store, admin)
+                .await
+                .context("cannot create auth.bootstrap_admin")?;
+        }
+        Ok(Self::with_store(config, master_key, store))
     }
 
     /// Builds the decision state over an already opened store.
@@ -94,11 +134,13 @@ impl App {
             keys,
             metrics: metrics.clone(),
         });
+        let sessions = Sessions::from_config(&config.auth, store.clone()).map(Arc::new);
         Arc::new(App {
             config: Arc::new(config),
             store,
             gate,
             metrics,
+            sessions,
         })
     }
 

@@ -2131,7 +2131,7 @@ async fn logout_and_password_change_revoke_families(store: SharedStore) {
             .revoke_user_sessions(&me, &id, Some("fc"))
             .await
             .unwrap(),
-        1
+        vec!["fb".to_string()]
     );
     assert!(matches!(
         store
@@ -2147,7 +2147,10 @@ async fn logout_and_password_change_revoke_families(store: SharedStore) {
             .unwrap(),
         RefreshOutcome::Reused { .. }
     ));
-    assert_eq!(store.revoke_user_sessions(&me, &id, None).await.unwrap(), 1);
+    assert_eq!(
+        store.revoke_user_sessions(&me, &id, None).await.unwrap(),
+        vec!["fc".to_string()]
+    );
     assert_eq!(audit_of(&store, "auth.sessions_revoked").await.len(), 2);
 }
 

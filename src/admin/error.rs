@@ -14,6 +14,14 @@ pub enum ApiError {
     TooLarge(String),
     Unavailable(String),
     Internal(String),
+    /// An error with its own code (the session API's `invalid_credentials`,
+    /// `account_locked`, `rate_limited`, …) and, for 403/429, an optional `retry-after`.
+    Coded {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+        retry_after: Option<u64>,
+    },
 }
 
 impl ApiError {
@@ -27,6 +35,21 @@ impl ApiError {
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "auth_unavailable", m),
             ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
+            ApiError::Coded {
+                status,
+                code,
+                message,
+                ..
+            } => (*status, code, message),
+        }
+    }
+
+    pub fn coded(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::Coded {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -57,6 +80,15 @@ impl IntoResponse for ApiError {
         let (status, code, message) = self.parts();
         let body = serde_json::json!({ "error": { "code": code, "message": message } });
         let mut response = (status, axum::Json(body)).into_response();
+        if let ApiError::Coded {
+            retry_after: Some(seconds),
+            ..
+        } = &self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(*seconds));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -8,10 +8,13 @@ mod audit;
 mod error;
 mod keys;
 mod ops;
+mod profile;
+mod session;
 mod teams;
 mod users;
 
 pub use error::ApiError;
+pub use session::SessionUser;
 
 use crate::app::App;
 use crate::authn::{self, credential, AuthnError};
@@ -38,6 +41,8 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(users::routes())
         .merge(teams::routes())
         .merge(audit::routes())
+        .merge(session::routes())
+        .merge(profile::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)

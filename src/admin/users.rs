@@ -4,12 +4,12 @@ use super::{
     limits_of, limits_patch_of, list, nullable, validate, AdminCaller, ApiError, AppState, JsonBody,
 };
 use crate::authn::key_cache::Invalidation;
+use crate::authn::{login, password};
 use crate::domain::{BudgetDuration, Role, User};
 use crate::store::{NewUser, UserPatch};
-use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
@@ -20,26 +20,33 @@ pub fn routes() -> Router<AppState> {
             "/admin/users/{id}",
             get(get_user).patch(update).delete(delete),
         )
+        .route("/admin/users/{id}/unlock", post(unlock))
 }
 
-/// Shortest password accepted.
-const MIN_PASSWORD_LEN: usize = 8;
+/// Checks the password policy (`auth.password_policy`) and hashes with argon2id. Never
+/// logged, never returned.
+pub(super) async fn hash_password(
+    policy: &crate::config::PasswordPolicy,
+    password: &str,
+) -> Result<String, ApiError> {
+    password::check_policy(policy, password).map_err(|e| ApiError::BadRequest(e.0))?;
+    login::hash_blocking(password)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
 
-/// argon2id with a random salt, as a PHC string. Never logged, never returned.
-fn hash_password(password: &str) -> Result<String, ApiError> {
-    if password.chars().count() < MIN_PASSWORD_LEN {
-        return Err(ApiError::BadRequest(format!(
-            "`password` must be at least {MIN_PASSWORD_LEN} characters"
-        )));
+/// A username: a name without spaces.
+pub(super) fn check_username(username: &str) -> Result<(), ApiError> {
+    validate::name("username", username)?;
+    if username.contains(char::is_whitespace) {
+        return Err(ApiError::BadRequest(
+            "`username` must not contain spaces".into(),
+        ));
     }
-    let salt = SaltString::generate(&mut OsRng);
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| ApiError::Internal(format!("cannot hash password: {e}")))
+    Ok(())
 }
 
-fn check_email(email: &str) -> Result<(), ApiError> {
+pub(super) fn check_email(email: &str) -> Result<(), ApiError> {
     validate::name("email", email)?;
     match email.split_once('@') {
         Some((local, domain))
@@ -73,16 +80,14 @@ async fn create(
     caller: AdminCaller,
     JsonBody(body): JsonBody<CreateUser>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
-    validate::name("username", &body.username)?;
-    if body.username.contains(char::is_whitespace) {
-        return Err(ApiError::BadRequest(
-            "`username` must not contain spaces".into(),
-        ));
-    }
+    check_username(&body.username)?;
     check_email(&body.email)?;
     let limits = limits_of!(body);
     validate::limits(&limits)?;
-    let password_hash = body.password.as_deref().map(hash_password).transpose()?;
+    let password_hash = match body.password.as_deref() {
+        Some(password) => Some(hash_password(&app.config.auth.password_policy, password).await?),
+        None => None,
+    };
     let user = app
         .store
         .create_user(
@@ -176,4 +181,17 @@ async fn delete(
     } else {
         Err(ApiError::not_found("user", &id))
     }
+}
+
+/// Lifts a login lockout (and resets the failure count).
+async fn unlock(
+    State(app): State<AppState>,
+    caller: AdminCaller,
+    Path(id): Path<String>,
+) -> Result<Json<User>, ApiError> {
+    app.store
+        .unlock_user(&caller.actor, &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("user", &id))
 }

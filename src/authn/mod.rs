@@ -63,3 +63,11 @@ pub async fn resolve(
 // verified against their published keys ([`oidc`]).
 pub mod jwt;
 pub mod oidc;
+
+// tollgate's own login sessions: signed access tokens and refresh tokens ([`session`]),
+// password hashing and policy ([`password`]), login attempt limits ([`login_guard`]), and the
+// service that ties them to the store ([`login`]).
+pub mod login;
+pub mod login_guard;
+pub mod password;
+pub mod session;

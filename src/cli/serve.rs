@@ -101,17 +101,8 @@ pub fn unenforced(config: &Config) -> Vec<&'static str> {
     if config.redis.is_some() {
         sections.push("redis");
     }
-    if config.auth.session.is_some() {
-        sections.push("auth.session");
-    }
     if !config.auth.oidc.is_empty() {
         sections.push("auth.oidc");
-    }
-    if config.auth.allow_registration {
-        sections.push("auth.allow_registration");
-    }
-    if config.auth.bootstrap_admin.is_some() {
-        sections.push("auth.bootstrap_admin");
     }
     if config.limits.global.is_some() || !config.limits.routes.is_empty() {
         sections.push("limits");

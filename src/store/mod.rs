@@ -331,12 +331,12 @@ pub trait Store: Send + Sync + 'static {
     /// since presenting it again is a reuse anyway.
     async fn revoke_refresh_family(&self, actor: &Actor, family_id: &str) -> StoreResult<u64>;
     /// Revokes every refresh token of a user except those of `keep_family` (password
-    /// change; audited `auth.sessions_revoked` when any was live). Returns how many were
-    /// live.
+    /// change; audited `auth.sessions_revoked` when any was live). Returns the families
+    /// that had live tokens.
     async fn revoke_user_sessions(
         &self,
         actor: &Actor,
         user_id: &str,
         keep_family: Option<&str>,
-    ) -> StoreResult<u64>;
+    ) -> StoreResult<Vec<String>>;
 }

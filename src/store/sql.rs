@@ -1668,34 +1668,48 @@ impl Store for SqlStore {
         actor: &Actor,
         user_id: &str,
         keep_family: Option<&str>,
-    ) -> StoreResult<u64> {
+    ) -> StoreResult<Vec<String>> {
+        const LIVE: &str = "user_id = $1 AND revoked_at IS NULL AND used_at IS NULL \
+                            AND family_id <> $2";
         let mut tx = self.begin_write().await?;
-        let now = domain::now();
-        let revoked = sqlx::query(
-            "UPDATE refresh_tokens SET revoked_at = $1 \
-             WHERE user_id = $2 AND revoked_at IS NULL AND used_at IS NULL AND family_id <> $3",
-        )
-        .bind(now)
+        let keep = keep_family.unwrap_or("");
+        let rows = sqlx::query(&format!(
+            "SELECT DISTINCT family_id FROM refresh_tokens WHERE {LIVE} ORDER BY family_id"
+        ))
         .bind(user_id)
-        .bind(keep_family.unwrap_or(""))
+        .bind(keep)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let families = rows
+            .iter()
+            .map(|row| col::<String>(row, "family_id"))
+            .collect::<StoreResult<Vec<_>>>()?;
+        if families.is_empty() {
+            return Ok(families);
+        }
+        let now = domain::now();
+        sqlx::query(&format!(
+            "UPDATE refresh_tokens SET revoked_at = $3 WHERE {LIVE}"
+        ))
+        .bind(user_id)
+        .bind(keep)
+        .bind(now)
         .execute(&mut *tx)
         .await
-        .map_err(db_err)?
-        .rows_affected();
-        if revoked > 0 {
-            let details = json!({ "revoked": revoked, "kept_family": keep_family });
-            write_audit(
-                &mut tx,
-                actor,
-                now,
-                "auth.sessions_revoked",
-                user_id,
-                details,
-            )
-            .await?;
-        }
+        .map_err(db_err)?;
+        let details = json!({ "revoked_families": families.len(), "kept_family": keep_family });
+        write_audit(
+            &mut tx,
+            actor,
+            now,
+            "auth.sessions_revoked",
+            user_id,
+            details,
+        )
+        .await?;
         commit(tx).await?;
-        Ok(revoked)
+        Ok(families)
     }
 }
 

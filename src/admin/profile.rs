@@ -1,0 +1,94 @@
+//! The signed-in user's own record: `GET|PUT /v1/user/profile`, `PUT /v1/user/password`.
+
+use super::session::{session_error, sessions, SessionUser};
+use super::users::check_email;
+use super::{nullable, validate, ApiError, AppState, JsonBody};
+use crate::authn::key_cache::Invalidation;
+use crate::domain::User;
+use crate::store::UserPatch;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/user/profile", get(show).put(update))
+        .route("/v1/user/password", put(change_password))
+}
+
+/// The caller's live, unblocked user record (a deleted or blocked user's token is refused
+/// even before it expires).
+async fn current(app: &AppState, caller: &SessionUser) -> Result<User, ApiError> {
+    match app.store.get_user(&caller.claims.sub).await? {
+        Some(user) if !user.blocked => Ok(user),
+        Some(_) => Err(ApiError::Forbidden("the account is blocked".into())),
+        None => Err(ApiError::Unauthorized(
+            "the account no longer exists".into(),
+        )),
+    }
+}
+
+async fn show(State(app): State<AppState>, caller: SessionUser) -> Result<Json<User>, ApiError> {
+    current(&app, &caller).await.map(Json)
+}
+
+/// What a user may change about themselves; role, limits and blocking stay with admins.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateProfile {
+    email: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    full_name: Option<Option<String>>,
+}
+
+async fn update(
+    State(app): State<AppState>,
+    caller: SessionUser,
+    JsonBody(body): JsonBody<UpdateProfile>,
+) -> Result<Json<User>, ApiError> {
+    current(&app, &caller).await?;
+    if let Some(email) = &body.email {
+        check_email(email)?;
+    }
+    if let Some(Some(name)) = &body.full_name {
+        validate::name("full_name", name)?;
+    }
+    let patch = UserPatch {
+        email: body.email,
+        full_name: body.full_name,
+        ..UserPatch::default()
+    };
+    let id = caller.claims.sub.clone();
+    let user = app.store.update_user(&caller.actor, &id, patch).await?;
+    app.gate.keys.invalidate(Invalidation::User(id.clone()));
+    user.map(Json)
+        .ok_or_else(|| ApiError::Unauthorized("the account no longer exists".into()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangePassword {
+    current_password: String,
+    new_password: String,
+}
+
+async fn change_password(
+    State(app): State<AppState>,
+    caller: SessionUser,
+    JsonBody(body): JsonBody<ChangePassword>,
+) -> Result<StatusCode, ApiError> {
+    let sessions = sessions(&app)?;
+    current(&app, &caller).await?;
+    sessions
+        .change_password(
+            &caller.claims,
+            &body.current_password,
+            &body.new_password,
+            caller.actor.source.as_deref(),
+        )
+        .await
+        .map_err(session_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
