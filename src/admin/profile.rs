@@ -1,6 +1,6 @@
 //! The signed-in user's own record: `GET|PUT /v1/user/profile`, `PUT /v1/user/password`.
 
-use super::session::{session_error, sessions, SessionUser};
+use super::session::{session_error, SessionUser, SessionsOn};
 use super::users::check_email;
 use super::{nullable, validate, ApiError, AppState, JsonBody};
 use crate::authn::key_cache::Invalidation;
@@ -76,10 +76,10 @@ struct ChangePassword {
 
 async fn change_password(
     State(app): State<AppState>,
+    SessionsOn(sessions): SessionsOn,
     caller: SessionUser,
     JsonBody(body): JsonBody<ChangePassword>,
 ) -> Result<StatusCode, ApiError> {
-    let sessions = sessions(&app)?;
     current(&app, &caller).await?;
     sessions
         .change_password(

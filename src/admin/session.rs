@@ -39,6 +39,18 @@ pub(super) fn sessions(app: &AppState) -> Result<&Arc<Sessions>, ApiError> {
     })
 }
 
+/// The session service as an extractor, so that "sessions disabled" is answered before
+/// the body is even parsed.
+pub struct SessionsOn(pub Arc<Sessions>);
+
+impl FromRequestParts<AppState> for SessionsOn {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        sessions(app).cloned().map(SessionsOn)
+    }
+}
+
 /// The client's IP address (the TCP peer), for audit lines and login limits.
 pub struct ClientAddr(pub Option<String>);
 
@@ -154,10 +166,10 @@ struct Register {
 
 async fn register(
     State(app): State<AppState>,
+    _on: SessionsOn,
     ClientAddr(source): ClientAddr,
     JsonBody(body): JsonBody<Register>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
-    sessions(&app)?;
     if !app.config.auth.allow_registration {
         return Err(ApiError::coded(
             StatusCode::FORBIDDEN,
@@ -197,11 +209,10 @@ struct Login {
 }
 
 async fn login(
-    State(app): State<AppState>,
+    SessionsOn(sessions): SessionsOn,
     ClientAddr(source): ClientAddr,
     JsonBody(body): JsonBody<Login>,
 ) -> Result<Json<Value>, ApiError> {
-    let sessions = sessions(&app)?;
     let name = body
         .username
         .or(body.email)
@@ -221,11 +232,10 @@ struct Refresh {
 }
 
 async fn refresh(
-    State(app): State<AppState>,
+    SessionsOn(sessions): SessionsOn,
     ClientAddr(source): ClientAddr,
     JsonBody(body): JsonBody<Refresh>,
 ) -> Result<Json<Value>, ApiError> {
-    let sessions = sessions(&app)?;
     let pair = sessions
         .refresh(&body.refresh_token, source.as_deref())
         .await
@@ -240,11 +250,10 @@ struct Logout {
 }
 
 async fn logout(
-    State(app): State<AppState>,
+    SessionsOn(sessions): SessionsOn,
     caller: SessionUser,
     JsonBody(body): JsonBody<Logout>,
 ) -> Result<StatusCode, ApiError> {
-    let sessions = sessions(&app)?;
     sessions
         .logout(
             &caller.claims,
