@@ -5,6 +5,6 @@
 pub mod chaos;
 pub mod db;
 pub mod envoy;
+pub mod oidc_issuer;
 pub mod tollgate;
 pub mod upstream;
-pub mod oidc_issuer;
