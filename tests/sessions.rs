@@ -7,6 +7,7 @@ mod common;
 use common::tollgate::Tollgate;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use std::sync::{Arc, Mutex, OnceLock};
 
 const SECRET: &str = "session-secret-0123456789-0123456789-abcdef";
 const OLD_SECRET: &str = "older-secret-0123456789-0123456789-abcdefgh";
@@ -544,4 +545,62 @@ async fn no_password_token_or_hash_in_the_audit_log() {
         assert!(text.contains(action), "no {action} in {text}");
     }
     t.stop().await;
+}
+
+/// Everything logged in this test binary from the first call on.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("tollgate=trace,sqlx=debug,info")
+            .with_writer(move || LogSink(sink.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
+        logs
+    })
+    .clone()
+}
+
+struct LogSink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_password_token_or_hash_in_the_logs() {
+    let logs = captured_logs();
+    let t = start("  login: { max_failures: 2 }\n").await;
+    user(&t, "logan").await;
+    let (access, refresh_token) = tokens(&t, "logan", PASSWORD).await;
+    let (_, rotated) = refresh(&t, &refresh_token).await;
+    refresh(&t, &refresh_token).await;
+    let wrong = "Logged-Guess-Password-1";
+    login(&t, json!({"username": "logan", "password": wrong})).await;
+    login(&t, json!({"username": "logan", "password": wrong})).await;
+    login(&t, json!({"username": "logan", "password": PASSWORD})).await;
+    profile(&t, &access).await;
+    t.stop().await;
+
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(text.contains("refresh token reused"), "{text}");
+    for needle in [
+        PASSWORD,
+        wrong,
+        "argon2",
+        access.as_str(),
+        refresh_token.as_str(),
+        rotated["refresh_token"].as_str().unwrap(),
+        SECRET,
+    ] {
+        assert!(!text.contains(needle), "the logs contain {needle}");
+    }
 }
