@@ -1922,6 +1922,7 @@ store_suite!(
     refresh_expired_and_unknown,
     logout_and_password_change_revoke_families,
     record_event_writes_an_audit_line,
+    concurrent_rotation_has_one_winner,
 );
 
 fn refresh(user_id: &str, family: &str, secret: &str, expires_at: i64) -> NewRefreshToken {
@@ -2170,4 +2171,57 @@ async fn record_event_writes_an_audit_line(store: SharedStore) {
     assert_eq!(events[0].actor, "anonymous");
     assert_eq!(events[0].target, None);
     assert_eq!(events[0].details["username"], "mallory");
+}
+
+async fn concurrent_rotation_has_one_winner(store: SharedStore) {
+    let id = user_with_password(&store, "ada").await;
+    let later = tollgate::domain::now() + 3600;
+    store
+        .create_refresh_token(refresh(&id, "fam", "rt-race", later))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .rotate_refresh_token(
+                        &hash("rt-race"),
+                        &hash(&format!("rt-next-{i}")),
+                        later,
+                        None,
+                    )
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut rotated = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            RefreshOutcome::Rotated { .. } => rotated += 1,
+            RefreshOutcome::Reused { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(rotated, 1);
+    // The losers were reuses, so the winner's new token is revoked too.
+    for i in 0..8 {
+        let outcome = store
+            .rotate_refresh_token(
+                &hash(&format!("rt-next-{i}")),
+                &hash(&format!("rt-after-{i}")),
+                later,
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                outcome,
+                RefreshOutcome::Reused { .. } | RefreshOutcome::Unknown
+            ),
+            "{outcome:?}"
+        );
+    }
 }
