@@ -571,6 +571,9 @@ fn users_and_teams() {
     );
     assert!(table.contains("bob@example.com"), "{table}");
     assert_eq!(server.json(&["user", "get", &bob_id])["username"], "bob");
+    let unlocked = server.json(&["user", "unlock", &bob_id]);
+    assert_eq!(unlocked["id"], bob_id.as_str());
+    assert!(unlocked["locked_until"].is_null(), "{unlocked}");
 
     let updated = server.json(&[
         "user",

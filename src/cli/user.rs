@@ -77,6 +77,11 @@ enum UserAction {
         /// The user's id
         id: String,
     },
+    /// Lift a lockout after repeated failed logins.
+    Unlock {
+        /// The user's id
+        id: String,
+    },
 }
 
 const COLUMNS: &[Column] = &[
@@ -104,6 +109,7 @@ const FIELDS: &[&str] = &[
     "budget_duration",
     "spend",
     "metadata",
+    "locked_until",
     "created_at",
     "updated_at",
 ];
@@ -194,6 +200,12 @@ pub async fn run(cmd: UserCommand) -> Result<(), CliError> {
         UserAction::Delete { id } => {
             let answer = api.delete(&["admin", "users", &id]).await?;
             print(api.output, &answer, |_| format!("deleted user {id}"));
+        }
+        UserAction::Unlock { id } => {
+            let user = api
+                .post(&["admin", "users", &id, "unlock"], json!({}))
+                .await?;
+            print(api.output, &user, show);
         }
     }
     Ok(())
