@@ -233,6 +233,10 @@ async fn rejects_alg_none() {
         );
         assert_eq!(rejection(&verifier, &token).await, JwtRejection::AlgNone);
     }
+    // Also when the token claims an issuer we do not know.
+    let claims = with(issuer.claims(now()), json!({"iss": "https://evil.example"}));
+    let token = format!("{}.{}.", segment(&json!({"alg": "none"})), segment(&claims));
+    assert_eq!(rejection(&verifier, &token).await, JwtRejection::AlgNone);
 }
 
 #[tokio::test]

@@ -29,6 +29,19 @@ use crate::domain::Timestamp;
 /// tokens with invented `kid`s cannot turn tollgate into a load generator for the issuer.
 pub const REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Every algorithm an OIDC issuer may use (config validation allows only these).
+const ASYMMETRIC: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
 /// Who a verified token names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OidcIdentity {
@@ -519,6 +532,9 @@ impl OidcVerifier {
     /// key cached this does no I/O.
     pub async fn verify(&self, token: &str, now: Timestamp) -> Result<OidcIdentity, OidcError> {
         let jwt = jwt::parse(token, self.max_token_bytes)?;
+        // `alg: none`, HMAC and `crit` are refused whatever the token claims as its issuer,
+        // so the log line names the real problem.
+        jwt.check_header(&ASYMMETRIC)?;
         let issuer = jwt
             .issuer()
             .and_then(|iss| self.issuers.get(iss))
