@@ -542,6 +542,15 @@ impl Config {
                     format!("`{}` is listed twice", oidc.issuer),
                 );
             }
+            if oidc.audiences.is_empty() {
+                return err(
+                    "auth.oidc.audiences",
+                    format!(
+                        "`{}` needs at least one audience: tokens minted for other applications must not be accepted",
+                        oidc.issuer
+                    ),
+                );
+            }
             if let Some(alg) = oidc
                 .algorithms
                 .iter()
@@ -891,17 +900,20 @@ mod tests {
     #[test]
     fn oidc_issuers_are_validated() {
         let e = parse(
-            "auth:\n  oidc:\n    - issuer: https://id.example.com\n      algorithms: [HS256]\n",
+            "auth:\n  oidc:\n    - issuer: https://id.example.com\n      audiences: [t]\n      algorithms: [HS256]\n",
         )
         .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("auth.oidc.algorithms"));
-        assert_eq!(e.line, Some(4), "{e}");
-        let e =
-            parse("auth:\n  oidc:\n    - { issuer: https://a, group_to_role: { g: emperor } }\n")
-                .unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+        let e = parse("auth:\n  oidc:\n    - { issuer: https://a }\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("auth.oidc.audiences"));
+        let e = parse(
+            "auth:\n  oidc:\n    - { issuer: https://a, audiences: [t], group_to_role: { g: emperor } }\n",
+        )
+        .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("auth.oidc.group_to_role"));
         let c = parse(
-            "auth:\n  oidc:\n    - { issuer: https://a, leeway: 5s, claims: { groups: roles } }\n",
+            "auth:\n  oidc:\n    - { issuer: https://a, audiences: [t], leeway: 5s, claims: { groups: roles } }\n",
         )
         .unwrap()
         .config;
