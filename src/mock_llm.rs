@@ -450,6 +450,34 @@ fn parse_request(body: &Bytes) -> Result<(Value, String), String> {
     Ok((value, model))
 }
 
+/// What every generating endpoint derives from its body: the request, its model, token
+/// counts, the answer's words and a fresh sequence number for ids.
+struct Generation {
+    request: Value,
+    model: String,
+    prompt: u64,
+    completion: u64,
+    words: Vec<&'static str>,
+    n: u64,
+}
+
+impl Generation {
+    /// `Err` carries the message of the 400 to answer.
+    fn read(state: &MockState, body: &Bytes) -> Result<Generation, String> {
+        let (request, model) = parse_request(body)?;
+        let prompt = prompt_tokens(&request);
+        let completion = completion_tokens(&request);
+        Ok(Generation {
+            words: answer_words(completion),
+            n: state.next_id(),
+            request,
+            model,
+            prompt,
+            completion,
+        })
+    }
+}
+
 fn bad_request(message: &str) -> Response {
     openai_error(
         StatusCode::BAD_REQUEST,
@@ -521,14 +549,18 @@ async fn chat_completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (request, model) = match parse_request(&body) {
-        Ok(parsed) => parsed,
+    let Generation {
+        request,
+        model,
+        prompt,
+        completion,
+        words,
+        n,
+    } = match Generation::read(&state, &body) {
+        Ok(g) => g,
         Err(message) => return bad_request(&message),
     };
-    let prompt = prompt_tokens(&request);
-    let completion = completion_tokens(&request);
-    let words = answer_words(completion);
-    let id = format!("chatcmpl-mock{}", state.next_id());
+    let id = format!("chatcmpl-mock{n}");
     let created = now_secs();
     let finish = finish_reason(&request);
     let usage = openai_usage(prompt, completion);
@@ -593,14 +625,18 @@ async fn chat_completions(
 }
 
 async fn completions(State(state): State<MockState>, headers: HeaderMap, body: Bytes) -> Response {
-    let (request, model) = match parse_request(&body) {
-        Ok(parsed) => parsed,
+    let Generation {
+        request,
+        model,
+        prompt,
+        completion,
+        words,
+        n,
+    } = match Generation::read(&state, &body) {
+        Ok(g) => g,
         Err(message) => return bad_request(&message),
     };
-    let prompt = prompt_tokens(&request);
-    let completion = completion_tokens(&request);
-    let words = answer_words(completion);
-    let id = format!("cmpl-mock{}", state.next_id());
+    let id = format!("cmpl-mock{n}");
     let created = now_secs();
     let finish = finish_reason(&request);
     let usage = json!({
@@ -699,14 +735,18 @@ async fn embeddings(body: Bytes) -> Response {
 }
 
 async fn responses(State(state): State<MockState>, headers: HeaderMap, body: Bytes) -> Response {
-    let (request, model) = match parse_request(&body) {
-        Ok(parsed) => parsed,
+    let Generation {
+        request,
+        model,
+        prompt: input,
+        completion: output,
+        words,
+        n,
+    } = match Generation::read(&state, &body) {
+        Ok(g) => g,
         Err(message) => return bad_request(&message),
     };
-    let input = prompt_tokens(&request);
-    let output = completion_tokens(&request);
-    let words = answer_words(output);
-    let n = state.next_id();
+
     let id = format!("resp_mock{n}");
     let item_id = format!("msg_mock{n}");
     let created = now_secs();
@@ -770,14 +810,18 @@ async fn responses(State(state): State<MockState>, headers: HeaderMap, body: Byt
 }
 
 async fn messages(State(state): State<MockState>, headers: HeaderMap, body: Bytes) -> Response {
-    let (request, model) = match parse_request(&body) {
-        Ok(parsed) => parsed,
+    let Generation {
+        request,
+        model,
+        prompt: input,
+        completion: output,
+        words,
+        n,
+    } = match Generation::read(&state, &body) {
+        Ok(g) => g,
         Err(message) => return bad_request(&message),
     };
-    let input = prompt_tokens(&request);
-    let output = completion_tokens(&request);
-    let words = answer_words(output);
-    let id = format!("msg_mock{}", state.next_id());
+    let id = format!("msg_mock{n}");
     let stop_reason = if max_tokens(&request).is_some() {
         "max_tokens"
     } else {
