@@ -84,14 +84,21 @@ pub enum KeyFormatError {
     Checksum,
 }
 
+/// `prefix` followed by `len` base62 characters from the OS-seeded CSPRNG: the shape of
+/// every secret tollgate mints (virtual keys, the generated master key, refresh tokens).
+pub fn random_token(prefix: &str, len: usize) -> String {
+    let mut rng = rand::thread_rng();
+    let mut token = String::with_capacity(prefix.len() + len + CHECKSUM_LEN);
+    token.push_str(prefix);
+    for _ in 0..len {
+        token.push(BASE62[rng.gen_range(0..BASE62.len())] as char);
+    }
+    token
+}
+
 /// Draws a new key from the OS-seeded CSPRNG.
 pub fn generate() -> PlainKey {
-    let mut rng = rand::thread_rng();
-    let mut key = String::with_capacity(KEY_LEN);
-    key.push_str(PREFIX);
-    for _ in 0..RANDOM_LEN {
-        key.push(BASE62[rng.gen_range(0..62)] as char);
-    }
+    let mut key = random_token(PREFIX, RANDOM_LEN);
     let checksum = encode_checksum(crc32fast::hash(key.as_bytes()));
     key.push_str(&checksum);
     PlainKey(key)

@@ -2,7 +2,6 @@
 //! credential is compared against it in constant time.
 
 use crate::secret::Secret;
-use rand::Rng;
 use sha2::{Digest, Sha256};
 use std::fmt;
 use subtle::ConstantTimeEq;
@@ -21,12 +20,7 @@ impl MasterKey {
     /// A new random master key (`tg-master-` + 43 base62 characters), for when none is
     /// configured. The caller shows it once and keeps only the [`MasterKey`].
     pub fn generate() -> Secret {
-        const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-        let mut rng = rand::thread_rng();
-        let random: String = (0..43)
-            .map(|_| BASE62[rng.gen_range(0..BASE62.len())] as char)
-            .collect();
-        Secret::new(format!("tg-master-{random}"))
+        Secret::new(super::api_key::random_token("tg-master-", 43))
     }
 
     /// Constant-time comparison of hashes, so timing reveals nothing about the key.

@@ -13,7 +13,6 @@ use crate::config;
 use crate::domain::{Role, Timestamp, User};
 use crate::secret::Secret;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -25,7 +24,6 @@ pub const ACCESS_TYPE: &str = "access";
 /// Prefix of refresh tokens, so they are recognisable in a leak scan.
 pub const REFRESH_PREFIX: &str = "tg-rt-";
 const REFRESH_RANDOM_LEN: usize = 43;
-const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// The claims of an access token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -195,13 +193,10 @@ impl SessionKeys {
 
 /// A new refresh token (`tg-rt-` + 43 base62 characters) from the OS-seeded CSPRNG.
 pub fn new_refresh_token() -> Secret {
-    let mut rng = rand::thread_rng();
-    let mut token = String::with_capacity(REFRESH_PREFIX.len() + REFRESH_RANDOM_LEN);
-    token.push_str(REFRESH_PREFIX);
-    for _ in 0..REFRESH_RANDOM_LEN {
-        token.push(BASE62[rng.gen_range(0..BASE62.len())] as char);
-    }
-    Secret::new(token)
+    Secret::new(super::api_key::random_token(
+        REFRESH_PREFIX,
+        REFRESH_RANDOM_LEN,
+    ))
 }
 
 /// Whether `token` has the shape of a refresh token (checked before any lookup).
@@ -215,7 +210,7 @@ pub fn is_refresh_token(token: &str) -> bool {
 
 /// What the store keeps of a refresh token: its SHA-256, lowercase hex.
 pub fn refresh_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+    super::api_key::KeyHash::of(token).to_hex()
 }
 
 #[cfg(test)]
