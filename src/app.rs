@@ -119,8 +119,10 @@ impl App {
 
     /// Builds the decision state over an already opened store.
     pub fn with_store(mut config: Config, master_key: &Secret, store: SharedStore) -> Arc<App> {
-        // Only the master key's hash is kept (in the gate); the plaintext leaves the config.
+        // Only the master key's hash is kept (in the gate); the plaintext leaves the config,
+        // and so does the bootstrap admin's password (used once, by `build`).
         config.master_key = Secret::default();
+        config.auth.bootstrap_admin = None;
         let metrics = Metrics::new();
         let keys = Arc::new(KeyResolver::new(
             store.clone(),
