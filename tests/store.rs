@@ -12,7 +12,7 @@ use tollgate::domain::{BudgetDuration, Limits, MembershipSource, Role, TeamRole}
 use tollgate::store::sql::{Backend, ConnectOptions, SqlStore};
 use tollgate::store::{
     Actor, AuditFilter, KeyFilter, KeyPatch, LimitsPatch, NewKey, NewRefreshToken, NewTeam,
-    NewUser, RefreshOutcome, SharedStore, Store, StoreError, TeamPatch, UserPatch,
+    NewUser, OidcLogin, RefreshOutcome, SharedStore, Store, StoreError, TeamPatch, UserPatch,
 };
 
 fn hash(secret: &str) -> String {
@@ -1923,6 +1923,15 @@ store_suite!(
     logout_and_password_change_revoke_families,
     record_event_writes_an_audit_line,
     concurrent_rotation_has_one_winner,
+    oidc_provisions_users,
+    oidc_second_login_finds_the_same_user,
+    oidc_links_to_a_user_by_email,
+    oidc_without_auto_provision_writes_nothing,
+    oidc_role_from_groups,
+    oidc_group_sync_leaves_manual_memberships,
+    oidc_identity_of_a_deleted_user_provisions_a_new_one,
+    user_memberships_skip_deleted_teams,
+    oidc_concurrent_first_logins_make_one_user,
 );
 
 fn refresh(user_id: &str, family: &str, secret: &str, expires_at: i64) -> NewRefreshToken {
@@ -2224,4 +2233,621 @@ async fn concurrent_rotation_has_one_winner(store: SharedStore) {
             "{outcome:?}"
         );
     }
+}
+
+// ---- OIDC identities ---------------------------------------------------------------------
+
+const ISSUER: &str = "https://idp.example.com";
+
+fn oidc_actor() -> Actor {
+    Actor::new(format!("oidc:{ISSUER}"), Some("10.0.0.9".to_string()))
+}
+
+/// A provisioning login without group mappings; tests adjust the fields they need.
+fn oidc(subject: &str, email: Option<&str>) -> OidcLogin {
+    OidcLogin {
+        issuer: ISSUER.to_string(),
+        subject: subject.to_string(),
+        email: email.map(str::to_string),
+        name: Some("Ada Lovelace".to_string()),
+        auto_provision: true,
+        default_role: Role::Viewer,
+        role_from_groups: None,
+        teams_from_groups: None,
+    }
+}
+
+/// `oidc-` + the first 12 hex characters of SHA-256(issuer "\n" subject).
+fn oidc_handle(subject: &str) -> String {
+    format!("oidc-{}", &hash(&format!("{ISSUER}\n{subject}"))[..12])
+}
+
+fn teams(names: &[&str]) -> Option<Vec<String>> {
+    Some(names.iter().map(|n| n.to_string()).collect())
+}
+
+/// The user's memberships as (team id, role, source), sorted by team id.
+async fn memberships_of(
+    store: &SharedStore,
+    user_id: &str,
+) -> Vec<(String, TeamRole, MembershipSource)> {
+    let mut all: Vec<_> = store
+        .user_memberships(user_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| {
+            assert_eq!(m.user_id, user_id);
+            (m.team_id, m.role, m.source)
+        })
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
+async fn oidc_provisions_users(store: SharedStore) {
+    let ada = store
+        .oidc_login(&oidc_actor(), oidc("sub-ada", Some("ada@example.com")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ada.created);
+    assert!(ada.missing_teams.is_empty());
+    assert_eq!(ada.user.username, "ada@example.com");
+    assert_eq!(ada.user.email, "ada@example.com");
+    assert_eq!(ada.user.full_name.as_deref(), Some("Ada Lovelace"));
+    assert_eq!(ada.user.role, Role::Viewer);
+    assert!(!ada.user.blocked);
+    assert_eq!(
+        store.get_user(&ada.user.id).await.unwrap().unwrap(),
+        ada.user
+    );
+    // No password: the user can only log in through the issuer.
+    let login = store
+        .find_login_user("ada@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(login.password_hash, None);
+
+    let events = audit_of(&store, "user.create").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].actor, format!("oidc:{ISSUER}"));
+    assert_eq!(events[0].source.as_deref(), Some("10.0.0.9"));
+    assert_eq!(events[0].target.as_deref(), Some(ada.user.id.as_str()));
+    assert_eq!(events[0].details["source"], "oidc");
+    assert_eq!(events[0].details["issuer"], ISSUER);
+    assert_eq!(events[0].details["username"], "ada@example.com");
+    assert_eq!(events[0].details["role"], "viewer");
+    assert_eq!(events[0].details["password_set"], false);
+    assert!(audit_of(&store, "auth.identity_link").await.is_empty());
+
+    // No email: both names come from the identity's hash.
+    let anon = store
+        .oidc_login(&oidc_actor(), oidc("sub-anon", None))
+        .await
+        .unwrap()
+        .unwrap();
+    let handle = oidc_handle("sub-anon");
+    assert_eq!(handle.len(), "oidc-".len() + 12);
+    assert!(anon.created);
+    assert_eq!(anon.user.username, handle);
+    assert_eq!(anon.user.email, format!("{handle}@users.invalid"));
+
+    // The email is some other user's username: the username falls back to the handle.
+    store
+        .create_user(
+            &admin(),
+            NewUser {
+                username: "bob@example.com".into(),
+                email: "robert@example.com".into(),
+                ..NewUser::default()
+            },
+        )
+        .await
+        .unwrap();
+    let bob = store
+        .oidc_login(&oidc_actor(), oidc("sub-bob", Some("bob@example.com")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(bob.created);
+    assert_eq!(bob.user.username, oidc_handle("sub-bob"));
+    assert_eq!(bob.user.email, "bob@example.com");
+
+    // A role from groups wins over the default, with no separate role change.
+    let cy = store
+        .oidc_login(
+            &oidc_actor(),
+            OidcLogin {
+                role_from_groups: Some(Role::Manager),
+                ..oidc("sub-cy", Some("cy@example.com"))
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(cy.created);
+    assert_eq!(cy.user.role, Role::Manager);
+    assert!(audit_of(&store, "user.role").await.is_empty());
+    assert_eq!(audit_of(&store, "user.create").await.len(), 5);
+}
+
+async fn oidc_second_login_finds_the_same_user(store: SharedStore) {
+    let first = store
+        .oidc_login(&oidc_actor(), oidc("sub-1", Some("ada@example.com")))
+        .await
+        .unwrap()
+        .unwrap();
+    // Same identity, another email at the issuer now: still the same user, unchanged.
+    let second = store
+        .oidc_login(&oidc_actor(), oidc("sub-1", Some("ada@new.example.com")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.created);
+    assert!(!second.created);
+    assert_eq!(second.user, first.user);
+    // A known identity is found even when provisioning is off.
+    let third = store
+        .oidc_login(
+            &oidc_actor(),
+            OidcLogin {
+                auto_provision: false,
+                ..oidc("sub-1", None)
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(third.user.id, first.user.id);
+    assert_eq!(store.list_users().await.unwrap().len(), 1);
+    assert_eq!(audit_of(&store, "user.create").await.len(), 1);
+    let all = store.list_audit(AuditFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 1, "a plain repeat login audits nothing: {all:?}");
+
+    // The same subject at another issuer is another identity.
+    let other = store
+        .oidc_login(
+            &oidc_actor(),
+            OidcLogin {
+                issuer: "https://other-idp.example.com".into(),
+                ..oidc("sub-1", None)
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(other.created);
+    assert_ne!(other.user.id, first.user.id);
+}
+
+async fn oidc_links_to_a_user_by_email(store: SharedStore) {
+    let ada = store.create_user(&admin(), new_user("ada")).await.unwrap();
+    let linked = store
+        .oidc_login(
+            &oidc_actor(),
+            OidcLogin {
+                auto_provision: false,
+                ..oidc("sub-ada", Some("ada@example.com"))
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!linked.created);
+    assert_eq!(linked.user, ada);
+    let events = audit_of(&store, "auth.identity_link").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].actor, format!("oidc:{ISSUER}"));
+    assert_eq!(events[0].target.as_deref(), Some(ada.id.as_str()));
+    assert_eq!(events[0].details, json!({ "issuer": ISSUER }));
+
+    // Linked once: later logins find the user through the identity, whatever the email.
+    let again = store
+        .oidc_login(&oidc_actor(), oidc("sub-ada", None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.user.id, ada.id);
+    assert!(!again.created);
+    assert_eq!(audit_of(&store, "auth.identity_link").await.len(), 1);
+    assert_eq!(store.list_users().await.unwrap(), vec![ada.clone()]);
+
+    // The email must match exactly.
+    let other = store
+        .oidc_login(&oidc_actor(), oidc("sub-x", Some("ADA@example.com")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(other.created);
+    assert_ne!(other.user.id, ada.id);
+}
+
+async fn oidc_without_auto_provision_writes_nothing(store: SharedStore) {
+    let team = store.create_team(&admin(), new_team("T")).await.unwrap();
+    let before = store.list_audit(AuditFilter::default()).await.unwrap();
+    let login = OidcLogin {
+        auto_provision: false,
+        role_from_groups: Some(Role::Admin),
+        teams_from_groups: teams(&["T"]),
+        ..oidc("sub-1", Some("ada@example.com"))
+    };
+    assert!(store
+        .oidc_login(&oidc_actor(), login.clone())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store.list_users().await.unwrap().is_empty());
+    assert!(store.list_members(&team.id).await.unwrap().is_empty());
+    assert_eq!(
+        store.list_audit(AuditFilter::default()).await.unwrap(),
+        before
+    );
+    // No identity row was left behind either: provisioning later creates the user.
+    let later = store
+        .oidc_login(
+            &oidc_actor(),
+            OidcLogin {
+                auto_provision: true,
+                ..login
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(later.created);
+    assert_eq!(later.user.role, Role::Admin);
+}
+
+async fn oidc_role_from_groups(store: SharedStore) {
+    let first = store
+        .oidc_login(&oidc_actor(), oidc("sub-1", Some("ada@example.com")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.user.role, Role::Viewer);
+    let promoted = store
+        .oidc_login(
+            &oidc_actor(),
+            OidcLogin {
+                role_from_groups: Some(Role::Admin),
+                ..oidc("sub-1", Some("ada@example.com"))
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(promoted.user.role, Role::Admin);
+    assert!(promoted.user.updated_at >= first.user.updated_at);
+    assert_eq!(
+        store.get_user(&first.user.id).await.unwrap().unwrap(),
+        promoted.user
+    );
+    let events = audit_of(&store, "user.role").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].actor, format!("oidc:{ISSUER}"));
+    assert_eq!(events[0].target.as_deref(), Some(first.user.id.as_str()));
+    assert_eq!(
+        events[0].details,
+        json!({ "from": "viewer", "to": "admin", "source": "oidc" })
+    );
+
+    // Same role again: nothing to change, nothing audited.
+    store
+        .oidc_login(
+            &oidc_actor(),
+            OidcLogin {
+                role_from_groups: Some(Role::Admin),
+                ..oidc("sub-1", None)
+            },
+        )
+        .await
+        .unwrap();
+    // Roles not managed by groups: an admin's change stays.
+    store
+        .update_user(
+            &admin(),
+            &first.user.id,
+            UserPatch {
+                role: Some(Role::Manager),
+                ..UserPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    let unmanaged = store
+        .oidc_login(&oidc_actor(), oidc("sub-1", None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(unmanaged.user.role, Role::Manager);
+    assert_eq!(audit_of(&store, "user.role").await.len(), 1);
+}
+
+async fn oidc_group_sync_leaves_manual_memberships(store: SharedStore) {
+    let a = store.create_team(&admin(), new_team("A")).await.unwrap();
+    let b = store.create_team(&admin(), new_team("B")).await.unwrap();
+    let c = store.create_team(&admin(), new_team("C")).await.unwrap();
+    let d = store.create_team(&admin(), new_team("D")).await.unwrap();
+    let first = store
+        .oidc_login(
+            &oidc_actor(),
+            OidcLogin {
+                teams_from_groups: teams(&["A", "B", "ghost", "A"]),
+                ..oidc("sub-1", Some("ada@example.com"))
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let uid = first.user.id.clone();
+    assert_eq!(first.missing_teams, ["ghost"]);
+    let mut expected = vec![
+        (a.id.clone(), TeamRole::Member, MembershipSource::Group),
+        (b.id.clone(), TeamRole::Member, MembershipSource::Group),
+    ];
+    expected.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(memberships_of(&store, &uid).await, expected);
+    let members_a = store.list_members(&a.id).await.unwrap();
+    assert_eq!(members_a.len(), 1);
+    assert_eq!(members_a[0].user_id, uid);
+    assert_eq!(members_a[0].source, MembershipSource::Group);
+    let adds = audit_of(&store, "team.member.add").await;
+    assert_eq!(adds.len(), 2);
+    for event in &adds {
+        assert_eq!(event.actor, format!("oidc:{ISSUER}"));
+        assert_eq!(
+            event.details,
+            json!({ "role": "member", "source": "group" })
+        );
+    }
+    let mut targets: Vec<_> = adds.iter().map(|e| e.target.clone().unwrap()).collect();
+    targets.sort();
+    let mut want = vec![format!("{}/{uid}", a.id), format!("{}/{uid}", b.id)];
+    want.sort();
+    assert_eq!(targets, want);
+
+    // An admin adds manual memberships: C (a team the groups will name) and D.
+    for team in [&c, &d] {
+        store
+            .add_member(
+                &admin(),
+                &team.id,
+                &uid,
+                TeamRole::Owner,
+                MembershipSource::Manual,
+            )
+            .await
+            .unwrap();
+    }
+
+    // The groups now map to B and C: A (group) goes, B stays, C stays manual, D untouched.
+    let second = store
+        .oidc_login(
+            &oidc_actor(),
+            OidcLogin {
+                teams_from_groups: teams(&["B", "C", "ghost2"]),
+                ..oidc("sub-1", None)
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.missing_teams, ["ghost2"]);
+    let mut expected = vec![
+        (b.id.clone(), TeamRole::Member, MembershipSource::Group),
+        (c.id.clone(), TeamRole::Owner, MembershipSource::Manual),
+        (d.id.clone(), TeamRole::Owner, MembershipSource::Manual),
+    ];
+    expected.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(memberships_of(&store, &uid).await, expected);
+    assert!(store.list_members(&a.id).await.unwrap().is_empty());
+    let removes = audit_of(&store, "team.member.remove").await;
+    assert_eq!(removes.len(), 1);
+    assert_eq!(removes[0].actor, format!("oidc:{ISSUER}"));
+    assert_eq!(removes[0].target, Some(format!("{}/{uid}", a.id)));
+    assert_eq!(removes[0].details, json!({ "source": "group" }));
+    // Only the two admin adds since the first login.
+    assert_eq!(audit_of(&store, "team.member.add").await.len(), 4);
+
+    // No group mapping: memberships are left alone.
+    store
+        .oidc_login(&oidc_actor(), oidc("sub-1", None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(memberships_of(&store, &uid).await, expected);
+
+    // No groups at all: every group membership goes, manual ones stay.
+    let emptied = store
+        .oidc_login(
+            &oidc_actor(),
+            OidcLogin {
+                teams_from_groups: teams(&[]),
+                ..oidc("sub-1", None)
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(emptied.missing_teams.is_empty());
+    let mut expected = vec![
+        (c.id.clone(), TeamRole::Owner, MembershipSource::Manual),
+        (d.id.clone(), TeamRole::Owner, MembershipSource::Manual),
+    ];
+    expected.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(memberships_of(&store, &uid).await, expected);
+    assert_eq!(audit_of(&store, "team.member.remove").await.len(), 2);
+
+    // A deleted team counts as missing, even though its name was once live.
+    store.delete_team(&admin(), &b.id).await.unwrap();
+    let after = store
+        .oidc_login(
+            &oidc_actor(),
+            OidcLogin {
+                teams_from_groups: teams(&["B"]),
+                ..oidc("sub-1", None)
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.missing_teams, ["B"]);
+    assert!(store.list_members(&b.id).await.unwrap().is_empty());
+}
+
+async fn oidc_identity_of_a_deleted_user_provisions_a_new_one(store: SharedStore) {
+    for (subject, email) in [("sub-mail", Some("ada@example.com")), ("sub-anon", None)] {
+        let old = store
+            .oidc_login(&oidc_actor(), oidc(subject, email))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(store.delete_user(&admin(), &old.user.id).await.unwrap());
+        let new = store
+            .oidc_login(&oidc_actor(), oidc(subject, email))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(new.created);
+        assert_ne!(new.user.id, old.user.id);
+        // The old user's names are free again.
+        assert_eq!(new.user.username, old.user.username);
+        assert_eq!(new.user.email, old.user.email);
+        assert_eq!(store.get_user(&old.user.id).await.unwrap(), None);
+        // The identity now points at the new user.
+        let again = store
+            .oidc_login(&oidc_actor(), oidc(subject, email))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!again.created);
+        assert_eq!(again.user.id, new.user.id);
+    }
+    // Without provisioning, the identity of a deleted user finds nobody.
+    let old = store
+        .oidc_login(&oidc_actor(), oidc("sub-gone", None))
+        .await
+        .unwrap()
+        .unwrap();
+    store.delete_user(&admin(), &old.user.id).await.unwrap();
+    let gone = store
+        .oidc_login(
+            &oidc_actor(),
+            OidcLogin {
+                auto_provision: false,
+                ..oidc("sub-gone", None)
+            },
+        )
+        .await
+        .unwrap();
+    assert!(gone.is_none());
+    // …unless a live user has the email: then the identity is linked to it.
+    let bob = store.create_user(&admin(), new_user("bob")).await.unwrap();
+    let old = store
+        .oidc_login(&oidc_actor(), oidc("sub-bob", None))
+        .await
+        .unwrap()
+        .unwrap();
+    store.delete_user(&admin(), &old.user.id).await.unwrap();
+    let linked = store
+        .oidc_login(
+            &oidc_actor(),
+            OidcLogin {
+                auto_provision: false,
+                ..oidc("sub-bob", Some("bob@example.com"))
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(linked.user.id, bob.id);
+    assert!(!linked.created);
+    assert_eq!(audit_of(&store, "auth.identity_link").await.len(), 1);
+}
+
+async fn user_memberships_skip_deleted_teams(store: SharedStore) {
+    let user = store.create_user(&admin(), new_user("ada")).await.unwrap();
+    let other = store.create_user(&admin(), new_user("bob")).await.unwrap();
+    let a = store.create_team(&admin(), new_team("A")).await.unwrap();
+    let b = store.create_team(&admin(), new_team("B")).await.unwrap();
+    store
+        .add_member(
+            &admin(),
+            &a.id,
+            &user.id,
+            TeamRole::Owner,
+            MembershipSource::Manual,
+        )
+        .await
+        .unwrap();
+    store
+        .add_member(
+            &admin(),
+            &b.id,
+            &user.id,
+            TeamRole::Member,
+            MembershipSource::Group,
+        )
+        .await
+        .unwrap();
+    store
+        .add_member(
+            &admin(),
+            &b.id,
+            &other.id,
+            TeamRole::Owner,
+            MembershipSource::Manual,
+        )
+        .await
+        .unwrap();
+    let mut expected = vec![
+        (a.id.clone(), TeamRole::Owner, MembershipSource::Manual),
+        (b.id.clone(), TeamRole::Member, MembershipSource::Group),
+    ];
+    expected.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(memberships_of(&store, &user.id).await, expected);
+
+    store.delete_team(&admin(), &b.id).await.unwrap();
+    assert_eq!(
+        memberships_of(&store, &user.id).await,
+        [(a.id.clone(), TeamRole::Owner, MembershipSource::Manual)]
+    );
+    assert!(memberships_of(&store, &other.id).await.is_empty());
+    assert!(store
+        .user_memberships("no-such-user")
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn oidc_concurrent_first_logins_make_one_user(store: SharedStore) {
+    let team = store.create_team(&admin(), new_team("T")).await.unwrap();
+    for (subject, email) in [("sub-race", Some("ada@example.com")), ("sub-anon", None)] {
+        let tasks: Vec<_> = (0..2)
+            .map(|_| {
+                let store = store.clone();
+                let login = OidcLogin {
+                    teams_from_groups: teams(&["T"]),
+                    ..oidc(subject, email)
+                };
+                tokio::spawn(async move { store.oidc_login(&oidc_actor(), login).await })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        let mut created = 0;
+        for task in tasks {
+            let outcome = task.await.unwrap().unwrap().unwrap();
+            created += usize::from(outcome.created);
+            ids.push(outcome.user.id);
+        }
+        assert_eq!(ids[0], ids[1]);
+        assert_eq!(created, 1);
+        let members = store.list_members(&team.id).await.unwrap();
+        assert!(members.iter().filter(|m| m.user_id == ids[0]).count() == 1);
+    }
+    assert_eq!(store.list_users().await.unwrap().len(), 2);
+    assert_eq!(audit_of(&store, "user.create").await.len(), 2);
+    assert_eq!(audit_of(&store, "team.member.add").await.len(), 2);
 }

@@ -1,4 +1,4 @@
-//! Persistence: users, teams, memberships, virtual keys and the audit log.
+//! Persistence: users, teams, memberships, virtual keys, OIDC identities and the audit log.
 //!
 //! One [`Store`] trait, one SQL implementation ([`sql::SqlStore`]) that runs on SQLite
 //! (the embedded default) and on Postgres through sqlx's `Any` driver. The schemas live in
@@ -201,6 +201,36 @@ pub enum RefreshOutcome {
     Unknown,
 }
 
+/// A verified OIDC token, as the store needs it to find or create the user and sync groups.
+#[derive(Debug, Clone)]
+pub struct OidcLogin {
+    pub issuer: String,
+    pub subject: String,
+    /// The token's email; also used to link the identity to an existing user with that
+    /// email the first time the identity is seen (the caller passes None when the issuer
+    /// says the email is not verified).
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub auto_provision: bool,
+    /// Role of a user created by this login when `role_from_groups` is None.
+    pub default_role: Role,
+    /// Some: the role is managed by the issuer's group_to_role map (the caller computed it);
+    /// the user's role is set to it if different. None: the role is left alone.
+    pub role_from_groups: Option<Role>,
+    /// Some: names of the teams the token's groups map to (group_to_team); memberships are
+    /// synced. None: memberships are left alone.
+    pub teams_from_groups: Option<Vec<String>>,
+}
+
+/// What an OIDC login found or did.
+#[derive(Debug, Clone)]
+pub struct OidcUser {
+    pub user: User,
+    pub created: bool,
+    /// Team names from `teams_from_groups` that name no live team (skipped).
+    pub missing_teams: Vec<String>,
+}
+
 /// The persistence contract. Implementations must be safe to share across tasks.
 ///
 /// Reads that find nothing return `Ok(None)` / `Ok(false)`; uniqueness violations return
@@ -249,6 +279,8 @@ pub trait Store: Send + Sync + 'static {
     async fn remove_member(&self, actor: &Actor, team_id: &str, user_id: &str)
         -> StoreResult<bool>;
     async fn list_members(&self, team_id: &str) -> StoreResult<Vec<Membership>>;
+    /// Memberships of a user in live teams (for "which teams does this caller own").
+    async fn user_memberships(&self, user_id: &str) -> StoreResult<Vec<Membership>>;
 
     async fn create_key(&self, actor: &Actor, key: NewKey) -> StoreResult<ApiKey>;
     async fn get_key(&self, id: &str) -> StoreResult<Option<ApiKey>>;
@@ -287,6 +319,20 @@ pub trait Store: Send + Sync + 'static {
         target: Option<&str>,
         details: serde_json::Value,
     ) -> StoreResult<()>;
+
+    // ---- OIDC identities -----------------------------------------------------------------
+
+    /// Finds (or links, or provisions) the user of an OIDC identity and syncs role and group
+    /// memberships, in one transaction. None: no user and auto_provision is off.
+    ///
+    /// The identity (issuer, subject) is looked up first; the first time it is seen it is
+    /// linked to the live user with exactly the token's email (audited
+    /// `auth.identity_link`), else a user is provisioned when `auto_provision` is on
+    /// (audited `user.create` with `"source": "oidc"`). Then the role is set from
+    /// `role_from_groups` (audited `user.role`) and group memberships are synced with
+    /// `teams_from_groups` (audited `team.member.add` / `team.member.remove` with
+    /// `"source": "group"`); memberships with source manual are never touched.
+    async fn oidc_login(&self, actor: &Actor, login: OidcLogin) -> StoreResult<Option<OidcUser>>;
 
     // ---- login sessions ------------------------------------------------------------------
 

@@ -30,8 +30,10 @@
 
 use super::{
     Actor, AuditFilter, KeyFilter, KeyPatch, LimitsPatch, LoginUser, NewKey, NewRefreshToken,
-    NewTeam, NewUser, RefreshOutcome, Store, StoreError, StoreResult, TeamPatch, UserPatch,
+    NewTeam, NewUser, OidcLogin, OidcUser, RefreshOutcome, Store, StoreError, StoreResult,
+    TeamPatch, UserPatch,
 };
+use crate::authn::api_key::KeyHash;
 use crate::domain::{
     self, ApiKey, AuditEvent, BudgetDuration, KeyLookup, KeyOwnerTeam, KeyOwnerUser, Limits,
     Membership, MembershipSource, Role, Team, TeamRole, Timestamp, User,
@@ -246,6 +248,307 @@ impl SqlStore {
             Some(_) => Ok(()),
             None => Err(StoreError::Invalid(format!("{what} {id} does not exist"))),
         }
+    }
+}
+
+impl SqlStore {
+    /// One attempt of [`Store::oidc_login`], in one write transaction.
+    async fn oidc_login_once(
+        &self,
+        actor: &Actor,
+        login: &OidcLogin,
+    ) -> StoreResult<Option<OidcUser>> {
+        let mut tx = self.begin_write().await?;
+        let now = domain::now();
+        // The identity and its user are locked together (Postgres), so the user cannot be
+        // deleted or re-linked while this login syncs it.
+        let sql = format!(
+            "SELECT i.user_id, u.deleted_at FROM identities i JOIN users u ON u.id = i.user_id \
+             WHERE i.issuer = $1 AND i.subject = $2{}",
+            self.backend.for_update()
+        );
+        let found = sqlx::query(&sql)
+            .bind(&login.issuer)
+            .bind(&login.subject)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let (live_id, stale) = match &found {
+            Some(row) => {
+                let user_id: String = col(row, "user_id")?;
+                match col::<Option<i64>>(row, "deleted_at")? {
+                    None => (Some(user_id), false),
+                    // The identity's user was deleted: the row is repointed below.
+                    Some(_) => (None, true),
+                }
+            }
+            None => (None, false),
+        };
+        let email = login.email.as_deref().filter(|e| !e.trim().is_empty());
+
+        let (mut user, created) = if let Some(id) = live_id {
+            let user = self
+                .locked_user(&mut tx, &id)
+                .await?
+                .ok_or_else(|| StoreError::Other(format!("user {id} vanished")))?;
+            sqlx::query(
+                "UPDATE identities SET last_seen_at = $3 WHERE issuer = $1 AND subject = $2",
+            )
+            .bind(&login.issuer)
+            .bind(&login.subject)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            (user, false)
+        } else if let Some(user) = self.locked_user_by_email(&mut tx, email).await? {
+            self.put_identity(&mut tx, login, &user.id, now, stale)
+                .await?;
+            let details = json!({ "issuer": login.issuer });
+            write_audit(&mut tx, actor, now, "auth.identity_link", &user.id, details).await?;
+            (user, false)
+        } else if login.auto_provision {
+            let user = self
+                .provision_oidc_user(&mut tx, actor, login, email, now)
+                .await?;
+            self.put_identity(&mut tx, login, &user.id, now, stale)
+                .await?;
+            (user, true)
+        } else {
+            // Dropping the transaction rolls it back; nothing was written.
+            return Ok(None);
+        };
+
+        if let Some(role) = login.role_from_groups {
+            if role != user.role {
+                sqlx::query("UPDATE users SET role = $2, updated_at = $3 WHERE id = $1")
+                    .bind(&user.id)
+                    .bind(role.as_str())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                let details = json!({ "from": user.role, "to": role, "source": "oidc" });
+                write_audit(&mut tx, actor, now, "user.role", &user.id, details).await?;
+                user.role = role;
+                user.updated_at = now;
+            }
+        }
+
+        let missing_teams = match &login.teams_from_groups {
+            Some(names) => {
+                self.sync_group_teams(&mut tx, actor, &user.id, names, now)
+                    .await?
+            }
+            None => Vec::new(),
+        };
+        commit(tx).await?;
+        Ok(Some(OidcUser {
+            user,
+            created,
+            missing_teams,
+        }))
+    }
+
+    /// The live user whose email is exactly `email`, locked like [`Self::locked_user`].
+    async fn locked_user_by_email(
+        &self,
+        conn: &mut AnyConnection,
+        email: Option<&str>,
+    ) -> StoreResult<Option<User>> {
+        let Some(email) = email else { return Ok(None) };
+        let sql = format!(
+            "SELECT {USER_COLS} FROM users WHERE email = $1 AND deleted_at IS NULL{}",
+            self.backend.for_update()
+        );
+        let row = sqlx::query(&sql)
+            .bind(email)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    /// Points the identity at `user_id`: a new row, or (`stale`) the row that pointed at a
+    /// deleted user. A concurrent first login of the same identity makes the INSERT fail
+    /// with `Conflict`, which [`Store::oidc_login`] retries.
+    async fn put_identity(
+        &self,
+        conn: &mut AnyConnection,
+        login: &OidcLogin,
+        user_id: &str,
+        now: Timestamp,
+        stale: bool,
+    ) -> StoreResult<()> {
+        let sql = if stale {
+            "UPDATE identities SET user_id = $3, created_at = $4, last_seen_at = $4 \
+             WHERE issuer = $1 AND subject = $2"
+        } else {
+            "INSERT INTO identities (issuer, subject, user_id, created_at, last_seen_at) \
+             VALUES ($1, $2, $3, $4, $4)"
+        };
+        sqlx::query(sql)
+            .bind(&login.issuer)
+            .bind(&login.subject)
+            .bind(user_id)
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| map_db_err(e, Some("the identity was linked concurrently")))?;
+        Ok(())
+    }
+
+    /// Creates the user of a first OIDC login (no password) and audits `user.create`.
+    async fn provision_oidc_user(
+        &self,
+        conn: &mut AnyConnection,
+        actor: &Actor,
+        login: &OidcLogin,
+        email: Option<&str>,
+        now: Timestamp,
+    ) -> StoreResult<User> {
+        // A stable, opaque name for the identity, for when the token has no usable email.
+        let handle = format!(
+            "oidc-{}",
+            &KeyHash::of(&format!("{}\n{}", login.issuer, login.subject)).to_hex()[..12]
+        );
+        let username = match email {
+            Some(email) if !self.username_taken(conn, email).await? => email.to_string(),
+            _ => handle.clone(),
+        };
+        let user = User {
+            id: domain::new_id(),
+            username,
+            email: email.map_or_else(|| format!("{handle}@users.invalid"), str::to_string),
+            full_name: login.name.clone(),
+            role: login.role_from_groups.unwrap_or(login.default_role),
+            blocked: false,
+            limits: Limits::default(),
+            metadata: json!({}),
+            locked_until: None,
+            created_at: now,
+            updated_at: now,
+        };
+        sqlx::query(
+            "INSERT INTO users (id, username, email, full_name, role, blocked, password_hash, \
+             rpm, tpm, max_budget, budget_duration, metadata, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(&user.id)
+        .bind(&user.username)
+        .bind(&user.email)
+        .bind(user.full_name.as_deref())
+        .bind(user.role.as_str())
+        .bind(user.blocked)
+        .bind_limits(&user.limits)
+        .bind(user.metadata.to_string())
+        .bind(now)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_db_err(e, Some(USER_CONFLICT)))?;
+        let details = with_limits(
+            json!({
+                "username": user.username,
+                "email": user.email,
+                "full_name": user.full_name,
+                "role": user.role,
+                "password_set": false,
+                "source": "oidc",
+                "issuer": login.issuer,
+            }),
+            &user.limits,
+        );
+        write_audit(conn, actor, now, "user.create", &user.id, details).await?;
+        Ok(user)
+    }
+
+    async fn username_taken(&self, conn: &mut AnyConnection, username: &str) -> StoreResult<bool> {
+        let found = sqlx::query("SELECT id FROM users WHERE username = $1 AND deleted_at IS NULL")
+            .bind(username)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        Ok(found.is_some())
+    }
+
+    /// Makes the user's group memberships match the live teams named `names`; returns the
+    /// names that match no live team. Manual memberships are never touched, and a named team
+    /// the user is already a manual member of stays manual.
+    async fn sync_group_teams(
+        &self,
+        conn: &mut AnyConnection,
+        actor: &Actor,
+        user_id: &str,
+        names: &[String],
+        now: Timestamp,
+    ) -> StoreResult<Vec<String>> {
+        let mut desired: Vec<String> = Vec::new();
+        let mut missing: Vec<String> = Vec::new();
+        // FOR SHARE (Postgres): a team cannot be deleted under a membership added here.
+        let sql = format!(
+            "SELECT id FROM teams WHERE name = $1 AND deleted_at IS NULL{}",
+            self.backend.for_share()
+        );
+        for name in names {
+            let id: Option<String> = sqlx::query_scalar(&sql)
+                .bind(name)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db_err)?;
+            match id {
+                Some(id) if !desired.contains(&id) => desired.push(id),
+                Some(_) => {}
+                None if !missing.contains(name) => missing.push(name.clone()),
+                None => {}
+            }
+        }
+        let sql = format!(
+            "SELECT {MEMBER_COLS} FROM team_members WHERE user_id = $1 ORDER BY team_id{}",
+            self.backend.for_update()
+        );
+        let current = sqlx::query(&sql)
+            .bind(user_id)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(member_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        for m in &current {
+            if m.source == MembershipSource::Group && !desired.contains(&m.team_id) {
+                sqlx::query("DELETE FROM team_members WHERE team_id = $1 AND user_id = $2")
+                    .bind(&m.team_id)
+                    .bind(user_id)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db_err)?;
+                let target = format!("{}/{user_id}", m.team_id);
+                let details = json!({ "source": MembershipSource::Group });
+                write_audit(conn, actor, now, "team.member.remove", &target, details).await?;
+            }
+        }
+        for team_id in &desired {
+            if current.iter().any(|m| &m.team_id == team_id) {
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO team_members (team_id, user_id, role, source, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(team_id)
+            .bind(user_id)
+            .bind(TeamRole::Member.as_str())
+            .bind(MembershipSource::Group.as_str())
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err)?;
+            let target = format!("{team_id}/{user_id}");
+            let details = json!({ "role": TeamRole::Member, "source": MembershipSource::Group });
+            write_audit(conn, actor, now, "team.member.add", &target, details).await?;
+        }
+        Ok(missing)
     }
 }
 
@@ -1021,6 +1324,21 @@ impl Store for SqlStore {
         rows.iter().map(member_from_row).collect()
     }
 
+    async fn user_memberships(&self, user_id: &str) -> StoreResult<Vec<Membership>> {
+        // Deleting a team deletes its memberships; the join keeps this true even so.
+        let rows = sqlx::query(
+            "SELECT m.team_id, m.user_id, m.role, m.source, m.created_at \
+             FROM team_members m JOIN teams t ON t.id = m.team_id \
+             WHERE m.user_id = $1 AND t.deleted_at IS NULL \
+             ORDER BY m.created_at, m.team_id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(member_from_row).collect()
+    }
+
     async fn create_key(&self, actor: &Actor, new: NewKey) -> StoreResult<ApiKey> {
         require_nonempty("key name", &new.name)?;
         require_key_hash(&new.key_hash)?;
@@ -1407,6 +1725,19 @@ impl Store for SqlStore {
         .await
         .map_err(db_err)?;
         Ok(())
+    }
+
+    async fn oidc_login(&self, actor: &Actor, login: OidcLogin) -> StoreResult<Option<OidcUser>> {
+        require_nonempty("issuer", &login.issuer)?;
+        require_nonempty("subject", &login.subject)?;
+        // On Postgres two first logins of one identity can both find no row; the second to
+        // write then fails on a unique index (identity key, username or email) once the
+        // first commits, and a second attempt finds the identity the first one stored. On
+        // SQLite `BEGIN IMMEDIATE` already serialises them, so this never retries.
+        match self.oidc_login_once(actor, &login).await {
+            Err(StoreError::Conflict(_)) => self.oidc_login_once(actor, &login).await,
+            other => other,
+        }
     }
 
     async fn find_login_user(&self, name: &str) -> StoreResult<Option<LoginUser>> {
