@@ -106,7 +106,11 @@ fn bench(c: &mut Criterion) {
         .unwrap()
         .clone();
     let lookup = rt
-        .block_on(gate.keys.resolve(&api_key::parse(&key).unwrap().hash()))
+        .block_on(
+            gate.auth
+                .keys
+                .resolve(&api_key::parse(&key).unwrap().hash()),
+        )
         .unwrap()
         .unwrap();
     let principal = Principal::Key(lookup);

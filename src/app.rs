@@ -5,7 +5,7 @@
 //! in-process with listeners on `127.0.0.1:0` and read the bound addresses from [`Running`].
 
 use crate::authn::login::Sessions;
-use crate::authn::{KeyResolver, MasterKey};
+use crate::authn::{Authenticator, MasterKey};
 use crate::authz::{AuthorizationService, Gate};
 use crate::config::Config;
 use crate::decision::Policy;
@@ -124,19 +124,19 @@ impl App {
         config.master_key = Secret::default();
         config.auth.bootstrap_admin = None;
         let metrics = Metrics::new();
-        let keys = Arc::new(KeyResolver::new(
+        let sessions = Sessions::from_config(&config.auth, store.clone()).map(Arc::new);
+        let auth = Authenticator::new(
+            &config,
+            MasterKey::from_secret(master_key),
             store.clone(),
-            &config.cache,
-            config.database.timeout,
+            sessions.clone(),
             metrics.clone(),
-        ));
+        );
         let gate = Arc::new(Gate {
             policy: ArcSwap::from_pointee(Policy::from_config(&config)),
-            master: MasterKey::from_secret(master_key),
-            keys,
+            auth: Arc::new(auth),
             metrics: metrics.clone(),
         });
-        let sessions = Sessions::from_config(&config.auth, store.clone()).map(Arc::new);
         Arc::new(App {
             config: Arc::new(config),
             store,
@@ -154,6 +154,15 @@ impl App {
         let http = TcpListener::bind(self.config.listen.http)
             .await
             .with_context(|| format!("cannot listen on listen.http {}", self.config.listen.http))?;
+        let mut background = Vec::new();
+        if let Some((verifier, _)) = &self.gate.auth.oidc {
+            // Keys are read before the first request, so the first tokens need no fetch; an
+            // issuer that is down now is retried by the refresher and on demand.
+            for (issuer, reason) in verifier.refresh_all().await {
+                tracing::warn!(%issuer, %reason, "cannot read the keys of an OIDC issuer at start; its tokens are refused with 503 until it answers");
+            }
+            background.push(verifier.spawn_refresher());
+        }
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -197,6 +206,7 @@ impl App {
             http_addr,
             stop: stop_tx,
             tasks: vec![grpc_task, http_task],
+            background,
         })
     }
 }
@@ -207,6 +217,16 @@ pub struct Running {
     pub http_addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    /// Loops that run until shutdown (OIDC key refresh); aborted when stopping.
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for task in &self.background {
+            task.abort();
+        }
+    }
 }
 
 impl Running {

@@ -11,7 +11,7 @@
 //! error code; the edge renders it, once.
 
 use crate::config::{Config, RouteRule};
-use crate::domain::{KeyLookup, Role, Timestamp};
+use crate::domain::{KeyLookup, Role, Timestamp, User};
 use crate::secret::Secret;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -111,6 +111,9 @@ pub enum Principal {
     Master,
     /// A virtual key, with its owner's facts, as the store (or cache) returned it.
     Key(Arc<KeyLookup>),
+    /// A person signed in with a login token (a session or an OIDC issuer's): their live
+    /// user record. They act with their role's permissions, on no team's behalf.
+    User(Arc<User>),
 }
 
 /// What an allowed request carries onward: identity for upstream headers and metadata,
@@ -235,6 +238,24 @@ pub fn authorize(
             grant.key_id = Some(key.id.clone());
             grant.user_id = lookup.user.as_ref().map(|u| u.id.clone());
             grant.team_id = lookup.team.as_ref().map(|t| t.id.clone());
+        }
+        Principal::User(user) => {
+            if user.blocked {
+                return Err(Denial::new(
+                    DenyReason::PermissionDenied,
+                    "This user is blocked",
+                ));
+            }
+            if !has_permission_str(role_permissions(user.role), &rule.permission) {
+                return Err(Denial::new(
+                    DenyReason::PermissionDenied,
+                    format!(
+                        "The role `{}` lacks the `{}` permission needed for this route",
+                        user.role, rule.permission
+                    ),
+                ));
+            }
+            grant.user_id = Some(user.id.clone());
         }
     }
 

@@ -17,9 +17,9 @@ pub struct Metrics {
     /// `decision` = allow | deny | error; `code` = the denial code, `ok`, or `unavailable`.
     pub check_total: IntCounterVec,
     pub check_duration: Histogram,
-    /// `cache` = key; `result` = hit | miss | negative_hit.
+    /// `cache` = key | user | identity; `result` = hit | miss | negative_hit.
     pub cache_requests: IntCounterVec,
-    /// `backend` = database | redis.
+    /// `backend` = database | redis | oidc.
     pub backend_errors: IntCounterVec,
     pub usage_queue_depth: IntGauge,
 }

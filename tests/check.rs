@@ -258,7 +258,7 @@ async fn warm_keys_come_from_the_cache_and_writes_invalidate_them() {
         .unwrap();
     assert_eq!(check().await.unwrap().status.unwrap().code, 0);
     // ...and is seen at once after the invalidation the admin API performs.
-    f.app.gate.keys.invalidate(Invalidation::Key(id.clone()));
+    f.app.gate.auth.invalidate(Invalidation::Key(id.clone()));
     assert_eq!(denied(&check().await.unwrap()).0, 403);
     assert_eq!(counter("miss"), 2);
 }
@@ -330,7 +330,7 @@ async fn owner_changes_invalidate_their_keys() {
         .unwrap();
     f.app
         .gate
-        .keys
+        .auth
         .invalidate(Invalidation::Team(team.id.clone()));
     let (status, body) = denied(&check().await.unwrap());
     assert_eq!(status, 403);

@@ -87,13 +87,15 @@ async fn routes_answer_sessions_disabled_without_auth_session() {
         (Method::POST, "/v1/register"),
         (Method::POST, "/v1/refresh"),
         (Method::POST, "/v1/logout"),
-        (Method::GET, "/v1/user/profile"),
         (Method::PUT, "/v1/user/password"),
     ] {
         let (status, body) = t.call(method, path, None, Some(json!({}))).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
         assert_eq!(code(&body), "sessions_disabled", "{path}: {body}");
     }
+    // The profile also serves OIDC users, so it exists without sessions.
+    let (status, body) = t.call(Method::GET, "/v1/user/profile", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     t.stop().await;
 }
 

@@ -1,6 +1,6 @@
 //! `/admin/audit`: who changed what, when, from where.
 
-use super::{list, AdminCaller, ApiError, AppState, QueryParams};
+use super::{list, ApiError, AppState, Caller, QueryParams};
 use crate::domain::rfc3339;
 use crate::store::AuditFilter;
 use axum::extract::State;
@@ -31,9 +31,10 @@ fn time(field: &str, value: Option<String>) -> Result<Option<i64>, ApiError> {
 
 async fn list_audit(
     State(app): State<AppState>,
-    _caller: AdminCaller,
+    caller: Caller,
     QueryParams(q): QueryParams<AuditQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_reader("read the audit log")?;
     if let Some(limit) = q.limit {
         if !(1..=1000).contains(&limit) {
             return Err(ApiError::BadRequest(format!(

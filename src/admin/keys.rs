@@ -1,13 +1,14 @@
 //! `/admin/keys`: create, list, inspect, update, block, unblock, rotate and revoke virtual
 //! keys. Every write invalidates the key in this process's cache at once.
 
+use super::access::check_key_narrows;
 use super::{
-    limits_of, limits_patch_of, list, nullable, validate, AdminCaller, ApiError, AppState,
-    JsonBody, QueryParams,
+    limits_of, limits_patch_of, list, nullable, validate, ApiError, AppState, Caller, JsonBody,
+    QueryParams,
 };
 use crate::authn::api_key;
 use crate::authn::key_cache::Invalidation;
-use crate::domain::{self, ApiKey, BudgetDuration, Timestamp};
+use crate::domain::{self, ApiKey, BudgetDuration, Role, Timestamp};
 use crate::store::{KeyFilter, KeyPatch, NewKey};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -29,26 +30,26 @@ pub fn routes() -> Router<AppState> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateKey {
-    name: String,
-    user_id: Option<String>,
-    team_id: Option<String>,
+pub(super) struct CreateKey {
+    pub name: String,
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
     #[serde(default)]
-    permissions: Vec<String>,
+    pub permissions: Vec<String>,
     #[serde(default)]
-    models: Vec<String>,
-    rpm: Option<i64>,
-    tpm: Option<i64>,
-    max_budget: Option<f64>,
-    budget_duration: Option<BudgetDuration>,
+    pub models: Vec<String>,
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
+    pub max_budget: Option<f64>,
+    pub budget_duration: Option<BudgetDuration>,
     #[serde(default, with = "domain::rfc3339::option")]
-    expires_at: Option<Timestamp>,
-    metadata: Option<serde_json::Value>,
+    pub expires_at: Option<Timestamp>,
+    pub metadata: Option<serde_json::Value>,
 }
 
 /// A key as created or rotated: the record plus, this once, the plaintext.
 #[derive(Serialize)]
-struct WithSecret {
+pub(super) struct WithSecret {
     #[serde(flatten)]
     key: ApiKey,
     #[serde(rename = "key")]
@@ -76,8 +77,35 @@ fn check_expiry(expires_at: Option<Timestamp>) -> Result<(), ApiError> {
 
 async fn create(
     State(app): State<AppState>,
-    caller: AdminCaller,
-    JsonBody(body): JsonBody<CreateKey>,
+    caller: Caller,
+    JsonBody(mut body): JsonBody<CreateKey>,
+) -> Result<(StatusCode, Json<WithSecret>), ApiError> {
+    if !caller.is_admin() {
+        caller.allow(caller.role() != Role::Viewer, "create keys")?;
+        let me = caller.user().map(|u| u.id.clone());
+        if body.user_id.is_some() && body.user_id != me {
+            return Err(ApiError::Forbidden(
+                "only an admin can create keys for another user".into(),
+            ));
+        }
+        match &body.team_id {
+            Some(team) => {
+                let owns = caller.owns_team(&app, team).await?;
+                caller.allow(owns, "create keys for a team they do not own")?;
+            }
+            // Without a team, a person's key is their own.
+            None => body.user_id = me,
+        }
+    }
+    create_key(&app, &caller, body).await
+}
+
+/// Creates a key after the caller's right to do so was checked: validates the body and
+/// that the key only narrows its owner's permissions and models.
+pub(super) async fn create_key(
+    app: &AppState,
+    caller: &Caller,
+    body: CreateKey,
 ) -> Result<(StatusCode, Json<WithSecret>), ApiError> {
     validate::name("name", &body.name)?;
     validate::tokens("permissions", &body.permissions)?;
@@ -86,6 +114,15 @@ async fn create(
     validate::limits(&limits)?;
     check_expiry(body.expires_at)?;
     check_metadata(&body.metadata)?;
+    check_key_narrows(
+        app,
+        caller,
+        body.user_id.as_deref(),
+        body.team_id.as_deref(),
+        &body.permissions,
+        &body.models,
+    )
+    .await?;
     let plain = api_key::generate();
     let hash = plain.hash();
     let key = app
@@ -106,7 +143,7 @@ async fn create(
             },
         )
         .await?;
-    app.gate.keys.forget(&hash);
+    app.gate.auth.keys.forget(&hash);
     Ok((
         StatusCode::CREATED,
         Json(WithSecret {
@@ -127,9 +164,22 @@ struct ListQuery {
 
 async fn list_keys(
     State(app): State<AppState>,
-    _caller: AdminCaller,
-    QueryParams(q): QueryParams<ListQuery>,
+    caller: Caller,
+    QueryParams(mut q): QueryParams<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    if !caller.reads_all() {
+        // Others list their own keys, or the keys of a team they own.
+        match (&q.team_id, &q.user_id) {
+            (Some(team), _) => {
+                let owns = caller.owns_team(&app, team).await?;
+                caller.allow(owns, "list the keys of a team they do not own")?;
+            }
+            (None, Some(user)) => {
+                caller.allow(caller.is_user(user), "list another user's keys")?;
+            }
+            (None, None) => q.user_id = caller.user().map(|u| u.id.clone()),
+        }
+    }
     let keys = app
         .store
         .list_keys(KeyFilter {
@@ -143,14 +193,32 @@ async fn list_keys(
 
 async fn get_key(
     State(app): State<AppState>,
-    _caller: AdminCaller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<ApiKey>, ApiError> {
+    let key = existing_key(&app, &id).await?;
+    let sees = caller.sees_key(&app, &key).await?;
+    caller.allow(sees, "read this key")?;
+    Ok(Json(key))
+}
+
+async fn existing_key(app: &AppState, id: &str) -> Result<ApiKey, ApiError> {
     app.store
-        .get_key(&id)
+        .get_key(id)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("key", &id))
+        .ok_or_else(|| ApiError::not_found("key", id))
+}
+
+/// The key, when the caller may change it; 404 or 403 otherwise.
+pub(super) async fn managed_key(
+    app: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<ApiKey, ApiError> {
+    let key = existing_key(app, id).await?;
+    let manages = caller.manages_key(app, &key).await?;
+    caller.allow(manages, "change this key")?;
+    Ok(key)
 }
 
 #[derive(Deserialize)]
@@ -181,10 +249,11 @@ fn nullable_time<'de, D: serde::Deserializer<'de>>(
 
 async fn update(
     State(app): State<AppState>,
-    caller: AdminCaller,
+    caller: Caller,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<UpdateKey>,
 ) -> Result<Json<ApiKey>, ApiError> {
+    let key = managed_key(&app, &caller, &id).await?;
     if let Some(name) = &body.name {
         validate::name("name", name)?;
     }
@@ -197,6 +266,17 @@ async fn update(
     validate::limits_patch(&limits)?;
     check_expiry(body.expires_at.flatten())?;
     check_metadata(&body.metadata)?;
+    if body.permissions.is_some() || body.models.is_some() {
+        check_key_narrows(
+            &app,
+            &caller,
+            key.user_id.as_deref(),
+            key.team_id.as_deref(),
+            body.permissions.as_deref().unwrap_or_default(),
+            body.models.as_deref().unwrap_or_default(),
+        )
+        .await?;
+    }
     let patch = KeyPatch {
         name: body.name,
         permissions: body.permissions,
@@ -214,17 +294,22 @@ async fn update(
 }
 
 /// Invalidates the key's cache entries and answers with it, or 404.
-fn write_key(app: &AppState, id: &str, key: Option<ApiKey>) -> Result<Json<ApiKey>, ApiError> {
-    app.gate.keys.invalidate(Invalidation::Key(id.to_owned()));
+pub(super) fn write_key(
+    app: &AppState,
+    id: &str,
+    key: Option<ApiKey>,
+) -> Result<Json<ApiKey>, ApiError> {
+    app.gate.auth.invalidate(Invalidation::Key(id.to_owned()));
     key.map(Json).ok_or_else(|| ApiError::not_found("key", id))
 }
 
 async fn set_blocked(
     app: AppState,
-    caller: AdminCaller,
+    caller: Caller,
     id: String,
     blocked: bool,
 ) -> Result<Json<ApiKey>, ApiError> {
+    managed_key(&app, &caller, &id).await?;
     let patch = KeyPatch {
         blocked: Some(blocked),
         ..KeyPatch::default()
@@ -238,7 +323,7 @@ async fn set_blocked(
 
 async fn block(
     State(app): State<AppState>,
-    caller: AdminCaller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<ApiKey>, ApiError> {
     set_blocked(app, caller, id, true).await
@@ -246,7 +331,7 @@ async fn block(
 
 async fn unblock(
     State(app): State<AppState>,
-    caller: AdminCaller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<ApiKey>, ApiError> {
     set_blocked(app, caller, id, false).await
@@ -254,9 +339,10 @@ async fn unblock(
 
 async fn revoke(
     State(app): State<AppState>,
-    caller: AdminCaller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<ApiKey>, ApiError> {
+    managed_key(&app, &caller, &id).await?;
     write_key(&app, &id, app.store.revoke_key(&caller.actor, &id).await?)
 }
 
@@ -272,10 +358,11 @@ const MAX_GRACE_SECONDS: i64 = 30 * 24 * 3600;
 
 async fn rotate(
     State(app): State<AppState>,
-    caller: AdminCaller,
+    caller: Caller,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<RotateKey>,
 ) -> Result<Json<WithSecret>, ApiError> {
+    managed_key(&app, &caller, &id).await?;
     let grace = body.grace_seconds;
     if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
         return Err(ApiError::BadRequest(format!(
@@ -294,7 +381,7 @@ async fn rotate(
             previous_expires_at,
         )
         .await?;
-    app.gate.keys.forget(&plain.hash());
+    app.gate.auth.keys.forget(&plain.hash());
     let Json(key) = write_key(&app, &id, rotated)?;
     Ok(Json(WithSecret {
         key,

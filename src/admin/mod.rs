@@ -1,9 +1,10 @@
 //! The HTTP API: admin routes, operational endpoints, and (later) the user API.
 //!
 //! One router factory ([`router`]), one file per resource, one error type ([`ApiError`])
-//! that renders `{"error":{"code","message"}}`. Every admin route goes through the
-//! [`AdminCaller`] extractor: the master key, or a key with the `admin` permission.
+//! that renders `{"error":{"code","message"}}`. Every admin and user route goes through
+//! the [`Caller`] extractor and checks what the caller's role allows ([`access`]).
 
+mod access;
 mod audit;
 mod error;
 mod keys;
@@ -11,21 +12,19 @@ mod ops;
 mod profile;
 mod session;
 mod teams;
+mod user_keys;
 mod users;
 
+pub use access::{Caller, Who};
 pub use error::ApiError;
 pub use session::SessionUser;
 
 use crate::app::App;
-use crate::authn::{self, credential, AuthnError};
-use crate::decision::{self, Principal, ADMIN_PERMISSION};
-use crate::store::Actor;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub type AppState = Arc<App>;
@@ -43,53 +42,10 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(audit::routes())
         .merge(session::routes())
         .merge(profile::routes())
+        .merge(user_keys::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
-}
-
-/// An authenticated admin: the master key, or a virtual key with the `admin` permission
-/// that is in good standing.
-pub struct AdminCaller {
-    pub actor: Actor,
-}
-
-impl FromRequestParts<AppState> for AdminCaller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let source = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
-        let presented =
-            credential::extract(|name| parts.headers.get(name).and_then(|v| v.to_str().ok()));
-        let principal = authn::resolve(&app.gate.master, &app.gate.keys, presented)
-            .await
-            .map_err(|e| match e {
-                AuthnError::Denied(d) => ApiError::Unauthorized(d.message),
-                AuthnError::Unavailable(e) => ApiError::from(e),
-            })?;
-        let name = match &principal {
-            Principal::Master => "master".to_owned(),
-            Principal::Key(lookup) => {
-                decision::standing(lookup, crate::domain::now())
-                    .map_err(|d| ApiError::Unauthorized(d.message))?;
-                if !decision::has_permission(
-                    &decision::effective_permissions(lookup),
-                    ADMIN_PERMISSION,
-                ) {
-                    return Err(ApiError::Forbidden(
-                        "this route needs the master key or an admin key".into(),
-                    ));
-                }
-                format!("key:{}", lookup.key.id)
-            }
-        };
-        Ok(AdminCaller {
-            actor: Actor::new(name, source),
-        })
-    }
 }
 
 /// A JSON body, parsed whatever its `content-type` (curl users forget it), with our 400

@@ -1,5 +1,7 @@
-//! The signed-in user's own record: `GET|PUT /v1/user/profile`, `PUT /v1/user/password`.
+//! The signed-in user's own record: `GET|PUT /v1/user/profile` (any login token),
+//! `PUT /v1/user/password` (session tokens: OIDC users change passwords at their issuer).
 
+use super::access::SignedIn;
 use super::session::{session_error, SessionUser, SessionsOn};
 use super::users::check_email;
 use super::{nullable, validate, ApiError, AppState, JsonBody};
@@ -21,7 +23,12 @@ pub fn routes() -> Router<AppState> {
 /// The caller's live, unblocked user record (a deleted or blocked user's token is refused
 /// even before it expires).
 async fn current(app: &AppState, caller: &SessionUser) -> Result<User, ApiError> {
-    match app.store.get_user(&caller.claims.sub).await? {
+    live(app, &caller.claims.sub).await
+}
+
+/// The user's record as stored now, when live and unblocked.
+async fn live(app: &AppState, id: &str) -> Result<User, ApiError> {
+    match app.store.get_user(id).await? {
         Some(user) if !user.blocked => Ok(user),
         Some(_) => Err(ApiError::Forbidden("the account is blocked".into())),
         None => Err(ApiError::Unauthorized(
@@ -30,8 +37,8 @@ async fn current(app: &AppState, caller: &SessionUser) -> Result<User, ApiError>
     }
 }
 
-async fn show(State(app): State<AppState>, caller: SessionUser) -> Result<Json<User>, ApiError> {
-    current(&app, &caller).await.map(Json)
+async fn show(State(app): State<AppState>, me: SignedIn) -> Result<Json<User>, ApiError> {
+    live(&app, &me.user.id).await.map(Json)
 }
 
 /// What a user may change about themselves; role, limits and blocking stay with admins.
@@ -45,10 +52,10 @@ struct UpdateProfile {
 
 async fn update(
     State(app): State<AppState>,
-    caller: SessionUser,
+    me: SignedIn,
     JsonBody(body): JsonBody<UpdateProfile>,
 ) -> Result<Json<User>, ApiError> {
-    current(&app, &caller).await?;
+    live(&app, &me.user.id).await?;
     if let Some(email) = &body.email {
         check_email(email)?;
     }
@@ -60,9 +67,9 @@ async fn update(
         full_name: body.full_name,
         ..UserPatch::default()
     };
-    let id = caller.claims.sub.clone();
-    let user = app.store.update_user(&caller.actor, &id, patch).await?;
-    app.gate.keys.invalidate(Invalidation::User(id.clone()));
+    let id = me.user.id.clone();
+    let user = app.store.update_user(&me.caller.actor, &id, patch).await?;
+    app.gate.auth.invalidate(Invalidation::User(id.clone()));
     user.map(Json)
         .ok_or_else(|| ApiError::Unauthorized("the account no longer exists".into()))
 }

@@ -1,10 +1,10 @@
 //! `/admin/teams`: teams, their limits and model sets, and their members.
 
 use super::{
-    limits_of, limits_patch_of, list, nullable, validate, AdminCaller, ApiError, AppState, JsonBody,
+    limits_of, limits_patch_of, list, nullable, validate, ApiError, AppState, Caller, JsonBody,
 };
 use crate::authn::key_cache::Invalidation;
-use crate::domain::{BudgetDuration, Membership, MembershipSource, Team, TeamRole};
+use crate::domain::{BudgetDuration, Membership, MembershipSource, Role, Team, TeamRole};
 use crate::store::{NewTeam, TeamPatch};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -38,9 +38,13 @@ struct CreateTeam {
 
 async fn create(
     State(app): State<AppState>,
-    caller: AdminCaller,
+    caller: Caller,
     JsonBody(body): JsonBody<CreateTeam>,
 ) -> Result<(StatusCode, Json<Team>), ApiError> {
+    caller.allow(
+        caller.is_admin() || caller.role() == Role::Manager,
+        "create teams",
+    )?;
     validate::name("name", &body.name)?;
     validate::tokens("models", &body.models)?;
     let limits = limits_of!(body);
@@ -57,14 +61,38 @@ async fn create(
             },
         )
         .await?;
+    // A manager who creates a team owns it (and so may manage it).
+    if let Some(user) = caller.user() {
+        app.store
+            .add_member(
+                &caller.actor,
+                &team.id,
+                &user.id,
+                TeamRole::Owner,
+                MembershipSource::Manual,
+            )
+            .await?;
+    }
     Ok((StatusCode::CREATED, Json(team)))
 }
 
 async fn list_teams(
     State(app): State<AppState>,
-    _caller: AdminCaller,
+    caller: Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(list(app.store.list_teams().await?))
+    let mut teams = app.store.list_teams().await?;
+    if let (false, Some(user)) = (caller.reads_all(), caller.user()) {
+        // Others see the teams they belong to.
+        let mine: Vec<String> = app
+            .store
+            .user_memberships(&user.id)
+            .await?
+            .into_iter()
+            .map(|m| m.team_id)
+            .collect();
+        teams.retain(|t| mine.contains(&t.id));
+    }
+    Ok(list(teams))
 }
 
 #[derive(Serialize)]
@@ -76,9 +104,11 @@ struct TeamWithMembers {
 
 async fn get_team(
     State(app): State<AppState>,
-    _caller: AdminCaller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<TeamWithMembers>, ApiError> {
+    let sees = caller.sees_team(&app, &id).await?;
+    caller.allow(sees, "read a team they do not belong to")?;
     let team = app
         .store
         .get_team(&id)
@@ -107,10 +137,12 @@ struct UpdateTeam {
 
 async fn update(
     State(app): State<AppState>,
-    caller: AdminCaller,
+    caller: Caller,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<UpdateTeam>,
 ) -> Result<Json<Team>, ApiError> {
+    let manages = caller.manages_team(&app, &id).await?;
+    caller.allow(manages, "change a team they do not own")?;
     if let Some(name) = &body.name {
         validate::name("name", name)?;
     }
@@ -125,18 +157,20 @@ async fn update(
         metadata: body.metadata,
     };
     let team = app.store.update_team(&caller.actor, &id, patch).await?;
-    app.gate.keys.invalidate(Invalidation::Team(id.clone()));
+    app.gate.auth.invalidate(Invalidation::Team(id.clone()));
     team.map(Json)
         .ok_or_else(|| ApiError::not_found("team", &id))
 }
 
 async fn remove(
     State(app): State<AppState>,
-    caller: AdminCaller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let manages = caller.manages_team(&app, &id).await?;
+    caller.allow(manages, "delete a team they do not own")?;
     let deleted = app.store.delete_team(&caller.actor, &id).await?;
-    app.gate.keys.invalidate(Invalidation::Team(id.clone()));
+    app.gate.auth.invalidate(Invalidation::Team(id.clone()));
     if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -158,10 +192,12 @@ fn member() -> TeamRole {
 
 async fn add_member(
     State(app): State<AppState>,
-    caller: AdminCaller,
+    caller: Caller,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<AddMember>,
 ) -> Result<(StatusCode, Json<Membership>), ApiError> {
+    let owns = caller.owns_team(&app, &id).await?;
+    caller.allow(owns, "manage the members of a team they do not own")?;
     if app.store.get_team(&id).await?.is_none() {
         return Err(ApiError::not_found("team", &id));
     }
@@ -180,9 +216,11 @@ async fn add_member(
 
 async fn remove_member(
     State(app): State<AppState>,
-    caller: AdminCaller,
+    caller: Caller,
     Path((id, user_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
+    let owns = caller.owns_team(&app, &id).await?;
+    caller.allow(owns, "manage the members of a team they do not own")?;
     if app
         .store
         .remove_member(&caller.actor, &id, &user_id)

@@ -1,7 +1,7 @@
 //! `/admin/users`: people who own keys (and, with sessions, log in).
 
 use super::{
-    limits_of, limits_patch_of, list, nullable, validate, AdminCaller, ApiError, AppState, JsonBody,
+    limits_of, limits_patch_of, list, nullable, validate, ApiError, AppState, Caller, JsonBody,
 };
 use crate::authn::key_cache::Invalidation;
 use crate::authn::{login, password};
@@ -77,9 +77,10 @@ struct CreateUser {
 
 async fn create(
     State(app): State<AppState>,
-    caller: AdminCaller,
+    caller: Caller,
     JsonBody(body): JsonBody<CreateUser>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
+    caller.require_admin("create users")?;
     check_username(&body.username)?;
     check_email(&body.email)?;
     let limits = limits_of!(body);
@@ -108,16 +109,24 @@ async fn create(
 
 async fn list_users(
     State(app): State<AppState>,
-    _caller: AdminCaller,
+    caller: Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.allow(
+        caller.reads_all() || caller.role() == Role::Manager,
+        "list users",
+    )?;
     Ok(list(app.store.list_users().await?))
 }
 
 async fn get_user(
     State(app): State<AppState>,
-    _caller: AdminCaller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<User>, ApiError> {
+    caller.allow(
+        caller.reads_all() || caller.role() == Role::Manager || caller.is_user(&id),
+        "read other users",
+    )?;
     app.store
         .get_user(&id)
         .await?
@@ -146,10 +155,11 @@ struct UpdateUser {
 
 async fn update(
     State(app): State<AppState>,
-    caller: AdminCaller,
+    caller: Caller,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<UpdateUser>,
 ) -> Result<Json<User>, ApiError> {
+    caller.require_admin("change users")?;
     if let Some(email) = &body.email {
         check_email(email)?;
     }
@@ -164,18 +174,19 @@ async fn update(
         metadata: body.metadata,
     };
     let user = app.store.update_user(&caller.actor, &id, patch).await?;
-    app.gate.keys.invalidate(Invalidation::User(id.clone()));
+    app.gate.auth.invalidate(Invalidation::User(id.clone()));
     user.map(Json)
         .ok_or_else(|| ApiError::not_found("user", &id))
 }
 
 async fn delete(
     State(app): State<AppState>,
-    caller: AdminCaller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    caller.require_admin("delete users")?;
     let deleted = app.store.delete_user(&caller.actor, &id).await?;
-    app.gate.keys.invalidate(Invalidation::User(id.clone()));
+    app.gate.auth.invalidate(Invalidation::User(id.clone()));
     if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -186,9 +197,10 @@ async fn delete(
 /// Lifts a login lockout (and resets the failure count).
 async fn unlock(
     State(app): State<AppState>,
-    caller: AdminCaller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<User>, ApiError> {
+    caller.require_admin("unlock users")?;
     app.store
         .unlock_user(&caller.actor, &id)
         .await?

@@ -5,18 +5,38 @@
 //!   `x-api-key`, `api-key`).
 //! - [`master`]: the master key, kept only as a hash and compared in constant time.
 //! - [`api_key`]: the virtual key format (prefix, base62, CRC32 checksum) and its hash.
-//! - [`key_cache`]: virtual keys resolved through a moka cache in front of the store, so
-//!   a warm decision does no I/O, with in-process invalidation on admin writes.
+//! - [`key_cache`]: virtual keys and users resolved through caches in front of the store,
+//!   so a warm decision does no I/O, with in-process invalidation on admin writes.
+//! - [`jwt`], [`oidc`], [`identity`]: bearer JWTs of OIDC issuers, verified against their
+//!   published keys and mapped to (possibly new) users.
+//! - [`session`], [`password`], [`login_guard`], [`login`]: tollgate's own login sessions.
+//!
+//! [`Authenticator`] ties them together; Check and the HTTP API both use it, so a
+//! credential means the same thing on both.
 
 pub mod api_key;
 pub mod credential;
+pub mod identity;
+pub mod jwt;
 pub mod key_cache;
+pub mod login;
+pub mod login_guard;
 pub mod master;
+pub mod oidc;
+pub mod password;
+pub mod session;
 
+use crate::config::Config;
 use crate::decision::{Denial, DenyReason, Principal};
-use crate::store::StoreError;
-pub use key_cache::KeyResolver;
+use crate::domain::Timestamp;
+use crate::metrics::Metrics;
+use crate::store::{SharedStore, StoreError};
+use identity::OidcUsers;
+pub use key_cache::{Invalidation, KeyResolver, UserResolver};
+use login::Sessions;
 pub use master::MasterKey;
+use oidc::{OidcError, OidcVerifier};
+use std::sync::Arc;
 
 /// Resolving a credential either names a principal, refuses it, or cannot tell because a
 /// backend is down (never treated as "allow" nor as "unknown key").
@@ -36,38 +56,168 @@ fn invalid(message: &str) -> AuthnError {
     AuthnError::Denied(Denial::new(DenyReason::InvalidApiKey, message))
 }
 
-/// Resolves a presented credential: the master key, else a virtual key (format and
-/// checksum first, then cache, then store).
-pub async fn resolve(
-    master: &MasterKey,
-    keys: &KeyResolver,
-    presented: Option<&str>,
-) -> Result<Principal, AuthnError> {
-    let Some(secret) = presented else {
-        return Err(invalid(
-            "You didn't provide an API key. Provide it as `authorization: Bearer <key>`, `x-api-key` or `api-key`",
-        ));
-    };
-    if master.matches(secret) {
-        return Ok(Principal::Master);
+/// A refused bearer token: one log line with the precise reason (never the token), and a
+/// 401 that says the same.
+fn token_refused(kind: &str, reason: &dyn std::fmt::Display) -> AuthnError {
+    tracing::info!(authn.token = kind, authn.rejected = %reason, "bearer token refused");
+    invalid(&format!("Invalid bearer token: {reason}"))
+}
+
+/// Everything that turns a presented credential into a principal.
+pub struct Authenticator {
+    pub master: MasterKey,
+    pub keys: KeyResolver,
+    pub users: UserResolver,
+    /// tollgate's own sessions, when `auth.session` is configured.
+    pub sessions: Option<Arc<Sessions>>,
+    /// OIDC issuers, when `auth.oidc` lists any.
+    pub oidc: Option<(Arc<OidcVerifier>, OidcUsers)>,
+    max_token_bytes: usize,
+    metrics: Metrics,
+}
+
+impl Authenticator {
+    pub fn new(
+        config: &Config,
+        master: MasterKey,
+        store: SharedStore,
+        sessions: Option<Arc<Sessions>>,
+        metrics: Metrics,
+    ) -> Authenticator {
+        let timeout = config.database.timeout;
+        let oidc = (!config.auth.oidc.is_empty()).then(|| {
+            (
+                Arc::new(OidcVerifier::new(
+                    &config.auth.oidc,
+                    config.auth.max_token_bytes,
+                )),
+                OidcUsers::new(
+                    store.clone(),
+                    &config.auth.oidc,
+                    &config.cache,
+                    timeout,
+                    metrics.clone(),
+                ),
+            )
+        });
+        Authenticator {
+            master,
+            keys: KeyResolver::new(store.clone(), &config.cache, timeout, metrics.clone()),
+            users: UserResolver::new(store, &config.cache, timeout, metrics.clone()),
+            sessions,
+            oidc,
+            max_token_bytes: config.auth.max_token_bytes,
+            metrics,
+        }
     }
-    let key = api_key::parse(secret).map_err(|e| invalid(&format!("Incorrect API key: {e}")))?;
-    match keys.resolve(&key.hash()).await {
-        Ok(Some(lookup)) => Ok(Principal::Key(lookup)),
-        Ok(None) => Err(invalid("Incorrect API key provided")),
-        Err(e) => Err(AuthnError::Unavailable(e)),
+
+    /// Replaces the OIDC verifier (tests read issuers through their own client).
+    pub fn set_oidc_verifier(&mut self, verifier: Arc<OidcVerifier>) {
+        if let Some((v, _)) = &mut self.oidc {
+            *v = verifier;
+        }
+    }
+
+    /// Drops everything cached that an admin write made stale, at once.
+    pub fn invalidate(&self, what: Invalidation) {
+        if let Some((_, users)) = &self.oidc {
+            users.invalidate(&what);
+        }
+        self.users.invalidate(what.clone());
+        self.keys.invalidate(what);
+    }
+
+    /// Resolves a presented credential: the master key; a bearer JWT (a session token of
+    /// `auth.session`, else a token of an OIDC issuer); else a virtual key (format and
+    /// checksum first, then cache, then store). `source` is the client's address, for the
+    /// audit lines of a provisioning login.
+    pub async fn resolve(
+        &self,
+        presented: Option<&str>,
+        source: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Principal, AuthnError> {
+        let Some(secret) = presented else {
+            return Err(invalid(
+                "You didn't provide an API key. Provide it as `authorization: Bearer <key>`, `x-api-key` or `api-key`",
+            ));
+        };
+        if self.master.matches(secret) {
+            return Ok(Principal::Master);
+        }
+        if jwt::looks_like_jwt(secret) {
+            return self.resolve_jwt(secret, source, now).await;
+        }
+        let key =
+            api_key::parse(secret).map_err(|e| invalid(&format!("Incorrect API key: {e}")))?;
+        match self.keys.resolve(&key.hash()).await {
+            Ok(Some(lookup)) => Ok(Principal::Key(lookup)),
+            Ok(None) => Err(invalid("Incorrect API key provided")),
+            Err(e) => Err(AuthnError::Unavailable(e)),
+        }
+    }
+
+    async fn resolve_jwt(
+        &self,
+        token: &str,
+        source: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Principal, AuthnError> {
+        let issuer = jwt::parse(token, self.max_token_bytes)
+            .map_err(|r| token_refused("jwt", &r))?
+            .issuer()
+            .map(str::to_owned);
+        let own = self
+            .sessions
+            .as_ref()
+            .filter(|s| issuer.as_deref() == Some(s.keys().issuer()));
+        let user_id = if let Some(sessions) = own {
+            session_subject(sessions, token, now)?
+        } else if let Some((verifier, users)) = &self.oidc {
+            let identity = match verifier.verify(token, now).await {
+                Ok(identity) => identity,
+                Err(OidcError::Rejected(r)) => return Err(token_refused("oidc", &r)),
+                Err(e @ OidcError::Unavailable { .. }) => {
+                    self.metrics
+                        .backend_errors
+                        .with_label_values(&["oidc"])
+                        .inc();
+                    return Err(AuthnError::Unavailable(StoreError::Unavailable(
+                        e.to_string(),
+                    )));
+                }
+            };
+            let found = users
+                .user_id(&identity, source, |id| {
+                    self.users.invalidate(Invalidation::User(id.to_owned()))
+                })
+                .await
+                .map_err(AuthnError::Unavailable)?;
+            found.ok_or_else(|| {
+                tracing::info!(issuer = %identity.issuer, "OIDC token of an identity linked to no user (auto_provision is off)");
+                invalid("This identity has no tollgate account; ask an admin to create one with your email")
+            })?
+        } else if let Some(sessions) = &self.sessions {
+            // Not our issuer and no OIDC issuer: the session verifier says precisely why.
+            session_subject(sessions, token, now)?
+        } else {
+            return Err(token_refused(
+                "jwt",
+                &"bearer tokens are not accepted here: no token issuer is configured",
+            ));
+        };
+        match self.users.resolve(&user_id).await {
+            Ok(Some(user)) => Ok(Principal::User(user)),
+            Ok(None) => Err(invalid("The account of this token no longer exists")),
+            Err(e) => Err(AuthnError::Unavailable(e)),
+        }
     }
 }
 
-// Bearer JWTs: shared structural and claim checks ([`jwt`]), and tokens of OIDC issuers
-// verified against their published keys ([`oidc`]).
-pub mod jwt;
-pub mod oidc;
-
-// tollgate's own login sessions: signed access tokens and refresh tokens ([`session`]),
-// password hashing and policy ([`password`]), login attempt limits ([`login_guard`]), and the
-// service that ties them to the store ([`login`]).
-pub mod login;
-pub mod login_guard;
-pub mod password;
-pub mod session;
+/// The user id of a valid, unrevoked session access token.
+fn session_subject(sessions: &Sessions, token: &str, now: Timestamp) -> Result<String, AuthnError> {
+    sessions
+        .authenticate(token, now)
+        .map(|claims| claims.sub)
+        .map_err(|e| token_refused("session", &e))
+}

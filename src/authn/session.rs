@@ -118,6 +118,11 @@ impl SessionKeys {
         &self.kid
     }
 
+    /// The `iss` of the tokens these keys sign.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
     pub fn access_ttl(&self) -> i64 {
         self.access_ttl
     }

@@ -8,7 +8,7 @@
 pub mod body;
 pub mod response;
 
-use crate::authn::{self, credential, AuthnError, KeyResolver, MasterKey};
+use crate::authn::{credential, Authenticator, AuthnError};
 use crate::decision::{self, Denial, DenyReason, Policy};
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
@@ -23,8 +23,7 @@ const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
 /// Everything a decision needs, shared by all requests. Only reads on the hot path.
 pub struct Gate {
     pub policy: ArcSwap<Policy>,
-    pub master: MasterKey,
-    pub keys: Arc<KeyResolver>,
+    pub auth: Arc<Authenticator>,
     pub metrics: Metrics,
 }
 
@@ -87,7 +86,19 @@ impl Gate {
             Err(denial) => return Ok(Err(denial)),
         };
         let presented = credential::extract(|name| http.headers.get(name).map(String::as_str));
-        let principal = match authn::resolve(&self.master, &self.keys, presented).await {
+        let source = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.source.as_ref())
+            .and_then(|peer| peer.address.as_ref())
+            .and_then(|address| match &address.address {
+                Some(
+                    envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(s),
+                ) => Some(s.address.as_str()),
+                _ => None,
+            });
+        let now = crate::domain::now();
+        let principal = match self.auth.resolve(presented, source, now).await {
             Ok(p) => p,
             Err(AuthnError::Denied(denial)) => return Ok(Err(denial)),
             Err(AuthnError::Unavailable(e)) => return Err(e),
@@ -102,13 +113,7 @@ impl Gate {
             .get(PARTIAL_BODY_HEADER)
             .is_some_and(|v| v == "true");
         let model = body::model_field(body, truncated);
-        Ok(decision::authorize(
-            &policy,
-            rule,
-            &principal,
-            &model,
-            crate::domain::now(),
-        ))
+        Ok(decision::authorize(&policy, rule, &principal, &model, now))
     }
 }
 

@@ -1,0 +1,313 @@
+//! Who may do what on the HTTP API: the [`Caller`] extractor and the role table
+//! (docs/DESIGN.md, "Roles on the HTTP API").
+//!
+//! | caller | may |
+//! |---|---|
+//! | master key, admin key, `admin` user | everything |
+//! | `viewer` | read every admin route, write nothing |
+//! | `manager` | read users; create teams (becoming their owner); update and delete the teams they own |
+//! | team `owner` (any role but viewer) | manage that team's members and keys |
+//! | `user`, `manager` | manage their own keys |
+//!
+//! A virtual key without the `admin` permission is for calling models, not for this API.
+
+use super::{ApiError, AppState};
+use crate::decision::{self, Principal, ADMIN_PERMISSION, LLM_PERMISSIONS};
+use crate::domain::{self, ApiKey, Role, TeamRole, User};
+use crate::store::Actor;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The authenticated identity behind an HTTP API call.
+#[derive(Debug, Clone)]
+pub enum Who {
+    Master,
+    /// A virtual key with the `admin` permission.
+    AdminKey,
+    /// A person with a login token (session or OIDC).
+    User(Arc<User>),
+}
+
+/// An authenticated caller: who, and how they appear in the audit log.
+pub struct Caller {
+    pub who: Who,
+    pub actor: Actor,
+}
+
+pub(super) fn source_of(parts: &Parts) -> Option<String> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let source = source_of(parts);
+        let presented = crate::authn::credential::extract(|name| {
+            parts.headers.get(name).and_then(|v| v.to_str().ok())
+        });
+        let now = domain::now();
+        let principal = app
+            .gate
+            .auth
+            .resolve(presented, source.as_deref(), now)
+            .await
+            .map_err(|e| match e {
+                crate::authn::AuthnError::Denied(d) => ApiError::Unauthorized(d.message),
+                crate::authn::AuthnError::Unavailable(e) => ApiError::from(e),
+            })?;
+        let (who, name) = match principal {
+            Principal::Master => (Who::Master, "master".to_owned()),
+            Principal::Key(lookup) => {
+                decision::standing(&lookup, now).map_err(|d| ApiError::Unauthorized(d.message))?;
+                if !decision::has_permission(
+                    &decision::effective_permissions(&lookup),
+                    ADMIN_PERMISSION,
+                ) {
+                    return Err(ApiError::Forbidden(
+                        "this API takes the master key, an admin key, or a login token (JWT); keys without `admin` are for calling models".into(),
+                    ));
+                }
+                (Who::AdminKey, format!("key:{}", lookup.key.id))
+            }
+            Principal::User(user) => {
+                if user.blocked {
+                    return Err(ApiError::Forbidden("the account is blocked".into()));
+                }
+                let name = format!("user:{}", user.id);
+                (Who::User(user), name)
+            }
+        };
+        Ok(Caller {
+            who,
+            actor: Actor::new(name, source),
+        })
+    }
+}
+
+/// A person signed in with a login token (session or OIDC), for the `/v1/user` routes.
+pub struct SignedIn {
+    pub user: Arc<User>,
+    pub caller: Caller,
+}
+
+impl FromRequestParts<AppState> for SignedIn {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, app).await?;
+        match &caller.who {
+            Who::User(user) => Ok(SignedIn {
+                user: user.clone(),
+                caller,
+            }),
+            _ => Err(ApiError::Forbidden(
+                "this route is for people: present a login token (JWT) from /v1/login or your identity provider".into(),
+            )),
+        }
+    }
+}
+
+impl Caller {
+    /// The caller's role: the master key and admin keys count as `admin`.
+    pub fn role(&self) -> Role {
+        match &self.who {
+            Who::Master | Who::AdminKey => Role::Admin,
+            Who::User(user) => user.role,
+        }
+    }
+
+    pub fn user(&self) -> Option<&User> {
+        match &self.who {
+            Who::User(user) => Some(user),
+            _ => None,
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.role() == Role::Admin
+    }
+
+    /// Admins and viewers read every admin route.
+    pub fn reads_all(&self) -> bool {
+        matches!(self.role(), Role::Admin | Role::Viewer)
+    }
+
+    /// Whether the caller is this user.
+    pub fn is_user(&self, id: &str) -> bool {
+        self.user().is_some_and(|u| u.id == id)
+    }
+
+    /// `Ok` when `allowed`, else 403 naming the caller's role and what was refused.
+    pub fn allow(&self, allowed: bool, what: &str) -> Result<(), ApiError> {
+        if allowed {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "the role `{}` may not {what}",
+                self.role()
+            )))
+        }
+    }
+
+    pub fn require_admin(&self, what: &str) -> Result<(), ApiError> {
+        self.allow(self.is_admin(), what)
+    }
+
+    pub fn require_reader(&self, what: &str) -> Result<(), ApiError> {
+        self.allow(self.reads_all(), what)
+    }
+
+    /// The caller's role in a team (`None`: not a member, or not a person).
+    pub async fn team_role(
+        &self,
+        app: &AppState,
+        team_id: &str,
+    ) -> Result<Option<TeamRole>, ApiError> {
+        let Some(user) = self.user() else {
+            return Ok(None);
+        };
+        let memberships = app.store.user_memberships(&user.id).await?;
+        Ok(memberships
+            .into_iter()
+            .find(|m| m.team_id == team_id)
+            .map(|m| m.role))
+    }
+
+    /// Team owners (but viewers) manage the team's members and keys; admins every team's.
+    pub async fn owns_team(&self, app: &AppState, team_id: &str) -> Result<bool, ApiError> {
+        if self.is_admin() {
+            return Ok(true);
+        }
+        if self.role() == Role::Viewer {
+            return Ok(false);
+        }
+        Ok(self.team_role(app, team_id).await? == Some(TeamRole::Owner))
+    }
+
+    /// Admins, and managers who own the team, change its settings or delete it.
+    pub async fn manages_team(&self, app: &AppState, team_id: &str) -> Result<bool, ApiError> {
+        if self.is_admin() {
+            return Ok(true);
+        }
+        Ok(self.role() == Role::Manager && self.owns_team(app, team_id).await?)
+    }
+
+    /// Admins and viewers see every team; others the teams they belong to.
+    pub async fn sees_team(&self, app: &AppState, team_id: &str) -> Result<bool, ApiError> {
+        Ok(self.reads_all() || self.team_role(app, team_id).await?.is_some())
+    }
+
+    /// Admins; the key's own user (but viewers); owners of the key's team.
+    pub async fn manages_key(&self, app: &AppState, key: &ApiKey) -> Result<bool, ApiError> {
+        if self.is_admin() {
+            return Ok(true);
+        }
+        if self.role() == Role::Viewer {
+            return Ok(false);
+        }
+        if key.user_id.as_deref().is_some_and(|id| self.is_user(id)) {
+            return Ok(true);
+        }
+        match &key.team_id {
+            Some(team) => self.owns_team(app, team).await,
+            None => Ok(false),
+        }
+    }
+
+    pub async fn sees_key(&self, app: &AppState, key: &ApiKey) -> Result<bool, ApiError> {
+        Ok(self.reads_all()
+            || key.user_id.as_deref().is_some_and(|id| self.is_user(id))
+            || self.manages_key(app, key).await?)
+    }
+}
+
+/// Checks that a key's permissions and models only narrow those of its owner: a user's
+/// key stays within the user's role, a team's key within the team's models, and only an
+/// admin gives a key without a user more than the LLM permissions.
+pub async fn check_key_narrows(
+    app: &AppState,
+    caller: &Caller,
+    user_id: Option<&str>,
+    team_id: Option<&str>,
+    permissions: &[String],
+    models: &[String],
+) -> Result<(), ApiError> {
+    if let Some(user_id) = user_id {
+        let owner = app
+            .store
+            .get_user(user_id)
+            .await?
+            .ok_or_else(|| ApiError::BadRequest(format!("`user_id`: no user `{user_id}`")))?;
+        let granted = decision::role_permissions(owner.role);
+        if let Some(p) = permissions
+            .iter()
+            .find(|p| !granted.iter().any(|g| g == p || *g == ADMIN_PERMISSION))
+        {
+            return Err(ApiError::BadRequest(format!(
+                "`permissions`: the key's user (role `{}`) does not have `{p}`; a key can only narrow its owner's permissions",
+                owner.role
+            )));
+        }
+    } else if !caller.is_admin() {
+        if let Some(p) = permissions
+            .iter()
+            .find(|p| !LLM_PERMISSIONS.contains(&p.as_str()))
+        {
+            return Err(ApiError::BadRequest(format!(
+                "`permissions`: only an admin can give a key without a user `{p}`"
+            )));
+        }
+    }
+    if let Some(team_id) = team_id {
+        let team = app
+            .store
+            .get_team(team_id)
+            .await?
+            .ok_or_else(|| ApiError::BadRequest(format!("`team_id`: no team `{team_id}`")))?;
+        if let Some(m) = models.iter().find(|m| !pattern_within(m, &team.models)) {
+            return Err(ApiError::BadRequest(format!(
+                "`models`: the team does not allow `{m}`; a key can only narrow its team's models"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether every model a pattern (`gpt-4o` or `gpt-4o*`) matches is allowed by `allowed`
+/// (empty: everything).
+fn pattern_within(pattern: &str, allowed: &[String]) -> bool {
+    match pattern.strip_suffix('*') {
+        None => decision::models_allow(allowed, pattern),
+        Some(prefix) => {
+            allowed.is_empty()
+                || allowed.iter().any(|a| match a.strip_suffix('*') {
+                    Some(outer) => prefix.starts_with(outer),
+                    None => false,
+                })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pattern_within;
+
+    #[test]
+    fn key_model_patterns_must_fit_inside_the_team_s() {
+        let team = vec!["gpt-4o*".to_owned(), "claude-3".to_owned()];
+        assert!(pattern_within("gpt-4o-mini", &team));
+        assert!(pattern_within("gpt-4o*", &team));
+        assert!(pattern_within("gpt-4o-mini*", &team));
+        assert!(pattern_within("claude-3", &team));
+        assert!(!pattern_within("claude-3*", &team));
+        assert!(!pattern_within("gpt*", &team));
+        assert!(!pattern_within("o1", &team));
+        assert!(pattern_within("anything*", &[]));
+    }
+}
