@@ -620,4 +620,78 @@ mod tests {
         let d = authorize(&p, &chat(&p), &Principal::Master, &named("other"), NOW).unwrap_err();
         assert_eq!(d.reason, DenyReason::ModelNotAllowed);
     }
+
+    fn person(role: Role, blocked: bool) -> Principal {
+        Principal::User(Arc::new(User {
+            id: "u9".into(),
+            username: "ada".into(),
+            email: "ada@example.com".into(),
+            full_name: None,
+            role,
+            blocked,
+            limits: Limits::default(),
+            metadata: serde_json::json!({}),
+            locked_until: None,
+            created_at: NOW - 10,
+            updated_at: NOW - 10,
+        }))
+    }
+
+    #[test]
+    fn people_act_with_their_role_and_carry_no_key_or_team() {
+        let p = policy("models:\n  - { name: gpt-4o }\n");
+        let g = authorize(
+            &p,
+            &chat(&p),
+            &person(Role::User, false),
+            &named("gpt-4o"),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(g.user_id.as_deref(), Some("u9"));
+        assert_eq!(g.key_id, None);
+        assert_eq!(g.team_id, None);
+
+        let d = authorize(
+            &p,
+            &chat(&p),
+            &person(Role::Viewer, false),
+            &named("gpt-4o"),
+            NOW,
+        )
+        .unwrap_err();
+        assert_eq!(d.reason, DenyReason::PermissionDenied);
+        assert!(d.message.contains("`viewer`"), "{}", d.message);
+        let models = route(&p, "GET", "/v1/models").unwrap().clone();
+        assert!(authorize(
+            &p,
+            &models,
+            &person(Role::Viewer, false),
+            &ModelField::Absent,
+            NOW
+        )
+        .is_ok());
+
+        let d = authorize(
+            &p,
+            &chat(&p),
+            &person(Role::Admin, true),
+            &named("gpt-4o"),
+            NOW,
+        )
+        .unwrap_err();
+        assert_eq!(d.reason, DenyReason::PermissionDenied);
+        assert_eq!(d.message, "This user is blocked");
+
+        // The catalogue applies to people too.
+        let d = authorize(
+            &p,
+            &chat(&p),
+            &person(Role::Admin, false),
+            &named("other"),
+            NOW,
+        )
+        .unwrap_err();
+        assert_eq!(d.reason, DenyReason::ModelNotAllowed);
+    }
 }

@@ -101,9 +101,6 @@ pub fn unenforced(config: &Config) -> Vec<&'static str> {
     if config.redis.is_some() {
         sections.push("redis");
     }
-    if !config.auth.oidc.is_empty() {
-        sections.push("auth.oidc");
-    }
     if config.limits.global.is_some() || !config.limits.routes.is_empty() {
         sections.push("limits");
     }
