@@ -522,6 +522,18 @@ impl Config {
                 "there are only 4 classes (lower, upper, digit, other)".into(),
             );
         }
+        if let Some(admin) = &self.auth.bootstrap_admin {
+            // Not `${VAR}`-empty: the admin would have no usable password.
+            if let Err(violation) = crate::authn::password::check_policy(
+                &self.auth.password_policy,
+                admin.password.expose(),
+            ) {
+                return err(
+                    "auth.bootstrap_admin.password",
+                    format!("{} (auth.password_policy applies to it too)", violation.0),
+                );
+            }
+        }
         if self.auth.max_token_bytes < 512 {
             return err("auth.max_token_bytes", "must be at least 512".into());
         }
@@ -919,6 +931,20 @@ mod tests {
         .config;
         assert_eq!(c.auth.oidc[0].claims.groups, "roles");
         assert_eq!(c.auth.oidc[0].claims.subject, "sub");
+    }
+
+    #[test]
+    fn the_bootstrap_admin_password_follows_the_policy() {
+        let e = parse(
+            "auth:\n  bootstrap_admin:\n    username: root\n    email: r@example.com\n    password: short\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("auth.bootstrap_admin.password"));
+        assert!(e.to_string().contains("at least"), "{e}");
+        assert!(
+            !e.to_string().contains("short"),
+            "the password is not echoed: {e}"
+        );
     }
 
     #[test]
