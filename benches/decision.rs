@@ -1,6 +1,6 @@
 //! What one Check costs inside tollgate, without the network: a whole `Gate::check` for a
-//! cached key (credential extraction, checksum, SHA-256, cache hit, policy, response), and
-//! its parts. Run with `cargo bench --bench decision`.
+//! cached key (credential extraction, checksum, SHA-256, cache hit, policy, response), for
+//! a session token (HS256 verification, cached user), and the parts. Run with `cargo bench --bench decision`.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use envoy_types::ext_authz::v3::pb::CheckRequest;
@@ -14,7 +14,7 @@ use tollgate::config::Config;
 use tollgate::decision::{self, ModelField, Policy, Principal};
 use tollgate::secret::Secret;
 use tollgate::store::sql::{ConnectOptions, SqlStore};
-use tollgate::store::{Actor, NewKey, Store};
+use tollgate::store::{Actor, NewKey, NewUser, Store};
 
 fn check_request(key: &str, body: &[u8]) -> CheckRequest {
     let headers = [
@@ -56,7 +56,7 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let (gate, key) = rt.block_on(async {
+    let (app, key, session_token) = rt.block_on(async {
         let store = SqlStore::connect(&url, &ConnectOptions::default())
             .await
             .unwrap();
@@ -75,9 +75,32 @@ fn bench(c: &mut Criterion) {
             )
             .await
             .unwrap();
-        let app = App::with_store(Config::default(), &Secret::new("master"), Arc::new(store));
-        (app.gate.clone(), plain.into_string())
+        let user = store
+            .create_user(
+                &Actor::new("bench", None),
+                NewUser {
+                    username: "ada".into(),
+                    email: "ada@example.com".into(),
+                    ..NewUser::default()
+                },
+            )
+            .await
+            .unwrap();
+        let config = Config::parse_str(
+            "bench.yaml",
+            "auth:\n  session: { secret: bench-secret-bench-secret-bench-secret-0123 }\n",
+            &|_| None,
+        )
+        .unwrap()
+        .config;
+        let app = App::with_store(config, &Secret::new("master"), Arc::new(store));
+        let sessions = app.sessions.as_ref().expect("auth.session is set");
+        let (token, _) = sessions
+            .keys()
+            .issue(&user, "bench-session", tollgate::domain::now());
+        (app, plain.into_string(), token.expose().to_owned())
     });
+    let gate = app.gate.clone();
     let request = check_request(&key, BODY);
     // Warm the cache: the benchmark is of the cached decision, which does no I/O.
     let warm = rt.block_on(gate.check(&request)).unwrap();
@@ -89,6 +112,16 @@ fn bench(c: &mut Criterion) {
 
     c.bench_function("check/cached_key_allowed", |b| {
         b.to_async(&rt).iter(|| gate.check(&request))
+    });
+    let session = check_request(&session_token, BODY);
+    let warm = rt.block_on(gate.check(&session)).unwrap();
+    assert_eq!(
+        warm.status.unwrap().code,
+        0,
+        "the session token must be allowed"
+    );
+    c.bench_function("check/cached_session_token_allowed", |b| {
+        b.to_async(&rt).iter(|| gate.check(&session))
     });
     let denied = check_request(key.replace("sk-tg-", "sk-tg-X").split_at(55).0, BODY);
     c.bench_function("check/bad_checksum_denied", |b| {
