@@ -85,8 +85,38 @@ impl fmt::Debug for Database {
 #[serde(deny_unknown_fields)]
 pub struct Redis {
     pub url: String,
+    /// What rate limiting does while Redis is unreachable.
     #[serde(default)]
     pub failure_mode: FailureMode,
+    /// Most connections in the pool.
+    #[serde(default = "default_redis_pool")]
+    pub pool_size: usize,
+    /// Bound on one call (a bucket decision), connecting included.
+    #[serde(default = "default_redis_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Prefix of every key tollgate writes.
+    #[serde(default = "default_redis_prefix")]
+    pub key_prefix: String,
+    /// How many tollgate replicas share this Redis: in `failure_mode: local` each replica
+    /// enforces its share (the limit divided by this) in memory.
+    #[serde(default = "default_replicas")]
+    pub replicas: u64,
+}
+
+fn default_redis_pool() -> usize {
+    16
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(100)
+}
+
+fn default_redis_prefix() -> String {
+    "tollgate:".to_owned()
+}
+
+fn default_replicas() -> u64 {
+    1
 }
 
 impl fmt::Debug for Redis {
@@ -94,6 +124,10 @@ impl fmt::Debug for Redis {
         f.debug_struct("Redis")
             .field("url", &redact_url(&self.url))
             .field("failure_mode", &self.failure_mode)
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .field("key_prefix", &self.key_prefix)
+            .field("replicas", &self.replicas)
             .finish()
     }
 }
@@ -309,6 +343,10 @@ pub struct Limits {
 pub struct Rate {
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
+    /// Most requests a bucket holds (a burst); default `rpm`.
+    pub rpm_burst: Option<u64>,
+    /// Most tokens a bucket holds; default `tpm`.
+    pub tpm_burst: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -496,6 +534,33 @@ impl Config {
                     "redis.url",
                     "must start with redis:// or rediss://".to_owned(),
                 );
+            }
+            if redis.pool_size == 0 {
+                return err("redis.pool_size", "must be at least 1".into());
+            }
+            if redis.timeout.is_zero() {
+                return err("redis.timeout", "must be greater than zero".into());
+            }
+            if redis.replicas == 0 {
+                return err("redis.replicas", "must be at least 1".into());
+            }
+        }
+        let rates = self
+            .limits
+            .global
+            .iter()
+            .map(|r| ("limits.global".to_owned(), r))
+            .chain(
+                self.limits
+                    .routes
+                    .iter()
+                    .map(|(path, r)| (format!("limits.routes.{path}"), r)),
+            );
+        for (at, rate) in rates {
+            for (name, burst) in [("rpm_burst", rate.rpm_burst), ("tpm_burst", rate.tpm_burst)] {
+                if burst == Some(0) {
+                    return err(&format!("{at}.{name}"), "must be at least 1".into());
+                }
             }
         }
         if let Some(session) = &self.auth.session {

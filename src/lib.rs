@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod decision;
 pub mod domain;
+pub mod limits;
 pub mod metrics;
 pub mod mock_llm;
 pub mod secret;

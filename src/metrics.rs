@@ -9,6 +9,7 @@ pub const CHECK_DURATION: &str = "tollgate_check_duration_seconds";
 pub const CACHE_REQUESTS: &str = "tollgate_cache_requests_total";
 pub const BACKEND_ERRORS: &str = "tollgate_backend_errors_total";
 pub const USAGE_QUEUE_DEPTH: &str = "tollgate_usage_queue_depth";
+pub const REDIS_UP: &str = "tollgate_redis_up";
 
 /// The process's metrics. Cheap to clone (the collectors are reference-counted).
 #[derive(Clone)]
@@ -22,6 +23,8 @@ pub struct Metrics {
     /// `backend` = database | redis | oidc.
     pub backend_errors: IntCounterVec,
     pub usage_queue_depth: IntGauge,
+    /// 1 while Redis answers, 0 while rate limiting runs in its failure mode.
+    pub redis_up: IntGauge,
 }
 
 impl Default for Metrics {
@@ -61,12 +64,18 @@ impl Metrics {
         let usage_queue_depth =
             IntGauge::new(USAGE_QUEUE_DEPTH, "Usage records waiting to be written")
                 .expect("valid metric");
+        let redis_up = IntGauge::new(
+            REDIS_UP,
+            "1 while Redis answers, 0 while rate limits follow redis.failure_mode",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(check_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(check_duration.clone()),
             Box::new(cache_requests.clone()),
             Box::new(backend_errors.clone()),
             Box::new(usage_queue_depth.clone()),
+            Box::new(redis_up.clone()),
         ] {
             registry
                 .register(collector)
@@ -79,6 +88,7 @@ impl Metrics {
             cache_requests,
             backend_errors,
             usage_queue_depth,
+            redis_up,
         }
     }
 
@@ -110,6 +120,7 @@ mod tests {
             CACHE_REQUESTS,
             BACKEND_ERRORS,
             USAGE_QUEUE_DEPTH,
+            REDIS_UP,
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }
