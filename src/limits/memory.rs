@@ -36,7 +36,7 @@ impl Table {
 
     fn sweep(&mut self, now_ms: i64) {
         self.calls += 1;
-        if self.calls % SWEEP_EVERY == 0 {
+        if self.calls.is_multiple_of(SWEEP_EVERY) {
             self.buckets.retain(|_, (shape, state)| {
                 shape.refilled(*state, now_ms).tokens < shape.burst as f64
             });
