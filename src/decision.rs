@@ -417,6 +417,7 @@ mod tests {
                 id: "u1".into(),
                 role: Role::User,
                 blocked: false,
+                limits: Limits::default(),
             }),
             team: None,
         }))
@@ -515,6 +516,7 @@ mod tests {
             id: "t1".into(),
             models: vec![],
             blocked: true,
+            limits: Limits::default(),
         });
         let d = authorize(&p, &rule, &Principal::Key(Arc::new(l)), &named("m"), NOW).unwrap_err();
         assert_eq!(d.reason, DenyReason::PermissionDenied);

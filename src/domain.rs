@@ -270,6 +270,7 @@ pub struct KeyOwnerUser {
     pub id: String,
     pub role: Role,
     pub blocked: bool,
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -277,6 +278,7 @@ pub struct KeyOwnerTeam {
     pub id: String,
     pub models: Vec<String>,
     pub blocked: bool,
+    pub limits: Limits,
 }
 
 /// One line of the audit log. `details` never carries a secret.

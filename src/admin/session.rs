@@ -197,6 +197,7 @@ async fn register(
             },
         )
         .await?;
+    app.gate.auth.user_created();
     Ok((StatusCode::CREATED, Json(user)))
 }
 

@@ -104,6 +104,7 @@ async fn create(
             },
         )
         .await?;
+    app.gate.auth.user_created();
     Ok((StatusCode::CREATED, Json(user)))
 }
 

@@ -167,6 +167,12 @@ impl OidcUsers {
         Ok(found.map(|id| (*id).clone()))
     }
 
+    /// Forgets identities remembered as "linked to nobody": a user just created may be
+    /// theirs (linked by email on their next token).
+    pub fn user_created(&self) {
+        self.seen.forget_missing();
+    }
+
     /// Drops remembered identities of a user an admin changed or deleted, so the next token
     /// syncs (or provisions) again.
     pub fn invalidate(&self, what: &Invalidation) {

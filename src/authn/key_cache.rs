@@ -144,6 +144,19 @@ where
         }
     }
 
+    /// Forgets every "not found" answer (something may exist now).
+    pub(crate) fn forget_missing(&self) {
+        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if self
+            .cache
+            .invalidate_entries_if(|_, entry| entry.is_none())
+            .is_err()
+        {
+            self.cache.invalidate_all();
+        }
+    }
+
     /// Forgets one entry, found or not.
     pub(crate) fn forget(&self, key: &K) {
         let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());

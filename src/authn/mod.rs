@@ -127,6 +127,13 @@ impl Authenticator {
         self.keys.invalidate(what);
     }
 
+    /// A user was created: OIDC identities refused as "no account" may have one now.
+    pub fn user_created(&self) {
+        if let Some((_, users)) = &self.oidc {
+            users.user_created();
+        }
+    }
+
     /// Resolves a presented credential: the master key; a bearer JWT (a session token of
     /// `auth.session`, else a token of an OIDC issuer); else a virtual key (format and
     /// checksum first, then cache, then store). `source` is the client's address, for the

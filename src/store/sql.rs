@@ -698,11 +698,17 @@ fn list_col(row: &AnyRow, name: &str) -> StoreResult<Vec<String>> {
 }
 
 fn limits_from_row(row: &AnyRow) -> StoreResult<Limits> {
+    prefixed_limits(row, "")
+}
+
+/// The four limit columns, named `{prefix}rpm` and so on (joined owners' columns are
+/// aliased with a prefix).
+fn prefixed_limits(row: &AnyRow, prefix: &str) -> StoreResult<Limits> {
     Ok(Limits {
-        rpm: col(row, "rpm")?,
-        tpm: col(row, "tpm")?,
-        max_budget: col(row, "max_budget")?,
-        budget_duration: opt_enum_col(row, "budget_duration")?,
+        rpm: col(row, &format!("{prefix}rpm"))?,
+        tpm: col(row, &format!("{prefix}tpm"))?,
+        max_budget: col(row, &format!("{prefix}max_budget"))?,
+        budget_duration: opt_enum_col(row, &format!("{prefix}budget_duration"))?,
     })
 }
 
@@ -1601,8 +1607,14 @@ impl Store for SqlStore {
              k.expires_at, k.blocked, k.metadata, k.created_at, k.updated_at, k.revoked_at, \
              k.previous_expires_at, k.key_hash, \
              u.id AS owner_user_id, u.role AS owner_user_role, u.blocked AS owner_user_blocked, \
+             u.rpm AS owner_user_rpm, u.tpm AS owner_user_tpm, \
+             u.max_budget AS owner_user_max_budget, \
+             u.budget_duration AS owner_user_budget_duration, \
              t.id AS owner_team_id, t.models AS owner_team_models, \
-             t.blocked AS owner_team_blocked \
+             t.blocked AS owner_team_blocked, \
+             t.rpm AS owner_team_rpm, t.tpm AS owner_team_tpm, \
+             t.max_budget AS owner_team_max_budget, \
+             t.budget_duration AS owner_team_budget_duration \
              FROM api_keys k \
              LEFT JOIN users u ON u.id = k.user_id \
              LEFT JOIN teams t ON t.id = k.team_id \
@@ -1631,6 +1643,7 @@ impl Store for SqlStore {
                 id,
                 role: enum_col(row, "owner_user_role")?,
                 blocked: bool_col(row, "owner_user_blocked")?,
+                limits: prefixed_limits(row, "owner_user_")?,
             }),
             None => None,
         };
@@ -1639,6 +1652,7 @@ impl Store for SqlStore {
                 id,
                 models: list_col(row, "owner_team_models")?,
                 blocked: bool_col(row, "owner_team_blocked")?,
+                limits: prefixed_limits(row, "owner_team_")?,
             }),
             None => None,
         };
