@@ -11,7 +11,11 @@
 //! debited: one atomic step in either store. A refused request takes nothing.
 
 pub mod bucket;
+pub mod limiter;
 pub mod memory;
+pub mod redis;
+
+pub use limiter::Limiter;
 
 use async_trait::async_trait;
 use bucket::{Shape, View};

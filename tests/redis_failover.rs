@@ -1,0 +1,416 @@
+//! The limiter against a Redis server of the test's own, killed and restarted mid-run: every
+//! `redis.failure_mode` answers while Redis is down without waiting on it, and Redis takes
+//! over again by itself when it is back (its scripts reloaded, since a restarted server has
+//! none).
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tollgate::config::Redis;
+use tollgate::limits::bucket::Shape;
+use tollgate::limits::redis::RedisBuckets;
+use tollgate::limits::{Demand, LimitError, Limiter, Settlement, Unit};
+use tollgate::metrics::Metrics;
+
+/// The bound on one call: the configured timeout.
+const TIMEOUT: &str = "200ms";
+/// A call taking longer than this hangs (a hang check, not a speed assertion).
+const HANG: Duration = Duration::from_secs(2);
+/// How long a state the limiter reaches on its own (recovery) may take to show.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A `redis-server` child on a port of its own, without persistence; killed on drop.
+struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    async fn start() -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir: tempfile::tempdir().expect("a temporary directory"),
+        };
+        server.restart().await;
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on its port and waits until it answers PING.
+    async fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run redis-server (is it on PATH?)");
+        self.child = Some(child);
+        let started = Instant::now();
+        loop {
+            if let Ok(mut conn) = self.connect().await {
+                let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
+                if pong.is_ok() {
+                    return;
+                }
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "redis-server on port {} does not answer",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn connect(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn config(url: &str, mode: &str) -> Redis {
+    serde_yaml::from_str(&format!(
+        "url: {url}\nfailure_mode: {mode}\ntimeout: {TIMEOUT}\npool_size: 4\n\
+         key_prefix: 'failover:'\nreplicas: 2\n"
+    ))
+    .expect("a redis config")
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn demand(key: &str, per_minute: u64, burst: u64, cost: u64) -> Demand {
+    Demand {
+        key: key.to_owned(),
+        unit: if cost == 1 {
+            Unit::Requests
+        } else {
+            Unit::Tokens
+        },
+        shape: Shape { per_minute, burst },
+        cost,
+    }
+}
+
+/// Admits `d` `n` times at `now`, each call checked against [`HANG`]; how many were admitted.
+async fn admit_n(limiter: &Limiter, d: &Demand, now: i64, n: usize) -> usize {
+    let mut admitted = 0;
+    for _ in 0..n {
+        let started = Instant::now();
+        let outcome = limiter.admit(std::slice::from_ref(d), now).await;
+        assert!(
+            started.elapsed() < HANG,
+            "a call took {:?}",
+            started.elapsed()
+        );
+        if outcome.expect("admit").admitted {
+            admitted += 1;
+        }
+    }
+    admitted
+}
+
+async fn script_loaded(server: &RedisServer) -> bool {
+    let hash = RedisBuckets::new(&server.url(), 1, Duration::from_secs(1), "")
+        .unwrap()
+        .admit_script_hash()
+        .to_owned();
+    let mut conn = server.connect().await.unwrap();
+    let exists: Vec<bool> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(hash)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    exists == vec![true]
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < DEADLINE, "{what} within {DEADLINE:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn redis_errors(metrics: &Metrics) -> u64 {
+    metrics.backend_errors.with_label_values(&["redis"]).get()
+}
+
+/// Up, down, up again, with `mode`; `while_down` checks the answers while Redis is down.
+async fn failover<F, Fut>(mode: &str, while_down: F)
+where
+    F: FnOnce(Limiter, i64) -> Fut,
+    Fut: std::future::Future<Output = Limiter>,
+{
+    let mut server = RedisServer::start().await;
+    let metrics = Metrics::new();
+    let limiter = Limiter::redis(&config(&server.url(), mode), metrics.clone()).unwrap();
+    assert!(limiter.healthy());
+    assert_eq!(metrics.redis_up.get(), 1);
+
+    // Up: Redis enforces the limit.
+    let now = now_ms();
+    let up = demand("k:up:rpm", 60, 10, 1);
+    assert_eq!(admit_n(&limiter, &up, now, 12).await, 10);
+    assert!(script_loaded(&server).await);
+    let o = limiter.admit(std::slice::from_ref(&up), now).await.unwrap();
+    assert_eq!(o.views.len(), 1, "views come from redis");
+    assert_eq!(redis_errors(&metrics), 0);
+
+    // Down.
+    server.kill();
+    let limiter = while_down(limiter, now).await;
+    assert!(!limiter.healthy());
+    assert_eq!(metrics.redis_up.get(), 0);
+    assert_eq!(
+        redis_errors(&metrics),
+        1,
+        "one failed call, then none tried"
+    );
+    // Still down after a few probes: calls still answer at once.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert!(!limiter.healthy());
+    let started = Instant::now();
+    for _ in 0..100 {
+        let _ = limiter.admit(std::slice::from_ref(&up), now).await;
+    }
+    assert!(
+        started.elapsed() < HANG,
+        "100 calls took {:?}",
+        started.elapsed()
+    );
+
+    // Up again: the probe notices, and Redis enforces limits again, with its scripts
+    // loaded anew (the restarted server has none).
+    server.restart().await;
+    assert!(!script_loaded(&server).await);
+    wait_until("redis healthy again", || limiter.healthy()).await;
+    assert_eq!(metrics.redis_up.get(), 1);
+    let again = demand("k:again:rpm", 60, 3, 1);
+    let now = now_ms();
+    assert_eq!(admit_n(&limiter, &again, now, 5).await, 3);
+    let o = limiter
+        .admit(std::slice::from_ref(&again), now)
+        .await
+        .unwrap();
+    assert!(!o.admitted);
+    assert_eq!(o.views.len(), 1, "views come from redis");
+    assert!(script_loaded(&server).await);
+    assert!(limiter.healthy());
+    assert_eq!(redis_errors(&metrics), 1);
+}
+
+#[tokio::test]
+async fn open_admits_everything_while_redis_is_down() {
+    failover("open", |limiter, now| async move {
+        let d = demand("k:down:rpm", 60, 10, 1);
+        for _ in 0..20 {
+            let started = Instant::now();
+            let o = limiter.admit(std::slice::from_ref(&d), now).await.unwrap();
+            assert!(started.elapsed() < HANG);
+            assert!(o.admitted);
+            assert!(o.views.is_empty(), "no bucket consulted: no headers");
+        }
+        let started = Instant::now();
+        limiter
+            .settle(
+                &[Settlement {
+                    key: d.key.clone(),
+                    shape: d.shape,
+                    delta: 5,
+                }],
+                now,
+            )
+            .await
+            .unwrap();
+        assert!(started.elapsed() < HANG);
+        limiter
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn closed_refuses_everything_while_redis_is_down() {
+    failover("closed", |limiter, now| async move {
+        let d = demand("k:down:rpm", 60, 10, 1);
+        for _ in 0..20 {
+            let started = Instant::now();
+            let r = limiter.admit(std::slice::from_ref(&d), now).await;
+            assert!(started.elapsed() < HANG);
+            assert!(matches!(r, Err(LimitError::Unavailable(_))), "{r:?}");
+        }
+        // Corrections are dropped, not failed.
+        limiter
+            .settle(
+                &[Settlement {
+                    key: d.key.clone(),
+                    shape: d.shape,
+                    delta: 5,
+                }],
+                now,
+            )
+            .await
+            .unwrap();
+        limiter
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn local_enforces_each_replicas_share_while_redis_is_down() {
+    failover("local", |limiter, now| async move {
+        // Burst 10 shared by 2 replicas: 5 here.
+        let d = demand("k:down:rpm", 60, 10, 1);
+        assert_eq!(admit_n(&limiter, &d, now, 10).await, 5);
+        let o = limiter.admit(std::slice::from_ref(&d), now).await.unwrap();
+        assert!(!o.admitted);
+        assert_eq!(o.views[0].limit, 30);
+        assert_eq!(o.views[0].retry_after_ms, 2_000);
+        // Corrections apply to the local buckets, with the same share.
+        let tpm = demand("k:down:tpm", 600, 1_000, 100);
+        assert!(
+            limiter
+                .admit(std::slice::from_ref(&tpm), now)
+                .await
+                .unwrap()
+                .admitted
+        );
+        limiter
+            .settle(
+                &[Settlement {
+                    key: tpm.key.clone(),
+                    shape: tpm.shape,
+                    delta: 300,
+                }],
+                now,
+            )
+            .await
+            .unwrap();
+        let o = limiter
+            .admit(&[demand("k:down:tpm", 600, 1_000, 200)], now)
+            .await
+            .unwrap();
+        assert!(!o.admitted);
+        assert_eq!((o.views[0].limit, o.views[0].remaining), (300, 100));
+        limiter
+    })
+    .await;
+}
+
+/// A decision is one round trip: one EVALSHA, no PING, no script load once loaded.
+#[tokio::test]
+async fn an_admit_is_one_evalsha() {
+    let server = RedisServer::start().await;
+    let limiter = Limiter::redis(&config(&server.url(), "closed"), Metrics::new()).unwrap();
+    let d = demand("k:rt:rpm", 60, 100, 1);
+    let now = now_ms();
+    // The first call loads the script.
+    assert!(
+        limiter
+            .admit(std::slice::from_ref(&d), now)
+            .await
+            .unwrap()
+            .admitted
+    );
+    let mut conn = server.connect().await.unwrap();
+    let before = command_calls(&mut conn).await;
+    for _ in 0..20 {
+        assert!(
+            limiter
+                .admit(std::slice::from_ref(&d), now)
+                .await
+                .unwrap()
+                .admitted
+        );
+    }
+    let after = command_calls(&mut conn).await;
+    let delta = |name: &str| after(name) - before(name);
+    assert_eq!(delta("evalsha"), 20);
+    assert_eq!(delta("ping"), 0);
+    assert_eq!(delta("script|load"), 0);
+    assert_eq!(delta("eval"), 0);
+}
+
+/// `calls` per command from INFO commandstats.
+async fn command_calls(conn: &mut redis::aio::MultiplexedConnection) -> impl Fn(&str) -> i64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let calls: std::collections::HashMap<String, i64> = info
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.split(',').find_map(|f| f.strip_prefix("calls="))?;
+            Some((name.to_owned(), calls.parse().ok()?))
+        })
+        .collect();
+    move |name| calls.get(name).copied().unwrap_or(0)
+}
+
+/// With Redis never reachable, the first call fails within the timeout and the rest do not
+/// wait at all.
+#[tokio::test]
+async fn an_unreachable_redis_never_makes_a_call_wait() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let metrics = Metrics::new();
+    let limiter = Limiter::redis(
+        &config(&format!("redis://user:hunter2@127.0.0.1:{port}"), "closed"),
+        metrics.clone(),
+    )
+    .unwrap();
+    let d = demand("k:never:rpm", 60, 10, 1);
+    let started = Instant::now();
+    match limiter.admit(std::slice::from_ref(&d), now_ms()).await {
+        Err(LimitError::Unavailable(reason)) => {
+            assert!(!reason.contains("hunter2"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < HANG);
+    assert!(!limiter.healthy());
+    let started = Instant::now();
+    for _ in 0..1_000 {
+        assert!(limiter
+            .admit(std::slice::from_ref(&d), now_ms())
+            .await
+            .is_err());
+    }
+    assert!(started.elapsed() < HANG);
+    assert_eq!(redis_errors(&metrics), 1);
+}
