@@ -7,9 +7,11 @@
 use crate::authn::login::Sessions;
 use crate::authn::{Authenticator, MasterKey};
 use crate::authz::{AuthorizationService, Gate};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::decision::Policy;
 use crate::domain::Role;
+use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::store::sql::{ConnectOptions, SqlStore};
@@ -104,6 +106,15 @@ pub struct App {
 impl App {
     /// Connects and migrates the store and builds the decision state. Binds nothing.
     pub async fn build(config: Config, master_key: &Secret) -> anyhow::Result<Arc<App>> {
+        Self::build_with_clock(config, master_key, Clock::System).await
+    }
+
+    /// [`App::build`] with rate limits counted in `clock` (tests move a manual clock).
+    pub async fn build_with_clock(
+        config: Config,
+        master_key: &Secret,
+        clock: Clock,
+    ) -> anyhow::Result<Arc<App>> {
         let store = open_store(&config).await?;
         crate::store::Store::migrate(&store)
             .await
@@ -114,16 +125,34 @@ impl App {
                 .await
                 .context("cannot create auth.bootstrap_admin")?;
         }
-        Ok(Self::with_store(config, master_key, store))
+        Self::with_parts(config, master_key, store, clock)
     }
 
     /// Builds the decision state over an already opened store.
-    pub fn with_store(mut config: Config, master_key: &Secret, store: SharedStore) -> Arc<App> {
+    pub fn with_store(config: Config, master_key: &Secret, store: SharedStore) -> Arc<App> {
+        Self::with_parts(config, master_key, store, Clock::System)
+            .expect("a configuration without redis builds")
+    }
+
+    /// Builds the decision state over an already opened store, counting rate limits in
+    /// `clock`. Fails only when `redis` is configured wrong.
+    pub fn with_parts(
+        mut config: Config,
+        master_key: &Secret,
+        store: SharedStore,
+        clock: Clock,
+    ) -> anyhow::Result<Arc<App>> {
         // Only the master key's hash is kept (in the gate); the plaintext leaves the config,
         // and so does the bootstrap admin's password (used once, by `build`).
         config.master_key = Secret::default();
         config.auth.bootstrap_admin = None;
         let metrics = Metrics::new();
+        let limiter = match &config.redis {
+            Some(redis) => {
+                Limiter::redis(redis, metrics.clone()).map_err(|e| anyhow::anyhow!("redis: {e}"))?
+            }
+            None => Limiter::memory(),
+        };
         let sessions = Sessions::from_config(&config.auth, store.clone()).map(Arc::new);
         let auth = Authenticator::new(
             &config,
@@ -135,15 +164,17 @@ impl App {
         let gate = Arc::new(Gate {
             policy: ArcSwap::from_pointee(Policy::from_config(&config)),
             auth: Arc::new(auth),
+            limiter: Arc::new(limiter),
+            clock,
             metrics: metrics.clone(),
         });
-        Arc::new(App {
+        Ok(Arc::new(App {
             config: Arc::new(config),
             store,
             gate,
             metrics,
             sessions,
-        })
+        }))
     }
 
     /// Binds the gRPC and HTTP listeners and serves until [`Running::shutdown`].

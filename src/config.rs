@@ -331,11 +331,23 @@ impl Default for ClaimNames {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub global: Option<Rate>,
     pub routes: BTreeMap<String, Rate>,
+    /// Output tokens a request without `max_tokens` is assumed to use (tpm estimates).
+    pub default_max_tokens: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            global: None,
+            routes: BTreeMap::new(),
+            default_max_tokens: 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
@@ -389,6 +401,9 @@ pub struct Model {
     pub tpm: Option<u64>,
     #[serde(default)]
     pub pricing: Option<Pricing>,
+    /// Output tokens a request for this model without `max_tokens` is assumed to use.
+    #[serde(default)]
+    pub default_max_tokens: Option<u64>,
     /// The provider credential that replaces the client's `authorization` upstream.
     #[serde(default)]
     pub upstream_api_key: Option<Secret>,

@@ -12,6 +12,7 @@
 
 use crate::config::{Config, RouteRule};
 use crate::domain::{KeyLookup, Role, Timestamp, User};
+use crate::limits::plan::{Quota, Rates};
 use crate::secret::Secret;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub struct Policy {
     prefix_routes: Vec<(String, RouteRule)>,
     /// The model catalogue. Empty: any model name is accepted.
     models: HashMap<String, ModelPolicy>,
+    /// Configured rate limits (global, route, model) and token-estimate defaults.
+    pub rates: Rates,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -74,6 +77,7 @@ impl Policy {
             exact_routes,
             prefix_routes,
             models,
+            rates: Rates::from_config(config),
         }
     }
 
@@ -125,6 +129,8 @@ pub struct Grant {
     pub team_id: Option<String>,
     pub model: Option<String>,
     pub upstream_credential: Option<Secret>,
+    /// The tightest rate-limit buckets after this request was counted (response headers).
+    pub quota: Option<Quota>,
 }
 
 /// Why a request is refused. Fixes the HTTP status, the OpenAI error `type` and `code`.
@@ -186,6 +192,9 @@ pub struct Denial {
     pub message: String,
     /// Seconds, for 429s.
     pub retry_after: Option<u64>,
+    /// The rate-limit buckets as they stand, for a 429's `x-ratelimit-*` headers (boxed:
+    /// denials travel in `Result`s and should stay small).
+    pub quota: Option<Box<Quota>>,
 }
 
 impl Denial {
@@ -194,6 +203,7 @@ impl Denial {
             reason,
             message: message.into(),
             retry_after: None,
+            quota: None,
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod app;
 pub mod authn;
 pub mod authz;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod decision;
 pub mod domain;

@@ -327,7 +327,7 @@ async fn model_access_is_enforced(db: Db) {
         .admin(
             Method::POST,
             "/admin/teams",
-            Some(json!({"name": "research", "models": ["gpt-4o*"]})),
+            Some(json!({"name": "research", "models": ["gpt-4o*", "claude-3"]})),
         )
         .await
         .1;
@@ -339,6 +339,16 @@ async fn model_access_is_enforced(db: Db) {
         .await;
     let (status, _, _) = chat_with(&s, &[("x-api-key", &key)], &chat("gpt-4o-mini")).await;
     assert_eq!(status, StatusCode::OK);
+    // The team narrows later: Check narrows the key with it at once.
+    let (status, body) = s
+        .tollgate
+        .admin(
+            Method::PATCH,
+            &format!("/admin/teams/{}", team["id"].as_str().unwrap()),
+            Some(json!({"models": ["gpt-4o*"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     // Allowed by the key, not by its team.
     let (status, headers, body) = chat_with(&s, &[("x-api-key", &key)], &chat("claude-3")).await;
     assert_error(status, &headers, &body, 403, "model_not_allowed");

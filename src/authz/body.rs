@@ -11,29 +11,62 @@ use serde::Deserialize;
 const CUT_BEFORE_MODEL: &str = "the body was cut at the forwarding limit before a `model` field";
 const NOT_JSON: &str = "the body is not a valid JSON object";
 
+/// What the decision reads from a request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyFacts {
+    pub model: ModelField,
+    /// `max_tokens`, `max_completion_tokens` or `max_output_tokens`, when the body sets one
+    /// (not read from a body Envoy cut).
+    pub max_output_tokens: Option<u64>,
+}
+
 /// The `model` of a request body.
 pub fn model_field(body: &[u8], truncated: bool) -> ModelField {
+    read(body, truncated).model
+}
+
+/// The facts of a request body: its model and output-token cap.
+pub fn read(body: &[u8], truncated: bool) -> BodyFacts {
+    let only = |model| BodyFacts {
+        model,
+        max_output_tokens: None,
+    };
     if body.iter().all(u8::is_ascii_whitespace) {
-        return if truncated {
+        return only(if truncated {
             ModelField::Unreadable(CUT_BEFORE_MODEL)
         } else {
             ModelField::Absent
-        };
+        });
     }
     if truncated {
-        return scan_for_model(body);
+        return only(scan_for_model(body));
     }
     #[derive(Deserialize)]
     struct Probe {
         model: Option<serde_json::Value>,
+        max_tokens: Option<serde_json::Value>,
+        max_completion_tokens: Option<serde_json::Value>,
+        max_output_tokens: Option<serde_json::Value>,
     }
     match serde_json::from_slice::<Probe>(body) {
-        Ok(Probe { model: None }) => ModelField::Absent,
-        Ok(Probe {
-            model: Some(serde_json::Value::String(m)),
-        }) => ModelField::Named(m),
-        Ok(Probe { model: Some(_) }) => ModelField::NotAString,
-        Err(_) => ModelField::Unreadable(NOT_JSON),
+        Ok(probe) => BodyFacts {
+            model: match probe.model {
+                None => ModelField::Absent,
+                Some(serde_json::Value::String(m)) => ModelField::Named(m),
+                Some(_) => ModelField::NotAString,
+            },
+            // A cap that is not a non-negative integer is the upstream's to refuse; the
+            // estimate then uses the default.
+            max_output_tokens: [
+                probe.max_tokens,
+                probe.max_completion_tokens,
+                probe.max_output_tokens,
+            ]
+            .into_iter()
+            .flatten()
+            .find_map(|v| v.as_u64()),
+        },
+        Err(_) => only(ModelField::Unreadable(NOT_JSON)),
     }
 }
 
@@ -178,6 +211,21 @@ mod tests {
 
     fn named(m: &str) -> ModelField {
         ModelField::Named(m.into())
+    }
+
+    #[test]
+    fn output_caps_are_read_from_complete_bodies() {
+        let cap = |b: &[u8]| read(b, false).max_output_tokens;
+        assert_eq!(cap(br#"{"model":"m","max_tokens":64}"#), Some(64));
+        assert_eq!(cap(br#"{"model":"m","max_completion_tokens":7}"#), Some(7));
+        assert_eq!(cap(br#"{"model":"m","max_output_tokens":9}"#), Some(9));
+        assert_eq!(cap(br#"{"model":"m","max_tokens":-1}"#), None);
+        assert_eq!(cap(br#"{"model":"m","max_tokens":"64"}"#), None);
+        assert_eq!(cap(br#"{"model":"m"}"#), None);
+        assert_eq!(
+            read(br#"{"model":"m","max_tokens":64"#, true).max_output_tokens,
+            None
+        );
     }
 
     #[test]

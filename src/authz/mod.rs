@@ -9,7 +9,10 @@ pub mod body;
 pub mod response;
 
 use crate::authn::{credential, Authenticator, AuthnError};
-use crate::decision::{self, Denial, DenyReason, Policy};
+use crate::clock::Clock;
+use crate::decision::{self, Denial, DenyReason, Grant, Policy, Principal};
+use crate::limits::plan::{self, Owners, Quota};
+use crate::limits::{Demand, LimitError, Limiter, Settlement, Unit};
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse};
@@ -24,6 +27,9 @@ const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
 pub struct Gate {
     pub policy: ArcSwap<Policy>,
     pub auth: Arc<Authenticator>,
+    pub limiter: Arc<Limiter>,
+    /// The time rate limits count in.
+    pub clock: Clock,
     pub metrics: Metrics,
 }
 
@@ -112,8 +118,139 @@ impl Gate {
             .headers
             .get(PARTIAL_BODY_HEADER)
             .is_some_and(|v| v == "true");
-        let model = body::model_field(body, truncated);
-        Ok(decision::authorize(&policy, rule, &principal, &model, now))
+        let facts = body::read(body, truncated);
+        let grant = match decision::authorize(&policy, rule, &principal, &facts.model, now) {
+            Ok(grant) => grant,
+            Err(denial) => return Ok(Err(denial)),
+        };
+        // The body's real size: Envoy forwards at most its limit, the header tells the rest.
+        let body_bytes = http
+            .headers
+            .get("content-length")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(body.len() as u64);
+        let tokens = policy.rates.estimate_tokens(
+            body_bytes,
+            facts.max_output_tokens,
+            grant.model.as_deref(),
+        );
+        let demands = plan::demands(
+            &policy.rates,
+            path,
+            grant.model.as_deref(),
+            owners(&principal),
+            tokens,
+        );
+        Ok(self.count(grant, &demands).await)
+    }
+
+    /// Rate limits: the request's buckets are checked and debited in one step; a refused
+    /// request takes nothing. Limits that cannot be checked (Redis down, `failure_mode:
+    /// closed`) refuse with 503.
+    async fn count(&self, mut grant: Grant, demands: &[Demand]) -> Result<Grant, Denial> {
+        if demands.is_empty() {
+            return Ok(grant);
+        }
+        let outcome = match self.limiter.admit(demands, self.clock.now_ms()).await {
+            Ok(outcome) => outcome,
+            Err(LimitError::Unavailable(reason)) => {
+                tracing::warn!(%reason, "rate limits cannot be checked; refusing (redis.failure_mode: closed)");
+                return Err(Denial::new(
+                    DenyReason::AuthUnavailable,
+                    "Rate limits cannot be checked right now; try again shortly",
+                ));
+            }
+        };
+        let quota = Quota::of(demands, &outcome);
+        if outcome.admitted {
+            grant.quota = Some(quota);
+            return Ok(grant);
+        }
+        let retry_ms = Quota::retry_after_ms(&outcome);
+        let (demand, view) = demands
+            .iter()
+            .zip(&outcome.views)
+            .max_by_key(|(_, v)| v.retry_after_ms)
+            .expect("a refused request has at least one bucket");
+        let unit = match demand.unit {
+            Unit::Requests => "requests",
+            Unit::Tokens => "tokens",
+        };
+        let mut denial = Denial::new(
+            DenyReason::RateLimitExceeded,
+            format!(
+                "Rate limit reached for {}: {} {unit} per minute. Please try again in {}.",
+                level_name(&demand.key),
+                view.limit,
+                plan::duration_text(retry_ms)
+            ),
+        );
+        if demand.unit == Unit::Tokens && demand.cost > demand.shape.burst {
+            denial.message = format!(
+                "This request needs about {} tokens, more than the {} {unit} per minute allowed for {}",
+                demand.cost,
+                view.limit,
+                level_name(&demand.key)
+            );
+        }
+        denial.retry_after = Some(plan::retry_after_secs(retry_ms));
+        denial.quota = Some(Box::new(quota));
+        Err(denial)
+    }
+
+    /// Corrects token buckets once a request's real token count is known (the usage path
+    /// calls this with the demands the request was admitted with).
+    pub async fn settle_tokens(
+        &self,
+        demands: &[Demand],
+        actual_tokens: u64,
+    ) -> Result<(), LimitError> {
+        let settlements: Vec<Settlement> = demands
+            .iter()
+            .filter(|d| d.unit == Unit::Tokens)
+            .map(|d| Settlement {
+                key: d.key.clone(),
+                shape: d.shape,
+                delta: actual_tokens as i64 - d.cost as i64,
+            })
+            .filter(|s| s.delta != 0)
+            .collect();
+        if settlements.is_empty() {
+            return Ok(());
+        }
+        self.limiter.settle(&settlements, self.clock.now_ms()).await
+    }
+}
+
+/// Whose limits apply: the key's, its user's and team's; a person's own.
+fn owners(principal: &Principal) -> Owners<'_> {
+    match principal {
+        Principal::Master => Owners::default(),
+        Principal::Key(lookup) => Owners {
+            key: Some((lookup.key.id.as_str(), &lookup.key.limits)),
+            user: lookup.user.as_ref().map(|u| (u.id.as_str(), &u.limits)),
+            team: lookup.team.as_ref().map(|t| (t.id.as_str(), &t.limits)),
+        },
+        Principal::User(user) => Owners {
+            user: Some((user.id.as_str(), &user.limits)),
+            ..Owners::default()
+        },
+    }
+}
+
+/// Who a bucket belongs to, for a 429's message.
+fn level_name(bucket: &str) -> String {
+    let mut parts = bucket.splitn(2, ':');
+    let level = parts.next().unwrap_or_default();
+    let rest = parts.next().unwrap_or_default();
+    let name = rest.rsplit_once(':').map_or(rest, |(name, _)| name);
+    match level {
+        "g" => "this gateway".to_owned(),
+        "r" => format!("the route {name}"),
+        "m" => format!("the model {name}"),
+        "t" => "your team".to_owned(),
+        "u" => "your user".to_owned(),
+        _ => "this API key".to_owned(),
     }
 }
 

@@ -2,6 +2,7 @@
 
 use crate::authn::credential::CREDENTIAL_HEADERS;
 use crate::decision::{Denial, DenyReason, Grant};
+use crate::limits::plan::Quota;
 use envoy_types::ext_authz::v3::pb::{
     CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
     HttpResponse, HttpStatus, OkHttpResponse,
@@ -82,9 +83,19 @@ pub fn allowed(grant: &Grant) -> CheckResponse {
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
             headers,
             headers_to_remove,
+            response_headers_to_add: quota_headers(grant.quota.as_ref()),
             ..Default::default()
         })),
     }
+}
+
+/// OpenAI's `x-ratelimit-*` headers for the tightest buckets, to the client.
+fn quota_headers(quota: Option<&Quota>) -> Vec<HeaderValueOption> {
+    quota
+        .into_iter()
+        .flat_map(Quota::headers)
+        .map(|(name, value)| header(name, &value))
+        .collect()
 }
 
 /// The OpenAI-shaped error body.
@@ -110,6 +121,7 @@ pub fn denied(denial: &Denial) -> CheckResponse {
     if let Some(seconds) = denial.retry_after {
         headers.push(header("retry-after", &seconds.to_string()));
     }
+    headers.extend(quota_headers(denial.quota.as_deref()));
     let grpc_code = match reason {
         DenyReason::InvalidApiKey => GRPC_UNAUTHENTICATED,
         _ => GRPC_PERMISSION_DENIED,

@@ -13,6 +13,7 @@
 pub mod bucket;
 pub mod limiter;
 pub mod memory;
+pub mod plan;
 pub mod redis;
 
 pub use limiter::Limiter;

@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tollgate::app::{App, Running};
+use tollgate::clock::Clock;
 use tollgate::config::Config;
 use tollgate::secret::Secret;
 
@@ -22,6 +23,11 @@ impl Tollgate {
     /// Starts tollgate with `yaml` (may be empty) over a fresh SQLite file, unless the YAML
     /// names a `database`. Listeners are on 127.0.0.1:0.
     pub async fn start(yaml: &str) -> Tollgate {
+        Self::start_with_clock(yaml, Clock::System).await
+    }
+
+    /// [`Tollgate::start`] with rate limits counted in `clock`.
+    pub async fn start_with_clock(yaml: &str, clock: Clock) -> Tollgate {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = Config::parse_str("test.yaml", yaml, &|_| None)
             .unwrap_or_else(|e| panic!("test config: {e}"))
@@ -31,7 +37,7 @@ impl Tollgate {
         }
         config.listen.grpc = "127.0.0.1:0".parse().unwrap();
         config.listen.http = "127.0.0.1:0".parse().unwrap();
-        let app = App::build(config, &Secret::new(MASTER_KEY))
+        let app = App::build_with_clock(config, &Secret::new(MASTER_KEY), clock)
             .await
             .expect("build tollgate");
         let running = app.start().await.expect("start tollgate");
