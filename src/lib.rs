@@ -28,3 +28,4 @@ pub mod metrics;
 pub mod mock_llm;
 pub mod secret;
 pub mod store;
+pub mod usage;
