@@ -98,19 +98,6 @@ fn announce_generated(secret: &Secret) {
 /// into thinking a limit or a budget alert protects them.
 pub fn unenforced(config: &Config) -> Vec<&'static str> {
     let mut sections = Vec::new();
-    if config.redis.is_some() {
-        sections.push("redis");
-    }
-    if config.limits.global.is_some() || !config.limits.routes.is_empty() {
-        sections.push("limits");
-    }
-    if config
-        .models
-        .iter()
-        .any(|m| m.rpm.is_some() || m.tpm.is_some())
-    {
-        sections.push("models.rpm/tpm");
-    }
     if config.models.iter().any(|m| m.pricing.is_some()) {
         sections.push("models.pricing");
     }
@@ -151,7 +138,7 @@ mod tests {
         let config = Config::parse_str("t.yaml", text, &|_| None).unwrap().config;
         assert_eq!(
             unenforced(&config),
-            vec!["redis", "limits", "models.pricing", "budgets.alert_webhook"]
+            vec!["models.pricing", "budgets.alert_webhook"]
         );
     }
 }
