@@ -56,7 +56,7 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let (app, key, session_token) = rt.block_on(async {
+    let (app, redis_app, key, limited, session_token) = rt.block_on(async {
         let store = SqlStore::connect(&url, &ConnectOptions::default())
             .await
             .unwrap();
@@ -86,6 +86,24 @@ fn bench(c: &mut Criterion) {
             )
             .await
             .unwrap();
+        let limited = api_key::generate();
+        store
+            .create_key(
+                &Actor::new("bench", None),
+                NewKey {
+                    name: "bench-limited".into(),
+                    key_hash: limited.hash().to_hex(),
+                    key_hint: limited.hint(),
+                    limits: tollgate::domain::Limits {
+                        rpm: Some(1_000_000_000),
+                        tpm: Some(1_000_000_000_000),
+                        ..Default::default()
+                    },
+                    ..NewKey::default()
+                },
+            )
+            .await
+            .unwrap();
         let config = Config::parse_str(
             "bench.yaml",
             "auth:\n  session: { secret: bench-secret-bench-secret-bench-secret-0123 }\n",
@@ -98,7 +116,27 @@ fn bench(c: &mut Criterion) {
         let (token, _) = sessions
             .keys()
             .issue(&user, "bench-session", tollgate::domain::now());
-        (app, plain.into_string(), token.expose().to_owned())
+        let redis_yaml = format!(
+            "redis: {{ url: \"redis://127.0.0.1:6379\", failure_mode: closed, key_prefix: \"bench:{}:\" }}\n",
+            std::process::id()
+        );
+        let redis_config = Config::parse_str("bench.yaml", &redis_yaml, &|_| None)
+            .unwrap()
+            .config;
+        let redis_app = App::with_parts(
+            redis_config,
+            &Secret::new("master"),
+            app.store.clone(),
+            tollgate::clock::Clock::System,
+        )
+        .unwrap();
+        (
+            app,
+            redis_app,
+            plain.into_string(),
+            limited.into_string(),
+            token.expose().to_owned(),
+        )
     });
     let gate = app.gate.clone();
     let request = check_request(&key, BODY);
@@ -113,6 +151,27 @@ fn bench(c: &mut Criterion) {
     c.bench_function("check/cached_key_allowed", |b| {
         b.to_async(&rt).iter(|| gate.check(&request))
     });
+    // The same cached key with rpm and tpm limits: one in-memory bucket admit more.
+    let with_limits = check_request(&limited, BODY);
+    let warm = rt.block_on(gate.check(&with_limits)).unwrap();
+    assert_eq!(
+        warm.status.unwrap().code,
+        0,
+        "the limited key must be allowed"
+    );
+    c.bench_function("check/cached_key_memory_limits", |b| {
+        b.to_async(&rt).iter(|| gate.check(&with_limits))
+    });
+    // And with the buckets in Redis (one EVALSHA per decision), when a Redis answers.
+    let redis_gate = redis_app.gate.clone();
+    let warm = rt.block_on(redis_gate.check(&with_limits)).unwrap();
+    if warm.status.is_some_and(|s| s.code == 0) {
+        c.bench_function("check/cached_key_redis_limits", |b| {
+            b.to_async(&rt).iter(|| redis_gate.check(&with_limits))
+        });
+    } else {
+        eprintln!("no Redis on 127.0.0.1:6379: skipping check/cached_key_redis_limits");
+    }
     let session = check_request(&session_token, BODY);
     let warm = rt.block_on(gate.check(&session)).unwrap();
     assert_eq!(

@@ -4,9 +4,12 @@
 #   scripts/load.sh [--noauth-only] [--duration 10s] [--concurrency 32] [--no-build]
 #
 # Runs, for --duration each, `oha` against
-#   1. envoy/envoy.yaml        (ext_authz -> tollgate, with a valid virtual key),
+#   1. envoy/envoy.yaml        (ext_authz -> tollgate, with a valid virtual key), three times:
+#      no rate limits, a key with rpm/tpm limits in memory, the same with Redis buckets
+#      (when a Redis answers on 127.0.0.1:6379),
 #   2. envoy/envoy.yaml        (ext_authz -> an allow-all server: Envoy's own ext_authz hop),
 #   3. envoy/envoy-noauth.yaml (the same Envoy without ext_authz: the baseline),
+# and the same three tollgate cases straight over gRPC (examples/check_load.rs, no Envoy),
 # and prints requests/s, p50 and p99 of each. Both use the shipped configs unchanged, so
 # the fixed ports they name must be free: 10000 (listener), 9901 (admin), 9191 and 9090
 # (tollgate), 8000 (the mock LLM).
@@ -152,7 +155,7 @@ codes = r.get("statusCodeDistribution", {})
 total = sum(codes.values())
 non2xx = sum(n for c, n in codes.items() if not str(c).startswith("2"))
 errors = sum(r.get("errorDistribution", {}).values())
-print(f"{name:<10} {s['requestsPerSec']:>10.0f} {p['p50'] * 1000:>9.2f} {p['p99'] * 1000:>9.2f} "
+print(f"{name:<17} {s['requestsPerSec']:>10.0f} {p['p50'] * 1000:>9.2f} {p['p99'] * 1000:>9.2f} "
       f"{total:>9} {non2xx + errors:>7}")
 EOF
 }
@@ -172,7 +175,7 @@ if [ "$BUILD" = 1 ]; then
   if [ "$NOAUTH_ONLY" = 1 ]; then
     cargo build --release --quiet --bin tollgate-mock-llm
   else
-    cargo build --release --quiet --bin tollgate --bin tollgate-mock-llm
+    cargo build --release --quiet --bin tollgate --bin tollgate-mock-llm --example check_load
   fi
 fi
 ENVOY="$(find_envoy)"
@@ -185,31 +188,66 @@ MOCK_PID=$!
 PIDS+=("$MOCK_PID")
 wait_for "mock LLM" "$MOCK_PID" "$WORK/mock.log" curl -sf http://127.0.0.1:8000/v1/models
 
-printf '%-10s %10s %9s %9s %9s %7s\n' config "req/s" "p50 ms" "p99 ms" requests failed \
+printf '%-17s %10s %9s %9s %9s %7s\n' config "req/s" "p50 ms" "p99 ms" requests failed \
   >"$WORK/results"
 
 if [ "$NOAUTH_ONLY" = 0 ]; then
+  # start_tollgate [ARGS]: tollgate serve in $WORK (SQLite there, kept across restarts).
+  start_tollgate() {
+    (cd "$WORK" && exec "$BIN/tollgate" serve "$@") >>"$WORK/tollgate.log" 2>&1 &
+    TOLLGATE_PID=$!
+    PIDS+=("$TOLLGATE_PID")
+    wait_for "tollgate" "$TOLLGATE_PID" "$WORK/tollgate.log" curl -sf http://127.0.0.1:9090/readyz
+  }
+  stop_tollgate() {
+    kill "$TOLLGATE_PID" 2>/dev/null || true
+    wait "$TOLLGATE_PID" 2>/dev/null || true
+    for _ in $(seq 1 50); do port_free 9191 && port_free 9090 && break; sleep 0.1; done
+  }
+  new_key() {
+    local json
+    json=$(curl -s -X POST http://127.0.0.1:9090/admin/keys \
+      -H "authorization: Bearer $TOLLGATE_MASTER_KEY" \
+      -H "content-type: application/json" -d "$1")
+    printf '%s' "$json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])' ||
+      die "could not create a key: $json"
+  }
+  # grpc NAME KEY: Check straight over gRPC.
+  grpc() {
+    log "$1: $DURATION at concurrency $CONCURRENCY, gRPC only"
+    "$BIN/examples/check_load" --addr 127.0.0.1:9191 --key "$2" --name "$1" \
+      --concurrency "$CONCURRENCY" --seconds "${DURATION%s}" >>"$WORK/results"
+  }
+
   log "starting tollgate serve (embedded default config, SQLite in $WORK)"
   export TOLLGATE_MASTER_KEY="sk-load-master-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
-  (cd "$WORK" && exec "$BIN/tollgate" serve) >"$WORK/tollgate.log" 2>&1 &
-  TOLLGATE_PID=$!
-  PIDS+=("$TOLLGATE_PID")
-  wait_for "tollgate" "$TOLLGATE_PID" "$WORK/tollgate.log" curl -sf http://127.0.0.1:9090/readyz
-
-  KEY_JSON=$(curl -s -X POST http://127.0.0.1:9090/admin/keys \
-    -H "authorization: Bearer $TOLLGATE_MASTER_KEY" \
-    -H "content-type: application/json" \
-    -d '{"name":"load"}')
-  KEY=$(printf '%s' "$KEY_JSON" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])') ||
-    die "could not create a key: $KEY_JSON"
+  start_tollgate
+  KEY=$(new_key '{"name":"load"}')
+  # Limits high enough never to refuse: the cost of counting, not of refusing.
+  LIMITED=$(new_key '{"name":"load-limited","rpm":1000000000,"tpm":1000000000000}')
 
   log "starting envoy with envoy/envoy.yaml"
   run_envoy envoy/envoy.yaml authz
   measure tollgate "authorization: Bearer $KEY"
+  measure mem-limits "authorization: Bearer $LIMITED"
   stop_envoy
-  kill "$TOLLGATE_PID" 2>/dev/null || true
-  wait "$TOLLGATE_PID" 2>/dev/null || true
-  for _ in $(seq 1 50); do port_free 9191 && break; sleep 0.1; done
+  grpc grpc-tollgate "$KEY"
+  grpc grpc-mem-limits "$LIMITED"
+  stop_tollgate
+
+  if (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+    log "restarting tollgate with Redis buckets (127.0.0.1:6379)"
+    printf 'redis: { url: "redis://127.0.0.1:6379", failure_mode: closed, key_prefix: "load:%s:" }\n' \
+      "$$" >"$WORK/redis.yaml"
+    start_tollgate -c "$WORK/redis.yaml"
+    run_envoy envoy/envoy.yaml authz-redis
+    measure redis-limits "authorization: Bearer $LIMITED"
+    stop_envoy
+    grpc grpc-redis-limits "$LIMITED"
+    stop_tollgate
+  else
+    log "no Redis on 127.0.0.1:6379: skipping the Redis-bucket runs"
+  fi
 
   log "starting an allow-all ext_authz server on 127.0.0.1:9191"
   "$BIN/tollgate-mock-llm" --listen 127.0.0.1:8001 --quiet --max-recorded 0 \
