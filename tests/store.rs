@@ -11,9 +11,11 @@ use std::sync::Arc;
 use tollgate::domain::{BudgetDuration, Limits, MembershipSource, Role, TeamRole};
 use tollgate::store::sql::{Backend, ConnectOptions, SqlStore};
 use tollgate::store::{
-    Actor, AuditFilter, KeyFilter, KeyPatch, LimitsPatch, NewKey, NewRefreshToken, NewTeam,
-    NewUser, OidcLogin, RefreshOutcome, SharedStore, Store, StoreError, TeamPatch, UserPatch,
+    Actor, AuditFilter, GroupBy, KeyFilter, KeyPatch, LimitsPatch, NewKey, NewRefreshToken,
+    NewTeam, NewUser, OidcLogin, RefreshOutcome, SharedStore, SpendKind, Store, StoreError,
+    TeamPatch, UsageQuery, UsageReport, UsageRow, UsageTotals, UserPatch, NO_GROUP,
 };
+use tollgate::usage::{TokenUsage, UsageRecord, UsageSource};
 
 fn hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
@@ -2850,4 +2852,1097 @@ async fn oidc_concurrent_first_logins_make_one_user(store: SharedStore) {
     assert_eq!(store.list_users().await.unwrap().len(), 2);
     assert_eq!(audit_of(&store, "user.create").await.len(), 2);
     assert_eq!(audit_of(&store, "team.member.add").await.len(), 2);
+}
+
+// ---- usage and spend ---------------------------------------------------------------------
+
+store_suite!(
+    usage_is_idempotent_on_request_id,
+    spend_accrues_per_entity_in_its_period,
+    spend_in_thirty_day_windows_from_created_at,
+    usage_report_groups_and_filters,
+    usage_report_days_before_1970,
+    usage_batch_of_a_thousand,
+    usage_of_unknown_and_deleted_owners,
+    usage_rejects_bad_records_whole,
+    concurrent_usage_batches_count_once,
+);
+
+/// Unix seconds of an RFC 3339 time.
+fn ts(text: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+        .timestamp()
+}
+
+const DAY: i64 = 86_400;
+
+/// A record with no owners, no model, 10 input and 1 output tokens.
+fn usage(request_id: &str, at: i64, cost_usd: f64) -> UsageRecord {
+    UsageRecord {
+        request_id: request_id.to_string(),
+        at,
+        key_id: None,
+        user_id: None,
+        team_id: None,
+        model: None,
+        tokens: TokenUsage {
+            input_tokens: 10,
+            output_tokens: 1,
+            ..TokenUsage::default()
+        },
+        cost_usd,
+        status: 200,
+        latency_ms: 120,
+        estimated: false,
+        source: UsageSource::ExtProc,
+    }
+}
+
+/// A record of `key`, `user` and `team` (any may be absent).
+fn owned(
+    request_id: &str,
+    at: i64,
+    cost_usd: f64,
+    key: Option<&str>,
+    user: Option<&str>,
+    team: Option<&str>,
+) -> UsageRecord {
+    UsageRecord {
+        key_id: key.map(str::to_string),
+        user_id: user.map(str::to_string),
+        team_id: team.map(str::to_string),
+        ..usage(request_id, at, cost_usd)
+    }
+}
+
+fn row(group: &str, requests: u64, input: u64, output: u64, cost_usd: f64) -> UsageRow {
+    UsageRow {
+        group: group.to_string(),
+        requests,
+        input_tokens: input,
+        output_tokens: output,
+        cost_usd,
+    }
+}
+
+/// The report's totals are the rows' sums, to the last bit, added in row order.
+fn assert_totals(report: &UsageReport) {
+    let expected = UsageTotals {
+        requests: report.data.iter().map(|r| r.requests).sum(),
+        input_tokens: report.data.iter().map(|r| r.input_tokens).sum(),
+        output_tokens: report.data.iter().map(|r| r.output_tokens).sum(),
+        cost_usd: report.data.iter().fold(0.0, |sum, r| sum + r.cost_usd),
+    };
+    assert_eq!(report.total, expected);
+    assert_eq!(report.total.cost_usd.to_bits(), expected.cost_usd.to_bits());
+}
+
+async fn report(store: &SharedStore, query: UsageQuery) -> UsageReport {
+    let report = store.usage_report(query).await.unwrap();
+    assert_totals(&report);
+    report
+}
+
+async fn spend(store: &SharedStore, kind: SpendKind, id: &str, at: &str) -> f64 {
+    store.current_spend(kind, id, ts(at)).await.unwrap()
+}
+
+fn budget(duration: Option<BudgetDuration>) -> Limits {
+    Limits {
+        max_budget: Some(100.0),
+        budget_duration: duration,
+        ..Limits::default()
+    }
+}
+
+async fn usage_is_idempotent_on_request_id(store: SharedStore) {
+    let at = ts("2026-03-04T10:00:00Z");
+    let k = Some("key-1");
+    let batch = [
+        owned("r1", at, 0.25, k, Some("user-1"), Some("team-1")),
+        owned("r2", at + 1, 0.5, k, Some("user-1"), None),
+        owned("r3", at + 2, 1.0, k, None, None),
+    ];
+    assert_eq!(store.record_usage(&batch).await.unwrap(), 3);
+    assert_eq!(store.record_usage(&batch).await.unwrap(), 0);
+    let now = "2026-03-04T12:00:00Z";
+    assert_eq!(spend(&store, SpendKind::Key, "key-1", now).await, 1.75);
+    assert_eq!(spend(&store, SpendKind::User, "user-1", now).await, 0.75);
+    assert_eq!(spend(&store, SpendKind::Team, "team-1", now).await, 0.25);
+
+    // Overlapping: r3 again, r4 twice in the same batch (the first one counts).
+    let overlapping = [
+        owned("r4", at + 3, 2.0, k, None, None),
+        owned("r3", at + 2, 1.0, k, None, None),
+        owned("r4", at + 4, 64.0, k, Some("user-1"), None),
+    ];
+    assert_eq!(store.record_usage(&overlapping).await.unwrap(), 1);
+    assert_eq!(spend(&store, SpendKind::Key, "key-1", now).await, 3.75);
+    assert_eq!(spend(&store, SpendKind::User, "user-1", now).await, 0.75);
+    assert_eq!(store.record_usage(&overlapping).await.unwrap(), 0);
+    assert_eq!(store.record_usage(&[]).await.unwrap(), 0);
+    assert_eq!(spend(&store, SpendKind::Key, "key-1", now).await, 3.75);
+
+    let all = report(&store, UsageQuery::new(GroupBy::Key)).await;
+    assert_eq!(all.data, vec![row("key-1", 4, 40, 4, 3.75)]);
+    // The kept r4 is the first of the batch: at + 3, no user.
+    let r4 = report(
+        &store,
+        UsageQuery {
+            since: Some(at + 3),
+            ..UsageQuery::new(GroupBy::User)
+        },
+    )
+    .await;
+    assert_eq!(r4.data, vec![row(NO_GROUP, 1, 10, 1, 2.0)]);
+}
+
+async fn spend_accrues_per_entity_in_its_period(store: SharedStore) {
+    let team = store
+        .create_team(
+            &admin(),
+            NewTeam {
+                limits: budget(Some(BudgetDuration::Month)),
+                ..new_team("T")
+            },
+        )
+        .await
+        .unwrap();
+    let user = store
+        .create_user(
+            &admin(),
+            NewUser {
+                limits: budget(Some(BudgetDuration::Week)),
+                ..new_user("ada")
+            },
+        )
+        .await
+        .unwrap();
+    let key = store
+        .create_key(
+            &admin(),
+            NewKey {
+                user_id: Some(user.id.clone()),
+                team_id: Some(team.id.clone()),
+                limits: budget(Some(BudgetDuration::Day)),
+                ..new_key("k", "secret-day")
+            },
+        )
+        .await
+        .unwrap();
+    // A user with a budget but no duration, and one with neither: calendar months.
+    let plain = store
+        .create_user(
+            &admin(),
+            NewUser {
+                limits: budget(None),
+                ..new_user("bob")
+            },
+        )
+        .await
+        .unwrap();
+    let bare = store.create_user(&admin(), new_user("cy")).await.unwrap();
+
+    let (k, u, t) = (&key.id, &user.id, &team.id);
+    let rec = |id: &str, at: &str, cost: f64| owned(id, ts(at), cost, Some(k), Some(u), Some(t));
+    let k = k.as_str();
+    let u = u.as_str();
+    let t = t.as_str();
+
+    // 2026-03-04 is a Wednesday.
+    store
+        .record_usage(&[
+            rec("a", "2026-03-04T10:00:00Z", 1.0),
+            rec("b", "2026-03-04T23:59:59Z", 0.5),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        spend(&store, SpendKind::Key, k, "2026-03-04T00:00:00Z").await,
+        1.5
+    );
+    assert_eq!(
+        spend(&store, SpendKind::Key, k, "2026-03-04T23:59:59Z").await,
+        1.5
+    );
+    assert_eq!(
+        spend(&store, SpendKind::Key, k, "2026-03-05T00:00:00Z").await,
+        0.0
+    );
+    assert_eq!(
+        spend(&store, SpendKind::Key, k, "2026-03-03T23:59:59Z").await,
+        0.0
+    );
+
+    // The next day's record does not touch the previous day's spend.
+    store
+        .record_usage(&[rec("c", "2026-03-05T00:00:00Z", 0.25)])
+        .await
+        .unwrap();
+    assert_eq!(
+        spend(&store, SpendKind::Key, k, "2026-03-04T12:00:00Z").await,
+        1.5
+    );
+    assert_eq!(
+        spend(&store, SpendKind::Key, k, "2026-03-05T00:00:00Z").await,
+        0.25
+    );
+
+    store
+        .record_usage(&[
+            rec("d", "2026-03-08T23:59:59Z", 2.0), // Sunday
+            rec("e", "2026-03-09T00:00:00Z", 4.0), // Monday
+            rec("f", "2026-03-31T23:59:59Z", 8.0),
+            rec("g", "2026-04-01T00:00:00Z", 16.0),
+            owned(
+                "h",
+                ts("2026-03-15T09:00:00Z"),
+                32.0,
+                None,
+                Some(&plain.id),
+                None,
+            ),
+            owned(
+                "i",
+                ts("2026-04-30T23:59:59Z"),
+                64.0,
+                None,
+                Some(&bare.id),
+                None,
+            ),
+        ])
+        .await
+        .unwrap();
+
+    // Key: calendar days.
+    for (at, expected) in [
+        ("2026-03-04T12:00:00Z", 1.5),
+        ("2026-03-05T23:59:59Z", 0.25),
+        ("2026-03-06T12:00:00Z", 0.0),
+        ("2026-03-08T00:00:00Z", 2.0),
+        ("2026-03-09T00:00:00Z", 4.0),
+        ("2026-03-31T00:00:00Z", 8.0),
+        ("2026-04-01T00:00:00Z", 16.0),
+    ] {
+        assert_eq!(
+            spend(&store, SpendKind::Key, k, at).await,
+            expected,
+            "key {at}"
+        );
+    }
+    // User: weeks from Monday; Sunday night → Monday is the switch.
+    for (at, expected) in [
+        ("2026-03-02T00:00:00Z", 3.75),
+        ("2026-03-08T23:59:59Z", 3.75),
+        ("2026-03-09T00:00:00Z", 4.0),
+        ("2026-03-15T23:59:59Z", 4.0),
+        ("2026-03-16T00:00:00Z", 0.0),
+        ("2026-03-30T00:00:00Z", 24.0), // Monday 30 March to Sunday 5 April
+        ("2026-04-05T23:59:59Z", 24.0),
+        ("2026-04-06T00:00:00Z", 0.0),
+        ("2026-03-01T23:59:59Z", 0.0),
+    ] {
+        assert_eq!(
+            spend(&store, SpendKind::User, u, at).await,
+            expected,
+            "user {at}"
+        );
+    }
+    // Team: calendar months.
+    for (at, expected) in [
+        ("2026-03-01T00:00:00Z", 15.75),
+        ("2026-03-31T23:59:59Z", 15.75),
+        ("2026-04-01T00:00:00Z", 16.0),
+        ("2026-04-30T23:59:59Z", 16.0),
+        ("2026-02-28T23:59:59Z", 0.0),
+        ("2026-05-01T00:00:00Z", 0.0),
+    ] {
+        assert_eq!(
+            spend(&store, SpendKind::Team, t, at).await,
+            expected,
+            "team {at}"
+        );
+    }
+    // No duration: calendar months, with or without a budget.
+    let plain_id = plain.id.as_str();
+    assert_eq!(
+        spend(&store, SpendKind::User, plain_id, "2026-03-01T00:00:00Z").await,
+        32.0
+    );
+    assert_eq!(
+        spend(&store, SpendKind::User, plain_id, "2026-03-31T23:59:59Z").await,
+        32.0
+    );
+    assert_eq!(
+        spend(&store, SpendKind::User, plain_id, "2026-04-01T00:00:00Z").await,
+        0.0
+    );
+    let bare_id = bare.id.as_str();
+    assert_eq!(
+        spend(&store, SpendKind::User, bare_id, "2026-04-01T00:00:00Z").await,
+        64.0
+    );
+    assert_eq!(
+        spend(&store, SpendKind::User, bare_id, "2026-05-01T00:00:00Z").await,
+        0.0
+    );
+    // Kinds are separate: the key's id is no user's.
+    assert_eq!(
+        spend(&store, SpendKind::User, k, "2026-03-04T12:00:00Z").await,
+        0.0
+    );
+    assert_eq!(
+        spend(
+            &store,
+            SpendKind::Key,
+            "no-such-key",
+            "2026-03-04T12:00:00Z"
+        )
+        .await,
+        0.0
+    );
+
+    // Changing the duration later: spend accrued in days of March counts toward March.
+    store
+        .update_key(
+            &admin(),
+            k,
+            KeyPatch {
+                limits: LimitsPatch {
+                    budget_duration: Some(Some(BudgetDuration::Month)),
+                    ..LimitsPatch::default()
+                },
+                ..KeyPatch::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        spend(&store, SpendKind::Key, k, "2026-03-20T00:00:00Z").await,
+        15.75
+    );
+    assert_eq!(
+        spend(&store, SpendKind::Key, k, "2026-04-20T00:00:00Z").await,
+        16.0
+    );
+}
+
+async fn spend_in_thirty_day_windows_from_created_at(store: SharedStore) {
+    let key = store
+        .create_key(
+            &admin(),
+            NewKey {
+                limits: budget(Some(BudgetDuration::ThirtyDays)),
+                ..new_key("rolling", "secret-rolling")
+            },
+        )
+        .await
+        .unwrap();
+    let team = store
+        .create_team(
+            &admin(),
+            NewTeam {
+                limits: budget(Some(BudgetDuration::ThirtyDays)),
+                ..new_team("rolling")
+            },
+        )
+        .await
+        .unwrap();
+    let anchor = key.created_at;
+    let team_anchor = team.created_at;
+    let k = Some(key.id.as_str());
+    let t = Some(team.id.as_str());
+    store
+        .record_usage(&[
+            owned("a", anchor + 10, 1.0, k, None, None),
+            owned("b", anchor + 30 * DAY - 1, 2.0, k, None, None),
+            owned("c", anchor + 30 * DAY, 4.0, k, None, None),
+            owned("d", anchor - 1, 8.0, k, None, None),
+            owned("e", anchor - 30 * DAY, 16.0, k, None, None),
+            owned("f", team_anchor + 45 * DAY, 32.0, None, None, t),
+        ])
+        .await
+        .unwrap();
+    let at = |t: i64| store.current_spend(SpendKind::Key, &key.id, t);
+    assert_eq!(at(anchor).await.unwrap(), 3.0);
+    assert_eq!(at(anchor + 30 * DAY - 1).await.unwrap(), 3.0);
+    assert_eq!(at(anchor + 30 * DAY).await.unwrap(), 4.0);
+    assert_eq!(at(anchor + 60 * DAY - 1).await.unwrap(), 4.0);
+    assert_eq!(at(anchor + 60 * DAY).await.unwrap(), 0.0);
+    // Before the anchor, windows go on backwards.
+    assert_eq!(at(anchor - 1).await.unwrap(), 24.0);
+    assert_eq!(at(anchor - 30 * DAY).await.unwrap(), 24.0);
+    assert_eq!(at(anchor - 30 * DAY - 1).await.unwrap(), 0.0);
+    let team_at = |t: i64| store.current_spend(SpendKind::Team, &team.id, t);
+    assert_eq!(team_at(team_anchor + 30 * DAY).await.unwrap(), 32.0);
+    assert_eq!(team_at(team_anchor + 60 * DAY - 1).await.unwrap(), 32.0);
+    assert_eq!(team_at(team_anchor + 30 * DAY - 1).await.unwrap(), 0.0);
+    assert_eq!(team_at(team_anchor + 60 * DAY).await.unwrap(), 0.0);
+}
+
+/// Six records over three days, three keys, two users, one team and three models (one
+/// without a team, one without a model).
+async fn report_fixture(store: &SharedStore) {
+    let model = |record: UsageRecord, model: Option<&str>, input: u64, output: u64| UsageRecord {
+        model: model.map(str::to_string),
+        tokens: TokenUsage {
+            input_tokens: input,
+            output_tokens: output,
+            cached_input_tokens: input / 2,
+            reasoning_tokens: output / 2,
+        },
+        ..record
+    };
+    let (a, b, c) = (Some("key-a"), Some("key-b"), Some("key-c"));
+    let (u1, u2, x) = (Some("user-1"), Some("user-2"), Some("team-x"));
+    let records = [
+        model(
+            owned("r1", ts("2026-05-10T00:00:00Z"), 0.5, a, u1, x),
+            Some("gpt-4o"),
+            100,
+            10,
+        ),
+        model(
+            owned("r2", ts("2026-05-10T12:00:00Z"), 0.25, a, u1, x),
+            Some("gpt-4o-mini"),
+            200,
+            20,
+        ),
+        model(
+            owned("r3", ts("2026-05-10T23:59:59Z"), 1.0, b, u1, None),
+            Some("gpt-4o"),
+            300,
+            30,
+        ),
+        model(
+            owned("r4", ts("2026-05-11T00:00:00Z"), 2.0, c, u2, x),
+            Some("claude"),
+            400,
+            40,
+        ),
+        model(
+            owned("r5", ts("2026-05-11T18:00:00Z"), 0.125, b, u1, None),
+            None,
+            500,
+            50,
+        ),
+        model(
+            owned("r6", ts("2026-05-12T06:00:00Z"), 4.0, c, u2, x),
+            Some("gpt-4o"),
+            600,
+            60,
+        ),
+    ];
+    assert_eq!(store.record_usage(&records).await.unwrap(), 6);
+}
+
+async fn usage_report_groups_and_filters(store: SharedStore) {
+    report_fixture(&store).await;
+    let by = |group_by| UsageQuery::new(group_by);
+
+    let keys = report(&store, by(GroupBy::Key)).await;
+    assert_eq!(
+        keys.data,
+        vec![
+            row("key-a", 2, 300, 30, 0.75),
+            row("key-b", 2, 800, 80, 1.125),
+            row("key-c", 2, 1000, 100, 6.0),
+        ]
+    );
+    assert_eq!(
+        keys.total,
+        UsageTotals {
+            requests: 6,
+            input_tokens: 2100,
+            output_tokens: 210,
+            cost_usd: 7.875,
+        }
+    );
+    assert_eq!(
+        report(&store, by(GroupBy::User)).await.data,
+        vec![
+            row("user-1", 4, 1100, 110, 1.875),
+            row("user-2", 2, 1000, 100, 6.0),
+        ]
+    );
+    assert_eq!(
+        report(&store, by(GroupBy::Team)).await.data,
+        vec![
+            row(NO_GROUP, 2, 800, 80, 1.125),
+            row("team-x", 4, 1300, 130, 6.75),
+        ]
+    );
+    assert_eq!(
+        report(&store, by(GroupBy::Model)).await.data,
+        vec![
+            row(NO_GROUP, 1, 500, 50, 0.125),
+            row("claude", 1, 400, 40, 2.0),
+            row("gpt-4o", 3, 1000, 100, 5.5),
+            row("gpt-4o-mini", 1, 200, 20, 0.25),
+        ]
+    );
+    assert_eq!(
+        report(&store, by(GroupBy::Day)).await.data,
+        vec![
+            row("2026-05-10", 3, 600, 60, 1.75),
+            row("2026-05-11", 2, 900, 90, 2.125),
+            row("2026-05-12", 1, 600, 60, 4.0),
+        ]
+    );
+
+    // since and until are inclusive, to the second.
+    let edges = report(
+        &store,
+        UsageQuery {
+            since: Some(ts("2026-05-10T23:59:59Z")),
+            until: Some(ts("2026-05-11T00:00:00Z")),
+            ..by(GroupBy::Day)
+        },
+    )
+    .await;
+    assert_eq!(
+        edges.data,
+        vec![
+            row("2026-05-10", 1, 300, 30, 1.0),
+            row("2026-05-11", 1, 400, 40, 2.0),
+        ]
+    );
+    let since = report(
+        &store,
+        UsageQuery {
+            since: Some(ts("2026-05-11T00:00:00Z")),
+            ..by(GroupBy::Key)
+        },
+    )
+    .await;
+    assert_eq!(
+        since.data,
+        vec![
+            row("key-b", 1, 500, 50, 0.125),
+            row("key-c", 2, 1000, 100, 6.0)
+        ]
+    );
+    let until = report(
+        &store,
+        UsageQuery {
+            until: Some(ts("2026-05-10T23:59:59Z")),
+            ..by(GroupBy::Key)
+        },
+    )
+    .await;
+    assert_eq!(
+        until.data,
+        vec![
+            row("key-a", 2, 300, 30, 0.75),
+            row("key-b", 1, 300, 30, 1.0)
+        ]
+    );
+    let nothing = report(
+        &store,
+        UsageQuery {
+            since: Some(ts("2026-05-12T06:00:01Z")),
+            ..by(GroupBy::Model)
+        },
+    )
+    .await;
+    assert_eq!(nothing, UsageReport::default());
+
+    // Filters by user, key and team, alone and together.
+    let user = report(
+        &store,
+        UsageQuery {
+            user_id: Some("user-1".into()),
+            ..by(GroupBy::Model)
+        },
+    )
+    .await;
+    assert_eq!(
+        user.data,
+        vec![
+            row(NO_GROUP, 1, 500, 50, 0.125),
+            row("gpt-4o", 2, 400, 40, 1.5),
+            row("gpt-4o-mini", 1, 200, 20, 0.25),
+        ]
+    );
+    let key = report(
+        &store,
+        UsageQuery {
+            key_id: Some("key-c".into()),
+            ..by(GroupBy::Day)
+        },
+    )
+    .await;
+    assert_eq!(
+        key.data,
+        vec![
+            row("2026-05-11", 1, 400, 40, 2.0),
+            row("2026-05-12", 1, 600, 60, 4.0),
+        ]
+    );
+    let team = report(
+        &store,
+        UsageQuery {
+            team_id: Some("team-x".into()),
+            ..by(GroupBy::User)
+        },
+    )
+    .await;
+    assert_eq!(
+        team.data,
+        vec![
+            row("user-1", 2, 300, 30, 0.75),
+            row("user-2", 2, 1000, 100, 6.0),
+        ]
+    );
+    let together = report(
+        &store,
+        UsageQuery {
+            user_id: Some("user-1".into()),
+            team_id: Some("team-x".into()),
+            since: Some(ts("2026-05-10T12:00:00Z")),
+            ..by(GroupBy::Key)
+        },
+    )
+    .await;
+    assert_eq!(together.data, vec![row("key-a", 1, 200, 20, 0.25)]);
+    let unknown = report(
+        &store,
+        UsageQuery {
+            key_id: Some("key-z".into()),
+            ..by(GroupBy::Key)
+        },
+    )
+    .await;
+    assert_eq!(unknown, UsageReport::default());
+
+    // The API shape.
+    assert_eq!(
+        serde_json::to_value(&key).unwrap(),
+        json!({
+            "data": [
+                {"group": "2026-05-11", "requests": 1, "input_tokens": 400, "output_tokens": 40, "cost_usd": 2.0},
+                {"group": "2026-05-12", "requests": 1, "input_tokens": 600, "output_tokens": 60, "cost_usd": 4.0},
+            ],
+            "total": {"requests": 2, "input_tokens": 1000, "output_tokens": 100, "cost_usd": 6.0},
+        })
+    );
+
+    // Costs that binary floating point cannot hold exactly: the totals still are the sum
+    // of the rows.
+    let tenths: Vec<UsageRecord> = (0..30)
+        .map(|i| {
+            let key = format!("tenth-{}", i % 7);
+            owned(
+                &format!("t{i}"),
+                ts("2026-06-01T00:00:00Z") + i,
+                0.1 * (i % 4 + 1) as f64,
+                Some(&key),
+                None,
+                None,
+            )
+        })
+        .collect();
+    assert_eq!(store.record_usage(&tenths).await.unwrap(), 30);
+    let tenths = report(
+        &store,
+        UsageQuery {
+            since: Some(ts("2026-06-01T00:00:00Z")),
+            ..by(GroupBy::Key)
+        },
+    )
+    .await;
+    assert_eq!(tenths.data.len(), 7);
+    assert_eq!(tenths.total.requests, 30);
+}
+
+async fn usage_report_days_before_1970(store: SharedStore) {
+    store
+        .record_usage(&[
+            usage("old-1", -DAY - 1, 1.0),
+            usage("old-2", -DAY, 2.0),
+            usage("old-3", -1, 4.0),
+            usage("old-4", 0, 8.0),
+            usage("old-5", DAY - 1, 16.0),
+            usage("old-6", DAY, 32.0),
+        ])
+        .await
+        .unwrap();
+    let days = report(&store, UsageQuery::new(GroupBy::Day)).await;
+    assert_eq!(
+        days.data,
+        vec![
+            row("1969-12-30", 1, 10, 1, 1.0),
+            row("1969-12-31", 2, 20, 2, 6.0),
+            row("1970-01-01", 2, 20, 2, 24.0),
+            row("1970-01-02", 1, 10, 1, 32.0),
+        ]
+    );
+    assert_eq!(days.total.cost_usd, 63.0);
+}
+
+async fn usage_batch_of_a_thousand(store: SharedStore) {
+    let user = store.create_user(&admin(), new_user("bulk")).await.unwrap();
+    let start = ts("2026-07-01T00:00:00Z");
+    let batch: Vec<UsageRecord> = (0..1000)
+        .map(|i| UsageRecord {
+            model: Some(format!("model-{}", i % 4)),
+            ..owned(
+                &format!("bulk-{i:04}"),
+                start + i * 120,
+                0.125,
+                Some(&format!("key-{}", i % 10)),
+                Some(&user.id),
+                None,
+            )
+        })
+        .collect();
+    assert_eq!(store.record_usage(&batch).await.unwrap(), 1000);
+    assert_eq!(
+        store
+            .current_spend(SpendKind::User, &user.id, start)
+            .await
+            .unwrap(),
+        125.0
+    );
+    assert_eq!(
+        store
+            .current_spend(SpendKind::Key, "key-3", start)
+            .await
+            .unwrap(),
+        12.5
+    );
+    let models = report(&store, UsageQuery::new(GroupBy::Model)).await;
+    assert_eq!(
+        models.data,
+        (0..4)
+            .map(|m| row(&format!("model-{m}"), 250, 2500, 250, 31.25))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        models.total,
+        UsageTotals {
+            requests: 1000,
+            input_tokens: 10_000,
+            output_tokens: 1000,
+            cost_usd: 125.0,
+        }
+    );
+    // Every two minutes from midnight: 720 records on July 1st, 280 on July 2nd.
+    let days = report(&store, UsageQuery::new(GroupBy::Day)).await;
+    assert_eq!(
+        days.data,
+        vec![
+            row("2026-07-01", 720, 7200, 720, 90.0),
+            row("2026-07-02", 280, 2800, 280, 35.0),
+        ]
+    );
+    // Again, with 10 new ones at the end: only those count.
+    let mut again = batch.clone();
+    again.extend((1000..1010).map(|i| {
+        owned(
+            &format!("bulk-{i:04}"),
+            start + i * 120,
+            0.125,
+            None,
+            Some(&user.id),
+            None,
+        )
+    }));
+    assert_eq!(store.record_usage(&again).await.unwrap(), 10);
+    assert_eq!(
+        store
+            .current_spend(SpendKind::User, &user.id, start)
+            .await
+            .unwrap(),
+        126.25
+    );
+}
+
+async fn usage_of_unknown_and_deleted_owners(store: SharedStore) {
+    let team = store
+        .create_team(
+            &admin(),
+            NewTeam {
+                limits: budget(Some(BudgetDuration::Day)),
+                ..new_team("gone")
+            },
+        )
+        .await
+        .unwrap();
+    let user = store
+        .create_user(
+            &admin(),
+            NewUser {
+                limits: budget(Some(BudgetDuration::Week)),
+                ..new_user("gone")
+            },
+        )
+        .await
+        .unwrap();
+    let key = store
+        .create_key(
+            &admin(),
+            NewKey {
+                user_id: Some(user.id.clone()),
+                limits: budget(Some(BudgetDuration::Day)),
+                ..new_key("gone", "secret-gone")
+            },
+        )
+        .await
+        .unwrap();
+    assert!(store.delete_user(&admin(), &user.id).await.unwrap());
+    assert!(store.delete_team(&admin(), &team.id).await.unwrap());
+    assert!(store
+        .get_key(&key.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_some());
+
+    let at = ts("2026-03-04T10:00:00Z"); // a Wednesday
+    let records = [
+        owned("x1", at, 1.0, Some(&key.id), Some(&user.id), Some(&team.id)),
+        owned(
+            "x2",
+            at + DAY,
+            2.0,
+            Some(&key.id),
+            Some(&user.id),
+            Some(&team.id),
+        ),
+        owned(
+            "x3",
+            at,
+            4.0,
+            Some("ghost-key"),
+            Some("ghost-user"),
+            Some("ghost-team"),
+        ),
+        owned("x4", at + 20 * DAY, 8.0, Some("ghost-key"), None, None),
+    ];
+    assert_eq!(store.record_usage(&records).await.unwrap(), 4);
+
+    // Deleted entities keep their durations: the key and team by day, the user by week.
+    let on = |kind, id: &str, at: i64| {
+        let store = store.clone();
+        let id = id.to_string();
+        async move { store.current_spend(kind, &id, at).await.unwrap() }
+    };
+    assert_eq!(on(SpendKind::Key, &key.id, at).await, 1.0);
+    assert_eq!(on(SpendKind::Key, &key.id, at + DAY).await, 2.0);
+    assert_eq!(on(SpendKind::Team, &team.id, at).await, 1.0);
+    assert_eq!(on(SpendKind::User, &user.id, at).await, 3.0);
+    // Unknown ids accrue in calendar months (2026-03-24 is still March).
+    assert_eq!(on(SpendKind::Key, "ghost-key", at).await, 12.0);
+    assert_eq!(
+        on(SpendKind::Key, "ghost-key", ts("2026-04-01T00:00:00Z")).await,
+        0.0
+    );
+    assert_eq!(on(SpendKind::User, "ghost-user", at).await, 4.0);
+    assert_eq!(on(SpendKind::Team, "ghost-team", at).await, 4.0);
+
+    let keys = report(&store, UsageQuery::new(GroupBy::Key)).await;
+    let mut expected = vec![
+        row(&key.id, 2, 20, 2, 3.0),
+        row("ghost-key", 2, 20, 2, 12.0),
+    ];
+    expected.sort_by(|a, b| a.group.cmp(&b.group));
+    assert_eq!(keys.data, expected);
+}
+
+async fn usage_rejects_bad_records_whole(store: SharedStore) {
+    let at = ts("2026-03-04T10:00:00Z");
+    let good = owned("ok", at, 1.0, Some("key-1"), None, None);
+    for bad in [
+        usage("", at, 1.0),
+        usage("nan", at, f64::NAN),
+        usage("inf", at, f64::INFINITY),
+        usage("neg", at, -0.5),
+    ] {
+        let err = store
+            .record_usage(&[good.clone(), bad.clone()])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{bad:?}: {err:?}");
+    }
+    assert_eq!(
+        report(&store, UsageQuery::new(GroupBy::Key)).await,
+        UsageReport::default()
+    );
+    assert_eq!(
+        store
+            .current_spend(SpendKind::Key, "key-1", at)
+            .await
+            .unwrap(),
+        0.0
+    );
+    // Zero cost is fine, and accrues nothing.
+    assert_eq!(
+        store
+            .record_usage(&[good, usage("free", at, 0.0)])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .current_spend(SpendKind::Key, "key-1", at)
+            .await
+            .unwrap(),
+        1.0
+    );
+}
+
+async fn concurrent_usage_batches_count_once(store: SharedStore) {
+    let at = ts("2026-03-04T10:00:00Z");
+    let records: Vec<UsageRecord> = (0..60)
+        .map(|i| {
+            owned(
+                &format!("c{i:02}"),
+                at + i,
+                0.5,
+                Some("key-1"),
+                Some("user-1"),
+                None,
+            )
+        })
+        .collect();
+    // Four writers, each with an overlapping slice, in different orders.
+    let tasks: Vec<_> = (0..4)
+        .map(|w| {
+            let store = store.clone();
+            let mut slice: Vec<UsageRecord> = records[w * 10..w * 10 + 30].to_vec();
+            if w % 2 == 1 {
+                slice.reverse();
+            }
+            tokio::spawn(async move { store.record_usage(&slice).await })
+        })
+        .collect();
+    let mut new = 0;
+    for task in tasks {
+        new += task.await.unwrap().unwrap();
+    }
+    assert_eq!(new, 60);
+    assert_eq!(
+        store
+            .current_spend(SpendKind::Key, "key-1", at)
+            .await
+            .unwrap(),
+        30.0
+    );
+    assert_eq!(
+        store
+            .current_spend(SpendKind::User, "user-1", at)
+            .await
+            .unwrap(),
+        30.0
+    );
+    assert_eq!(
+        report(&store, UsageQuery::new(GroupBy::Key))
+            .await
+            .total
+            .requests,
+        60
+    );
+}
+
+/// Every column of a record as stored, read back directly.
+async fn check_stored_columns(store: SqlStore) {
+    let record = UsageRecord {
+        model: Some("gpt-4o".into()),
+        tokens: TokenUsage {
+            input_tokens: 1234,
+            output_tokens: 567,
+            cached_input_tokens: 1000,
+            reasoning_tokens: 89,
+        },
+        status: 499,
+        latency_ms: 4321,
+        estimated: true,
+        source: UsageSource::AccessLog,
+        ..owned(
+            "req-cols",
+            1_780_000_000,
+            0.015625,
+            Some("key-1"),
+            Some("user-1"),
+            Some("team-1"),
+        )
+    };
+    let shared: SharedStore = Arc::new(store.clone());
+    let before = tollgate::domain::now();
+    assert_eq!(shared.record_usage(&[record]).await.unwrap(), 1);
+    let row = sqlx::query(
+        "SELECT request_id, at, key_id, user_id, team_id, model, input_tokens, output_tokens, \
+         cached_input_tokens, reasoning_tokens, cost_usd, status, latency_ms, source, \
+         written_at FROM usage_records WHERE request_id = $1 AND estimated = $2",
+    )
+    .bind("req-cols")
+    .bind(true)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    use sqlx::Row;
+    assert_eq!(row.get::<String, _>("request_id"), "req-cols");
+    assert_eq!(row.get::<i64, _>("at"), 1_780_000_000);
+    assert_eq!(row.get::<String, _>("key_id"), "key-1");
+    assert_eq!(row.get::<String, _>("user_id"), "user-1");
+    assert_eq!(row.get::<String, _>("team_id"), "team-1");
+    assert_eq!(row.get::<String, _>("model"), "gpt-4o");
+    assert_eq!(row.get::<i64, _>("input_tokens"), 1234);
+    assert_eq!(row.get::<i64, _>("output_tokens"), 567);
+    assert_eq!(row.get::<i64, _>("cached_input_tokens"), 1000);
+    assert_eq!(row.get::<i64, _>("reasoning_tokens"), 89);
+    assert_eq!(row.get::<f64, _>("cost_usd"), 0.015625);
+    assert_eq!(row.get::<i64, _>("status"), 499);
+    assert_eq!(row.get::<i64, _>("latency_ms"), 4321);
+    assert_eq!(row.get::<String, _>("source"), "access_log");
+    let written_at = row.get::<i64, _>("written_at");
+    assert!(written_at >= before && written_at <= tollgate::domain::now());
+
+    // The spend rows: one per entity, keyed by the calendar month of `at` (no entities, so
+    // no durations), 2026-05-28 → May 2026.
+    let rows = sqlx::query(
+        "SELECT entity_kind, entity_id, period_start, period_end, spend_usd FROM spend \
+         ORDER BY entity_kind",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    let got: Vec<(String, String, i64, i64, f64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get("entity_kind"),
+                r.get("entity_id"),
+                r.get("period_start"),
+                r.get("period_end"),
+                r.get("spend_usd"),
+            )
+        })
+        .collect();
+    let (may, june) = (ts("2026-05-01T00:00:00Z"), ts("2026-06-01T00:00:00Z"));
+    assert_eq!(
+        got,
+        vec![
+            ("key".into(), "key-1".into(), may, june, 0.015625),
+            ("team".into(), "team-1".into(), may, june, 0.015625),
+            ("user".into(), "user-1".into(), may, june, 0.015625),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn usage_columns_are_stored_sqlite() {
+    let (store, _dir, _) = fresh_sqlite().await;
+    check_stored_columns(store).await;
+}
+
+#[tokio::test]
+async fn usage_columns_are_stored_postgres() {
+    let (store, _) = fresh_postgres().await;
+    check_stored_columns(store).await;
 }

@@ -1,4 +1,5 @@
-//! Persistence: users, teams, memberships, virtual keys, OIDC identities and the audit log.
+//! Persistence: users, teams, memberships, virtual keys, OIDC identities, the audit log,
+//! usage records and spend.
 //!
 //! One [`Store`] trait, one SQL implementation ([`sql::SqlStore`]) that runs on SQLite
 //! (the embedded default) and on Postgres through sqlx's `Any` driver. The schemas live in
@@ -14,7 +15,11 @@ use crate::domain::{
     ApiKey, AuditEvent, BudgetDuration, KeyLookup, Limits, Membership, MembershipSource, Role,
     Team, TeamRole, Timestamp, User,
 };
+use crate::usage::UsageRecord;
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 
 pub type SharedStore = Arc<dyn Store>;
@@ -231,6 +236,156 @@ pub struct OidcUser {
     pub missing_teams: Vec<String>,
 }
 
+/// Whose spend: a key, a user or a team.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpendKind {
+    Key,
+    User,
+    Team,
+}
+
+impl SpendKind {
+    /// `key`, `user` or `team`, as stored in `spend.entity_kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpendKind::Key => "key",
+            SpendKind::User => "user",
+            SpendKind::Team => "team",
+        }
+    }
+}
+
+impl fmt::Display for SpendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a usage report groups by (`group_by=key|user|team|model|day`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    Key,
+    User,
+    Team,
+    Model,
+    /// The UTC calendar day of the record's `at`, as `YYYY-MM-DD`.
+    Day,
+}
+
+impl GroupBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupBy::Key => "key",
+            GroupBy::User => "user",
+            GroupBy::Team => "team",
+            GroupBy::Model => "model",
+            GroupBy::Day => "day",
+        }
+    }
+}
+
+impl fmt::Display for GroupBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for GroupBy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "key" => Ok(GroupBy::Key),
+            "user" => Ok(GroupBy::User),
+            "team" => Ok(GroupBy::Team),
+            "model" => Ok(GroupBy::Model),
+            "day" => Ok(GroupBy::Day),
+            other => Err(format!(
+                "unknown group_by `{other}` (expected one of: key, user, team, model, day)"
+            )),
+        }
+    }
+}
+
+/// The group of records that have no key, user, team or model (e.g. usage of a key without
+/// a team, grouped by team): the empty string, which no id or model name can be.
+pub const NO_GROUP: &str = "";
+
+/// Which usage records a report covers, and how it groups them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageQuery {
+    pub group_by: GroupBy,
+    /// Records with `at >= since` (inclusive, like [`AuditFilter`]).
+    pub since: Option<Timestamp>,
+    /// Records with `at <= until` (inclusive).
+    pub until: Option<Timestamp>,
+    /// Only this user's records.
+    pub user_id: Option<String>,
+    /// Only this key's records.
+    pub key_id: Option<String>,
+    /// Only this team's records.
+    pub team_id: Option<String>,
+}
+
+impl UsageQuery {
+    /// Every record, grouped by `group_by`.
+    pub fn new(group_by: GroupBy) -> Self {
+        UsageQuery {
+            group_by,
+            since: None,
+            until: None,
+            user_id: None,
+            key_id: None,
+            team_id: None,
+        }
+    }
+}
+
+/// One group of a usage report. `group` is the key, user or team id, the model name, or
+/// the day (`YYYY-MM-DD`, UTC); [`NO_GROUP`] (`""`) for records without one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageRow {
+    pub group: String,
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// The sums over every row of a usage report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageTotals {
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// A usage report as the API answers it:
+/// `{"data":[{"group","requests","input_tokens","output_tokens","cost_usd"}],"total":{…}}`.
+/// Rows are ordered by group (days chronologically); `total` is the sum of exactly these
+/// rows, added in row order, so it equals them to the last bit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageReport {
+    pub data: Vec<UsageRow>,
+    pub total: UsageTotals,
+}
+
+impl UsageReport {
+    /// A report of these rows, with their totals.
+    pub fn from_rows(data: Vec<UsageRow>) -> Self {
+        let mut total = UsageTotals::default();
+        for row in &data {
+            total.requests += row.requests;
+            total.input_tokens += row.input_tokens;
+            total.output_tokens += row.output_tokens;
+            total.cost_usd += row.cost_usd;
+        }
+        UsageReport { data, total }
+    }
+}
+
 /// The persistence contract. Implementations must be safe to share across tasks.
 ///
 /// Reads that find nothing return `Ok(None)` / `Ok(false)`; uniqueness violations return
@@ -385,4 +540,37 @@ pub trait Store: Send + Sync + 'static {
         user_id: &str,
         keep_family: Option<&str>,
     ) -> StoreResult<Vec<String>>;
+
+    // ---- usage and spend -----------------------------------------------------------------
+
+    /// Writes usage records and accrues their cost on key, user and team, in one
+    /// transaction. Idempotent on `request_id`: a record already stored (or repeated within
+    /// the batch) is skipped and its spend is not added again. Answers how many records
+    /// were new.
+    ///
+    /// Each entity's cost goes to the period of its `budget_duration` that contains the
+    /// record's `at` (see [`crate::usage::period::window`]; `30d` windows are anchored at
+    /// the entity's `created_at`); an entity without a `budget_duration` accrues in
+    /// calendar months (`1mo`). Records whose key, user or team was deleted, or never
+    /// existed, are stored all the same (usage history is never lost); the spend of an id
+    /// without a row accrues in calendar months. A record with an empty `request_id` or a
+    /// negative or non-finite `cost_usd` fails the whole batch with `Invalid`. Token counts
+    /// and latencies above `i64::MAX` are stored as `i64::MAX`.
+    async fn record_usage(&self, records: &[UsageRecord]) -> StoreResult<u64>;
+
+    /// The spend of a key, user or team in the budget period that contains `at` (0 when
+    /// none): the period of the entity's own `budget_duration`, read from its row (deleted
+    /// users and teams and revoked keys included). When the entity has none (whether or not
+    /// it has a `max_budget`), or there is no such entity, the period is the calendar month
+    /// (`1mo`), as in [`Store::record_usage`].
+    ///
+    /// Spend is the sum of the spend rows whose period starts inside that period, so after
+    /// a `budget_duration` change the spend accrued under the old duration counts toward
+    /// the new period that contains its period's start.
+    async fn current_spend(&self, kind: SpendKind, id: &str, at: Timestamp) -> StoreResult<f64>;
+
+    /// A usage report: one row per group over the records with `since <= at <= until`,
+    /// optionally restricted to one user, key and/or team, and their totals (see
+    /// [`UsageReport`]).
+    async fn usage_report(&self, query: UsageQuery) -> StoreResult<UsageReport>;
 }

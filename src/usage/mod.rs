@@ -4,6 +4,11 @@
 //! This module holds the records shared by the ingestion paths (ext_proc, access logs), the
 //! queue, the store and the reports.
 
+pub mod parse;
+pub mod period;
+pub mod pricing;
+pub mod sse;
+
 use serde::{Deserialize, Serialize};
 
 /// Token counts of one response.
