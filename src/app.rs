@@ -17,11 +17,13 @@ use crate::secret::Secret;
 use crate::store::sql::{ConnectOptions, SqlStore};
 use crate::store::SharedStore;
 use crate::store::{Actor, NewUser};
+use crate::usage::queue::{UsageQueue, Writer};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -101,6 +103,12 @@ pub struct App {
     pub metrics: Metrics,
     /// tollgate's own login sessions; `None` when `auth.session` is not configured.
     pub sessions: Option<Arc<Sessions>>,
+    /// Where ingestion puts usage records.
+    pub usage: UsageQueue,
+    /// The writer that empties `usage`, until [`App::start`] runs it.
+    writer: Mutex<Option<Writer>>,
+    /// Tells the listeners and the writer to stop.
+    stop: watch::Sender<bool>,
 }
 
 impl App {
@@ -168,12 +176,18 @@ impl App {
             clock,
             metrics: metrics.clone(),
         });
+        let (stop, stop_rx) = watch::channel(false);
+        let (usage, writer) =
+            UsageQueue::new(&config.usage, store.clone(), metrics.clone(), stop_rx);
         Ok(Arc::new(App {
             config: Arc::new(config),
             store,
             gate,
             metrics,
             sessions,
+            usage,
+            writer: Mutex::new(Some(writer)),
+            stop,
         }))
     }
 
@@ -196,7 +210,8 @@ impl App {
         }
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop_tx = self.stop.clone();
+        let stop_rx = stop_tx.subscribe();
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
@@ -232,12 +247,19 @@ impl App {
             .context("HTTP server failed")
         });
 
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .map(|writer| tokio::spawn(writer.run()));
         Ok(Running {
             grpc_addr,
             http_addr,
             stop: stop_tx,
             tasks: vec![grpc_task, http_task],
             background,
+            writer,
         })
     }
 }
@@ -250,7 +272,12 @@ pub struct Running {
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     /// Loops that run until shutdown (OIDC key refresh); aborted when stopping.
     background: Vec<JoinHandle<()>>,
+    /// The usage writer: drains the queue after the listeners stop.
+    writer: Option<JoinHandle<()>>,
 }
+
+/// How long shutdown waits for the usage writer to drain the queue.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -273,6 +300,13 @@ impl Running {
         let _ = self.stop.send(true);
         for task in self.tasks.drain(..) {
             task.await.context("server task panicked")??;
+        }
+        if let Some(writer) = self.writer.take() {
+            if tokio::time::timeout(DRAIN_TIMEOUT, writer).await.is_err() {
+                tracing::error!(
+                    "usage records still queued after {DRAIN_TIMEOUT:?} (the database refuses them); they are lost with this process"
+                );
+            }
         }
         Ok(())
     }

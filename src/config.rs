@@ -31,6 +31,30 @@ pub struct Config {
     pub routes: BTreeMap<String, RouteRule>,
     pub models: Vec<Model>,
     pub budgets: Budgets,
+    /// The usage queue and its writer.
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Usage {
+    /// Records held in memory before ingestion waits for the writer (backpressure).
+    pub queue_capacity: usize,
+    /// Most records written in one transaction.
+    pub batch_size: usize,
+    /// Longest a record waits for its batch to fill.
+    #[serde(deserialize_with = "duration")]
+    pub batch_interval: Duration,
+}
+
+impl Default for Usage {
+    fn default() -> Self {
+        Usage {
+            queue_capacity: 100_000,
+            batch_size: 500,
+            batch_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -536,6 +560,15 @@ impl Config {
         }
         if self.database.timeout.is_zero() {
             return err("database.timeout", "must be greater than zero".into());
+        }
+        if self.usage.queue_capacity == 0 {
+            return err("usage.queue_capacity", "must be at least 1".into());
+        }
+        if self.usage.batch_size == 0 {
+            return err("usage.batch_size", "must be at least 1".into());
+        }
+        if self.usage.batch_interval.is_zero() {
+            return err("usage.batch_interval", "must be greater than zero".into());
         }
         if self.cache.max_entries == 0 {
             return err("cache.max_entries", "must be at least 1".into());

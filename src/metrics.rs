@@ -10,6 +10,7 @@ pub const CACHE_REQUESTS: &str = "tollgate_cache_requests_total";
 pub const BACKEND_ERRORS: &str = "tollgate_backend_errors_total";
 pub const USAGE_QUEUE_DEPTH: &str = "tollgate_usage_queue_depth";
 pub const REDIS_UP: &str = "tollgate_redis_up";
+pub const USAGE_RECORDS: &str = "tollgate_usage_records_total";
 
 /// The process's metrics. Cheap to clone (the collectors are reference-counted).
 #[derive(Clone)]
@@ -25,6 +26,8 @@ pub struct Metrics {
     pub usage_queue_depth: IntGauge,
     /// 1 while Redis answers, 0 while rate limiting runs in its failure mode.
     pub redis_up: IntGauge,
+    /// `result` = written | duplicate | retried.
+    pub usage_records: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -69,6 +72,14 @@ impl Metrics {
             "1 while Redis answers, 0 while rate limits follow redis.failure_mode",
         )
         .expect("valid metric");
+        let usage_records = IntCounterVec::new(
+            Opts::new(
+                USAGE_RECORDS,
+                "Usage records by what the writer did with them",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(check_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(check_duration.clone()),
@@ -76,6 +87,7 @@ impl Metrics {
             Box::new(backend_errors.clone()),
             Box::new(usage_queue_depth.clone()),
             Box::new(redis_up.clone()),
+            Box::new(usage_records.clone()),
         ] {
             registry
                 .register(collector)
@@ -89,6 +101,7 @@ impl Metrics {
             backend_errors,
             usage_queue_depth,
             redis_up,
+            usage_records,
         }
     }
 

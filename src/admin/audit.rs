@@ -23,7 +23,7 @@ struct AuditQuery {
     limit: Option<i64>,
 }
 
-fn time(field: &str, value: Option<String>) -> Result<Option<i64>, ApiError> {
+pub(super) fn time(field: &str, value: Option<String>) -> Result<Option<i64>, ApiError> {
     value
         .map(|v| rfc3339::parse(&v).map_err(|e| ApiError::BadRequest(format!("`{field}`: {e}"))))
         .transpose()

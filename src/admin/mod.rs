@@ -12,6 +12,7 @@ mod ops;
 mod profile;
 mod session;
 mod teams;
+mod usage;
 mod user_keys;
 mod users;
 
@@ -43,6 +44,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(session::routes())
         .merge(profile::routes())
         .merge(user_keys::routes())
+        .merge(usage::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)

@@ -17,6 +17,7 @@ mod migrate;
 mod output;
 mod serve;
 mod team;
+mod usage;
 mod user;
 
 use crate::config::{Config, ConfigError, Loaded};
@@ -78,6 +79,8 @@ pub enum Command {
     Team(team::TeamCommand),
     /// Read the audit log of admin writes.
     Audit(audit::AuditCommand),
+    /// Usage reports: requests, tokens and cost.
+    Usage(usage::UsageCommand),
 }
 
 /// Runs one parsed command line.
@@ -90,6 +93,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::User(cmd) => user::run(cmd).await,
         Command::Team(cmd) => team::run(cmd).await,
         Command::Audit(cmd) => audit::run(cmd).await,
+        Command::Usage(cmd) => usage::run(cmd).await,
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod parse;
 pub mod period;
 pub mod pricing;
+pub mod queue;
 pub mod sse;
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,162 @@
+//! The in-process usage queue and its batch writer (the embedded default).
+//!
+//! Ingestion (ext_proc, access logs) pushes records; a bounded channel holds them; one
+//! writer task takes up to `usage.batch_size` records (or what arrived within
+//! `usage.batch_interval`) and commits them with their spend in one store transaction.
+//!
+//! Nothing is dropped: a full queue makes `push` wait (backpressure on ingestion), a failed
+//! write is retried with backoff until it commits (the batch stays in memory meanwhile), and
+//! on shutdown the writer drains the queue before it stops. Records are idempotent on
+//! `request_id` in the store, so a retried batch that had in fact committed counts once.
+
+use super::UsageRecord;
+use crate::config;
+use crate::metrics::Metrics;
+use crate::store::SharedStore;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// The queue has stopped (tollgate is shutting down).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the usage queue is closed")]
+pub struct QueueClosed;
+
+/// Where ingestion puts records. Cheap to clone.
+#[derive(Clone)]
+pub struct UsageQueue {
+    tx: mpsc::Sender<UsageRecord>,
+    metrics: Metrics,
+}
+
+impl UsageQueue {
+    /// A queue and the writer that empties it into `store`; run the writer with
+    /// [`Writer::run`].
+    pub fn new(
+        config: &config::Usage,
+        store: SharedStore,
+        metrics: Metrics,
+        stop: watch::Receiver<bool>,
+    ) -> (UsageQueue, Writer) {
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let queue = UsageQueue {
+            tx,
+            metrics: metrics.clone(),
+        };
+        let writer = Writer {
+            rx,
+            store,
+            batch_size: config.batch_size,
+            batch_interval: config.batch_interval,
+            metrics,
+            stop,
+        };
+        (queue, writer)
+    }
+
+    /// Queues a record, waiting while the queue is full.
+    pub async fn push(&self, record: UsageRecord) -> Result<(), QueueClosed> {
+        self.metrics.usage_queue_depth.inc();
+        self.tx.send(record).await.map_err(|_| {
+            self.metrics.usage_queue_depth.dec();
+            QueueClosed
+        })
+    }
+}
+
+/// Commits queued records in batches.
+pub struct Writer {
+    rx: mpsc::Receiver<UsageRecord>,
+    store: SharedStore,
+    batch_size: usize,
+    batch_interval: Duration,
+    metrics: Metrics,
+    stop: watch::Receiver<bool>,
+}
+
+/// Backoff between attempts to write a batch the store refused: doubling, capped.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+impl Writer {
+    /// Writes batches until told to stop, then drains what is queued and returns.
+    pub async fn run(mut self) {
+        let mut stopping = *self.stop.borrow();
+        loop {
+            let first = if stopping {
+                match self.rx.try_recv() {
+                    Ok(record) => record,
+                    Err(_) => return,
+                }
+            } else {
+                tokio::select! {
+                    record = self.rx.recv() => match record {
+                        Some(record) => record,
+                        None => return,
+                    },
+                    _ = self.stop.wait_for(|stop| *stop) => {
+                        stopping = true;
+                        continue;
+                    }
+                }
+            };
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + self.batch_interval;
+            while batch.len() < self.batch_size {
+                if stopping {
+                    match self.rx.try_recv() {
+                        Ok(record) => batch.push(record),
+                        Err(_) => break,
+                    }
+                    continue;
+                }
+                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(Some(record)) => batch.push(record),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            self.write(batch).await;
+        }
+    }
+
+    /// Writes one batch, retrying until the store takes it.
+    async fn write(&self, batch: Vec<UsageRecord>) {
+        let mut delay = RETRY_FIRST;
+        let mut failing = false;
+        loop {
+            match self.store.record_usage(&batch).await {
+                Ok(new) => {
+                    let duplicates = batch.len() as u64 - new.min(batch.len() as u64);
+                    self.count("written", new);
+                    self.count("duplicate", duplicates);
+                    self.metrics.usage_queue_depth.sub(batch.len() as i64);
+                    if failing {
+                        tracing::info!(records = batch.len(), "usage records written again");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    self.count("retried", batch.len() as u64);
+                    self.metrics
+                        .backend_errors
+                        .with_label_values(&["database"])
+                        .inc();
+                    if !failing {
+                        tracing::warn!(error = %e, records = batch.len(), "cannot write usage records; retrying until the store takes them");
+                        failing = true;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    fn count(&self, result: &str, n: u64) {
+        if n > 0 {
+            self.metrics
+                .usage_records
+                .with_label_values(&[result])
+                .inc_by(n);
+        }
+    }
+}
