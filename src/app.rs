@@ -7,6 +7,7 @@
 use crate::authn::login::Sessions;
 use crate::authn::{Authenticator, MasterKey};
 use crate::authz::{AuthorizationService, Gate};
+use crate::budget::Ledger;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::decision::Policy;
@@ -169,16 +170,28 @@ impl App {
             sessions.clone(),
             metrics.clone(),
         );
+        let ledger = Arc::new(Ledger::new(
+            store.clone(),
+            config.cache.key_ttl,
+            config.budgets.reservation_timeout,
+            config.database.timeout,
+        ));
         let gate = Arc::new(Gate {
             policy: ArcSwap::from_pointee(Policy::from_config(&config)),
             auth: Arc::new(auth),
             limiter: Arc::new(limiter),
+            ledger: ledger.clone(),
             clock,
             metrics: metrics.clone(),
         });
         let (stop, stop_rx) = watch::channel(false);
-        let (usage, writer) =
-            UsageQueue::new(&config.usage, store.clone(), metrics.clone(), stop_rx);
+        let (usage, writer) = UsageQueue::new(
+            &config.usage,
+            store.clone(),
+            ledger,
+            metrics.clone(),
+            stop_rx,
+        );
         Ok(Arc::new(App {
             config: Arc::new(config),
             store,

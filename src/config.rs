@@ -447,6 +447,9 @@ pub struct Pricing {
 pub struct Budgets {
     pub alert_thresholds: Vec<u8>,
     pub alert_webhook: String,
+    /// How long a request's reserved cost is held when its usage never arrives.
+    #[serde(deserialize_with = "duration")]
+    pub reservation_timeout: Duration,
 }
 
 impl Default for Budgets {
@@ -454,6 +457,7 @@ impl Default for Budgets {
         Budgets {
             alert_thresholds: vec![50, 75, 90, 100],
             alert_webhook: String::new(),
+            reservation_timeout: Duration::from_secs(600),
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct Policy {
     models: HashMap<String, ModelPolicy>,
     /// Configured rate limits (global, route, model) and token-estimate defaults.
     pub rates: Rates,
+    /// The configured models, for prices.
+    pub priced_models: Vec<crate::config::Model>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -78,6 +80,12 @@ impl Policy {
             prefix_routes,
             models,
             rates: Rates::from_config(config),
+            priced_models: config
+                .models
+                .iter()
+                .filter(|m| m.pricing.is_some())
+                .cloned()
+                .collect(),
         }
     }
 

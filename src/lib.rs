@@ -18,6 +18,7 @@ pub mod admin;
 pub mod app;
 pub mod authn;
 pub mod authz;
+pub mod budget;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -9,11 +9,13 @@ pub mod body;
 pub mod response;
 
 use crate::authn::{credential, Authenticator, AuthnError};
+use crate::budget::{Charge, Ledger, Verdict};
 use crate::clock::Clock;
 use crate::decision::{self, Denial, DenyReason, Grant, Policy, Principal};
 use crate::limits::plan::{self, Owners, Quota};
 use crate::limits::{Demand, LimitError, Limiter, Settlement, Unit};
 use crate::metrics::Metrics;
+use crate::store::SpendKind;
 use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse};
 use std::sync::Arc;
@@ -28,6 +30,8 @@ pub struct Gate {
     pub policy: ArcSwap<Policy>,
     pub auth: Arc<Authenticator>,
     pub limiter: Arc<Limiter>,
+    /// Budget reservations.
+    pub ledger: Arc<Ledger>,
     /// The time rate limits count in.
     pub clock: Clock,
     pub metrics: Metrics,
@@ -141,7 +145,64 @@ impl Gate {
             owners(&principal),
             tokens,
         );
-        Ok(self.count(grant, &demands).await)
+        let charges = charges(&principal);
+        if charges.is_empty() {
+            return Ok(self.count(grant, &demands).await);
+        }
+        // Budgets before rate limits (DESIGN.md's order); a reservation is given back when
+        // a rate limit then refuses.
+        let (input_tokens, output_tokens) =
+            policy
+                .rates
+                .estimate(body_bytes, facts.max_output_tokens, grant.model.as_deref());
+        let estimate = crate::usage::pricing::cost_for(
+            &policy.priced_models,
+            grant.model.as_deref(),
+            &crate::usage::TokenUsage {
+                input_tokens,
+                output_tokens,
+                ..Default::default()
+            },
+        );
+        let request_id = http
+            .headers
+            .get("x-request-id")
+            .filter(|id| !id.is_empty())
+            .cloned()
+            .unwrap_or_else(crate::domain::new_id);
+        match self
+            .ledger
+            .reserve(&request_id, &charges, estimate, now)
+            .await?
+        {
+            Verdict::Reserved => {}
+            Verdict::Refused {
+                charge,
+                used_usd,
+                period_end,
+            } => {
+                let mut denial = Denial::new(
+                    DenyReason::InsufficientQuota,
+                    format!(
+                        "Budget exceeded for {}: ${used_usd:.4} of ${:.4} used this period (resets at {})",
+                        match charge.kind {
+                            SpendKind::Key => "this API key",
+                            SpendKind::User => "your user",
+                            SpendKind::Team => "your team",
+                        },
+                        charge.limit_usd,
+                        crate::domain::rfc3339::format(period_end)
+                    ),
+                );
+                denial.retry_after = Some(u64::try_from(period_end - now).unwrap_or(0).max(1));
+                return Ok(Err(denial));
+            }
+        }
+        let outcome = self.count(grant, &demands).await;
+        if outcome.is_err() {
+            self.ledger.release(&request_id);
+        }
+        Ok(outcome)
     }
 
     /// Rate limits: the request's buckets are checked and debited in one step; a refused
@@ -219,6 +280,31 @@ impl Gate {
             return Ok(());
         }
         self.limiter.settle(&settlements, self.clock.now_ms()).await
+    }
+}
+
+/// The budgets a request is charged against: its key's, its user's and its team's
+/// `max_budget`, where set.
+fn charges(principal: &Principal) -> Vec<Charge> {
+    match principal {
+        Principal::Master => Vec::new(),
+        Principal::Key(lookup) => [
+            Charge::of(SpendKind::Key, &lookup.key.id, &lookup.key.limits),
+            lookup
+                .user
+                .as_ref()
+                .and_then(|u| Charge::of(SpendKind::User, &u.id, &u.limits)),
+            lookup
+                .team
+                .as_ref()
+                .and_then(|t| Charge::of(SpendKind::Team, &t.id, &t.limits)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        Principal::User(user) => Charge::of(SpendKind::User, &user.id, &user.limits)
+            .into_iter()
+            .collect(),
     }
 }
 

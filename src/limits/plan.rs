@@ -88,12 +88,23 @@ impl Rates {
         max_output: Option<u64>,
         model: Option<&str>,
     ) -> u64 {
+        let (input, output) = self.estimate(body_bytes, max_output, model);
+        input.saturating_add(output)
+    }
+
+    /// [`estimate_tokens`](Self::estimate_tokens) as (input, output), for cost estimates.
+    pub fn estimate(
+        &self,
+        body_bytes: u64,
+        max_output: Option<u64>,
+        model: Option<&str>,
+    ) -> (u64, u64) {
         let output = max_output.unwrap_or_else(|| {
             model
                 .and_then(|m| self.model_max_tokens.get(m).copied())
                 .unwrap_or(self.default_max_tokens)
         });
-        body_bytes.div_ceil(4).saturating_add(output)
+        (body_bytes.div_ceil(4), output)
     }
 }
 

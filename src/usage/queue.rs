@@ -10,9 +10,11 @@
 //! `request_id` in the store, so a retried batch that had in fact committed counts once.
 
 use super::UsageRecord;
+use crate::budget::Ledger;
 use crate::config;
 use crate::metrics::Metrics;
 use crate::store::SharedStore;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -34,6 +36,7 @@ impl UsageQueue {
     pub fn new(
         config: &config::Usage,
         store: SharedStore,
+        ledger: Arc<Ledger>,
         metrics: Metrics,
         stop: watch::Receiver<bool>,
     ) -> (UsageQueue, Writer) {
@@ -45,6 +48,7 @@ impl UsageQueue {
         let writer = Writer {
             rx,
             store,
+            ledger,
             batch_size: config.batch_size,
             batch_interval: config.batch_interval,
             metrics,
@@ -67,6 +71,8 @@ impl UsageQueue {
 pub struct Writer {
     rx: mpsc::Receiver<UsageRecord>,
     store: SharedStore,
+    /// Budget reservations, replaced by the real cost once a record is written.
+    ledger: Arc<Ledger>,
     batch_size: usize,
     batch_interval: Duration,
     metrics: Metrics,
@@ -129,6 +135,9 @@ impl Writer {
                     self.count("written", new);
                     self.count("duplicate", duplicates);
                     self.metrics.usage_queue_depth.sub(batch.len() as i64);
+                    for record in &batch {
+                        self.ledger.settle(&record.request_id, record.cost_usd);
+                    }
                     if failing {
                         tracing::info!(records = batch.len(), "usage records written again");
                     }

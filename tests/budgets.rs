@@ -1,0 +1,261 @@
+//! Budgets in Check: reserve the estimated cost, refuse with 429 `insufficient_quota` when a
+//! budget has no room, settle with the real cost when usage is written, and hold the bound
+//! of the reservation design under concurrency.
+
+mod common;
+
+use common::tollgate::Tollgate;
+use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tollgate::store::SpendKind;
+use tollgate::usage::{TokenUsage, UsageRecord, UsageSource};
+
+/// $1 per million input and output tokens: a request's estimate is (body/4 + max_tokens) µ$.
+const CONFIG: &str = "models:\n  - { name: gpt-4o, pricing: { input_per_million: 1000000, output_per_million: 1000000 } }\nusage: { batch_interval: 20ms }\n";
+
+fn request(key: &str, request_id: &str, max_tokens: u64) -> (CheckRequest, u64) {
+    let body = json!({"model": "gpt-4o", "max_tokens": max_tokens, "messages": []}).to_string();
+    // With the price above, one token costs $1: the estimate is the token estimate in USD.
+    let estimate = (body.len() as u64).div_ceil(4) + max_tokens;
+    let headers: HashMap<String, String> = [("x-api-key", key), ("x-request-id", request_id)]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let request = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "POST".into(),
+                    path: "/v1/chat/completions".into(),
+                    headers,
+                    raw_body: body.into_bytes(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    (request, estimate)
+}
+
+/// (status, error code, headers) of a Check.
+async fn check(t: &Tollgate, request: &CheckRequest) -> (u16, String, HashMap<String, String>) {
+    let response = t.app.gate.check(request).await.expect("a decision");
+    match response.http_response {
+        Some(HttpResponse::OkResponse(_)) => (200, String::new(), HashMap::new()),
+        Some(HttpResponse::DeniedResponse(d)) => {
+            let body: Value = serde_json::from_str(&d.body).unwrap();
+            let headers = d
+                .headers
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .map(|h| (h.key.clone(), h.value.clone()))
+                .collect();
+            (
+                d.status.map_or(0, |s| s.code as u16),
+                body["error"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                headers,
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn key_with_budget(t: &Tollgate, budget: f64) -> (String, String) {
+    let (status, created) = t
+        .admin(
+            Method::POST,
+            "/admin/keys",
+            Some(json!({"name": "b", "max_budget": budget, "budget_duration": "1mo"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    (
+        created["id"].as_str().unwrap().to_owned(),
+        created["key"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn record(request_id: &str, key_id: &str, cost: f64) -> UsageRecord {
+    UsageRecord {
+        request_id: request_id.to_owned(),
+        at: tollgate::domain::now(),
+        key_id: Some(key_id.to_owned()),
+        user_id: None,
+        team_id: None,
+        model: Some("gpt-4o".into()),
+        tokens: TokenUsage::default(),
+        cost_usd: cost,
+        status: 200,
+        latency_ms: 1,
+        estimated: false,
+        source: UsageSource::ExtProc,
+    }
+}
+
+#[tokio::test]
+async fn concurrent_requests_cannot_overspend_past_the_reservations() {
+    let t = Arc::new(Tollgate::start(CONFIG).await);
+    let (_, estimate) = request("x", "x", 100);
+    // A budget worth exactly 10 estimates.
+    let (_, key) = key_with_budget(&t, 10.0 * estimate as f64).await;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let t = t.clone();
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            let (r, _) = request(&key, &format!("req-{i}"), 100);
+            check(&t, &r).await
+        }));
+    }
+    let mut admitted = 0;
+    let mut refused = 0;
+    for task in tasks {
+        let (status, code, headers) = task.await.unwrap();
+        match status {
+            200 => admitted += 1,
+            429 => {
+                assert_eq!(code, "insufficient_quota");
+                assert!(headers.contains_key("retry-after"));
+                refused += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // No usage has arrived: the reservations alone bound what is admitted.
+    assert_eq!(admitted, 10);
+    assert_eq!(refused, 40);
+}
+
+#[tokio::test]
+async fn settling_with_the_real_cost_frees_the_difference() {
+    let t = Tollgate::start(CONFIG).await;
+    let (_, estimate) = request("x", "x", 100);
+    let (id, key) = key_with_budget(&t, 2.0 * estimate as f64).await;
+    for i in 0..2 {
+        let (r, _) = request(&key, &format!("r{i}"), 100);
+        assert_eq!(check(&t, &r).await.0, 200);
+    }
+    let (r, _) = request(&key, "r2", 100);
+    assert_eq!(check(&t, &r).await.0, 429);
+    let (committed, reserved) = t
+        .app
+        .gate
+        .ledger
+        .view(SpendKind::Key, &id, tollgate::domain::now())
+        .unwrap();
+    assert_eq!((committed, reserved), (0.0, 2.0 * estimate as f64));
+
+    // Both requests really cost a quarter of their estimate.
+    let real = estimate as f64 / 4.0;
+    for i in 0..2 {
+        t.app
+            .usage
+            .push(record(&format!("r{i}"), &id, real))
+            .await
+            .unwrap();
+    }
+    let mut settled = None;
+    for _ in 0..200 {
+        settled = t
+            .app
+            .gate
+            .ledger
+            .view(SpendKind::Key, &id, tollgate::domain::now());
+        if settled == Some((2.0 * real, 0.0)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(settled, Some((2.0 * real, 0.0)));
+    // Half the budget is free again: one more request fits, the next does not.
+    let (r, _) = request(&key, "r3", 100);
+    assert_eq!(check(&t, &r).await.0, 200);
+    let (r, _) = request(&key, "r4", 100);
+    assert_eq!(check(&t, &r).await.0, 429);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn spend_already_in_the_store_is_counted_and_a_spent_budget_refuses() {
+    let t = Tollgate::start(CONFIG).await;
+    let (id, key) = key_with_budget(&t, 5.0).await;
+    // Spend recorded before this process saw the key (another replica, an earlier run).
+    t.app
+        .store
+        .record_usage(&[record("old", &id, 5.0)])
+        .await
+        .unwrap();
+    let (r, _) = request(&key, "new", 1);
+    let (status, code, headers) = check(&t, &r).await;
+    assert_eq!((status, code.as_str()), (429, "insufficient_quota"));
+    let retry: i64 = headers["retry-after"].parse().unwrap();
+    assert!(retry > 0 && retry <= 31 * 86_400, "{retry}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn team_and_user_budgets_apply_to_their_keys_and_a_rate_limit_refusal_gives_the_reservation_back(
+) {
+    let t = Tollgate::start(CONFIG).await;
+    let (_, estimate) = request("x", "x", 10);
+    let (status, team) = t
+        .admin(
+            Method::POST,
+            "/admin/teams",
+            Some(json!({"name": "Eng", "max_budget": estimate as f64})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{team}");
+    let team = team["id"].as_str().unwrap().to_owned();
+    let (status, created) = t
+        .admin(
+            Method::POST,
+            "/admin/keys",
+            Some(json!({"name": "a", "team_id": team, "rpm": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let limited = created["key"].as_str().unwrap().to_owned();
+    let (_, other) = {
+        let (status, created) = t
+            .admin(
+                Method::POST,
+                "/admin/keys",
+                Some(json!({"name": "b", "team_id": team})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        ((), created["key"].as_str().unwrap().to_owned())
+    };
+    // The first request takes the team's whole budget...
+    let (r, _) = request(&limited, "t1", 10);
+    assert_eq!(check(&t, &r).await.0, 200);
+    // ...so the team's other key is refused.
+    let (r, _) = request(&other, "t2", 10);
+    let (status, code, _) = check(&t, &r).await;
+    assert_eq!((status, code.as_str()), (429, "insufficient_quota"));
+    // Release the first reservation by settling it at no cost, then exhaust the rate limit:
+    // the refused request must not keep a reservation.
+    t.app.gate.ledger.settle("t1", 0.0);
+    let (r, _) = request(&limited, "t3", 10);
+    let (status, code, _) = check(&t, &r).await;
+    assert_eq!((status, code.as_str()), (429, "rate_limit_exceeded"));
+    let (r, _) = request(&other, "t4", 10);
+    assert_eq!(
+        check(&t, &r).await.0,
+        200,
+        "the rate-limited request gave its reservation back"
+    );
+    t.stop().await;
+}
