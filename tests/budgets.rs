@@ -201,6 +201,14 @@ async fn spend_already_in_the_store_is_counted_and_a_spent_budget_refuses() {
     assert_eq!((status, code.as_str()), (429, "insufficient_quota"));
     let retry: i64 = headers["retry-after"].parse().unwrap();
     assert!(retry > 0 && retry <= 31 * 86_400, "{retry}");
+    // The API shows the key's current-period spend, alone and in lists.
+    let (status, shown) = t
+        .admin(Method::GET, &format!("/admin/keys/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(shown["spend"], 5.0);
+    let (_, listed) = t.admin(Method::GET, "/admin/keys", None).await;
+    assert_eq!(listed["data"][0]["spend"], 5.0, "{listed}");
     t.stop().await;
 }
 

@@ -3,13 +3,13 @@
 
 use super::access::check_key_narrows;
 use super::{
-    limits_of, limits_patch_of, list, nullable, validate, ApiError, AppState, Caller, JsonBody,
-    QueryParams,
+    all_with_spend, limits_of, limits_patch_of, list, nullable, validate, with_spend, ApiError,
+    AppState, Caller, JsonBody, QueryParams, WithSpend,
 };
 use crate::authn::api_key;
 use crate::authn::key_cache::Invalidation;
 use crate::domain::{self, ApiKey, BudgetDuration, Role, Timestamp};
-use crate::store::{KeyFilter, KeyPatch, NewKey};
+use crate::store::{KeyFilter, KeyPatch, NewKey, SpendKind};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -188,18 +188,20 @@ async fn list_keys(
             include_revoked: q.include_revoked,
         })
         .await?;
-    Ok(list(keys))
+    Ok(list(
+        all_with_spend(&app, SpendKind::Key, keys, |k| k.id.clone()).await?,
+    ))
 }
 
 async fn get_key(
     State(app): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<ApiKey>, ApiError> {
+) -> Result<Json<WithSpend<ApiKey>>, ApiError> {
     let key = existing_key(&app, &id).await?;
     let sees = caller.sees_key(&app, &key).await?;
     caller.allow(sees, "read this key")?;
-    Ok(Json(key))
+    Ok(Json(with_spend(&app, SpendKind::Key, &id, key).await?))
 }
 
 async fn existing_key(app: &AppState, id: &str) -> Result<ApiKey, ApiError> {

@@ -106,6 +106,45 @@ pub fn nullable<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// A key, user or team as the API answers it: the record and its current-period spend.
+#[derive(serde::Serialize)]
+pub struct WithSpend<T> {
+    #[serde(flatten)]
+    pub item: T,
+    /// USD spent in the entity's current budget period (calendar month without a
+    /// `budget_duration`).
+    pub spend: f64,
+}
+
+/// The record with its current-period spend read from the store.
+pub async fn with_spend<T>(
+    app: &AppState,
+    kind: crate::store::SpendKind,
+    id: &str,
+    item: T,
+) -> Result<WithSpend<T>, ApiError> {
+    let spend = app
+        .store
+        .current_spend(kind, id, crate::domain::now())
+        .await?;
+    Ok(WithSpend { item, spend })
+}
+
+/// Each record of a list with its current-period spend (one read per record).
+pub async fn all_with_spend<T>(
+    app: &AppState,
+    kind: crate::store::SpendKind,
+    items: Vec<T>,
+    id: impl Fn(&T) -> String,
+) -> Result<Vec<WithSpend<T>>, ApiError> {
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let id = id(&item);
+        out.push(with_spend(app, kind, &id, item).await?);
+    }
+    Ok(out)
+}
+
 /// `{"data": [...]}`, the shape of every list.
 pub fn list<T: serde::Serialize>(items: Vec<T>) -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "data": items }))

@@ -1,11 +1,12 @@
 //! `/admin/teams`: teams, their limits and model sets, and their members.
 
 use super::{
-    limits_of, limits_patch_of, list, nullable, validate, ApiError, AppState, Caller, JsonBody,
+    all_with_spend, limits_of, limits_patch_of, list, nullable, validate, ApiError, AppState,
+    Caller, JsonBody,
 };
 use crate::authn::key_cache::Invalidation;
 use crate::domain::{BudgetDuration, Membership, MembershipSource, Role, Team, TeamRole};
-use crate::store::{NewTeam, TeamPatch};
+use crate::store::{NewTeam, SpendKind, TeamPatch};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
@@ -92,7 +93,9 @@ async fn list_teams(
             .collect();
         teams.retain(|t| mine.contains(&t.id));
     }
-    Ok(list(teams))
+    Ok(list(
+        all_with_spend(&app, SpendKind::Team, teams, |t| t.id.clone()).await?,
+    ))
 }
 
 #[derive(Serialize)]
@@ -100,6 +103,8 @@ struct TeamWithMembers {
     #[serde(flatten)]
     team: Team,
     members: Vec<Membership>,
+    /// USD spent in the team's current budget period.
+    spend: f64,
 }
 
 async fn get_team(
@@ -115,7 +120,15 @@ async fn get_team(
         .await?
         .ok_or_else(|| ApiError::not_found("team", &id))?;
     let members = app.store.list_members(&id).await?;
-    Ok(Json(TeamWithMembers { team, members }))
+    let spend = app
+        .store
+        .current_spend(SpendKind::Team, &id, crate::domain::now())
+        .await?;
+    Ok(Json(TeamWithMembers {
+        team,
+        members,
+        spend,
+    }))
 }
 
 #[derive(Deserialize)]

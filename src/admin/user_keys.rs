@@ -4,9 +4,9 @@
 
 use super::access::SignedIn;
 use super::keys::{create_key, write_key, CreateKey, WithSecret};
-use super::{list, ApiError, AppState, JsonBody, QueryParams};
+use super::{all_with_spend, list, ApiError, AppState, JsonBody, QueryParams};
 use crate::domain::{self, ApiKey, BudgetDuration, Role, Timestamp};
-use crate::store::KeyFilter;
+use crate::store::{KeyFilter, SpendKind};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
@@ -39,7 +39,9 @@ async fn list_own(
             include_revoked: q.include_revoked,
         })
         .await?;
-    Ok(list(keys))
+    Ok(list(
+        all_with_spend(&app, SpendKind::Key, keys, |k| k.id.clone()).await?,
+    ))
 }
 
 /// The body of `POST /v1/user/keys`: that of `POST /admin/keys` without the owner fields

@@ -1,12 +1,13 @@
 //! `/admin/users`: people who own keys (and, with sessions, log in).
 
 use super::{
-    limits_of, limits_patch_of, list, nullable, validate, ApiError, AppState, Caller, JsonBody,
+    all_with_spend, limits_of, limits_patch_of, list, nullable, validate, with_spend, ApiError,
+    AppState, Caller, JsonBody, WithSpend,
 };
 use crate::authn::key_cache::Invalidation;
 use crate::authn::{login, password};
 use crate::domain::{BudgetDuration, Role, User};
-use crate::store::{NewUser, UserPatch};
+use crate::store::{NewUser, SpendKind, UserPatch};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -116,23 +117,27 @@ async fn list_users(
         caller.reads_all() || caller.role() == Role::Manager,
         "list users",
     )?;
-    Ok(list(app.store.list_users().await?))
+    let users = app.store.list_users().await?;
+    Ok(list(
+        all_with_spend(&app, SpendKind::User, users, |u| u.id.clone()).await?,
+    ))
 }
 
 async fn get_user(
     State(app): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<User>, ApiError> {
+) -> Result<Json<WithSpend<User>>, ApiError> {
     caller.allow(
         caller.reads_all() || caller.role() == Role::Manager || caller.is_user(&id),
         "read other users",
     )?;
-    app.store
+    let user = app
+        .store
         .get_user(&id)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("user", &id))
+        .ok_or_else(|| ApiError::not_found("user", &id))?;
+    Ok(Json(with_spend(&app, SpendKind::User, &id, user).await?))
 }
 
 #[derive(Deserialize)]
