@@ -98,9 +98,6 @@ fn announce_generated(secret: &Secret) {
 /// into thinking a limit or a budget alert protects them.
 pub fn unenforced(config: &Config) -> Vec<&'static str> {
     let mut sections = Vec::new();
-    if config.models.iter().any(|m| m.pricing.is_some()) {
-        sections.push("models.pricing");
-    }
     if !config.budgets.alert_webhook.trim().is_empty() {
         sections.push("budgets.alert_webhook");
     }
@@ -136,9 +133,6 @@ mod tests {
         assert!(unenforced(&Config::default()).is_empty());
         let text = "redis: { url: redis://127.0.0.1:6379 }\nlimits: { global: { rpm: 10 } }\nmodels:\n  - { name: a, pricing: { input_per_million: 1, output_per_million: 2 } }\nbudgets: { alert_webhook: http://hook }\n";
         let config = Config::parse_str("t.yaml", text, &|_| None).unwrap().config;
-        assert_eq!(
-            unenforced(&config),
-            vec!["models.pricing", "budgets.alert_webhook"]
-        );
+        assert_eq!(unenforced(&config), vec!["budgets.alert_webhook"]);
     }
 }
