@@ -4,12 +4,11 @@
 
 mod common;
 
+use common::check::answer;
 use common::tollgate::Tollgate;
-use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::ext_authz::v3::pb::CheckRequest;
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,52 +22,18 @@ fn request(key: &str, request_id: &str, max_tokens: u64) -> (CheckRequest, u64) 
     let body = json!({"model": "gpt-4o", "max_tokens": max_tokens, "messages": []}).to_string();
     // With the price above, one token costs $1: the estimate is the token estimate in USD.
     let estimate = (body.len() as u64).div_ceil(4) + max_tokens;
-    let headers: HashMap<String, String> = [("x-api-key", key), ("x-request-id", request_id)]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let request = CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "POST".into(),
-                    path: "/v1/chat/completions".into(),
-                    headers,
-                    raw_body: body.into_bytes(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    };
+    let request = common::check::request(
+        &[("x-api-key", key), ("x-request-id", request_id)],
+        "/v1/chat/completions",
+        &body,
+    );
     (request, estimate)
 }
 
 /// (status, error code, headers) of a Check.
 async fn check(t: &Tollgate, request: &CheckRequest) -> (u16, String, HashMap<String, String>) {
-    let response = t.app.gate.check(request).await.expect("a decision");
-    match response.http_response {
-        Some(HttpResponse::OkResponse(_)) => (200, String::new(), HashMap::new()),
-        Some(HttpResponse::DeniedResponse(d)) => {
-            let body: Value = serde_json::from_str(&d.body).unwrap();
-            let headers = d
-                .headers
-                .iter()
-                .filter_map(|h| h.header.as_ref())
-                .map(|h| (h.key.clone(), h.value.clone()))
-                .collect();
-            (
-                d.status.map_or(0, |s| s.code as u16),
-                body["error"]["code"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-                headers,
-            )
-        }
-        other => panic!("{other:?}"),
-    }
+    let a = answer(t.app.gate.check(request).await.expect("a decision"));
+    (a.status, a.code().to_owned(), a.headers)
 }
 
 async fn key_with_budget(t: &Tollgate, budget: f64) -> (String, String) {

@@ -5,8 +5,6 @@
 mod common;
 
 use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use envoy_types::pb::google::protobuf::value::Kind;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,25 +17,7 @@ use tollgate::store::sql::SqlStore;
 use tollgate::store::{Actor, KeyPatch, NewKey, NewTeam, NewUser, Store};
 
 fn request(headers: &[(&str, &str)], path: &str, body: &str) -> CheckRequest {
-    let headers: HashMap<String, String> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "POST".into(),
-                    path: path.into(),
-                    headers,
-                    raw_body: body.as_bytes().to_vec(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+    common::check::request(headers, path, body)
 }
 
 const CHAT: &str = r#"{"model":"gpt-4o","messages":[]}"#;

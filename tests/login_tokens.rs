@@ -10,8 +10,6 @@ use common::oidc_issuer::{segment, TestIssuer, AUDIENCE};
 use common::tollgate::{Tollgate, MASTER_KEY};
 use common::upstream::post_json;
 use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
@@ -104,25 +102,7 @@ impl Env {
 // Check, called directly
 
 fn check_request(headers: &[(&str, &str)], path: &str, body: &str) -> CheckRequest {
-    let headers: HashMap<String, String> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "POST".into(),
-                    path: path.into(),
-                    headers,
-                    raw_body: body.as_bytes().to_vec(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+    common::check::request(headers, path, body)
 }
 
 /// Check of a chat completion with `authorization: Bearer <credential>`.

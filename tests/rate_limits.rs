@@ -5,77 +5,23 @@
 
 mod common;
 
+use common::check::{answer, Answer};
 use common::tollgate::{Tollgate, MASTER_KEY};
-use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::ext_authz::v3::pb::CheckRequest;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use tollgate::clock::Clock;
 use tollgate::limits::plan::{self, Owners};
 
 const T0: i64 = 1_800_000_000_000;
 
 fn request(key: &str, path: &str, body: &str) -> CheckRequest {
-    let headers: HashMap<String, String> = [("x-api-key", key)]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "POST".into(),
-                    path: path.into(),
-                    headers,
-                    raw_body: body.as_bytes().to_vec(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+    common::check::request(&[("x-api-key", key)], path, body)
 }
 
 fn chat_body(model: &str, max_tokens: u64) -> String {
     json!({"model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hi"}]})
         .to_string()
-}
-
-/// What a Check answered, flattened: HTTP status (200 for allowed), client headers, body.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: Value,
-}
-
-fn answer(response: CheckResponse) -> Answer {
-    match response.http_response {
-        Some(HttpResponse::OkResponse(ok)) => Answer {
-            status: 200,
-            headers: ok
-                .response_headers_to_add
-                .iter()
-                .filter_map(|h| h.header.as_ref())
-                .map(|h| (h.key.clone(), h.value.clone()))
-                .collect(),
-            body: Value::Null,
-        },
-        Some(HttpResponse::DeniedResponse(denied)) => Answer {
-            status: denied.status.map_or(0, |s| s.code as u16),
-            headers: denied
-                .headers
-                .iter()
-                .filter_map(|h| h.header.as_ref())
-                .map(|h| (h.key.clone(), h.value.clone()))
-                .collect(),
-            body: serde_json::from_str(&denied.body).unwrap_or(Value::Null),
-        },
-        other => panic!("unexpected check response {other:?}"),
-    }
 }
 
 async fn check(t: &Tollgate, key: &str, path: &str, body: &str) -> Answer {
@@ -105,10 +51,7 @@ async fn key(t: &Tollgate, body: Value) -> (String, String) {
 }
 
 fn header<'a>(a: &'a Answer, name: &str) -> &'a str {
-    a.headers
-        .get(name)
-        .map(String::as_str)
-        .unwrap_or_else(|| panic!("no {name} in {a:?}"))
+    a.header(name)
 }
 
 #[tokio::test]

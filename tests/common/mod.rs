@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod chaos;
+pub mod check;
 pub mod db;
 pub mod envoy;
 pub mod oidc_issuer;
