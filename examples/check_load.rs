@@ -110,7 +110,7 @@ async fn main() {
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     };
     println!(
-        "{:<14} {:>10.0} {:>9.3} {:>9.3} {:>9} {:>7}",
+        "{:<17} {:>10.0} {:>9.2} {:>9.2} {:>9} {:>7}",
         a.name,
         (latencies.len() as u64 + failed) as f64 / elapsed,
         pct(0.50),
