@@ -1,0 +1,609 @@
+//! Usage from the responses themselves: Envoy's ExternalProcessor (ext_proc v3) service.
+//!
+//! Envoy opens one gRPC stream per HTTP request that ext_authz let through (the ext_proc
+//! filter runs after ext_authz, so it sees the `x-tollgate-*` identity headers Check set) and
+//! sends, as `envoy/envoy.yaml` configures it:
+//!
+//! 1. the request headers: the request id (`x-request-id`, always Envoy's own), the
+//!    identity headers, `:path` and `content-length`; answered at once, unchanged;
+//! 2. the request body, buffered (up to Envoy's buffer limit): for OpenAI's
+//!    `/chat/completions` and `/completions` a streaming request that did not ask for usage
+//!    gets `stream_options.include_usage: true` added, with a matching `content-length`;
+//! 3. the response headers: the status and `content-type`;
+//! 4. the response body, chunk by chunk as it passes (each chunk is answered at once,
+//!    unchanged, so a stream reaches the client as it is written): an event stream feeds the
+//!    incremental [`SseUsage`] parser, anything else is kept up to [`MAX_JSON_BYTES`] and
+//!    read with [`parse::from_json`] at the end.
+//!
+//! When the response ends (`end_of_stream`), one [`UsageRecord`] is queued with the
+//! provider's counts, the cost from the model's pricing, the status and the latency. When the
+//! gRPC stream ends before that (the client went away, the upstream reset, Envoy gave up on
+//! tollgate), a record is queued all the same from what was seen, marked `estimated`: the
+//! provider's counts if they had arrived, else the input estimated from the request body
+//! (bytes / 4) and the output from the text streamed so far.
+//!
+//! A request without an `x-request-id`, or without any identity header (nothing Check
+//! granted), yields no record. Records are idempotent on the request id in the store.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    body_mutation, external_processor_server::ExternalProcessor,
+    external_processor_server::ExternalProcessorServer, processing_request, processing_response,
+    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpBody,
+    HttpHeaders, ProcessingRequest, ProcessingResponse, TrailersResponse,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::parse;
+use super::pricing;
+use super::queue::UsageQueue;
+use super::sse::SseUsage;
+use super::{TokenUsage, UsageRecord, UsageSource};
+use crate::app::App;
+use crate::authz::response::{KEY_ID_HEADER, MODEL_HEADER, TEAM_ID_HEADER, USER_ID_HEADER};
+use crate::config::Config;
+
+/// The most of a non-stream response body kept to read its `usage`. Chat and completion
+/// answers are far smaller (100k output tokens are ~400 KB of JSON); what exceeds this is in
+/// practice a large embeddings batch, which has no output tokens: its record is estimated
+/// from the request (input = request bytes / 4, output 0).
+pub const MAX_JSON_BYTES: usize = 8 * 1024 * 1024;
+
+/// The ext_proc service: turns each response Envoy streams through it into a usage record.
+#[derive(Clone)]
+pub struct UsageProcessor {
+    queue: UsageQueue,
+    /// For the model list and its pricing.
+    config: Arc<Config>,
+}
+
+impl UsageProcessor {
+    pub fn new(queue: UsageQueue, config: Arc<Config>) -> Self {
+        UsageProcessor { queue, config }
+    }
+}
+
+/// The tonic service for `App::start`'s gRPC server.
+pub fn service(app: &App) -> ExternalProcessorServer<UsageProcessor> {
+    ExternalProcessorServer::new(UsageProcessor::new(app.usage.clone(), app.config.clone()))
+}
+
+#[tonic::async_trait]
+impl ExternalProcessor for UsageProcessor {
+    type ProcessStream = ReceiverStream<Result<ProcessingResponse, Status>>;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
+        let mut inbound = request.into_inner();
+        // Envoy waits for each answer before sending the next message (but in
+        // observability mode, where nothing is answered), so one slot is enough.
+        let (tx, rx) = mpsc::channel(1);
+        let processor = self.clone();
+        tokio::spawn(async move {
+            let mut exchange = Exchange::new();
+            loop {
+                let message = match inbound.message().await {
+                    Ok(Some(message)) => message,
+                    // Envoy closed the stream (after the response, or early) or reset it.
+                    Ok(None) | Err(_) => break,
+                };
+                let reply = exchange.handle(message);
+                if let Some(reply) = reply {
+                    if tx.send(Ok(reply)).await.is_err() {
+                        break;
+                    }
+                }
+                if exchange.response_complete() {
+                    processor.queue_record(&mut exchange).await;
+                }
+            }
+            drop(tx);
+            // Ended before the response did: record what was seen, as an estimate.
+            processor.queue_record(&mut exchange).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+impl UsageProcessor {
+    /// Queues the exchange's record, once.
+    async fn queue_record(&self, exchange: &mut Exchange) {
+        let Some(record) = exchange.take_record(&self.config) else {
+            return;
+        };
+        let request_id = record.request_id.clone();
+        if self.queue.push(record).await.is_err() {
+            tracing::error!(%request_id, "the usage queue is closed; this request's usage is not recorded");
+        }
+    }
+}
+
+/// What is kept of the response body.
+enum ResponseBody {
+    /// Nothing seen yet (no response headers).
+    Unknown,
+    /// `text/event-stream`: read as it passes.
+    Sse(Box<SseUsage>),
+    /// Anything else, kept whole up to [`MAX_JSON_BYTES`].
+    Json(Vec<u8>),
+    /// A non-stream body larger than [`MAX_JSON_BYTES`].
+    TooLarge,
+}
+
+/// One HTTP request's exchange with Envoy: what was seen so far. Pure; the service drives
+/// it with the stream's messages.
+pub struct Exchange {
+    started: Instant,
+    at: i64,
+    request_id: Option<String>,
+    key_id: Option<String>,
+    user_id: Option<String>,
+    team_id: Option<String>,
+    model: Option<String>,
+    path: String,
+    content_length: Option<u64>,
+    request_bytes: u64,
+    status: Option<u16>,
+    body: ResponseBody,
+    /// The response ended (`end_of_stream`, or its trailers arrived).
+    complete: bool,
+    /// The record was taken (or there is none to take).
+    taken: bool,
+}
+
+impl Default for Exchange {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Exchange {
+    pub fn new() -> Self {
+        Exchange {
+            started: Instant::now(),
+            at: unix_now(),
+            request_id: None,
+            key_id: None,
+            user_id: None,
+            team_id: None,
+            model: None,
+            path: String::new(),
+            content_length: None,
+            request_bytes: 0,
+            status: None,
+            body: ResponseBody::Unknown,
+            complete: false,
+            taken: false,
+        }
+    }
+
+    /// Reads one message from Envoy; the answer to send back (`None` in observability
+    /// mode, where Envoy ignores answers).
+    pub fn handle(&mut self, message: ProcessingRequest) -> Option<ProcessingResponse> {
+        let observing = message.observability_mode;
+        let response = match message.request? {
+            processing_request::Request::RequestHeaders(headers) => {
+                self.request_headers(&headers);
+                processing_response::Response::RequestHeaders(HeadersResponse {
+                    response: Some(CommonResponse::default()),
+                })
+            }
+            processing_request::Request::RequestBody(body) => {
+                processing_response::Response::RequestBody(BodyResponse {
+                    response: Some(self.request_body(&body)),
+                })
+            }
+            processing_request::Request::RequestTrailers(_) => {
+                processing_response::Response::RequestTrailers(TrailersResponse::default())
+            }
+            processing_request::Request::ResponseHeaders(headers) => {
+                self.response_headers(&headers);
+                processing_response::Response::ResponseHeaders(HeadersResponse {
+                    response: Some(CommonResponse::default()),
+                })
+            }
+            processing_request::Request::ResponseBody(body) => {
+                self.response_body(&body);
+                processing_response::Response::ResponseBody(BodyResponse {
+                    response: Some(CommonResponse::default()),
+                })
+            }
+            processing_request::Request::ResponseTrailers(_) => {
+                self.complete = true;
+                processing_response::Response::ResponseTrailers(TrailersResponse::default())
+            }
+        };
+        (!observing).then(|| ProcessingResponse {
+            response: Some(response),
+            ..ProcessingResponse::default()
+        })
+    }
+
+    /// The response has ended and its record not yet been taken.
+    pub fn response_complete(&self) -> bool {
+        self.complete && !self.taken
+    }
+
+    fn request_headers(&mut self, headers: &HttpHeaders) {
+        self.started = Instant::now();
+        self.at = unix_now();
+        for header in headers.headers.iter().flat_map(|map| &map.headers) {
+            let value = || header_value(header).filter(|v| !v.is_empty());
+            match header.key.as_str() {
+                "x-request-id" => self.request_id = value(),
+                KEY_ID_HEADER => self.key_id = value(),
+                USER_ID_HEADER => self.user_id = value(),
+                TEAM_ID_HEADER => self.team_id = value(),
+                MODEL_HEADER => self.model = value(),
+                ":path" => self.path = value().unwrap_or_default(),
+                "content-length" => {
+                    self.content_length = value().and_then(|v| v.trim().parse().ok())
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Counts the body; asks for usage in a stream that did not. Only a body seen whole, in
+    /// one message, is rewritten: a cut-off prefix (Envoy's buffer limit) or a chunk of a
+    /// streamed body passes unchanged.
+    fn request_body(&mut self, body: &HttpBody) -> CommonResponse {
+        let whole = body.end_of_stream && self.request_bytes == 0;
+        self.request_bytes += body.body.len() as u64;
+        if !whole || !parse::include_usage_applies(&self.path) {
+            return CommonResponse::default();
+        }
+        let Some(rewritten) = parse::add_include_usage(&body.body) else {
+            return CommonResponse::default();
+        };
+        CommonResponse {
+            // Envoy forwards the content-length as it was unless told: the processor owns it
+            // when it changes a buffered body.
+            header_mutation: Some(HeaderMutation {
+                set_headers: vec![HeaderValueOption {
+                    header: Some(HeaderValue {
+                        key: "content-length".to_owned(),
+                        raw_value: rewritten.len().to_string().into_bytes(),
+                        ..HeaderValue::default()
+                    }),
+                    ..HeaderValueOption::default()
+                }],
+                remove_headers: Vec::new(),
+            }),
+            body_mutation: Some(BodyMutation {
+                mutation: Some(body_mutation::Mutation::Body(rewritten)),
+            }),
+            ..CommonResponse::default()
+        }
+    }
+
+    fn response_headers(&mut self, headers: &HttpHeaders) {
+        let mut event_stream = false;
+        for header in headers.headers.iter().flat_map(|map| &map.headers) {
+            match header.key.as_str() {
+                ":status" => self.status = header_value(header).and_then(|v| v.trim().parse().ok()),
+                "content-type" => {
+                    event_stream = header_value(header).is_some_and(|v| {
+                        v.trim_start()
+                            .to_ascii_lowercase()
+                            .starts_with("text/event-stream")
+                    })
+                }
+                _ => {}
+            }
+        }
+        self.body = if event_stream {
+            ResponseBody::Sse(Box::default())
+        } else {
+            ResponseBody::Json(Vec::new())
+        };
+        if headers.end_of_stream {
+            self.complete = true;
+        }
+    }
+
+    fn response_body(&mut self, body: &HttpBody) {
+        match &mut self.body {
+            ResponseBody::Sse(parser) => parser.feed(&body.body),
+            ResponseBody::Json(buffer) => {
+                if buffer.len() + body.body.len() > MAX_JSON_BYTES {
+                    self.body = ResponseBody::TooLarge;
+                } else {
+                    buffer.extend_from_slice(&body.body);
+                }
+            }
+            ResponseBody::TooLarge | ResponseBody::Unknown => {}
+        }
+        if body.end_of_stream {
+            self.complete = true;
+        }
+    }
+
+    /// The record of this exchange, once: `None` the second time, and when the request has
+    /// no request id or no identity.
+    pub fn take_record(&mut self, config: &Config) -> Option<UsageRecord> {
+        if self.taken {
+            return None;
+        }
+        self.taken = true;
+        let request_id = self.request_id.clone()?;
+        if self.key_id.is_none() && self.user_id.is_none() && self.team_id.is_none() {
+            return None;
+        }
+        let estimated_input = self
+            .request_bytes
+            .max(self.content_length.unwrap_or(0))
+            .div_ceil(4);
+        let estimate = TokenUsage {
+            input_tokens: estimated_input,
+            ..TokenUsage::default()
+        };
+        let mut model = self.model.clone();
+        let body = std::mem::replace(&mut self.body, ResponseBody::Unknown);
+        let (tokens, estimated) = match body {
+            ResponseBody::Sse(parser) => {
+                let outcome = parser.finish();
+                if model.is_none() {
+                    model = outcome.model.clone();
+                }
+                let (tokens, estimated) = outcome.tokens_or_estimate(estimated_input);
+                (tokens, estimated || !self.complete)
+            }
+            ResponseBody::Json(buffer) => {
+                if model.is_none() {
+                    model = parse::model_from_json(&buffer);
+                }
+                match parse::from_json(&buffer) {
+                    Some(tokens) => (tokens, !self.complete),
+                    // An error answer, a model list: a complete body without usage used no
+                    // tokens. A cut one may have.
+                    None if self.complete => (TokenUsage::default(), false),
+                    None => (estimate, true),
+                }
+            }
+            ResponseBody::TooLarge | ResponseBody::Unknown => (estimate, true),
+        };
+        let cost_usd = pricing::cost_for(&config.models, model.as_deref(), &tokens);
+        Some(UsageRecord {
+            request_id,
+            at: self.at,
+            key_id: self.key_id.clone(),
+            user_id: self.user_id.clone(),
+            team_id: self.team_id.clone(),
+            model,
+            tokens,
+            cost_usd,
+            status: self.status.unwrap_or(0),
+            latency_ms: self.started.elapsed().as_millis() as u64,
+            estimated,
+            source: UsageSource::ExtProc,
+        })
+    }
+}
+
+/// A header's value: Envoy sends `raw_value` (bytes); older versions `value`.
+fn header_value(header: &HeaderValue) -> Option<String> {
+    if !header.raw_value.is_empty() {
+        return String::from_utf8(header.raw_value.clone()).ok();
+    }
+    Some(header.value.clone())
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Request headers as Envoy sends them, for tests.
+pub fn http_headers(pairs: &[(&str, &str)], end_of_stream: bool) -> HttpHeaders {
+    HttpHeaders {
+        headers: Some(HeaderMap {
+            headers: pairs
+                .iter()
+                .map(|(key, value)| HeaderValue {
+                    key: (*key).to_owned(),
+                    raw_value: value.as_bytes().to_vec(),
+                    ..HeaderValue::default()
+                })
+                .collect(),
+        }),
+        end_of_stream,
+        ..HttpHeaders::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use processing_request::Request as In;
+
+    fn config() -> Config {
+        let yaml = "models:\n  - name: gpt-4o\n    pricing: { input_per_million: 2.5, output_per_million: 10 }\n";
+        Config::parse_str("t.yaml", yaml, &|_| None).unwrap().config
+    }
+
+    fn message(request: In) -> ProcessingRequest {
+        ProcessingRequest {
+            request: Some(request),
+            ..ProcessingRequest::default()
+        }
+    }
+
+    fn body(bytes: &[u8], end_of_stream: bool) -> HttpBody {
+        HttpBody {
+            body: bytes.to_vec(),
+            end_of_stream,
+            ..HttpBody::default()
+        }
+    }
+
+    fn identity(path: &str) -> Vec<(&str, &str)> {
+        vec![
+            (":path", path),
+            ("x-request-id", "req-1"),
+            ("x-tollgate-key-id", "key-1"),
+            ("x-tollgate-user-id", "user-1"),
+            ("x-tollgate-model", "gpt-4o"),
+        ]
+    }
+
+    fn common(reply: ProcessingResponse) -> CommonResponse {
+        match reply.response.unwrap() {
+            processing_response::Response::RequestHeaders(h)
+            | processing_response::Response::ResponseHeaders(h) => h.response.unwrap(),
+            processing_response::Response::RequestBody(b)
+            | processing_response::Response::ResponseBody(b) => b.response.unwrap(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_json_response_gives_the_providers_counts_and_cost() {
+        let mut x = Exchange::new();
+        let reply = x.handle(message(In::RequestHeaders(http_headers(
+            &identity("/v1/chat/completions"),
+            false,
+        ))));
+        assert_eq!(common(reply.unwrap()), CommonResponse::default());
+        let reply = x.handle(message(In::RequestBody(body(
+            br#"{"model":"gpt-4o"}"#,
+            true,
+        ))));
+        assert_eq!(common(reply.unwrap()), CommonResponse::default());
+        x.handle(message(In::ResponseHeaders(http_headers(
+            &[(":status", "200"), ("content-type", "application/json")],
+            false,
+        ))));
+        x.handle(message(In::ResponseBody(body(
+            br#"{"usage":{"prompt_"#,
+            false,
+        ))));
+        assert!(!x.response_complete());
+        x.handle(message(In::ResponseBody(body(
+            br#"tokens":1000,"completion_tokens":2000}}"#,
+            true,
+        ))));
+        assert!(x.response_complete());
+        let record = x.take_record(&config()).unwrap();
+        assert_eq!(record.request_id, "req-1");
+        assert_eq!(record.key_id.as_deref(), Some("key-1"));
+        assert_eq!(record.team_id, None);
+        assert_eq!(record.tokens.input_tokens, 1000);
+        assert_eq!(record.tokens.output_tokens, 2000);
+        assert_eq!(record.cost_usd, 0.0225);
+        assert_eq!(record.status, 200);
+        assert!(!record.estimated);
+        assert_eq!(record.source, UsageSource::ExtProc);
+        assert!(
+            x.take_record(&config()).is_none(),
+            "one record per exchange"
+        );
+    }
+
+    #[test]
+    fn a_stream_without_include_usage_gets_it_with_a_matching_content_length() {
+        let mut x = Exchange::new();
+        x.handle(message(In::RequestHeaders(http_headers(
+            &identity("/v1/chat/completions"),
+            false,
+        ))));
+        let request = br#"{"model":"gpt-4o","stream":true}"#;
+        let reply = common(
+            x.handle(message(In::RequestBody(body(request, true))))
+                .unwrap(),
+        );
+        let Some(body_mutation::Mutation::Body(new)) = reply.body_mutation.unwrap().mutation else {
+            panic!("no body mutation")
+        };
+        let value: serde_json::Value = serde_json::from_slice(&new).unwrap();
+        assert_eq!(value["stream_options"]["include_usage"], true);
+        let set = &reply.header_mutation.unwrap().set_headers[0];
+        let header = set.header.as_ref().unwrap();
+        assert_eq!(header.key, "content-length");
+        assert_eq!(header.raw_value, new.len().to_string().into_bytes());
+    }
+
+    #[test]
+    fn only_a_whole_completions_body_is_rewritten() {
+        let request = br#"{"model":"gpt-4o","stream":true}"#;
+        // Anthropic messages report usage in every stream.
+        let mut x = Exchange::new();
+        x.handle(message(In::RequestHeaders(http_headers(
+            &identity("/v1/messages"),
+            false,
+        ))));
+        let reply = common(
+            x.handle(message(In::RequestBody(body(request, true))))
+                .unwrap(),
+        );
+        assert_eq!(reply, CommonResponse::default());
+        // A prefix cut at Envoy's buffer limit.
+        let mut x = Exchange::new();
+        x.handle(message(In::RequestHeaders(http_headers(
+            &identity("/v1/chat/completions"),
+            false,
+        ))));
+        let reply = common(
+            x.handle(message(In::RequestBody(body(request, false))))
+                .unwrap(),
+        );
+        assert_eq!(reply, CommonResponse::default());
+        let reply = common(x.handle(message(In::RequestBody(body(b"", true)))).unwrap());
+        assert_eq!(reply, CommonResponse::default());
+    }
+
+    #[test]
+    fn a_stream_cut_short_is_estimated_from_what_was_seen() {
+        let mut x = Exchange::new();
+        let mut headers = identity("/v1/chat/completions");
+        headers.push(("content-length", "400"));
+        x.handle(message(In::RequestHeaders(http_headers(&headers, false))));
+        x.handle(message(In::ResponseHeaders(http_headers(
+            &[(":status", "200"), ("content-type", "text/event-stream")],
+            false,
+        ))));
+        x.handle(message(In::ResponseBody(body(
+            b"data: {\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"abcdefgh\"}}]}\n\n",
+            false,
+        ))));
+        assert!(!x.response_complete());
+        let record = x.take_record(&config()).unwrap();
+        assert!(record.estimated);
+        assert_eq!(record.tokens.input_tokens, 100);
+        assert_eq!(record.tokens.output_tokens, 2);
+        assert_eq!(record.cost_usd, 0.00027);
+    }
+
+    #[test]
+    fn no_request_id_or_no_identity_means_no_record() {
+        let mut x = Exchange::new();
+        x.handle(message(In::RequestHeaders(http_headers(
+            &[(":path", "/v1/models"), ("x-request-id", "r")],
+            true,
+        ))));
+        assert!(x.take_record(&config()).is_none());
+        let mut x = Exchange::new();
+        x.handle(message(In::RequestHeaders(http_headers(
+            &[(":path", "/v1/models"), ("x-tollgate-key-id", "k")],
+            true,
+        ))));
+        assert!(x.take_record(&config()).is_none());
+    }
+
+    #[test]
+    fn observability_mode_is_not_answered() {
+        let mut x = Exchange::new();
+        let mut m = message(In::RequestHeaders(http_headers(&identity("/"), true)));
+        m.observability_mode = true;
+        assert!(x.handle(m).is_none());
+    }
+}
