@@ -232,3 +232,36 @@ async fn team_and_user_budgets_apply_to_their_keys_and_a_rate_limit_refusal_give
     );
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_new_period_starts_with_an_empty_budget() {
+    // 2027-01-15T08:00:00Z, in the gate's clock.
+    let start = 1_800_000_000i64;
+    let clock = tollgate::clock::Clock::manual(start * 1000);
+    let t = Tollgate::start_with_clock(CONFIG, clock.clone()).await;
+    let (status, created) = t
+        .admin(
+            Method::POST,
+            "/admin/keys",
+            Some(json!({"name": "daily", "max_budget": 100.0, "budget_duration": "1d"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let key = created["key"].as_str().unwrap().to_owned();
+    let mut spent = record("earlier-today", &id, 100.0);
+    spent.at = start;
+    t.app.store.record_usage(&[spent]).await.unwrap();
+
+    let (r, _) = request(&key, "today-1", 1);
+    let (status, code, headers) = check(&t, &r).await;
+    assert_eq!((status, code.as_str()), (429, "insufficient_quota"));
+    // The day ends at midnight UTC: 16 hours from 08:00.
+    let until_midnight = 86_400 - start.rem_euclid(86_400);
+    assert_eq!(headers["retry-after"], until_midnight.to_string());
+
+    clock.advance(until_midnight * 1000);
+    let (r, _) = request(&key, "tomorrow-1", 1);
+    assert_eq!(check(&t, &r).await.0, 200, "a new day, a new budget");
+    t.stop().await;
+}

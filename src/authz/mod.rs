@@ -170,9 +170,11 @@ impl Gate {
             .filter(|id| !id.is_empty())
             .cloned()
             .unwrap_or_else(crate::domain::new_id);
+        // Budget periods count in the gate's clock, like rate limits.
+        let budget_now = self.clock.now_ms().div_euclid(1000);
         match self
             .ledger
-            .reserve(&request_id, &charges, estimate, now)
+            .reserve(&request_id, &charges, estimate, budget_now)
             .await?
         {
             Verdict::Reserved => {}
@@ -194,7 +196,8 @@ impl Gate {
                         crate::domain::rfc3339::format(period_end)
                     ),
                 );
-                denial.retry_after = Some(u64::try_from(period_end - now).unwrap_or(0).max(1));
+                denial.retry_after =
+                    Some(u64::try_from(period_end - budget_now).unwrap_or(0).max(1));
                 return Ok(Err(denial));
             }
         }
