@@ -11,9 +11,10 @@ use std::sync::Arc;
 use tollgate::domain::{BudgetDuration, Limits, MembershipSource, Role, TeamRole};
 use tollgate::store::sql::{Backend, ConnectOptions, SqlStore};
 use tollgate::store::{
-    Actor, AuditFilter, GroupBy, KeyFilter, KeyPatch, LimitsPatch, NewKey, NewRefreshToken,
-    NewTeam, NewUser, OidcLogin, RefreshOutcome, SharedStore, SpendKind, Store, StoreError,
-    TeamPatch, UsageQuery, UsageReport, UsageRow, UsageTotals, UserPatch, NO_GROUP,
+    Actor, Alert, AlertCrossing, AlertFilter, AlertOutcome, AlertState, AuditFilter, GroupBy,
+    KeyFilter, KeyPatch, LimitsPatch, NewKey, NewRefreshToken, NewTeam, NewUser, OidcLogin,
+    RefreshOutcome, SharedStore, SpendKind, Store, StoreError, TeamPatch, UsageQuery, UsageReport,
+    UsageRow, UsageTotals, UserPatch, ALERT_CLAIM_SECS, NO_GROUP,
 };
 use tollgate::usage::{TokenUsage, UsageRecord, UsageSource};
 
@@ -3945,4 +3946,336 @@ async fn usage_columns_are_stored_sqlite() {
 async fn usage_columns_are_stored_postgres() {
     let (store, _) = fresh_postgres().await;
     check_stored_columns(store).await;
+}
+
+// ---- budget alerts -------------------------------------------------------------------------
+
+store_suite!(
+    alerts_fire_once_per_entity_period_and_threshold,
+    alerts_due_are_claimed_once,
+    alerts_outcomes,
+    alerts_list_filters_newest_first,
+    alerts_reject_bad_crossings,
+);
+
+fn crossing(kind: SpendKind, id: &str, period_start: i64, threshold: u32) -> AlertCrossing {
+    AlertCrossing {
+        entity_kind: kind,
+        entity_id: id.to_string(),
+        period_start,
+        period_end: period_start + DAY,
+        threshold,
+        spend_usd: 7.5,
+        budget_usd: 10.0,
+        created_at: period_start + 3600,
+    }
+}
+
+async fn all_alerts(store: &SharedStore) -> Vec<Alert> {
+    store.list_alerts(AlertFilter::default()).await.unwrap()
+}
+
+async fn alerts_fire_once_per_entity_period_and_threshold(store: SharedStore) {
+    let day = ts("2026-03-04T00:00:00Z");
+    let key = SpendKind::Key;
+    let first = [crossing(key, "k1", day, 50), crossing(key, "k1", day, 75)];
+    assert_eq!(store.raise_alerts(&first).await.unwrap(), 2);
+    assert_eq!(store.raise_alerts(&first).await.unwrap(), 0);
+    // A repeat inside one call counts once; a new threshold is new.
+    let again = [
+        crossing(key, "k1", day, 75),
+        crossing(key, "k1", day, 90),
+        crossing(key, "k1", day, 90),
+    ];
+    assert_eq!(store.raise_alerts(&again).await.unwrap(), 1);
+    // Another period, another entity, another kind with the same id: all new.
+    let others = [
+        crossing(key, "k1", day + DAY, 50),
+        crossing(key, "k2", day, 50),
+        crossing(SpendKind::User, "k1", day, 50),
+    ];
+    assert_eq!(store.raise_alerts(&others).await.unwrap(), 3);
+    assert_eq!(store.raise_alerts(&[]).await.unwrap(), 0);
+
+    let alerts = all_alerts(&store).await;
+    assert_eq!(alerts.len(), 6);
+    let a = alerts
+        .iter()
+        .find(|a| {
+            a.entity_kind == SpendKind::Key
+                && a.entity_id == "k1"
+                && a.threshold == 50
+                && a.period_start == day
+        })
+        .unwrap();
+    assert_eq!(a.entity_kind, SpendKind::Key);
+    assert_eq!(a.period_end, day + DAY);
+    assert_eq!(a.spend_usd, 7.5);
+    assert_eq!(a.budget_usd, 10.0);
+    assert_eq!(a.created_at, day + 3600);
+    assert_eq!(a.state, AlertState::Pending);
+    assert_eq!(a.attempts, 0);
+    assert_eq!(a.next_attempt_at, Some(day + 3600));
+    assert_eq!(a.last_error, None);
+    assert_eq!(a.delivered_at, None);
+    // Ids are unique.
+    let mut ids: Vec<&str> = alerts.iter().map(|a| a.id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 6);
+
+    // The API shape: times RFC 3339, kinds and states lowercase.
+    let json = serde_json::to_value(a).unwrap();
+    assert_eq!(json["period_start"], "2026-03-04T00:00:00Z");
+    assert_eq!(json["period_end"], "2026-03-05T00:00:00Z");
+    assert_eq!(json["created_at"], "2026-03-04T01:00:00Z");
+    assert_eq!(json["next_attempt_at"], "2026-03-04T01:00:00Z");
+    assert_eq!(json["entity_kind"], "key");
+    assert_eq!(json["state"], "pending");
+    assert_eq!(json["delivered_at"], serde_json::Value::Null);
+}
+
+async fn alerts_due_are_claimed_once(store: SharedStore) {
+    let day = ts("2026-03-04T00:00:00Z");
+    let mut early = crossing(SpendKind::Team, "t1", day, 50);
+    early.created_at = day + 10;
+    let mut late = crossing(SpendKind::Team, "t1", day, 75);
+    late.created_at = day + 20;
+    store.raise_alerts(&[late, early]).await.unwrap();
+
+    // Not due before created_at.
+    assert!(store.due_alerts(day + 9, 10).await.unwrap().is_empty());
+    let due = store.due_alerts(day + 10, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].threshold, 50);
+    assert_eq!(due[0].next_attempt_at, Some(day + 10 + ALERT_CLAIM_SECS));
+    // Claimed: not handed out again until the claim runs out, even when it is due.
+    let due = store.due_alerts(day + 30, 10).await.unwrap();
+    assert_eq!(due.iter().map(|a| a.threshold).collect::<Vec<_>>(), [75]);
+    assert!(store.due_alerts(day + 31, 10).await.unwrap().is_empty());
+    // A claim that ran out (its deliverer died) makes the alert due again.
+    let due = store
+        .due_alerts(day + 10 + ALERT_CLAIM_SECS, 10)
+        .await
+        .unwrap();
+    assert_eq!(due.iter().map(|a| a.threshold).collect::<Vec<_>>(), [50]);
+    assert_eq!(
+        store.list_alerts(AlertFilter::default()).await.unwrap()[0].attempts,
+        0,
+        "claims are not attempts"
+    );
+
+    // The longest due first, and at most `limit`.
+    let far = day + 10 * DAY;
+    let due = store.due_alerts(far, 1).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        due[0].threshold, 75,
+        "75 was claimed until day+90, 50 until day+130"
+    );
+    assert!(store.due_alerts(far, 0).await.unwrap().is_empty());
+
+    // Concurrent callers: each alert goes to exactly one.
+    let many: Vec<AlertCrossing> = (1..=20)
+        .map(|i| crossing(SpendKind::Key, &format!("key-{i:02}"), day, 100))
+        .collect();
+    assert_eq!(store.raise_alerts(&many).await.unwrap(), 20);
+    let at = day + DAY;
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.due_alerts(at, 100).await.unwrap() })
+        })
+        .collect();
+    let mut claimed: Vec<String> = Vec::new();
+    for handle in handles {
+        claimed.extend(handle.await.unwrap().into_iter().map(|a| a.id));
+    }
+    let total = claimed.len();
+    claimed.sort();
+    claimed.dedup();
+    assert_eq!(claimed.len(), total, "an alert was handed out twice");
+    // The 20 new ones and t1's 50 %, whose claim (until day+130) ran out.
+    assert_eq!(total, 21);
+}
+
+async fn alerts_outcomes(store: SharedStore) {
+    let day = ts("2026-03-04T00:00:00Z");
+    let crossings = [
+        crossing(SpendKind::User, "u1", day, 50),
+        crossing(SpendKind::User, "u1", day, 75),
+        crossing(SpendKind::User, "u1", day, 90),
+    ];
+    store.raise_alerts(&crossings).await.unwrap();
+    let due = store.due_alerts(day + 3600, 10).await.unwrap();
+    assert_eq!(due.len(), 3);
+    let id = |threshold: u32| {
+        due.iter()
+            .find(|a| a.threshold == threshold)
+            .unwrap()
+            .id
+            .clone()
+    };
+    let (a50, a75, a90) = (id(50), id(75), id(90));
+
+    // A retry counts the attempt, keeps the error and sets when it is due.
+    let retry = AlertOutcome::Retry {
+        error: "the webhook answered HTTP 500 Internal Server Error".into(),
+        next_attempt_at: day + 3601,
+    };
+    assert!(store.mark_alert(&a50, retry.clone()).await.unwrap());
+    let due = store.due_alerts(day + 3601, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].id, a50);
+    assert_eq!(due[0].attempts, 1);
+    assert_eq!(
+        due[0].last_error.as_deref(),
+        Some("the webhook answered HTTP 500 Internal Server Error")
+    );
+    // Then delivered: attempts 2, delivered_at set, no longer due, the error kept.
+    assert!(store
+        .mark_alert(&a50, AlertOutcome::Delivered { at: day + 3602 })
+        .await
+        .unwrap());
+    let delivered = store
+        .list_alerts(AlertFilter {
+            state: Some(AlertState::Delivered),
+            ..AlertFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(delivered.len(), 1);
+    let d = &delivered[0];
+    assert_eq!(
+        (d.id.as_str(), d.attempts, d.delivered_at, d.next_attempt_at),
+        (a50.as_str(), 2, Some(day + 3602), None)
+    );
+    assert!(d.last_error.is_some());
+    // A settled alert takes no more outcomes.
+    assert!(!store.mark_alert(&a50, retry.clone()).await.unwrap());
+    assert!(!store
+        .mark_alert(&a50, AlertOutcome::Failed { error: "x".into() })
+        .await
+        .unwrap());
+    assert!(!store.mark_alert("no-such-alert", retry).await.unwrap());
+
+    // Failed: no longer due; a very long error is cut.
+    let long = "e".repeat(5000);
+    assert!(store
+        .mark_alert(&a75, AlertOutcome::Failed { error: long })
+        .await
+        .unwrap());
+    let failed = store
+        .list_alerts(AlertFilter {
+            state: Some(AlertState::Failed),
+            ..AlertFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].id, a75);
+    assert_eq!(failed[0].attempts, 1);
+    assert_eq!(failed[0].next_attempt_at, None);
+    assert_eq!(failed[0].delivered_at, None);
+    let error = failed[0].last_error.as_deref().unwrap();
+    assert!(error.chars().count() <= 501, "{}", error.len());
+    let still_due: Vec<String> = store
+        .due_alerts(day + 10 * DAY, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(still_due, [a90]);
+}
+
+async fn alerts_list_filters_newest_first(store: SharedStore) {
+    let day = ts("2026-03-04T00:00:00Z");
+    let mut crossings = Vec::new();
+    for (i, (kind, id)) in [
+        (SpendKind::Key, "k1"),
+        (SpendKind::User, "u1"),
+        (SpendKind::Team, "t1"),
+        (SpendKind::Key, "k2"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut c = crossing(kind, id, day, 50);
+        c.created_at = day + i as i64;
+        crossings.push(c);
+    }
+    store.raise_alerts(&crossings).await.unwrap();
+    let ids =
+        |alerts: Vec<Alert>| -> Vec<String> { alerts.into_iter().map(|a| a.entity_id).collect() };
+    assert_eq!(ids(all_alerts(&store).await), ["k2", "t1", "u1", "k1"]);
+    let keys = store
+        .list_alerts(AlertFilter {
+            entity_kind: Some(SpendKind::Key),
+            ..AlertFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(keys), ["k2", "k1"]);
+    let one = store
+        .list_alerts(AlertFilter {
+            entity_kind: Some(SpendKind::Key),
+            entity_id: Some("k1".into()),
+            ..AlertFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(one), ["k1"]);
+    let by_id_only = store
+        .list_alerts(AlertFilter {
+            entity_id: Some("u1".into()),
+            state: Some(AlertState::Pending),
+            ..AlertFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(by_id_only), ["u1"]);
+    let none = store
+        .list_alerts(AlertFilter {
+            state: Some(AlertState::Delivered),
+            ..AlertFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    let limited = store
+        .list_alerts(AlertFilter {
+            limit: Some(2),
+            ..AlertFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(limited), ["k2", "t1"]);
+    // Values that look like SQL are plain data.
+    let odd = store
+        .list_alerts(AlertFilter {
+            entity_id: Some("k1' OR '1'='1".into()),
+            ..AlertFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(odd.is_empty());
+}
+
+async fn alerts_reject_bad_crossings(store: SharedStore) {
+    let day = ts("2026-03-04T00:00:00Z");
+    let good = crossing(SpendKind::Key, "k1", day, 50);
+    let mut empty_id = crossing(SpendKind::Key, "", day, 75);
+    empty_id.entity_id.clear();
+    let zero = crossing(SpendKind::Key, "k1", day, 0);
+    let mut nan = crossing(SpendKind::Key, "k1", day, 90);
+    nan.spend_usd = f64::NAN;
+    for bad in [empty_id, zero, nan] {
+        let err = store.raise_alerts(&[good.clone(), bad]).await.unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+    }
+    assert!(
+        all_alerts(&store).await.is_empty(),
+        "a bad batch writes nothing"
+    );
 }

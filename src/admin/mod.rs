@@ -5,6 +5,7 @@
 //! the [`Caller`] extractor and checks what the caller's role allows ([`access`]).
 
 mod access;
+mod alerts;
 mod audit;
 mod error;
 mod keys;
@@ -45,6 +46,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(profile::routes())
         .merge(user_keys::routes())
         .merge(usage::routes())
+        .merge(alerts::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)

@@ -12,8 +12,8 @@
 pub mod sql;
 
 use crate::domain::{
-    ApiKey, AuditEvent, BudgetDuration, KeyLookup, Limits, Membership, MembershipSource, Role,
-    Team, TeamRole, Timestamp, User,
+    rfc3339, ApiKey, AuditEvent, BudgetDuration, KeyLookup, Limits, Membership, MembershipSource,
+    Role, Team, TeamRole, Timestamp, User,
 };
 use crate::usage::UsageRecord;
 use async_trait::async_trait;
@@ -262,6 +262,20 @@ impl fmt::Display for SpendKind {
     }
 }
 
+impl FromStr for SpendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "key" => Ok(SpendKind::Key),
+            "user" => Ok(SpendKind::User),
+            "team" => Ok(SpendKind::Team),
+            other => Err(format!(
+                "unknown entity kind `{other}` (expected one of: key, user, team)"
+            )),
+        }
+    }
+}
+
 /// What a usage report groups by (`group_by=key|user|team|model|day`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -385,6 +399,124 @@ impl UsageReport {
         UsageReport { data, total }
     }
 }
+
+/// A budget threshold an entity's spend has reached in one period: what
+/// [`Store::raise_alerts`] turns into an [`Alert`] (once per entity, period and threshold).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertCrossing {
+    pub entity_kind: SpendKind,
+    pub entity_id: String,
+    /// The budget period `[period_start, period_end)`, Unix seconds.
+    pub period_start: Timestamp,
+    pub period_end: Timestamp,
+    /// Whole percent of the budget (e.g. 50, 75, 90, 100).
+    pub threshold: u32,
+    /// The period's spend when the crossing was seen.
+    pub spend_usd: f64,
+    /// The entity's `max_budget` then.
+    pub budget_usd: f64,
+    /// When the crossing was seen; also when the alert is first due for delivery.
+    pub created_at: Timestamp,
+}
+
+/// Where an alert is in its delivery to the webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertState {
+    /// Not delivered yet; due at `next_attempt_at`.
+    Pending,
+    /// The webhook answered 2xx.
+    Delivered,
+    /// Every attempt failed; no more are made.
+    Failed,
+}
+
+impl AlertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Pending => "pending",
+            AlertState::Delivered => "delivered",
+            AlertState::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for AlertState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AlertState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pending" => Ok(AlertState::Pending),
+            "delivered" => Ok(AlertState::Delivered),
+            "failed" => Ok(AlertState::Failed),
+            other => Err(format!(
+                "unknown alert state `{other}` (expected one of: pending, delivered, failed)"
+            )),
+        }
+    }
+}
+
+/// A budget alert in the outbox, as the API shows it (times RFC 3339).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub id: String,
+    pub entity_kind: SpendKind,
+    pub entity_id: String,
+    #[serde(with = "rfc3339")]
+    pub period_start: Timestamp,
+    #[serde(with = "rfc3339")]
+    pub period_end: Timestamp,
+    /// Whole percent of the budget.
+    pub threshold: u32,
+    pub spend_usd: f64,
+    pub budget_usd: f64,
+    #[serde(with = "rfc3339")]
+    pub created_at: Timestamp,
+    pub state: AlertState,
+    /// Delivery attempts made so far.
+    pub attempts: u32,
+    /// When a pending alert is due next; `None` once delivered or failed.
+    #[serde(with = "rfc3339::option", default)]
+    pub next_attempt_at: Option<Timestamp>,
+    /// Why the last attempt failed (kept after a later success).
+    pub last_error: Option<String>,
+    #[serde(with = "rfc3339::option", default)]
+    pub delivered_at: Option<Timestamp>,
+}
+
+/// What one delivery attempt of an alert led to ([`Store::mark_alert`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlertOutcome {
+    /// The webhook took it.
+    Delivered { at: Timestamp },
+    /// It failed; try again at `next_attempt_at`.
+    Retry {
+        error: String,
+        next_attempt_at: Timestamp,
+    },
+    /// It failed and no more attempts are made.
+    Failed { error: String },
+}
+
+/// Which alerts [`Store::list_alerts`] answers, newest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AlertFilter {
+    pub state: Option<AlertState>,
+    pub entity_kind: Option<SpendKind>,
+    pub entity_id: Option<String>,
+    /// At most this many (default 100; the store caps it at 1000).
+    pub limit: Option<i64>,
+}
+
+/// How long [`Store::due_alerts`] holds the alerts it hands out for their delivery: another
+/// caller sees them due again only after this many seconds (when the delivering process died
+/// before [`Store::mark_alert`]).
+pub const ALERT_CLAIM_SECS: i64 = 60;
 
 /// The persistence contract. Implementations must be safe to share across tasks.
 ///
@@ -573,4 +705,27 @@ pub trait Store: Send + Sync + 'static {
     /// optionally restricted to one user, key and/or team, and their totals (see
     /// [`UsageReport`]).
     async fn usage_report(&self, query: UsageQuery) -> StoreResult<UsageReport>;
+
+    // ---- budget alerts -------------------------------------------------------------------
+
+    /// Adds an alert (state `pending`, due at its `created_at`) for each crossing that has
+    /// none yet for the same entity, period start and threshold; the others are skipped, so
+    /// raising the same crossing again, from any replica, does nothing. Answers how many
+    /// alerts are new. A crossing with an empty entity id, a zero threshold or a non-finite
+    /// amount fails the whole call with `Invalid`.
+    async fn raise_alerts(&self, crossings: &[AlertCrossing]) -> StoreResult<u64>;
+
+    /// Up to `limit` pending alerts due at `now` (`next_attempt_at <= now`), the longest due
+    /// first, claimed for delivery: each is answered to one caller only, and is due again
+    /// only [`ALERT_CLAIM_SECS`] after `now` unless [`Store::mark_alert`] records its outcome
+    /// first (so two replicas do not deliver one alert at once, and an alert whose deliverer
+    /// died is retried). The answer shows the claimed `next_attempt_at`.
+    async fn due_alerts(&self, now: Timestamp, limit: i64) -> StoreResult<Vec<Alert>>;
+
+    /// Records the outcome of one delivery attempt of a pending alert (counting the attempt).
+    /// Answers false when there is no such pending alert (it was already delivered or failed).
+    async fn mark_alert(&self, id: &str, outcome: AlertOutcome) -> StoreResult<bool>;
+
+    /// Alerts matching the filter, newest first (`created_at`, then id).
+    async fn list_alerts(&self, filter: AlertFilter) -> StoreResult<Vec<Alert>>;
 }

@@ -4,6 +4,7 @@
 //! This module holds the records shared by the ingestion paths (ext_proc, access logs), the
 //! queue, the store and the reports.
 
+pub mod alerts;
 pub mod ext_proc;
 pub mod parse;
 pub mod period;
