@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tollgate::clock::Clock;
 use tollgate::secret::Secret;
 use tollgate::store::{Alert, AlertFilter, AlertState, SpendKind};
 use tollgate::usage::alerts::{retry_delay, Alerts, MAX_ATTEMPTS};
@@ -569,9 +570,12 @@ async fn without_a_webhook_alerts_wait() {
 async fn spawned_loop_delivers_and_stops() {
     let tg = Tollgate::start("").await;
     let hook = Webhook::start(0).await;
-    let alerts = Arc::new(alerts_for(&tg, Some(hook.url())));
+    // The loop reads the clock it is given: a manual one, years ahead of the system's.
+    let now = ts("2031-03-10T08:00:00Z");
+    let clock = Clock::manual(now * 1000);
+    let alerts = Arc::new(alerts_for(&tg, Some(hook.url())).with_clock(clock.clone()));
+    assert_eq!(alerts.now(), now);
     let key = key_with_budget(&tg, "a", Some(1.0)).await;
-    let now = tollgate::domain::now();
     assert_eq!(
         write(&tg, &alerts, &[of_key(&key, "r1", now, 0.5)], now).await,
         1
@@ -586,6 +590,7 @@ async fn spawned_loop_delivers_and_stops() {
     .await
     .expect("the loop delivers within seconds");
     assert_eq!(hook.received().len(), 1);
+    assert_eq!(only_alert(&tg).await.delivered_at, Some(now));
     stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(5), task)
         .await

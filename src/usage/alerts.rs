@@ -24,6 +24,7 @@
 //! and backoff by hand.
 
 use super::{period, UsageRecord};
+use crate::clock::Clock;
 use crate::domain::{rfc3339, BudgetDuration, Timestamp};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -71,6 +72,8 @@ pub struct Alerts {
     signing_secret: Option<Secret>,
     http: reqwest::Client,
     metrics: Metrics,
+    /// The time [`Alerts::spawn`] delivers at.
+    clock: Clock,
 }
 
 impl Alerts {
@@ -111,7 +114,21 @@ impl Alerts {
             signing_secret: signing_secret.filter(|s| !s.is_empty()),
             http,
             metrics,
+            clock: Clock::System,
         }
+    }
+
+    /// The clock [`Alerts::spawn`] reads `now` from (default: the system clock). Give it the
+    /// clock the writer passes to [`Alerts::on_written`], so alerts raised in a test's manual
+    /// time fall due in the same time.
+    pub fn with_clock(mut self, clock: Clock) -> Alerts {
+        self.clock = clock;
+        self
+    }
+
+    /// `now` in Unix seconds, from the clock of [`Alerts::with_clock`].
+    pub fn now(&self) -> Timestamp {
+        self.clock.now_ms().div_euclid(1000)
     }
 
     /// The thresholds in force, ascending.
@@ -318,7 +335,8 @@ impl Alerts {
         }
     }
 
-    /// Delivers due alerts every second until `stop` turns true (or its sender is gone).
+    /// Delivers due alerts every second, at [`Alerts::now`], until `stop` turns true (or its
+    /// sender is gone). Without a webhook the task ends at once.
     pub fn spawn(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
         tokio::spawn(async move {
             if self.webhook.is_none() {
@@ -332,7 +350,7 @@ impl Alerts {
                     _ = stop.wait_for(|stop| *stop) => return,
                 }
                 tokio::select! {
-                    _ = self.deliver_due(crate::domain::now()) => {}
+                    _ = self.deliver_due(self.now()) => {}
                     // An attempt cut short is retried once its claim runs out.
                     _ = stop.wait_for(|stop| *stop) => return,
                 }
