@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::envoy::Envoy;
+use common::envoy::{free_port, Envoy};
 use common::tollgate::Tollgate;
 use common::upstream::{client, post_json, post_sse};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
@@ -568,5 +568,60 @@ async fn an_upstream_error_is_recorded_with_its_status_and_no_tokens() {
     let mut expected = s.expected(&request_id(&headers), "gpt-4o", 0, 0);
     expected.status = 500;
     assert_eq!(rows, vec![expected]);
+    s.tollgate.stop().await;
+}
+
+#[tokio::test]
+async fn envoys_own_answer_and_a_client_gone_before_the_answer_are_recorded() {
+    let s = stack().await;
+    // The client gives up before the upstream answers: no status, input estimated from the
+    // request body.
+    let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "a b c"}]});
+    let sent = serde_json::to_vec(&body).unwrap();
+    let gone = client()
+        .post(s.envoy.url("/v1/chat/completions"))
+        .header("x-api-key", &s.key)
+        .header("content-type", "application/json")
+        .header(tollgate::mock_llm::DELAY_HEADER, "3000")
+        .timeout(Duration::from_millis(300))
+        .body(sent.clone())
+        .send()
+        .await;
+    assert!(gone.unwrap_err().is_timeout());
+    let rows = wait_records(&s, 1).await;
+    let mut expected = s.expected(
+        &request_id_of(&s),
+        "gpt-4o",
+        sent.len().div_ceil(4) as i64,
+        0,
+    );
+    expected.status = 0;
+    expected.estimated = true;
+    let first = expected.request_id.clone();
+    assert_eq!(rows, vec![expected]);
+
+    // An Envoy in front of an upstream that is not there answers 503 itself: recorded with
+    // that status and no tokens.
+    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let envoy = Envoy::start("envoy/envoy.yaml", s.tollgate.grpc, dead).await;
+    let (status, headers, _) = post_json(
+        &envoy,
+        "/v1/chat/completions",
+        &[("x-api-key", &s.key)],
+        &body,
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let id = headers
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let rows = wait_records(&s, 2).await;
+    let row = rows.iter().find(|r| r.request_id != first).unwrap();
+    if let Some(id) = id {
+        assert_eq!(row.request_id, id);
+    }
+    let mut expected = s.expected(&row.request_id, "gpt-4o", 0, 0);
+    expected.status = 503;
+    assert_eq!(row, &expected);
     s.tollgate.stop().await;
 }

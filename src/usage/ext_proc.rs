@@ -22,6 +22,10 @@
 //! provider's counts if they had arrived, else the input estimated from the request body
 //! (bytes / 4) and the output from the text streamed so far.
 //!
+//! The status is the one the client got: the upstream's, or Envoy's own answer (a 503 when
+//! the upstream cannot be reached, recorded with no tokens); 0 when no response started
+//! (the client left first).
+//!
 //! A request without an `x-request-id`, or without any identity header (nothing Check
 //! granted), yields no record. Records are idempotent on the request id in the store.
 
