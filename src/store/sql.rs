@@ -29,6 +29,11 @@
 //! order (sorted), so concurrent batches cannot deadlock on Postgres. Usage is not audited:
 //! it is not an admin write.
 //!
+//! Budget alerts live in an outbox (`alerts`, unique per entity, period start and threshold):
+//! [`Store::raise_alerts`] inserts with `ON CONFLICT … DO NOTHING`, so an alert fires once
+//! however often it is raised; [`Store::due_alerts`] claims due rows with a compare-and-set
+//! update on `next_attempt_at` (portable, no row locks), so one caller delivers each.
+//!
 //! Every write runs in one transaction with its audit row. On SQLite a write transaction
 //! starts with `BEGIN IMMEDIATE`, so it holds the write lock from its first read and never
 //! fails half-way on a lock upgrade; on Postgres the rows read before a write are locked with
