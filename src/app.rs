@@ -185,13 +185,15 @@ impl App {
             metrics: metrics.clone(),
         });
         let (stop, stop_rx) = watch::channel(false);
-        let (usage, writer) = UsageQueue::new(
+        let (usage, writer) = UsageQueue::with_redis(
             &config.usage,
+            config.redis.as_ref(),
             store.clone(),
             ledger,
             metrics.clone(),
             stop_rx,
-        );
+        )
+        .map_err(|e| anyhow::anyhow!("redis: {e}"))?;
         Ok(Arc::new(App {
             config: Arc::new(config),
             store,

@@ -10,6 +10,7 @@ pub mod parse;
 pub mod period;
 pub mod pricing;
 pub mod queue;
+pub mod redis_queue;
 pub mod sse;
 
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,6 @@
-//! The in-process usage queue and its batch writer (the embedded default).
+//! The usage queue and its batch writer: in process (the embedded default, described here),
+//! or on a Redis Stream when `redis` is configured (see [`redis_queue`](super::redis_queue),
+//! which falls back to this in-process queue while Redis is unreachable).
 //!
 //! Ingestion (ext_proc, access logs) pushes records; a bounded channel holds them; one
 //! writer task takes up to `usage.batch_size` records (or what arrived within
@@ -9,6 +11,7 @@
 //! on shutdown the writer drains the queue before it stops. Records are idempotent on
 //! `request_id` in the store, so a retried batch that had in fact committed counts once.
 
+use super::redis_queue::{RedisQueue, RedisWriter};
 use super::UsageRecord;
 use crate::budget::Ledger;
 use crate::config;
@@ -28,6 +31,9 @@ pub struct QueueClosed;
 pub struct UsageQueue {
     tx: mpsc::Sender<UsageRecord>,
     metrics: Metrics,
+    /// The Redis Stream, when `redis` is configured; `tx` is then the fallback while Redis
+    /// is unreachable.
+    redis: Option<Arc<RedisQueue>>,
 }
 
 impl UsageQueue {
@@ -44,31 +50,114 @@ impl UsageQueue {
         let queue = UsageQueue {
             tx,
             metrics: metrics.clone(),
+            redis: None,
         };
         let writer = Writer {
-            rx,
-            store,
-            ledger,
-            batch_size: config.batch_size,
-            batch_interval: config.batch_interval,
-            metrics,
-            stop,
+            memory: MemoryWriter {
+                rx,
+                store,
+                ledger,
+                batch_size: config.batch_size,
+                batch_interval: config.batch_interval,
+                metrics,
+                stop,
+            },
+            redis: None,
         };
         (queue, writer)
     }
 
-    /// Queues a record, waiting while the queue is full.
+    /// [`UsageQueue::new`], on a Redis Stream when `redis` is given (see
+    /// [`redis_queue`](super::redis_queue)), with the in-process queue as its fallback while
+    /// Redis is unreachable. Does no I/O; fails only on an invalid `redis.url` (the reason
+    /// never carries the URL).
+    pub fn with_redis(
+        config: &config::Usage,
+        redis: Option<&config::Redis>,
+        store: SharedStore,
+        ledger: Arc<Ledger>,
+        metrics: Metrics,
+        stop: watch::Receiver<bool>,
+    ) -> Result<(UsageQueue, Writer), String> {
+        let Some(redis) = redis else {
+            return Ok(Self::new(config, store, ledger, metrics, stop));
+        };
+        let (redis_queue, redis_writer) = RedisQueue::new(
+            redis,
+            config,
+            store.clone(),
+            ledger.clone(),
+            metrics.clone(),
+            stop.clone(),
+        )?;
+        let (mut queue, mut writer) = Self::new(config, store, ledger, metrics, stop);
+        queue.redis = Some(Arc::new(redis_queue));
+        writer.redis = Some(redis_writer);
+        Ok((queue, writer))
+    }
+
+    /// Queues a record, waiting while the queue is full. On Redis, waits for the stream to
+    /// take it, or (Redis unreachable after a few attempts) queues it in process.
     pub async fn push(&self, record: UsageRecord) -> Result<(), QueueClosed> {
+        let record = match &self.redis {
+            Some(redis) => match redis.push(record).await {
+                Ok(()) => return Ok(()),
+                Err(record) => record,
+            },
+            None => record,
+        };
         self.metrics.usage_queue_depth.inc();
         self.tx.send(record).await.map_err(|_| {
             self.metrics.usage_queue_depth.dec();
             QueueClosed
         })
     }
+
+    /// On Redis: how often acked entries are trimmed off the stream (default
+    /// [`TRIM_EVERY`](super::redis_queue::TRIM_EVERY)). Nothing without Redis.
+    pub fn set_trim_every(&self, every: Duration) {
+        if let Some(redis) = &self.redis {
+            redis.set_trim_every(every);
+        }
+    }
+
+    /// Whether records go to a Redis Stream.
+    pub fn is_redis(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// On Redis: how long an entry stays pending with a reader before another writer claims
+    /// it (default [`CLAIM_IDLE`](super::redis_queue::CLAIM_IDLE)); tests shorten it.
+    /// Nothing without Redis.
+    pub fn set_claim_idle(&self, idle: Duration) {
+        if let Some(redis) = &self.redis {
+            redis.set_claim_idle(idle);
+        }
+    }
 }
 
-/// Commits queued records in batches.
+/// Commits queued records in batches: the in-process queue, and the Redis Stream when
+/// configured.
 pub struct Writer {
+    memory: MemoryWriter,
+    redis: Option<RedisWriter>,
+}
+
+impl Writer {
+    /// Writes batches until told to stop, then drains what is queued in process and
+    /// returns (on Redis: finishes the batch in hand; unread entries stay in the stream).
+    pub async fn run(self) {
+        match self.redis {
+            None => self.memory.run().await,
+            Some(redis) => {
+                tokio::join!(self.memory.run(), redis.run());
+            }
+        }
+    }
+}
+
+/// Commits records queued in process in batches.
+struct MemoryWriter {
     rx: mpsc::Receiver<UsageRecord>,
     store: SharedStore,
     /// Budget reservations, replaced by the real cost once a record is written.
@@ -83,9 +172,9 @@ pub struct Writer {
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
-impl Writer {
+impl MemoryWriter {
     /// Writes batches until told to stop, then drains what is queued and returns.
-    pub async fn run(mut self) {
+    async fn run(mut self) {
         let mut stopping = *self.stop.borrow();
         loop {
             let first = if stopping {
