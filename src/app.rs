@@ -18,7 +18,9 @@ use crate::secret::Secret;
 use crate::store::sql::{ConnectOptions, SqlStore};
 use crate::store::SharedStore;
 use crate::store::{Actor, NewUser};
+use crate::usage::alerts::Alerts;
 use crate::usage::queue::{UsageQueue, Writer};
+use crate::usage::settle::Settler;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
@@ -106,6 +108,8 @@ pub struct App {
     pub sessions: Option<Arc<Sessions>>,
     /// Where ingestion puts usage records.
     pub usage: UsageQueue,
+    /// Budget alerts: raised after writes, delivered by a loop [`App::start`] runs.
+    pub alerts: Arc<Alerts>,
     /// The writer that empties `usage`, until [`App::start`] runs it.
     writer: Mutex<Option<Writer>>,
     /// Tells the listeners and the writer to stop.
@@ -181,15 +185,30 @@ impl App {
             auth: Arc::new(auth),
             limiter: Arc::new(limiter),
             ledger: ledger.clone(),
+            estimated_tokens: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(config.budgets.reservation_timeout)
+                .build(),
             clock,
             metrics: metrics.clone(),
         });
         let (stop, stop_rx) = watch::channel(false);
+        let alerts = Arc::new(
+            Alerts::new(
+                store.clone(),
+                &config.budgets.alert_thresholds,
+                Some(config.budgets.alert_webhook.clone()),
+                Some(config.budgets.alert_secret.clone()),
+                metrics.clone(),
+            )
+            .with_clock(gate.clock.clone()),
+        );
+        let settler = Arc::new(Settler::new(gate.clone(), alerts.clone()));
         let (usage, writer) = UsageQueue::with_redis(
             &config.usage,
             config.redis.as_ref(),
             store.clone(),
-            ledger,
+            settler,
             metrics.clone(),
             stop_rx,
         )
@@ -201,6 +220,7 @@ impl App {
             metrics,
             sessions,
             usage,
+            alerts,
             writer: Mutex::new(Some(writer)),
             stop,
         }))
@@ -223,6 +243,7 @@ impl App {
             }
             background.push(verifier.spawn_refresher());
         }
+        background.push(self.alerts.clone().spawn(self.stop.subscribe()));
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
         let stop_tx = self.stop.clone();

@@ -447,6 +447,9 @@ pub struct Pricing {
 pub struct Budgets {
     pub alert_thresholds: Vec<u8>,
     pub alert_webhook: String,
+    /// Signs alert deliveries (`x-tollgate-signature: sha256=<HMAC-SHA256 of the body>`);
+    /// empty: unsigned.
+    pub alert_secret: Secret,
     /// How long a request's reserved cost is held when its usage never arrives.
     #[serde(deserialize_with = "duration")]
     pub reservation_timeout: Duration,
@@ -457,6 +460,7 @@ impl Default for Budgets {
         Budgets {
             alert_thresholds: vec![50, 75, 90, 100],
             alert_webhook: String::new(),
+            alert_secret: Secret::default(),
             reservation_timeout: Duration::from_secs(600),
         }
     }

@@ -8,7 +8,7 @@ use common::check::answer;
 use common::tollgate::Tollgate;
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -263,5 +263,32 @@ async fn a_new_period_starts_with_an_empty_budget() {
     clock.advance(until_midnight * 1000);
     let (r, _) = request(&key, "tomorrow-1", 1);
     assert_eq!(check(&t, &r).await.0, 200, "a new day, a new budget");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn written_usage_raises_budget_alerts() {
+    let t = Tollgate::start(CONFIG).await;
+    let (id, _) = key_with_budget(&t, 10.0).await;
+    // 60 % of the budget: the 50 % threshold, once.
+    t.app.usage.push(record("a1", &id, 6.0)).await.unwrap();
+    t.app.usage.push(record("a1", &id, 6.0)).await.unwrap();
+    let mut alerts = Value::Null;
+    for _ in 0..200 {
+        let (status, body) = t.admin(Method::GET, "/admin/alerts", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        alerts = body;
+        if !alerts["data"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let list = alerts["data"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{alerts}");
+    assert_eq!(list[0]["threshold"], 50, "{alerts}");
+    assert_eq!(list[0]["entity_kind"], "key", "{alerts}");
+    assert_eq!(list[0]["entity_id"], id.as_str(), "{alerts}");
+    // No webhook configured: raised and kept pending.
+    assert_eq!(list[0]["state"], "pending", "{alerts}");
     t.stop().await;
 }

@@ -337,3 +337,58 @@ async fn an_unreachable_redis_follows_the_failure_mode() {
         t.stop().await;
     }
 }
+
+#[tokio::test]
+async fn written_usage_corrects_the_token_buckets_of_its_request() {
+    let t =
+        Tollgate::start_with_clock("usage: { batch_interval: 20ms }\n", Clock::manual(T0)).await;
+    let (id, k) = key(&t, json!({"tpm": 1000})).await;
+    let body = chat_body("gpt-4o", 600);
+    let first = common::check::request(
+        &[("x-api-key", &k), ("x-request-id", "usage-1")],
+        "/v1/chat/completions",
+        &body,
+    );
+    let a = answer(t.app.gate.check(&first).await.unwrap());
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(
+        check(&t, &k, "/v1/chat/completions", &body).await.status,
+        429
+    );
+    // The request really used 40 + 10 tokens; its record goes through the queue.
+    t.app
+        .usage
+        .push(tollgate::usage::UsageRecord {
+            request_id: "usage-1".into(),
+            at: tollgate::domain::now(),
+            key_id: Some(id),
+            user_id: None,
+            team_id: None,
+            model: Some("gpt-4o".into()),
+            tokens: tollgate::usage::TokenUsage {
+                input_tokens: 40,
+                output_tokens: 10,
+                ..Default::default()
+            },
+            cost_usd: 0.0,
+            status: 200,
+            latency_ms: 1,
+            estimated: false,
+            source: tollgate::usage::UsageSource::ExtProc,
+        })
+        .await
+        .unwrap();
+    let mut admitted = false;
+    for _ in 0..200 {
+        if check(&t, &k, "/v1/chat/completions", &body).await.status == 200 {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(
+        admitted,
+        "the bucket was corrected once the usage was written"
+    );
+    t.stop().await;
+}

@@ -32,6 +32,9 @@ pub struct Gate {
     pub limiter: Arc<Limiter>,
     /// Budget reservations.
     pub ledger: Arc<Ledger>,
+    /// The token-bucket demands of admitted requests by request id, until their usage
+    /// arrives (then [`Gate::settle_request_tokens`] corrects the buckets).
+    pub estimated_tokens: moka::sync::Cache<String, Arc<Vec<Demand>>>,
     /// The time rate limits count in.
     pub clock: Clock,
     pub metrics: Metrics,
@@ -145,9 +148,15 @@ impl Gate {
             owners(&principal),
             tokens,
         );
+        let request_id = http
+            .headers
+            .get("x-request-id")
+            .filter(|id| !id.is_empty())
+            .cloned()
+            .unwrap_or_else(crate::domain::new_id);
         let charges = charges(&principal);
         if charges.is_empty() {
-            return Ok(self.count(grant, &demands).await);
+            return Ok(self.count(grant, &demands, &request_id).await);
         }
         // Budgets before rate limits (DESIGN.md's order); a reservation is given back when
         // a rate limit then refuses.
@@ -164,12 +173,6 @@ impl Gate {
                 ..Default::default()
             },
         );
-        let request_id = http
-            .headers
-            .get("x-request-id")
-            .filter(|id| !id.is_empty())
-            .cloned()
-            .unwrap_or_else(crate::domain::new_id);
         // Budget periods count in the gate's clock, like rate limits.
         let budget_now = self.clock.now_ms().div_euclid(1000);
         match self
@@ -201,7 +204,7 @@ impl Gate {
                 return Ok(Err(denial));
             }
         }
-        let outcome = self.count(grant, &demands).await;
+        let outcome = self.count(grant, &demands, &request_id).await;
         if outcome.is_err() {
             self.ledger.release(&request_id);
         }
@@ -211,7 +214,12 @@ impl Gate {
     /// Rate limits: the request's buckets are checked and debited in one step; a refused
     /// request takes nothing. Limits that cannot be checked (Redis down, `failure_mode:
     /// closed`) refuse with 503.
-    async fn count(&self, mut grant: Grant, demands: &[Demand]) -> Result<Grant, Denial> {
+    async fn count(
+        &self,
+        mut grant: Grant,
+        demands: &[Demand],
+        request_id: &str,
+    ) -> Result<Grant, Denial> {
         if demands.is_empty() {
             return Ok(grant);
         }
@@ -228,6 +236,16 @@ impl Gate {
         let quota = Quota::of(demands, &outcome);
         if outcome.admitted {
             grant.quota = Some(quota);
+            // Token buckets took an estimate: kept until the real count arrives.
+            let tokens: Vec<Demand> = demands
+                .iter()
+                .filter(|d| d.unit == Unit::Tokens)
+                .cloned()
+                .collect();
+            if !tokens.is_empty() {
+                self.estimated_tokens
+                    .insert(request_id.to_owned(), Arc::new(tokens));
+            }
             return Ok(grant);
         }
         let retry_ms = Quota::retry_after_ms(&outcome);
@@ -262,8 +280,20 @@ impl Gate {
         Err(denial)
     }
 
-    /// Corrects token buckets once a request's real token count is known (the usage path
-    /// calls this with the demands the request was admitted with).
+    /// Corrects the token buckets of a request admitted here with its real token count
+    /// (the usage writer calls this; a request of another replica, or one older than
+    /// `budgets.reservation_timeout`, is not known here and changes nothing).
+    pub async fn settle_request_tokens(&self, request_id: &str, actual_tokens: u64) {
+        let Some(demands) = self.estimated_tokens.remove(request_id) else {
+            return;
+        };
+        if let Err(e) = self.settle_tokens(&demands, actual_tokens).await {
+            tracing::debug!(error = %e, "token buckets not corrected");
+        }
+    }
+
+    /// Corrects token buckets once a request's real token count is known, given the
+    /// demands the request was admitted with.
     pub async fn settle_tokens(
         &self,
         demands: &[Demand],

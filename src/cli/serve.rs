@@ -5,7 +5,7 @@
 use super::output::boxed;
 use super::{load_config, CliError};
 use crate::app::{self, App, MasterKeySource};
-use crate::config::{redact_url, Config};
+use crate::config::redact_url;
 use crate::secret::Secret;
 use anyhow::Context;
 use clap::Args;
@@ -29,12 +29,6 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         );
     }
     let config = loaded.config;
-    for section in unenforced(&config) {
-        tracing::warn!(
-            config.section = section,
-            "`{section}` is accepted but not enforced yet"
-        );
-    }
 
     let (master_key, key_source) =
         app::resolve_master_key(&config, std::env::var("TOLLGATE_MASTER_KEY").ok());
@@ -94,16 +88,6 @@ fn announce_generated(secret: &Secret) {
     tracing::warn!("no master key configured: generated one for this run (printed on stdout)");
 }
 
-/// Configuration sections that parse but have no effect yet, so an operator is not misled
-/// into thinking a limit or a budget alert protects them.
-pub fn unenforced(config: &Config) -> Vec<&'static str> {
-    let mut sections = Vec::new();
-    if !config.budgets.alert_webhook.trim().is_empty() {
-        sections.push("budgets.alert_webhook");
-    }
-    sections
-}
-
 /// Waits for SIGINT (Ctrl-C) or, on Unix, SIGTERM (what Kubernetes sends); answers its name.
 async fn shutdown_signal() -> anyhow::Result<&'static str> {
     #[cfg(unix)]
@@ -121,18 +105,5 @@ async fn shutdown_signal() -> anyhow::Result<&'static str> {
             .await
             .context("cannot listen for Ctrl-C")?;
         Ok("Ctrl-C")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lists_sections_that_are_not_enforced_yet() {
-        assert!(unenforced(&Config::default()).is_empty());
-        let text = "redis: { url: redis://127.0.0.1:6379 }\nlimits: { global: { rpm: 10 } }\nmodels:\n  - { name: a, pricing: { input_per_million: 1, output_per_million: 2 } }\nbudgets: { alert_webhook: http://hook }\n";
-        let config = Config::parse_str("t.yaml", text, &|_| None).unwrap().config;
-        assert_eq!(unenforced(&config), vec!["budgets.alert_webhook"]);
     }
 }

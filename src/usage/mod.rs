@@ -11,6 +11,7 @@ pub mod period;
 pub mod pricing;
 pub mod queue;
 pub mod redis_queue;
+pub mod settle;
 pub mod sse;
 
 use serde::{Deserialize, Serialize};

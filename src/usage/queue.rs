@@ -12,8 +12,8 @@
 //! `request_id` in the store, so a retried batch that had in fact committed counts once.
 
 use super::redis_queue::{RedisQueue, RedisWriter};
+use super::settle::Settler;
 use super::UsageRecord;
-use crate::budget::Ledger;
 use crate::config;
 use crate::metrics::Metrics;
 use crate::store::SharedStore;
@@ -42,7 +42,7 @@ impl UsageQueue {
     pub fn new(
         config: &config::Usage,
         store: SharedStore,
-        ledger: Arc<Ledger>,
+        settler: Arc<Settler>,
         metrics: Metrics,
         stop: watch::Receiver<bool>,
     ) -> (UsageQueue, Writer) {
@@ -56,7 +56,7 @@ impl UsageQueue {
             memory: MemoryWriter {
                 rx,
                 store,
-                ledger,
+                settler,
                 batch_size: config.batch_size,
                 batch_interval: config.batch_interval,
                 metrics,
@@ -75,22 +75,22 @@ impl UsageQueue {
         config: &config::Usage,
         redis: Option<&config::Redis>,
         store: SharedStore,
-        ledger: Arc<Ledger>,
+        settler: Arc<Settler>,
         metrics: Metrics,
         stop: watch::Receiver<bool>,
     ) -> Result<(UsageQueue, Writer), String> {
         let Some(redis) = redis else {
-            return Ok(Self::new(config, store, ledger, metrics, stop));
+            return Ok(Self::new(config, store, settler, metrics, stop));
         };
         let (redis_queue, redis_writer) = RedisQueue::new(
             redis,
             config,
             store.clone(),
-            ledger.clone(),
+            settler.clone(),
             metrics.clone(),
             stop.clone(),
         )?;
-        let (mut queue, mut writer) = Self::new(config, store, ledger, metrics, stop);
+        let (mut queue, mut writer) = Self::new(config, store, settler, metrics, stop);
         queue.redis = Some(Arc::new(redis_queue));
         writer.redis = Some(redis_writer);
         Ok((queue, writer))
@@ -161,7 +161,7 @@ struct MemoryWriter {
     rx: mpsc::Receiver<UsageRecord>,
     store: SharedStore,
     /// Budget reservations, replaced by the real cost once a record is written.
-    ledger: Arc<Ledger>,
+    settler: Arc<Settler>,
     batch_size: usize,
     batch_interval: Duration,
     metrics: Metrics,
@@ -224,9 +224,7 @@ impl MemoryWriter {
                     self.count("written", new);
                     self.count("duplicate", duplicates);
                     self.metrics.usage_queue_depth.sub(batch.len() as i64);
-                    for record in &batch {
-                        self.ledger.settle(&record.request_id, record.cost_usd);
-                    }
+                    self.settler.committed(&batch).await;
                     if failing {
                         tracing::info!(records = batch.len(), "usage records written again");
                     }

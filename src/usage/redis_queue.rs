@@ -22,7 +22,7 @@
 //! `XREADGROUP ... COUNT batch_size BLOCK ...` until a first entry arrives, then more until
 //! the batch is full or `usage.batch_interval` has passed since the first; the batch is
 //! committed with `store.record_usage` (retried with backoff while the store fails), the
-//! ledger is settled, and exactly the committed entries are `XACK`ed. A batch the store
+//! budgets, token buckets and alerts are settled ([`Settler`]), and exactly the committed entries are `XACK`ed. A batch the store
 //! calls invalid is split in halves until the bad record(s) are alone; those go to the
 //! dead-letter stream. Entries pending for longer than the claim idle time (a dead
 //! replica's, or this writer's own whose ack failed) are taken over with `XAUTOCLAIM` and
@@ -47,8 +47,8 @@
 //! each batch and about once a second), plus the records in the in-process fallback queue.
 //! Every replica reports the same shared backlog.
 
+use super::settle::Settler;
 use super::UsageRecord;
-use crate::budget::Ledger;
 use crate::config;
 use crate::metrics::Metrics;
 use crate::store::{SharedStore, StoreError};
@@ -199,7 +199,7 @@ impl RedisQueue {
         redis: &config::Redis,
         usage: &config::Usage,
         store: SharedStore,
-        ledger: Arc<Ledger>,
+        settler: Arc<Settler>,
         metrics: Metrics,
         stop: watch::Receiver<bool>,
     ) -> Result<(RedisQueue, RedisWriter), String> {
@@ -221,7 +221,7 @@ impl RedisQueue {
             shared,
             consumer: consumer_name(),
             store,
-            ledger,
+            settler,
             metrics,
             batch_size: usage.batch_size.max(1),
             batch_interval: usage.batch_interval,
@@ -329,7 +329,7 @@ pub struct RedisWriter {
     link: Link,
     consumer: String,
     store: SharedStore,
-    ledger: Arc<Ledger>,
+    settler: Arc<Settler>,
     metrics: Metrics,
     batch_size: usize,
     batch_interval: Duration,
@@ -640,9 +640,7 @@ impl RedisWriter {
                     let duplicates = records.len() as u64 - new.min(records.len() as u64);
                     self.count("written", new);
                     self.count("duplicate", duplicates);
-                    for record in &records {
-                        self.ledger.settle(&record.request_id, record.cost_usd);
-                    }
+                    self.settler.committed(&records).await;
                     if failing {
                         tracing::info!(records = records.len(), "usage records written again");
                     }
