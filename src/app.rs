@@ -255,11 +255,13 @@ impl App {
             .await;
         let authz = AuthorizationServer::new(AuthorizationService::new(self.gate.clone()));
         let usage = crate::usage::ext_proc::service(self);
+        let access_logs = crate::usage::als::service(self, stop_rx.clone());
         let mut grpc_stop = stop_rx.clone();
         let grpc_task = tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(health_service)
                 .add_service(authz)
+                .add_service(access_logs)
                 .add_service(usage)
                 .serve_with_incoming_shutdown(
                     // Without TCP_NODELAY a response written in two pieces waits for the

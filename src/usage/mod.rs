@@ -5,6 +5,7 @@
 //! queue, the store and the reports.
 
 pub mod alerts;
+pub mod als;
 pub mod ext_proc;
 pub mod parse;
 pub mod period;
