@@ -203,7 +203,12 @@ impl App {
             )
             .with_clock(gate.clock.clone()),
         );
-        let settler = Arc::new(Settler::new(gate.clone(), alerts.clone()));
+        let settler = Arc::new(Settler::new(
+            gate.clone(),
+            alerts.clone(),
+            metrics.clone(),
+            &config.models,
+        ));
         let (usage, writer) = UsageQueue::with_redis(
             &config.usage,
             config.redis.as_ref(),

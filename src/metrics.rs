@@ -1,7 +1,8 @@
 //! Prometheus metrics: every name in one place, registered once, no per-key labels.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 pub const CHECK_TOTAL: &str = "tollgate_check_total";
@@ -11,6 +12,8 @@ pub const BACKEND_ERRORS: &str = "tollgate_backend_errors_total";
 pub const USAGE_QUEUE_DEPTH: &str = "tollgate_usage_queue_depth";
 pub const REDIS_UP: &str = "tollgate_redis_up";
 pub const USAGE_RECORDS: &str = "tollgate_usage_records_total";
+pub const USAGE_TOKENS: &str = "tollgate_usage_tokens_total";
+pub const SPEND_USD: &str = "tollgate_spend_usd_total";
 
 /// The process's metrics. Cheap to clone (the collectors are reference-counted).
 #[derive(Clone)]
@@ -28,6 +31,12 @@ pub struct Metrics {
     pub redis_up: IntGauge,
     /// `result` = written | duplicate | retried.
     pub usage_records: IntCounterVec,
+    /// Tokens of newly written usage records; `model` = a configured model name or
+    /// `other` (no per-key labels, bounded cardinality); `kind` = input | output |
+    /// cached_input | reasoning.
+    pub usage_tokens: IntCounterVec,
+    /// USD of newly written usage records, by `model` as above.
+    pub spend_usd: CounterVec,
 }
 
 impl Default for Metrics {
@@ -80,6 +89,16 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let usage_tokens = IntCounterVec::new(
+            Opts::new(USAGE_TOKENS, "Tokens of written usage records"),
+            &["model", "kind"],
+        )
+        .expect("valid metric");
+        let spend_usd = CounterVec::new(
+            Opts::new(SPEND_USD, "USD of written usage records"),
+            &["model"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(check_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(check_duration.clone()),
@@ -88,6 +107,8 @@ impl Metrics {
             Box::new(usage_queue_depth.clone()),
             Box::new(redis_up.clone()),
             Box::new(usage_records.clone()),
+            Box::new(usage_tokens.clone()),
+            Box::new(spend_usd.clone()),
         ] {
             registry
                 .register(collector)
@@ -102,6 +123,8 @@ impl Metrics {
             usage_queue_depth,
             redis_up,
             usage_records,
+            usage_tokens,
+            spend_usd,
         }
     }
 
@@ -126,6 +149,9 @@ mod tests {
         m.cache_requests.with_label_values(&["key", "hit"]).inc();
         m.backend_errors.with_label_values(&["database"]).inc();
         m.check_duration.observe(0.0001);
+        m.usage_records.with_label_values(&["written"]).inc();
+        m.usage_tokens.with_label_values(&["gpt-4o", "input"]).inc();
+        m.spend_usd.with_label_values(&["gpt-4o"]).inc_by(0.5);
         let text = m.render();
         for name in [
             CHECK_TOTAL,
@@ -134,6 +160,9 @@ mod tests {
             BACKEND_ERRORS,
             USAGE_QUEUE_DEPTH,
             REDIS_UP,
+            USAGE_RECORDS,
+            USAGE_TOKENS,
+            SPEND_USD,
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

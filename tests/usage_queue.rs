@@ -105,6 +105,19 @@ async fn pushed_records_are_written_once() {
         10.0
     );
     assert_eq!(t.metric("tollgate_usage_queue_depth").await, 0.0);
+    // Tokens and spend count each request once (no model catalogue: the label is `other`).
+    assert_eq!(
+        t.metric("tollgate_usage_tokens_total{kind=\"input\",model=\"other\"}")
+            .await,
+        3000.0
+    );
+    assert_eq!(
+        t.metric("tollgate_usage_tokens_total{kind=\"output\",model=\"other\"}")
+            .await,
+        1500.0
+    );
+    let spend = t.metric("tollgate_spend_usd_total{model=\"other\"}").await;
+    assert!((spend - 0.03).abs() < 1e-9, "{spend}");
     t.stop().await;
 }
 

@@ -688,7 +688,12 @@ pub trait Store: Send + Sync + 'static {
     /// without a row accrues in calendar months. A record with an empty `request_id` or a
     /// negative or non-finite `cost_usd` fails the whole batch with `Invalid`. Token counts
     /// and latencies above `i64::MAX` are stored as `i64::MAX`.
-    async fn record_usage(&self, records: &[UsageRecord]) -> StoreResult<u64>;
+    async fn record_usage(&self, records: &[UsageRecord]) -> StoreResult<u64> {
+        Ok(self.record_new_usage(records).await?.len() as u64)
+    }
+    /// [`Store::record_usage`], answering the positions in `records` of the records that
+    /// were new (ascending), so callers can count exactly what was added.
+    async fn record_new_usage(&self, records: &[UsageRecord]) -> StoreResult<Vec<usize>>;
 
     /// The spend of a key, user or team in the budget period that contains `at` (0 when
     /// none): the period of the entity's own `budget_duration`, read from its row (deleted

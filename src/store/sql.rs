@@ -2246,25 +2246,25 @@ impl Store for SqlStore {
         Ok(families)
     }
 
-    async fn record_usage(&self, records: &[UsageRecord]) -> StoreResult<u64> {
+    async fn record_new_usage(&self, records: &[UsageRecord]) -> StoreResult<Vec<usize>> {
         if records.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         for record in records {
             validate_record(record)?;
         }
         // In request id order (stable, so the first of duplicates wins), so that concurrent
         // batches wait on each other's ids in one order instead of deadlocking.
-        let mut ordered: Vec<&UsageRecord> = records.iter().collect();
-        ordered.sort_by(|a, b| a.request_id.cmp(&b.request_id));
+        let mut ordered: Vec<(usize, &UsageRecord)> = records.iter().enumerate().collect();
+        ordered.sort_by(|a, b| a.1.request_id.cmp(&b.1.request_id));
 
         let written_at = domain::now();
         let mut tx = self.begin_write().await?;
         let mut bases: HashMap<(SpendKind, &str), SpendBasis> = HashMap::new();
         // (kind, id, period start) → (period end, USD), applied in this (sorted) order.
         let mut accrued: BTreeMap<(SpendKind, &str, Timestamp), (Timestamp, f64)> = BTreeMap::new();
-        let mut new = 0u64;
-        for record in ordered {
+        let mut new = Vec::new();
+        for (position, record) in ordered {
             let tokens = &record.tokens;
             let inserted = sqlx::query(USAGE_INSERT)
                 .bind(&record.request_id)
@@ -2290,7 +2290,7 @@ impl Store for SqlStore {
             if inserted == 0 {
                 continue;
             }
-            new += 1;
+            new.push(position);
             let owners = [
                 (SpendKind::Key, record.key_id.as_deref()),
                 (SpendKind::User, record.user_id.as_deref()),
@@ -2328,6 +2328,7 @@ impl Store for SqlStore {
                 .map_err(db_err)?;
         }
         commit(tx).await?;
+        new.sort_unstable();
         Ok(new)
     }
 

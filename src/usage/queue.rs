@@ -218,13 +218,14 @@ impl MemoryWriter {
         let mut delay = RETRY_FIRST;
         let mut failing = false;
         loop {
-            match self.store.record_usage(&batch).await {
-                Ok(new) => {
+            match self.store.record_new_usage(&batch).await {
+                Ok(fresh) => {
+                    let new = fresh.len() as u64;
                     let duplicates = batch.len() as u64 - new.min(batch.len() as u64);
                     self.count("written", new);
                     self.count("duplicate", duplicates);
                     self.metrics.usage_queue_depth.sub(batch.len() as i64);
-                    self.settler.committed(&batch).await;
+                    self.settler.committed(&batch, &fresh).await;
                     if failing {
                         tracing::info!(records = batch.len(), "usage records written again");
                     }

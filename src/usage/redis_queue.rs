@@ -635,12 +635,13 @@ impl RedisWriter {
         let mut delay = RETRY_FIRST;
         let mut failing = false;
         loop {
-            match self.store.record_usage(&records).await {
-                Ok(new) => {
+            match self.store.record_new_usage(&records).await {
+                Ok(fresh) => {
+                    let new = fresh.len() as u64;
                     let duplicates = records.len() as u64 - new.min(records.len() as u64);
                     self.count("written", new);
                     self.count("duplicate", duplicates);
-                    self.settler.committed(&records).await;
+                    self.settler.committed(&records, &fresh).await;
                     if failing {
                         tracing::info!(records = records.len(), "usage records written again");
                     }

@@ -5,21 +5,65 @@
 use super::alerts::Alerts;
 use super::UsageRecord;
 use crate::authz::Gate;
+use crate::metrics::Metrics;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 pub struct Settler {
     gate: Arc<Gate>,
     alerts: Arc<Alerts>,
+    metrics: Metrics,
+    /// Model names that label the token and spend metrics; others count as `other`.
+    models: HashSet<String>,
 }
 
 impl Settler {
-    pub fn new(gate: Arc<Gate>, alerts: Arc<Alerts>) -> Settler {
-        Settler { gate, alerts }
+    pub fn new(
+        gate: Arc<Gate>,
+        alerts: Arc<Alerts>,
+        metrics: Metrics,
+        models: &[crate::config::Model],
+    ) -> Settler {
+        Settler {
+            gate,
+            alerts,
+            metrics,
+            models: models.iter().map(|m| m.name.clone()).collect(),
+        }
     }
 
-    /// Called once a batch is committed (records new or already stored alike: settling an
-    /// unknown request changes nothing, alerts are idempotent).
-    pub async fn committed(&self, batch: &[UsageRecord]) {
+    /// Called once a batch is committed, with the positions of the records that were new:
+    /// only those count in `tollgate_usage_tokens_total` and `tollgate_spend_usd_total`.
+    /// Settling covers all (settling an unknown request changes nothing, alerts are
+    /// idempotent).
+    pub async fn committed(&self, batch: &[UsageRecord], new: &[usize]) {
+        for record in new.iter().filter_map(|&i| batch.get(i)) {
+            let model = record
+                .model
+                .as_deref()
+                .filter(|m| self.models.contains(*m))
+                .unwrap_or("other");
+            let t = &record.tokens;
+            for (kind, n) in [
+                ("input", t.input_tokens),
+                ("output", t.output_tokens),
+                ("cached_input", t.cached_input_tokens),
+                ("reasoning", t.reasoning_tokens),
+            ] {
+                if n > 0 {
+                    self.metrics
+                        .usage_tokens
+                        .with_label_values(&[model, kind])
+                        .inc_by(n);
+                }
+            }
+            if record.cost_usd > 0.0 {
+                self.metrics
+                    .spend_usd
+                    .with_label_values(&[model])
+                    .inc_by(record.cost_usd);
+            }
+        }
         for record in batch {
             self.gate.ledger.settle(&record.request_id, record.cost_usd);
             let tokens = record.tokens.input_tokens + record.tokens.output_tokens;
