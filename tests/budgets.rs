@@ -292,3 +292,33 @@ async fn written_usage_raises_budget_alerts() {
     assert_eq!(list[0]["state"], "pending", "{alerts}");
     t.stop().await;
 }
+
+#[tokio::test]
+async fn reservations_of_requests_that_never_report_expire() {
+    let start = 1_800_000_000i64;
+    let clock = tollgate::clock::Clock::manual(start * 1000);
+    let t = Tollgate::start_with_clock(
+        &format!("{CONFIG}budgets: {{ reservation_timeout: 30s }}\n"),
+        clock.clone(),
+    )
+    .await;
+    let (_, estimate) = request("x", "x", 100);
+    let (_, key) = key_with_budget(&t, estimate as f64).await;
+    let (r, _) = request(&key, "never-reports", 100);
+    assert_eq!(check(&t, &r).await.0, 200);
+    let (r, _) = request(&key, "waits", 100);
+    assert_eq!(check(&t, &r).await.0, 429, "the budget is reserved");
+    clock.advance(29_000);
+    assert_eq!(
+        check(&t, &r).await.0,
+        429,
+        "still within the reservation timeout"
+    );
+    clock.advance(1_000);
+    assert_eq!(
+        check(&t, &r).await.0,
+        200,
+        "the silent request's reservation expired"
+    );
+    t.stop().await;
+}

@@ -171,3 +171,67 @@ async fn no_usage_is_lost_while_postgres_is_away() {
     assert_eq!(recorded, answered, "every answered request has its record");
     t.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_requests_through_envoy_stay_within_the_budget() {
+    let t = Tollgate::start(PRICED).await;
+    let mock = MockLlm::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let envoy = std::sync::Arc::new(Envoy::start("envoy/envoy.yaml", t.grpc, mock.addr).await);
+    // Each request is estimated at (body bytes / 4 + 20) tokens at $0.001 a token, more than
+    // the mock's real counts: a budget worth 10 estimates.
+    let body = chat().to_string();
+    let estimate = ((body.len() as f64 / 4.0).ceil() + 20.0) * 0.001;
+    let budget = 10.0 * estimate;
+    let (id, key) = key(&t, json!({"max_budget": budget})).await;
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let envoy = envoy.clone();
+        let auth = format!("Bearer {key}");
+        tasks.push(tokio::spawn(async move {
+            let (status, _, body) = post_json(
+                envoy.as_ref(),
+                "/v1/chat/completions",
+                &[("authorization", &auth)],
+                &chat(),
+            )
+            .await;
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                assert_eq!(body["error"]["code"], "insufficient_quota", "{body}");
+            }
+            status
+        }));
+    }
+    let mut admitted = 0;
+    for task in tasks {
+        let status = task.await.unwrap();
+        assert!(
+            status == StatusCode::OK || status == StatusCode::TOO_MANY_REQUESTS,
+            "{status}"
+        );
+        if status == StatusCode::OK {
+            admitted += 1;
+        }
+    }
+    // At least the 10 that fit on estimates; more only as real (smaller) costs settle.
+    assert!(admitted >= 10, "admitted {admitted}");
+    let started = Instant::now();
+    let mut recorded = 0;
+    while started.elapsed() < Duration::from_secs(10) {
+        recorded = requests_recorded(&t).await;
+        if recorded == admitted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(recorded, admitted);
+    // The bound of the reservation design: what was spent never passes the budget, since
+    // every admitted request had room for its estimate and cost no more than it.
+    let (_, shown) = t
+        .admin(Method::GET, &format!("/admin/keys/{id}"), None)
+        .await;
+    let spent = shown["spend"].as_f64().unwrap();
+    assert!(spent <= budget + 1e-9, "spent {spent} of {budget}");
+    t.stop().await;
+}
