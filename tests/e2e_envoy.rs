@@ -3,7 +3,6 @@
 
 mod common;
 
-use common::chaos::ChaosProxy;
 use common::envoy::Envoy;
 use common::tollgate::{Tollgate, MASTER_KEY};
 use common::upstream::post_json;
@@ -451,22 +450,11 @@ async fn the_master_key_passes_as_admin() {
 /// store comes back, so do decisions.
 #[tokio::test]
 async fn a_store_outage_fails_closed_and_recovers() {
-    let pg = common::db::fresh_postgres().await.1;
-    let url: reqwest::Url = pg.replace("postgres://", "http://").parse().unwrap();
-    let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
-    let proxy = ChaosProxy::start(
-        tokio::net::lookup_host(target)
-            .await
-            .unwrap()
-            .next()
-            .unwrap(),
-    )
-    .await;
-    let proxied = pg.replacen(
-        &format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432)),
-        &proxy.addr.to_string(),
-        1,
-    );
+    let common::chaos::ProxiedPostgres {
+        proxy,
+        url: proxied,
+        ..
+    } = common::chaos::proxied_postgres().await;
     let yaml = format!("database: {{ url: \"{proxied}\", timeout: 500ms }}\n");
     let s = stack(&yaml).await;
     let (_, warm) = s.tollgate.create_key(json!({"name": "warm"})).await;

@@ -5,7 +5,6 @@
 
 mod common;
 
-use common::chaos::ChaosProxy;
 use common::envoy::Envoy;
 use common::tollgate::Tollgate;
 use common::upstream::post_json;
@@ -112,18 +111,11 @@ async fn spend_shows_in_the_api_and_a_spent_budget_answers_insufficient_quota() 
 
 #[tokio::test]
 async fn no_usage_is_lost_while_postgres_is_away() {
-    let pg = common::db::fresh_postgres().await.1;
-    let url: reqwest::Url = pg.replace("postgres://", "http://").parse().unwrap();
-    let host = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
-    let proxy = ChaosProxy::start(
-        tokio::net::lookup_host(&host)
-            .await
-            .unwrap()
-            .next()
-            .unwrap(),
-    )
-    .await;
-    let proxied = pg.replacen(&host, &proxy.addr.to_string(), 1);
+    let common::chaos::ProxiedPostgres {
+        proxy,
+        url: proxied,
+        ..
+    } = common::chaos::proxied_postgres().await;
     let t = Tollgate::start(&format!(
         "database: {{ url: \"{proxied}\", timeout: 300ms }}\n{PRICED}"
     ))

@@ -5,7 +5,6 @@
 
 mod common;
 
-use common::chaos::ChaosProxy;
 use common::tollgate::Tollgate;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -123,18 +122,11 @@ async fn pushed_records_are_written_once() {
 
 #[tokio::test]
 async fn records_survive_a_database_outage() {
-    let pg = common::db::fresh_postgres().await.1;
-    let url: reqwest::Url = pg.replace("postgres://", "http://").parse().unwrap();
-    let host = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
-    let proxy = ChaosProxy::start(
-        tokio::net::lookup_host(&host)
-            .await
-            .unwrap()
-            .next()
-            .unwrap(),
-    )
-    .await;
-    let proxied = pg.replacen(&host, &proxy.addr.to_string(), 1);
+    let common::chaos::ProxiedPostgres {
+        proxy,
+        url: proxied,
+        ..
+    } = common::chaos::proxied_postgres().await;
     let t = Tollgate::start(&format!(
         "database: {{ url: \"{proxied}\", timeout: 300ms }}\nusage: {{ batch_interval: 20ms }}\n"
     ))

@@ -6,7 +6,6 @@
 
 mod common;
 
-use common::chaos::ChaosProxy;
 use common::tollgate::Tollgate;
 use redis::aio::MultiplexedConnection;
 use redis::Value;
@@ -339,19 +338,13 @@ async fn poison_entries_go_to_the_dead_letters_without_blocking_the_others() {
 async fn no_record_is_lost_across_a_restart_mid_load() {
     let mut conn = redis().await;
     let prefix = prefix();
-    let (direct, pg) = common::db::fresh_postgres().await;
+    let common::chaos::ProxiedPostgres {
+        proxy,
+        url: proxied,
+        direct_url: pg,
+        direct,
+    } = common::chaos::proxied_postgres().await;
     let direct: SharedStore = std::sync::Arc::new(direct);
-    let url: reqwest::Url = pg.replace("postgres://", "http://").parse().unwrap();
-    let host = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
-    let proxy = ChaosProxy::start(
-        tokio::net::lookup_host(&host)
-            .await
-            .unwrap()
-            .next()
-            .unwrap(),
-    )
-    .await;
-    let proxied = pg.replacen(&host, &proxy.addr.to_string(), 1);
 
     // Tollgate A writes a few, then loses its database and keeps records it cannot commit.
     let a = Tollgate::start(&yaml(

@@ -51,3 +51,36 @@ impl ChaosProxy {
         self.up.store(true, Ordering::SeqCst);
     }
 }
+
+/// A fresh Postgres schema, reachable directly and through a [`ChaosProxy`].
+pub struct ProxiedPostgres {
+    pub proxy: ChaosProxy,
+    /// The database URL through the proxy (what tollgate gets).
+    pub url: String,
+    /// The database URL without the proxy.
+    pub direct_url: String,
+    /// A store connected without the proxy (which the proxy does not cut).
+    pub direct: tollgate::store::sql::SqlStore,
+}
+
+pub async fn proxied_postgres() -> ProxiedPostgres {
+    let (direct, direct_url) = super::db::fresh_postgres().await;
+    let url: reqwest::Url = direct_url
+        .replace("postgres://", "http://")
+        .parse()
+        .unwrap();
+    let host = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let target = tokio::net::lookup_host(&host)
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = ChaosProxy::start(target).await;
+    let url = direct_url.replacen(&host, &proxy.addr.to_string(), 1);
+    ProxiedPostgres {
+        proxy,
+        url,
+        direct_url,
+        direct,
+    }
+}
