@@ -174,12 +174,10 @@ impl App {
             sessions.clone(),
             metrics.clone(),
         );
-        let ledger = Arc::new(Ledger::new(
-            store.clone(),
-            config.cache.key_ttl,
-            config.budgets.reservation_timeout,
-            config.database.timeout,
-        ));
+        let ledger = Arc::new(
+            Ledger::from_config(store.clone(), &config, metrics.clone())
+                .map_err(|e| anyhow::anyhow!("redis: {e}"))?,
+        );
         let gate = Arc::new(Gate {
             policy: ArcSwap::from_pointee(Policy::from_config(&config)),
             auth: Arc::new(auth),

@@ -1,62 +1,13 @@
-//! Budgets at Check: reserve, then settle.
-//!
-//! A request's estimated cost is reserved against every budget that applies to it (its
-//! key's, its user's, its team's `max_budget`) in one step under one lock: admitted only if
-//! each budget's committed spend plus what is reserved plus this request fits. When the
-//! request's usage is written, its reservation is replaced by the real cost
-//! ([`Ledger::settle`]). Reservations of requests that never report expire after
-//! `budgets.reservation_timeout`. So concurrent requests cannot push spend past a budget by
-//! more than the error of their estimates, unlike check-then-charge.
-//!
-//! Committed spend comes from the store (the `spend` table): it is read the first time a
-//! budget is seen in a period and again every `refresh` (`cache.key_ttl`), which is how
-//! spend written by other replicas is learnt. Between reads this process adds what it
-//! settles itself. A budget is keyed by its period's start, so a new period starts empty and
-//! old reservations settle against the period they were made in.
-//!
-//! This ledger lives in one process: replicas share committed spend through the store (up
-//! to `refresh` late) but not each other's reservations.
+//! The in-process ledger: reservations in this process, committed spend read from the store
+//! every `refresh`. Used when `redis` is not configured, and as `failure_mode: local` while
+//! Redis is unreachable.
 
-use crate::domain::{BudgetDuration, Limits, Timestamp};
+use super::{read_period, Charge, Verdict};
+use crate::domain::Timestamp;
 use crate::store::{SharedStore, SpendKind, StoreError};
-use crate::usage::period;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
-
-/// One budget a request is charged against.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Charge {
-    pub kind: SpendKind,
-    pub id: String,
-    pub limit_usd: f64,
-    pub duration: Option<BudgetDuration>,
-}
-
-impl Charge {
-    /// The charge for an entity's limits, when it has a `max_budget`.
-    pub fn of(kind: SpendKind, id: &str, limits: &Limits) -> Option<Charge> {
-        limits.max_budget.map(|limit_usd| Charge {
-            kind,
-            id: id.to_owned(),
-            limit_usd,
-            duration: limits.budget_duration,
-        })
-    }
-}
-
-/// What a reservation found.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
-    Reserved,
-    /// This budget has no room: `used_usd` is committed plus reserved.
-    Refused {
-        charge: Charge,
-        used_usd: f64,
-        /// When its period ends (Unix seconds).
-        period_end: Timestamp,
-    },
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Budget {
@@ -80,7 +31,7 @@ struct State {
     reservations: HashMap<String, Reservation>,
 }
 
-pub struct Ledger {
+pub struct MemoryLedger {
     store: SharedStore,
     state: Mutex<State>,
     /// Committed spend is read again from the store after this long.
@@ -89,18 +40,18 @@ pub struct Ledger {
     timeout: Duration,
 }
 
-fn secs(d: Duration) -> i64 {
+pub(super) fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX).max(1)
 }
 
-impl Ledger {
+impl MemoryLedger {
     pub fn new(
         store: SharedStore,
         refresh: Duration,
         reservation_timeout: Duration,
         timeout: Duration,
-    ) -> Ledger {
-        Ledger {
+    ) -> MemoryLedger {
+        MemoryLedger {
             store,
             state: Mutex::new(State::default()),
             refresh: secs(refresh),
@@ -111,38 +62,6 @@ impl Ledger {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The budget's period containing `now` and its committed spend, from the store.
-    async fn seed(&self, charge: &Charge, now: Timestamp) -> Result<(i64, i64, f64), StoreError> {
-        let read = async {
-            let anchor = match charge.duration {
-                Some(BudgetDuration::ThirtyDays) => self.created_at(charge).await?,
-                _ => 0,
-            };
-            let (start, end) = period::window(period::effective(charge.duration), now, anchor);
-            let spent = self
-                .store
-                .current_spend(charge.kind, &charge.id, now)
-                .await?;
-            Ok::<_, StoreError>((start, end, spent))
-        };
-        match tokio::time::timeout(self.timeout, read).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "reading spend took longer than {:?}",
-                self.timeout
-            ))),
-        }
-    }
-
-    async fn created_at(&self, charge: &Charge) -> Result<Timestamp, StoreError> {
-        Ok(match charge.kind {
-            SpendKind::Key => self.store.get_key(&charge.id).await?.map(|k| k.created_at),
-            SpendKind::User => self.store.get_user(&charge.id).await?.map(|u| u.created_at),
-            SpendKind::Team => self.store.get_team(&charge.id).await?.map(|t| t.created_at),
-        }
-        .unwrap_or(0))
     }
 
     /// Reserves `amount_usd` for request `request_id` against every charge, all or nothing.
@@ -171,7 +90,8 @@ impl Ledger {
             let key = match current {
                 Some((key, budget)) if now - budget.seeded_at < self.refresh => key,
                 _ => {
-                    let (start, end, spent) = self.seed(charge, now).await?;
+                    let (start, end, spent) =
+                        read_period(&self.store, self.timeout, charge, now).await?;
                     let key = format!("{prefix}{start}");
                     let mut state = self.lock();
                     state.current.insert(prefix, key.clone());
