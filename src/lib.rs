@@ -27,6 +27,7 @@ pub mod domain;
 pub mod limits;
 pub mod metrics;
 pub mod mock_llm;
+pub mod redis_pool;
 pub mod secret;
 pub mod store;
 pub mod usage;

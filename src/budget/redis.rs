@@ -49,15 +49,13 @@ use super::{read_period, Charge, Verdict};
 use crate::config::{FailureMode, Redis};
 use crate::domain::Timestamp;
 use crate::metrics::Metrics;
+use crate::redis_pool::{Call, RedisPool};
 use crate::store::{SharedStore, SpendKind, StoreError};
-use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, ErrorKind, FromRedisValue, RedisError, Script};
-use deadpool::managed;
+use ::redis::{FromRedisValue, Script};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-use tokio::time::{timeout_at, Instant};
 
 /// The hash tag of every budget key (see the module docs).
 pub const HASH_TAG: &str = "{bg}";
@@ -74,9 +72,6 @@ pub const MAX_TTL: i64 = 400 * 86_400;
 
 /// How often an unreachable Redis is PINGed.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
-
-/// A pooled connection idle for longer than this is PINGed before reuse.
-const IDLE_CHECK_AFTER: Duration = Duration::from_secs(30);
 
 /// Gives back reservation hash `rkey` (budget key → amount); `cost` is added to each
 /// budget's `committed` when not nil.
@@ -155,34 +150,6 @@ end
 return 0
 "#;
 
-/// Creates multiplexed connections; hands pooled ones out without a round trip unless they
-/// have been idle for a while.
-struct Manager {
-    inner: deadpool_redis::Manager,
-}
-
-impl managed::Manager for Manager {
-    type Type = MultiplexedConnection;
-    type Error = RedisError;
-
-    async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
-        managed::Manager::create(&self.inner).await
-    }
-
-    async fn recycle(
-        &self,
-        conn: &mut MultiplexedConnection,
-        metrics: &managed::Metrics,
-    ) -> managed::RecycleResult<RedisError> {
-        if metrics.last_used() > IDLE_CHECK_AFTER {
-            let _: () = ::redis::cmd("PING").query_async(conn).await?;
-        }
-        Ok(())
-    }
-}
-
-type Pool = managed::Pool<Manager>;
-
 /// What this process knows of a budget's current period.
 #[derive(Debug, Clone, Copy)]
 struct Period {
@@ -192,8 +159,7 @@ struct Period {
 }
 
 pub struct RedisLedger {
-    pool: Pool,
-    timeout: Duration,
+    pool: RedisPool,
     key_prefix: String,
     reserve_script: Script,
     settle_script: Script,
@@ -222,22 +188,10 @@ impl RedisLedger {
         store_timeout: Duration,
         metrics: Metrics,
     ) -> Result<RedisLedger, StoreError> {
-        let connection = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout));
-        let inner = deadpool_redis::Manager::new_with_config(config.url.as_str(), connection)
-            .map_err(|e| StoreError::Invalid(format!("invalid redis URL: {}", reason(&e))))?;
-        let pool = Pool::builder(Manager { inner })
-            .max_size(config.pool_size.max(1))
-            .runtime(deadpool::Runtime::Tokio1)
-            .wait_timeout(Some(config.timeout))
-            .create_timeout(Some(config.timeout))
-            .recycle_timeout(Some(config.timeout))
-            .build()
-            .map_err(|e| StoreError::Invalid(format!("redis pool: {e}")))?;
+        let pool = RedisPool::new(&config.url, config.pool_size, config.timeout)
+            .map_err(StoreError::Invalid)?;
         Ok(RedisLedger {
             pool,
-            timeout: config.timeout,
             key_prefix: config.key_prefix.clone(),
             reserve_script: Script::new(&format!("{LUA_COMMON}{LUA_RESERVE}")),
             settle_script: Script::new(&format!("{LUA_COMMON}{LUA_SETTLE}")),
@@ -480,50 +434,11 @@ impl RedisLedger {
 
     /// A PING, bounded by the timeout: whether Redis answers.
     pub async fn ping(&self) -> Result<(), Failure> {
-        self.call(Call::Cmd(::redis::cmd("PING"))).await
+        self.pool.ping().await.map_err(Failure::Redis)
     }
 
-    /// Runs one call on a pooled connection, the whole (checkout included) bounded by the
-    /// timeout. A connection that failed is dropped with every idle one.
     async fn call<T: FromRedisValue>(&self, call: Call<'_>) -> Result<T, Failure> {
-        let deadline = Instant::now() + self.timeout;
-        let mut conn = match timeout_at(deadline, self.pool.get()).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                self.drop_idle();
-                return Err(Failure::Redis(pool_reason(&e)));
-            }
-            Err(_) => {
-                self.drop_idle();
-                return Err(Failure::Redis("redis: timed out connecting".to_owned()));
-            }
-        };
-        let result = timeout_at(deadline, async {
-            match &call {
-                Call::Cmd(cmd) => cmd.query_async(&mut *conn).await,
-                Call::Script(inv) => inv.invoke_async(&mut *conn).await,
-            }
-        })
-        .await;
-        match result {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => {
-                if !matches!(e.kind(), ErrorKind::Server(_)) {
-                    let _ = managed::Object::take(conn);
-                    self.drop_idle();
-                }
-                Err(Failure::Redis(reason(&e)))
-            }
-            Err(_) => {
-                // The reply may still arrive on this connection: do not reuse it.
-                let _ = managed::Object::take(conn);
-                Err(Failure::Redis("redis: timed out".to_owned()))
-            }
-        }
-    }
-
-    fn drop_idle(&self) {
-        self.pool.retain(|_, _| false);
+        self.pool.call(call).await.map_err(Failure::Redis)
     }
 
     /// A call to Redis failed: mark it down (once) and make sure a probe runs.
@@ -552,11 +467,6 @@ pub enum Failure {
     Redis(String),
     /// The store could not be read for a seed.
     Store(StoreError),
-}
-
-enum Call<'s> {
-    Cmd(::redis::Cmd),
-    Script(::redis::ScriptInvocation<'s>),
 }
 
 impl Failure {
@@ -591,35 +501,6 @@ async fn probe(ledger: Weak<RedisLedger>) {
             }
             return;
         }
-    }
-}
-
-/// A short reason for a failed call, never the URL (which may carry a password).
-fn reason(e: &RedisError) -> String {
-    let what = if e.is_timeout() {
-        "timed out".to_owned()
-    } else if e.is_connection_refusal() {
-        "connection refused".to_owned()
-    } else if e.is_connection_dropped() {
-        "connection dropped".to_owned()
-    } else {
-        match (e.kind(), e.code(), e.detail()) {
-            (ErrorKind::Server(_), Some(code), Some(detail)) => {
-                let detail: String = detail.chars().take(160).collect();
-                format!("{code} {detail}")
-            }
-            (_, Some(code), None) => code.to_owned(),
-            _ => e.category().to_owned(),
-        }
-    };
-    format!("redis: {what}")
-}
-
-fn pool_reason(e: &managed::PoolError<RedisError>) -> String {
-    match e {
-        managed::PoolError::Backend(e) => reason(e),
-        managed::PoolError::Timeout(_) => "redis timed out connecting".to_owned(),
-        other => format!("redis pool: {other}"),
     }
 }
 

@@ -18,26 +18,16 @@
 //!
 //! # Connections
 //!
-//! A bounded pool of multiplexed connections. A pooled connection is handed out without a
-//! check, so a decision is exactly one round trip (one `EVALSHA`); a connection idle for
-//! longer than [`IDLE_CHECK_AFTER`] is PINGed before reuse. A connection that fails is
-//! dropped along with every idle one (they most likely point at the same dead server), and
-//! the next call connects afresh. Every call, connecting included, is bounded by the
+//! [`RedisPool`]: a decision is exactly one round trip (one `EVALSHA`), bounded by the
 //! configured timeout; any failure is [`LimitError::Unavailable`] with a short reason that
 //! never carries the URL.
 
 use super::bucket::{self, Shape, State};
 use super::{Buckets, Demand, LimitError, Outcome, Settlement};
-use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, ErrorKind, FromRedisValue, RedisError, Script};
+use crate::redis_pool::{Call, RedisPool};
+use ::redis::{FromRedisValue, Script};
 use async_trait::async_trait;
-use deadpool::managed;
 use std::time::Duration;
-use tokio::time::{timeout_at, Instant};
-
-/// A pooled connection idle for longer than this is PINGed before it is handed out (a
-/// server `timeout` or a middlebox may have closed it); busier ones are trusted.
-pub const IDLE_CHECK_AFTER: Duration = Duration::from_secs(30);
 
 /// The hash tag of every bucket key. Redis Cluster places a key by the part between its
 /// first `{` and `}`, so every bucket lands in one slot: a script touching several buckets
@@ -122,44 +112,9 @@ end
 return 1
 "#;
 
-/// Creates multiplexed connections; hands pooled ones out without a round trip unless they
-/// have been idle for a while.
-struct Manager {
-    inner: deadpool_redis::Manager,
-}
-
-impl managed::Manager for Manager {
-    type Type = MultiplexedConnection;
-    type Error = RedisError;
-
-    async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
-        managed::Manager::create(&self.inner).await
-    }
-
-    async fn recycle(
-        &self,
-        conn: &mut MultiplexedConnection,
-        metrics: &managed::Metrics,
-    ) -> managed::RecycleResult<RedisError> {
-        if metrics.last_used() > IDLE_CHECK_AFTER {
-            let _: () = ::redis::cmd("PING").query_async(conn).await?;
-        }
-        Ok(())
-    }
-}
-
-type Pool = managed::Pool<Manager>;
-
-/// What one call sends.
-enum Request<'s> {
-    Cmd(::redis::Cmd),
-    Script(::redis::ScriptInvocation<'s>),
-}
-
 /// Token buckets in Redis.
 pub struct RedisBuckets {
-    pool: Pool,
-    timeout: Duration,
+    pool: RedisPool,
     key_prefix: String,
     admit_script: Script,
     settle_script: Script,
@@ -175,22 +130,9 @@ impl RedisBuckets {
         timeout: Duration,
         key_prefix: &str,
     ) -> Result<RedisBuckets, LimitError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let inner = deadpool_redis::Manager::new_with_config(url, config)
-            .map_err(|e| LimitError::Unavailable(format!("invalid redis URL: {}", reason(&e))))?;
-        let pool = Pool::builder(Manager { inner })
-            .max_size(pool_size.max(1))
-            .runtime(deadpool::Runtime::Tokio1)
-            .wait_timeout(Some(timeout))
-            .create_timeout(Some(timeout))
-            .recycle_timeout(Some(timeout))
-            .build()
-            .map_err(|e| LimitError::Unavailable(format!("redis pool: {e}")))?;
+        let pool = RedisPool::new(url, pool_size, timeout).map_err(LimitError::Unavailable)?;
         Ok(RedisBuckets {
             pool,
-            timeout,
             key_prefix: key_prefix.to_owned(),
             admit_script: Script::new(&format!("{LUA_COMMON}{LUA_ADMIT}")),
             settle_script: Script::new(&format!("{LUA_COMMON}{LUA_SETTLE}")),
@@ -214,52 +156,11 @@ impl RedisBuckets {
 
     /// A PING through the pool, bounded by the timeout: whether Redis answers.
     pub async fn ping(&self) -> Result<(), LimitError> {
-        self.call(Request::Cmd(::redis::cmd("PING"))).await
+        self.pool.ping().await.map_err(LimitError::Unavailable)
     }
 
-    /// Runs one request on a pooled connection, the whole (checkout included) bounded by the
-    /// timeout. A connection that failed is dropped with every idle one.
-    async fn call<T: FromRedisValue>(&self, request: Request<'_>) -> Result<T, LimitError> {
-        let deadline = Instant::now() + self.timeout;
-        let mut conn = match timeout_at(deadline, self.pool.get()).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                self.drop_idle();
-                return Err(LimitError::Unavailable(pool_reason(&e)));
-            }
-            Err(_) => {
-                self.drop_idle();
-                return Err(LimitError::Unavailable(
-                    "redis: timed out connecting".to_owned(),
-                ));
-            }
-        };
-        let result = timeout_at(deadline, async {
-            match &request {
-                Request::Cmd(cmd) => cmd.query_async(&mut *conn).await,
-                Request::Script(inv) => inv.invoke_async(&mut *conn).await,
-            }
-        })
-        .await;
-        match result {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => {
-                if !matches!(e.kind(), ErrorKind::Server(_)) {
-                    let _ = managed::Object::take(conn);
-                    self.drop_idle();
-                }
-                Err(LimitError::Unavailable(reason(&e)))
-            }
-            Err(_) => {
-                // The reply may still arrive on this connection: do not reuse it.
-                let _ = managed::Object::take(conn);
-                Err(LimitError::Unavailable("redis: timed out".to_owned()))
-            }
-        }
-    }
-
-    fn drop_idle(&self) {
-        self.pool.retain(|_, _| false);
+    async fn call<T: FromRedisValue>(&self, call: Call<'_>) -> Result<T, LimitError> {
+        self.pool.call(call).await.map_err(LimitError::Unavailable)
     }
 
     /// The script's arguments: now, the TTL cap, then (per_minute, burst, n) per bucket.
@@ -278,36 +179,6 @@ impl RedisBuckets {
                 .arg(n);
         }
         inv
-    }
-}
-
-/// A short reason for a failed call: the error's category and, for server errors, its code
-/// and message. Never the URL (which may carry a password).
-fn reason(e: &RedisError) -> String {
-    let what = if e.is_timeout() {
-        "timed out".to_owned()
-    } else if e.is_connection_refusal() {
-        "connection refused".to_owned()
-    } else if e.is_connection_dropped() {
-        "connection dropped".to_owned()
-    } else {
-        match (e.kind(), e.code(), e.detail()) {
-            (ErrorKind::Server(_), Some(code), Some(detail)) => {
-                let detail: String = detail.chars().take(160).collect();
-                format!("{code} {detail}")
-            }
-            (_, Some(code), None) => code.to_owned(),
-            _ => e.category().to_owned(),
-        }
-    };
-    format!("redis: {what}")
-}
-
-fn pool_reason(e: &managed::PoolError<RedisError>) -> String {
-    match e {
-        managed::PoolError::Backend(e) => reason(e),
-        managed::PoolError::Timeout(_) => "redis timed out connecting".to_owned(),
-        other => format!("redis pool: {other}"),
     }
 }
 
@@ -332,7 +203,7 @@ impl Buckets for RedisBuckets {
                 .iter()
                 .map(|d| (d.key.as_str(), d.shape, d.cost.to_string())),
         );
-        let reply: Vec<String> = self.call(Request::Script(inv)).await?;
+        let reply: Vec<String> = self.call(Call::Script(inv)).await?;
         if reply.len() != 1 + 2 * demands.len() {
             return Err(LimitError::Unavailable(
                 "redis: unexpected script reply".to_owned(),
@@ -363,7 +234,7 @@ impl Buckets for RedisBuckets {
                 .iter()
                 .map(|s| (s.key.as_str(), s.shape, s.delta.to_string())),
         );
-        self.call(Request::Script(inv)).await
+        self.call(Call::Script(inv)).await
     }
 }
 

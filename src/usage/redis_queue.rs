@@ -51,9 +51,10 @@ use super::settle::Settler;
 use super::UsageRecord;
 use crate::config;
 use crate::metrics::Metrics;
+use crate::redis_pool::reason;
 use crate::store::{SharedStore, StoreError};
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, Client, Cmd, ErrorKind, FromRedisValue, RedisError, Value};
+use ::redis::{AsyncConnectionConfig, Client, Cmd, ErrorKind, FromRedisValue, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,29 +151,6 @@ impl Link {
             }
         }
     }
-}
-
-/// A short reason for a failed call, never the URL (which may carry a password).
-fn reason(e: &RedisError) -> String {
-    let what = if e.is_timeout() {
-        "timed out".to_owned()
-    } else if e.is_connection_refusal() {
-        "connection refused".to_owned()
-    } else if e.is_connection_dropped() {
-        "connection dropped".to_owned()
-    } else {
-        // A server's error (known to the client or not, like BUSYGROUP): its code first,
-        // which is what callers match on.
-        match (e.code(), e.detail()) {
-            (Some(code), Some(detail)) => {
-                let detail: String = detail.chars().take(160).collect();
-                format!("{code} {detail}")
-            }
-            (Some(code), None) => code.to_owned(),
-            _ => e.category().to_owned(),
-        }
-    };
-    format!("redis: {what}")
 }
 
 /// Settings shared by the queue and its writer.
