@@ -5,7 +5,7 @@
 use super::{read_period, Charge, Verdict};
 use crate::domain::Timestamp;
 use crate::store::{SharedStore, SpendKind, StoreError};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -29,6 +29,21 @@ struct State {
     /// `kind:id:` → the key of its latest period in `budgets`.
     current: HashMap<String, String>,
     reservations: HashMap<String, Reservation>,
+    /// `(expires_at, request id)` of every reservation, soonest first, so expiring them
+    /// looks only at those due.
+    expiries: BTreeSet<(Timestamp, String)>,
+    /// When budgets of ended periods were last swept out.
+    swept_at: Timestamp,
+}
+
+impl State {
+    /// Removes a reservation (and its expiry entry) without giving its amounts back.
+    fn take(&mut self, request_id: &str) -> Option<Reservation> {
+        let reservation = self.reservations.remove(request_id)?;
+        self.expiries
+            .remove(&(reservation.expires_at, request_id.to_owned()));
+        Some(reservation)
+    }
 }
 
 pub struct MemoryLedger {
@@ -122,7 +137,7 @@ impl MemoryLedger {
                 });
             }
         }
-        if let Some(previous) = state.reservations.remove(request_id) {
+        if let Some(previous) = state.take(request_id) {
             release(&mut state, &previous);
         }
         for key in &keys {
@@ -130,11 +145,13 @@ impl MemoryLedger {
                 b.reserved += amount_usd;
             }
         }
+        let expires_at = now.saturating_add(self.reservation_timeout);
+        state.expiries.insert((expires_at, request_id.to_owned()));
         state.reservations.insert(
             request_id.to_owned(),
             Reservation {
                 budgets: keys.into_iter().map(|k| (k, amount_usd)).collect(),
-                expires_at: now.saturating_add(self.reservation_timeout),
+                expires_at,
             },
         );
         Ok(Verdict::Reserved)
@@ -145,7 +162,7 @@ impl MemoryLedger {
     /// ledger through the store at the next refresh.
     pub fn settle(&self, request_id: &str, cost_usd: f64) {
         let mut state = self.lock();
-        if let Some(reservation) = state.reservations.remove(request_id) {
+        if let Some(reservation) = state.take(request_id) {
             release(&mut state, &reservation);
             for (key, _) in &reservation.budgets {
                 if let Some(b) = state.budgets.get_mut(key) {
@@ -158,7 +175,7 @@ impl MemoryLedger {
     /// Gives a reservation back without a cost (a later step refused the request).
     pub fn release(&self, request_id: &str) {
         let mut state = self.lock();
-        if let Some(reservation) = state.reservations.remove(request_id) {
+        if let Some(reservation) = state.take(request_id) {
             release(&mut state, &reservation);
         }
     }
@@ -175,19 +192,22 @@ impl MemoryLedger {
             .map(|b| (b.committed, b.reserved))
     }
 
+    /// Gives back the reservations due by `now` (only those: the expiry index is ordered),
+    /// and at most once per `refresh` forgets budgets of ended periods with nothing
+    /// reserved (a forgotten one is never consulted again: lookups skip ended periods).
     fn expire(&self, state: &mut State, now: Timestamp) {
-        let expired: Vec<String> = state
-            .reservations
-            .iter()
-            .filter(|(_, r)| r.expires_at <= now)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in expired {
-            if let Some(r) = state.reservations.remove(&id) {
+        while let Some((at, id)) = state.expiries.first().cloned() {
+            if at > now {
+                break;
+            }
+            if let Some(r) = state.take(&id) {
                 release(state, &r);
             }
         }
-        // Budgets of ended periods with nothing reserved are forgotten.
+        if now - state.swept_at < self.refresh {
+            return;
+        }
+        state.swept_at = now;
         state
             .budgets
             .retain(|_, b| now < b.period_end || b.reserved > 0.0);

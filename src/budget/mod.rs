@@ -76,7 +76,7 @@ pub struct Ledger {
 }
 
 enum Inner {
-    Memory(MemoryLedger),
+    Memory(Box<MemoryLedger>),
     Redis(Arc<RedisLedger>),
 }
 
@@ -89,12 +89,12 @@ impl Ledger {
         timeout: Duration,
     ) -> Ledger {
         Ledger {
-            inner: Inner::Memory(MemoryLedger::new(
+            inner: Inner::Memory(Box::new(MemoryLedger::new(
                 store,
                 refresh,
                 reservation_timeout,
                 timeout,
-            )),
+            ))),
         }
     }
 
