@@ -6,10 +6,20 @@
 //! a connection idle for longer than [`IDLE_CHECK_AFTER`] is PINGed before reuse. A
 //! connection that fails is dropped along with every idle one (they most likely point at the
 //! same dead server), and the next call connects afresh.
+//!
+//! [`Health`] is what their users know of Redis: the first failed call marks it down (one
+//! `warn!`, `tollgate_backend_errors_total{backend="redis"}`) and starts one probe that
+//! PINGs every [`PROBE_INTERVAL`] until it answers (one `info!`); meanwhile users answer by
+//! `redis.failure_mode` without touching Redis, so no request waits for a Redis timeout.
 
+use crate::config::FailureMode;
+use crate::metrics::Metrics;
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncConnectionConfig, ErrorKind, FromRedisValue, RedisError};
 use deadpool::managed;
+use prometheus::IntGauge;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::time::{timeout_at, Instant};
 
@@ -49,6 +59,11 @@ pub enum Call<'s> {
     Script(::redis::ScriptInvocation<'s>),
 }
 
+/// How often a Redis marked down is PINGed.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Cheap to clone: clones share the connections.
+#[derive(Clone)]
 pub struct RedisPool {
     pool: managed::Pool<Manager>,
     timeout: Duration,
@@ -124,6 +139,88 @@ impl RedisPool {
 
     fn drop_idle(&self) {
         self.pool.retain(|_, _| false);
+    }
+}
+
+/// Whether Redis is up for one of its users (rate limits, budgets).
+pub struct Health {
+    healthy: AtomicBool,
+    probing: AtomicBool,
+    /// What follows `failure_mode` while Redis is down, for the log lines.
+    subject: &'static str,
+    mode: FailureMode,
+    metrics: Metrics,
+    /// Set to 1 while up and 0 while down, when given.
+    gauge: Option<IntGauge>,
+}
+
+impl Health {
+    /// Up until a call fails.
+    pub fn new(
+        subject: &'static str,
+        mode: FailureMode,
+        metrics: Metrics,
+        gauge: Option<IntGauge>,
+    ) -> Arc<Health> {
+        if let Some(gauge) = &gauge {
+            gauge.set(1);
+        }
+        Arc::new(Health {
+            healthy: AtomicBool::new(true),
+            probing: AtomicBool::new(false),
+            subject,
+            mode,
+            metrics,
+            gauge,
+        })
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// A call through `pool` failed: mark Redis down (logged once) and make sure one probe
+    /// runs. The probe ends when Redis answers, or when this `Health` is dropped.
+    pub fn failed(self: &Arc<Self>, pool: &RedisPool, reason: &str) {
+        self.metrics
+            .backend_errors
+            .with_label_values(&["redis"])
+            .inc();
+        if self.healthy.swap(false, Ordering::AcqRel) {
+            if let Some(gauge) = &self.gauge {
+                gauge.set(0);
+            }
+            tracing::warn!(
+                failure_mode = ?self.mode,
+                error = %reason,
+                "redis is unreachable: {} follow failure_mode until it answers again",
+                self.subject
+            );
+        }
+        if !self.probing.swap(true, Ordering::AcqRel) {
+            tokio::spawn(probe(Arc::downgrade(self), pool.clone()));
+        }
+    }
+}
+
+/// PINGs Redis every [`PROBE_INTERVAL`] until it answers, then marks it up.
+async fn probe(health: Weak<Health>, pool: RedisPool) {
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        let Some(health) = health.upgrade() else {
+            return;
+        };
+        if pool.ping().await.is_ok() {
+            // Stop probing before marking up, so a failure right after starts a new probe.
+            health.probing.store(false, Ordering::Release);
+            if !health.healthy.swap(true, Ordering::AcqRel) {
+                if let Some(gauge) = &health.gauge {
+                    gauge.set(1);
+                }
+                tracing::info!("redis answers again: {} are back in redis", health.subject);
+            }
+            return;
+        }
     }
 }
 

@@ -38,7 +38,7 @@
 //!
 //! Like rate limits (see [`crate::limits::limiter`]): the first failed call (error or
 //! `redis.timeout`) marks Redis down and starts a probe that PINGs it every
-//! [`PROBE_INTERVAL`]; until it answers, calls do not touch Redis and `redis.failure_mode`
+//! [`PROBE_INTERVAL`](crate::redis_pool::PROBE_INTERVAL); until it answers, calls do not touch Redis and `redis.failure_mode`
 //! answers: `open` reserves nothing and admits, `closed` is
 //! [`StoreError::Unavailable`] (Check answers `UNAVAILABLE`), `local` uses the in-process
 //! ledger. Settles and releases always also go to the in-process ledger (where a
@@ -49,12 +49,11 @@ use super::{read_period, Charge, Verdict};
 use crate::config::{FailureMode, Redis};
 use crate::domain::Timestamp;
 use crate::metrics::Metrics;
-use crate::redis_pool::{Call, RedisPool};
+use crate::redis_pool::{Call, Health, RedisPool};
 use crate::store::{SharedStore, SpendKind, StoreError};
 use ::redis::{FromRedisValue, Script};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The hash tag of every budget key (see the module docs).
@@ -69,9 +68,6 @@ pub const PERIOD_GRACE: i64 = 86_400;
 
 /// The longest TTL set on a budget hash (a budget without an end, refreshed by use).
 pub const MAX_TTL: i64 = 400 * 86_400;
-
-/// How often an unreachable Redis is PINGed.
-pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Gives back reservation hash `rkey` (budget key → amount); `cost` is added to each
 /// budget's `committed` when not nil.
@@ -173,9 +169,7 @@ pub struct RedisLedger {
     reservation_timeout: i64,
     /// Bound on a store read.
     store_timeout: Duration,
-    healthy: AtomicBool,
-    probing: AtomicBool,
-    metrics: Metrics,
+    health: Arc<Health>,
 }
 
 impl RedisLedger {
@@ -202,9 +196,7 @@ impl RedisLedger {
             refresh: secs(refresh),
             reservation_timeout: secs(reservation_timeout),
             store_timeout,
-            healthy: AtomicBool::new(true),
-            probing: AtomicBool::new(false),
-            metrics,
+            health: Health::new("budgets", config.failure_mode, metrics, None),
         })
     }
 
@@ -228,7 +220,7 @@ impl RedisLedger {
     }
 
     pub fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::Acquire)
+        self.health.is_up()
     }
 
     fn periods(&self) -> std::sync::MutexGuard<'_, HashMap<String, Period>> {
@@ -441,22 +433,9 @@ impl RedisLedger {
         self.pool.call(call).await.map_err(Failure::Redis)
     }
 
-    /// A call to Redis failed: mark it down (once) and make sure a probe runs.
-    fn failed(self: &Arc<Self>, reason: &str) {
-        self.metrics
-            .backend_errors
-            .with_label_values(&["redis"])
-            .inc();
-        if self.healthy.swap(false, Ordering::AcqRel) {
-            tracing::warn!(
-                failure_mode = ?self.mode,
-                error = %reason,
-                "redis is unreachable: budgets follow failure_mode until it answers again"
-            );
-        }
-        if !self.probing.swap(true, Ordering::AcqRel) {
-            tokio::spawn(probe(Arc::downgrade(self)));
-        }
+    /// A call to Redis failed: mark it down and make sure a probe runs.
+    fn failed(&self, reason: &str) {
+        self.health.failed(&self.pool, reason);
     }
 }
 
@@ -484,24 +463,6 @@ fn unexpected() -> Failure {
 
 fn prefix(charge: &Charge) -> String {
     format!("{}:{}:", charge.kind.as_str(), charge.id)
-}
-
-/// PINGs Redis every [`PROBE_INTERVAL`] until it answers, then marks it up. Ends early when
-/// the ledger is dropped.
-async fn probe(ledger: Weak<RedisLedger>) {
-    loop {
-        tokio::time::sleep(PROBE_INTERVAL).await;
-        let Some(ledger) = ledger.upgrade() else {
-            return;
-        };
-        if ledger.ping().await.is_ok() {
-            ledger.probing.store(false, Ordering::Release);
-            if !ledger.healthy.swap(true, Ordering::AcqRel) {
-                tracing::info!("redis answers again: budgets are back in redis");
-            }
-            return;
-        }
-    }
 }
 
 #[cfg(test)]

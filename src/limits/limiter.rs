@@ -2,11 +2,9 @@
 //! Redis is unreachable.
 //!
 //! While Redis is healthy every call goes to it. The first call that fails (error or
-//! timeout) marks it unhealthy (one `warn!`, `tollgate_redis_up` 0, a
-//! `tollgate_backend_errors_total{backend="redis"}`), is answered by the failure mode, and
-//! starts a probe that PINGs Redis every [`PROBE_INTERVAL`] until it answers (one `info!`,
-//! `tollgate_redis_up` 1). Meanwhile calls do not touch Redis at all: they are answered by
-//! the failure mode at once, so no request waits for a Redis timeout.
+//! timeout) marks it down ([`Health`], which also keeps `tollgate_redis_up`) and is
+//! answered by the failure mode; until the probe sees Redis answer, calls do not touch
+//! Redis at all: they are answered by the failure mode at once.
 //!
 //! - `open`: admitted, with no views (no bucket was consulted, so no rate-limit headers).
 //! - `closed`: [`LimitError::Unavailable`].
@@ -19,12 +17,8 @@ use super::redis::RedisBuckets;
 use super::{Buckets, Demand, LimitError, Outcome, Settlement};
 use crate::config::{FailureMode, Redis};
 use crate::metrics::Metrics;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
-
-/// How often an unhealthy Redis is PINGed.
-pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+use crate::redis_pool::Health;
+use std::sync::Arc;
 
 pub struct Limiter {
     store: Store,
@@ -41,9 +35,7 @@ struct Shared {
     replicas: u64,
     /// The buckets of `failure_mode: local`.
     local: MemoryBuckets,
-    healthy: AtomicBool,
-    probing: AtomicBool,
-    metrics: Metrics,
+    health: Arc<Health>,
 }
 
 /// A replica's share of a limit in `failure_mode: local`: `value / replicas` (replicas at
@@ -81,16 +73,14 @@ impl Limiter {
             config.timeout,
             &config.key_prefix,
         )?;
-        metrics.redis_up.set(1);
+        let gauge = Some(metrics.redis_up.clone());
         Ok(Limiter {
             store: Store::Redis(Arc::new(Shared {
                 buckets,
                 mode: config.failure_mode,
                 replicas: config.replicas.max(1),
                 local: MemoryBuckets::new(),
-                healthy: AtomicBool::new(true),
-                probing: AtomicBool::new(false),
-                metrics,
+                health: Health::new("rate limits", config.failure_mode, metrics, gauge),
             })),
         })
     }
@@ -102,7 +92,7 @@ impl Limiter {
             Store::Memory(buckets) => return Ok(buckets.admit_now(demands, now_ms)),
             Store::Redis(shared) => shared,
         };
-        if shared.healthy.load(Ordering::Acquire) {
+        if shared.health.is_up() {
             match shared.buckets.admit(demands, now_ms).await {
                 Ok(outcome) => return Ok(outcome),
                 Err(e) => shared.failed(&e),
@@ -139,7 +129,7 @@ impl Limiter {
             }
             Store::Redis(shared) => shared,
         };
-        if shared.healthy.load(Ordering::Acquire) {
+        if shared.health.is_up() {
             match shared.buckets.settle(settlements, now_ms).await {
                 Ok(()) => return Ok(()),
                 Err(e) => shared.failed(&e),
@@ -170,49 +160,15 @@ impl Limiter {
     pub fn healthy(&self) -> bool {
         match &self.store {
             Store::Memory(_) => true,
-            Store::Redis(shared) => shared.healthy.load(Ordering::Acquire),
+            Store::Redis(shared) => shared.health.is_up(),
         }
     }
 }
 
 impl Shared {
-    /// A call to Redis failed: mark it down (once) and make sure a probe runs.
-    fn failed(self: &Arc<Self>, error: &LimitError) {
-        self.metrics
-            .backend_errors
-            .with_label_values(&["redis"])
-            .inc();
-        if self.healthy.swap(false, Ordering::AcqRel) {
-            self.metrics.redis_up.set(0);
-            tracing::warn!(
-                failure_mode = ?self.mode,
-                error = %error,
-                "redis is unreachable: rate limits follow failure_mode until it answers again"
-            );
-        }
-        if !self.probing.swap(true, Ordering::AcqRel) {
-            tokio::spawn(probe(Arc::downgrade(self)));
-        }
-    }
-}
-
-/// PINGs Redis every [`PROBE_INTERVAL`] until it answers, then marks it up. Ends early when
-/// the limiter is dropped.
-async fn probe(shared: Weak<Shared>) {
-    loop {
-        tokio::time::sleep(PROBE_INTERVAL).await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        if shared.buckets.ping().await.is_ok() {
-            // Stop probing before marking up, so a failure right after starts a new probe.
-            shared.probing.store(false, Ordering::Release);
-            if !shared.healthy.swap(true, Ordering::AcqRel) {
-                shared.metrics.redis_up.set(1);
-                tracing::info!("redis answers again: rate limits are back in redis");
-            }
-            return;
-        }
+    /// A call to Redis failed: mark it down and make sure a probe runs.
+    fn failed(&self, error: &LimitError) {
+        self.health.failed(self.buckets.pool(), &error.to_string());
     }
 }
 

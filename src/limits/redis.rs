@@ -154,6 +154,11 @@ impl RedisBuckets {
         self.settle_script.get_hash()
     }
 
+    /// The connections (for a health probe).
+    pub fn pool(&self) -> &RedisPool {
+        &self.pool
+    }
+
     /// A PING through the pool, bounded by the timeout: whether Redis answers.
     pub async fn ping(&self) -> Result<(), LimitError> {
         self.pool.ping().await.map_err(LimitError::Unavailable)
