@@ -136,17 +136,17 @@ impl Gate {
             .get("content-length")
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(body.len() as u64);
-        let tokens = policy.rates.estimate_tokens(
-            body_bytes,
-            facts.max_output_tokens,
-            grant.model.as_deref(),
-        );
+        let (input_tokens, output_tokens) =
+            policy
+                .rates
+                .estimate(body_bytes, facts.max_output_tokens, grant.model.as_deref());
+        let owners = owners(&principal);
         let demands = plan::demands(
             &policy.rates,
             path,
             grant.model.as_deref(),
-            owners(&principal),
-            tokens,
+            owners,
+            input_tokens.saturating_add(output_tokens),
         );
         let request_id = http
             .headers
@@ -154,16 +154,12 @@ impl Gate {
             .filter(|id| !id.is_empty())
             .cloned()
             .unwrap_or_else(crate::domain::new_id);
-        let charges = charges(&principal);
+        let charges = charges(&owners);
         if charges.is_empty() {
             return Ok(self.count(grant, &demands, &request_id).await);
         }
         // Budgets before rate limits (DESIGN.md's order); a reservation is given back when
         // a rate limit then refuses.
-        let (input_tokens, output_tokens) =
-            policy
-                .rates
-                .estimate(body_bytes, facts.max_output_tokens, grant.model.as_deref());
         let estimate = crate::usage::pricing::cost_for(
             &policy.priced_models,
             grant.model.as_deref(),
@@ -316,29 +312,17 @@ impl Gate {
     }
 }
 
-/// The budgets a request is charged against: its key's, its user's and its team's
-/// `max_budget`, where set.
-fn charges(principal: &Principal) -> Vec<Charge> {
-    match principal {
-        Principal::Master => Vec::new(),
-        Principal::Key(lookup) => [
-            Charge::of(SpendKind::Key, &lookup.key.id, &lookup.key.limits),
-            lookup
-                .user
-                .as_ref()
-                .and_then(|u| Charge::of(SpendKind::User, &u.id, &u.limits)),
-            lookup
-                .team
-                .as_ref()
-                .and_then(|t| Charge::of(SpendKind::Team, &t.id, &t.limits)),
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
-        Principal::User(user) => Charge::of(SpendKind::User, &user.id, &user.limits)
-            .into_iter()
-            .collect(),
-    }
+/// The budgets a request is charged against: the `max_budget` of each owner whose limits
+/// apply (its key, user and team; a person's own user), where set.
+fn charges(owners: &Owners<'_>) -> Vec<Charge> {
+    [
+        (SpendKind::Key, owners.key),
+        (SpendKind::User, owners.user),
+        (SpendKind::Team, owners.team),
+    ]
+    .into_iter()
+    .filter_map(|(kind, owner)| owner.and_then(|(id, limits)| Charge::of(kind, id, limits)))
+    .collect()
 }
 
 /// Whose limits apply: the key's, its user's and team's; a person's own.

@@ -79,20 +79,10 @@ impl Rates {
             .map(|(_, name, r)| (name.as_str(), r))
     }
 
-    /// The tokens a request is expected to use: its body's size in bytes / 4 (a generous
-    /// stand-in for the prompt's tokens) plus its `max_tokens`, or the model's (or the
-    /// gateway's) default.
-    pub fn estimate_tokens(
-        &self,
-        body_bytes: u64,
-        max_output: Option<u64>,
-        model: Option<&str>,
-    ) -> u64 {
-        let (input, output) = self.estimate(body_bytes, max_output, model);
-        input.saturating_add(output)
-    }
-
-    /// [`estimate_tokens`](Self::estimate_tokens) as (input, output), for cost estimates.
+    /// The (input, output) tokens a request is expected to use: its body's size in bytes / 4
+    /// (a generous stand-in for the prompt's tokens), and its `max_tokens`, or the model's
+    /// (or the gateway's) default. Their sum is what token buckets are charged at Check;
+    /// priced, they are what budgets reserve.
     pub fn estimate(
         &self,
         body_bytes: u64,
@@ -336,10 +326,10 @@ mod tests {
     #[test]
     fn token_estimates_use_body_size_and_max_tokens() {
         let r = rates("limits: { default_max_tokens: 100 }\nmodels:\n  - { name: big, default_max_tokens: 4000 }\n");
-        assert_eq!(r.estimate_tokens(400, Some(50), Some("big")), 150);
-        assert_eq!(r.estimate_tokens(401, None, Some("big")), 4101);
-        assert_eq!(r.estimate_tokens(0, None, Some("other")), 100);
-        assert_eq!(r.estimate_tokens(0, None, None), 100);
+        assert_eq!(r.estimate(400, Some(50), Some("big")), (100, 50));
+        assert_eq!(r.estimate(401, None, Some("big")), (101, 4000));
+        assert_eq!(r.estimate(0, None, Some("other")), (0, 100));
+        assert_eq!(r.estimate(0, None, None), (0, 100));
     }
 
     #[test]
