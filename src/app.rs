@@ -202,6 +202,7 @@ impl App {
             .with_clock(gate.clock.clone()),
         );
         let settler = Arc::new(Settler::new(
+            store.clone(),
             gate.clone(),
             alerts.clone(),
             metrics.clone(),
@@ -210,7 +211,6 @@ impl App {
         let (usage, writer) = UsageQueue::with_redis(
             &config.usage,
             config.redis.as_ref(),
-            store.clone(),
             settler,
             metrics.clone(),
             stop_rx,

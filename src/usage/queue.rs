@@ -16,7 +16,6 @@ use super::settle::Settler;
 use super::UsageRecord;
 use crate::config;
 use crate::metrics::Metrics;
-use crate::store::SharedStore;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -37,11 +36,10 @@ pub struct UsageQueue {
 }
 
 impl UsageQueue {
-    /// A queue and the writer that empties it into `store`; run the writer with
-    /// [`Writer::run`].
+    /// A queue and the writer that empties it through `settler` (into its store); run the
+    /// writer with [`Writer::run`].
     pub fn new(
         config: &config::Usage,
-        store: SharedStore,
         settler: Arc<Settler>,
         metrics: Metrics,
         stop: watch::Receiver<bool>,
@@ -55,7 +53,6 @@ impl UsageQueue {
         let writer = Writer {
             memory: MemoryWriter {
                 rx,
-                store,
                 settler,
                 batch_size: config.batch_size,
                 batch_interval: config.batch_interval,
@@ -74,23 +71,21 @@ impl UsageQueue {
     pub fn with_redis(
         config: &config::Usage,
         redis: Option<&config::Redis>,
-        store: SharedStore,
         settler: Arc<Settler>,
         metrics: Metrics,
         stop: watch::Receiver<bool>,
     ) -> Result<(UsageQueue, Writer), String> {
         let Some(redis) = redis else {
-            return Ok(Self::new(config, store, settler, metrics, stop));
+            return Ok(Self::new(config, settler, metrics, stop));
         };
         let (redis_queue, redis_writer) = RedisQueue::new(
             redis,
             config,
-            store.clone(),
             settler.clone(),
             metrics.clone(),
             stop.clone(),
         )?;
-        let (mut queue, mut writer) = Self::new(config, store, settler, metrics, stop);
+        let (mut queue, mut writer) = Self::new(config, settler, metrics, stop);
         queue.redis = Some(Arc::new(redis_queue));
         writer.redis = Some(redis_writer);
         Ok((queue, writer))
@@ -159,7 +154,6 @@ impl Writer {
 /// Commits records queued in process in batches.
 struct MemoryWriter {
     rx: mpsc::Receiver<UsageRecord>,
-    store: SharedStore,
     /// Budget reservations, replaced by the real cost once a record is written.
     settler: Arc<Settler>,
     batch_size: usize,
@@ -218,25 +212,15 @@ impl MemoryWriter {
         let mut delay = RETRY_FIRST;
         let mut failing = false;
         loop {
-            match self.store.record_new_usage(&batch).await {
-                Ok(fresh) => {
-                    let new = fresh.len() as u64;
-                    let duplicates = batch.len() as u64 - new.min(batch.len() as u64);
-                    self.count("written", new);
-                    self.count("duplicate", duplicates);
+            match self.settler.commit(&batch).await {
+                Ok(()) => {
                     self.metrics.usage_queue_depth.sub(batch.len() as i64);
-                    self.settler.committed(&batch, &fresh).await;
                     if failing {
                         tracing::info!(records = batch.len(), "usage records written again");
                     }
                     return;
                 }
                 Err(e) => {
-                    self.count("retried", batch.len() as u64);
-                    self.metrics
-                        .backend_errors
-                        .with_label_values(&["database"])
-                        .inc();
                     if !failing {
                         tracing::warn!(error = %e, records = batch.len(), "cannot write usage records; retrying until the store takes them");
                         failing = true;
@@ -245,15 +229,6 @@ impl MemoryWriter {
                     delay = (delay * 2).min(RETRY_MAX);
                 }
             }
-        }
-    }
-
-    fn count(&self, result: &str, n: u64) {
-        if n > 0 {
-            self.metrics
-                .usage_records
-                .with_label_values(&[result])
-                .inc_by(n);
         }
     }
 }

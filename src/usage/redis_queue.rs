@@ -52,7 +52,7 @@ use super::UsageRecord;
 use crate::config;
 use crate::metrics::Metrics;
 use crate::redis_pool::reason;
-use crate::store::{SharedStore, StoreError};
+use crate::store::StoreError;
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncConnectionConfig, Client, Cmd, ErrorKind, FromRedisValue, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -176,7 +176,6 @@ impl RedisQueue {
     pub fn new(
         redis: &config::Redis,
         usage: &config::Usage,
-        store: SharedStore,
         settler: Arc<Settler>,
         metrics: Metrics,
         stop: watch::Receiver<bool>,
@@ -198,7 +197,6 @@ impl RedisQueue {
             link: Link::new(client, redis.timeout),
             shared,
             consumer: consumer_name(),
-            store,
             settler,
             metrics,
             batch_size: usage.batch_size.max(1),
@@ -306,7 +304,6 @@ pub struct RedisWriter {
     /// The writer's own connection: blocking reads would hold up pushes on a shared one.
     link: Link,
     consumer: String,
-    store: SharedStore,
     settler: Arc<Settler>,
     metrics: Metrics,
     batch_size: usize,
@@ -613,13 +610,8 @@ impl RedisWriter {
         let mut delay = RETRY_FIRST;
         let mut failing = false;
         loop {
-            match self.store.record_new_usage(&records).await {
-                Ok(fresh) => {
-                    let new = fresh.len() as u64;
-                    let duplicates = records.len() as u64 - new.min(records.len() as u64);
-                    self.count("written", new);
-                    self.count("duplicate", duplicates);
-                    self.settler.committed(&records, &fresh).await;
+            match self.settler.commit(&records).await {
+                Ok(()) => {
                     if failing {
                         tracing::info!(records = records.len(), "usage records written again");
                     }
@@ -627,11 +619,6 @@ impl RedisWriter {
                 }
                 Err(StoreError::Invalid(why)) => return Written::Invalid(why),
                 Err(e) => {
-                    self.count("retried", records.len() as u64);
-                    self.metrics
-                        .backend_errors
-                        .with_label_values(&["database"])
-                        .inc();
                     if !failing {
                         tracing::warn!(error = %e, records = records.len(), "cannot write usage records; retrying until the store takes them (they stay pending in redis)");
                         failing = true;

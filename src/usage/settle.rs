@@ -1,15 +1,18 @@
-//! What follows a committed batch of usage records, whichever queue wrote it: each
-//! request's budget reservation is replaced by its real cost, its token buckets are
-//! corrected with its real token count, and budget alerts are raised for the spend.
+//! Committing a batch of usage records, whichever queue it came from, and what follows:
+//! each request's budget reservation is replaced by its real cost, its token buckets are
+//! corrected with its real token count, and budget alerts are raised for the spend. The
+//! queues decide when to retry; the accounting of every attempt is here.
 
 use super::alerts::Alerts;
 use super::UsageRecord;
 use crate::authz::Gate;
 use crate::metrics::Metrics;
+use crate::store::{SharedStore, StoreError};
 use std::collections::HashSet;
 use std::sync::Arc;
 
 pub struct Settler {
+    store: SharedStore,
     gate: Arc<Gate>,
     alerts: Arc<Alerts>,
     metrics: Metrics,
@@ -19,12 +22,14 @@ pub struct Settler {
 
 impl Settler {
     pub fn new(
+        store: SharedStore,
         gate: Arc<Gate>,
         alerts: Arc<Alerts>,
         metrics: Metrics,
         models: &[crate::config::Model],
     ) -> Settler {
         Settler {
+            store,
             gate,
             alerts,
             metrics,
@@ -32,11 +37,46 @@ impl Settler {
         }
     }
 
+    /// Writes a batch (records and spend, one transaction) and, once committed, settles it.
+    /// Counts `tollgate_usage_records_total` `written` and `duplicate` on success, `retried`
+    /// on failure (plus a database backend error unless the store refused the batch as
+    /// invalid); retrying is the caller's.
+    pub async fn commit(&self, batch: &[UsageRecord]) -> Result<(), StoreError> {
+        match self.store.record_new_usage(batch).await {
+            Ok(fresh) => {
+                let new = fresh.len() as u64;
+                self.count("written", new);
+                self.count("duplicate", (batch.len() as u64).saturating_sub(new));
+                self.committed(batch, &fresh).await;
+                Ok(())
+            }
+            Err(e) => {
+                self.count("retried", batch.len() as u64);
+                if !matches!(e, StoreError::Invalid(_)) {
+                    self.metrics
+                        .backend_errors
+                        .with_label_values(&["database"])
+                        .inc();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn count(&self, result: &str, n: u64) {
+        if n > 0 {
+            self.metrics
+                .usage_records
+                .with_label_values(&[result])
+                .inc_by(n);
+        }
+    }
+
     /// Called once a batch is committed, with the positions of the records that were new:
     /// only those count in `tollgate_usage_tokens_total` and `tollgate_spend_usd_total`.
     /// Settling covers all (settling an unknown request changes nothing, alerts are
     /// idempotent).
-    pub async fn committed(&self, batch: &[UsageRecord], new: &[usize]) {
+    async fn committed(&self, batch: &[UsageRecord], new: &[usize]) {
         for record in new.iter().filter_map(|&i| batch.get(i)) {
             let model = record
                 .model
