@@ -37,18 +37,8 @@ async fn check(t: &Tollgate, request: &CheckRequest) -> (u16, String, HashMap<St
 }
 
 async fn key_with_budget(t: &Tollgate, budget: f64) -> (String, String) {
-    let (status, created) = t
-        .admin(
-            Method::POST,
-            "/admin/keys",
-            Some(json!({"name": "b", "max_budget": budget, "budget_duration": "1mo"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
-    (
-        created["id"].as_str().unwrap().to_owned(),
-        created["key"].as_str().unwrap().to_owned(),
-    )
+    t.create_key(json!({"name": "b", "max_budget": budget, "budget_duration": "1mo"}))
+        .await
 }
 
 fn record(request_id: &str, key_id: &str, cost: f64) -> UsageRecord {

@@ -8,7 +8,6 @@ mod common;
 use common::check::answer;
 use common::tollgate::Tollgate;
 use envoy_types::ext_authz::v3::pb::CheckRequest;
-use reqwest::{Method, StatusCode};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,18 +43,8 @@ async fn check(t: &Tollgate, key: &str, request_id: &str) -> (u16, String) {
 }
 
 async fn key_with_budget(t: &Tollgate, budget: f64) -> (String, String) {
-    let (status, created) = t
-        .admin(
-            Method::POST,
-            "/admin/keys",
-            Some(json!({"name": "b", "max_budget": budget, "budget_duration": "1mo"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
-    (
-        created["id"].as_str().unwrap().to_owned(),
-        created["key"].as_str().unwrap().to_owned(),
-    )
+    t.create_key(json!({"name": "b", "max_budget": budget, "budget_duration": "1mo"}))
+        .await
 }
 
 fn record(request_id: &str, key_id: &str, cost: f64) -> UsageRecord {

@@ -39,15 +39,10 @@ async fn chat(t: &Tollgate, key: &str) -> Answer {
 }
 
 /// A key created by the master key with `body` (name added).
-async fn key(t: &Tollgate, body: Value) -> (String, String) {
-    let mut body = body;
+/// A key created by the master key with `body` (name added).
+async fn key(t: &Tollgate, mut body: Value) -> (String, String) {
     body["name"] = json!("k");
-    let (status, created) = t.admin(Method::POST, "/admin/keys", Some(body)).await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
-    (
-        created["id"].as_str().unwrap().to_owned(),
-        created["key"].as_str().unwrap().to_owned(),
-    )
+    t.create_key(body).await
 }
 
 fn header<'a>(a: &'a Answer, name: &str) -> &'a str {

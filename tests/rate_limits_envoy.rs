@@ -8,7 +8,7 @@ mod common;
 use common::envoy::Envoy;
 use common::tollgate::Tollgate;
 use common::upstream::post_json;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use tollgate::clock::Clock;
@@ -20,12 +20,9 @@ fn chat() -> Value {
     json!({"model": "gpt-4o", "max_tokens": 8, "messages": [{"role": "user", "content": "hello"}]})
 }
 
-async fn create_key(t: &Tollgate, body: Value) -> String {
-    let mut body = body;
+async fn create_key(t: &Tollgate, mut body: Value) -> String {
     body["name"] = json!("limited");
-    let (status, created) = t.admin(Method::POST, "/admin/keys", Some(body)).await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
-    created["key"].as_str().unwrap().to_owned()
+    t.create_key(body).await.1
 }
 
 #[tokio::test]

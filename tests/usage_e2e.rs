@@ -20,15 +20,9 @@ fn chat() -> Value {
     json!({"model": "gpt-4o", "max_tokens": 20, "messages": [{"role": "user", "content": "hello there"}]})
 }
 
-async fn key(t: &Tollgate, body: Value) -> (String, String) {
-    let mut body = body;
+async fn key(t: &Tollgate, mut body: Value) -> (String, String) {
     body["name"] = json!("k");
-    let (status, created) = t.admin(Method::POST, "/admin/keys", Some(body)).await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
-    (
-        created["id"].as_str().unwrap().to_owned(),
-        created["key"].as_str().unwrap().to_owned(),
-    )
+    t.create_key(body).await
 }
 
 async fn requests_recorded(t: &Tollgate) -> u64 {
