@@ -229,6 +229,135 @@ async fn validation_errors_are_400_with_a_clear_message() {
     t.stop().await;
 }
 
+/// Sends `body` byte for byte (no re-encoding) as `token`; answers the status and JSON.
+async fn raw(
+    t: &Tollgate,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (StatusCode, Value) {
+    let mut request = common::upstream::client()
+        .request(method, format!("http://{}{path}", t.http))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn json_bodies_with_trailing_data_are_400() {
+    const PASSWORD: &str = "Correct-Horse-42";
+    let t = Tollgate::start(
+        "auth:\n  session: { secret: trailing-secret-0123456789-0123456789-abcd }\n  allow_registration: true\n",
+    )
+    .await;
+    let master = Some(common::tollgate::MASTER_KEY);
+    let (key_id, _) = t.create_key(json!({"name": "k"})).await;
+    let user = json!({"username": "ann", "email": "ann@example.com", "password": PASSWORD});
+    let (status, body) = t.admin(Method::POST, "/admin/users", Some(user)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = t
+        .call(
+            Method::POST,
+            "/v1/login",
+            None,
+            Some(json!({"username": "ann", "password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let access = body["access_token"].as_str().unwrap().to_owned();
+    let key_path = format!("/admin/keys/{key_id}");
+    let rotate_path = format!("/admin/keys/{key_id}/rotate");
+    let login = format!(r#"{{"username":"ann","password":"{PASSWORD}"}}"#);
+
+    // (method, path, credential, a valid body): each is sent with text after it.
+    let routes: Vec<(Method, &str, Option<&str>, String)> = vec![
+        (
+            Method::POST,
+            "/admin/teams",
+            master,
+            r#"{"name":"x"}"#.into(),
+        ),
+        (
+            Method::POST,
+            "/admin/users",
+            master,
+            r#"{"username":"u","email":"u@example.com"}"#.into(),
+        ),
+        (
+            Method::POST,
+            "/admin/keys",
+            master,
+            r#"{"name":"x"}"#.into(),
+        ),
+        (Method::PATCH, &key_path, master, r#"{"name":"y"}"#.into()),
+        (Method::POST, &rotate_path, master, "{}".into()),
+        (Method::POST, "/v1/login", None, login.clone()),
+        (
+            Method::POST,
+            "/v1/register",
+            None,
+            format!(r#"{{"username":"reg","email":"reg@example.com","password":"{PASSWORD}"}}"#),
+        ),
+        (
+            Method::PUT,
+            "/v1/user/profile",
+            Some(&access),
+            r#"{"full_name":"Ann"}"#.into(),
+        ),
+        (
+            Method::POST,
+            "/v1/user/keys",
+            Some(&access),
+            r#"{"name":"x"}"#.into(),
+        ),
+    ];
+    for (method, path, token, body) in &routes {
+        for tail in [" trailing", r#" {"name":"second"}"#, "\n]", "x", "0"] {
+            let sent = format!("{body}{tail}");
+            let (status, err) = raw(&t, method.clone(), path, *token, &sent).await;
+            assert_eq!(
+                status,
+                StatusCode::BAD_REQUEST,
+                "{method} {path} {sent}: {err}"
+            );
+            assert_eq!(err["error"]["code"], "invalid_request", "{err}");
+            let message = err["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains("trailing characters"),
+                "{method} {path} {sent}: {message}"
+            );
+        }
+    }
+    // Nothing was written by the refused bodies.
+    let (_, teams) = t.admin(Method::GET, "/admin/teams", None).await;
+    assert_eq!(teams["data"], json!([]), "{teams}");
+    let (_, users) = t.admin(Method::GET, "/admin/users", None).await;
+    assert_eq!(users["data"].as_array().unwrap().len(), 1, "{users}");
+    let (_, key) = t.admin(Method::GET, &key_path, None).await;
+    assert_eq!(key["name"], "k", "{key}");
+
+    // Whitespace after the value is not data: accepted.
+    for (method, path, token, body) in &routes {
+        let sent = format!("{body} \r\n\t ");
+        let (status, answer) = raw(&t, method.clone(), path, *token, &sent).await;
+        assert!(
+            status.is_success(),
+            "{method} {path} {sent:?}: {status} {answer}"
+        );
+    }
+    // An empty body still reads as `{}`.
+    let (status, answer) = raw(&t, Method::POST, &rotate_path, master, " \n").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    t.stop().await;
+}
+
 #[tokio::test]
 async fn keys_users_teams_round_trip_and_are_audited() {
     let t = Tollgate::start("").await;

@@ -54,7 +54,9 @@ pub fn router(app: Arc<App>) -> Router {
 
 /// A JSON body, parsed whatever its `content-type` (curl users forget it), with our 400
 /// on failure saying what is wrong and where. An empty body reads as `{}` where `T`
-/// allows it, so bodies with only optional fields may be left out.
+/// allows it, so bodies with only optional fields may be left out. The body is exactly one
+/// JSON value: anything after it but whitespace (`{"name":"x"} trailing`, a second value)
+/// is a 400, so what a proxy or a log shows is what was parsed.
 pub struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
@@ -75,15 +77,20 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
             &bytes
         };
         let mut de = serde_json::Deserializer::from_slice(text);
-        serde_path_to_error::deserialize(&mut de)
-            .map(JsonBody)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                ApiError::BadRequest(match path.as_str() {
-                    "." => format!("invalid JSON body: {}", e.inner()),
-                    _ => format!("invalid JSON body: `{path}`: {}", e.inner()),
-                })
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            ApiError::BadRequest(match path.as_str() {
+                "." => format!("invalid JSON body: {}", e.inner()),
+                _ => format!("invalid JSON body: `{path}`: {}", e.inner()),
             })
+        })?;
+        // `deserialize` stops after the first value; `end` refuses whatever follows it.
+        de.end().map_err(|e| {
+            ApiError::BadRequest(format!(
+                "invalid JSON body: {e}: the body must be one JSON value"
+            ))
+        })?;
+        Ok(JsonBody(value))
     }
 }
 
