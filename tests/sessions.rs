@@ -266,10 +266,12 @@ async fn lockout_after_repeated_failures_until_an_admin_unlocks() {
         .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
+    // Locked: even the right password is refused, with the answer of a wrong one.
     let (status, answer) = login(&t, json!({"username": "linus", "password": PASSWORD})).await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
-    assert_eq!(code(&answer), "account_locked");
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    assert_eq!(code(&answer), "invalid_credentials");
 
+    // Admins see the lock: on the user record and in the audit log.
     let (_, shown) = t
         .admin(Method::GET, &format!("/admin/users/{id}"), None)
         .await;
@@ -277,6 +279,13 @@ async fn lockout_after_repeated_failures_until_an_admin_unlocks() {
     let lockouts = audit(&t, "auth.lockout").await;
     assert_eq!(lockouts.len(), 1);
     assert_eq!(lockouts[0]["target"], id.as_str());
+    let failures = audit(&t, "auth.login_failed").await;
+    let locked: Vec<&Value> = failures
+        .iter()
+        .filter(|e| e["details"]["reason"] == "locked")
+        .collect();
+    assert_eq!(locked.len(), 1, "{failures:?}");
+    assert_eq!(locked[0]["target"], id.as_str());
 
     let (status, unlocked) = t
         .admin(Method::POST, &format!("/admin/users/{id}/unlock"), None)
@@ -293,28 +302,86 @@ async fn lockout_after_repeated_failures_until_an_admin_unlocks() {
     t.stop().await;
 }
 
+/// `POST /v1/login` sent as is: the status, every header but `date`, the body bytes, and
+/// how long the answer took.
+async fn login_answer(
+    t: &Tollgate,
+    body: Value,
+) -> (
+    StatusCode,
+    Vec<(String, String)>,
+    Vec<u8>,
+    std::time::Duration,
+) {
+    let started = std::time::Instant::now();
+    let response = common::upstream::client()
+        .post(format!("http://{}/v1/login", t.http))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let mut headers: Vec<(String, String)> = response
+        .headers()
+        .iter()
+        .filter(|(name, _)| *name != "date")
+        .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
+        .collect();
+    headers.sort();
+    let body = response.bytes().await.unwrap().to_vec();
+    (status, headers, body, started.elapsed())
+}
+
 #[tokio::test]
-async fn locked_answer_carries_retry_after() {
-    let t = start("  login: { max_failures: 1, lockout: 5m }\n").await;
+async fn unknown_wrong_and_locked_logins_answer_alike() {
+    let t = start(
+        "  login: { max_failures: 1, lockout: 5m, per_address_per_minute: 1000, per_account_per_minute: 1000 }\n",
+    )
+    .await;
     user(&t, "ken").await;
-    login(
+    user(&t, "kim").await;
+    let wrong = json!({"username": "kim", "password": "Wrong-Password-9"});
+    let unknown = json!({"username": "nobody", "password": PASSWORD});
+    let unknown_email = json!({"email": "nobody@example.com", "password": PASSWORD});
+    // One failure locks ken.
+    let (status, _, _, _) = login_answer(
         &t,
         json!({"username": "ken", "password": "Wrong-Password-9"}),
     )
     .await;
-    let response = common::upstream::client()
-        .post(format!("http://{}/v1/login", t.http))
-        .json(&json!({"username": "ken", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::FORBIDDEN);
-    let retry: u64 = response.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!((1..=300).contains(&retry), "{retry}");
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let locked_right = json!({"username": "ken", "password": PASSWORD});
+    let locked_wrong = json!({"email": "ken@example.com", "password": "Wrong-Password-9"});
+
+    let (status, headers, body, _) = login_answer(&t, unknown.clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let parsed: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(code(&parsed), "invalid_credentials", "{parsed}");
+    assert!(
+        !headers.iter().any(|(name, _)| name == "retry-after"),
+        "{headers:?}"
+    );
+    for attempt in [&locked_right, &locked_wrong, &unknown_email, &wrong] {
+        let (s, h, b, _) = login_answer(&t, attempt.clone()).await;
+        assert_eq!(
+            (s, &h, String::from_utf8_lossy(&b)),
+            (status, &headers, String::from_utf8_lossy(&body)),
+            "{attempt}"
+        );
+    }
+
+    // A locked account costs a password check like any other: the fastest of a few
+    // attempts on it is not far below the fastest for an unknown name.
+    let (mut fastest_locked, mut fastest_unknown) =
+        (std::time::Duration::MAX, std::time::Duration::MAX);
+    for _ in 0..5 {
+        fastest_locked = fastest_locked.min(login_answer(&t, locked_right.clone()).await.3);
+        fastest_unknown = fastest_unknown.min(login_answer(&t, unknown.clone()).await.3);
+    }
+    assert!(
+        fastest_locked * 3 >= fastest_unknown,
+        "locked {fastest_locked:?}, unknown {fastest_unknown:?}"
+    );
     t.stop().await;
 }
 

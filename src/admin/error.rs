@@ -15,7 +15,7 @@ pub enum ApiError {
     Unavailable(String),
     Internal(String),
     /// An error with its own code (the session API's `invalid_credentials`,
-    /// `account_locked`, `rate_limited`, …) and, for 403/429, an optional `retry-after`.
+    /// `account_blocked`, `rate_limited`, …) and, for 429, an optional `retry-after`.
     Coded {
         status: StatusCode,
         code: &'static str,

@@ -112,14 +112,6 @@ pub(super) fn session_error(e: SessionError) -> ApiError {
             "invalid_credentials",
             "invalid username, email or password",
         ),
-        SessionError::Locked { retry_after } => ApiError::Coded {
-            status: StatusCode::FORBIDDEN,
-            code: "account_locked",
-            message: format!(
-                "the account is locked after repeated failed logins; try again in {retry_after} s or ask an admin to unlock it"
-            ),
-            retry_after: Some(retry_after),
-        },
         SessionError::RateLimited { retry_after } => ApiError::Coded {
             status: StatusCode::TOO_MANY_REQUESTS,
             code: "rate_limited",

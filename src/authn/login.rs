@@ -31,11 +31,11 @@ pub struct TokenPair {
 /// Why a session call failed; mapped to HTTP once, in the API.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    /// Unknown user, wrong password, or no password set: one answer for all.
+    /// Unknown user, wrong password, no password set, or an account locked after repeated
+    /// failures: one answer for all, so a guesser learns nothing about which names exist
+    /// (admins see the lock on the user record and in the audit log).
     #[error("invalid username, email or password")]
     InvalidCredentials,
-    #[error("the account is locked after repeated failed logins")]
-    Locked { retry_after: u64 },
     #[error("too many login attempts")]
     RateLimited { retry_after: u64 },
     #[error("the account is blocked")]
@@ -124,13 +124,14 @@ impl Sessions {
             return Err(SessionError::InvalidCredentials);
         };
         let user = found.user;
-        if let Some(until) = user.locked_until.filter(|until| *until > now) {
-            // The password is not even checked while locked.
+        if user.locked_until.is_some_and(|until| until > now) {
+            // Answered like a wrong password, after as much work (even the right password
+            // does not get in while locked), so the answer does not tell a locked account
+            // from an unknown name.
+            verify_blocking(password, found.password_hash).await?;
             self.failed(&anonymous, name, Some(&user.id), "locked")
                 .await?;
-            return Err(SessionError::Locked {
-                retry_after: (until - now).max(1) as u64,
-            });
+            return Err(SessionError::InvalidCredentials);
         }
         if !verify_blocking(password, found.password_hash).await? {
             self.store
