@@ -393,6 +393,32 @@ pub struct RouteRule {
     /// Whether the JSON body must name a `model`.
     #[serde(default)]
     pub model_required: bool,
+    /// Whose API the route's clients speak, which is how its refusals are written. Unset:
+    /// [`ApiFamily::of_path`] of the request's path.
+    #[serde(default)]
+    pub api: Option<ApiFamily>,
+}
+
+/// The provider API a route's clients speak: refusals are written the way that provider
+/// writes its own errors, so its SDK reads them as it reads the provider's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiFamily {
+    #[default]
+    OpenAi,
+    Anthropic,
+}
+
+impl ApiFamily {
+    /// The family of a request path when no route says: Anthropic for `/v1/messages` and
+    /// everything under it (also for paths no route governs, so an Anthropic client's 404
+    /// reads as Anthropic's), OpenAI for everything else (`/v1/models` included).
+    pub fn of_path(path: &str) -> ApiFamily {
+        match path.strip_prefix("/v1/messages") {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => ApiFamily::Anthropic,
+            _ => ApiFamily::OpenAi,
+        }
+    }
 }
 
 /// The routes governed out of the box: OpenAI's and Anthropic's LLM endpoints.
@@ -400,6 +426,7 @@ pub fn default_routes() -> BTreeMap<String, RouteRule> {
     let rule = |permission: &str, model_required: bool| RouteRule {
         permission: permission.into(),
         model_required,
+        api: None,
     };
     [
         ("/v1/chat/completions", rule("chat", true)),
@@ -407,6 +434,8 @@ pub fn default_routes() -> BTreeMap<String, RouteRule> {
         ("/v1/embeddings", rule("embeddings", true)),
         ("/v1/responses", rule("chat", true)),
         ("/v1/messages", rule("chat", true)),
+        // Anthropic's SDK counts tokens here before sending; no usage comes back.
+        ("/v1/messages/count_tokens", rule("chat", true)),
         ("/v1/models", rule("models:read", false)),
         ("/v1/models/*", rule("models:read", false)),
     ]
@@ -1100,5 +1129,35 @@ mod tests {
         assert_eq!(routes["/v1/audio/speech"].permission, "audio");
         assert_eq!(routes["/v1/embeddings"].permission, "embed");
         assert_eq!(routes["/v1/chat/completions"].permission, "chat");
+    }
+
+    #[test]
+    fn a_route_names_its_api_family() {
+        let c = parse("routes:\n  /claude/*: { permission: chat, model_required: true, api: anthropic }\n  /v1/messages: { permission: chat, model_required: true, api: openai }\n")
+            .unwrap()
+            .config;
+        let routes = c.effective_routes();
+        assert_eq!(routes["/claude/*"].api, Some(ApiFamily::Anthropic));
+        assert_eq!(routes["/v1/messages"].api, Some(ApiFamily::OpenAi));
+        assert_eq!(routes["/v1/chat/completions"].api, None);
+        let count = &routes["/v1/messages/count_tokens"];
+        assert_eq!(
+            (count.permission.as_str(), count.model_required),
+            ("chat", true)
+        );
+        let e = parse("routes:\n  /x: { permission: chat, api: gemini }\n").unwrap_err();
+        assert!(e.to_string().contains("gemini"), "{e}");
+
+        for (path, family) in [
+            ("/v1/messages", ApiFamily::Anthropic),
+            ("/v1/messages/count_tokens", ApiFamily::Anthropic),
+            ("/v1/messages/batches/x", ApiFamily::Anthropic),
+            ("/v1/messagesx", ApiFamily::OpenAi),
+            ("/v1/models", ApiFamily::OpenAi),
+            ("/v1/chat/completions", ApiFamily::OpenAi),
+            ("/", ApiFamily::OpenAi),
+        ] {
+            assert_eq!(ApiFamily::of_path(path), family, "{path}");
+        }
     }
 }

@@ -7,10 +7,10 @@
 //! route → credential → identity → expiry/blocked → permission → model → (budget →
 //! rate limits, which need shared counters and run after this, in the edge) → allow.
 //!
-//! Every denial is a [`Denial`] whose [`DenyReason`] fixes the HTTP status and OpenAI
-//! error code; the edge renders it, once.
+//! Every denial is a [`Denial`] whose [`DenyReason`] fixes the HTTP status and tollgate's
+//! error code; the edge renders it, once, in the client's provider's error shape.
 
-use crate::config::{Config, RouteRule};
+use crate::config::{ApiFamily, Config, RouteRule};
 use crate::domain::{KeyLookup, Role, Timestamp, User};
 use crate::limits::plan::{Quota, Rates};
 use crate::secret::Secret;
@@ -102,6 +102,14 @@ impl Policy {
     pub fn model(&self, name: &str) -> Option<&ModelPolicy> {
         self.models.get(name)
     }
+
+    /// Whose API a request path speaks: its route's `api`, else by the path itself (also
+    /// for a path no route governs).
+    pub fn family(&self, path: &str) -> ApiFamily {
+        self.route(path)
+            .and_then(|rule| rule.api)
+            .unwrap_or_else(|| ApiFamily::of_path(path))
+    }
 }
 
 /// The `model` field of the request body, as far as it could be read.
@@ -141,7 +149,8 @@ pub struct Grant {
     pub quota: Option<Quota>,
 }
 
-/// Why a request is refused. Fixes the HTTP status, the OpenAI error `type` and `code`.
+/// Why a request is refused. Fixes the HTTP status and tollgate's error `code` (the error
+/// `type` of each provider's shape is the edge's business).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenyReason {
     UnknownRoute,
@@ -166,7 +175,7 @@ impl DenyReason {
         }
     }
 
-    /// The OpenAI-style `error.code`, also the `code` label of `tollgate_check_total`.
+    /// `error.code` in every shape, also the `code` label of `tollgate_check_total`.
     pub fn code(self) -> &'static str {
         match self {
             DenyReason::UnknownRoute => "unknown_route",
@@ -179,18 +188,6 @@ impl DenyReason {
             DenyReason::AuthUnavailable => "auth_unavailable",
         }
     }
-
-    /// The OpenAI-style `error.type`.
-    pub fn error_type(self) -> &'static str {
-        match self {
-            DenyReason::UnknownRoute | DenyReason::InvalidRequest => "invalid_request_error",
-            DenyReason::InvalidApiKey => "authentication_error",
-            DenyReason::PermissionDenied | DenyReason::ModelNotAllowed => "permission_error",
-            DenyReason::RateLimitExceeded => "rate_limit_error",
-            DenyReason::InsufficientQuota => "insufficient_quota",
-            DenyReason::AuthUnavailable => "service_unavailable",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,27 +195,49 @@ pub struct Denial {
     pub reason: DenyReason,
     /// Safe to show the client: never contains a credential.
     pub message: String,
-    /// Seconds, for 429s.
+    /// Whether waiting can help: `Some(seconds)` when the same request can succeed after
+    /// that long (`retry-after`, `x-should-retry: true`); `None` when waiting will not fix
+    /// it soon (`x-should-retry: false`, so SDKs do not retry).
     pub retry_after: Option<u64>,
+    /// When a spent budget's period ends (Unix seconds; `x-tollgate-budget-reset`).
+    pub budget_reset: Option<Timestamp>,
     /// The rate-limit buckets as they stand, for a 429's `x-ratelimit-*` headers (boxed:
     /// denials travel in `Result`s and should stay small).
     pub quota: Option<Box<Quota>>,
+    /// Whose error shape the refusal is written in. Set by the edge from the request's path
+    /// ([`Policy::family`]) before rendering, whichever step refused.
+    pub api: ApiFamily,
 }
 
 impl Denial {
+    /// A refusal that waiting does not fix, in OpenAI's shape until the edge says otherwise.
     pub fn new(reason: DenyReason, message: impl Into<String>) -> Denial {
         Denial {
             reason,
             message: message.into(),
             retry_after: None,
+            budget_reset: None,
             quota: None,
+            api: ApiFamily::OpenAi,
         }
+    }
+
+    /// The same refusal, worth retrying after `seconds` (at least 1).
+    pub fn with_retry_after(mut self, seconds: u64) -> Denial {
+        self.retry_after = Some(seconds.max(1));
+        self
     }
 }
 
 /// Step 1: the route. Paths tollgate does not govern are refused, so a gap in the
 /// route table can never become an open door.
 pub fn route<'p>(policy: &'p Policy, method: &str, path: &str) -> Result<&'p RouteRule, Denial> {
+    if let Err(why) = plain_path(path) {
+        return Err(Denial::new(
+            DenyReason::InvalidRequest,
+            format!("The request path {why}"),
+        ));
+    }
     policy.route(path).ok_or_else(|| {
         Denial::new(
             DenyReason::UnknownRoute,
@@ -460,6 +479,25 @@ mod tests {
             route(&p, "GET", "/v1/models/gpt-4o").unwrap().permission,
             "models:read"
         );
+    }
+
+    #[test]
+    fn the_family_comes_from_the_route_else_the_path() {
+        let p = policy("routes:\n  /claude/*: { permission: chat, api: anthropic }\n  /v1/messages/legacy: { permission: chat, api: openai }\n");
+        for (path, family) in [
+            ("/v1/chat/completions", ApiFamily::OpenAi),
+            ("/v1/models", ApiFamily::OpenAi),
+            ("/v1/messages", ApiFamily::Anthropic),
+            ("/v1/messages/count_tokens", ApiFamily::Anthropic),
+            // Not governed: the path still says whose client is asking.
+            ("/v1/messages/batches", ApiFamily::Anthropic),
+            ("/v1/secret", ApiFamily::OpenAi),
+            // The route's `api` wins over the path.
+            ("/claude/v1/messages", ApiFamily::Anthropic),
+            ("/v1/messages/legacy", ApiFamily::OpenAi),
+        ] {
+            assert_eq!(p.family(path), family, "{path}");
+        }
     }
 
     #[test]

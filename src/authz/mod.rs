@@ -11,6 +11,7 @@ pub mod response;
 use crate::authn::{credential, Authenticator, AuthnError};
 use crate::budget::{Charge, Ledger, Verdict};
 use crate::clock::Clock;
+use crate::config::ApiFamily;
 use crate::decision::{self, Denial, DenyReason, Grant, Policy, Principal};
 use crate::limits::plan::{self, Owners, Quota};
 use crate::limits::{Demand, LimitError, Limiter, Settlement, Unit};
@@ -18,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::store::SpendKind;
 use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use std::sync::Arc;
 use std::time::Instant;
 use tonic::{Request, Response, Status};
@@ -44,7 +46,15 @@ impl Gate {
     /// Answers one Check. `Err` only for a backend failure (mapped to `UNAVAILABLE`).
     pub async fn check(&self, request: &CheckRequest) -> Result<CheckResponse, Status> {
         let started = Instant::now();
-        let outcome = self.decide(request).await;
+        let http = http_attributes(request);
+        // The id Envoy gave the request (the upstream sees the same one): the key of the
+        // request's reservations, and the id a refusal carries back to the client.
+        let request_id = http
+            .and_then(|h| h.headers.get("x-request-id"))
+            .filter(|id| !id.is_empty())
+            .cloned()
+            .unwrap_or_else(crate::domain::new_id);
+        let outcome = self.decide(request, &request_id).await;
         let (decision, code) = match &outcome {
             Ok(Ok(_)) => ("allow", "ok"),
             Ok(Err(denial)) => ("deny", denial.reason.code()),
@@ -59,14 +69,19 @@ impl Gate {
             .observe(started.elapsed().as_secs_f64());
         match outcome {
             Ok(Ok(grant)) => Ok(response::allowed(&grant)),
-            Ok(Err(denial)) => {
+            Ok(Err(mut denial)) => {
+                // Whichever step refused, the refusal reads as the route's provider writes it.
+                denial.api = http.map_or(ApiFamily::OpenAi, |h| {
+                    self.policy.load().family(request_path(h))
+                });
                 tracing::debug!(
                     authz.decision = "deny",
                     authz.code = denial.reason.code(),
+                    request_id = %request_id,
                     "request denied: {}",
                     denial.message
                 );
-                Ok(response::denied(&denial))
+                Ok(response::denied(&denial, &request_id))
             }
             Err(e) => {
                 tracing::warn!(authz.decision = "error", error = %e, "cannot decide: backend unavailable");
@@ -80,19 +95,15 @@ impl Gate {
     async fn decide(
         &self,
         request: &CheckRequest,
+        request_id: &str,
     ) -> Result<Result<decision::Grant, Denial>, crate::store::StoreError> {
-        let Some(http) = request
-            .attributes
-            .as_ref()
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref())
-        else {
+        let Some(http) = http_attributes(request) else {
             return Ok(Err(Denial::new(
                 DenyReason::InvalidRequest,
                 "The check request carries no HTTP attributes",
             )));
         };
-        let path = http.path.split('?').next().unwrap_or_default();
+        let path = request_path(http);
         let policy = self.policy.load();
         let rule = match decision::route(&policy, &http.method, path) {
             Ok(rule) => rule,
@@ -148,15 +159,9 @@ impl Gate {
             owners,
             input_tokens.saturating_add(output_tokens),
         );
-        let request_id = http
-            .headers
-            .get("x-request-id")
-            .filter(|id| !id.is_empty())
-            .cloned()
-            .unwrap_or_else(crate::domain::new_id);
         let charges = charges(&owners);
         if charges.is_empty() {
-            return Ok(self.count(grant, &demands, &request_id).await);
+            return Ok(self.count(grant, &demands, request_id).await);
         }
         // Budgets before rate limits (DESIGN.md's order); a reservation is given back when
         // a rate limit then refuses.
@@ -173,7 +178,7 @@ impl Gate {
         let budget_now = self.clock.now_ms().div_euclid(1000);
         match self
             .ledger
-            .reserve(&request_id, &charges, estimate, budget_now)
+            .reserve(request_id, &charges, estimate, budget_now)
             .await?
         {
             Verdict::Reserved => {}
@@ -195,14 +200,15 @@ impl Gate {
                         crate::domain::rfc3339::format(period_end)
                     ),
                 );
-                denial.retry_after =
-                    Some(u64::try_from(period_end - budget_now).unwrap_or(0).max(1));
+                // Waiting helps only when the period ends, which is too long for a client's
+                // retry loop: no `retry-after`, the end in its own header.
+                denial.budget_reset = Some(period_end);
                 return Ok(Err(denial));
             }
         }
-        let outcome = self.count(grant, &demands, &request_id).await;
+        let outcome = self.count(grant, &demands, request_id).await;
         if outcome.is_err() {
-            self.ledger.release(&request_id);
+            self.ledger.release(request_id);
         }
         Ok(outcome)
     }
@@ -223,10 +229,12 @@ impl Gate {
             Ok(outcome) => outcome,
             Err(LimitError::Unavailable(reason)) => {
                 tracing::warn!(%reason, "rate limits cannot be checked; refusing (redis.failure_mode: closed)");
+                // The probe retries Redis every half second: a second's wait can succeed.
                 return Err(Denial::new(
                     DenyReason::AuthUnavailable,
                     "Rate limits cannot be checked right now; try again shortly",
-                ));
+                )
+                .with_retry_after(1));
             }
         };
         let quota = Quota::of(demands, &outcome);
@@ -244,34 +252,55 @@ impl Gate {
             }
             return Ok(grant);
         }
-        let retry_ms = Quota::retry_after_ms(&outcome);
-        let (demand, view) = demands
-            .iter()
-            .zip(&outcome.views)
-            .max_by_key(|(_, v)| v.retry_after_ms)
-            .expect("a refused request has at least one bucket");
-        let unit = match demand.unit {
+        let unit_name = |demand: &Demand| match demand.unit {
             Unit::Requests => "requests",
             Unit::Tokens => "tokens",
         };
-        let mut denial = Denial::new(
-            DenyReason::RateLimitExceeded,
-            format!(
-                "Rate limit reached for {}: {} {unit} per minute. Please try again in {}.",
-                level_name(&demand.key),
-                view.limit,
-                plan::duration_text(retry_ms)
-            ),
-        );
-        if demand.unit == Unit::Tokens && demand.cost > demand.shape.burst {
-            denial.message = format!(
-                "This request needs about {} tokens, more than the {} {unit} per minute allowed for {}",
-                demand.cost,
-                view.limit,
-                level_name(&demand.key)
-            );
-        }
-        denial.retry_after = Some(plan::retry_after_secs(retry_ms));
+        let never = demands
+            .iter()
+            .zip(&outcome.views)
+            .find(|(d, _)| d.cost > d.shape.burst);
+        let mut denial = match never {
+            // More than a bucket can ever hold: no wait admits it, so no `retry-after`.
+            Some((demand, view)) => {
+                let unit = unit_name(demand);
+                let most = if demand.shape.burst == view.limit {
+                    format!("the {} {unit} per minute", view.limit)
+                } else {
+                    format!(
+                        "the {} {unit} at once ({} per minute)",
+                        demand.shape.burst, view.limit
+                    )
+                };
+                Denial::new(
+                    DenyReason::RateLimitExceeded,
+                    format!(
+                        "This request needs about {} {unit}, more than {most} allowed for {}, so waiting will not admit it; send less input or lower max_tokens",
+                        demand.cost,
+                        level_name(&demand.key)
+                    ),
+                )
+            }
+            None => {
+                let retry_ms = Quota::retry_after_ms(&outcome);
+                let (demand, view) = demands
+                    .iter()
+                    .zip(&outcome.views)
+                    .max_by_key(|(_, v)| v.retry_after_ms)
+                    .expect("a refused request has at least one bucket");
+                Denial::new(
+                    DenyReason::RateLimitExceeded,
+                    format!(
+                        "Rate limit reached for {}: {} {} per minute. Please try again in {}.",
+                        level_name(&demand.key),
+                        view.limit,
+                        unit_name(demand),
+                        plan::duration_text(retry_ms)
+                    ),
+                )
+                .with_retry_after(plan::retry_after_secs(retry_ms))
+            }
+        };
         denial.quota = Some(Box::new(quota));
         Err(denial)
     }
@@ -339,6 +368,20 @@ fn owners(principal: &Principal) -> Owners<'_> {
             ..Owners::default()
         },
     }
+}
+
+/// The HTTP request a Check asks about (absent only from a malformed Check).
+fn http_attributes(request: &CheckRequest) -> Option<&HttpRequest> {
+    request
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+}
+
+/// The request's path without its query string.
+fn request_path(http: &HttpRequest) -> &str {
+    http.path.split('?').next().unwrap_or_default()
 }
 
 /// Who a bucket belongs to, for a 429's message.
