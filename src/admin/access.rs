@@ -58,7 +58,16 @@ impl FromRequestParts<AppState> for Caller {
             .resolve(presented, source.as_deref(), now)
             .await
             .map_err(|e| match e {
-                crate::authn::AuthnError::Denied(d) => ApiError::Unauthorized(d.message),
+                crate::authn::AuthnError::Denied(d) => match d.reason {
+                    // Not yet decidable (an OIDC key not read yet): retry, not re-login.
+                    decision::DenyReason::AuthUnavailable => ApiError::Coded {
+                        status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        code: "auth_unavailable",
+                        message: d.message,
+                        retry_after: d.retry_after,
+                    },
+                    _ => ApiError::Unauthorized(d.message),
+                },
                 crate::authn::AuthnError::Unavailable(e) => ApiError::from(e),
             })?;
         let (who, name) = match principal {

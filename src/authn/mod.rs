@@ -42,6 +42,8 @@ use std::sync::Arc;
 /// backend is down (never treated as "allow" nor as "unknown key").
 #[derive(Debug)]
 pub enum AuthnError {
+    /// Answered as it stands: mostly 401, or 503 `auth_unavailable` with a `retry_after`
+    /// when the credential cannot be judged yet but soon can (an OIDC key not read yet).
     Denied(Denial),
     Unavailable(StoreError),
 }
@@ -61,6 +63,23 @@ fn invalid(message: &str) -> AuthnError {
 fn token_refused(kind: &str, reason: &dyn std::fmt::Display) -> AuthnError {
     tracing::info!(authn.token = kind, authn.rejected = %reason, "bearer token refused");
     invalid(&format!("Invalid bearer token: {reason}"))
+}
+
+/// An OIDC token signed with a key the issuer may have just published, before tollgate may
+/// read its keys again: 503 `auth_unavailable` with `retry-after` until that read is
+/// allowed, not a 401 that clients take as final.
+fn key_not_fetched_yet(issuer: &str, retry_in: std::time::Duration) -> AuthnError {
+    let seconds = u64::try_from(retry_in.as_millis().div_ceil(1000))
+        .unwrap_or(u64::MAX)
+        .max(1);
+    tracing::debug!(%issuer, retry_after = seconds, "OIDC token with a key not cached; the issuer's keys may be re-read in {seconds}s");
+    AuthnError::Denied(
+        Denial::new(
+            DenyReason::AuthUnavailable,
+            format!("The key that signed this token is not known yet (the issuer may have just rotated its keys); try again in {seconds}s"),
+        )
+        .with_retry_after(seconds),
+    )
 }
 
 /// Everything that turns a presented credential into a principal.
@@ -184,6 +203,9 @@ impl Authenticator {
             let identity = match verifier.verify(token, now).await {
                 Ok(identity) => identity,
                 Err(OidcError::Rejected(r)) => return Err(token_refused("oidc", &r)),
+                Err(OidcError::KeyNotFetchedYet { issuer, retry_in }) => {
+                    return Err(key_not_fetched_yet(&issuer, retry_in))
+                }
                 Err(e @ OidcError::Unavailable { .. }) => {
                     self.metrics
                         .backend_errors

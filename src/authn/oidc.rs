@@ -6,8 +6,11 @@
 //! cached by `kid`. Verifying a token whose `kid` is cached does no I/O. The cache is
 //! refreshed in the background every `jwks_refresh`; an unknown `kid` triggers a re-fetch at
 //! most once per [`REFETCH_INTERVAL`] per issuer (requests arriving meanwhile wait for that
-//! one fetch), after which the token is rejected. An issuer that cannot be reached while no
-//! keys are cached is [`OidcError::Unavailable`] (a transient failure, not a rejection).
+//! one fetch). A token whose key is still missing after a re-fetch made since it arrived is
+//! rejected; one that arrives while a re-fetch is not allowed yet is
+//! [`OidcError::KeyNotFetchedYet`] (the issuer may just have published the key: waiting
+//! can succeed). An issuer that cannot be reached while no keys are cached is
+//! [`OidcError::Unavailable`] (a transient failure, not a rejection).
 
 use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -54,12 +57,23 @@ pub struct OidcIdentity {
     pub groups: Vec<String>,
 }
 
-/// Verification either refuses the token or cannot decide because the issuer's keys are
-/// not available; callers answer the latter with UNAVAILABLE / 503, never with 401.
+/// Verification either refuses the token or cannot decide yet; callers answer the latter
+/// two with UNAVAILABLE / 503, never with 401.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OidcError {
     Rejected(JwtRejection),
-    Unavailable { issuer: String, reason: String },
+    /// The issuer's keys cannot be read and none are cached.
+    Unavailable {
+        issuer: String,
+        reason: String,
+    },
+    /// The token's key is not cached and the keys were re-read less than
+    /// [`REFETCH_INTERVAL`] before the token arrived: the next re-read, allowed in
+    /// `retry_in`, may find a key the issuer has just published.
+    KeyNotFetchedYet {
+        issuer: String,
+        retry_in: Duration,
+    },
 }
 
 impl fmt::Display for OidcError {
@@ -69,6 +83,11 @@ impl fmt::Display for OidcError {
             OidcError::Unavailable { issuer, reason } => {
                 write!(f, "keys of OIDC issuer {issuer} are unavailable: {reason}")
             }
+            OidcError::KeyNotFetchedYet { issuer, retry_in } => write!(
+                f,
+                "the token's key is not among the cached keys of OIDC issuer {issuer}; they are re-read in {}ms",
+                retry_in.as_millis()
+            ),
         }
     }
 }
@@ -304,15 +323,25 @@ impl Issuer {
         }
     }
 
+    fn key_not_fetched_yet(&self, retry_in: Duration) -> OidcError {
+        OidcError::KeyNotFetchedYet {
+            issuer: self.config.issuer.clone(),
+            retry_in,
+        }
+    }
+
     /// The key for `kid` (or the only candidate when the token has none), as the key set
     /// and its index there (no copy of the key on the hot path), fetching on demand when it
-    /// is not cached, at most once per [`REFETCH_INTERVAL`].
+    /// is not cached, at most once per [`REFETCH_INTERVAL`]. Missing after a successful
+    /// fetch that started once this call had begun: rejected. Missing while a fetch is not
+    /// allowed yet, or after a failed one: [`OidcError::KeyNotFetchedYet`].
     async fn key_for(
         &self,
         kid: Option<&str>,
         alg: Algorithm,
         fetch: &dyn Fetch,
     ) -> Result<(Arc<Vec<Key>>, usize), OidcError> {
+        let arrived = Instant::now();
         if let Some(keys) = self.keys.load_full() {
             if let Some(found) = pick(&keys, kid, alg)? {
                 return Ok((keys, found));
@@ -326,23 +355,36 @@ impl Issuer {
                 return Ok((Arc::clone(keys), found));
             }
         }
-        let throttled = last.is_some_and(|t| t.elapsed() < self.refetch_interval);
-        if !throttled {
-            *last = Some(Instant::now());
-            let fetched = self.refresh(fetch).await;
-            if let Some(keys) = self.keys.load_full() {
-                if let Some(found) = pick(&keys, kid, alg)? {
-                    return Ok((keys, found));
+        match *last {
+            Some(at) if at.elapsed() < self.refetch_interval => {
+                if cached.is_none() {
+                    return Err(self.unavailable(format!(
+                        "no keys fetched yet; next attempt within {}s",
+                        self.refetch_interval.as_secs()
+                    )));
+                }
+                // The keys were last read before this token arrived (they may predate its
+                // key), or that read failed: whether the key exists is still open.
+                if at < arrived || !self.healthy.load(Ordering::Relaxed) {
+                    return Err(self
+                        .key_not_fetched_yet(self.refetch_interval.saturating_sub(at.elapsed())));
                 }
             }
-            if let (Err(reason), None) = (fetched, &cached) {
-                return Err(self.unavailable(reason));
+            _ => {
+                *last = Some(Instant::now());
+                let fetched = self.refresh(fetch).await;
+                if let Some(keys) = self.keys.load_full() {
+                    if let Some(found) = pick(&keys, kid, alg)? {
+                        return Ok((keys, found));
+                    }
+                }
+                if let Err(reason) = fetched {
+                    return Err(match cached {
+                        None => self.unavailable(reason),
+                        Some(_) => self.key_not_fetched_yet(self.refetch_interval),
+                    });
+                }
             }
-        } else if cached.is_none() {
-            return Err(self.unavailable(format!(
-                "no keys fetched yet; next attempt within {}s",
-                self.refetch_interval.as_secs()
-            )));
         }
         Err(match kid {
             Some(kid) => JwtRejection::UnknownKid { kid: shorten(kid) },
@@ -661,33 +703,96 @@ mod tests {
                 .await
                 .unwrap_err()
         };
-        // That fetch counts: an unknown kid within the interval is refused without fetching.
-        assert!(matches!(
-            unknown("a").await,
-            OidcError::Rejected(JwtRejection::UnknownKid { .. })
-        ));
+        // That fetch counts: an unknown kid within the interval is not fetched for, and not
+        // refused either: the issuer may have published it since, so it is asked to wait
+        // until a re-fetch is allowed.
+        match unknown("a").await {
+            OidcError::KeyNotFetchedYet { issuer, retry_in } => {
+                assert_eq!(issuer, "https://id.example");
+                assert!(
+                    retry_in > Duration::ZERO && retry_in <= interval,
+                    "{retry_in:?}"
+                );
+            }
+            other => panic!("expected KeyNotFetchedYet, got {other:?}"),
+        }
         assert_eq!(fixed.fetches.load(Ordering::Relaxed), 1);
         tokio::time::sleep(interval).await;
-        unknown("b").await;
+        // A re-fetch made for this token that still lacks its key: refused.
+        assert!(matches!(
+            unknown("b").await,
+            OidcError::Rejected(JwtRejection::UnknownKid { .. })
+        ));
         assert_eq!(fixed.fetches.load(Ordering::Relaxed), 2);
-        unknown("c").await;
+        assert!(matches!(
+            unknown("c").await,
+            OidcError::KeyNotFetchedYet { .. }
+        ));
         assert_eq!(fixed.fetches.load(Ordering::Relaxed), 2);
         // A cached key of the wrong type is a rejection, not a fetch.
         assert!(matches!(
             issuer.key_for(Some("ed"), Algorithm::RS256, fetch).await,
             Err(OidcError::Rejected(JwtRejection::KeyMismatch { .. }))
         ));
-        // The issuer going down keeps the cached keys.
+        // The issuer going down keeps the cached keys; a re-fetch that failed says nothing
+        // about an unknown kid, so it waits for the next one rather than being refused.
         fixed.fail.store(true, Ordering::Relaxed);
         tokio::time::sleep(interval).await;
+        match unknown("d").await {
+            OidcError::KeyNotFetchedYet { retry_in, .. } => assert_eq!(retry_in, interval),
+            other => panic!("expected KeyNotFetchedYet, got {other:?}"),
+        }
         assert!(matches!(
             unknown("d").await,
-            OidcError::Rejected(JwtRejection::UnknownKid { .. })
+            OidcError::KeyNotFetchedYet { .. }
         ));
         assert!(issuer
             .key_for(Some("ed"), Algorithm::EdDSA, fetch)
             .await
             .is_ok());
+    }
+
+    #[tokio::test]
+    async fn requests_waiting_for_a_refetch_take_its_answer() {
+        let fixed = Arc::new(Fixed {
+            jwks: json!({"keys": [{"kty": "OKP", "kid": "ed", "crv": "Ed25519", "x": "AQAB"}]}),
+            fetches: AtomicUsize::new(0),
+            fail: AtomicBool::new(false),
+        });
+        let verifier = OidcVerifier::with_fetch(&[config()], 8192, fixed.clone());
+        let issuer = &verifier.issuers["https://id.example"];
+        let fetch: &dyn Fetch = fixed.as_ref();
+        assert!(issuer
+            .key_for(Some("ed"), Algorithm::EdDSA, fetch)
+            .await
+            .is_ok());
+        // Many requests for one unknown kid arrive while a re-fetch may start (the interval
+        // has passed): one of them re-fetches, the others wait for that answer, which is
+        // final for all of them since it was read after they arrived.
+        let mut busy = issuer.on_demand.lock().await;
+        *busy = None;
+        let release = async move {
+            tokio::task::yield_now().await;
+            drop(busy);
+        };
+        let (answers, ()) = tokio::join!(
+            futures::future::join_all((0..8).map(|_| issuer.key_for(
+                Some("new"),
+                Algorithm::EdDSA,
+                fetch
+            )),),
+            release
+        );
+        assert_eq!(fixed.fetches.load(Ordering::Relaxed), 2);
+        for answer in answers {
+            assert!(
+                matches!(
+                    answer,
+                    Err(OidcError::Rejected(JwtRejection::UnknownKid { .. }))
+                ),
+                "{answer:?}"
+            );
+        }
     }
 
     #[tokio::test]
