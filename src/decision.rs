@@ -122,6 +122,9 @@ pub enum ModelField {
     NotAString,
     /// The body is not JSON, or was truncated before a model was seen.
     Unreadable(&'static str),
+    /// More than one top-level `model` member: parsers disagree on which one counts, so the
+    /// model checked might not be the model served.
+    Duplicate,
 }
 
 /// Who the credential resolved to.
@@ -147,6 +150,9 @@ pub struct Grant {
     pub upstream_credential: Option<Secret>,
     /// The tightest rate-limit buckets after this request was counted (response headers).
     pub quota: Option<Quota>,
+    /// Check saw only a prefix of the body: the ext_proc filter follows the rest of it for
+    /// a second `model` member (dynamic metadata `body_cut`).
+    pub body_cut: bool,
 }
 
 /// Why a request is refused. Fixes the HTTP status and tollgate's error `code` (the error
@@ -246,6 +252,48 @@ pub fn route<'p>(policy: &'p Policy, method: &str, path: &str) -> Result<&'p Rou
     })
 }
 
+/// Whether a path means the same to tollgate and to the upstream: no `.` or `..` segment
+/// (raw or percent-encoded), no encoded slash or backslash, no backslash. Envoy normalises
+/// paths before Check (the shipped configs set `normalize_path`, `merge_slashes` and
+/// `path_with_escaped_slashes_action`); what still holds one of these was sent to confuse a
+/// route match (`/v1/models/../chat/completions` is a chat request to the upstream).
+pub fn plain_path(path: &str) -> Result<(), &'static str> {
+    let bytes = path.as_bytes();
+    if bytes.contains(&b'\\') {
+        return Err("holds a backslash");
+    }
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied(),
+            bytes.get(i + 2).copied(),
+        ) {
+            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
+                let byte = (hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8;
+                if matches!(byte, b'/' | b'\\') {
+                    return Err("holds an encoded slash");
+                }
+                decoded.push(byte);
+                i += 3;
+            }
+            (b, _, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    if decoded
+        .split(|b| *b == b'/')
+        .any(|segment| segment == b"." || segment == b"..")
+    {
+        return Err("holds a `.` or `..` segment");
+    }
+    Ok(())
+}
+
 /// Steps after identity: standing (revoked, expired, blocked), the route's permission,
 /// then the model. `now` is Unix seconds.
 pub fn authorize(
@@ -297,6 +345,13 @@ pub fn authorize(
     }
 
     let name = match model {
+        // Refused on every route: whichever one the upstream reads, it was not checked.
+        ModelField::Duplicate => {
+            return Err(Denial::new(
+                DenyReason::InvalidRequest,
+                "The request body has more than one `model` member",
+            ))
+        }
         _ if !rule.model_required => return Ok(grant),
         ModelField::Named(name) => name,
         ModelField::Absent => {
@@ -751,5 +806,38 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(d.reason, DenyReason::ModelNotAllowed);
+    }
+    #[test]
+    fn paths_that_mean_something_else_upstream_are_refused() {
+        let p = Policy::default();
+        for path in [
+            "/v1/models/../chat/completions",
+            "/v1/models/%2e%2e/chat/completions",
+            "/v1/models/%2E./chat/completions",
+            "/v1/models/..%2Fchat/completions",
+            "/v1/models/x%2fy",
+            "/v1/models/x%5Cy",
+            "/v1/models/x\\y",
+            "//../../v1/chat/completions",
+            "/v1/./chat/completions",
+            "/v1/models/.",
+        ] {
+            let denial = route(&p, "POST", path).unwrap_err();
+            assert_eq!(denial.reason, DenyReason::InvalidRequest, "{path}");
+            assert!(
+                denial.message.starts_with("The request path holds"),
+                "{path}"
+            );
+        }
+        for path in [
+            "/v1/models/gpt-4o",
+            "/v1/models/a.b",
+            "/v1/models/..a",
+            "/v1/models/%41",
+        ] {
+            assert!(plain_path(path).is_ok(), "{path}");
+        }
+        let policy = policy("{}");
+        assert!(route(&policy, "GET", "/v1/models/gpt-4o.1").is_ok());
     }
 }

@@ -1,15 +1,31 @@
 //! Reading what the decision needs from the request body Envoy forwards.
 //!
-//! A complete body is parsed as JSON (fields other than `model` are skipped, not built).
-//! A body Envoy cut at `max_request_bytes` (`x-envoy-auth-partial-body: true`) is scanned
-//! from the front for a top-level `"model"` string: clients put it first in practice, so
-//! large prompts still get a model check without tollgate ever holding the whole body.
+//! A complete body is parsed as JSON (fields other than `model` and the output-token caps
+//! are skipped, not built). A body Envoy cut at `max_request_bytes`
+//! (`x-envoy-auth-partial-body: true`, or a `content-length` larger than what arrived) is
+//! followed by [`TopLevel`] from the front for its top-level `"model"` members: clients put
+//! `model` first in practice, so large prompts still get a model check without tollgate
+//! ever holding the whole body.
+//!
+//! **One model.** The model checked must be the model the upstream serves. JSON parsers
+//! disagree on duplicate members (most keep the last, tollgate's scanner sees the first),
+//! and some (Go's `encoding/json`) match member names ignoring case, so a body with more
+//! than one top-level member named `model` in any ASCII case is [`ModelField::Duplicate`],
+//! refused whole or cut. The rest of a cut body is checked by the ext_proc filter, which
+//! follows the whole body with the same [`TopLevel`] (src/usage/ext_proc.rs).
 
 use crate::decision::ModelField;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
+use std::fmt;
 
 const CUT_BEFORE_MODEL: &str = "the body was cut at the forwarding limit before a `model` field";
 const NOT_JSON: &str = "the body is not a valid JSON object";
+
+/// The longest raw member name that can still decode to `model` (`\u006d` is six bytes).
+const MAX_MODEL_KEY_BYTES: usize = 5 * 6;
+/// The longest model name kept from a cut body; longer is no model anyone serves.
+const MAX_MODEL_BYTES: usize = 4096;
 
 /// What the decision reads from a request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,170 +55,269 @@ pub fn read(body: &[u8], truncated: bool) -> BodyFacts {
         });
     }
     if truncated {
-        return only(scan_for_model(body));
-    }
-    #[derive(Deserialize)]
-    struct Probe {
-        model: Option<serde_json::Value>,
-        max_tokens: Option<serde_json::Value>,
-        max_completion_tokens: Option<serde_json::Value>,
-        max_output_tokens: Option<serde_json::Value>,
+        let mut scan = TopLevel::default();
+        scan.feed(body);
+        return only(scan.prefix_model());
     }
     match serde_json::from_slice::<Probe>(body) {
         Ok(probe) => BodyFacts {
-            model: match probe.model {
-                None => ModelField::Absent,
-                Some(serde_json::Value::String(m)) => ModelField::Named(m),
-                Some(_) => ModelField::NotAString,
+            model: match probe.models {
+                0 => ModelField::Absent,
+                1 => match probe.model {
+                    Some(serde_json::Value::String(m)) => ModelField::Named(m),
+                    _ => ModelField::NotAString,
+                },
+                _ => ModelField::Duplicate,
             },
             // A cap that is not a non-negative integer is the upstream's to refuse; the
             // estimate then uses the default.
-            max_output_tokens: [
-                probe.max_tokens,
-                probe.max_completion_tokens,
-                probe.max_output_tokens,
-            ]
-            .into_iter()
-            .flatten()
-            .find_map(|v| v.as_u64()),
+            max_output_tokens: probe.caps.into_iter().flatten().find_map(|v| v.as_u64()),
         },
         Err(_) => only(ModelField::Unreadable(NOT_JSON)),
     }
 }
 
-enum Stop {
-    /// The prefix ended inside the object.
-    Cut,
-    /// What is there is not JSON.
-    Invalid,
+/// Whether a member name is `model` to some JSON decoder: exactly, or ignoring ASCII case.
+fn is_model_key(name: &str) -> bool {
+    name.eq_ignore_ascii_case("model")
 }
 
-/// Scans a JSON object prefix for a top-level `"model"` member.
-fn scan_for_model(prefix: &[u8]) -> ModelField {
-    let mut s = Scanner { b: prefix, i: 0 };
-    let outcome = (|| -> Result<ModelField, Stop> {
-        s.ws();
-        s.expect(b'{')?;
-        loop {
-            s.ws();
-            match s.peek()? {
-                b'}' => return Ok(ModelField::Absent),
-                b'"' => {}
-                _ => return Err(Stop::Invalid),
+/// The members of a complete body the decision reads; every other value is skipped.
+#[derive(Default)]
+struct Probe {
+    /// How many top-level members are named `model` (in any ASCII case).
+    models: u32,
+    model: Option<serde_json::Value>,
+    /// `max_tokens`, `max_completion_tokens`, `max_output_tokens`: the last of each, as the
+    /// upstream's parser keeps it.
+    caps: [Option<serde_json::Value>; 3],
+}
+
+/// A top-level member name, sorted into what the probe keeps.
+enum Member {
+    Model,
+    Cap(usize),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Member {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl Visitor<'_> for Name {
+            type Value = Member;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a member name")
             }
-            let key = s.string()?;
-            s.ws();
-            s.expect(b':')?;
-            s.ws();
-            if key == "model" {
-                return match s.peek()? {
-                    b'"' => Ok(ModelField::Named(s.string()?)),
-                    _ => Ok(ModelField::NotAString),
-                };
-            }
-            s.skip_value()?;
-            s.ws();
-            match s.next()? {
-                b',' => continue,
-                b'}' => return Ok(ModelField::Absent),
-                _ => return Err(Stop::Invalid),
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<Member, E> {
+                Ok(match name {
+                    "max_tokens" => Member::Cap(0),
+                    "max_completion_tokens" => Member::Cap(1),
+                    "max_output_tokens" => Member::Cap(2),
+                    _ if is_model_key(name) => Member::Model,
+                    _ => Member::Other,
+                })
             }
         }
-    })();
-    match outcome {
-        Ok(field) => field,
-        Err(Stop::Cut) => ModelField::Unreadable(CUT_BEFORE_MODEL),
-        Err(Stop::Invalid) => ModelField::Unreadable(NOT_JSON),
+        deserializer.deserialize_identifier(Name)
     }
 }
 
-struct Scanner<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-impl Scanner<'_> {
-    fn peek(&self) -> Result<u8, Stop> {
-        self.b.get(self.i).copied().ok_or(Stop::Cut)
-    }
-
-    fn next(&mut self) -> Result<u8, Stop> {
-        let c = self.peek()?;
-        self.i += 1;
-        Ok(c)
-    }
-
-    fn expect(&mut self, want: u8) -> Result<(), Stop> {
-        if self.next()? == want {
-            Ok(())
-        } else {
-            Err(Stop::Invalid)
-        }
-    }
-
-    fn ws(&mut self) {
-        while self.b.get(self.i).is_some_and(u8::is_ascii_whitespace) {
-            self.i += 1;
-        }
-    }
-
-    /// A JSON string, decoded (escapes included) by serde_json once its end is found.
-    fn string(&mut self) -> Result<String, Stop> {
-        let start = self.i;
-        self.expect(b'"')?;
-        loop {
-            match self.next()? {
-                b'\\' => {
-                    self.next()?;
+impl<'de> Deserialize<'de> for Probe {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = Probe;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Probe, A::Error> {
+                let mut probe = Probe::default();
+                while let Some(member) = map.next_key::<Member>()? {
+                    match member {
+                        Member::Model => {
+                            probe.models += 1;
+                            probe.model = Some(map.next_value()?);
+                        }
+                        Member::Cap(i) => probe.caps[i] = Some(map.next_value()?),
+                        Member::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
                 }
-                b'"' => break,
+                Ok(probe)
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
+}
+
+/// Follows the top level of a JSON object fed in pieces of any size, and counts its members
+/// named `model` (in any ASCII case), keeping the first one's value.
+///
+/// It tokenizes only as far as needed to tell top-level member names from everything else
+/// (strings with their escapes, nesting); it does not validate the rest of the JSON, which
+/// the upstream's parser refuses when it is broken. Memory stays bounded whatever is fed.
+#[derive(Debug, Clone, Default)]
+pub struct TopLevel {
+    /// Container nesting: 0 before the top-level `{`, 1 inside it.
+    depth: usize,
+    started: bool,
+    closed: bool,
+    invalid: bool,
+    in_string: bool,
+    escaped: bool,
+    /// At depth 1, the next string is a member name.
+    expect_key: bool,
+    /// The string being read is a top-level member name.
+    in_key: bool,
+    key: Vec<u8>,
+    key_too_long: bool,
+    /// The first `model` member's value has not started yet.
+    model_value_pending: bool,
+    /// The first `model` member's string value, while it is read.
+    capture: Option<Vec<u8>>,
+    models: u32,
+    first: Option<First>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum First {
+    Named(String),
+    NotAString,
+}
+
+impl TopLevel {
+    /// Reads the next piece of the body.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        for &c in bytes {
+            if self.in_string {
+                self.string_byte(c);
+                continue;
+            }
+            if c.is_ascii_whitespace() {
+                continue;
+            }
+            if self.depth == 1 && self.model_value_pending && c != b':' {
+                self.model_value_pending = false;
+                if c == b'"' {
+                    self.capture = Some(Vec::new());
+                } else {
+                    self.first = Some(First::NotAString);
+                }
+            }
+            match c {
+                b'"' => {
+                    if self.depth == 0 {
+                        self.invalid = true;
+                    }
+                    self.in_string = true;
+                    self.in_key = self.depth == 1 && self.expect_key;
+                    if self.in_key {
+                        self.expect_key = false;
+                        self.key.clear();
+                        self.key_too_long = false;
+                    }
+                }
+                b'{' | b'[' => {
+                    if self.depth == 0 {
+                        if c != b'{' || self.started {
+                            self.invalid = true;
+                        }
+                        self.started = true;
+                        self.expect_key = true;
+                    }
+                    self.depth += 1;
+                }
+                b'}' | b']' => match self.depth {
+                    0 => self.invalid = true,
+                    1 => {
+                        self.depth = 0;
+                        self.closed = true;
+                    }
+                    _ => self.depth -= 1,
+                },
+                b',' if self.depth == 1 => self.expect_key = true,
+                _ if self.depth == 0 => self.invalid = true,
                 _ => {}
             }
         }
-        serde_json::from_slice(&self.b[start..self.i]).map_err(|_| Stop::Invalid)
     }
 
-    /// Skips one value of any kind, nested containers included.
-    fn skip_value(&mut self) -> Result<(), Stop> {
-        match self.peek()? {
-            b'"' => {
-                self.string()?;
+    fn string_byte(&mut self, c: u8) {
+        let end = !self.escaped && c == b'"';
+        self.escaped = !self.escaped && c == b'\\';
+        if end {
+            self.in_string = false;
+            if self.in_key {
+                self.in_key = false;
+                self.member_name_read();
+            } else if let Some(raw) = self.capture.take() {
+                self.first = Some(match decode_string(&raw) {
+                    Some(name) => First::Named(name),
+                    None => First::NotAString,
+                });
             }
-            b'{' | b'[' => {
-                let mut depth = 0usize;
-                loop {
-                    match self.peek()? {
-                        b'"' => {
-                            self.string()?;
-                            continue;
-                        }
-                        b'{' | b'[' => depth += 1,
-                        b'}' | b']' => {
-                            depth -= 1;
-                            if depth == 0 {
-                                self.i += 1;
-                                return Ok(());
-                            }
-                        }
-                        _ => {}
-                    }
-                    self.i += 1;
-                }
+            return;
+        }
+        if self.in_key {
+            if self.key.len() < MAX_MODEL_KEY_BYTES {
+                self.key.push(c);
+            } else {
+                self.key_too_long = true;
             }
-            _ => {
-                let start = self.i;
-                while !matches!(self.peek()?, b',' | b'}' | b']')
-                    && !self.peek()?.is_ascii_whitespace()
-                {
-                    self.i += 1;
-                }
-                if start == self.i {
-                    return Err(Stop::Invalid);
-                }
+        } else if let Some(raw) = &mut self.capture {
+            if raw.len() < MAX_MODEL_BYTES {
+                raw.push(c);
             }
         }
-        Ok(())
     }
+
+    fn member_name_read(&mut self) {
+        if self.key_too_long {
+            return;
+        }
+        let model = decode_string(&self.key).is_some_and(|name| is_model_key(&name));
+        if model {
+            self.models += 1;
+            self.model_value_pending = self.models == 1;
+        }
+    }
+
+    /// More than one top-level `model` member has been seen.
+    pub fn duplicate_model(&self) -> bool {
+        self.models > 1
+    }
+
+    /// The model as far as a prefix of the body tells it.
+    pub fn prefix_model(&self) -> ModelField {
+        if self.models > 1 {
+            return ModelField::Duplicate;
+        }
+        match &self.first {
+            Some(First::Named(name)) => return ModelField::Named(name.clone()),
+            Some(First::NotAString) => return ModelField::NotAString,
+            None => {}
+        }
+        if self.invalid {
+            ModelField::Unreadable(NOT_JSON)
+        } else if self.closed {
+            ModelField::Absent
+        } else {
+            ModelField::Unreadable(CUT_BEFORE_MODEL)
+        }
+    }
+}
+
+/// The text of a JSON string's raw contents (between the quotes), escapes decoded.
+fn decode_string(raw: &[u8]) -> Option<String> {
+    if !raw.contains(&b'\\') {
+        return std::str::from_utf8(raw).ok().map(str::to_owned);
+    }
+    let mut quoted = Vec::with_capacity(raw.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(raw);
+    quoted.push(b'"');
+    serde_json::from_slice(&quoted).ok()
 }
 
 #[cfg(test)]
@@ -222,6 +337,11 @@ mod tests {
         assert_eq!(cap(br#"{"model":"m","max_tokens":-1}"#), None);
         assert_eq!(cap(br#"{"model":"m","max_tokens":"64"}"#), None);
         assert_eq!(cap(br#"{"model":"m"}"#), None);
+        // The upstream keeps the last of a repeated member; so does the estimate.
+        assert_eq!(
+            cap(br#"{"model":"m","max_tokens":1,"max_tokens":500}"#),
+            Some(500)
+        );
         assert_eq!(
             read(br#"{"model":"m","max_tokens":64"#, true).max_output_tokens,
             None
@@ -259,6 +379,46 @@ mod tests {
             model_field(br#"{"model":"gpt\u002d4o"}"#, false),
             named("gpt-4o")
         );
+        assert_eq!(
+            model_field(br#"{"model":"m"} trailing"#, false),
+            ModelField::Unreadable(NOT_JSON)
+        );
+    }
+
+    #[test]
+    fn more_than_one_model_member_is_refused_whole_or_cut() {
+        let smuggled: [&[u8]; 6] = [
+            br#"{"model":"gpt-4o-mini","messages":[],"model":"gpt-4o"}"#,
+            br#"{"model":"gpt-4o-mini","mod\u0065l":"gpt-4o"}"#,
+            br#"{"model":"gpt-4o-mini","Model":"gpt-4o"}"#,
+            br#"{"MODEL":"gpt-4o","model":"gpt-4o-mini"}"#,
+            br#"{"model":"a","model":"a"}"#,
+            br#"{"model":1,"model":"gpt-4o"}"#,
+        ];
+        for body in smuggled {
+            assert_eq!(model_field(body, false), ModelField::Duplicate, "{body:?}");
+            assert_eq!(model_field(body, true), ModelField::Duplicate, "{body:?}");
+        }
+        // Nested `model` members are the request's business (tools, metadata).
+        let nested = br#"{"model":"a","metadata":{"model":"b"},"tools":[{"model":"c"}]}"#;
+        assert_eq!(model_field(nested, false), named("a"));
+        assert_eq!(model_field(nested, true), named("a"));
+        // A member name that only looks like `model` inside a string value.
+        let quoted = br#"{"messages":"\",\"model\":\"x","model":"a"}"#;
+        assert_eq!(model_field(quoted, false), named("a"));
+        assert_eq!(model_field(quoted, true), named("a"));
+    }
+
+    #[test]
+    fn a_model_member_in_another_case_is_the_model() {
+        assert_eq!(
+            model_field(br#"{"Model":"gpt-4o"}"#, false),
+            named("gpt-4o")
+        );
+        assert_eq!(
+            model_field(br#"{"Model":"gpt-4o","x"#, true),
+            named("gpt-4o")
+        );
     }
 
     #[test]
@@ -292,8 +452,31 @@ mod tests {
     }
 
     #[test]
+    fn fed_in_any_pieces_the_scanner_sees_the_same() {
+        let body = br#"{"messages":[{"role":"user","content":"say \"model\": {x}"}],"mod\u0065l":"gpt-4o","stream":true,"MODEL":"b"}"#;
+        let mut whole = TopLevel::default();
+        whole.feed(body);
+        assert!(whole.duplicate_model());
+        for split in 0..body.len() {
+            let mut pieces = TopLevel::default();
+            pieces.feed(&body[..split]);
+            pieces.feed(&body[split..]);
+            assert!(pieces.duplicate_model(), "split at {split}");
+            assert_eq!(pieces.prefix_model(), ModelField::Duplicate);
+        }
+        // Byte by byte, one model.
+        let one = br#"{"model":"gpt\u002d4o","messages":[]}"#;
+        let mut bytes = TopLevel::default();
+        for b in one {
+            bytes.feed(std::slice::from_ref(b));
+        }
+        assert!(!bytes.duplicate_model());
+        assert_eq!(bytes.prefix_model(), named("gpt-4o"));
+    }
+
+    #[test]
     fn scanner_never_panics_on_garbage() {
-        let samples: [&[u8]; 8] = [
+        let samples: [&[u8]; 10] = [
             b"{",
             b"{\"",
             b"{\"a\"",
@@ -302,6 +485,8 @@ mod tests {
             b"{\"a\":1,",
             b"{]",
             b"{\"a\":{]]}",
+            b"}}}}{{",
+            b"{\"\\",
         ];
         for s in samples {
             let _ = model_field(s, true);

@@ -132,21 +132,26 @@ impl Gate {
         } else {
             &http.raw_body
         };
+        // The body's real size: Envoy forwards at most its limit, the header tells the rest.
+        let content_length = http
+            .headers
+            .get("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        // Cut when Envoy says so, or when less arrived than the client sent (Envoy forwards
+        // exactly its limit with the header still `false`).
         let truncated = http
             .headers
             .get(PARTIAL_BODY_HEADER)
-            .is_some_and(|v| v == "true");
+            .is_some_and(|v| v == "true")
+            || content_length.is_some_and(|length| length > body.len() as u64);
         let facts = body::read(body, truncated);
-        let grant = match decision::authorize(&policy, rule, &principal, &facts.model, now) {
+        let mut grant = match decision::authorize(&policy, rule, &principal, &facts.model, now) {
             Ok(grant) => grant,
             Err(denial) => return Ok(Err(denial)),
         };
-        // The body's real size: Envoy forwards at most its limit, the header tells the rest.
-        let body_bytes = http
-            .headers
-            .get("content-length")
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(body.len() as u64);
+        // The rest of a cut body is checked for a second `model` by ext_proc.
+        grant.body_cut = truncated;
+        let body_bytes = content_length.unwrap_or(body.len() as u64);
         let (input_tokens, output_tokens) =
             policy
                 .rates

@@ -32,13 +32,19 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::{
+    processing_mode::{BodySendMode, HeaderSendMode},
+    ProcessingMode,
+};
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     body_mutation, external_processor_server::ExternalProcessor,
     external_processor_server::ExternalProcessorServer, processing_request, processing_response,
     BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpBody,
-    HttpHeaders, ProcessingRequest, ProcessingResponse, TrailersResponse,
+    HttpHeaders, ImmediateResponse, ProcessingRequest, ProcessingResponse, TrailersResponse,
 };
+use envoy_types::pb::google::protobuf::value::Kind;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -47,10 +53,21 @@ use super::parse;
 use super::pricing;
 use super::queue::UsageQueue;
 use super::sse::SseUsage;
+use super::unasked::UnaskedUsage;
 use super::{TokenUsage, UsageRecord, UsageSource};
 use crate::app::App;
-use crate::authz::response::{KEY_ID_HEADER, MODEL_HEADER, TEAM_ID_HEADER, USER_ID_HEADER};
+use crate::authz::body::TopLevel;
+use crate::authz::response::{
+    self as check_response, BODY_CUT_METADATA, KEY_ID_HEADER, MODEL_HEADER, TEAM_ID_HEADER,
+    USER_ID_HEADER,
+};
 use crate::config::Config;
+use crate::decision::{Denial, DenyReason, Policy};
+use envoy_types::ext_authz::v3::pb::HttpResponse as CheckHttpResponse;
+
+/// The dynamic metadata namespace of Envoy's ext_authz filter, where Check's metadata lands;
+/// envoy/envoy.yaml forwards it to this filter (`metadata_options`).
+const EXT_AUTHZ_NAMESPACE: &str = "envoy.filters.http.ext_authz";
 
 /// The most of a non-stream response body kept to read its `usage`. Chat and completion
 /// answers are far smaller (100k output tokens are ~400 KB of JSON); what exceeds this is in
@@ -64,11 +81,18 @@ pub struct UsageProcessor {
     queue: UsageQueue,
     /// For the model list and its pricing.
     config: Arc<Config>,
+    /// The route table, for the shape of a refusal.
+    routes: Arc<Policy>,
 }
 
 impl UsageProcessor {
     pub fn new(queue: UsageQueue, config: Arc<Config>) -> Self {
-        UsageProcessor { queue, config }
+        let routes = Arc::new(Policy::from_config(&config));
+        UsageProcessor {
+            queue,
+            config,
+            routes,
+        }
     }
 }
 
@@ -92,6 +116,7 @@ impl ExternalProcessor for UsageProcessor {
         let processor = self.clone();
         tokio::spawn(async move {
             let mut exchange = Exchange::new();
+            exchange.routes = Some(processor.routes.clone());
             loop {
                 let message = match inbound.message().await {
                     Ok(Some(message)) => message,
@@ -160,6 +185,16 @@ pub struct Exchange {
     complete: bool,
     /// The record was taken (or there is none to take).
     taken: bool,
+    /// Check saw only a prefix of the body: the whole body is followed for a second `model`.
+    body_check: Option<TopLevel>,
+    /// The request was refused here (a second `model` past the part Check saw): no record.
+    refused: bool,
+    /// `stream_options.include_usage` was added to the request: what it causes in the
+    /// response stream is taken out again before the client sees it.
+    added_include_usage: bool,
+    unasked: Option<UnaskedUsage>,
+    /// The route table, for the shape of a refusal (the path's own family without it).
+    pub routes: Option<Arc<Policy>>,
 }
 
 impl Default for Exchange {
@@ -185,6 +220,11 @@ impl Exchange {
             body: ResponseBody::Unknown,
             complete: false,
             taken: false,
+            body_check: None,
+            refused: false,
+            added_include_usage: false,
+            unasked: None,
+            routes: None,
         }
     }
 
@@ -192,31 +232,36 @@ impl Exchange {
     /// mode, where Envoy ignores answers).
     pub fn handle(&mut self, message: ProcessingRequest) -> Option<ProcessingResponse> {
         let observing = message.observability_mode;
+        let mut mode_override = None;
         let response = match message.request? {
             processing_request::Request::RequestHeaders(headers) => {
                 self.request_headers(&headers);
+                if body_cut(message.metadata_context.as_ref()) && !headers.end_of_stream {
+                    // Check saw a prefix: follow the whole body, each piece before it goes on.
+                    self.body_check = Some(TopLevel::default());
+                    mode_override = Some(follow_the_request_body());
+                }
                 processing_response::Response::RequestHeaders(HeadersResponse {
                     response: Some(CommonResponse::default()),
                 })
             }
-            processing_request::Request::RequestBody(body) => {
-                processing_response::Response::RequestBody(BodyResponse {
+            processing_request::Request::RequestBody(body) => match self.check_body(&body) {
+                Some(refusal) => processing_response::Response::ImmediateResponse(refusal),
+                None => processing_response::Response::RequestBody(BodyResponse {
                     response: Some(self.request_body(&body)),
-                })
-            }
+                }),
+            },
             processing_request::Request::RequestTrailers(_) => {
                 processing_response::Response::RequestTrailers(TrailersResponse::default())
             }
             processing_request::Request::ResponseHeaders(headers) => {
-                self.response_headers(&headers);
                 processing_response::Response::ResponseHeaders(HeadersResponse {
-                    response: Some(CommonResponse::default()),
+                    response: Some(self.response_headers(&headers)),
                 })
             }
             processing_request::Request::ResponseBody(body) => {
-                self.response_body(&body);
                 processing_response::Response::ResponseBody(BodyResponse {
-                    response: Some(CommonResponse::default()),
+                    response: Some(self.response_body(&body)),
                 })
             }
             processing_request::Request::ResponseTrailers(_) => {
@@ -226,7 +271,46 @@ impl Exchange {
         };
         (!observing).then(|| ProcessingResponse {
             response: Some(response),
+            mode_override,
             ..ProcessingResponse::default()
+        })
+    }
+
+    /// Follows a request body Check saw only the start of; a refusal when it has a second
+    /// `model` member. Envoy holds each piece until it is answered, so the upstream never
+    /// receives the end of such a body.
+    fn check_body(&mut self, body: &HttpBody) -> Option<ImmediateResponse> {
+        let scan = self.body_check.as_mut()?;
+        scan.feed(&body.body);
+        if !scan.duplicate_model() {
+            return None;
+        }
+        self.body_check = None;
+        self.refused = true;
+        let family = match &self.routes {
+            Some(routes) => routes.family(&self.path),
+            None => crate::config::ApiFamily::of_path(&self.path),
+        };
+        let mut denial = Denial::new(
+            DenyReason::InvalidRequest,
+            "The request body has more than one `model` member",
+        );
+        denial.api = family;
+        let request_id = self.request_id.clone().unwrap_or_default();
+        tracing::debug!(%request_id, "a second `model` member past the part Check saw; refused");
+        let check = check_response::denied(&denial, &request_id);
+        let Some(CheckHttpResponse::DeniedResponse(denied)) = check.http_response else {
+            return None;
+        };
+        Some(ImmediateResponse {
+            status: denied.status,
+            headers: Some(HeaderMutation {
+                set_headers: denied.headers,
+                remove_headers: Vec::new(),
+            }),
+            body: denied.body.into_bytes(),
+            details: "tollgate_duplicate_model".to_owned(),
+            ..ImmediateResponse::default()
         })
     }
 
@@ -267,6 +351,7 @@ impl Exchange {
         let Some(rewritten) = parse::add_include_usage(&body.body) else {
             return CommonResponse::default();
         };
+        self.added_include_usage = true;
         CommonResponse {
             // Envoy forwards the content-length as it was unless told: the processor owns it
             // when it changes a buffered body.
@@ -288,8 +373,9 @@ impl Exchange {
         }
     }
 
-    fn response_headers(&mut self, headers: &HttpHeaders) {
+    fn response_headers(&mut self, headers: &HttpHeaders) -> CommonResponse {
         let mut event_stream = false;
+        let mut content_length = false;
         for header in headers.headers.iter().flat_map(|map| &map.headers) {
             match header.key.as_str() {
                 ":status" => self.status = header_value(header).and_then(|v| v.trim().parse().ok()),
@@ -300,7 +386,19 @@ impl Exchange {
                             .starts_with("text/event-stream")
                     })
                 }
+                "content-length" => content_length = true,
                 _ => {}
+            }
+        }
+        let mut answer = CommonResponse::default();
+        if event_stream && self.added_include_usage {
+            self.unasked = Some(UnaskedUsage::default());
+            if content_length {
+                // The client gets fewer bytes than the upstream sent.
+                answer.header_mutation = Some(HeaderMutation {
+                    set_headers: Vec::new(),
+                    remove_headers: vec!["content-length".to_owned()],
+                });
             }
         }
         self.body = if event_stream {
@@ -311,9 +409,12 @@ impl Exchange {
         if headers.end_of_stream {
             self.complete = true;
         }
+        answer
     }
 
-    fn response_body(&mut self, body: &HttpBody) {
+    /// Reads a piece of the response for usage (as the upstream sent it); what the client
+    /// gets is that piece, less the usage tollgate asked for on its behalf.
+    fn response_body(&mut self, body: &HttpBody) -> CommonResponse {
         match &mut self.body {
             ResponseBody::Sse(parser) => parser.feed(&body.body),
             ResponseBody::Json(buffer) => {
@@ -328,6 +429,20 @@ impl Exchange {
         if body.end_of_stream {
             self.complete = true;
         }
+        let Some(filter) = &mut self.unasked else {
+            return CommonResponse::default();
+        };
+        let mutation = match filter.filter(&body.body, body.end_of_stream) {
+            None => return CommonResponse::default(),
+            Some(bytes) if bytes.is_empty() => body_mutation::Mutation::ClearBody(true),
+            Some(bytes) => body_mutation::Mutation::Body(bytes),
+        };
+        CommonResponse {
+            body_mutation: Some(BodyMutation {
+                mutation: Some(mutation),
+            }),
+            ..CommonResponse::default()
+        }
     }
 
     /// The record of this exchange, once: `None` the second time, and when the request has
@@ -337,6 +452,9 @@ impl Exchange {
             return None;
         }
         self.taken = true;
+        if self.refused {
+            return None;
+        }
         let request_id = self.request_id.clone()?;
         if self.key_id.is_none() && self.user_id.is_none() && self.team_id.is_none() {
             return None;
@@ -389,6 +507,29 @@ impl Exchange {
             estimated,
             source: UsageSource::ExtProc,
         })
+    }
+}
+
+/// Whether Check marked the request's body as seen only in part (ext_authz metadata
+/// `body_cut`, forwarded to this filter by envoy/envoy.yaml's `metadata_options`).
+fn body_cut(metadata: Option<&Metadata>) -> bool {
+    metadata
+        .and_then(|m| m.filter_metadata.get(EXT_AUTHZ_NAMESPACE))
+        .and_then(|fields| fields.fields.get(BODY_CUT_METADATA))
+        .is_some_and(|v| matches!(v.kind, Some(Kind::BoolValue(true))))
+}
+
+/// The processing mode for a request whose body Check saw only in part: the request body
+/// streamed through this filter piece by piece (each held until answered), the rest as
+/// envoy/envoy.yaml configures it.
+fn follow_the_request_body() -> ProcessingMode {
+    ProcessingMode {
+        request_header_mode: HeaderSendMode::Send as i32,
+        request_body_mode: BodySendMode::Streamed as i32,
+        request_trailer_mode: HeaderSendMode::Skip as i32,
+        response_header_mode: HeaderSendMode::Send as i32,
+        response_body_mode: BodySendMode::Streamed as i32,
+        response_trailer_mode: HeaderSendMode::Skip as i32,
     }
 }
 

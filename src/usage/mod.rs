@@ -14,6 +14,7 @@ pub mod queue;
 pub mod redis_queue;
 pub mod settle;
 pub mod sse;
+pub mod unasked;
 
 use serde::{Deserialize, Serialize};
 
