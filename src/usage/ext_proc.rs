@@ -5,15 +5,22 @@
 //! sends, as `envoy/envoy.yaml` configures it:
 //!
 //! 1. the request headers: the request id (`x-request-id`, always Envoy's own), the
-//!    identity headers, `:path` and `content-length`; answered at once, unchanged;
+//!    identity headers, `:path` and `content-length`, and ext_authz's dynamic metadata;
+//!    answered at once, unchanged. When Check saw only a prefix of the body (metadata
+//!    `body_cut`), the answer switches this request's body to STREAMED (`mode_override`);
 //! 2. the request body, buffered (up to Envoy's buffer limit): for OpenAI's
 //!    `/chat/completions` and `/completions` a streaming request that did not ask for usage
-//!    gets `stream_options.include_usage: true` added, with a matching `content-length`;
+//!    gets `stream_options.include_usage: true` added, with a matching `content-length`.
+//!    A body Check saw cut comes instead piece by piece, each held by Envoy until answered,
+//!    and is followed with [`TopLevel`]: a second top-level `model` member is refused with
+//!    an immediate 400, so the upstream never receives the end of such a body;
 //! 3. the response headers: the status and `content-type`;
-//! 4. the response body, chunk by chunk as it passes (each chunk is answered at once,
-//!    unchanged, so a stream reaches the client as it is written): an event stream feeds the
-//!    incremental [`SseUsage`] parser, anything else is kept up to [`MAX_JSON_BYTES`] and
-//!    read with [`parse::from_json`] at the end.
+//! 4. the response body, chunk by chunk as it passes (each chunk is answered at once, so a
+//!    stream reaches the client as it is written): an event stream feeds the incremental
+//!    [`SseUsage`] parser, anything else is kept up to [`MAX_JSON_BYTES`] and read with
+//!    [`parse::from_json`] at the end. Chunks pass unchanged, except in a stream whose
+//!    request tollgate gave `include_usage`: [`UnaskedUsage`] takes out what that caused,
+//!    so the client gets the events it asked for.
 //!
 //! When the response ends (`end_of_stream`), one [`UsageRecord`] is queued with the
 //! provider's counts, the cost from the model's pricing, the status and the latency. When the
