@@ -1394,3 +1394,234 @@ async fn keys_narrow_their_owner_for_every_caller() {
     assert_eq!(team_chat["permissions"], json!(["chat", "models:read"]));
     w.t.stop().await;
 }
+
+/// A credential made of a key's plaintext, for calling the API with it.
+fn key_cred(label: &'static str, key: &Value) -> Cred {
+    Cred {
+        label,
+        id: str_of(key, "id").to_owned(),
+        token: Some(str_of(key, "key").to_owned()),
+    }
+}
+
+#[tokio::test]
+async fn only_admins_hand_out_or_re_enable_keys_beyond_the_caller_s_role() {
+    let w = World::new().await;
+    let b = &w.team_b;
+
+    // The attack: the master key makes an `admin` key for team B, whose owner is a `user`.
+    let team_admin = w
+        .key(
+            &w.master,
+            json!({"name": "team-admin", "team_id": b, "permissions": ["admin"]}),
+        )
+        .await;
+    let path = format!("/admin/keys/{}", str_of(&team_admin, "id"));
+    // The owner may not rotate it: no new secret, and the old one still works.
+    let refused = w
+        .expect(
+            &w.user,
+            Method::POST,
+            &format!("{path}/rotate"),
+            Some(json!({})),
+            403,
+        )
+        .await;
+    assert!(refused.get("key").is_none(), "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`admin`") && message.contains("`user`"),
+        "{message}"
+    );
+    let holder = key_cred("team-admin-key", &team_admin);
+    w.expect(&holder, Method::GET, "/admin/users", None, 200)
+        .await;
+    // Nor unblock it, re-enable it with a PATCH, or change it in any other way.
+    w.expect(&w.master, Method::POST, &format!("{path}/block"), None, 200)
+        .await;
+    w.expect(&w.user, Method::POST, &format!("{path}/unblock"), None, 403)
+        .await;
+    for patch in [
+        json!({"blocked": false}),
+        json!({"blocked": true, "name": "mine"}),
+        json!({"name": "mine"}),
+        json!({"expires_at": null}),
+        json!({"rpm": 1000}),
+        json!({"permissions": ["chat"]}),
+    ] {
+        w.expect(&w.user, Method::PATCH, &path, Some(patch), 403)
+            .await;
+    }
+    let got = w.expect(&w.master, Method::GET, &path, None, 200).await;
+    assert_eq!(got["blocked"], true, "{got}");
+    assert_eq!(got["name"], "team-admin");
+    assert_eq!(got["key_hint"], team_admin["key_hint"]);
+    // Blocking and revoking only take power away: the owner may.
+    w.expect(
+        &w.user,
+        Method::PATCH,
+        &path,
+        Some(json!({"blocked": true})),
+        200,
+    )
+    .await;
+    w.expect(&w.user, Method::POST, &format!("{path}/block"), None, 200)
+        .await;
+    // Admins may do all of it.
+    for who in w.admins() {
+        w.expect(who, Method::POST, &format!("{path}/unblock"), None, 200)
+            .await;
+        let rotated = w
+            .expect(
+                who,
+                Method::POST,
+                &format!("{path}/rotate"),
+                Some(json!({})),
+                200,
+            )
+            .await;
+        assert!(str_of(&rotated, "key").starts_with("sk-tg-"), "{rotated}");
+    }
+    let revoked = w.expect(&w.user, Method::DELETE, &path, None, 200).await;
+    assert!(revoked["revoked_at"].is_string(), "{revoked}");
+
+    // Keys of an admin in a team owned by a `user`. Without permissions of its own, the
+    // key does what its admin owner does: the owner may not rotate it.
+    let admins_team_key = w
+        .key(
+            &w.master,
+            json!({"name": "admins-in-b", "team_id": b, "user_id": w.admin.id}),
+        )
+        .await;
+    let path = format!("/admin/keys/{}", str_of(&admins_team_key, "id"));
+    w.expect(
+        &w.user,
+        Method::POST,
+        &format!("{path}/rotate"),
+        Some(json!({})),
+        403,
+    )
+    .await;
+    // With `chat` only, the team owner manages it; but may not widen it to `admin`, which
+    // its admin owner has and the team owner has not.
+    let admins_chat_key = w
+        .key(
+            &w.master,
+            json!({"name": "admins-chat-in-b", "team_id": b, "user_id": w.admin.id, "permissions": ["chat"]}),
+        )
+        .await;
+    let path = format!("/admin/keys/{}", str_of(&admins_chat_key, "id"));
+    w.expect(
+        &w.user,
+        Method::PATCH,
+        &path,
+        Some(json!({"permissions": ["admin"]})),
+        403,
+    )
+    .await;
+    let got = w.expect(&w.master, Method::GET, &path, None, 200).await;
+    assert_eq!(got["permissions"], json!(["chat"]), "{got}");
+    w.expect(
+        &w.user,
+        Method::POST,
+        &format!("{path}/rotate"),
+        Some(json!({})),
+        200,
+    )
+    .await;
+
+    // Not only `admin`: anything the caller's role lacks (`usage:read` for a `user`), and
+    // the same for a manager in the team they own.
+    let usage = w
+        .key(
+            &w.master,
+            json!({"name": "usage-b", "team_id": b, "permissions": ["chat", "usage:read"]}),
+        )
+        .await;
+    let usage_path = format!("/admin/keys/{}", str_of(&usage, "id"));
+    w.expect(
+        &w.user,
+        Method::POST,
+        &format!("{usage_path}/rotate"),
+        Some(json!({})),
+        403,
+    )
+    .await;
+    let a_admin = w
+        .key(
+            &w.admin,
+            json!({"name": "team-a-admin", "team_id": w.team_a, "permissions": ["admin"]}),
+        )
+        .await;
+    let a_path = format!("/admin/keys/{}", str_of(&a_admin, "id"));
+    w.expect(
+        &w.manager,
+        Method::POST,
+        &format!("{a_path}/rotate"),
+        Some(json!({})),
+        403,
+    )
+    .await;
+    w.expect(
+        &w.manager,
+        Method::POST,
+        &format!("{a_path}/block"),
+        None,
+        200,
+    )
+    .await;
+    w.expect(
+        &w.manager,
+        Method::POST,
+        &format!("{a_path}/unblock"),
+        None,
+        403,
+    )
+    .await;
+
+    // Keys within the caller's role are theirs to manage as before.
+    let own = w
+        .key(
+            &w.user,
+            json!({"name": "b-chat", "team_id": b, "permissions": ["chat"]}),
+        )
+        .await;
+    let own_path = format!("/admin/keys/{}", str_of(&own, "id"));
+    let rotated = w
+        .expect(
+            &w.user,
+            Method::POST,
+            &format!("{own_path}/rotate"),
+            Some(json!({})),
+            200,
+        )
+        .await;
+    assert_ne!(rotated["key"], own["key"]);
+    w.expect(
+        &w.user,
+        Method::POST,
+        &format!("{own_path}/block"),
+        None,
+        200,
+    )
+    .await;
+    w.expect(
+        &w.user,
+        Method::POST,
+        &format!("{own_path}/unblock"),
+        None,
+        200,
+    )
+    .await;
+    let narrowed = w
+        .expect(
+            &w.user,
+            Method::PATCH,
+            &own_path,
+            Some(json!({"permissions": ["chat", "embeddings"], "expires_at": null})),
+            200,
+        )
+        .await;
+    assert_eq!(narrowed["permissions"], json!(["chat", "embeddings"]));
+    w.t.stop().await;
+}

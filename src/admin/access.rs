@@ -234,6 +234,56 @@ impl Caller {
             || key.user_id.as_deref().is_some_and(|id| self.is_user(id))
             || self.manages_key(app, key).await?)
     }
+
+    /// Only an admin may hand out (rotate), bring back (unblock, re-enable) or change a key
+    /// that can do more than the caller's own role: otherwise a team owner could rotate an
+    /// `admin` team key and hold its new secret. `permissions` are the key's (or, for a
+    /// permissions change, the new ones); `what` names the action for the 403.
+    pub async fn check_holds(
+        &self,
+        app: &AppState,
+        key: &ApiKey,
+        permissions: &[String],
+        what: &str,
+    ) -> Result<(), ApiError> {
+        if self.is_admin() {
+            return Ok(());
+        }
+        let owner_role = match &key.user_id {
+            Some(id) => app.store.get_user(id).await?.map(|u| u.role),
+            None => None,
+        };
+        match beyond_role(self.role(), &key_reach(permissions, owner_role)) {
+            None => Ok(()),
+            Some(p) => Err(ApiError::Forbidden(format!(
+                "the role `{}` may not {what}: the key can do `{p}`, which that role cannot; only an admin hands out or re-enables a key beyond the caller's role (blocking or revoking it is allowed)",
+                self.role()
+            ))),
+        }
+    }
+}
+
+/// What a key's secret lets its holder do: its own permissions, or when it lists none its
+/// owner's role's (a key without a user: the LLM permissions). Check narrows a user's key
+/// to the user's current role, but that role can change back, so the key's own list counts.
+fn key_reach(permissions: &[String], owner_role: Option<Role>) -> Vec<String> {
+    if !permissions.is_empty() {
+        return permissions.to_vec();
+    }
+    let owner = match owner_role {
+        Some(role) => decision::role_permissions(role),
+        None => LLM_PERMISSIONS,
+    };
+    owner.iter().map(|p| p.to_string()).collect()
+}
+
+/// The first of `reach` that `role` does not have (`admin` has everything).
+fn beyond_role(role: Role, reach: &[String]) -> Option<String> {
+    let granted = decision::role_permissions(role);
+    reach
+        .iter()
+        .find(|p| !granted.iter().any(|g| g == p || *g == ADMIN_PERMISSION))
+        .cloned()
 }
 
 /// Checks that a key's permissions and models only narrow those of its owner: a user's
@@ -305,7 +355,40 @@ fn pattern_within(pattern: &str, allowed: &[String]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::pattern_within;
+    use super::{beyond_role, key_reach, pattern_within};
+    use crate::domain::Role;
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_key_reaches_its_own_permissions_else_its_owner_s() {
+        assert_eq!(
+            key_reach(&strings(&["admin"]), Some(Role::User)),
+            strings(&["admin"])
+        );
+        assert_eq!(key_reach(&[], Some(Role::Admin)), strings(&["admin"]));
+        assert_eq!(
+            key_reach(&[], None),
+            strings(&["chat", "completions", "embeddings", "models:read"])
+        );
+    }
+
+    #[test]
+    fn only_admins_hold_what_their_role_lacks() {
+        let admin_key = strings(&["admin"]);
+        assert_eq!(beyond_role(Role::User, &admin_key), Some("admin".into()));
+        assert_eq!(beyond_role(Role::Manager, &admin_key), Some("admin".into()));
+        assert_eq!(beyond_role(Role::Admin, &admin_key), None);
+        let usage = strings(&["chat", "usage:read"]);
+        assert_eq!(beyond_role(Role::User, &usage), Some("usage:read".into()));
+        assert_eq!(beyond_role(Role::User, &strings(&["chat"])), None);
+        assert_eq!(
+            beyond_role(Role::Viewer, &strings(&["chat"])),
+            Some("chat".into())
+        );
+    }
 
     #[test]
     fn key_model_patterns_must_fit_inside_the_team_s() {

@@ -1,5 +1,10 @@
 //! `/admin/keys`: create, list, inspect, update, block, unblock, rotate and revoke virtual
 //! keys. Every write invalidates the key in this process's cache at once.
+//!
+//! Who may change a key is [`Caller::manages_key`]; on top of that, a non-admin may only
+//! block or revoke a key that can do more than their own role ([`Caller::check_holds`]):
+//! rotating it would hand them its secret, unblocking or re-enabling it would put it back
+//! into use.
 
 use super::access::check_key_narrows;
 use super::{
@@ -243,6 +248,23 @@ struct UpdateKey {
     metadata: Option<serde_json::Value>,
 }
 
+impl UpdateKey {
+    /// Whether the patch does nothing but block the key (allowed on any key the caller
+    /// manages: it only takes power away).
+    fn only_blocks(&self) -> bool {
+        self.blocked == Some(true)
+            && self.name.is_none()
+            && self.permissions.is_none()
+            && self.models.is_none()
+            && self.rpm.is_none()
+            && self.tpm.is_none()
+            && self.max_budget.is_none()
+            && self.budget_duration.is_none()
+            && self.expires_at.is_none()
+            && self.metadata.is_none()
+    }
+}
+
 fn nullable_time<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Option<Timestamp>>, D::Error> {
@@ -256,6 +278,11 @@ async fn update(
     JsonBody(body): JsonBody<UpdateKey>,
 ) -> Result<Json<ApiKey>, ApiError> {
     let key = managed_key(&app, &caller, &id).await?;
+    if !body.only_blocks() {
+        caller
+            .check_holds(&app, &key, &key.permissions, "change this key")
+            .await?;
+    }
     if let Some(name) = &body.name {
         validate::name("name", name)?;
     }
@@ -278,6 +305,13 @@ async fn update(
             body.models.as_deref().unwrap_or_default(),
         )
         .await?;
+    }
+    if let Some(permissions) = &body.permissions {
+        // Within its owner's role (checked above) is not enough: a team owner must not
+        // give a key of the team's admin member more than the owner has.
+        caller
+            .check_holds(&app, &key, permissions, "give this key these permissions")
+            .await?;
     }
     let patch = KeyPatch {
         name: body.name,
@@ -311,7 +345,12 @@ async fn set_blocked(
     id: String,
     blocked: bool,
 ) -> Result<Json<ApiKey>, ApiError> {
-    managed_key(&app, &caller, &id).await?;
+    let key = managed_key(&app, &caller, &id).await?;
+    if !blocked {
+        caller
+            .check_holds(&app, &key, &key.permissions, "unblock this key")
+            .await?;
+    }
     let patch = KeyPatch {
         blocked: Some(blocked),
         ..KeyPatch::default()
@@ -364,7 +403,10 @@ async fn rotate(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<RotateKey>,
 ) -> Result<Json<WithSecret>, ApiError> {
-    managed_key(&app, &caller, &id).await?;
+    let key = managed_key(&app, &caller, &id).await?;
+    caller
+        .check_holds(&app, &key, &key.permissions, "rotate this key")
+        .await?;
     let grace = body.grace_seconds;
     if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
         return Err(ApiError::BadRequest(format!(
