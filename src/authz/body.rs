@@ -59,7 +59,11 @@ pub fn read(body: &[u8], truncated: bool) -> BodyFacts {
         scan.feed(body);
         return only(scan.prefix_model());
     }
-    match serde_json::from_slice::<Probe>(body) {
+    // JSON is UTF-8 (RFC 8259); serde_json does not check the strings it skips.
+    let Ok(text) = std::str::from_utf8(body) else {
+        return only(ModelField::Unreadable(NOT_JSON));
+    };
+    match serde_json::from_str::<Probe>(text) {
         Ok(probe) => BodyFacts {
             model: match probe.models {
                 0 => ModelField::Absent,
@@ -381,6 +385,10 @@ mod tests {
         );
         assert_eq!(
             model_field(br#"{"model":"m"} trailing"#, false),
+            ModelField::Unreadable(NOT_JSON)
+        );
+        assert_eq!(
+            model_field(b"{\"model\":\"m\",\"messages\":\"\xff\"}", false),
             ModelField::Unreadable(NOT_JSON)
         );
     }

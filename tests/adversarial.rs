@@ -1,13 +1,18 @@
-//! "One model, one path" and "streams are untouched", end to end: a client (or an attacker)
-//! → Envoy from the shipped configs → the mock LLM, with tollgate deciding and metering.
+//! What an attacker (or a confused client) sends, end to end: a client → Envoy from the
+//! shipped configs → the mock LLM, with tollgate deciding and metering.
 //!
-//! - A body with a second `model` member is refused, whether Envoy forwarded it whole to
-//!   Check or cut it at 1 MiB (then ext_proc follows the rest), and the upstream never
-//!   serves it.
-//! - A path that means something else to the upstream never gets past tollgate's route
-//!   decision.
-//! - A stream to which tollgate added `include_usage` reaches the client exactly as the
-//!   upstream sends it without, and is still metered exactly.
+//! - One model: a body with a second `model` member is refused, whether Envoy forwarded it
+//!   whole to Check or cut it at 1 MiB (then ext_proc follows the rest), and the upstream
+//!   never serves it.
+//! - One path: a path that means something else to the upstream never gets past tollgate's
+//!   route decision.
+//! - Bodies and headers that parsers disagree on are refused or decided as the upstream
+//!   reads them; nothing reaches the upstream that tollgate did not decide.
+//! - Streams: a stream to which tollgate added `include_usage` reaches the client exactly as
+//!   the upstream sends it without, and is still metered exactly.
+//!
+//! JWT attacks are in tests/login_tokens.rs, role escalation in tests/roles.rs, OIDC linking
+//! in tests/oidc.rs.
 
 mod common;
 
@@ -275,6 +280,184 @@ async fn a_body_shorter_than_its_content_length_is_read_as_cut() {
     let a = answer(reply);
     assert_eq!(a.status, 200, "{a:?}");
     tollgate.stop().await;
+}
+
+#[tokio::test]
+async fn a_chunked_upload_with_a_late_second_model_is_refused() {
+    // No content-length: Envoy cuts the body for Check without knowing its size; the rest is
+    // still followed.
+    let s = stack("envoy/envoy.yaml").await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = smuggling_body(2_500_000);
+    let mut wire = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: llm\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+        s.mini_key
+    )
+    .into_bytes();
+    for piece in body.chunks(64 * 1024) {
+        wire.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        wire.extend_from_slice(piece);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    let mut stream = tokio::net::TcpStream::connect(s.envoy.listen)
+        .await
+        .unwrap();
+    // Envoy may answer (and close) before it has read everything.
+    let _ = stream.write_all(&wire).await;
+    let mut head = vec![0u8; 12];
+    stream.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 400", "{}", String::from_utf8_lossy(&head));
+    assert!(s.mock.requests().is_empty());
+    s.tollgate.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_parsers_disagree_on_are_refused_before_the_upstream() {
+    let s = stack("envoy/envoy.yaml").await;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "byte order mark",
+            b"\xef\xbb\xbf{\"model\":\"gpt-4o-mini\",\"messages\":[]}".to_vec(),
+        ),
+        (
+            "comment",
+            b"{\"model\":\"gpt-4o-mini\", /* x */ \"messages\":[]}".to_vec(),
+        ),
+        (
+            "trailing comma",
+            b"{\"model\":\"gpt-4o-mini\",\"messages\":[],}".to_vec(),
+        ),
+        (
+            "single quotes",
+            b"{'model':'gpt-4o','model2':1,\"model\":\"gpt-4o-mini\"}".to_vec(),
+        ),
+        (
+            "two objects",
+            b"{\"model\":\"gpt-4o-mini\"}{\"model\":\"gpt-4o\"}".to_vec(),
+        ),
+        (
+            "NaN",
+            b"{\"model\":\"gpt-4o-mini\",\"temperature\":NaN}".to_vec(),
+        ),
+        (
+            "invalid UTF-8",
+            b"{\"model\":\"gpt-4o-mini\",\"messages\":\"\xff\xfe\"}".to_vec(),
+        ),
+        (
+            "model as a list",
+            b"{\"model\":[\"gpt-4o\"],\"messages\":[]}".to_vec(),
+        ),
+        (
+            "model as an object",
+            b"{\"model\":{\"name\":\"gpt-4o\"}}".to_vec(),
+        ),
+        ("not an object", b"[\"gpt-4o-mini\"]".to_vec()),
+    ];
+    for (what, body) in cases {
+        let (status, answer) = post_raw(&s, "/v1/chat/completions", &s.mini_key, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {answer}");
+        assert_eq!(
+            answer["error"]["code"], "invalid_request",
+            "{what}: {answer}"
+        );
+    }
+    // Names that only look allowed are other models, refused as such.
+    for model in [
+        "gpt-4o-mini ",
+        "GPT-4O-MINI",
+        "gpt\u{2011}4o\u{2011}mini",
+        "gpt-4o-mini\u{0}",
+        "gpt-4o-mini' OR '1'='1",
+        "gpt-4o",
+    ] {
+        let body = serde_json::to_vec(&json!({"model": model, "messages": []})).unwrap();
+        let (status, answer) = post_raw(&s, "/v1/chat/completions", &s.mini_key, body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{model:?}: {answer}");
+        assert_eq!(answer["error"]["code"], "model_not_allowed", "{model:?}");
+    }
+    assert!(s.mock.requests().is_empty());
+    s.tollgate.stop().await;
+}
+
+#[tokio::test]
+async fn headers_cannot_pick_an_identity_a_request_id_or_a_cut() {
+    let s = stack("envoy/envoy.yaml").await;
+    let (_, other_key) = s
+        .tollgate
+        .create_key(json!({"name": "other", "models": ["gpt-4o"]}))
+        .await;
+    let chat = |model: &str| json!({"model": model, "messages": []});
+    let mini = format!("Bearer {}", s.mini_key);
+    // Two credentials: the first that counts decides; the other is not a fallback.
+    let (status, _, _) = post_json(
+        &s.envoy,
+        "/v1/chat/completions",
+        &[("authorization", &mini), ("x-api-key", &other_key)],
+        &chat("gpt-4o"),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "x-api-key must not widen the bearer key"
+    );
+    // Two bearer headers are one ambiguous credential, never either key.
+    let response = client()
+        .post(s.envoy.url("/v1/chat/completions"))
+        .header("authorization", &mini)
+        .header("authorization", format!("Bearer {other_key}"))
+        .json(&chat("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // Identity, request id and Envoy's own headers sent by the client do not survive.
+    let (status, headers, _) = post_json(
+        &s.envoy,
+        "/v1/chat/completions",
+        &[
+            ("authorization", &mini),
+            ("x-tollgate-key-id", "someone-else"),
+            ("x-tollgate-team-id", "team-of-admins"),
+            ("x-tollgate-model", "gpt-4o"),
+            ("x-request-id", "chosen-by-client"),
+            ("x-envoy-auth-partial-body", "true"),
+        ],
+        &chat("gpt-4o-mini"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = s.mock.last_request().unwrap();
+    assert_ne!(seen.header("x-tollgate-key-id"), Some("someone-else"));
+    assert_eq!(seen.header("x-tollgate-team-id"), None);
+    assert_eq!(seen.header("x-tollgate-model"), Some("gpt-4o-mini"));
+    assert_ne!(seen.header("x-request-id"), Some("chosen-by-client"));
+    assert_eq!(seen.header("authorization"), None);
+    assert_eq!(seen.header("x-api-key"), None);
+    assert_ne!(
+        headers.get("x-request-id").and_then(|v| v.to_str().ok()),
+        Some("chosen-by-client")
+    );
+    // A header block too large for Envoy never reaches tollgate or the upstream.
+    let huge = "a".repeat(100 * 1024);
+    let answer = client()
+        .post(s.envoy.url("/v1/chat/completions"))
+        .header("authorization", &mini)
+        .header("x-filler", huge)
+        .json(&chat("gpt-4o-mini"))
+        .send()
+        .await;
+    // Envoy answers 431, or closes the connection before reading the rest.
+    if let Ok(response) = answer {
+        assert_eq!(
+            response.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+    }
+    assert_eq!(s.mock.requests().len(), 1);
+    s.tollgate.stop().await;
 }
 
 /// Events with the parts that differ per response (id, created) blanked.
