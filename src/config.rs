@@ -318,6 +318,11 @@ pub struct OidcIssuer {
     pub jwks_refresh: Duration,
     #[serde(default)]
     pub auto_provision: bool,
+    /// Treat every email of this issuer as verified, for issuers that verify all addresses
+    /// but do not send `email_verified`. Off: an identity is linked to an existing user by
+    /// email only when its token says `email_verified: true`.
+    #[serde(default)]
+    pub trust_email: bool,
     #[serde(default)]
     pub default_role: Option<String>,
     #[serde(default)]

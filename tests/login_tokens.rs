@@ -1029,3 +1029,139 @@ async fn self_service_keys_with_an_oidc_token() {
     assert_eq!(listed["data"], json!([]), "{listed}");
     env.t.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// 7. Linking by email needs a verified email
+
+/// Asserts that `token` is a person other than `not_id`, with no `admin` power: their own
+/// profile (role `user`, no email taken from the token), 403 on the admin API, and Check
+/// sees them as themselves. Answers their user id.
+async fn assert_someone_else(t: &Tollgate, token: &str, not_id: &str) -> String {
+    let (status, _, me) = profile(t, token).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    let id = me["id"].as_str().unwrap().to_owned();
+    assert_ne!(id, not_id, "{me}");
+    assert_eq!(me["role"], "user", "{me}");
+    let email = me["email"].as_str().unwrap();
+    assert!(email.ends_with("@users.invalid"), "{me}");
+    assert!(
+        me["username"].as_str().unwrap().starts_with("oidc-"),
+        "{me}"
+    );
+    let (status, _, body) = api(t, Method::GET, "/admin/users", token, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_person_allowed(t, token, &id).await;
+    id
+}
+
+#[tokio::test]
+async fn an_unverified_email_does_not_sign_in_as_its_owner() {
+    let env = Env::start(AUTO_PROVISION).await;
+    let t = &env.t;
+    let root = t.create_user("root", "admin").await;
+    let root_email = "root@example.com";
+
+    // The attack: a token naming the admin's email, not verified by the issuer.
+    let mut seen = Vec::new();
+    for (sub, verified) in [
+        ("mallory-1", json!(false)),
+        ("mallory-2", Value::Null),
+        ("mallory-3", json!("false")),
+    ] {
+        let token = env.token(json!({"sub": sub, "email": root_email, "email_verified": verified}));
+        let id = assert_someone_else(t, &token, &root).await;
+        // Again: the same account, still nobody's admin.
+        assert_eq!(assert_someone_else(t, &token, &root).await, id);
+        seen.push(id);
+    }
+    seen.dedup();
+    assert_eq!(seen.len(), 3, "one new user per identity: {seen:?}");
+    assert!(audit(t, "auth.identity_link").await.is_empty());
+    let (_, shown) = t
+        .admin(Method::GET, &format!("/admin/users/{root}"), None)
+        .await;
+    assert_eq!(shown["email"], root_email, "{shown}");
+
+    // The owner's verified token is linked to the admin account.
+    let owner = env.token(json!({"sub": "root-sub", "email": root_email, "email_verified": true}));
+    assert_person_allowed(t, &owner, &root).await;
+    let (status, _, body) = api(t, Method::GET, "/admin/users", &owner, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let links = audit(t, "auth.identity_link").await;
+    assert_eq!(links.len(), 1, "{links:?}");
+    assert_eq!(links[0]["target"], root.as_str());
+    env.t.stop().await;
+}
+
+#[tokio::test]
+async fn without_auto_provision_an_unverified_email_is_refused() {
+    let env = Env::start("").await;
+    let t = &env.t;
+    let root = t.create_user("root", "admin").await;
+    let claims = json!({"sub": "root-sub", "email": "root@example.com"});
+    let unverified = env.token(with(claims.clone(), json!({"email_verified": false})));
+    assert_refused_in_check(t, &unverified, "no tollgate account").await;
+    assert_refused_by_api(t, &unverified, "no tollgate account").await;
+    // The same identity with the email verified: linked at once (the refusal above is not
+    // remembered for it), and an admin.
+    let verified = env.token(with(claims, json!({"email_verified": true})));
+    assert_person_allowed(t, &verified, &root).await;
+    let (status, _, body) = api(t, Method::GET, "/admin/users", &verified, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Linked now: the identity's later tokens work whatever they say about the email.
+    assert_person_allowed(t, &unverified, &root).await;
+    env.t.stop().await;
+}
+
+#[tokio::test]
+async fn trust_email_links_without_the_claim() {
+    let env = Env::start("      trust_email: true\n").await;
+    let t = &env.t;
+    let grace = t.create_user("grace", "user").await;
+    let token = env
+        .token(json!({"sub": "grace-sub", "email": "grace@example.com", "email_verified": null}));
+    assert_person_allowed(t, &token, &grace).await;
+    let (status, _, me) = profile(t, &token).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["id"], grace.as_str());
+    env.t.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_issuer_links_by_email_on_the_same_terms() {
+    let trusted = TestIssuer::start().await;
+    let other = TestIssuer::start().await;
+    let yaml = format!(
+        "auth:\n  oidc:\n    - issuer: {}\n      audiences: [{AUDIENCE}]\n      trust_email: true\n    - issuer: {}\n      audiences: [{AUDIENCE}]\n      auto_provision: true\n",
+        trusted.url(),
+        other.url()
+    );
+    let t = Tollgate::start(&yaml).await;
+    let root = t.create_user("root", "admin").await;
+    let sign = |issuer: &TestIssuer, extra: Value| {
+        let claims = with(issuer.claims(now()), extra);
+        issuer.token(&claims, Algorithm::RS256, "rsa-a")
+    };
+    let email = json!({"email": "root@example.com", "email_verified": null});
+
+    // The first issuer vouches for every email: linked.
+    let first = sign(&trusted, email.clone());
+    assert_person_allowed(&t, &first, &root).await;
+    // The second does not: an unverified email of it is someone else, however linked the
+    // account already is.
+    let unverified = sign(&other, with(email.clone(), json!({"sub": "mallory"})));
+    assert_someone_else(&t, &unverified, &root).await;
+    // And a verified one is linked too.
+    let verified = sign(
+        &other,
+        with(email, json!({"sub": "root-2", "email_verified": true})),
+    );
+    assert_person_allowed(&t, &verified, &root).await;
+    let links = audit(&t, "auth.identity_link").await;
+    assert_eq!(links.len(), 2, "{links:?}");
+    assert!(
+        links.iter().all(|l| l["target"] == root.as_str()),
+        "{links:?}"
+    );
+    t.stop().await;
+}

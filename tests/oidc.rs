@@ -591,6 +591,24 @@ async fn missing_email_name_and_groups_are_empty() {
 }
 
 #[tokio::test]
+async fn email_verified_only_when_the_token_says_so() {
+    let (issuer, verifier) = setup("").await;
+    for (claim, verified) in [
+        (json!(true), true),
+        (json!("true"), true),
+        (json!(false), false),
+        (json!("yes"), false),
+        (Value::Null, false),
+    ] {
+        let claims = with(issuer.claims(now()), json!({ "email_verified": claim }));
+        let token = issuer.token(&claims, Algorithm::RS256, "rsa-a");
+        let id = verifier.verify(&token, now()).await.unwrap();
+        assert_eq!(id.email_verified, verified, "email_verified: {claim}");
+        assert_eq!(id.email.as_deref(), Some("ada@example.com"));
+    }
+}
+
+#[tokio::test]
 async fn rejects_missing_subject() {
     let (issuer, verifier) = setup("").await;
     let claims = with(issuer.claims(now()), json!({"sub": null}));

@@ -1929,6 +1929,7 @@ store_suite!(
     oidc_provisions_users,
     oidc_second_login_finds_the_same_user,
     oidc_links_to_a_user_by_email,
+    oidc_links_and_provisions_only_with_a_verified_email,
     oidc_without_auto_provision_writes_nothing,
     oidc_role_from_groups,
     oidc_group_sync_leaves_manual_memberships,
@@ -2252,6 +2253,7 @@ fn oidc(subject: &str, email: Option<&str>) -> OidcLogin {
         issuer: ISSUER.to_string(),
         subject: subject.to_string(),
         email: email.map(str::to_string),
+        email_verified: true,
         name: Some("Ada Lovelace".to_string()),
         auto_provision: true,
         default_role: Role::Viewer,
@@ -2465,6 +2467,107 @@ async fn oidc_links_to_a_user_by_email(store: SharedStore) {
         .unwrap();
     assert!(other.created);
     assert_ne!(other.user.id, ada.id);
+}
+
+async fn oidc_links_and_provisions_only_with_a_verified_email(store: SharedStore) {
+    let admin_user = store
+        .create_user(
+            &admin(),
+            NewUser {
+                role: Some(Role::Admin),
+                ..new_user("root")
+            },
+        )
+        .await
+        .unwrap();
+    let unverified = |subject: &str, auto_provision: bool| OidcLogin {
+        email_verified: false,
+        auto_provision,
+        ..oidc(subject, Some("root@example.com"))
+    };
+
+    // Without auto_provision: not linked, nothing written.
+    let before = store.list_audit(AuditFilter::default()).await.unwrap();
+    let none = store
+        .oidc_login(&oidc_actor(), unverified("sub-mallory", false))
+        .await
+        .unwrap();
+    assert!(none.is_none(), "{none:?}");
+    assert_eq!(
+        store.list_audit(AuditFilter::default()).await.unwrap(),
+        before
+    );
+
+    // With auto_provision: a new user, without the address (neither as email nor as
+    // username), so the address's owner keeps their account and gets no second one.
+    let mallory = store
+        .oidc_login(&oidc_actor(), unverified("sub-mallory", true))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(mallory.created);
+    assert_ne!(mallory.user.id, admin_user.id);
+    let handle = oidc_handle("sub-mallory");
+    assert_eq!(mallory.user.username, handle);
+    assert_eq!(mallory.user.email, format!("{handle}@users.invalid"));
+    assert_eq!(mallory.user.role, Role::Viewer);
+    assert!(audit_of(&store, "auth.identity_link").await.is_empty());
+    assert_eq!(
+        store.get_user(&admin_user.id).await.unwrap().unwrap(),
+        admin_user
+    );
+    // Later tokens of that identity stay with its own user, verified or not.
+    let again = store
+        .oidc_login(&oidc_actor(), oidc("sub-mallory", Some("root@example.com")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.user.id, mallory.user.id);
+    assert!(!again.created);
+
+    // A verified email links another identity, at this or another issuer, to the owner.
+    let linked = store
+        .oidc_login(
+            &oidc_actor(),
+            OidcLogin {
+                auto_provision: false,
+                ..oidc("sub-root", Some("root@example.com"))
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(linked.user.id, admin_user.id);
+    assert!(!linked.created);
+    let second_issuer = |verified: bool| OidcLogin {
+        issuer: "https://other-idp.example.com".into(),
+        email_verified: verified,
+        ..oidc("sub-root-2", Some("root@example.com"))
+    };
+    let other = store
+        .oidc_login(&oidc_actor(), second_issuer(false))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(other.created);
+    assert_ne!(other.user.id, admin_user.id);
+    let other = store
+        .oidc_login(
+            &oidc_actor(),
+            OidcLogin {
+                subject: "sub-root-3".into(),
+                ..second_issuer(true)
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(other.user.id, admin_user.id);
+    let links = audit_of(&store, "auth.identity_link").await;
+    assert_eq!(links.len(), 2, "{links:?}");
+    assert!(links
+        .iter()
+        .all(|l| l.target.as_deref() == Some(admin_user.id.as_str())));
 }
 
 async fn oidc_without_auto_provision_writes_nothing(store: SharedStore) {

@@ -3,6 +3,10 @@
 //! role and group memberships in step with the token's groups (`group_to_role`,
 //! `group_to_team`).
 //!
+//! Linking by email hands the identity an existing account, so it needs an email the
+//! issuer vouches for: `email_verified: true` in the token, or `trust_email` on the issuer.
+//! Anyone can put any address in an account at many issuers.
+//!
 //! The sync is a store write, so it must not run on every request. It runs when this
 //! process sees an identity with claims (email, name, groups) it has not seen within
 //! `cache.key_ttl`: a token with new groups takes effect at once, the same token used for
@@ -23,6 +27,8 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 struct IssuerPolicy {
     auto_provision: bool,
+    /// Every email of this issuer counts as verified.
+    trust_email: bool,
     default_role: Role,
     group_to_team: Vec<(String, String)>,
     group_to_role: Vec<(String, Role)>,
@@ -34,6 +40,7 @@ impl IssuerPolicy {
         let role = |name: &str| name.parse::<Role>().unwrap_or(Role::User);
         IssuerPolicy {
             auto_provision: issuer.auto_provision,
+            trust_email: issuer.trust_email,
             default_role: issuer.default_role.as_deref().map_or(Role::User, role),
             group_to_team: issuer
                 .group_to_team
@@ -131,6 +138,8 @@ impl OidcUsers {
         };
         let mut synced = None;
         let synced_id = &mut synced;
+        let mut new_account = false;
+        let new_account_seen = &mut new_account;
         let found = self
             .seen
             .get_or_load(&fingerprint(identity), || async move {
@@ -138,6 +147,7 @@ impl OidcUsers {
                     issuer: identity.issuer.clone(),
                     subject: identity.subject.clone(),
                     email: identity.email.clone(),
+                    email_verified: policy.trust_email || identity.email_verified,
                     name: identity.name.clone(),
                     auto_provision: policy.auto_provision,
                     default_role: policy.default_role,
@@ -157,12 +167,18 @@ impl OidcUsers {
                         tracing::warn!(issuer = %identity.issuer, teams = ?o.missing_teams, "group_to_team names teams that do not exist; create them to sync their members");
                     }
                     *synced_id = Some(o.user.id.clone());
+                    *new_account_seen = o.created || o.linked;
                     o.user.id
                 }))
             })
             .await?;
         if let Some(id) = &synced {
             fresh(id);
+        }
+        if new_account {
+            // Other claim sets of this identity (say, the same email not yet verified) may
+            // be remembered as linked to nobody; they are not any more.
+            self.seen.forget_missing();
         }
         Ok(found.map(|id| (*id).clone()))
     }
@@ -199,6 +215,7 @@ fn fingerprint(identity: &OidcIdentity) -> [u8; 32] {
         identity.issuer.as_str(),
         identity.subject.as_str(),
         identity.email.as_deref().unwrap_or(""),
+        if identity.email_verified { "1" } else { "0" },
         identity.name.as_deref().unwrap_or(""),
     ]
     .into_iter()
@@ -262,6 +279,7 @@ mod tests {
             issuer: "i".into(),
             subject: "s".into(),
             email: email.map(str::to_owned),
+            email_verified: false,
             name: None,
             groups: groups.iter().map(|s| s.to_string()).collect(),
         };
@@ -281,5 +299,11 @@ mod tests {
             fingerprint(&id(&[], Some("e@x"))),
             fingerprint(&id(&[], None))
         );
+        // A verified email is a new claim set: "not linked" is not remembered across it.
+        let verified = OidcIdentity {
+            email_verified: true,
+            ..id(&[], Some("e@x"))
+        };
+        assert_ne!(fingerprint(&verified), fingerprint(&id(&[], Some("e@x"))));
     }
 }

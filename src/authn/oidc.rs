@@ -52,6 +52,9 @@ pub struct OidcIdentity {
     pub issuer: String,
     pub subject: String,
     pub email: Option<String>,
+    /// The token's `email_verified` claim is `true` (or the string `"true"`, as some
+    /// issuers send it); anything else, or no claim, is unverified.
+    pub email_verified: bool,
     pub name: Option<String>,
     /// From the configured groups claim: a string array, or a single string.
     pub groups: Vec<String>,
@@ -458,6 +461,11 @@ fn identity(
         issuer: issuer.to_owned(),
         subject,
         email: string_claim(claims, &names.email),
+        email_verified: match claims.get("email_verified") {
+            Some(Value::Bool(verified)) => *verified,
+            Some(Value::String(verified)) => verified == "true",
+            _ => false,
+        },
         name: string_claim(claims, &names.name),
         groups,
     })
@@ -669,12 +677,35 @@ mod tests {
         assert_eq!(id.email, None);
         let id = identity("i", &claims(json!({"sub": "u", "groups": "a"})), &names).unwrap();
         assert_eq!(id.groups, ["a"]);
+        assert!(!id.email_verified);
         assert_eq!(
             identity("i", &claims(json!({"sub": 5})), &names).unwrap_err(),
             JwtRejection::MissingSubject {
                 claim: "sub".into()
             }
         );
+    }
+
+    #[test]
+    fn email_verified_only_when_the_claim_says_true() {
+        let names = ClaimNames::default();
+        let verified = |v: Value| {
+            let claims = json!({"sub": "u", "email": "a@x", "email_verified": v});
+            identity("i", claims.as_object().unwrap(), &names)
+                .unwrap()
+                .email_verified
+        };
+        assert!(verified(json!(true)));
+        assert!(verified(json!("true")));
+        for no in [
+            json!(false),
+            json!("false"),
+            json!("yes"),
+            json!(1),
+            json!(null),
+        ] {
+            assert!(!verified(no.clone()), "{no}");
+        }
     }
 
     #[tokio::test]

@@ -211,10 +211,14 @@ pub enum RefreshOutcome {
 pub struct OidcLogin {
     pub issuer: String,
     pub subject: String,
-    /// The token's email; also used to link the identity to an existing user with that
-    /// email the first time the identity is seen (the caller passes None when the issuer
-    /// says the email is not verified).
+    /// The token's email.
     pub email: Option<String>,
+    /// Whether the issuer vouches for `email` (`email_verified`, or the issuer's
+    /// `trust_email`). Only then is the identity linked to an existing user with that email
+    /// the first time it is seen, and only then does a provisioned user get the email (and
+    /// the email as username): otherwise it gets `{handle}@users.invalid`, so an unverified
+    /// address neither takes over an account now nor claims one later.
+    pub email_verified: bool,
     pub name: Option<String>,
     pub auto_provision: bool,
     /// Role of a user created by this login when `role_from_groups` is None.
@@ -232,6 +236,8 @@ pub struct OidcLogin {
 pub struct OidcUser {
     pub user: User,
     pub created: bool,
+    /// This login linked the identity to an existing user by email.
+    pub linked: bool,
     /// Team names from `teams_from_groups` that name no live team (skipped).
     pub missing_teams: Vec<String>,
 }
@@ -613,8 +619,8 @@ pub trait Store: Send + Sync + 'static {
     /// memberships, in one transaction. None: no user and auto_provision is off.
     ///
     /// The identity (issuer, subject) is looked up first; the first time it is seen it is
-    /// linked to the live user with exactly the token's email (audited
-    /// `auth.identity_link`), else a user is provisioned when `auto_provision` is on
+    /// linked to the live user with exactly the token's email when that email is verified
+    /// (audited `auth.identity_link`), else a user is provisioned when `auto_provision` is on
     /// (audited `user.create` with `"source": "oidc"`). Then the role is set from
     /// `role_from_groups` (audited `user.role`) and group memberships are synced with
     /// `teams_from_groups` (audited `team.member.add` / `team.member.remove` with

@@ -298,9 +298,15 @@ impl SqlStore {
             }
             None => (None, false),
         };
-        let email = login.email.as_deref().filter(|e| !e.trim().is_empty());
+        // An email the issuer does not vouch for is not used at all: linking by it would
+        // hand its bearer the account of whoever has the address, and giving it to a new
+        // user would let that user be linked to the address's real owner later.
+        let email = login
+            .email
+            .as_deref()
+            .filter(|e| login.email_verified && !e.trim().is_empty());
 
-        let (mut user, created) = if let Some(id) = live_id {
+        let (mut user, created, linked) = if let Some(id) = live_id {
             let user = self
                 .locked_user(&mut tx, &id)
                 .await?
@@ -314,20 +320,20 @@ impl SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-            (user, false)
+            (user, false, false)
         } else if let Some(user) = self.locked_user_by_email(&mut tx, email).await? {
             self.put_identity(&mut tx, login, &user.id, now, stale)
                 .await?;
             let details = json!({ "issuer": login.issuer });
             write_audit(&mut tx, actor, now, "auth.identity_link", &user.id, details).await?;
-            (user, false)
+            (user, false, true)
         } else if login.auto_provision {
             let user = self
                 .provision_oidc_user(&mut tx, actor, login, email, now)
                 .await?;
             self.put_identity(&mut tx, login, &user.id, now, stale)
                 .await?;
-            (user, true)
+            (user, true, false)
         } else {
             // Dropping the transaction rolls it back; nothing was written.
             return Ok(None);
@@ -360,6 +366,7 @@ impl SqlStore {
         Ok(Some(OidcUser {
             user,
             created,
+            linked,
             missing_teams,
         }))
     }

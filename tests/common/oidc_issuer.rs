@@ -161,7 +161,8 @@ impl TestIssuer {
         serde_yaml::from_str(&yaml).unwrap()
     }
 
-    /// Claims of a valid token at `now`: `sub` user-1, audience [`AUDIENCE`], 5 minutes.
+    /// Claims of a valid token at `now`: `sub` user-1, audience [`AUDIENCE`], 5 minutes, a
+    /// verified email.
     pub fn claims(&self, now: i64) -> Value {
         json!({
             "iss": self.url(),
@@ -170,6 +171,7 @@ impl TestIssuer {
             "iat": now,
             "exp": now + 300,
             "email": "ada@example.com",
+            "email_verified": true,
             "name": "Ada Lovelace",
             "groups": ["engineering", "admins"],
         })
