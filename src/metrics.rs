@@ -27,7 +27,9 @@ pub struct Metrics {
     /// `backend` = database | redis | oidc.
     pub backend_errors: IntCounterVec,
     pub usage_queue_depth: IntGauge,
-    /// 1 while Redis answers, 0 while rate limiting runs in its failure mode.
+    /// 1 while Redis answers, 0 while rate limiting runs in its failure mode. Exported only
+    /// once [`Metrics::track_redis`] is called (Redis is configured): without Redis there
+    /// is nothing to be up, and a 0 would read as an outage.
     pub redis_up: IntGauge,
     /// `result` = written | duplicate | retried.
     pub usage_records: IntCounterVec,
@@ -105,7 +107,6 @@ impl Metrics {
             Box::new(cache_requests.clone()),
             Box::new(backend_errors.clone()),
             Box::new(usage_queue_depth.clone()),
-            Box::new(redis_up.clone()),
             Box::new(usage_records.clone()),
             Box::new(usage_tokens.clone()),
             Box::new(spend_usd.clone()),
@@ -126,6 +127,16 @@ impl Metrics {
             usage_tokens,
             spend_usd,
         }
+    }
+
+    /// Exports `tollgate_redis_up` (idempotent) and answers the gauge, for the one that
+    /// tracks Redis's health.
+    pub fn track_redis(&self) -> IntGauge {
+        match self.registry.register(Box::new(self.redis_up.clone())) {
+            Ok(()) | Err(prometheus::Error::AlreadyReg) => {}
+            Err(e) => panic!("{REDIS_UP} cannot be registered: {e}"),
+        }
+        self.redis_up.clone()
     }
 
     /// The Prometheus text exposition of every metric.
@@ -152,6 +163,9 @@ mod tests {
         m.usage_records.with_label_values(&["written"]).inc();
         m.usage_tokens.with_label_values(&["gpt-4o", "input"]).inc();
         m.spend_usd.with_label_values(&["gpt-4o"]).inc_by(0.5);
+        assert!(!m.render().contains(REDIS_UP), "no redis, no gauge");
+        m.track_redis();
+        m.track_redis();
         let text = m.render();
         for name in [
             CHECK_TOTAL,
@@ -167,5 +181,6 @@ mod tests {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }
         assert!(text.contains("tollgate_check_total{code=\"ok\",decision=\"allow\"} 1"));
+        assert_eq!(text.matches("# TYPE tollgate_redis_up gauge").count(), 1);
     }
 }

@@ -73,7 +73,7 @@ impl Limiter {
             config.timeout,
             &config.key_prefix,
         )?;
-        let gauge = Some(metrics.redis_up.clone());
+        let gauge = Some(metrics.track_redis());
         Ok(Limiter {
             store: Store::Redis(Arc::new(Shared {
                 buckets,
