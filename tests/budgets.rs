@@ -81,7 +81,10 @@ async fn concurrent_requests_cannot_overspend_past_the_reservations() {
             200 => admitted += 1,
             429 => {
                 assert_eq!(code, "insufficient_quota");
-                assert!(headers.contains_key("retry-after"));
+                // Waiting for the period to end is no retry: SDKs are told not to.
+                assert!(!headers.contains_key("retry-after"), "{headers:?}");
+                assert_eq!(headers["x-should-retry"], "false");
+                assert!(headers.contains_key("x-tollgate-budget-reset"));
                 refused += 1;
             }
             other => panic!("unexpected {other}"),
@@ -154,8 +157,11 @@ async fn spend_already_in_the_store_is_counted_and_a_spent_budget_refuses() {
     let (r, _) = request(&key, "new", 1);
     let (status, code, headers) = check(&t, &r).await;
     assert_eq!((status, code.as_str()), (429, "insufficient_quota"));
-    let retry: i64 = headers["retry-after"].parse().unwrap();
-    assert!(retry > 0 && retry <= 31 * 86_400, "{retry}");
+    assert!(!headers.contains_key("retry-after"), "{headers:?}");
+    assert_eq!(headers["x-should-retry"], "false");
+    let reset = tollgate::domain::rfc3339::parse(&headers["x-tollgate-budget-reset"]).unwrap();
+    let wait = reset - tollgate::domain::now();
+    assert!(wait > 0 && wait <= 31 * 86_400, "{wait}");
     // The API shows the key's current-period spend, alone and in lists.
     let (status, shown) = t
         .admin(Method::GET, &format!("/admin/keys/{id}"), None)
@@ -246,9 +252,12 @@ async fn a_new_period_starts_with_an_empty_budget() {
     let (r, _) = request(&key, "today-1", 1);
     let (status, code, headers) = check(&t, &r).await;
     assert_eq!((status, code.as_str()), (429, "insufficient_quota"));
-    // The day ends at midnight UTC: 16 hours from 08:00.
+    // The day ends at midnight UTC: 16 hours from 08:00. That is when to come back, not a
+    // retry.
     let until_midnight = 86_400 - start.rem_euclid(86_400);
-    assert_eq!(headers["retry-after"], until_midnight.to_string());
+    assert_eq!(headers["x-tollgate-budget-reset"], "2027-01-16T00:00:00Z");
+    assert_eq!(headers["x-should-retry"], "false");
+    assert!(!headers.contains_key("retry-after"), "{headers:?}");
 
     clock.advance(until_midnight * 1000);
     let (r, _) = request(&key, "tomorrow-1", 1);

@@ -587,16 +587,78 @@ async fn refuses_a_wrong_audience() {
     env.t.stop().await;
 }
 
+/// Asserts that Check and the user API both answer `token` with 503 `auth_unavailable`
+/// and a `retry-after` of at most 10 s (the JWKS re-read interval); answers that wait.
+async fn assert_asked_to_wait(t: &Tollgate, token: &str) -> u64 {
+    let response = check(t, token)
+        .await
+        .expect("a key not read yet is an answer, not UNAVAILABLE");
+    let (status, headers, body) = denied(&response);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "auth_unavailable", "{body}");
+    assert_eq!(headers["x-should-retry"], "true", "{headers:?}");
+    assert!(!headers.contains_key("www-authenticate"), "{headers:?}");
+    let wait: u64 = headers["retry-after"].parse().unwrap();
+    assert!((1..=10).contains(&wait), "{wait}");
+
+    let (status, headers, body) = profile(t, token).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "auth_unavailable", "{body}");
+    let api_wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=wait).contains(&api_wait), "{api_wait} after {wait}");
+    wait
+}
+
 #[tokio::test]
 async fn refuses_an_unknown_kid_after_one_refetch() {
     let env = Env::start(AUTO_PROVISION).await;
     // rsa-b is a real key of the issuer's, but not published.
     let claims = env.claims(json!({}));
     let token = env.issuer.token(&claims, Algorithm::RS256, "rsa-b");
-    env.refused_everywhere(&token, "the issuer publishes no key with `kid` rsa-b")
-        .await;
-    // One re-fetch for the first refusal; the second came within 10 s and asked nobody.
+    // The keys are read again for it, and still lack it: refused.
+    assert_refused_in_check(
+        &env.t,
+        &token,
+        "the issuer publishes no key with `kid` rsa-b",
+    )
+    .await;
     assert_eq!(env.issuer.jwks_fetches(), 2);
+    // Within 10 s of that read the issuer is not asked again, and the token is asked to wait
+    // for the next read rather than refused (it may be signed with a key published since).
+    assert_asked_to_wait(&env.t, &token).await;
+    assert_eq!(env.issuer.jwks_fetches(), 2);
+    assert_eq!(
+        user_by_email(&env.t, ADA).await,
+        None,
+        "a token not accepted must not provision a user"
+    );
+    env.t.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_published_just_after_a_read_is_waited_for_not_refused() {
+    let env = Env::start(AUTO_PROVISION).await;
+    // A token naming an invented kid makes tollgate read the issuer's keys again.
+    let invented = env.issuer.sign(
+        &json!({"alg": "RS256", "kid": "invented"}),
+        &env.claims(json!({})),
+        Algorithm::RS256,
+        "rsa-a",
+    );
+    assert_refused_in_check(&env.t, &invented, "invented").await;
+    assert_eq!(env.issuer.jwks_fetches(), 2);
+    // Right after, the issuer rotates in a new key and signs with it.
+    env.issuer
+        .publish(&["rsa-a", "rsa-b", "ec-p256", "ed25519"]);
+    let token = env
+        .issuer
+        .token(&env.claims(json!({})), Algorithm::RS256, "rsa-b");
+    let wait = assert_asked_to_wait(&env.t, &token).await;
+    // Waiting as told is enough: the keys are read again and the token passes.
+    tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+    let response = check(&env.t, &token).await.expect("an answer");
+    allowed(&response);
+    assert_eq!(env.issuer.jwks_fetches(), 3);
     env.t.stop().await;
 }
 

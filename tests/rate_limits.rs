@@ -49,6 +49,33 @@ fn header<'a>(a: &'a Answer, name: &str) -> &'a str {
     a.header(name)
 }
 
+async fn metrics_text(t: &Tollgate) -> String {
+    let (status, text) = t.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    text.as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn redis_up_is_exported_only_when_redis_is_configured() {
+    let t = Tollgate::start_with_clock("", Clock::manual(T0)).await;
+    let text = metrics_text(&t).await;
+    assert!(text.contains("tollgate_usage_queue_depth"), "{text}");
+    assert!(!text.contains("tollgate_redis_up"), "{text}");
+    t.stop().await;
+
+    let prefix = format!("tg-test-{}:", tollgate::domain::new_id());
+    let t = Tollgate::start_with_clock(
+        &format!("redis: {{ url: \"redis://127.0.0.1:6379\", key_prefix: \"{prefix}\" }}\n"),
+        Clock::manual(T0),
+    )
+    .await;
+    assert!(
+        metrics_text(&t).await.contains("\ntollgate_redis_up 1\n"),
+        "Redis answers"
+    );
+    t.stop().await;
+}
+
 #[tokio::test]
 async fn a_key_s_rpm_admits_its_burst_then_refuses_until_refilled() {
     let clock = Clock::manual(T0);
@@ -69,8 +96,9 @@ async fn a_key_s_rpm_admits_its_burst_then_refuses_until_refilled() {
         message.contains("this API key: 3 requests per minute"),
         "{message}"
     );
-    // 3 per minute = one every 20 s.
+    // 3 per minute = one every 20 s: worth waiting for.
     assert_eq!(header(&a, "retry-after"), "20");
+    assert_eq!(header(&a, "x-should-retry"), "true");
     assert_eq!(header(&a, "x-ratelimit-remaining-requests"), "0");
     assert_eq!(header(&a, "x-ratelimit-reset-requests"), "1m0s");
 
@@ -205,6 +233,35 @@ async fn a_request_bigger_than_the_token_limit_is_told_so() {
         message.contains("more than the 500 tokens per minute"),
         "{message}"
     );
+    assert!(message.contains("waiting will not admit it"), "{message}");
+    // No wait admits it: SDKs are told not to retry, and no time is promised.
+    assert_eq!(header(&a, "x-should-retry"), "false");
+    assert!(!a.headers.contains_key("retry-after"), "{a:?}");
+    // A burst below the request is named as such.
+    let t2 = Tollgate::start_with_clock(
+        "limits:\n  global: { tpm: 100000, tpm_burst: 1000 }\n",
+        Clock::manual(T0),
+    )
+    .await;
+    let (_, k2) = key(&t2, json!({})).await;
+    let a = check(
+        &t2,
+        &k2,
+        "/v1/chat/completions",
+        &chat_body("gpt-4o", 4_000),
+    )
+    .await;
+    assert_eq!(a.status, 429, "{a:?}");
+    let message = a.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(
+            "more than the 1000 tokens at once (100000 per minute) allowed for this gateway"
+        ),
+        "{message}"
+    );
+    assert_eq!(header(&a, "x-should-retry"), "false");
+    assert!(!a.headers.contains_key("retry-after"), "{a:?}");
+    t2.stop().await;
     t.stop().await;
 }
 
@@ -321,6 +378,9 @@ async fn an_unreachable_redis_follows_the_failure_mode() {
         assert_eq!(b.status, second, "{mode}: {b:?}");
         if mode == "closed" {
             assert_eq!(b.body["error"]["code"], "auth_unavailable", "{b:?}");
+            // Redis is probed every 500 ms: a second's wait can succeed.
+            assert_eq!(header(&b, "retry-after"), "1");
+            assert_eq!(header(&b, "x-should-retry"), "true");
         }
         if mode == "open" {
             assert!(
@@ -328,7 +388,10 @@ async fn an_unreachable_redis_follows_the_failure_mode() {
                 "{a:?}"
             );
         }
-        assert_eq!(t.metric("tollgate_redis_up").await, 0.0, "{mode}");
+        assert!(
+            metrics_text(&t).await.contains("\ntollgate_redis_up 0\n"),
+            "{mode}"
+        );
         t.stop().await;
     }
 }

@@ -93,7 +93,12 @@ async fn spend_shows_in_the_api_and_a_spent_budget_answers_insufficient_quota() 
     let (headers, body) = refused.expect("the budget ran out");
     assert_eq!(body["error"]["code"], "insufficient_quota", "{body}");
     assert_eq!(body["error"]["type"], "insufficient_quota", "{body}");
-    assert!(headers.contains_key("retry-after"));
+    // Spent until the period ends: the client is told when, and not to retry meanwhile.
+    assert!(!headers.contains_key("retry-after"), "{headers:?}");
+    assert_eq!(headers["x-should-retry"], "false");
+    let reset = headers["x-tollgate-budget-reset"].to_str().unwrap();
+    assert!(tollgate::domain::rfc3339::parse(reset).unwrap() > tollgate::domain::now());
+    assert!(headers.contains_key("x-request-id"));
     // What was admitted costs at most the budget plus what one estimate can be off by.
     let served = mock.requests().len() as f64;
     assert!(
