@@ -193,6 +193,47 @@ fn bench(c: &mut Criterion) {
     c.bench_function("parts/model_from_body", |b| {
         b.iter(|| model_field(BODY, false))
     });
+    // A 1 MiB prompt: read whole (UTF-8 check + one pass), and as the prefix of a cut body
+    // (the top-level scanner that ext_proc also runs over the rest).
+    let long = format!(
+        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{}"}}],"max_tokens":64}}"#,
+        "lorem ipsum ".repeat(87_000)
+    );
+    c.bench_function("parts/model_from_body_1mib_whole", |b| {
+        b.iter(|| model_field(long.as_bytes(), false))
+    });
+    c.bench_function("parts/model_from_body_1mib_cut", |b| {
+        b.iter(|| model_field(long.as_bytes(), true))
+    });
+    // A 40-chunk chat stream: metering it, and taking out the usage tollgate asked for.
+    let mut stream = String::new();
+    for i in 0..40 {
+        stream.push_str(&format!(
+            "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"word{i} \"}},\"finish_reason\":null}}],\"usage\":null}}\n\n"
+        ));
+    }
+    stream.push_str("data: {\"id\":\"chatcmpl-1\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":40,\"total_tokens\":49}}\n\ndata: [DONE]\n\n");
+    let pieces: Vec<&[u8]> = stream.split_inclusive("\n\n").map(str::as_bytes).collect();
+    c.bench_function("parts/stream_metered", |b| {
+        b.iter(|| {
+            let mut parser = tollgate::usage::sse::SseUsage::default();
+            for piece in &pieces {
+                parser.feed(piece);
+            }
+            parser.finish()
+        })
+    });
+    c.bench_function("parts/stream_unasked_usage_taken_out", |b| {
+        b.iter(|| {
+            let mut filter = tollgate::usage::unasked::UnaskedUsage::default();
+            let last = pieces.len() - 1;
+            pieces
+                .iter()
+                .enumerate()
+                .map(|(i, piece)| filter.filter(piece, i == last).map_or(0, |o| o.len()))
+                .sum::<usize>()
+        })
+    });
     let policy = Policy::from_config(&Config::default());
     let rule = decision::route(&policy, "POST", "/v1/chat/completions")
         .unwrap()
