@@ -1227,3 +1227,74 @@ async fn a_second_issuer_links_by_email_on_the_same_terms() {
     );
     t.stop().await;
 }
+
+#[tokio::test]
+async fn an_email_its_user_set_is_not_linked_to_an_identity() {
+    let issuer = TestIssuer::start().await;
+    let yaml = format!(
+        "auth:\n  allow_registration: true\n  session: {{ secret: {SESSION_SECRET} }}\n  oidc:\n    - issuer: {}\n      audiences: [{AUDIENCE}]\n      auto_provision: true\n      group_to_role: {{ platform-admin: admin }}\n",
+        issuer.url()
+    );
+    let t = Tollgate::start(&yaml).await;
+    let sign = |extra: Value| {
+        let claims = with(issuer.claims(now()), extra);
+        issuer.token(&claims, Algorithm::RS256, "rsa-a")
+    };
+
+    // Mallory registers with the address of someone who has no account yet; Bob changes
+    // his own address to another's.
+    let body = json!({"username": "mallory", "email": "ceo@example.com", "password": PASSWORD});
+    let (status, mallory) = t.call(Method::POST, "/v1/register", None, Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{mallory}");
+    let mallory = mallory["id"].as_str().unwrap().to_owned();
+    let bob = user_with_password(&t, "bob", "user").await;
+    let bob_session = login(&t, "bob").await;
+    let (status, _, me) = api(
+        &t,
+        Method::PUT,
+        "/v1/user/profile",
+        &bob_session,
+        Some(json!({"email": "cto@example.com"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+
+    // The owners of those addresses sign in: each gets an account of their own (an admin,
+    // by their group), not Mallory's or Bob's.
+    let ceo = sign(json!({"sub": "ceo", "email": "ceo@example.com", "groups": ["platform-admin"]}));
+    let (status, _, me) = profile(&t, &ceo).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_ne!(me["id"], mallory.as_str());
+    assert_eq!(me["role"], "admin");
+    assert!(
+        me["email"].as_str().unwrap().ends_with("@users.invalid"),
+        "the address is Mallory's: {me}"
+    );
+    let cto = sign(json!({"sub": "cto", "email": "cto@example.com", "groups": []}));
+    let (status, _, me) = profile(&t, &cto).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_ne!(me["id"], bob.as_str());
+    assert!(audit(&t, "auth.identity_link").await.is_empty());
+
+    // Mallory's password still opens a plain user's account.
+    let mallory_session = login(&t, "mallory").await;
+    let (status, _, me) = profile(&t, &mallory_session).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["id"], mallory.as_str());
+    assert_eq!(me["role"], "user");
+    let (status, _, body) = api(&t, Method::GET, "/admin/users", &mallory_session, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    // An admin setting Bob's address vouches for it: a new identity with it is linked.
+    let (status, body) = t
+        .admin(
+            Method::PATCH,
+            &format!("/admin/users/{bob}"),
+            Some(json!({"email": "cto@example.com"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let bobs = sign(json!({"sub": "bob-at-idp", "email": "cto@example.com", "groups": []}));
+    assert_person_allowed(&t, &bobs, &bob).await;
+    t.stop().await;
+}

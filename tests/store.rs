@@ -119,6 +119,7 @@ async fn user_crud(store: SharedStore) {
                     budget_duration: Some(BudgetDuration::Month),
                 },
                 metadata: Some(json!({"cost_center": "R&D"})),
+                email_unverified: false,
             },
         )
         .await
@@ -1915,6 +1916,81 @@ async fn audit_limit_defaults_and_cap_postgres() {
     check_audit_limits(store).await;
 }
 
+/// Migration 0006 on a store that had users before it: emails registered or changed by
+/// their own user become unverified, the others stay verified. The migration is undone by
+/// hand and run again over rows written as before it.
+async fn check_email_verified_backfill(store: SqlStore) {
+    let registered = store
+        .create_user(&Actor::new("registration", None), new_user("reg"))
+        .await
+        .unwrap();
+    let mut users = Vec::new();
+    for name in ["self-email", "self-name", "admin-email", "plain"] {
+        users.push(store.create_user(&admin(), new_user(name)).await.unwrap());
+    }
+    let patch = |email: Option<&str>, name: Option<&str>| UserPatch {
+        email: email.map(str::to_string),
+        full_name: name.map(|n| Some(n.to_string())),
+        ..UserPatch::default()
+    };
+    let own = |id: &str| Actor::new(format!("user:{id}"), None);
+    let changes = [
+        (
+            own(&users[0].id),
+            patch(Some("self-email@new.example.com"), None),
+        ),
+        (own(&users[1].id), patch(None, Some("Self Name"))),
+        (admin(), patch(Some("admin-email@new.example.com"), None)),
+    ];
+    for (user, (actor, change)) in users.iter().zip(changes) {
+        store
+            .update_user(&actor, &user.id, change)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let version: i64 = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(version, 6, "this test undoes the latest migration only");
+    for sql in [
+        "DELETE FROM _sqlx_migrations WHERE version = 6",
+        "ALTER TABLE users DROP COLUMN email_verified",
+    ] {
+        sqlx::query(sql).execute(store.pool()).await.unwrap();
+    }
+    store.migrate().await.unwrap();
+
+    let shared: SharedStore = Arc::new(store);
+    let mut linked = Vec::new();
+    for user in shared.list_users().await.unwrap() {
+        let login = OidcLogin {
+            auto_provision: false,
+            ..oidc(&format!("sub-{}", user.username), Some(&user.email))
+        };
+        if let Some(found) = shared.oidc_login(&oidc_actor(), login).await.unwrap() {
+            assert_eq!(found.user.id, user.id);
+            linked.push(user.username);
+        }
+    }
+    linked.sort();
+    assert_eq!(linked, ["admin-email", "plain", "self-name"]);
+    assert!(!linked.contains(&registered.username));
+}
+
+#[tokio::test]
+async fn email_verified_backfill_sqlite() {
+    let (store, _dir, _) = fresh_sqlite().await;
+    check_email_verified_backfill(store).await;
+}
+
+#[tokio::test]
+async fn email_verified_backfill_postgres() {
+    let (store, _) = fresh_postgres().await;
+    check_email_verified_backfill(store).await;
+}
+
 // ---- login sessions ----------------------------------------------------------------------
 
 store_suite!(
@@ -1930,6 +2006,7 @@ store_suite!(
     oidc_second_login_finds_the_same_user,
     oidc_links_to_a_user_by_email,
     oidc_links_and_provisions_only_with_a_verified_email,
+    oidc_links_only_to_a_user_whose_email_is_verified,
     oidc_without_auto_provision_writes_nothing,
     oidc_role_from_groups,
     oidc_group_sync_leaves_manual_memberships,
@@ -2568,6 +2645,106 @@ async fn oidc_links_and_provisions_only_with_a_verified_email(store: SharedStore
     assert!(links
         .iter()
         .all(|l| l.target.as_deref() == Some(admin_user.id.as_str())));
+}
+
+async fn oidc_links_only_to_a_user_whose_email_is_verified(store: SharedStore) {
+    // Registered with an address nobody checked, and an address changed by its user.
+    let registered = store
+        .create_user(
+            &Actor::new("registration", None),
+            NewUser {
+                email_unverified: true,
+                ..new_user("eve")
+            },
+        )
+        .await
+        .unwrap();
+    let bob = store.create_user(&admin(), new_user("bob")).await.unwrap();
+    let bob = store
+        .update_user(
+            &Actor::new(format!("user:{}", bob.id), None),
+            &bob.id,
+            UserPatch {
+                email: Some("boss@example.com".into()),
+                email_unverified: true,
+                ..UserPatch::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    for (subject, user) in [("sub-eve", &registered), ("sub-boss", &bob)] {
+        // Not linked, even with a verified token; without provisioning, nobody.
+        let none = store
+            .oidc_login(
+                &oidc_actor(),
+                OidcLogin {
+                    auto_provision: false,
+                    ..oidc(subject, Some(&user.email))
+                },
+            )
+            .await
+            .unwrap();
+        assert!(none.is_none(), "{none:?}");
+        // With provisioning: a new user, who cannot have the taken address.
+        let other = store
+            .oidc_login(&oidc_actor(), oidc(subject, Some(&user.email)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(other.created);
+        assert_ne!(other.user.id, user.id);
+        assert_eq!(
+            other.user.username, user.email,
+            "the address is a free username"
+        );
+        assert_eq!(
+            other.user.email,
+            format!("{}@users.invalid", oidc_handle(subject))
+        );
+    }
+    assert!(audit_of(&store, "auth.identity_link").await.is_empty());
+
+    // An admin setting the address vouches for it: linked from then on.
+    store
+        .update_user(
+            &admin(),
+            &bob.id,
+            UserPatch {
+                email: Some("boss@example.com".into()),
+                ..UserPatch::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let linked = store
+        .oidc_login(&oidc_actor(), oidc("sub-boss-2", Some("boss@example.com")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(linked.user.id, bob.id);
+    assert!(linked.linked);
+    // A change that leaves the email alone keeps it verified.
+    store
+        .update_user(
+            &Actor::new(format!("user:{}", bob.id), None),
+            &bob.id,
+            UserPatch {
+                full_name: Some(Some("Bob".into())),
+                email_unverified: true,
+                ..UserPatch::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let linked = store
+        .oidc_login(&oidc_actor(), oidc("sub-boss-3", Some("boss@example.com")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(linked.user.id, bob.id);
 }
 
 async fn oidc_without_auto_provision_writes_nothing(store: SharedStore) {

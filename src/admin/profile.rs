@@ -64,6 +64,8 @@ async fn update(
     }
     let patch = UserPatch {
         email: body.email,
+        // The user's own word: no OIDC identity is linked to them by this address.
+        email_unverified: true,
         full_name: body.full_name,
         ..UserPatch::default()
     };

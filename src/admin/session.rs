@@ -185,6 +185,8 @@ async fn register(
                 full_name: body.full_name,
                 role: Some(Role::User),
                 password_hash: Some(password_hash),
+                // Whoever registers types any address they like.
+                email_unverified: true,
                 ..NewUser::default()
             },
         )

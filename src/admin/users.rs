@@ -102,6 +102,7 @@ async fn create(
                 password_hash,
                 limits,
                 metadata: body.metadata,
+                email_unverified: false,
             },
         )
         .await?;
@@ -173,6 +174,8 @@ async fn update(
     validate::limits_patch(&limits)?;
     let patch = UserPatch {
         email: body.email,
+        // An admin vouches for the address they set.
+        email_unverified: false,
         full_name: body.full_name,
         role: body.role,
         blocked: body.blocked,

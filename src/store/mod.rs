@@ -85,12 +85,18 @@ pub struct NewUser {
     pub password_hash: Option<String>,
     pub limits: Limits,
     pub metadata: Option<serde_json::Value>,
+    /// Nobody vouches for `email`: the user typed it in (registration). No OIDC identity is
+    /// linked to this user by email (see [`OidcLogin::email_verified`]).
+    pub email_unverified: bool,
 }
 
 /// A partial update: `None` leaves a field as it is; `Some(None)` clears a nullable field.
 #[derive(Debug, Clone, Default)]
 pub struct UserPatch {
     pub email: Option<String>,
+    /// With `email`: the user changed it themselves (profile), so nobody vouches for it;
+    /// otherwise (an admin's change) it counts as verified.
+    pub email_unverified: bool,
     pub full_name: Option<Option<String>>,
     pub role: Option<Role>,
     pub blocked: Option<bool>,
@@ -619,8 +625,9 @@ pub trait Store: Send + Sync + 'static {
     /// memberships, in one transaction. None: no user and auto_provision is off.
     ///
     /// The identity (issuer, subject) is looked up first; the first time it is seen it is
-    /// linked to the live user with exactly the token's email when that email is verified
-    /// (audited `auth.identity_link`), else a user is provisioned when `auto_provision` is on
+    /// linked to the live user with exactly the token's email when both the token's and the
+    /// user's email are verified (audited `auth.identity_link`), else a user is provisioned
+    /// when `auto_provision` is on (without the email when another user has it)
     /// (audited `user.create` with `"source": "oidc"`). Then the role is set from
     /// `role_from_groups` (audited `user.role`) and group memberships are synced with
     /// `teams_from_groups` (audited `team.member.add` / `team.member.remove` with

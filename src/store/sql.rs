@@ -371,7 +371,8 @@ impl SqlStore {
         }))
     }
 
-    /// The live user whose email is exactly `email`, locked like [`Self::locked_user`].
+    /// The live user whose email is exactly `email` and verified (not one the user typed in
+    /// themselves), locked like [`Self::locked_user`].
     async fn locked_user_by_email(
         &self,
         conn: &mut AnyConnection,
@@ -379,7 +380,8 @@ impl SqlStore {
     ) -> StoreResult<Option<User>> {
         let Some(email) = email else { return Ok(None) };
         let sql = format!(
-            "SELECT {USER_COLS} FROM users WHERE email = $1 AND deleted_at IS NULL{}",
+            "SELECT {USER_COLS}, email_verified FROM users \
+             WHERE email = $1 AND deleted_at IS NULL{}",
             self.backend.for_update()
         );
         let row = sqlx::query(&sql)
@@ -387,7 +389,10 @@ impl SqlStore {
             .fetch_optional(&mut *conn)
             .await
             .map_err(db_err)?;
-        row.as_ref().map(user_from_row).transpose()
+        match row {
+            Some(row) if bool_col(&row, "email_verified")? => user_from_row(&row).map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// Points the identity at `user_id`: a new row, or (`stale`) the row that pointed at a
@@ -437,6 +442,12 @@ impl SqlStore {
             Some(email) if !self.username_taken(conn, email).await? => email.to_string(),
             _ => handle.clone(),
         };
+        // A live user whose address is not verified may hold the email (emails are unique):
+        // the new user goes without it rather than not at all.
+        let email = match email {
+            Some(email) if !self.email_taken(conn, email).await? => Some(email),
+            _ => None,
+        };
         let user = User {
             id: domain::new_id(),
             username,
@@ -452,8 +463,9 @@ impl SqlStore {
         };
         sqlx::query(
             "INSERT INTO users (id, username, email, full_name, role, blocked, password_hash, \
-             rpm, tpm, max_budget, budget_duration, metadata, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, $9, $10, $11, $12, $13)",
+             rpm, tpm, max_budget, budget_duration, metadata, created_at, updated_at, \
+             email_verified) \
+             VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&user.id)
         .bind(&user.username)
@@ -465,6 +477,8 @@ impl SqlStore {
         .bind(user.metadata.to_string())
         .bind(now)
         .bind(now)
+        // The `users.invalid` stand-in is nobody's address: no token may claim it.
+        .bind(email.is_some())
         .execute(&mut *conn)
         .await
         .map_err(|e| map_db_err(e, Some(USER_CONFLICT)))?;
@@ -482,6 +496,15 @@ impl SqlStore {
         );
         write_audit(conn, actor, now, "user.create", &user.id, details).await?;
         Ok(user)
+    }
+
+    async fn email_taken(&self, conn: &mut AnyConnection, email: &str) -> StoreResult<bool> {
+        let found = sqlx::query("SELECT id FROM users WHERE email = $1 AND deleted_at IS NULL")
+            .bind(email)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        Ok(found.is_some())
     }
 
     async fn username_taken(&self, conn: &mut AnyConnection, username: &str) -> StoreResult<bool> {
@@ -1134,8 +1157,9 @@ impl Store for SqlStore {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO users (id, username, email, full_name, role, blocked, password_hash, \
-             rpm, tpm, max_budget, budget_duration, metadata, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+             rpm, tpm, max_budget, budget_duration, metadata, created_at, updated_at, \
+             email_verified) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(&user.id)
         .bind(&user.username)
@@ -1148,6 +1172,7 @@ impl Store for SqlStore {
         .bind(user.metadata.to_string())
         .bind(now)
         .bind(now)
+        .bind(!new.email_unverified)
         .execute(&mut *tx)
         .await
         .map_err(|e| map_db_err(e, Some(USER_CONFLICT)))?;
@@ -1200,6 +1225,14 @@ impl Store for SqlStore {
         let Some(mut user) = self.locked_user(&mut tx, id).await? else {
             return Ok(None);
         };
+        if patch.email.is_some() {
+            sqlx::query("UPDATE users SET email_verified = $2 WHERE id = $1")
+                .bind(&user.id)
+                .bind(!patch.email_unverified)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
         let mut changes = Changes::default();
         changes.apply("email", &mut user.email, patch.email);
         changes.apply("full_name", &mut user.full_name, patch.full_name);
