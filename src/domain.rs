@@ -22,38 +22,62 @@ pub mod rfc3339 {
             .unwrap_or_else(|| t.to_string())
     }
 
+    /// The first and last second that RFC 3339 can write (years 0000 to 9999): a time
+    /// taken in is one the API can give back.
+    pub const MIN: Timestamp = -62_167_219_200;
+    pub const MAX: Timestamp = 253_402_300_799;
+
     /// Parses RFC 3339 (`2026-11-24T10:00:00Z`), a date (`2026-11-24`, midnight UTC), or
-    /// Unix seconds.
+    /// Unix seconds, from year 0000 to 9999.
     pub fn parse(text: &str) -> Result<Timestamp, String> {
         let text = text.trim();
         if let Ok(secs) = text.parse::<i64>() {
-            return Ok(secs);
+            return in_range(secs);
         }
         if let Ok(d) = chrono::DateTime::parse_from_rfc3339(text) {
-            return Ok(d.timestamp());
+            return in_range(d.timestamp());
         }
         if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-            return Ok(d
-                .and_hms_opt(0, 0, 0)
-                .expect("midnight exists")
-                .and_utc()
-                .timestamp());
+            return in_range(
+                d.and_hms_opt(0, 0, 0)
+                    .expect("midnight exists")
+                    .and_utc()
+                    .timestamp(),
+            );
         }
         Err(format!(
             "`{text}` is not a time: use RFC 3339 (2026-11-24T10:00:00Z), a date (2026-11-24) or Unix seconds"
         ))
     }
 
+    fn in_range(t: Timestamp) -> Result<Timestamp, String> {
+        if (MIN..=MAX).contains(&t) {
+            Ok(t)
+        } else {
+            Err(format!(
+                "`{t}` is out of range: times are from year 0000 to 9999 (Unix seconds {MIN} to {MAX})"
+            ))
+        }
+    }
+
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Input {
         Secs(i64),
+        /// `1767225600.0`: the same number to JSON, from clients whose numbers are floats.
+        WholeSecs(f64),
         Text(String),
     }
 
     fn from_input<E: de::Error>(input: Input) -> Result<Timestamp, E> {
         match input {
-            Input::Secs(s) => Ok(s),
+            Input::Secs(s) => in_range(s).map_err(E::custom),
+            Input::WholeSecs(f) if f.fract() == 0.0 && (MIN as f64..=MAX as f64).contains(&f) => {
+                Ok(f as i64)
+            }
+            Input::WholeSecs(f) => Err(E::custom(format!(
+                "`{f}` is not a time: Unix seconds are a whole number from {MIN} to {MAX}"
+            ))),
             Input::Text(t) => parse(&t).map_err(E::custom),
         }
     }

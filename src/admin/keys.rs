@@ -8,8 +8,8 @@
 
 use super::access::check_key_narrows;
 use super::{
-    all_with_spend, limits_of, limits_patch_of, list, nullable, validate, with_spend, ApiError,
-    AppState, Caller, JsonBody, QueryParams, WithSpend,
+    all_with_spend, limits_of, limits_patch_of, list, nullable, validate, whole, with_spend,
+    ApiError, AppState, Caller, JsonBody, QueryParams, WithSpend,
 };
 use crate::authn::api_key;
 use crate::authn::key_cache::Invalidation;
@@ -43,7 +43,9 @@ pub(super) struct CreateKey {
     pub permissions: Vec<String>,
     #[serde(default)]
     pub models: Vec<String>,
+    #[serde(default, deserialize_with = "whole::option")]
     pub rpm: Option<i64>,
+    #[serde(default, deserialize_with = "whole::option")]
     pub tpm: Option<i64>,
     pub max_budget: Option<f64>,
     pub budget_duration: Option<BudgetDuration>,
@@ -216,6 +218,14 @@ async fn existing_key(app: &AppState, id: &str) -> Result<ApiKey, ApiError> {
         .ok_or_else(|| ApiError::not_found("key", id))
 }
 
+/// A revoked key stays for its history and can no longer be changed: 409 conflict.
+fn not_revoked(key: ApiKey) -> Result<ApiKey, ApiError> {
+    match key.revoked_at {
+        Some(_) => Err(ApiError::Conflict(format!("key `{}` is revoked", key.id))),
+        None => Ok(key),
+    }
+}
+
 /// The key, when the caller may change it; 404 or 403 otherwise.
 pub(super) async fn managed_key(
     app: &AppState,
@@ -235,9 +245,9 @@ struct UpdateKey {
     permissions: Option<Vec<String>>,
     models: Option<Vec<String>>,
     blocked: Option<bool>,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "whole::nullable")]
     rpm: Option<Option<i64>>,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "whole::nullable")]
     tpm: Option<Option<i64>>,
     #[serde(default, deserialize_with = "nullable")]
     max_budget: Option<Option<f64>>,
@@ -277,7 +287,7 @@ async fn update(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<UpdateKey>,
 ) -> Result<Json<ApiKey>, ApiError> {
-    let key = managed_key(&app, &caller, &id).await?;
+    let key = not_revoked(managed_key(&app, &caller, &id).await?)?;
     if !body.only_blocks() {
         caller
             .check_holds(&app, &key, &key.permissions, "change this key")
@@ -345,7 +355,7 @@ async fn set_blocked(
     id: String,
     blocked: bool,
 ) -> Result<Json<ApiKey>, ApiError> {
-    let key = managed_key(&app, &caller, &id).await?;
+    let key = not_revoked(managed_key(&app, &caller, &id).await?)?;
     if !blocked {
         caller
             .check_holds(&app, &key, &key.permissions, "unblock this key")
@@ -390,7 +400,7 @@ async fn revoke(
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RotateKey {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::required")]
     grace_seconds: i64,
 }
 
@@ -403,7 +413,7 @@ async fn rotate(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<RotateKey>,
 ) -> Result<Json<WithSecret>, ApiError> {
-    let key = managed_key(&app, &caller, &id).await?;
+    let key = not_revoked(managed_key(&app, &caller, &id).await?)?;
     caller
         .check_holds(&app, &key, &key.permissions, "rotate this key")
         .await?;

@@ -76,6 +76,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         } else {
             &bytes
         };
+        // Every body is an object: serde would also fill a struct from an array, by position.
+        if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::BadRequest(
+                "invalid JSON body: the body must be a JSON object".into(),
+            ));
+        }
         let mut de = serde_json::Deserializer::from_slice(text);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
@@ -113,6 +119,46 @@ pub fn nullable<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
+}
+
+/// Whole numbers in bodies (`rpm`, `tpm`, `grace_seconds`): `5`, and also `5.0`, which is
+/// the same number to JSON (and to JSON Schema's `integer`) and what clients whose numbers
+/// are all floats send. A fraction or a number outside `i64` is refused.
+pub mod whole {
+    use serde::{de, Deserialize, Deserializer};
+
+    struct Whole(i64);
+
+    impl<'de> Deserialize<'de> for Whole {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let n = serde_json::Number::deserialize(d)?;
+            n.as_i64()
+                .or_else(|| {
+                    n.as_f64()
+                        // `i64::MIN as f64` is exactly -2^63; `-(i64::MIN as f64)` is 2^63.
+                        .filter(|f| {
+                            f.fract() == 0.0 && (i64::MIN as f64..-(i64::MIN as f64)).contains(f)
+                        })
+                        .map(|f| f as i64)
+                })
+                .map(Whole)
+                .ok_or_else(|| de::Error::custom(format!("expected a whole number, got {n}")))
+        }
+    }
+
+    pub fn required<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        Whole::deserialize(d).map(|w| w.0)
+    }
+
+    /// Absent or `null`: `None`.
+    pub fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        Option::<Whole>::deserialize(d).map(|w| w.map(|w| w.0))
+    }
+
+    /// For PATCH bodies, as [`super::nullable`]: absent `None`, `null` `Some(None)`.
+    pub fn nullable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
+        option(d).map(Some)
+    }
 }
 
 /// A key, user or team as the API answers it: the record and its current-period spend.
@@ -252,11 +298,21 @@ pub mod validate {
         })
     }
 
+    /// `metadata`, when given, is a JSON object.
+    pub fn metadata(value: &Option<serde_json::Value>) -> Result<(), ApiError> {
+        match value {
+            Some(m) if !m.is_object() => Err(ApiError::BadRequest(
+                "`metadata` must be a JSON object".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Permission and model names: short, printable, no spaces.
     pub fn tokens(field: &str, values: &[String]) -> Result<(), ApiError> {
         for v in values {
             if v.is_empty()
-                || v.len() > 128
+                || v.chars().count() > 128
                 || v.chars().any(|c| c.is_whitespace() || c.is_control())
             {
                 return Err(ApiError::BadRequest(format!(
@@ -265,5 +321,65 @@ pub mod validate {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole;
+    use crate::domain::rfc3339;
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    struct Limits {
+        #[serde(default, deserialize_with = "whole::option")]
+        rpm: Option<i64>,
+        #[serde(default, deserialize_with = "whole::nullable")]
+        tpm: Option<Option<i64>>,
+    }
+
+    fn limits(json: &str) -> Result<(Option<i64>, Option<Option<i64>>), String> {
+        serde_json::from_str::<Limits>(json)
+            .map(|l| (l.rpm, l.tpm))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn whole_numbers_may_be_written_as_floats_but_not_with_a_fraction() {
+        assert_eq!(
+            limits(r#"{"rpm": 5, "tpm": 7}"#),
+            Ok((Some(5), Some(Some(7))))
+        );
+        assert_eq!(
+            limits(r#"{"rpm": 5.0, "tpm": 7e2}"#),
+            Ok((Some(5), Some(Some(700))))
+        );
+        assert_eq!(
+            limits(r#"{"rpm": null, "tpm": null}"#),
+            Ok((None, Some(None)))
+        );
+        assert_eq!(limits("{}"), Ok((None, None)));
+        for bad in [r#"{"rpm": 5.5}"#, r#"{"rpm": 1e19}"#, r#"{"rpm": "5"}"#] {
+            assert!(limits(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn times_are_those_rfc_3339_can_write() {
+        assert_eq!(rfc3339::parse("0000-01-01T00:00:00Z"), Ok(rfc3339::MIN));
+        assert_eq!(rfc3339::parse("9999-12-31"), Ok(rfc3339::MAX - 86_399));
+        assert_eq!(rfc3339::parse("253402300799"), Ok(rfc3339::MAX));
+        assert!(rfc3339::parse("253402300800").is_err());
+        assert!(rfc3339::parse("-62167219201").is_err());
+        #[derive(Deserialize)]
+        struct At {
+            #[serde(with = "rfc3339")]
+            at: i64,
+        }
+        let at = |json: &str| serde_json::from_str::<At>(json).map(|a| a.at).ok();
+        assert_eq!(at(r#"{"at": 1767225600}"#), Some(1_767_225_600));
+        assert_eq!(at(r#"{"at": 1767225600.0}"#), Some(1_767_225_600));
+        assert_eq!(at(r#"{"at": 1767225600.5}"#), None);
+        assert_eq!(at(r#"{"at": 9223372036854775806}"#), None);
     }
 }

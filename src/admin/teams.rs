@@ -1,8 +1,8 @@
 //! `/admin/teams`: teams, their limits and model sets, and their members.
 
 use super::{
-    all_with_spend, limits_of, limits_patch_of, list, nullable, validate, ApiError, AppState,
-    Caller, JsonBody,
+    all_with_spend, limits_of, limits_patch_of, list, nullable, validate, whole, ApiError,
+    AppState, Caller, JsonBody,
 };
 use crate::authn::key_cache::Invalidation;
 use crate::domain::{BudgetDuration, Membership, MembershipSource, Role, Team, TeamRole};
@@ -30,7 +30,9 @@ struct CreateTeam {
     name: String,
     #[serde(default)]
     models: Vec<String>,
+    #[serde(default, deserialize_with = "whole::option")]
     rpm: Option<i64>,
+    #[serde(default, deserialize_with = "whole::option")]
     tpm: Option<i64>,
     max_budget: Option<f64>,
     budget_duration: Option<BudgetDuration>,
@@ -50,6 +52,7 @@ async fn create(
     validate::tokens("models", &body.models)?;
     let limits = limits_of!(body);
     validate::limits(&limits)?;
+    validate::metadata(&body.metadata)?;
     let team = app
         .store
         .create_team(
@@ -137,9 +140,9 @@ struct UpdateTeam {
     name: Option<String>,
     models: Option<Vec<String>>,
     blocked: Option<bool>,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "whole::nullable")]
     rpm: Option<Option<i64>>,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "whole::nullable")]
     tpm: Option<Option<i64>>,
     #[serde(default, deserialize_with = "nullable")]
     max_budget: Option<Option<f64>>,
@@ -162,6 +165,7 @@ async fn update(
     validate::tokens("models", body.models.as_deref().unwrap_or_default())?;
     let limits = limits_patch_of!(body);
     validate::limits_patch(&limits)?;
+    validate::metadata(&body.metadata)?;
     let patch = TeamPatch {
         name: body.name,
         models: body.models,

@@ -4,7 +4,7 @@
 
 use super::access::SignedIn;
 use super::keys::{create_key, write_key, CreateKey, WithSecret};
-use super::{all_with_spend, list, ApiError, AppState, JsonBody, QueryParams};
+use super::{all_with_spend, list, whole, ApiError, AppState, JsonBody, QueryParams};
 use crate::domain::{self, ApiKey, BudgetDuration, Role, Timestamp};
 use crate::store::{KeyFilter, SpendKind};
 use axum::extract::{Path, State};
@@ -54,7 +54,9 @@ struct CreateOwnKey {
     permissions: Vec<String>,
     #[serde(default)]
     models: Vec<String>,
+    #[serde(default, deserialize_with = "whole::option")]
     rpm: Option<i64>,
+    #[serde(default, deserialize_with = "whole::option")]
     tpm: Option<i64>,
     max_budget: Option<f64>,
     budget_duration: Option<BudgetDuration>,

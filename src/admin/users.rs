@@ -1,8 +1,8 @@
 //! `/admin/users`: people who own keys (and, with sessions, log in).
 
 use super::{
-    all_with_spend, limits_of, limits_patch_of, list, nullable, validate, with_spend, ApiError,
-    AppState, Caller, JsonBody, WithSpend,
+    all_with_spend, limits_of, limits_patch_of, list, nullable, validate, whole, with_spend,
+    ApiError, AppState, Caller, JsonBody, WithSpend,
 };
 use crate::authn::key_cache::Invalidation;
 use crate::authn::{login, password};
@@ -69,7 +69,9 @@ struct CreateUser {
     role: Option<Role>,
     password: Option<String>,
     full_name: Option<String>,
+    #[serde(default, deserialize_with = "whole::option")]
     rpm: Option<i64>,
+    #[serde(default, deserialize_with = "whole::option")]
     tpm: Option<i64>,
     max_budget: Option<f64>,
     budget_duration: Option<BudgetDuration>,
@@ -84,8 +86,12 @@ async fn create(
     caller.require_admin("create users")?;
     check_username(&body.username)?;
     check_email(&body.email)?;
+    if let Some(name) = &body.full_name {
+        validate::name("full_name", name)?;
+    }
     let limits = limits_of!(body);
     validate::limits(&limits)?;
+    validate::metadata(&body.metadata)?;
     let password_hash = match body.password.as_deref() {
         Some(password) => Some(hash_password(&app.config.auth.password_policy, password).await?),
         None => None,
@@ -149,9 +155,9 @@ struct UpdateUser {
     full_name: Option<Option<String>>,
     role: Option<Role>,
     blocked: Option<bool>,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "whole::nullable")]
     rpm: Option<Option<i64>>,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "whole::nullable")]
     tpm: Option<Option<i64>>,
     #[serde(default, deserialize_with = "nullable")]
     max_budget: Option<Option<f64>>,
@@ -170,8 +176,12 @@ async fn update(
     if let Some(email) = &body.email {
         check_email(email)?;
     }
+    if let Some(Some(name)) = &body.full_name {
+        validate::name("full_name", name)?;
+    }
     let limits = limits_patch_of!(body);
     validate::limits_patch(&limits)?;
+    validate::metadata(&body.metadata)?;
     let patch = UserPatch {
         email: body.email,
         // An admin vouches for the address they set.
