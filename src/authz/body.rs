@@ -193,11 +193,23 @@ enum First {
 impl TopLevel {
     /// Reads the next piece of the body.
     pub fn feed(&mut self, bytes: &[u8]) {
-        for &c in bytes {
+        let mut i = 0;
+        while i < bytes.len() {
             if self.in_string {
-                self.string_byte(c);
+                if !self.escaped && !self.in_key && self.capture.is_none() {
+                    // Most of a body is string contents (the prompt): skip to the next
+                    // quote or backslash at memchr's speed.
+                    match memchr::memchr2(b'"', b'\\', &bytes[i..]) {
+                        Some(at) => i += at,
+                        None => return,
+                    }
+                }
+                self.string_byte(bytes[i]);
+                i += 1;
                 continue;
             }
+            let c = bytes[i];
+            i += 1;
             if c.is_ascii_whitespace() {
                 continue;
             }

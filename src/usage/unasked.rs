@@ -13,6 +13,8 @@
 //! Events can be split across the pieces Envoy hands over, so an incomplete event at the
 //! end of a piece is held back until the rest of it arrives (or the stream ends).
 
+use std::borrow::Cow;
+
 /// The filter for one response stream.
 #[derive(Debug, Default)]
 pub struct UnaskedUsage {
@@ -96,15 +98,13 @@ fn line_end(bytes: &[u8], i: usize) -> Option<usize> {
 fn rewrite(event: &[u8]) -> Option<Vec<u8>> {
     let (start, end) = data_payload(event)?;
     let json = &event[start..end];
-    if !contains(json, b"\"usage\"") {
-        return None;
-    }
+    memchr::memmem::find(json, b"\"usage\"")?;
     let members = members(json)?;
-    let usage = members.iter().position(|m| m.name == "usage")?;
+    let usage = members.iter().position(|m| *m.name == *b"usage")?;
     let value = &json[members[usage].value.clone()];
     let no_choices = members
         .iter()
-        .find(|m| m.name == "choices")
+        .find(|m| *m.name == *b"choices")
         .is_some_and(|m| is_empty_array(&json[m.value.clone()]));
     if value != b"null" && no_choices {
         return Some(Vec::new());
@@ -140,10 +140,6 @@ fn data_payload(event: &[u8]) -> Option<(usize, usize)> {
     trimmed.starts_with(b"{").then_some((start, end))
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
 fn is_empty_array(value: &[u8]) -> bool {
     value
         .strip_prefix(b"[")
@@ -151,16 +147,16 @@ fn is_empty_array(value: &[u8]) -> bool {
         .is_some_and(|inside| inside.trim_ascii().is_empty())
 }
 
-/// A top-level member of a JSON object: its decoded name, where it starts (its name's
-/// opening quote) and where its value lies.
-struct Member {
-    name: String,
+/// A top-level member of a JSON object: its name (escapes decoded), where it starts (its
+/// name's opening quote) and where its value lies.
+struct Member<'a> {
+    name: Cow<'a, [u8]>,
     start: usize,
     value: std::ops::Range<usize>,
 }
 
 /// The bytes to cut to remove member `i` with one of its separating commas.
-fn removal(members: &[Member], i: usize) -> std::ops::Range<usize> {
+fn removal(members: &[Member<'_>], i: usize) -> std::ops::Range<usize> {
     match (members.get(i + 1), i.checked_sub(1).map(|p| &members[p])) {
         // Up to the next member's name: takes the comma after it.
         (Some(next), _) => members[i].start..next.start,
@@ -171,7 +167,7 @@ fn removal(members: &[Member], i: usize) -> std::ops::Range<usize> {
 }
 
 /// The top-level members of a complete JSON object; `None` when it is not one.
-fn members(json: &[u8]) -> Option<Vec<Member>> {
+fn members(json: &[u8]) -> Option<Vec<Member<'_>>> {
     let mut s = Cursor { b: json, i: 0 };
     let mut members = Vec::new();
     s.ws();
@@ -189,8 +185,18 @@ fn members(json: &[u8]) -> Option<Vec<Member>> {
         s.ws();
         let value_start = s.i;
         s.value()?;
+        let raw = &json[name.start + 1..name.end - 1];
+        let name = if raw.contains(&b'\\') {
+            Cow::Owned(
+                serde_json::from_slice::<String>(&json[name])
+                    .ok()?
+                    .into_bytes(),
+            )
+        } else {
+            Cow::Borrowed(raw)
+        };
         members.push(Member {
-            name: serde_json::from_slice(&json[name]).ok()?,
+            name,
             start,
             value: value_start..s.i,
         });
