@@ -564,7 +564,10 @@ impl Config {
             Config::default()
         } else {
             serde_yaml::from_str(&expanded).map_err(|e| {
-                let line = e.location().map(|l| l.line());
+                let line = e
+                    .location()
+                    .map(|l| l.line())
+                    .or_else(|| second_document_line(&expanded));
                 // serde_yaml appends " at line L column C"; the line is already in front.
                 let message = e.to_string();
                 let message = match message.find(" at line ") {
@@ -888,9 +891,25 @@ fn expand_line(
     Ok(())
 }
 
+/// Where the second document of a YAML text starts, when it has one: serde_yaml refuses a
+/// second document without saying where it is.
+fn second_document_line(text: &str) -> Option<usize> {
+    struct Nothing;
+    impl serde::de::Visitor<'_> for Nothing {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("one document")
+        }
+    }
+    let second = serde_yaml::Deserializer::from_str(text).nth(1)?;
+    let error = second.deserialize_any(Nothing).err()?;
+    error.location().map(|l| l.line())
+}
+
 /// Finds the line of a dotted key path (`cache.key_ttl`, `models.name`) in YAML text:
-/// each segment is searched below the line of its parent. Best effort: `None` when the key
-/// is not written in the file (for example a default that fails validation).
+/// each segment is searched below the line of its parent. Best effort: when the key is not
+/// written in the file (a member validation requires), the line of its closest enclosing
+/// key that is; `None` when not even its section is (a default that fails validation).
 pub fn locate_key(text: &str, path: &str) -> Option<usize> {
     let lines: Vec<&str> = text.lines().collect();
     let mut from = 0;
@@ -912,7 +931,7 @@ pub fn locate_key(text: &str, path: &str) -> Option<usize> {
                 found = Some(i + 1);
                 from = i;
             }
-            None => return None,
+            None => return found,
         }
     }
     found
@@ -1164,5 +1183,19 @@ mod tests {
         ] {
             assert_eq!(ApiFamily::of_path(path), family, "{path}");
         }
+    }
+
+    #[test]
+    fn a_second_document_names_its_line() {
+        let e = parse("cache:\n  key_ttl: 5s\n---\nlisten: {}\n").unwrap_err();
+        assert!(e.message.contains("more than one document"), "{e}");
+        assert_eq!(e.line, Some(4), "{e}");
+    }
+
+    #[test]
+    fn a_missing_member_names_the_line_of_its_section() {
+        let e = parse("auth:\n  oidc:\n    - issuer: https://id.example\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("auth.oidc.audiences"), "{e}");
+        assert_eq!(e.line, Some(2), "{e}");
     }
 }
