@@ -1,6 +1,7 @@
 //! Configuration loading: `Config::parse_str` on any text, with a few variables set (one
-//! of them spanning two lines). Beyond "no panic": every error names a line of the file,
-//! and a configuration that loads passes its own validation.
+//! of them spanning two lines). Beyond "no panic": every error names a line of the file
+//! (but for an alias bomb, which is about the whole document), and a configuration that
+//! loads passes its own validation.
 
 #![no_main]
 
@@ -38,9 +39,14 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => {
             let shown = e.to_string();
-            let line = e
-                .line
-                .unwrap_or_else(|| panic!("an error without a line: {shown}"));
+            let Some(line) = e.line else {
+                // An alias expanded too many times is a property of the whole document.
+                assert!(
+                    e.message.contains("repetition limit exceeded"),
+                    "an error without a line: {shown}"
+                );
+                return;
+            };
             // A line of the file, or the one just past its end (an unexpected end).
             assert!(
                 (1..=lines(text) + 1).contains(&line),
