@@ -24,8 +24,10 @@ const NOT_JSON: &str = "the body is not a valid JSON object";
 
 /// The longest raw member name that can still decode to `model` (`\u006d` is six bytes).
 const MAX_MODEL_KEY_BYTES: usize = 5 * 6;
-/// The longest model name kept from a cut body; longer is no model anyone serves.
+/// The longest model name read; longer is no model anyone serves, and is refused whole or
+/// cut alike.
 const MAX_MODEL_BYTES: usize = 4096;
+const MODEL_TOO_LONG: &str = "the `model` is longer than 4096 bytes";
 
 /// What the decision reads from a request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +70,9 @@ pub fn read(body: &[u8], truncated: bool) -> BodyFacts {
             model: match probe.models {
                 0 => ModelField::Absent,
                 1 => match probe.model {
+                    Some(serde_json::Value::String(m)) if m.len() > MAX_MODEL_BYTES => {
+                        ModelField::Unreadable(MODEL_TOO_LONG)
+                    }
                     Some(serde_json::Value::String(m)) => ModelField::Named(m),
                     _ => ModelField::NotAString,
                 },
@@ -180,6 +185,7 @@ pub struct TopLevel {
     model_value_pending: bool,
     /// The first `model` member's string value, while it is read.
     capture: Option<Vec<u8>>,
+    capture_too_long: bool,
     models: u32,
     first: Option<First>,
 }
@@ -188,6 +194,7 @@ pub struct TopLevel {
 enum First {
     Named(String),
     NotAString,
+    TooLong,
 }
 
 impl TopLevel {
@@ -269,6 +276,8 @@ impl TopLevel {
                 self.member_name_read();
             } else if let Some(raw) = self.capture.take() {
                 self.first = Some(match decode_string(&raw) {
+                    _ if self.capture_too_long => First::TooLong,
+                    Some(name) if name.len() > MAX_MODEL_BYTES => First::TooLong,
                     Some(name) => First::Named(name),
                     None => First::NotAString,
                 });
@@ -282,8 +291,12 @@ impl TopLevel {
                 self.key_too_long = true;
             }
         } else if let Some(raw) = &mut self.capture {
-            if raw.len() < MAX_MODEL_BYTES {
+            // A character takes at most six bytes written (`\u0061`), so more than six
+            // times the limit written is over the limit read.
+            if raw.len() < 6 * MAX_MODEL_BYTES {
                 raw.push(c);
+            } else {
+                self.capture_too_long = true;
             }
         }
     }
@@ -312,6 +325,7 @@ impl TopLevel {
         match &self.first {
             Some(First::Named(name)) => return ModelField::Named(name.clone()),
             Some(First::NotAString) => return ModelField::NotAString,
+            Some(First::TooLong) => return ModelField::Unreadable(MODEL_TOO_LONG),
             None => {}
         }
         if self.invalid {
@@ -427,6 +441,23 @@ mod tests {
         let quoted = br#"{"messages":"\",\"model\":\"x","model":"a"}"#;
         assert_eq!(model_field(quoted, false), named("a"));
         assert_eq!(model_field(quoted, true), named("a"));
+    }
+
+    #[test]
+    fn an_overlong_model_name_is_refused_whole_or_cut() {
+        for (len, escaped) in [(4097, false), (4097, true), (10_000, false)] {
+            let name = if escaped { "\\u0061" } else { "a" }.repeat(len);
+            let body = format!(r#"{{"model":"{name}"}}"#);
+            let want = ModelField::Unreadable(MODEL_TOO_LONG);
+            assert_eq!(model_field(body.as_bytes(), false), want, "{len} {escaped}");
+            assert_eq!(model_field(body.as_bytes(), true), want, "{len} {escaped}");
+        }
+        let body = format!(r#"{{"model":"{}"}}"#, "\\u00e9".repeat(2048));
+        assert_eq!(
+            model_field(body.as_bytes(), false),
+            named(&"é".repeat(2048))
+        );
+        assert_eq!(model_field(body.as_bytes(), true), named(&"é".repeat(2048)));
     }
 
     #[test]
