@@ -19,6 +19,9 @@ use std::sync::Arc;
 
 /// Permissions every LLM-calling identity has unless narrowed.
 pub const LLM_PERMISSIONS: &[&str] = &["chat", "completions", "embeddings", "models:read"];
+/// Why a body with more than one top-level `model` member is refused (by Check, or by
+/// ext_proc for the part of a body Check did not see).
+pub const DUPLICATE_MODEL: &str = "The request body has more than one `model` member";
 /// The permission that implies every other.
 pub const ADMIN_PERMISSION: &str = "admin";
 
@@ -258,38 +261,34 @@ pub fn route<'p>(policy: &'p Policy, method: &str, path: &str) -> Result<&'p Rou
 /// `path_with_escaped_slashes_action`); what still holds one of these was sent to confuse a
 /// route match (`/v1/models/../chat/completions` is a chat request to the upstream).
 pub fn plain_path(path: &str) -> Result<(), &'static str> {
-    let bytes = path.as_bytes();
-    if bytes.contains(&b'\\') {
+    if path.contains('\\') {
         return Err("holds a backslash");
     }
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| char::from(b).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied(),
-            bytes.get(i + 2).copied(),
-        ) {
-            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
-                let byte = (hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8;
-                if matches!(byte, b'/' | b'\\') {
-                    return Err("holds an encoded slash");
+    let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
+    // Each segment decoded on the fly (nothing allocated on the hot path): an escape that
+    // decodes to a slash is refused, a segment that decodes to `.` or `..` too.
+    for segment in path.as_bytes().split(|b| *b == b'/') {
+        let (mut length, mut dots, mut i) = (0, 0, 0);
+        while i < segment.len() {
+            let byte = match (segment[i], hex(segment.get(i + 1)), hex(segment.get(i + 2))) {
+                (b'%', Some(high), Some(low)) => {
+                    i += 3;
+                    (high * 16 + low) as u8
                 }
-                decoded.push(byte);
-                i += 3;
+                (byte, _, _) => {
+                    i += 1;
+                    byte
+                }
+            };
+            if matches!(byte, b'/' | b'\\') {
+                return Err("holds an encoded slash");
             }
-            (b, _, _) => {
-                decoded.push(b);
-                i += 1;
-            }
+            length += 1;
+            dots += usize::from(byte == b'.');
         }
-    }
-    if decoded
-        .split(|b| *b == b'/')
-        .any(|segment| segment == b"." || segment == b"..")
-    {
-        return Err("holds a `.` or `..` segment");
+        if (1..=2).contains(&length) && dots == length {
+            return Err("holds a `.` or `..` segment");
+        }
     }
     Ok(())
 }
@@ -347,10 +346,7 @@ pub fn authorize(
     let name = match model {
         // Refused on every route: whichever one the upstream reads, it was not checked.
         ModelField::Duplicate => {
-            return Err(Denial::new(
-                DenyReason::InvalidRequest,
-                "The request body has more than one `model` member",
-            ))
+            return Err(Denial::new(DenyReason::InvalidRequest, DUPLICATE_MODEL))
         }
         _ if !rule.model_required => return Ok(grant),
         ModelField::Named(name) => name,

@@ -164,6 +164,24 @@ pub fn error_body(reason: DenyReason, api: ApiFamily, message: &str) -> String {
 /// Anthropic's `request-id`), and whether and when to retry (`retry-after` and
 /// `x-should-retry: true` when waiting can succeed, else `x-should-retry: false`).
 pub fn denied(denial: &Denial, request_id: &str) -> CheckResponse {
+    let grpc_code = match denial.reason {
+        DenyReason::InvalidApiKey => GRPC_UNAUTHENTICATED,
+        _ => GRPC_PERMISSION_DENIED,
+    };
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: grpc_code,
+            message: denial.reason.code().to_owned(),
+            ..Default::default()
+        }),
+        dynamic_metadata: None,
+        http_response: Some(HttpResponse::DeniedResponse(refusal(denial, request_id))),
+    }
+}
+
+/// The HTTP answer of a refusal (status, headers, body), for Check and for the refusals
+/// ext_proc makes itself.
+pub fn refusal(denial: &Denial, request_id: &str) -> DeniedHttpResponse {
     let reason = denial.reason;
     let mut headers = vec![header("content-type", "application/json")];
     if !request_id.is_empty() {
@@ -189,24 +207,12 @@ pub fn denied(denial: &Denial, request_id: &str) -> CheckResponse {
         ));
     }
     headers.extend(quota_headers(denial.quota.as_deref()));
-    let grpc_code = match reason {
-        DenyReason::InvalidApiKey => GRPC_UNAUTHENTICATED,
-        _ => GRPC_PERMISSION_DENIED,
-    };
-    CheckResponse {
-        status: Some(rpc::Status {
-            code: grpc_code,
-            message: reason.code().to_owned(),
-            ..Default::default()
+    DeniedHttpResponse {
+        status: Some(HttpStatus {
+            code: i32::from(reason.status()),
         }),
-        dynamic_metadata: None,
-        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-            status: Some(HttpStatus {
-                code: i32::from(reason.status()),
-            }),
-            headers,
-            body: error_body(reason, denial.api, &denial.message),
-        })),
+        headers,
+        body: error_body(reason, denial.api, &denial.message),
     }
 }
 

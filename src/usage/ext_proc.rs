@@ -69,8 +69,7 @@ use crate::authz::response::{
     USER_ID_HEADER,
 };
 use crate::config::Config;
-use crate::decision::{Denial, DenyReason, Policy};
-use envoy_types::ext_authz::v3::pb::HttpResponse as CheckHttpResponse;
+use crate::decision::{Denial, DenyReason, Policy, DUPLICATE_MODEL};
 
 /// The dynamic metadata namespace of Envoy's ext_authz filter, where Check's metadata lands;
 /// envoy/envoy.yaml forwards it to this filter (`metadata_options`).
@@ -88,13 +87,12 @@ pub struct UsageProcessor {
     queue: UsageQueue,
     /// For the model list and its pricing.
     config: Arc<Config>,
-    /// The route table, for the shape of a refusal.
+    /// The route table (Check's), for the shape of a refusal.
     routes: Arc<Policy>,
 }
 
 impl UsageProcessor {
-    pub fn new(queue: UsageQueue, config: Arc<Config>) -> Self {
-        let routes = Arc::new(Policy::from_config(&config));
+    pub fn new(queue: UsageQueue, config: Arc<Config>, routes: Arc<Policy>) -> Self {
         UsageProcessor {
             queue,
             config,
@@ -105,7 +103,11 @@ impl UsageProcessor {
 
 /// The tonic service for `App::start`'s gRPC server.
 pub fn service(app: &App) -> ExternalProcessorServer<UsageProcessor> {
-    ExternalProcessorServer::new(UsageProcessor::new(app.usage.clone(), app.config.clone()))
+    ExternalProcessorServer::new(UsageProcessor::new(
+        app.usage.clone(),
+        app.config.clone(),
+        app.gate.policy.load_full(),
+    ))
 }
 
 #[tonic::async_trait]
@@ -122,8 +124,7 @@ impl ExternalProcessor for UsageProcessor {
         let (tx, rx) = mpsc::channel(1);
         let processor = self.clone();
         tokio::spawn(async move {
-            let mut exchange = Exchange::new();
-            exchange.routes = Some(processor.routes.clone());
+            let mut exchange = Exchange::with_routes(processor.routes.clone());
             loop {
                 let message = match inbound.message().await {
                     Ok(Some(message)) => message,
@@ -200,8 +201,8 @@ pub struct Exchange {
     /// response stream is taken out again before the client sees it.
     added_include_usage: bool,
     unasked: Option<UnaskedUsage>,
-    /// The route table, for the shape of a refusal (the path's own family without it).
-    pub routes: Option<Arc<Policy>>,
+    /// The route table, for the shape of a refusal.
+    routes: Arc<Policy>,
 }
 
 impl Default for Exchange {
@@ -211,6 +212,15 @@ impl Default for Exchange {
 }
 
 impl Exchange {
+    /// An exchange whose refusals take their shape from these routes.
+    pub fn with_routes(routes: Arc<Policy>) -> Self {
+        Exchange {
+            routes,
+            ..Self::new()
+        }
+    }
+
+    /// An exchange on the default routes.
     pub fn new() -> Self {
         Exchange {
             started: Instant::now(),
@@ -231,7 +241,7 @@ impl Exchange {
             refused: false,
             added_include_usage: false,
             unasked: None,
-            routes: None,
+            routes: Arc::default(),
         }
     }
 
@@ -294,21 +304,11 @@ impl Exchange {
         }
         self.body_check = None;
         self.refused = true;
-        let family = match &self.routes {
-            Some(routes) => routes.family(&self.path),
-            None => crate::config::ApiFamily::of_path(&self.path),
-        };
-        let mut denial = Denial::new(
-            DenyReason::InvalidRequest,
-            "The request body has more than one `model` member",
-        );
-        denial.api = family;
-        let request_id = self.request_id.clone().unwrap_or_default();
+        let mut denial = Denial::new(DenyReason::InvalidRequest, DUPLICATE_MODEL);
+        denial.api = self.routes.family(&self.path);
+        let request_id = self.request_id.as_deref().unwrap_or_default();
         tracing::debug!(%request_id, "a second `model` member past the part Check saw; refused");
-        let check = check_response::denied(&denial, &request_id);
-        let Some(CheckHttpResponse::DeniedResponse(denied)) = check.http_response else {
-            return None;
-        };
+        let denied = check_response::refusal(&denial, request_id);
         Some(ImmediateResponse {
             status: denied.status,
             headers: Some(HeaderMutation {
