@@ -443,7 +443,8 @@ pub fn effective_permissions(lookup: &KeyLookup) -> Vec<String> {
         .collect()
 }
 
-fn has_permission_str(granted: &[&str], wanted: &str) -> bool {
+/// Whether `granted` (a role's permissions) includes `wanted`; `admin` includes all.
+pub fn has_permission_str(granted: &[&str], wanted: &str) -> bool {
     granted
         .iter()
         .any(|p| *p == wanted || *p == ADMIN_PERMISSION)

@@ -282,7 +282,7 @@ fn beyond_role(role: Role, reach: &[String]) -> Option<String> {
     let granted = decision::role_permissions(role);
     reach
         .iter()
-        .find(|p| !granted.iter().any(|g| g == p || *g == ADMIN_PERMISSION))
+        .find(|p| !decision::has_permission_str(granted, p))
         .cloned()
 }
 
@@ -303,11 +303,7 @@ pub async fn check_key_narrows(
             .get_user(user_id)
             .await?
             .ok_or_else(|| ApiError::BadRequest(format!("`user_id`: no user `{user_id}`")))?;
-        let granted = decision::role_permissions(owner.role);
-        if let Some(p) = permissions
-            .iter()
-            .find(|p| !granted.iter().any(|g| g == p || *g == ADMIN_PERMISSION))
-        {
+        if let Some(p) = beyond_role(owner.role, permissions) {
             return Err(ApiError::BadRequest(format!(
                 "`permissions`: the key's user (role `{}`) does not have `{p}`; a key can only narrow its owner's permissions",
                 owner.role
