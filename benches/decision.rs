@@ -239,11 +239,7 @@ fn bench(c: &mut Criterion) {
         .unwrap()
         .clone();
     let lookup = rt
-        .block_on(
-            gate.auth
-                .keys
-                .resolve(&api_key::parse(&key).unwrap().hash()),
-        )
+        .block_on(app.auth.keys.resolve(&api_key::parse(&key).unwrap().hash()))
         .unwrap()
         .unwrap();
     let principal = Principal::Key(lookup);

@@ -4,6 +4,7 @@
 //! connection, migrations) before [`App::start`] binds a port. Tests start a whole tollgate
 //! in-process with listeners on `127.0.0.1:0` and read the bound addresses from [`Running`].
 
+use crate::admission::Admission;
 use crate::authn::login::Sessions;
 use crate::authn::{Authenticator, MasterKey};
 use crate::authz::{AuthorizationService, Gate};
@@ -102,6 +103,11 @@ pub async fn bootstrap_admin(
 pub struct App {
     pub config: Arc<Config>,
     pub store: SharedStore,
+    /// Who a credential is: Check and the HTTP API share it.
+    pub auth: Arc<Authenticator>,
+    /// May a request pass: the decision below every edge.
+    pub admission: Arc<Admission>,
+    /// The ext_authz edge.
     pub gate: Arc<Gate>,
     pub metrics: Metrics,
     /// tollgate's own login sessions; `None` when `auth.session` is not configured.
@@ -174,22 +180,18 @@ impl App {
             sessions.clone(),
             metrics.clone(),
         );
-        let ledger = Arc::new(
-            Ledger::from_config(store.clone(), &config, metrics.clone())
-                .map_err(|e| anyhow::anyhow!("redis: {e}"))?,
-        );
-        let gate = Arc::new(Gate {
-            policy: ArcSwap::from_pointee(Policy::from_config(&config)),
-            auth: Arc::new(auth),
-            limiter: Arc::new(limiter),
-            ledger: ledger.clone(),
-            estimated_tokens: moka::sync::Cache::builder()
-                .max_capacity(1_000_000)
-                .time_to_live(config.budgets.reservation_timeout)
-                .build(),
+        let ledger = Ledger::from_config(store.clone(), &config, metrics.clone())
+            .map_err(|e| anyhow::anyhow!("redis: {e}"))?;
+        let auth = Arc::new(auth);
+        let admission = Arc::new(Admission::new(
+            Arc::new(ArcSwap::from_pointee(Policy::from_config(&config))),
+            auth.clone(),
+            limiter,
+            ledger,
+            config.budgets.reservation_timeout,
             clock,
-            metrics: metrics.clone(),
-        });
+        ));
+        let gate = Arc::new(Gate::new(admission.clone(), metrics.clone()));
         let (stop, stop_rx) = watch::channel(false);
         let alerts = Arc::new(
             Alerts::new(
@@ -199,11 +201,11 @@ impl App {
                 Some(config.budgets.alert_secret.clone()),
                 metrics.clone(),
             )
-            .with_clock(gate.clock.clone()),
+            .with_clock(admission.clock().clone()),
         );
         let settler = Arc::new(Settler::new(
             store.clone(),
-            gate.clone(),
+            admission.clone(),
             alerts.clone(),
             metrics.clone(),
             &config.models,
@@ -219,6 +221,8 @@ impl App {
         Ok(Arc::new(App {
             config: Arc::new(config),
             store,
+            auth,
+            admission,
             gate,
             metrics,
             sessions,
@@ -238,7 +242,7 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on listen.http {}", self.config.listen.http))?;
         let mut background = Vec::new();
-        if let Some((verifier, _)) = &self.gate.auth.oidc {
+        if let Some((verifier, _)) = &self.auth.oidc {
             // Keys are read before the first request, so the first tokens need no fetch; an
             // issuer that is down now is retried by the refresher and on demand.
             for (issuer, reason) in verifier.refresh_all().await {

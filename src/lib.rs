@@ -15,6 +15,7 @@
 //! [`mock_llm`] is an OpenAI-shaped upstream used by the end-to-end tests and the demo.
 
 pub mod admin;
+pub mod admission;
 pub mod app;
 pub mod authn;
 pub mod authz;

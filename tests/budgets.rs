@@ -108,8 +108,8 @@ async fn settling_with_the_real_cost_frees_the_difference() {
     assert_eq!(check(&t, &r).await.0, 429);
     let (committed, reserved) = t
         .app
-        .gate
-        .ledger
+        .admission
+        .ledger()
         .view(SpendKind::Key, &id, tollgate::domain::now())
         .unwrap();
     assert_eq!((committed, reserved), (0.0, 2.0 * estimate as f64));
@@ -127,8 +127,8 @@ async fn settling_with_the_real_cost_frees_the_difference() {
     for _ in 0..200 {
         settled = t
             .app
-            .gate
-            .ledger
+            .admission
+            .ledger()
             .view(SpendKind::Key, &id, tollgate::domain::now());
         if settled == Some((2.0 * real, 0.0)) {
             break;
@@ -216,7 +216,7 @@ async fn team_and_user_budgets_apply_to_their_keys_and_a_rate_limit_refusal_give
     assert_eq!((status, code.as_str()), (429, "insufficient_quota"));
     // Release the first reservation by settling it at no cost, then exhaust the rate limit:
     // the refused request must not keep a reservation.
-    t.app.gate.ledger.settle("t1", 0.0);
+    t.app.admission.ledger().settle("t1", 0.0);
     let (r, _) = request(&limited, "t3", 10);
     let (status, code, _) = check(&t, &r).await;
     assert_eq!((status, code.as_str()), (429, "rate_limit_exceeded"));

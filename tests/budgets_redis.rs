@@ -88,8 +88,8 @@ fn now(clock: &Clock) -> i64 {
 /// Committed and reserved spend of a key's budget as Redis holds it, seen from `t`.
 async fn shared(t: &Tollgate, key_id: &str, clock: &Clock) -> Option<(f64, f64)> {
     t.app
-        .gate
-        .ledger
+        .admission
+        .ledger()
         .shared_view(SpendKind::Key, key_id, now(clock))
         .await
         .expect("redis answers")
@@ -293,7 +293,7 @@ async fn failure_mode_open_admits_while_redis_is_unreachable() {
     for i in 0..5 {
         assert_eq!(check(&t, &key, &format!("o{i}")).await.0, 200);
     }
-    assert!(!t.app.gate.ledger.healthy());
+    assert!(!t.app.admission.ledger().healthy());
     t.stop().await;
 }
 
@@ -331,13 +331,13 @@ async fn failure_mode_local_enforces_budgets_in_memory_while_redis_is_unreachabl
     let e = estimate() as f64;
     assert_eq!(
         t.app
-            .gate
-            .ledger
+            .admission
+            .ledger()
             .view(SpendKind::Key, &id, tollgate::domain::now()),
         Some((0.0, 2.0 * e))
     );
     // Settling reaches the in-memory reservations.
-    t.app.gate.ledger.settle("l0", 0.0);
+    t.app.admission.ledger().settle("l0", 0.0);
     assert_eq!(check(&t, &key, "l3").await.0, 200);
     t.stop().await;
 }

@@ -240,7 +240,7 @@ async fn warm_keys_come_from_the_cache_and_writes_invalidate_them() {
         .unwrap();
     assert_eq!(check().await.unwrap().status.unwrap().code, 0);
     // ...and is seen at once after the invalidation the admin API performs.
-    f.app.gate.auth.invalidate(Invalidation::Key(id.clone()));
+    f.app.auth.invalidate(Invalidation::Key(id.clone()));
     assert_eq!(denied(&check().await.unwrap()).0, 403);
     assert_eq!(counter("miss"), 2);
 }
@@ -310,10 +310,7 @@ async fn owner_changes_invalidate_their_keys() {
         )
         .await
         .unwrap();
-    f.app
-        .gate
-        .auth
-        .invalidate(Invalidation::Team(team.id.clone()));
+    f.app.auth.invalidate(Invalidation::Team(team.id.clone()));
     let (status, body) = denied(&check().await.unwrap());
     assert_eq!(status, 403);
     assert_eq!(body["error"]["code"], "model_not_allowed");

@@ -11,7 +11,6 @@ use envoy_types::ext_authz::v3::pb::CheckRequest;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tollgate::clock::Clock;
-use tollgate::limits::plan::{self, Owners};
 
 const T0: i64 = 1_800_000_000_000;
 
@@ -305,9 +304,14 @@ async fn limits_changed_through_the_api_apply_at_once() {
 async fn token_buckets_are_settled_with_the_real_count() {
     let clock = Clock::manual(T0);
     let t = Tollgate::start_with_clock("", clock).await;
-    let (id, k) = key(&t, json!({"tpm": 1000})).await;
+    let (_, k) = key(&t, json!({"tpm": 1000})).await;
     let body = chat_body("gpt-4o", 600);
-    let a = check(&t, &k, "/v1/chat/completions", &body).await;
+    let first = common::check::request(
+        &[("x-api-key", k.as_str()), ("x-request-id", "req-settled")],
+        "/v1/chat/completions",
+        &body,
+    );
+    let a = answer(t.app.gate.check(&first).await.expect("a decision"));
     assert_eq!(a.status, 200);
     let estimate = 1000
         - header(&a, "x-ratelimit-remaining-tokens")
@@ -319,23 +323,9 @@ async fn token_buckets_are_settled_with_the_real_count() {
         check(&t, &k, "/v1/chat/completions", &body).await.status,
         429
     );
-    // ...until the first is settled at the 50 tokens it really used.
-    let limits = tollgate::domain::Limits {
-        tpm: Some(1000),
-        ..Default::default()
-    };
-    let policy = t.app.gate.policy.load();
-    let demands = plan::demands(
-        &policy.rates,
-        "/v1/chat/completions",
-        Some("gpt-4o"),
-        Owners {
-            key: Some((&id, &limits)),
-            ..Owners::default()
-        },
-        estimate,
-    );
-    t.app.gate.settle_tokens(&demands, 50).await.unwrap();
+    // ...until the first is settled at the 50 tokens it really used (what the usage
+    // writer does with its record, by request id).
+    t.app.admission.settle("req-settled", 0.0, 50).await;
     let a = check(&t, &k, "/v1/chat/completions", &body).await;
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(

@@ -53,7 +53,6 @@ impl FromRequestParts<AppState> for Caller {
         });
         let now = domain::now();
         let principal = app
-            .gate
             .auth
             .resolve(presented, source.as_deref(), now)
             .await

@@ -150,7 +150,7 @@ pub(super) async fn create_key(
             },
         )
         .await?;
-    app.gate.auth.keys.forget(&hash);
+    app.auth.keys.forget(&hash);
     Ok((
         StatusCode::CREATED,
         Json(WithSecret {
@@ -345,7 +345,7 @@ pub(super) fn write_key(
     id: &str,
     key: Option<ApiKey>,
 ) -> Result<Json<ApiKey>, ApiError> {
-    app.gate.auth.invalidate(Invalidation::Key(id.to_owned()));
+    app.auth.invalidate(Invalidation::Key(id.to_owned()));
     key.map(Json).ok_or_else(|| ApiError::not_found("key", id))
 }
 
@@ -435,7 +435,7 @@ async fn rotate(
             previous_expires_at,
         )
         .await?;
-    app.gate.auth.keys.forget(&plain.hash());
+    app.auth.keys.forget(&plain.hash());
     let Json(key) = write_key(&app, &id, rotated)?;
     Ok(Json(WithSecret {
         key,

@@ -71,7 +71,7 @@ async fn update(
     };
     let id = me.user.id.clone();
     let user = app.store.update_user(&me.caller.actor, &id, patch).await?;
-    app.gate.auth.invalidate(Invalidation::User(id.clone()));
+    app.auth.invalidate(Invalidation::User(id.clone()));
     user.map(Json)
         .ok_or_else(|| ApiError::Unauthorized("the account no longer exists".into()))
 }

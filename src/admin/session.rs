@@ -191,7 +191,7 @@ async fn register(
             },
         )
         .await?;
-    app.gate.auth.user_created();
+    app.auth.user_created();
     Ok((StatusCode::CREATED, Json(user)))
 }
 

@@ -174,7 +174,7 @@ async fn update(
         metadata: body.metadata,
     };
     let team = app.store.update_team(&caller.actor, &id, patch).await?;
-    app.gate.auth.invalidate(Invalidation::Team(id.clone()));
+    app.auth.invalidate(Invalidation::Team(id.clone()));
     team.map(Json)
         .ok_or_else(|| ApiError::not_found("team", &id))
 }
@@ -187,7 +187,7 @@ async fn remove(
     let manages = caller.manages_team(&app, &id).await?;
     caller.allow(manages, "delete a team they do not own")?;
     let deleted = app.store.delete_team(&caller.actor, &id).await?;
-    app.gate.auth.invalidate(Invalidation::Team(id.clone()));
+    app.auth.invalidate(Invalidation::Team(id.clone()));
     if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -112,7 +112,7 @@ async fn create(
             },
         )
         .await?;
-    app.gate.auth.user_created();
+    app.auth.user_created();
     Ok((StatusCode::CREATED, Json(user)))
 }
 
@@ -193,7 +193,7 @@ async fn update(
         metadata: body.metadata,
     };
     let user = app.store.update_user(&caller.actor, &id, patch).await?;
-    app.gate.auth.invalidate(Invalidation::User(id.clone()));
+    app.auth.invalidate(Invalidation::User(id.clone()));
     user.map(Json)
         .ok_or_else(|| ApiError::not_found("user", &id))
 }
@@ -205,7 +205,7 @@ async fn delete(
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin("delete users")?;
     let deleted = app.store.delete_user(&caller.actor, &id).await?;
-    app.gate.auth.invalidate(Invalidation::User(id.clone()));
+    app.auth.invalidate(Invalidation::User(id.clone()));
     if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -8,8 +8,10 @@
 
 use super::bucket::{Shape, View};
 use super::{Demand, Outcome, Unit};
+use crate::admission::payers::Payers;
 use crate::config::{Config, Rate};
 use crate::domain::Limits;
+use crate::store::SpendKind;
 use std::collections::HashMap;
 
 /// The configured limits, compiled for matching. Rebuilt with the policy.
@@ -98,21 +100,13 @@ impl Rates {
     }
 }
 
-/// Who a request is for, as far as limits go.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Owners<'a> {
-    pub key: Option<(&'a str, &'a Limits)>,
-    pub user: Option<(&'a str, &'a Limits)>,
-    pub team: Option<(&'a str, &'a Limits)>,
-}
-
 /// The buckets of one request, in a fixed order (global, route, model, team, user, key;
 /// requests before tokens).
 pub fn demands(
     rates: &Rates,
     path: &str,
     model: Option<&str>,
-    owners: Owners<'_>,
+    payers: &Payers<'_>,
     tokens: u64,
 ) -> Vec<Demand> {
     let mut out = Vec::new();
@@ -149,10 +143,13 @@ pub fn demands(
     if let Some((name, rate)) = model.and_then(|m| rates.models.get_key_value(m)) {
         add(format!("m:{name}"), *rate);
     }
-    for (level, owner) in [("t", owners.team), ("u", owners.user), ("k", owners.key)] {
-        if let Some((id, limits)) = owner {
-            add(format!("{level}:{id}"), rate_of(limits));
-        }
+    for payer in payers.iter() {
+        let level = match payer.kind {
+            SpendKind::Team => "t",
+            SpendKind::User => "u",
+            SpendKind::Key => "k",
+        };
+        add(format!("{level}:{}", payer.id), rate_of(payer.limits));
     }
     out
 }
@@ -258,6 +255,7 @@ pub fn retry_after_secs(ms: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admission::payers::Payer;
 
     fn rates(yaml: &str) -> Rates {
         Rates::from_config(&Config::parse_str("t", yaml, &|_| None).unwrap().config)
@@ -281,10 +279,22 @@ mod tests {
             &r,
             "/v1/chat/completions",
             Some("gpt-4o"),
-            Owners {
-                key: Some(("k1", &key)),
-                user: Some(("u1", &user)),
-                team: Some(("t1", &team)),
+            &Payers {
+                key: Some(Payer {
+                    kind: SpendKind::Key,
+                    id: "k1",
+                    limits: &key,
+                }),
+                user: Some(Payer {
+                    kind: SpendKind::User,
+                    id: "u1",
+                    limits: &user,
+                }),
+                team: Some(Payer {
+                    kind: SpendKind::Team,
+                    id: "t1",
+                    limits: &team,
+                }),
             },
             42,
         );
@@ -310,14 +320,14 @@ mod tests {
         );
         assert_eq!((d[0].cost, d[1].cost), (1, 42));
         // Prefix routes; models without limits have no buckets.
-        let d = demands(&r, "/v1/xyz", Some("free"), Owners::default(), 1);
+        let d = demands(&r, "/v1/xyz", Some("free"), &Payers::default(), 1);
         let names: Vec<&str> = d.iter().map(|d| d.key.as_str()).collect();
         assert_eq!(names, ["g:rpm", "g:tpm", "r:/v1/x*:rpm"]);
         assert!(demands(
             &rates(""),
             "/v1/chat/completions",
             None,
-            Owners::default(),
+            &Payers::default(),
             1
         )
         .is_empty());
@@ -340,7 +350,7 @@ mod tests {
             ),
             "/p",
             Some("m"),
-            Owners::default(),
+            &Payers::default(),
             5,
         );
         let view = |limit, remaining, reset_ms| View {

@@ -2331,15 +2331,7 @@ impl Store for SqlStore {
                 continue;
             }
             new.push(position);
-            let owners = [
-                (SpendKind::Key, record.key_id.as_deref()),
-                (SpendKind::User, record.user_id.as_deref()),
-                (SpendKind::Team, record.team_id.as_deref()),
-            ];
-            for (kind, id) in owners {
-                let Some(id) = id.filter(|id| !id.is_empty()) else {
-                    continue;
-                };
+            for (kind, id) in crate::admission::payers::of_record(record) {
                 let basis = match bases.get(&(kind, id)) {
                     Some(basis) => *basis,
                     None => {

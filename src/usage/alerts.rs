@@ -149,15 +149,8 @@ impl Alerts {
         // (kind, id) → moments of its records, deduplicated.
         let mut touched: BTreeMap<(SpendKind, &str), BTreeSet<Timestamp>> = BTreeMap::new();
         for record in records.iter().filter(|r| r.cost_usd > 0.0) {
-            let owners = [
-                (SpendKind::Key, record.key_id.as_deref()),
-                (SpendKind::User, record.user_id.as_deref()),
-                (SpendKind::Team, record.team_id.as_deref()),
-            ];
-            for (kind, id) in owners {
-                if let Some(id) = id.filter(|id| !id.is_empty()) {
-                    touched.entry((kind, id)).or_default().insert(record.at);
-                }
+            for (kind, id) in crate::admission::payers::of_record(record) {
+                touched.entry((kind, id)).or_default().insert(record.at);
             }
         }
         let mut crossings = Vec::new();

@@ -106,7 +106,7 @@ pub fn service(app: &App) -> ExternalProcessorServer<UsageProcessor> {
     ExternalProcessorServer::new(UsageProcessor::new(
         app.usage.clone(),
         app.config.clone(),
-        app.gate.policy.load_full(),
+        app.admission.policy().load_full(),
     ))
 }
 

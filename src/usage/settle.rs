@@ -5,7 +5,7 @@
 
 use super::alerts::Alerts;
 use super::UsageRecord;
-use crate::authz::Gate;
+use crate::admission::Admission;
 use crate::metrics::Metrics;
 use crate::store::{SharedStore, StoreError};
 use std::collections::HashSet;
@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 pub struct Settler {
     store: SharedStore,
-    gate: Arc<Gate>,
+    admission: Arc<Admission>,
     alerts: Arc<Alerts>,
     metrics: Metrics,
     /// Model names that label the token and spend metrics; others count as `other`.
@@ -23,14 +23,14 @@ pub struct Settler {
 impl Settler {
     pub fn new(
         store: SharedStore,
-        gate: Arc<Gate>,
+        admission: Arc<Admission>,
         alerts: Arc<Alerts>,
         metrics: Metrics,
         models: &[crate::config::Model],
     ) -> Settler {
         Settler {
             store,
-            gate,
+            admission,
             alerts,
             metrics,
             models: models.iter().map(|m| m.name.clone()).collect(),
@@ -105,10 +105,9 @@ impl Settler {
             }
         }
         for record in batch {
-            self.gate.ledger.settle(&record.request_id, record.cost_usd);
             let tokens = record.tokens.input_tokens + record.tokens.output_tokens;
-            self.gate
-                .settle_request_tokens(&record.request_id, tokens)
+            self.admission
+                .settle(&record.request_id, record.cost_usd, tokens)
                 .await;
         }
         self.alerts.on_written(batch, self.alerts.now()).await;

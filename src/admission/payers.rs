@@ -1,0 +1,86 @@
+//! Who pays for a request: the one place that says which key, user and team a request is
+//! counted against, for rate limits, budgets, the grant's identity headers and the spend
+//! written with its usage record.
+//!
+//! A virtual key's request is counted against the key, its user (when the key has one) and
+//! its team (when it has one); a person signed in with a login token against their own
+//! user; the master key against nobody.
+
+use crate::budget::Charge;
+use crate::decision::Principal;
+use crate::domain::Limits;
+use crate::store::SpendKind;
+use crate::usage::UsageRecord;
+
+/// One payer: its kind, id and limits as the store (or cache) returned them.
+#[derive(Debug, Clone, Copy)]
+pub struct Payer<'a> {
+    pub kind: SpendKind,
+    pub id: &'a str,
+    pub limits: &'a Limits,
+}
+
+/// The payers of one request, most general first (team, user, key).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Payers<'a> {
+    pub team: Option<Payer<'a>>,
+    pub user: Option<Payer<'a>>,
+    pub key: Option<Payer<'a>>,
+}
+
+impl<'a> Payers<'a> {
+    pub fn of(principal: &'a Principal) -> Payers<'a> {
+        match principal {
+            Principal::Master => Payers::default(),
+            Principal::Key(lookup) => Payers {
+                key: Some(Payer {
+                    kind: SpendKind::Key,
+                    id: &lookup.key.id,
+                    limits: &lookup.key.limits,
+                }),
+                user: lookup.user.as_ref().map(|u| Payer {
+                    kind: SpendKind::User,
+                    id: &u.id,
+                    limits: &u.limits,
+                }),
+                team: lookup.team.as_ref().map(|t| Payer {
+                    kind: SpendKind::Team,
+                    id: &t.id,
+                    limits: &t.limits,
+                }),
+            },
+            Principal::User(user) => Payers {
+                user: Some(Payer {
+                    kind: SpendKind::User,
+                    id: &user.id,
+                    limits: &user.limits,
+                }),
+                ..Payers::default()
+            },
+        }
+    }
+
+    /// Team, user, key: the order buckets are listed in.
+    pub fn iter(&self) -> impl Iterator<Item = Payer<'a>> {
+        [self.team, self.user, self.key].into_iter().flatten()
+    }
+
+    /// The budgets the request is charged against: each payer's `max_budget`, where set.
+    pub fn charges(&self) -> Vec<Charge> {
+        self.iter()
+            .filter_map(|p| Charge::of(p.kind, p.id, p.limits))
+            .collect()
+    }
+}
+
+/// The payers named by a usage record (key, user, team; empty ids are nobody), for the
+/// spend it adds and the budget alerts it may raise.
+pub fn of_record(record: &UsageRecord) -> impl Iterator<Item = (SpendKind, &str)> {
+    [
+        (SpendKind::Key, record.key_id.as_deref()),
+        (SpendKind::User, record.user_id.as_deref()),
+        (SpendKind::Team, record.team_id.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(kind, id)| id.filter(|id| !id.is_empty()).map(|id| (kind, id)))
+}
