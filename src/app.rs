@@ -4,16 +4,15 @@
 //! connection, migrations) before [`App::start`] binds a port. Tests start a whole tollgate
 //! in-process with listeners on `127.0.0.1:0` and read the bound addresses from [`Running`].
 
+use crate::admission::counters::Counters;
 use crate::admission::Admission;
 use crate::authn::login::Sessions;
 use crate::authn::{Authenticator, MasterKey};
 use crate::authz::{AuthorizationService, Gate};
-use crate::budget::Ledger;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::decision::Policy;
 use crate::domain::Role;
-use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::store::sql::{ConnectOptions, SqlStore};
@@ -166,12 +165,6 @@ impl App {
         config.master_key = Secret::default();
         config.auth.bootstrap_admin = None;
         let metrics = Metrics::new();
-        let limiter = match &config.redis {
-            Some(redis) => {
-                Limiter::redis(redis, metrics.clone()).map_err(|e| anyhow::anyhow!("redis: {e}"))?
-            }
-            None => Limiter::memory(),
-        };
         let sessions = Sessions::from_config(&config.auth, store.clone()).map(Arc::new);
         let auth = Authenticator::new(
             &config,
@@ -180,15 +173,13 @@ impl App {
             sessions.clone(),
             metrics.clone(),
         );
-        let ledger = Ledger::from_config(store.clone(), &config, metrics.clone())
+        let counters = Counters::from_config(store.clone(), &config, metrics.clone())
             .map_err(|e| anyhow::anyhow!("redis: {e}"))?;
         let auth = Arc::new(auth);
         let admission = Arc::new(Admission::new(
             Arc::new(ArcSwap::from_pointee(Policy::from_config(&config))),
             auth.clone(),
-            limiter,
-            ledger,
-            config.budgets.reservation_timeout,
+            counters,
             clock,
         ));
         let gate = Arc::new(Gate::new(admission.clone(), metrics.clone()));

@@ -1,5 +1,5 @@
 //! One behaviour suite over both bucket stores: every `async fn name(b: Arc<dyn Buckets>)`
-//! runs on [`MemoryBuckets`] and on [`RedisBuckets`] (the Redis named by
+//! runs on [`MemoryBuckets`] and on [`RedisCounters`]' buckets (the Redis named by
 //! `TOLLGATE_TEST_REDIS`, default `redis://127.0.0.1:6379`, with a key prefix of its own).
 //!
 //! Time is passed explicitly: nothing sleeps. Rates are slow (60/min: one per second;
@@ -9,9 +9,10 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tollgate::admission::redis::RedisCounters;
+use tollgate::config::{Config, Redis};
 use tollgate::limits::bucket::{Shape, View};
 use tollgate::limits::memory::MemoryBuckets;
-use tollgate::limits::redis::RedisBuckets;
 use tollgate::limits::{Buckets, Demand, Settlement, Unit};
 
 const T0: i64 = 1_700_000_000_000;
@@ -27,8 +28,24 @@ fn unique_prefix() -> String {
     format!("test:{}:", uuid::Uuid::new_v4().simple())
 }
 
-fn redis_buckets(prefix: &str) -> RedisBuckets {
-    RedisBuckets::new(&redis_url(), 8, Duration::from_secs(5), prefix).expect("redis buckets")
+/// Buckets in the Redis at `url` under `prefix` (no budget is ever charged: the store is
+/// an empty one of their own).
+async fn redis_counters(url: &str, prefix: &str) -> RedisCounters {
+    let redis: Redis = serde_yaml::from_str(&format!(
+        "{{ url: \"{url}\", pool_size: 8, timeout: 5s, key_prefix: \"{prefix}\" }}"
+    ))
+    .unwrap();
+    let store = tollgate::store::sql::SqlStore::connect(
+        "sqlite::memory:",
+        &tollgate::store::sql::ConnectOptions::default(),
+    )
+    .await
+    .expect("an in-memory store");
+    RedisCounters::new(&redis, Arc::new(store), &Config::default()).expect("redis counters")
+}
+
+async fn redis_buckets(prefix: &str) -> RedisCounters {
+    redis_counters(&redis_url(), prefix).await
 }
 
 async fn redis_conn() -> redis::aio::MultiplexedConnection {
@@ -61,7 +78,7 @@ macro_rules! bucket_suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn redis() {
                     let prefix = super::unique_prefix();
-                    super::$name(::std::sync::Arc::new(super::redis_buckets(&prefix))).await;
+                    super::$name(::std::sync::Arc::new(super::redis_buckets(&prefix).await)).await;
                 }
             }
         )+
@@ -444,12 +461,12 @@ async fn script_flush(conn: &mut redis::aio::MultiplexedConnection) {
 
 async fn scripts_loaded(
     conn: &mut redis::aio::MultiplexedConnection,
-    b: &RedisBuckets,
+    b: &RedisCounters,
 ) -> Vec<bool> {
     redis::cmd("SCRIPT")
         .arg("EXISTS")
-        .arg(b.admit_script_hash())
-        .arg(b.settle_script_hash())
+        .arg(b.take_script_hash())
+        .arg(b.correct_script_hash())
         .query_async(conn)
         .await
         .unwrap()
@@ -459,7 +476,7 @@ async fn scripts_loaded(
 #[tokio::test]
 async fn redis_works_after_script_flush() {
     let server = PrivateRedis::start().await;
-    let b = RedisBuckets::new(&server.url, 4, Duration::from_secs(5), "t:").unwrap();
+    let b = redis_counters(&server.url, "t:").await;
     let mut conn = server.conn().await.unwrap();
     let d = demand("k:11:rpm", shape(60, 3), 1);
     let tpm = shape(600, 1_000);
@@ -492,7 +509,7 @@ async fn redis_works_after_script_flush() {
 #[tokio::test]
 async fn redis_keys_carry_the_prefix_and_hash_tag_and_expire() {
     let prefix = unique_prefix();
-    let b = redis_buckets(&prefix);
+    let b = redis_buckets(&prefix).await;
     let now = chrono::Utc::now().timestamp_millis();
     let o = b
         .admit(
@@ -515,11 +532,11 @@ async fn redis_keys_carry_the_prefix_and_hash_tag_and_expire() {
     assert_eq!(
         keys,
         vec![
-            format!("{prefix}{{rl}}:k:12:rpm"),
-            format!("{prefix}{{rl}}:k:12:tpm")
+            format!("{prefix}{{k:12}}:rpm"),
+            format!("{prefix}{{k:12}}:tpm")
         ]
     );
-    assert_eq!(b.redis_key("k:12:rpm"), keys[0]);
+    assert_eq!(b.bucket_key("k:12:rpm"), keys[0]);
     let (t, ts): (String, String) = redis::cmd("HMGET")
         .arg(&keys[0])
         .arg("t")
@@ -538,22 +555,22 @@ async fn redis_keys_carry_the_prefix_and_hash_tag_and_expire() {
             .unwrap();
         assert!(ttl > 0 && ttl <= 2_000, "{key}: ttl {ttl}");
     }
-    // Both keys hash to one cluster slot: Redis Cluster hashes only the part between the
-    // first `{` and the next `}`, here `rl` for every bucket.
+    // Both keys hash to their owner's cluster slot: Redis Cluster hashes only the part
+    // between the first `{` and the next `}`, here the key's `k:12`.
     for key in &keys {
-        assert_eq!(hash_tag(key), Some("rl"), "{key}");
+        assert_eq!(hash_tag(key), Some("k:12"), "{key}");
     }
     // A bucket that never refills keeps its key (forgetting it would refill it).
     let never = demand("k:12:never", shape(0, 2), 1);
     assert!(b.admit(&[never], now).await.unwrap().admitted);
     let ttl: i64 = redis::cmd("PTTL")
-        .arg(b.redis_key("k:12:never"))
+        .arg(b.bucket_key("k:12:never"))
         .query_async(&mut conn)
         .await
         .unwrap();
     assert_eq!(ttl, -1);
     let _: () = redis::cmd("DEL")
-        .arg(b.redis_key("k:12:never"))
+        .arg(b.bucket_key("k:12:never"))
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -572,7 +589,7 @@ fn hash_tag(key: &str) -> Option<&str> {
 #[tokio::test]
 async fn redis_mirrors_memory_exactly() {
     let memory = MemoryBuckets::new();
-    let redis = redis_buckets(&unique_prefix());
+    let redis = redis_buckets(&unique_prefix()).await;
     let shapes = [
         shape(7, 13),
         shape(1_000, 3),

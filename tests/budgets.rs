@@ -109,7 +109,7 @@ async fn settling_with_the_real_cost_frees_the_difference() {
     let (committed, reserved) = t
         .app
         .admission
-        .ledger()
+        .counters()
         .view(SpendKind::Key, &id, tollgate::domain::now())
         .unwrap();
     assert_eq!((committed, reserved), (0.0, 2.0 * estimate as f64));
@@ -128,7 +128,7 @@ async fn settling_with_the_real_cost_frees_the_difference() {
         settled = t
             .app
             .admission
-            .ledger()
+            .counters()
             .view(SpendKind::Key, &id, tollgate::domain::now());
         if settled == Some((2.0 * real, 0.0)) {
             break;
@@ -216,7 +216,7 @@ async fn team_and_user_budgets_apply_to_their_keys_and_a_rate_limit_refusal_give
     assert_eq!((status, code.as_str()), (429, "insufficient_quota"));
     // Release the first reservation by settling it at no cost, then exhaust the rate limit:
     // the refused request must not keep a reservation.
-    t.app.admission.ledger().settle("t1", 0.0);
+    t.app.admission.settle("t1", 0.0, 0).await;
     let (r, _) = request(&limited, "t3", 10);
     let (status, code, _) = check(&t, &r).await;
     assert_eq!((status, code.as_str()), (429, "rate_limit_exceeded"));

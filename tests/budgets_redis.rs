@@ -89,7 +89,7 @@ fn now(clock: &Clock) -> i64 {
 async fn shared(t: &Tollgate, key_id: &str, clock: &Clock) -> Option<(f64, f64)> {
     t.app
         .admission
-        .ledger()
+        .counters()
         .shared_view(SpendKind::Key, key_id, now(clock))
         .await
         .expect("redis answers")
@@ -134,31 +134,31 @@ async fn replicas_share_reservations_so_exactly_the_budget_is_admitted() {
     assert_eq!(shared(&a, &id, &clock).await, full);
     assert_eq!(shared(&b, &id, &clock).await, full);
 
-    // The layout: one hash per budget period, one per reservation, one expiry set, all
-    // under the `{bg}` hash tag.
+    // The layout: one hash per budget period under its owner's hash tag (the key's), one
+    // per reservation under its request id's, one expiry set.
     let mut redis = redis::Client::open("redis://127.0.0.1:6379")
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
     let mut keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}{{bg}}:*"))
+        .arg(format!("{prefix}*"))
         .query_async(&mut redis)
         .await
         .unwrap();
     keys.sort();
     let budget: Vec<&String> = keys
         .iter()
-        .filter(|k| k.starts_with(&format!("{prefix}{{bg}}:b:key:{id}:")))
+        .filter(|k| k.starts_with(&format!("{prefix}{{k:{id}}}:b:")))
         .collect();
     assert_eq!(budget.len(), 1, "{keys:?}");
     let reservations = keys
         .iter()
-        .filter(|k| k.starts_with(&format!("{prefix}{{bg}}:r:req-")))
+        .filter(|k| k.starts_with(&format!("{prefix}r:{{req-")))
         .count();
     assert_eq!(reservations, 10, "{keys:?}");
     let expiring: u64 = redis::cmd("ZCARD")
-        .arg(format!("{prefix}{{bg}}:expiry"))
+        .arg(format!("{prefix}{{r}}:expiry"))
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -212,6 +212,71 @@ async fn settling_through_either_replica_frees_the_difference_for_both() {
     stop(b).await;
 }
 
+/// A request admitted by one replica and written by the other: its tpm bucket is corrected
+/// with the real token count all the same (the reservation, token demands included, lives
+/// in Redis).
+#[tokio::test]
+async fn token_buckets_are_settled_by_whichever_replica_writes_the_record() {
+    let clock = clock();
+    let (a, b, prefix) = replicas("", &clock).await;
+    let (id, key) = a.create_key(json!({"name": "t", "tpm": 1000})).await;
+    let e = estimate();
+    let remaining = |t: &Tollgate, request_id: &str| {
+        let (r, _) = request(&key, request_id, 100);
+        let app = t.app.clone();
+        async move {
+            let a = answer(app.gate.check(&r).await.expect("a decision"));
+            assert_eq!(a.status, 200, "{a:?}");
+            a.header("x-ratelimit-remaining-tokens")
+                .parse::<u64>()
+                .unwrap()
+        }
+    };
+    assert_eq!(remaining(&a, "t0").await, 1000 - e);
+    // b writes t0's record: 50 tokens really used.
+    let mut written = record("t0", &id, 0.0);
+    written.tokens = TokenUsage {
+        input_tokens: 30,
+        output_tokens: 20,
+        ..TokenUsage::default()
+    };
+    b.app.usage.push(written).await.unwrap();
+    let mut redis = redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let bucket = format!("{prefix}{{k:{id}}}:tpm");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let t: Option<String> = redis::cmd("HGET")
+            .arg(&bucket)
+            .arg("t")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if t.as_deref() == Some("950") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled in time: {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Both replicas see the corrected bucket; the reservation is gone.
+    assert_eq!(remaining(&a, "t1").await, 950 - e);
+    assert_eq!(remaining(&b, "t2").await, 950 - 2 * e);
+    let held: bool = redis::cmd("EXISTS")
+        .arg(format!("{prefix}r:{{t0}}"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(!held);
+    stop(a).await;
+    stop(b).await;
+}
+
 #[tokio::test]
 async fn an_expired_reservation_is_released_for_every_replica() {
     let clock = clock();
@@ -258,7 +323,7 @@ async fn spend_in_the_store_is_seeded_into_redis() {
         .await
         .unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}{{bg}}:b:*"))
+        .arg(format!("{prefix}{{k:*}}:b:*"))
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -293,7 +358,7 @@ async fn failure_mode_open_admits_while_redis_is_unreachable() {
     for i in 0..5 {
         assert_eq!(check(&t, &key, &format!("o{i}")).await.0, 200);
     }
-    assert!(!t.app.admission.ledger().healthy());
+    assert!(!t.app.admission.counters().healthy());
     t.stop().await;
 }
 
@@ -304,16 +369,12 @@ async fn failure_mode_closed_refuses_while_redis_is_unreachable() {
     for i in 0..3 {
         let (r, _) = request(&key, &format!("c{i}"), 100);
         let started = std::time::Instant::now();
-        let status = t
-            .app
-            .gate
-            .check(&r)
-            .await
-            .expect_err("budgets cannot be checked");
+        let a = answer(t.app.gate.check(&r).await.expect("a refusal"));
         assert!(started.elapsed() < Duration::from_secs(2));
-        // Envoy (status_on_error: ServiceUnavailable) answers the client 503.
-        assert_eq!(status.code(), tonic::Code::Unavailable);
-        assert!(!status.message().contains("secret"), "{status:?}");
+        // Like rate limits: 503 `auth_unavailable`, worth retrying in a second.
+        assert_eq!((a.status, a.code()), (503, "auth_unavailable"));
+        assert_eq!(a.header("retry-after"), "1");
+        assert!(!a.body.to_string().contains("secret"), "{a:?}");
     }
     t.stop().await;
 }
@@ -332,12 +393,12 @@ async fn failure_mode_local_enforces_budgets_in_memory_while_redis_is_unreachabl
     assert_eq!(
         t.app
             .admission
-            .ledger()
+            .counters()
             .view(SpendKind::Key, &id, tollgate::domain::now()),
         Some((0.0, 2.0 * e))
     );
     // Settling reaches the in-memory reservations.
-    t.app.admission.ledger().settle("l0", 0.0);
+    t.app.admission.settle("l0", 0.0, 0).await;
     assert_eq!(check(&t, &key, "l3").await.0, 200);
     t.stop().await;
 }

@@ -1,4 +1,5 @@
-//! The limiter against a Redis server of the test's own, killed and restarted mid-run: every
+//! The counters (rate limits here) against a Redis server of the test's own, killed and
+//! restarted mid-run: every
 //! `redis.failure_mode` answers while Redis is down without waiting on it, and Redis takes
 //! over again by itself when it is back (its scripts reloaded, since a restarted server has
 //! none).
@@ -6,10 +7,10 @@
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tollgate::config::Redis;
+use tollgate::admission::counters::{CountError, Counters, Reservation, Taken};
+use tollgate::config::Config;
 use tollgate::limits::bucket::Shape;
-use tollgate::limits::redis::RedisBuckets;
-use tollgate::limits::{Demand, LimitError, Limiter, Settlement, Unit};
+use tollgate::limits::{Demand, Outcome, Unit};
 use tollgate::metrics::Metrics;
 
 /// The bound on one call: the configured timeout.
@@ -97,12 +98,74 @@ impl Drop for RedisServer {
     }
 }
 
-fn config(url: &str, mode: &str) -> Redis {
-    serde_yaml::from_str(&format!(
-        "url: {url}\nfailure_mode: {mode}\ntimeout: {TIMEOUT}\npool_size: 4\n\
-         key_prefix: 'failover:'\nreplicas: 2\n"
-    ))
+fn config(url: &str, mode: &str) -> Config {
+    Config::parse_str(
+        "t",
+        &format!(
+            "redis:\n  url: {url}\n  failure_mode: {mode}\n  timeout: {TIMEOUT}\n  pool_size: 4\n\
+             \x20 key_prefix: 'failover:'\n  replicas: 2\n"
+        ),
+        &|_| None,
+    )
     .expect("a redis config")
+    .config
+}
+
+/// The counters of `config` over an empty store of their own, seen as rate limits.
+struct Limiter {
+    counters: Counters,
+}
+
+impl Limiter {
+    async fn redis(config: &Config, metrics: Metrics) -> Limiter {
+        // A file of its own (each connection to `sqlite::memory:` would be a database of
+        // its own), left in the temporary directory.
+        let path = std::env::temp_dir().join(format!("tollgate-{}.db", tollgate::domain::new_id()));
+        let store = tollgate::store::sql::SqlStore::connect(
+            &format!("sqlite://{}", path.display()),
+            &tollgate::store::sql::ConnectOptions::default(),
+        )
+        .await
+        .expect("an in-memory store");
+        tollgate::store::Store::migrate(&store)
+            .await
+            .expect("migrations");
+        Limiter {
+            counters: Counters::from_config(std::sync::Arc::new(store), config, metrics)
+                .expect("counters"),
+        }
+    }
+
+    /// Takes `demands` for a request of its own id.
+    async fn admit(&self, demands: &[Demand], now: i64) -> Result<Outcome, CountError> {
+        self.admit_as(&tollgate::domain::new_id(), demands, now)
+            .await
+    }
+
+    async fn admit_as(
+        &self,
+        request_id: &str,
+        demands: &[Demand],
+        now: i64,
+    ) -> Result<Outcome, CountError> {
+        let reservation = Reservation {
+            demands: demands.to_vec(),
+            ..Reservation::default()
+        };
+        match self.counters.take(request_id, &reservation, now).await? {
+            Taken::Admitted(o) | Taken::RateLimited(o) => Ok(o),
+            other => panic!("no budget is charged here: {other:?}"),
+        }
+    }
+
+    /// Settles request `request_id` at `tokens` (no cost).
+    async fn settle(&self, request_id: &str, tokens: u64, now: i64) {
+        self.counters.settle(request_id, 0.0, tokens, now).await;
+    }
+
+    fn healthy(&self) -> bool {
+        self.counters.healthy()
+    }
 }
 
 fn now_ms() -> i64 {
@@ -141,10 +204,21 @@ async fn admit_n(limiter: &Limiter, d: &Demand, now: i64, n: usize) -> usize {
 }
 
 async fn script_loaded(server: &RedisServer) -> bool {
-    let hash = RedisBuckets::new(&server.url(), 1, Duration::from_secs(1), "")
-        .unwrap()
-        .admit_script_hash()
-        .to_owned();
+    let config = config(&server.url(), "closed");
+    let store = tollgate::store::sql::SqlStore::connect(
+        "sqlite::memory:",
+        &tollgate::store::sql::ConnectOptions::default(),
+    )
+    .await
+    .unwrap();
+    let hash = tollgate::admission::redis::RedisCounters::new(
+        config.redis.as_ref().unwrap(),
+        std::sync::Arc::new(store),
+        &config,
+    )
+    .unwrap()
+    .take_script_hash()
+    .to_owned();
     let mut conn = server.connect().await.unwrap();
     let exists: Vec<bool> = redis::cmd("SCRIPT")
         .arg("EXISTS")
@@ -175,7 +249,7 @@ where
 {
     let mut server = RedisServer::start().await;
     let metrics = Metrics::new();
-    let limiter = Limiter::redis(&config(&server.url(), mode), metrics.clone()).unwrap();
+    let limiter = Limiter::redis(&config(&server.url(), mode), metrics.clone()).await;
     assert!(limiter.healthy());
     assert_eq!(metrics.redis_up.get(), 1);
 
@@ -243,17 +317,7 @@ async fn open_admits_everything_while_redis_is_down() {
             assert!(o.views.is_empty(), "no bucket consulted: no headers");
         }
         let started = Instant::now();
-        limiter
-            .settle(
-                &[Settlement {
-                    key: d.key.clone(),
-                    shape: d.shape,
-                    delta: 5,
-                }],
-                now,
-            )
-            .await
-            .unwrap();
+        limiter.settle("never-admitted", 5, now).await;
         assert!(started.elapsed() < HANG);
         limiter
     })
@@ -268,20 +332,10 @@ async fn closed_refuses_everything_while_redis_is_down() {
             let started = Instant::now();
             let r = limiter.admit(std::slice::from_ref(&d), now).await;
             assert!(started.elapsed() < HANG);
-            assert!(matches!(r, Err(LimitError::Unavailable(_))), "{r:?}");
+            assert!(matches!(r, Err(CountError::Closed(_))), "{r:?}");
         }
         // Corrections are dropped, not failed.
-        limiter
-            .settle(
-                &[Settlement {
-                    key: d.key.clone(),
-                    shape: d.shape,
-                    delta: 5,
-                }],
-                now,
-            )
-            .await
-            .unwrap();
+        limiter.settle("never-admitted", 5, now).await;
         limiter
     })
     .await;
@@ -301,22 +355,13 @@ async fn local_enforces_each_replicas_share_while_redis_is_down() {
         let tpm = demand("k:down:tpm", 600, 1_000, 100);
         assert!(
             limiter
-                .admit(std::slice::from_ref(&tpm), now)
+                .admit_as("tpm-local", std::slice::from_ref(&tpm), now)
                 .await
                 .unwrap()
                 .admitted
         );
-        limiter
-            .settle(
-                &[Settlement {
-                    key: tpm.key.clone(),
-                    shape: tpm.shape,
-                    delta: 300,
-                }],
-                now,
-            )
-            .await
-            .unwrap();
+        // It used 400 tokens, 300 more than it took.
+        limiter.settle("tpm-local", 400, now).await;
         let o = limiter
             .admit(&[demand("k:down:tpm", 600, 1_000, 200)], now)
             .await
@@ -332,7 +377,7 @@ async fn local_enforces_each_replicas_share_while_redis_is_down() {
 #[tokio::test]
 async fn an_admit_is_one_evalsha() {
     let server = RedisServer::start().await;
-    let limiter = Limiter::redis(&config(&server.url(), "closed"), Metrics::new()).unwrap();
+    let limiter = Limiter::redis(&config(&server.url(), "closed"), Metrics::new()).await;
     let d = demand("k:rt:rpm", 60, 100, 1);
     let now = now_ms();
     // The first call loads the script.
@@ -360,6 +405,88 @@ async fn an_admit_is_one_evalsha() {
     assert_eq!(delta("ping"), 0);
     assert_eq!(delta("script|load"), 0);
     assert_eq!(delta("eval"), 0);
+}
+
+/// A decision with rate limits and budgets together is one round trip as well: one
+/// EVALSHA takes the buckets and reserves on the budgets (once each budget's spend has been
+/// read from the store).
+#[tokio::test]
+async fn buckets_and_budgets_together_are_one_evalsha() {
+    let server = RedisServer::start().await;
+    let limiter = Limiter::redis(&config(&server.url(), "closed"), Metrics::new()).await;
+    let charge = |kind, id: &str| tollgate::budget::Charge {
+        kind,
+        id: id.to_owned(),
+        limit_usd: 1_000.0,
+        duration: None,
+    };
+    let reservation = |_: usize| Reservation {
+        demands: vec![
+            demand("k:both:rpm", 60, 100, 1),
+            demand("k:both:tpm", 6_000, 100_000, 500),
+            demand("t:both:tpm", 6_000, 100_000, 500),
+        ],
+        charges: vec![
+            charge(tollgate::store::SpendKind::Key, "both"),
+            charge(tollgate::store::SpendKind::Team, "both-team"),
+        ],
+        amount_usd: 0.5,
+    };
+    let now = now_ms();
+    let first = limiter
+        .counters
+        .take("first", &reservation(0), now)
+        .await
+        .unwrap();
+    assert!(matches!(first, Taken::Admitted(_)), "{first:?}");
+    // MONITOR prints every command the server runs, those a script runs marked `[0 lua]`:
+    // what is left is what clients sent.
+    let mut monitor = Command::new("redis-cli")
+        .args(["-p", &server.port.to_string(), "monitor"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-cli");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..20 {
+        let taken = limiter
+            .counters
+            .take(&format!("req-{i}"), &reservation(i), now)
+            .await
+            .unwrap();
+        let Taken::Admitted(outcome) = taken else {
+            panic!("{taken:?}");
+        };
+        assert_eq!(outcome.views.len(), 3);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    monitor.kill().unwrap();
+    let output = monitor.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&output.stdout);
+    let sent: Vec<&str> = seen
+        .lines()
+        .filter(|line| line.contains("] \"") && !line.contains("[0 lua]"))
+        .collect();
+    assert_eq!(sent.len(), 20, "{sent:#?}");
+    assert!(
+        sent.iter()
+            .all(|line| line.contains("\"EVALSHA\"") || line.contains("\"evalsha\"")),
+        "{sent:#?}"
+    );
+    let scripted = seen.lines().filter(|line| line.contains("[0 lua]")).count();
+    assert!(
+        scripted > 20,
+        "the scripts did the work: {scripted} commands"
+    );
+    // What they hold is in Redis: 21 reservations of $0.5 on each budget.
+    assert_eq!(
+        limiter
+            .counters
+            .shared_view(tollgate::store::SpendKind::Team, "both-team", now / 1000)
+            .await
+            .unwrap(),
+        Some((0.0, 10.5))
+    );
 }
 
 /// `calls` per command from INFO commandstats.
@@ -393,11 +520,11 @@ async fn an_unreachable_redis_never_makes_a_call_wait() {
         &config(&format!("redis://user:hunter2@127.0.0.1:{port}"), "closed"),
         metrics.clone(),
     )
-    .unwrap();
+    .await;
     let d = demand("k:never:rpm", 60, 10, 1);
     let started = Instant::now();
     match limiter.admit(std::slice::from_ref(&d), now_ms()).await {
-        Err(LimitError::Unavailable(reason)) => {
+        Err(CountError::Closed(reason)) => {
             assert!(!reason.contains("hunter2"), "{reason}")
         }
         other => panic!("{other:?}"),

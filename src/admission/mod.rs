@@ -9,22 +9,25 @@
 //! usage replaces the estimate when the record is written, whichever replica writes it.
 //!
 //! - [`payers`]: whose limits and budgets a request counts against, derived once.
+//! - [`counters`]: rate-limit buckets, budgets and the one reservation per request id, in
+//!   this process or in Redis ([`redis`]: one script per decision).
 //! - [`refusal`]: the words of a budget or rate-limit refusal.
 
+pub mod counters;
 pub mod payers;
+pub mod redis;
 pub mod refusal;
 
 use crate::authn::{Authenticator, AuthnError};
-use crate::budget::{Ledger, Verdict};
 use crate::clock::Clock;
 use crate::decision::{self, Denial, Grant, Policy};
 use crate::domain::Timestamp;
 use crate::limits::plan::{self, Quota};
-use crate::limits::{Demand, LimitError, Limiter, Settlement, Unit};
 use crate::store::StoreError;
 use crate::usage::pricing;
 use crate::usage::TokenUsage;
 use arc_swap::ArcSwap;
+use counters::{CountError, Counters, Reservation, Taken};
 use payers::Payers;
 use std::sync::Arc;
 
@@ -53,12 +56,8 @@ pub struct Facts<'a> {
 pub struct Admission {
     policy: Arc<ArcSwap<Policy>>,
     auth: Arc<Authenticator>,
-    limiter: Limiter,
-    /// Budget reservations.
-    ledger: Ledger,
-    /// The token-bucket demands of admitted requests by request id, until their usage
-    /// arrives (then [`Admission::settle`] corrects the buckets).
-    estimated_tokens: moka::sync::Cache<String, Arc<Vec<Demand>>>,
+    /// Rate-limit buckets, budgets and each admitted request's reservation.
+    counters: Counters,
     /// The time rate limits and budget periods count in.
     clock: Clock,
 }
@@ -67,20 +66,13 @@ impl Admission {
     pub fn new(
         policy: Arc<ArcSwap<Policy>>,
         auth: Arc<Authenticator>,
-        limiter: Limiter,
-        ledger: Ledger,
-        reservation_timeout: std::time::Duration,
+        counters: Counters,
         clock: Clock,
     ) -> Admission {
         Admission {
             policy,
             auth,
-            limiter,
-            ledger,
-            estimated_tokens: moka::sync::Cache::builder()
-                .max_capacity(1_000_000)
-                .time_to_live(reservation_timeout)
-                .build(),
+            counters,
             clock,
         }
     }
@@ -90,17 +82,12 @@ impl Admission {
         &self.policy
     }
 
-    pub fn ledger(&self) -> &Ledger {
-        &self.ledger
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     pub fn clock(&self) -> &Clock {
         &self.clock
-    }
-
-    /// Whether the counters of rate limits and budgets are reachable (always, in memory).
-    pub fn counters_healthy(&self) -> bool {
-        self.limiter.healthy() && self.ledger.healthy()
     }
 
     /// Decides one request; `now` is Unix seconds (credential expiry and standing). Budgets
@@ -134,119 +121,68 @@ impl Admission {
                 .rates
                 .estimate(body_bytes, body.max_output_tokens, grant.model.as_deref());
         let payers = Payers::of(&principal);
-        let demands = plan::demands(
-            &policy.rates,
-            facts.path,
-            grant.model.as_deref(),
-            &payers,
-            input_tokens.saturating_add(output_tokens),
-        );
         let charges = payers.charges();
-        if charges.is_empty() {
-            return Ok(self.count(grant, &demands, facts.request_id).await);
-        }
-        // Budgets before rate limits (DESIGN.md's order); a reservation is given back when
-        // a rate limit then refuses.
-        let estimate = pricing::cost_for(
-            &policy.priced_models,
-            grant.model.as_deref(),
-            &TokenUsage {
-                input_tokens,
-                output_tokens,
-                ..Default::default()
+        let reservation = Reservation {
+            demands: plan::demands(
+                &policy.rates,
+                facts.path,
+                grant.model.as_deref(),
+                &payers,
+                input_tokens.saturating_add(output_tokens),
+            ),
+            // The estimate is priced only when a budget applies.
+            amount_usd: if charges.is_empty() {
+                0.0
+            } else {
+                pricing::cost_for(
+                    &policy.priced_models,
+                    grant.model.as_deref(),
+                    &TokenUsage {
+                        input_tokens,
+                        output_tokens,
+                        ..Default::default()
+                    },
+                )
             },
-        );
-        let budget_now = self.clock.now_ms().div_euclid(1000);
-        match self
-            .ledger
-            .reserve(facts.request_id, &charges, estimate, budget_now)
-            .await?
-        {
-            Verdict::Reserved => {}
-            Verdict::Refused {
+            charges,
+        };
+        if reservation.is_empty() {
+            return Ok(Ok(grant));
+        }
+        let taken = self
+            .counters
+            .take(facts.request_id, &reservation, self.clock.now_ms())
+            .await;
+        let demands = &reservation.demands;
+        match taken {
+            Ok(Taken::Admitted(outcome)) => {
+                if !demands.is_empty() {
+                    grant.quota = Some(Quota::of(demands, &outcome));
+                }
+                Ok(Ok(grant))
+            }
+            Ok(Taken::OverBudget {
                 charge,
                 used_usd,
                 period_end,
-            } => return Ok(Err(refusal::over_budget(&charge, used_usd, period_end))),
+            }) => Ok(Err(refusal::over_budget(&charge, used_usd, period_end))),
+            Ok(Taken::RateLimited(outcome)) => {
+                let quota = Quota::of(demands, &outcome);
+                Ok(Err(refusal::rate_limited(demands, &outcome, quota)))
+            }
+            Err(CountError::Closed(reason)) => {
+                tracing::warn!(%reason, "rate limits and budgets cannot be checked; refusing (redis.failure_mode: closed)");
+                Ok(Err(refusal::counters_unavailable()))
+            }
+            Err(CountError::Store(e)) => Err(e),
         }
-        let outcome = self.count(grant, &demands, facts.request_id).await;
-        if outcome.is_err() {
-            self.ledger.release(facts.request_id);
-        }
-        Ok(outcome)
     }
 
-    /// Rate limits: the request's buckets are checked and debited in one step; a refused
-    /// request takes nothing. Limits that cannot be checked (Redis down, `failure_mode:
-    /// closed`) refuse with 503.
-    async fn count(
-        &self,
-        mut grant: Grant,
-        demands: &[Demand],
-        request_id: &str,
-    ) -> Result<Grant, Denial> {
-        if demands.is_empty() {
-            return Ok(grant);
-        }
-        let outcome = match self.limiter.admit(demands, self.clock.now_ms()).await {
-            Ok(outcome) => outcome,
-            Err(LimitError::Unavailable(reason)) => {
-                tracing::warn!(%reason, "rate limits cannot be checked; refusing (redis.failure_mode: closed)");
-                return Err(refusal::counters_unavailable());
-            }
-        };
-        let quota = Quota::of(demands, &outcome);
-        if outcome.admitted {
-            grant.quota = Some(quota);
-            // Token buckets took an estimate: kept until the real count arrives.
-            let tokens: Vec<Demand> = demands
-                .iter()
-                .filter(|d| d.unit == Unit::Tokens)
-                .cloned()
-                .collect();
-            if !tokens.is_empty() {
-                self.estimated_tokens
-                    .insert(request_id.to_owned(), Arc::new(tokens));
-            }
-            return Ok(grant);
-        }
-        Err(refusal::rate_limited(demands, &outcome, quota))
-    }
-
-    /// A request's usage was written: its budget reservation is replaced by the real cost
-    /// and its token buckets are corrected with the real token count. A request unknown
-    /// here (another replica's, or older than `budgets.reservation_timeout`) changes
-    /// nothing.
+    /// A request's usage was written: its reservation is replaced by the real cost and
+    /// token count (see [`Counters::settle`]).
     pub async fn settle(&self, request_id: &str, cost_usd: f64, tokens: u64) {
-        self.ledger.settle(request_id, cost_usd);
-        let Some(demands) = self.estimated_tokens.remove(request_id) else {
-            return;
-        };
-        if let Err(e) = self.settle_tokens(&demands, tokens).await {
-            tracing::debug!(error = %e, "token buckets not corrected");
-        }
-    }
-
-    /// Corrects token buckets once a request's real token count is known, given the
-    /// demands the request was admitted with.
-    async fn settle_tokens(
-        &self,
-        demands: &[Demand],
-        actual_tokens: u64,
-    ) -> Result<(), LimitError> {
-        let settlements: Vec<Settlement> = demands
-            .iter()
-            .filter(|d| d.unit == Unit::Tokens)
-            .map(|d| Settlement {
-                key: d.key.clone(),
-                shape: d.shape,
-                delta: actual_tokens as i64 - d.cost as i64,
-            })
-            .filter(|s| s.delta != 0)
-            .collect();
-        if settlements.is_empty() {
-            return Ok(());
-        }
-        self.limiter.settle(&settlements, self.clock.now_ms()).await
+        self.counters
+            .settle(request_id, cost_usd, tokens, self.clock.now_ms())
+            .await;
     }
 }

@@ -4,6 +4,7 @@
 
 use super::{read_period, Charge, Verdict};
 use crate::domain::Timestamp;
+use crate::limits::Demand;
 use crate::store::{SharedStore, SpendKind, StoreError};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -17,8 +18,11 @@ struct Budget {
     seeded_at: Timestamp,
 }
 
+/// What one request holds until its usage arrives: an amount on each of its budgets, and
+/// the token-bucket demands it was admitted with (corrected when the real count is known).
 struct Reservation {
     budgets: Vec<(String, f64)>,
+    tokens: Vec<Demand>,
     expires_at: Timestamp,
 }
 
@@ -55,7 +59,7 @@ pub struct MemoryLedger {
     timeout: Duration,
 }
 
-pub(super) fn secs(d: Duration) -> i64 {
+pub(crate) fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX).max(1)
 }
 
@@ -79,16 +83,18 @@ impl MemoryLedger {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reserves `amount_usd` for request `request_id` against every charge, all or nothing.
-    /// Reads the store only for budgets not seen in this period or not read for `refresh`.
+    /// Reserves `amount_usd` for request `request_id` against every charge, all or nothing,
+    /// and keeps the request's token demands with it. Reads the store only for budgets not
+    /// seen in this period or not read for `refresh`.
     pub async fn reserve(
         &self,
         request_id: &str,
         charges: &[Charge],
         amount_usd: f64,
+        tokens: Vec<Demand>,
         now: Timestamp,
     ) -> Result<Verdict, StoreError> {
-        if charges.is_empty() {
+        if charges.is_empty() && tokens.is_empty() {
             return Ok(Verdict::Reserved);
         }
         let mut keys = Vec::with_capacity(charges.len());
@@ -151,25 +157,29 @@ impl MemoryLedger {
             request_id.to_owned(),
             Reservation {
                 budgets: keys.into_iter().map(|k| (k, amount_usd)).collect(),
+                tokens,
                 expires_at,
             },
         );
         Ok(Verdict::Reserved)
     }
 
-    /// Replaces a request's reservation by its real cost. A request this process did not
+    /// Replaces a request's reservation by its real cost, and answers the token demands it
+    /// was admitted with (for the buckets' correction). A request this process did not
     /// reserve (another replica's, or expired) changes nothing here: its cost reaches this
     /// ledger through the store at the next refresh.
-    pub fn settle(&self, request_id: &str, cost_usd: f64) {
+    pub fn settle(&self, request_id: &str, cost_usd: f64) -> Vec<Demand> {
         let mut state = self.lock();
-        if let Some(reservation) = state.take(request_id) {
-            release(&mut state, &reservation);
-            for (key, _) in &reservation.budgets {
-                if let Some(b) = state.budgets.get_mut(key) {
-                    b.committed += cost_usd;
-                }
+        let Some(reservation) = state.take(request_id) else {
+            return Vec::new();
+        };
+        release(&mut state, &reservation);
+        for (key, _) in &reservation.budgets {
+            if let Some(b) = state.budgets.get_mut(key) {
+                b.committed += cost_usd;
             }
         }
+        reservation.tokens
     }
 
     /// Gives a reservation back without a cost (a later step refused the request).

@@ -1,12 +1,12 @@
-//! Budgets at Check: reserve, then settle.
+//! Budgets: what a request is charged against, and the in-process ledger.
 //!
 //! A request's estimated cost is reserved against every budget that applies to it (its
 //! key's, its user's, its team's `max_budget`) in one atomic step: admitted only if each
 //! budget's committed spend plus what is reserved plus this request fits. When the
-//! request's usage is written, its reservation is replaced by the real cost
-//! ([`Ledger::settle`]). Reservations of requests that never report expire after
-//! `budgets.reservation_timeout`. So concurrent requests cannot push spend past a budget by
-//! more than the error of their estimates, unlike check-then-charge.
+//! request's usage is written, its reservation is replaced by the real cost. Reservations
+//! of requests that never report expire after `budgets.reservation_timeout`. So concurrent
+//! requests cannot push spend past a budget by more than the error of their estimates,
+//! unlike check-then-charge.
 //!
 //! Committed spend comes from the store (the `spend` table): it is read the first time a
 //! budget is seen in a period and again every `refresh` (`cache.key_ttl`), which is how
@@ -14,26 +14,14 @@
 //! settled. A budget is keyed by its period's start, so a new period starts empty and old
 //! reservations settle against the period they were made in.
 //!
-//! Two ledgers:
-//!
-//! - [`memory`]: reservations in this process (no `redis` configured). Replicas share
-//!   committed spend through the store (up to `refresh` late) but not each other's
-//!   reservations.
-//! - [`redis`]: reservations and committed spend in Redis, shared by every replica, one Lua
-//!   script per reserve, settle or release. While Redis is unreachable `redis.failure_mode`
-//!   applies, like for rate limits.
+//! [`memory`] is the ledger in this process; the Redis one, shared by every replica, is
+//! part of [`crate::admission::redis`], which takes budgets and rate limits in one script.
 
 pub mod memory;
-pub mod redis;
 
-use crate::config::Config;
 use crate::domain::{BudgetDuration, Limits, Timestamp};
-use crate::metrics::Metrics;
 use crate::store::{SharedStore, SpendKind, StoreError};
 use crate::usage::period;
-use memory::MemoryLedger;
-use redis::RedisLedger;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// One budget a request is charged against.
@@ -68,133 +56,6 @@ pub enum Verdict {
         /// When its period ends (Unix seconds).
         period_end: Timestamp,
     },
-}
-
-/// The ledger in force: in this process, or in Redis when `redis` is configured.
-pub struct Ledger {
-    inner: Inner,
-}
-
-enum Inner {
-    Memory(Box<MemoryLedger>),
-    Redis(Arc<RedisLedger>),
-}
-
-impl Ledger {
-    /// An in-process ledger.
-    pub fn new(
-        store: SharedStore,
-        refresh: Duration,
-        reservation_timeout: Duration,
-        timeout: Duration,
-    ) -> Ledger {
-        Ledger {
-            inner: Inner::Memory(Box::new(MemoryLedger::new(
-                store,
-                refresh,
-                reservation_timeout,
-                timeout,
-            ))),
-        }
-    }
-
-    /// The ledger for `config`: in Redis when `redis` is configured (committed spend read
-    /// again every `cache.key_ttl`, reservations expiring after
-    /// `budgets.reservation_timeout`, store reads bounded by `database.timeout`), else in
-    /// this process. Does no I/O; fails only on an invalid `redis.url` (the reason never
-    /// carries the URL).
-    pub fn from_config(
-        store: SharedStore,
-        config: &Config,
-        metrics: Metrics,
-    ) -> Result<Ledger, StoreError> {
-        let refresh = config.cache.key_ttl;
-        let reservation_timeout = config.budgets.reservation_timeout;
-        let timeout = config.database.timeout;
-        Ok(match &config.redis {
-            None => Ledger::new(store, refresh, reservation_timeout, timeout),
-            Some(redis) => Ledger {
-                inner: Inner::Redis(Arc::new(RedisLedger::new(
-                    redis,
-                    store,
-                    refresh,
-                    reservation_timeout,
-                    timeout,
-                    metrics,
-                )?)),
-            },
-        })
-    }
-
-    /// Reserves `amount_usd` for request `request_id` against every charge, all or nothing.
-    /// Reads the store only for budgets not seen in this period or not read for `refresh`.
-    /// `Err` when the store cannot be read, or Redis is unreachable with `failure_mode:
-    /// closed`.
-    pub async fn reserve(
-        &self,
-        request_id: &str,
-        charges: &[Charge],
-        amount_usd: f64,
-        now: Timestamp,
-    ) -> Result<Verdict, StoreError> {
-        match &self.inner {
-            Inner::Memory(m) => m.reserve(request_id, charges, amount_usd, now).await,
-            Inner::Redis(r) => r.reserve(request_id, charges, amount_usd, now).await,
-        }
-    }
-
-    /// Replaces a request's reservation by its real cost. A request with no reservation
-    /// (expired, or made by another replica of an in-process ledger) changes nothing: its
-    /// cost is learnt from the store at the next refresh. In Redis the update runs in the
-    /// background (it does not wait for Redis).
-    pub fn settle(&self, request_id: &str, cost_usd: f64) {
-        match &self.inner {
-            Inner::Memory(m) => m.settle(request_id, cost_usd),
-            Inner::Redis(r) => r.settle(request_id, Some(cost_usd)),
-        }
-    }
-
-    /// Gives a reservation back without a cost (a later step refused the request). In Redis
-    /// the update runs in the background.
-    pub fn release(&self, request_id: &str) {
-        match &self.inner {
-            Inner::Memory(m) => m.release(request_id),
-            Inner::Redis(r) => r.settle(request_id, None),
-        }
-    }
-
-    /// Committed and reserved spend of a budget in the period containing `now`, as this
-    /// process's memory sees it (for tests and the API). With Redis this is the
-    /// `failure_mode: local` ledger; see [`Ledger::shared_view`].
-    pub fn view(&self, kind: SpendKind, id: &str, now: Timestamp) -> Option<(f64, f64)> {
-        match &self.inner {
-            Inner::Memory(m) => m.view(kind, id, now),
-            Inner::Redis(r) => r.local.view(kind, id, now),
-        }
-    }
-
-    /// Committed and reserved spend of a budget in the period containing `now` as every
-    /// replica sees it: read from Redis when configured (only for a budget this process has
-    /// reserved against in that period), else [`Ledger::view`].
-    pub async fn shared_view(
-        &self,
-        kind: SpendKind,
-        id: &str,
-        now: Timestamp,
-    ) -> Result<Option<(f64, f64)>, StoreError> {
-        match &self.inner {
-            Inner::Memory(m) => Ok(m.view(kind, id, now)),
-            Inner::Redis(r) => r.view(kind, id, now).await,
-        }
-    }
-
-    /// Whether the shared ledger is reachable (always true in memory).
-    pub fn healthy(&self) -> bool {
-        match &self.inner {
-            Inner::Memory(_) => true,
-            Inner::Redis(r) => r.healthy(),
-        }
-    }
 }
 
 /// The budget's period containing `now` (`start`, `end`) and its committed spend, read from

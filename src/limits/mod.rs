@@ -4,19 +4,16 @@
 //! - [`bucket`]: the arithmetic, pure (takes `now`).
 //! - [`plan`]: which buckets a request touches and what it costs, pure.
 //! - [`memory`]: buckets in this process (the embedded default).
-//! - [`redis`]: buckets in Redis, one Lua script per decision.
-//! - [`Limiter`]: the store in force, with `redis.failure_mode` while Redis is unreachable.
+//!
+//! Buckets in Redis, and the choice between the two with `redis.failure_mode`, are
+//! [`crate::admission::counters`]'s: Redis takes buckets and budgets in one script.
 //!
 //! A request is admitted only if every bucket it touches has room, and then all of them are
 //! debited: one atomic step in either store. A refused request takes nothing.
 
 pub mod bucket;
-pub mod limiter;
 pub mod memory;
 pub mod plan;
-pub mod redis;
-
-pub use limiter::Limiter;
 
 use async_trait::async_trait;
 use bucket::{Shape, View};

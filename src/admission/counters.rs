@@ -1,0 +1,391 @@
+//! The counters a decision takes from, and the one reservation a request holds until its
+//! usage arrives: rate-limit buckets and budgets, in this process or in Redis.
+//!
+//! [`Counters::take`] checks a request's budgets (its estimated cost against each
+//! `max_budget`) and then its buckets (1 from each rpm bucket, its estimated tokens from
+//! each tpm bucket), and only if everything fits takes all of it, keeping one
+//! [`Reservation`] under the request id: the amount on each budget and the token demands.
+//! [`Counters::settle`] replaces the reservation by the real cost and token count.
+//!
+//! - In this process ([`Local`]): the embedded default. Replicas share committed spend
+//!   through the store (up to `cache.key_ttl` late) but not each other's buckets or
+//!   reservations.
+//! - In Redis ([`super::redis`]): one script per decision and one per settle, shared by
+//!   every replica, so whichever replica writes a request's usage record settles it. While
+//!   Redis is unreachable `redis.failure_mode` answers: `open` admits without counting,
+//!   `closed` refuses with 503, `local` counts in this process, each rate limit divided by
+//!   `redis.replicas` and budgets whole. The first failed call (error or `redis.timeout`)
+//!   marks Redis down and starts a probe ([`Health`]); until it answers no call waits for
+//!   Redis.
+
+use super::redis::{Failure, RedisCounters};
+use crate::budget::memory::MemoryLedger;
+use crate::budget::{Charge, Verdict};
+use crate::config::{Config, FailureMode};
+use crate::domain::Timestamp;
+use crate::limits::bucket::Shape;
+use crate::limits::memory::MemoryBuckets;
+use crate::limits::{Demand, Outcome, Settlement, Unit};
+use crate::metrics::Metrics;
+use crate::redis_pool::Health;
+use crate::store::{SharedStore, SpendKind, StoreError};
+use std::sync::Arc;
+
+/// What a request asks of the counters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reservation {
+    /// Its buckets, in the order of [`crate::limits::plan::demands`].
+    pub demands: Vec<Demand>,
+    /// Its budgets.
+    pub charges: Vec<Charge>,
+    /// Its estimated cost, reserved on each budget.
+    pub amount_usd: f64,
+}
+
+impl Reservation {
+    pub fn is_empty(&self) -> bool {
+        self.demands.is_empty() && self.charges.is_empty()
+    }
+
+    /// The token buckets' demands: what settling corrects.
+    pub fn token_demands(&self) -> Vec<Demand> {
+        self.demands
+            .iter()
+            .filter(|d| d.unit == Unit::Tokens)
+            .cloned()
+            .collect()
+    }
+}
+
+/// What [`Counters::take`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Taken {
+    /// Everything fit and was taken. The views are the buckets after it, in the order of the
+    /// demands (none when no bucket was consulted: `failure_mode: open`).
+    Admitted(Outcome),
+    /// A budget has no room; nothing was taken.
+    OverBudget {
+        charge: Charge,
+        /// Committed plus reserved.
+        used_usd: f64,
+        /// When its period ends (Unix seconds).
+        period_end: Timestamp,
+    },
+    /// A bucket has no room; nothing was taken.
+    RateLimited(Outcome),
+}
+
+/// Why the counters could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CountError {
+    /// Redis is unreachable and `failure_mode` is `closed`.
+    #[error("{0}")]
+    Closed(String),
+    /// The store could not be read for a budget's committed spend.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// The counters in force.
+pub struct Counters {
+    inner: Inner,
+}
+
+enum Inner {
+    Local(Box<Local>),
+    Redis(Box<Shared>),
+}
+
+struct Shared {
+    redis: Arc<RedisCounters>,
+    mode: FailureMode,
+    replicas: u64,
+    /// The counters of `failure_mode: local`, and of reservations made while Redis was
+    /// down.
+    local: Local,
+    health: Arc<Health>,
+}
+
+impl Counters {
+    /// In Redis when `redis` is configured, else in this process. Does no I/O: Redis is
+    /// assumed up (`tollgate_redis_up` 1) until a call fails. Fails only on an invalid
+    /// `redis.url` (the reason never carries the URL).
+    pub fn from_config(
+        store: SharedStore,
+        config: &Config,
+        metrics: Metrics,
+    ) -> Result<Counters, String> {
+        let local = Local::new(store.clone(), config);
+        let Some(redis) = &config.redis else {
+            return Ok(Counters {
+                inner: Inner::Local(Box::new(local)),
+            });
+        };
+        let counters = RedisCounters::new(redis, store, config)?;
+        let gauge = Some(metrics.track_redis());
+        Ok(Counters {
+            inner: Inner::Redis(Box::new(Shared {
+                redis: Arc::new(counters),
+                mode: redis.failure_mode,
+                replicas: redis.replicas.max(1),
+                local,
+                health: Health::new(
+                    "rate limits and budgets",
+                    redis.failure_mode,
+                    metrics,
+                    gauge,
+                ),
+            })),
+        })
+    }
+
+    /// Checks and, only if everything fits, takes what `reservation` asks, keeping it under
+    /// `request_id` (a previous reservation of the same id is given back first). `now_ms`
+    /// is Unix milliseconds in the admission clock.
+    pub async fn take(
+        &self,
+        request_id: &str,
+        reservation: &Reservation,
+        now_ms: i64,
+    ) -> Result<Taken, CountError> {
+        let shared = match &self.inner {
+            Inner::Local(local) => return local.take(request_id, reservation, now_ms).await,
+            Inner::Redis(shared) => shared,
+        };
+        if shared.health.is_up() {
+            match shared.redis.take(request_id, reservation, now_ms).await {
+                Ok(taken) => return Ok(taken),
+                Err(Failure::Store(e)) => return Err(CountError::Store(e)),
+                Err(Failure::Redis(reason)) => shared.failed(&reason),
+            }
+        }
+        match shared.mode {
+            FailureMode::Open => Ok(Taken::Admitted(Outcome {
+                admitted: true,
+                views: vec![],
+            })),
+            FailureMode::Closed => Err(CountError::Closed(
+                "redis is unreachable (failure_mode: closed)".to_owned(),
+            )),
+            FailureMode::Local => {
+                let share = Reservation {
+                    demands: reservation
+                        .demands
+                        .iter()
+                        .map(|d| Demand {
+                            shape: local_shape(d.shape, shared.replicas),
+                            ..d.clone()
+                        })
+                        .collect(),
+                    ..reservation.clone()
+                };
+                shared.local.take(request_id, &share, now_ms).await
+            }
+        }
+    }
+
+    /// Replaces a request's reservation by its real cost and token count: the amount
+    /// reserved on each budget becomes `cost_usd` committed, each token bucket gets back its
+    /// estimate and gives `tokens`. A request with no reservation (expired, or made by
+    /// another replica of in-process counters) changes nothing: its cost is learnt from the
+    /// store at the next refresh.
+    pub async fn settle(&self, request_id: &str, cost_usd: f64, tokens: u64, now_ms: i64) {
+        let shared = match &self.inner {
+            Inner::Local(local) => return local.settle(request_id, cost_usd, tokens, now_ms),
+            Inner::Redis(shared) => shared,
+        };
+        // A reservation made while Redis was down lives here.
+        shared.local.settle(request_id, cost_usd, tokens, now_ms);
+        if shared.health.is_up() {
+            if let Err(Failure::Redis(reason)) = shared
+                .redis
+                .settle_request(request_id, cost_usd, tokens, now_ms)
+                .await
+            {
+                shared.failed(&reason);
+            }
+        }
+    }
+
+    /// Whether Redis is reachable (always true in this process).
+    pub fn healthy(&self) -> bool {
+        match &self.inner {
+            Inner::Local(_) => true,
+            Inner::Redis(shared) => shared.health.is_up(),
+        }
+    }
+
+    /// Committed and reserved spend of a budget in the period containing `now` (Unix
+    /// seconds) as this process's memory holds it: the in-process counters, or with Redis
+    /// those of `failure_mode: local`. See [`Counters::shared_view`].
+    pub fn view(&self, kind: SpendKind, id: &str, now: Timestamp) -> Option<(f64, f64)> {
+        match &self.inner {
+            Inner::Local(local) => local.ledger.view(kind, id, now),
+            Inner::Redis(shared) => shared.local.ledger.view(kind, id, now),
+        }
+    }
+
+    /// Committed and reserved spend of a budget in the period containing `now` as every
+    /// replica sees it: from Redis when configured (only for a budget this process has
+    /// reserved against in that period), else [`Counters::view`].
+    pub async fn shared_view(
+        &self,
+        kind: SpendKind,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<Option<(f64, f64)>, StoreError> {
+        match &self.inner {
+            Inner::Local(local) => Ok(local.ledger.view(kind, id, now)),
+            Inner::Redis(shared) => shared.redis.view(kind, id, now).await,
+        }
+    }
+}
+
+impl Shared {
+    /// A call to Redis failed: mark it down and make sure a probe runs.
+    fn failed(&self, reason: &str) {
+        self.health.failed(self.redis.pool(), reason);
+    }
+}
+
+/// Counters in this process: buckets and a ledger of budgets and reservations.
+pub struct Local {
+    buckets: MemoryBuckets,
+    ledger: MemoryLedger,
+}
+
+impl Local {
+    /// Committed spend read again every `cache.key_ttl`, reservations expiring after
+    /// `budgets.reservation_timeout`, store reads bounded by `database.timeout`.
+    pub fn new(store: SharedStore, config: &Config) -> Local {
+        Local {
+            buckets: MemoryBuckets::new(),
+            ledger: MemoryLedger::new(
+                store,
+                config.cache.key_ttl,
+                config.budgets.reservation_timeout,
+                config.database.timeout,
+            ),
+        }
+    }
+
+    async fn take(
+        &self,
+        request_id: &str,
+        reservation: &Reservation,
+        now_ms: i64,
+    ) -> Result<Taken, CountError> {
+        // Without a request id nothing can settle the tokens later: none are kept.
+        let tokens = if request_id.is_empty() {
+            Vec::new()
+        } else {
+            reservation.token_demands()
+        };
+        let verdict = self
+            .ledger
+            .reserve(
+                request_id,
+                &reservation.charges,
+                reservation.amount_usd,
+                tokens,
+                now_ms.div_euclid(1000),
+            )
+            .await
+            .map_err(CountError::Store)?;
+        if let Verdict::Refused {
+            charge,
+            used_usd,
+            period_end,
+        } = verdict
+        {
+            return Ok(Taken::OverBudget {
+                charge,
+                used_usd,
+                period_end,
+            });
+        }
+        let outcome = self.buckets.admit_now(&reservation.demands, now_ms);
+        if outcome.admitted {
+            Ok(Taken::Admitted(outcome))
+        } else {
+            self.ledger.release(request_id);
+            Ok(Taken::RateLimited(outcome))
+        }
+    }
+
+    fn settle(&self, request_id: &str, cost_usd: f64, tokens: u64, now_ms: i64) {
+        let demands = self.ledger.settle(request_id, cost_usd);
+        let settlements = settlements(&demands, tokens);
+        if !settlements.is_empty() {
+            self.buckets.settle_now(&settlements, now_ms);
+        }
+    }
+}
+
+/// The corrections of token buckets admitted with `demands` once `actual` tokens are known.
+pub fn settlements(demands: &[Demand], actual: u64) -> Vec<Settlement> {
+    demands
+        .iter()
+        .filter(|d| d.unit == Unit::Tokens)
+        .map(|d| Settlement {
+            key: d.key.clone(),
+            shape: d.shape,
+            delta: actual as i64 - d.cost as i64,
+        })
+        .filter(|s| s.delta != 0)
+        .collect()
+}
+
+/// A replica's share of a limit in `failure_mode: local`: `value / replicas` (replicas at
+/// least 1), but at least 1 when the limit is not 0, so a small limit shared by many
+/// replicas does not become a block.
+pub fn local_share(value: u64, replicas: u64) -> u64 {
+    if value == 0 {
+        0
+    } else {
+        (value / replicas.max(1)).max(1)
+    }
+}
+
+fn local_shape(shape: Shape, replicas: u64) -> Shape {
+    Shape {
+        per_minute: local_share(shape.per_minute, replicas),
+        burst: local_share(shape.burst, replicas),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_shares_divide_but_never_reach_zero() {
+        assert_eq!(local_share(10, 2), 5);
+        assert_eq!(local_share(10, 0), 10);
+        assert_eq!(local_share(1, 3), 1);
+        assert_eq!(local_share(0, 3), 0);
+    }
+
+    #[test]
+    fn settling_corrects_only_token_buckets_that_were_off() {
+        let shape = Shape {
+            per_minute: 100,
+            burst: 100,
+        };
+        let demand = |key: &str, unit, cost| Demand {
+            key: key.into(),
+            unit,
+            shape,
+            cost,
+        };
+        let demands = [
+            demand("k:1:rpm", Unit::Requests, 1),
+            demand("k:1:tpm", Unit::Tokens, 40),
+            demand("g:tpm", Unit::Tokens, 40),
+        ];
+        let s = settlements(&demands, 25);
+        assert_eq!(s.len(), 2);
+        assert!(s.iter().all(|s| s.delta == -15));
+        assert!(settlements(&demands, 40).is_empty());
+    }
+}
