@@ -129,11 +129,18 @@ impl App {
     }
 
     /// [`App::build`] with rate limits counted in `clock` (tests move a manual clock).
+    ///
+    /// A backend whose TLS fails verification is [`Misconfigured`]: the database is
+    /// connected here anyway, and a `rediss://` Redis is connected once to find out (Redis
+    /// down only warns: outages are `redis.failure_mode`'s business).
     pub async fn build_with_clock(
         config: Config,
         master_key: &Secret,
         clock: Clock,
     ) -> anyhow::Result<Arc<App>> {
+        if let Some(redis) = &config.redis {
+            crate::redis_pool::check_tls(redis).await?;
+        }
         let store = open_store(&config).await?;
         crate::store::Store::migrate(&store)
             .await

@@ -182,7 +182,7 @@ impl RedisLedger {
         store_timeout: Duration,
         metrics: Metrics,
     ) -> Result<RedisLedger, StoreError> {
-        let pool = RedisPool::new(&config.url, config.pool_size, config.timeout)
+        let pool = RedisPool::new(config, config.pool_size, config.timeout)
             .map_err(StoreError::Invalid)?;
         Ok(RedisLedger {
             pool,

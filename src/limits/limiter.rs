@@ -67,12 +67,8 @@ impl Limiter {
     /// Redis buckets with `redis.failure_mode`. Does no I/O: Redis is assumed up
     /// (`tollgate_redis_up` 1) until a call fails, which starts the background probe.
     pub fn redis(config: &Redis, metrics: Metrics) -> Result<Limiter, LimitError> {
-        let buckets = RedisBuckets::new(
-            &config.url,
-            config.pool_size,
-            config.timeout,
-            &config.key_prefix,
-        )?;
+        let buckets =
+            RedisBuckets::new(config, config.pool_size, config.timeout, &config.key_prefix)?;
         let gauge = Some(metrics.track_redis());
         Ok(Limiter {
             store: Store::Redis(Arc::new(Shared {

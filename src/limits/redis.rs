@@ -24,7 +24,7 @@
 
 use super::bucket::{self, Shape, State};
 use super::{Buckets, Demand, LimitError, Outcome, Settlement};
-use crate::redis_pool::{Call, RedisPool};
+use crate::redis_pool::{Call, RedisPool, RedisTarget};
 use ::redis::{FromRedisValue, Script};
 use async_trait::async_trait;
 use std::time::Duration;
@@ -121,16 +121,16 @@ pub struct RedisBuckets {
 }
 
 impl RedisBuckets {
-    /// A store for the Redis at `url` (`redis://[user:password@]host:port[/db]`), at most
+    /// A store for the Redis at `redis` (its config, or a URL alone), at most
     /// `pool_size` connections, every call bounded by `timeout`. Does no I/O: connections
     /// are made on first use.
     pub fn new(
-        url: &str,
+        redis: impl Into<RedisTarget>,
         pool_size: usize,
         timeout: Duration,
         key_prefix: &str,
     ) -> Result<RedisBuckets, LimitError> {
-        let pool = RedisPool::new(url, pool_size, timeout).map_err(LimitError::Unavailable)?;
+        let pool = RedisPool::new(redis, pool_size, timeout).map_err(LimitError::Unavailable)?;
         Ok(RedisBuckets {
             pool,
             key_prefix: key_prefix.to_owned(),
