@@ -9,6 +9,7 @@ use crate::admission::Admission;
 use crate::authn::login::Sessions;
 use crate::authn::{Authenticator, MasterKey};
 use crate::authz::{AuthorizationService, Gate};
+use crate::backend_tls::Misconfigured;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::decision::Policy;
@@ -16,8 +17,8 @@ use crate::domain::Role;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::store::sql::{ConnectOptions, SqlStore};
-use crate::store::SharedStore;
 use crate::store::{Actor, NewUser};
+use crate::store::{SharedStore, StoreError};
 use crate::usage::alerts::Alerts;
 use crate::usage::queue::{UsageQueue, Writer};
 use crate::usage::settle::Settler;
@@ -53,20 +54,25 @@ pub fn resolve_master_key(config: &Config, env: Option<String>) -> (Secret, Mast
     (generated.clone(), MasterKeySource::Generated(generated))
 }
 
-/// Opens the configured store (no migrations).
+/// Opens the configured store (no migrations). A database that cannot be used as
+/// configured (its TLS fails verification) is [`Misconfigured`].
 pub async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
     let options = ConnectOptions {
         max_connections: config.database.max_connections,
         acquire_timeout: config.database.timeout,
     };
-    SqlStore::connect(&config.database.url, &options)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the database at {}",
-                crate::config::redact_url(&config.database.url)
-            )
-        })
+    match SqlStore::connect(&config.database.url, &options).await {
+        Ok(store) => Ok(store),
+        Err(StoreError::Invalid(reason)) => Err(Misconfigured {
+            backend: "database",
+            reason,
+        }
+        .into()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "cannot open the database at {}",
+            crate::config::redact_url(&config.database.url)
+        ))),
+    }
 }
 
 /// Creates `auth.bootstrap_admin` when no admin user exists yet (audit actor
@@ -128,11 +134,18 @@ impl App {
     }
 
     /// [`App::build`] with rate limits counted in `clock` (tests move a manual clock).
+    ///
+    /// A backend whose TLS fails verification is [`Misconfigured`]: the database is
+    /// connected here anyway, and a `rediss://` Redis is connected once to find out (Redis
+    /// down only warns: outages are `redis.failure_mode`'s business).
     pub async fn build_with_clock(
         config: Config,
         master_key: &Secret,
         clock: Clock,
     ) -> anyhow::Result<Arc<App>> {
+        if let Some(redis) = &config.redis {
+            crate::redis_pool::check_tls(redis).await?;
+        }
         let store = open_store(&config).await?;
         crate::store::Store::migrate(&store)
             .await

@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -76,7 +76,8 @@ impl Default for Listen {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Database {
-    /// `sqlite://path` or `postgres://user:password@host/db`.
+    /// `sqlite://path` or `postgres://user:password@host/db`, TLS set by `sslmode` and
+    /// `sslrootcert` as libpq reads them (see [`crate::backend_tls::postgres_url`]).
     pub url: String,
     pub max_connections: u32,
     /// How long one query (or waiting for a connection) may take before the store counts
@@ -108,6 +109,7 @@ impl fmt::Debug for Database {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Redis {
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://…` for TLS.
     pub url: String,
     /// What rate limiting does while Redis is unreachable.
     #[serde(default)]
@@ -125,6 +127,18 @@ pub struct Redis {
     /// enforces its share (the limit divided by this) in memory.
     #[serde(default = "default_replicas")]
     pub replicas: u64,
+    /// What a `rediss://` connection trusts. Absent: the built-in public roots.
+    #[serde(default)]
+    pub tls: Option<RedisTls>,
+}
+
+/// TLS to Redis (`rediss://`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTls {
+    /// A PEM bundle of the CA certificates that may sign the server's certificate, trusted
+    /// instead of the built-in public roots (a managed Redis' own CA, a private CA).
+    pub ca_file: PathBuf,
 }
 
 fn default_redis_pool() -> usize {
@@ -152,6 +166,7 @@ impl fmt::Debug for Redis {
             .field("timeout", &self.timeout)
             .field("key_prefix", &self.key_prefix)
             .field("replicas", &self.replicas)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -600,6 +615,11 @@ impl Config {
                 ),
             );
         }
+        if url.starts_with("postgres") {
+            if let Err(e) = crate::backend_tls::postgres_url(url) {
+                return err("database.url", e);
+            }
+        }
         if self.database.max_connections == 0 {
             return err("database.max_connections", "must be at least 1".into());
         }
@@ -627,6 +647,23 @@ impl Config {
                     "redis.url",
                     "must start with redis:// or rediss://".to_owned(),
                 );
+            }
+            if redis.url.ends_with("#insecure") {
+                return err(
+                    "redis.url",
+                    "`#insecure` (TLS without verifying the server) is not supported: trust the server's CA with redis.tls.ca_file".to_owned(),
+                );
+            }
+            if let Some(tls) = &redis.tls {
+                if !redis.url.starts_with("rediss://") {
+                    return err(
+                        "redis.tls",
+                        "applies to rediss:// URLs only, and redis.url is redis://".to_owned(),
+                    );
+                }
+                if let Err(e) = crate::backend_tls::read_ca_bundle(&tls.ca_file) {
+                    return err("redis.tls.ca_file", e);
+                }
             }
             if redis.pool_size == 0 {
                 return err("redis.pool_size", "must be at least 1".into());
@@ -1119,6 +1156,81 @@ mod tests {
             !e.to_string().contains("short"),
             "the password is not echoed: {e}"
         );
+    }
+
+    #[test]
+    fn rediss_urls_are_accepted_with_or_without_a_ca_file() {
+        let c = parse("redis:\n  url: rediss://:pw@redis.example:6380\n")
+            .unwrap()
+            .config;
+        assert!(c.redis.unwrap().tls.is_none());
+
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, crate::backend_tls::tests::CA_PEM).unwrap();
+        let c = parse(&format!(
+            "redis:\n  url: rediss://:pw@redis.example:6380\n  tls:\n    ca_file: {}\n",
+            ca.display()
+        ))
+        .unwrap()
+        .config;
+        assert_eq!(c.redis.unwrap().tls.unwrap().ca_file, ca);
+    }
+
+    #[test]
+    fn a_redis_ca_file_must_be_a_readable_pem_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let e = parse(&format!(
+            "redis:\n  url: rediss://:hunter2@r:6380\n  tls:\n    ca_file: {}\n",
+            missing.display()
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("redis.tls.ca_file"), "{e}");
+        assert_eq!(e.line, Some(4), "{e}");
+        assert!(e.message.contains("cannot read"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "just text\n").unwrap();
+        let e = parse(&format!(
+            "redis: {{ url: \"rediss://r:6380\", tls: {{ ca_file: {} }} }}\n",
+            not_pem.display()
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("redis.tls.ca_file"), "{e}");
+        assert_eq!(e.line, Some(1), "{e}");
+        assert!(e.message.contains("no PEM certificate"), "{e}");
+
+        let e = parse("redis:\n  url: redis://r:6379\n  tls: { ca_file: /x.pem }\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("redis.tls"), "{e}");
+        assert_eq!(e.line, Some(3), "{e}");
+
+        let e = parse("redis:\n  url: rediss://r:6379/#insecure\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("redis.url"), "{e}");
+    }
+
+    #[test]
+    fn postgres_tls_parameters_are_checked() {
+        let e = parse("database:\n  url: postgres://u:hunter2@db/x?sslmode=verify\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("database.url"), "{e}");
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.message.contains("sslmode"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+
+        let e = parse(
+            "database:\n  url: postgres://u:hunter2@db/x?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("database.url"), "{e}");
+        assert!(e.message.contains("sslrootcert: cannot read"), "{e}");
+
+        for mode in ["disable", "prefer", "require", "verify-ca", "verify-full"] {
+            parse(&format!(
+                "database:\n  url: postgres://db/x?sslmode={mode}\n"
+            ))
+            .unwrap_or_else(|e| panic!("{mode}: {e}"));
+        }
     }
 
     #[test]

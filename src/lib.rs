@@ -11,7 +11,8 @@
 //!   It takes `now` and the resolved facts and returns a verdict; no I/O, no tonic, no sqlx.
 //!
 //! Around it: [`store`] (SQLite or Postgres through sqlx), [`admin`] (the HTTP API),
-//! [`cli`] (the command line), [`config`], [`metrics`] and [`app`] (wiring and listeners).
+//! [`cli`] (the command line), [`config`], [`metrics`] and [`app`] (wiring and listeners);
+//! [`backend_tls`] says what TLS to Postgres and Redis trusts and what its failures mean.
 //! [`mock_llm`] is an OpenAI-shaped upstream used by the end-to-end tests and the demo.
 
 pub mod admin;
@@ -19,6 +20,7 @@ pub mod admission;
 pub mod app;
 pub mod authn;
 pub mod authz;
+pub mod backend_tls;
 pub mod budget;
 pub mod cli;
 pub mod clock;

@@ -7,17 +7,24 @@
 //! connection that fails is dropped along with every idle one (they most likely point at the
 //! same dead server), and the next call connects afresh.
 //!
+//! A `rediss://` URL connects over TLS and verifies the server's certificate against
+//! `redis.tls.ca_file` when it is set, else against the built-in public roots
+//! ([`RedisTarget`]); [`check_tls`] connects once at start so that a certificate that fails
+//! verification stops `serve` instead of looking like an outage.
+//!
 //! [`Health`] is what their users know of Redis: the first failed call marks it down (one
 //! `warn!`, `tollgate_backend_errors_total{backend="redis"}`) and starts one probe that
 //! PINGs every [`PROBE_INTERVAL`] until it answers (one `info!`); meanwhile users answer by
 //! `redis.failure_mode` without touching Redis, so no request waits for a Redis timeout.
 
-use crate::config::FailureMode;
+use crate::backend_tls::{self, Misconfigured};
+use crate::config::{self, FailureMode};
 use crate::metrics::Metrics;
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, ErrorKind, FromRedisValue, RedisError};
+use ::redis::{AsyncConnectionConfig, Client, ErrorKind, FromRedisValue, RedisError};
 use deadpool::managed;
 use prometheus::IntGauge;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -26,6 +33,129 @@ use tokio::time::{timeout_at, Instant};
 /// A pooled connection idle for longer than this is PINGed before it is handed out (a
 /// server `timeout` or a middlebox may have closed it); busier ones are trusted.
 pub const IDLE_CHECK_AFTER: Duration = Duration::from_secs(30);
+
+/// Which Redis to connect to, and for `rediss://` which CAs to trust.
+#[derive(Clone)]
+pub struct RedisTarget {
+    url: String,
+    /// `redis.tls.ca_file`: trusted instead of the built-in public roots.
+    ca_file: Option<PathBuf>,
+}
+
+impl RedisTarget {
+    /// A client for the target (no I/O but reading the CA file). Errors never carry the URL.
+    pub fn client(&self) -> Result<Client, String> {
+        let Some(ca_file) = &self.ca_file else {
+            return Client::open(self.url.as_str())
+                .map_err(|e| format!("invalid redis URL: {}", reason(&e)));
+        };
+        let ca =
+            backend_tls::read_ca_bundle(ca_file).map_err(|e| format!("redis.tls.ca_file: {e}"))?;
+        let certificates = ::redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca),
+        };
+        Client::build_with_tls(self.url.as_str(), certificates)
+            .map_err(|e| format!("invalid redis URL or CA: {}", reason(&e)))
+    }
+
+    /// The URL with its password hidden.
+    pub fn redacted(&self) -> String {
+        config::redact_url(&self.url)
+    }
+
+    /// Which CAs a TLS connection trusts, for messages.
+    fn trusted(&self) -> String {
+        match &self.ca_file {
+            Some(path) => format!("redis.tls.ca_file `{}`", path.display()),
+            None => {
+                "the built-in public roots (redis.tls.ca_file can name a private CA)".to_owned()
+            }
+        }
+    }
+}
+
+impl From<&config::Redis> for RedisTarget {
+    fn from(redis: &config::Redis) -> RedisTarget {
+        RedisTarget {
+            url: redis.url.clone(),
+            ca_file: redis.tls.as_ref().map(|tls| tls.ca_file.clone()),
+        }
+    }
+}
+
+/// A URL alone: `rediss://` trusts the built-in public roots.
+impl From<&str> for RedisTarget {
+    fn from(url: &str) -> RedisTarget {
+        RedisTarget {
+            url: url.to_owned(),
+            ca_file: None,
+        }
+    }
+}
+
+impl From<&String> for RedisTarget {
+    fn from(url: &String) -> RedisTarget {
+        RedisTarget::from(url.as_str())
+    }
+}
+
+/// How long the start-up check waits for Redis at least: a TLS handshake across a network
+/// takes longer than the per-call `redis.timeout` is usually set to.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// For a `rediss://` Redis, connects once (and PINGs): a certificate that fails
+/// verification, or a handshake that fails, is [`Misconfigured`]. Redis down or slow only
+/// warns: outages are what `redis.failure_mode` is for. Plain `redis://` is not checked.
+pub async fn check_tls(redis: &config::Redis) -> Result<(), Misconfigured> {
+    if !redis.url.starts_with("rediss://") {
+        return Ok(());
+    }
+    let target = RedisTarget::from(redis);
+    let refuse = |reason: String| Misconfigured {
+        backend: "redis",
+        reason,
+    };
+    let client = target.client().map_err(refuse)?;
+    let bound = redis.timeout.max(CHECK_TIMEOUT);
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(bound))
+        .set_response_timeout(Some(bound));
+    let started = Instant::now();
+    let attempt = async {
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        ::redis::cmd("PING").query_async::<()>(&mut conn).await
+    };
+    let outcome = match tokio::time::timeout(bound, attempt).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(redis.url = %target.redacted(), "redis does not answer at start (timed out after {bound:?}); its TLS is verified on first use, and until it answers limits and budgets follow redis.failure_mode");
+            return Ok(());
+        }
+    };
+    match outcome {
+        Ok(()) => {
+            tracing::info!(
+                redis.url = %target.redacted(),
+                duration_ms = started.elapsed().as_millis() as u64,
+                "redis: TLS connection verified"
+            );
+            Ok(())
+        }
+        Err(e) => match backend_tls::failure(&e, &target.trusted()) {
+            Some(why) => Err(refuse(format!(
+                "cannot connect to `{}` over TLS: {why}",
+                target.redacted()
+            ))),
+            None => {
+                tracing::warn!(redis.url = %target.redacted(), error = %reason(&e), "redis is unreachable at start; its TLS is verified on first use, and until it answers limits and budgets follow redis.failure_mode");
+                Ok(())
+            }
+        },
+    }
+}
 
 /// Creates multiplexed connections; hands pooled ones out without a round trip unless they
 /// have been idle for a while.
@@ -70,14 +200,22 @@ pub struct RedisPool {
 }
 
 impl RedisPool {
-    /// A pool for the Redis at `url` (`redis://[user:password@]host:port[/db]`), at most
-    /// `size` connections, every call bounded by `timeout`. Does no I/O.
-    pub fn new(url: &str, size: usize, timeout: Duration) -> Result<RedisPool, String> {
+    /// A pool for the Redis at `target` (a [`config::Redis`], or a URL alone:
+    /// `redis://[user:password@]host:port[/db]`, `rediss://…` for TLS), at most `size`
+    /// connections, every call (a TLS handshake included) bounded by `timeout`. Does no
+    /// I/O but reading `redis.tls.ca_file`.
+    pub fn new(
+        target: impl Into<RedisTarget>,
+        size: usize,
+        timeout: Duration,
+    ) -> Result<RedisPool, String> {
+        let client = target.into().client()?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
-        let inner = deadpool_redis::Manager::new_with_config(url, config)
-            .map_err(|e| format!("invalid redis URL: {}", reason(&e)))?;
+        let inner =
+            deadpool_redis::Manager::new_with_config(client.get_connection_info().clone(), config)
+                .map_err(|e| format!("invalid redis URL: {}", reason(&e)))?;
         let pool = managed::Pool::builder(Manager { inner })
             .max_size(size.max(1))
             .runtime(deadpool::Runtime::Tokio1)
@@ -224,10 +362,12 @@ async fn probe(health: Weak<Health>, pool: RedisPool) {
     }
 }
 
-/// A short reason for a failed call: the error's category and, for server errors, its code
-/// and message. Never the URL.
+/// A short reason for a failed call: what failed in TLS, else the error's category and, for
+/// server errors, its code and message. Never the URL.
 pub fn reason(e: &RedisError) -> String {
-    let what = if e.is_timeout() {
+    let what = if let Some(why) = backend_tls::failure(e, "the trusted ones") {
+        why
+    } else if e.is_timeout() {
         "timed out".to_owned()
     } else if e.is_connection_refusal() {
         "connection refused".to_owned()

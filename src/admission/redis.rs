@@ -278,7 +278,7 @@ impl RedisCounters {
         store: SharedStore,
         config: &Config,
     ) -> Result<RedisCounters, String> {
-        let pool = RedisPool::new(&redis.url, redis.pool_size, redis.timeout)?;
+        let pool = RedisPool::new(redis, redis.pool_size, redis.timeout)?;
         Ok(RedisCounters {
             pool,
             key_prefix: redis.key_prefix.clone(),

@@ -124,6 +124,8 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) | CliError::Config(_) => EXIT_USAGE,
+            // A backend that cannot be used as configured (its TLS fails verification).
+            CliError::Runtime(e) if e.is::<crate::backend_tls::Misconfigured>() => EXIT_USAGE,
             CliError::Api { .. } | CliError::Runtime(_) => EXIT_FAILURE,
         }
     }

@@ -1,6 +1,6 @@
 //! `tollgate serve`: load and validate the configuration, settle the master key, build the
-//! app (store connected and migrated) before binding any port, then serve until SIGINT or
-//! SIGTERM and shut down gracefully.
+//! app (store connected and migrated, a `rediss://` Redis' certificate verified) before
+//! binding any port, then serve until SIGINT or SIGTERM and shut down gracefully.
 
 use super::output::boxed;
 use super::{load_config, CliError};

@@ -149,12 +149,20 @@ impl SqlStore {
     /// Opens a pool on `sqlite://path` / `sqlite:path` (the file is created when missing) or
     /// `postgres://…` / `postgresql://…`, and checks that one connection can be made.
     /// Does not migrate: call [`Store::migrate`].
+    ///
+    /// Postgres' `sslmode` and `sslrootcert` are read as libpq reads them
+    /// ([`postgres_url`](crate::backend_tls::postgres_url)). TLS that fails (a certificate
+    /// that does not verify, a server without TLS) is `Invalid`: a configuration error, not
+    /// an outage.
     pub async fn connect(url: &str, opts: &ConnectOptions) -> StoreResult<SqlStore> {
         let backend = Backend::from_url(url)?;
         sqlx::any::install_default_drivers();
+        // Messages show the URL as configured, its password hidden.
+        let shown = redact_url(url);
         let url = match backend {
             Backend::Sqlite => sqlite_url_with_create(url),
-            Backend::Postgres => url.to_string(),
+            Backend::Postgres => crate::backend_tls::postgres_url(url)
+                .map_err(|e| StoreError::Invalid(format!("`{shown}`: {e}")))?,
         };
         let pool = AnyPoolOptions::new()
             .max_connections(opts.max_connections.max(1))
@@ -169,11 +177,26 @@ impl SqlStore {
             })
             .connect(&url)
             .await
-            .map_err(|e| match map_db_err(e, None) {
-                StoreError::Other(msg) | StoreError::Unavailable(msg) => StoreError::Unavailable(
-                    format!("cannot connect to `{}`: {msg}", redact_url(&url)),
-                ),
-                other => other,
+            .map_err(|e| {
+                let tls = match &e {
+                    // Also "server does not support TLS" for an sslmode that requires it.
+                    sqlx::Error::Tls(inner) => Some(
+                        crate::backend_tls::postgres_failure(&url, inner.as_ref())
+                            .unwrap_or_else(|| inner.to_string()),
+                    ),
+                    other => crate::backend_tls::postgres_failure(&url, other),
+                };
+                if let Some(why) = tls {
+                    return StoreError::Invalid(format!(
+                        "cannot connect to `{shown}` over TLS: {why}"
+                    ));
+                }
+                match map_db_err(e, None) {
+                    StoreError::Other(msg) | StoreError::Unavailable(msg) => {
+                        StoreError::Unavailable(format!("cannot connect to `{shown}`: {msg}"))
+                    }
+                    other => other,
+                }
             })?;
         Ok(SqlStore { pool, backend })
     }

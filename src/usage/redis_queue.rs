@@ -180,8 +180,7 @@ impl RedisQueue {
         metrics: Metrics,
         stop: watch::Receiver<bool>,
     ) -> Result<(RedisQueue, RedisWriter), String> {
-        let client = Client::open(redis.url.as_str())
-            .map_err(|e| format!("invalid redis URL: {}", reason(&e)))?;
+        let client = crate::redis_pool::RedisTarget::from(redis).client()?;
         let shared = Arc::new(Shared {
             stream: stream_key(&redis.key_prefix),
             dead: dead_key(&redis.key_prefix),
