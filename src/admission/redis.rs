@@ -272,14 +272,26 @@ pub enum Failure {
 }
 
 impl RedisCounters {
-    /// Counters in the Redis of `redis`. Does no I/O: connections are made on first use.
+    /// Counters in the Redis of `redis`, on connections of their own. Does no I/O:
+    /// connections are made on first use.
     pub fn new(
         redis: &Redis,
         store: SharedStore,
         config: &Config,
     ) -> Result<RedisCounters, String> {
         let pool = RedisPool::new(redis, redis.pool_size, redis.timeout)?;
-        Ok(RedisCounters {
+        Ok(Self::with_pool(pool, redis, store, config))
+    }
+
+    /// Counters through `pool` (connections to the Redis of `redis`, maybe shared), under
+    /// `redis.key_prefix`.
+    pub fn with_pool(
+        pool: RedisPool,
+        redis: &Redis,
+        store: SharedStore,
+        config: &Config,
+    ) -> RedisCounters {
+        RedisCounters {
             pool,
             key_prefix: redis.key_prefix.clone(),
             take_script: Script::new(&format!("{LUA_COMMON}{LUA_TAKE}")),
@@ -290,7 +302,7 @@ impl RedisCounters {
             refresh: secs(config.cache.key_ttl),
             reservation_timeout: secs(config.budgets.reservation_timeout),
             store_timeout: config.database.timeout,
-        })
+        }
     }
 
     /// The connections (for the health probe).
