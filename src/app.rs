@@ -14,6 +14,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::decision::Policy;
 use crate::domain::Role;
+use crate::invalidation::Invalidator;
 use crate::metrics::Metrics;
 use crate::redis_pool::RedisPool;
 use crate::secret::Secret;
@@ -105,6 +106,25 @@ pub async fn bootstrap_admin(
     Ok(true)
 }
 
+/// The channel admin writes travel to other replicas on: Redis pub/sub when `redis` is
+/// configured, else Postgres `LISTEN/NOTIFY` when the store is Postgres, else none.
+fn invalidator(
+    config: &Config,
+    auth: Arc<Authenticator>,
+    metrics: Metrics,
+) -> anyhow::Result<Invalidator> {
+    if let Some(redis) = &config.redis {
+        return Ok(Invalidator::redis(auth, redis, metrics));
+    }
+    let url = &config.database.url;
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let url = crate::backend_tls::postgres_url(url).map_err(|e| anyhow::anyhow!("{e}"))?;
+        return Invalidator::postgres(auth, url, config.database.timeout, metrics)
+            .map_err(|e| anyhow::anyhow!("{e}"));
+    }
+    Ok(Invalidator::local(auth, metrics))
+}
+
 /// Shared state of a built tollgate: what the gRPC edge and the HTTP API both use.
 pub struct App {
     pub config: Arc<Config>,
@@ -115,6 +135,8 @@ pub struct App {
     pub admission: Arc<Admission>,
     /// The ext_authz edge.
     pub gate: Arc<Gate>,
+    /// Applies admin writes to the caches here and publishes them to the other replicas.
+    pub invalidator: Arc<Invalidator>,
     pub metrics: Metrics,
     /// tollgate's own login sessions; `None` when `auth.session` is not configured.
     pub sessions: Option<Arc<Sessions>>,
@@ -205,6 +227,7 @@ impl App {
             clock,
         ));
         let gate = Arc::new(Gate::new(admission.clone(), metrics.clone()));
+        let invalidator = Arc::new(invalidator(&config, auth.clone(), metrics.clone())?);
         let (stop, stop_rx) = watch::channel(false);
         let alerts = Arc::new(
             Alerts::new(
@@ -237,6 +260,7 @@ impl App {
             auth,
             admission,
             gate,
+            invalidator,
             metrics,
             sessions,
             usage,
@@ -264,6 +288,7 @@ impl App {
             background.push(verifier.spawn_refresher());
         }
         background.push(self.alerts.clone().spawn(self.stop.subscribe()));
+        background.extend(self.invalidator.start_listener(self.stop.subscribe()).await);
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
         let stop_tx = self.stop.clone();

@@ -27,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod decision;
 pub mod domain;
+pub mod invalidation;
 pub mod limits;
 pub mod metrics;
 pub mod mock_llm;

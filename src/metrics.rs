@@ -14,6 +14,7 @@ pub const REDIS_UP: &str = "tollgate_redis_up";
 pub const USAGE_RECORDS: &str = "tollgate_usage_records_total";
 pub const USAGE_TOKENS: &str = "tollgate_usage_tokens_total";
 pub const SPEND_USD: &str = "tollgate_spend_usd_total";
+pub const INVALIDATION_LAG: &str = "tollgate_invalidation_lag_seconds";
 
 /// The process's metrics. Cheap to clone (the collectors are reference-counted).
 #[derive(Clone)]
@@ -39,6 +40,8 @@ pub struct Metrics {
     pub usage_tokens: IntCounterVec,
     /// USD of newly written usage records, by `model` as above.
     pub spend_usd: CounterVec,
+    /// From an admin write on one replica to its invalidation applied on another.
+    pub invalidation_lag: Histogram,
 }
 
 impl Default for Metrics {
@@ -101,8 +104,19 @@ impl Metrics {
             &["model"],
         )
         .expect("valid metric");
+        let invalidation_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                INVALIDATION_LAG,
+                "From an admin write on another replica to its invalidation applied here",
+            )
+            .buckets(vec![
+                0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(check_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(invalidation_lag.clone()),
             Box::new(check_duration.clone()),
             Box::new(cache_requests.clone()),
             Box::new(backend_errors.clone()),
@@ -126,6 +140,7 @@ impl Metrics {
             usage_records,
             usage_tokens,
             spend_usd,
+            invalidation_lag,
         }
     }
 

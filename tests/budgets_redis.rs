@@ -65,11 +65,13 @@ fn record(request_id: &str, key_id: &str, cost: f64) -> UsageRecord {
 }
 
 /// Two tollgates sharing a fresh Postgres schema, Redis under a fresh prefix, and `clock`.
+/// `failure_mode: closed` makes any Redis failure visible; the 2 s timeout keeps a loaded
+/// machine's slow answer from counting as one (these tests are about sharing, not outages).
 async fn replicas(extra: &str, clock: &Clock) -> (Arc<Tollgate>, Arc<Tollgate>, String) {
     let (_, db_url) = common::db::fresh_postgres().await;
     let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
     let yaml = format!(
-        "{MODELS}{extra}database: {{ url: \"{db_url}\" }}\nredis: {{ url: \"redis://127.0.0.1:6379\", failure_mode: closed, key_prefix: \"{prefix}\" }}\n"
+        "{MODELS}{extra}database: {{ url: \"{db_url}\" }}\nredis: {{ url: \"redis://127.0.0.1:6379\", failure_mode: closed, timeout: 2s, key_prefix: \"{prefix}\" }}\n"
     );
     let a = Tollgate::start_with_clock(&yaml, clock.clone()).await;
     let b = Tollgate::start_with_clock(&yaml, clock.clone()).await;

@@ -98,7 +98,7 @@ async fn two_replicas_sharing_redis_admit_exactly_the_limit() {
     let (_, db_url) = common::db::fresh_postgres().await;
     let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
     let yaml = format!(
-        "database: {{ url: \"{db_url}\" }}\nredis: {{ url: \"redis://127.0.0.1:6379\", failure_mode: closed, key_prefix: \"{prefix}\" }}\n"
+        "database: {{ url: \"{db_url}\" }}\nredis: {{ url: \"redis://127.0.0.1:6379\", failure_mode: closed, timeout: 2s, key_prefix: \"{prefix}\" }}\n"
     );
     let clock = Clock::manual(T0);
     let a = Tollgate::start_with_clock(&yaml, clock.clone()).await;

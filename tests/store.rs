@@ -100,7 +100,119 @@ store_suite!(
     sql_text_is_plain_data,
     migrate_twice_is_noop,
     concurrent_writes,
+    budgets_written_after_empty_ones_read_back_exactly,
 );
+
+/// Every connection of the pool first writes keys, users and teams without a budget, then
+/// with one: a statement prepared with a NULL budget must take a number later, and the
+/// number must read back bit for bit.
+async fn budgets_written_after_empty_ones_read_back_exactly(store: SharedStore) {
+    let budget = |i: usize| 0.1 + 0.2 * i as f64;
+    let mut keys = Vec::new();
+    for i in 0..12 {
+        keys.push(
+            store
+                .create_key(
+                    &admin(),
+                    new_key(&format!("k{i}"), &format!("secret-{i:04}")),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    for key in &keys {
+        let blocked = KeyPatch {
+            blocked: Some(true),
+            ..KeyPatch::default()
+        };
+        store.update_key(&admin(), &key.id, blocked).await.unwrap();
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let patch = KeyPatch {
+            limits: LimitsPatch {
+                max_budget: Some(Some(budget(i))),
+                ..LimitsPatch::default()
+            },
+            ..KeyPatch::default()
+        };
+        let updated = store
+            .update_key(&admin(), &key.id, patch)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(updated.limits.max_budget, Some(budget(i)));
+        let read = store.get_key(&key.id).await.unwrap().unwrap();
+        assert_eq!(
+            read.limits.max_budget.map(f64::to_bits),
+            Some(budget(i).to_bits())
+        );
+    }
+    let mut teams = Vec::new();
+    for i in 0..12 {
+        teams.push(
+            store
+                .create_team(&admin(), new_team(&format!("t{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    for (i, team) in teams.iter().enumerate() {
+        let patch = TeamPatch {
+            limits: LimitsPatch {
+                max_budget: Some(Some(budget(i))),
+                ..LimitsPatch::default()
+            },
+            ..TeamPatch::default()
+        };
+        store.update_team(&admin(), &team.id, patch).await.unwrap();
+        let read = store.get_team(&team.id).await.unwrap().unwrap();
+        assert_eq!(
+            read.limits.max_budget.map(f64::to_bits),
+            Some(budget(i).to_bits())
+        );
+    }
+    for i in 0..12 {
+        let user = store
+            .create_user(&admin(), new_user(&format!("b{i}")))
+            .await
+            .unwrap();
+        let patch = UserPatch {
+            limits: LimitsPatch {
+                max_budget: Some(Some(budget(i))),
+                ..LimitsPatch::default()
+            },
+            ..UserPatch::default()
+        };
+        store.update_user(&admin(), &user.id, patch).await.unwrap();
+        let read = store.get_user(&user.id).await.unwrap().unwrap();
+        assert_eq!(
+            read.limits.max_budget.map(f64::to_bits),
+            Some(budget(i).to_bits())
+        );
+    }
+    // And back to none.
+    let patch = KeyPatch {
+        limits: LimitsPatch {
+            max_budget: Some(None),
+            ..LimitsPatch::default()
+        },
+        ..KeyPatch::default()
+    };
+    store
+        .update_key(&admin(), &keys[0].id, patch)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_key(&keys[0].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .limits
+            .max_budget,
+        None
+    );
+}
 
 async fn user_crud(store: SharedStore) {
     let user = store

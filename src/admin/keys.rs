@@ -14,6 +14,7 @@ use super::{
 use crate::authn::api_key;
 use crate::authn::key_cache::Invalidation;
 use crate::domain::{self, ApiKey, BudgetDuration, Role, Timestamp};
+use crate::invalidation::Change;
 use crate::store::{KeyFilter, KeyPatch, NewKey, SpendKind};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -150,7 +151,7 @@ pub(super) async fn create_key(
             },
         )
         .await?;
-    app.auth.keys.forget(&hash);
+    app.invalidator.send(Change::new_secret(&hash)).await;
     Ok((
         StatusCode::CREATED,
         Json(WithSecret {
@@ -337,15 +338,16 @@ async fn update(
         &id,
         app.store.update_key(&caller.actor, &id, patch).await?,
     )
+    .await
 }
 
 /// Invalidates the key's cache entries and answers with it, or 404.
-pub(super) fn write_key(
+pub(super) async fn write_key(
     app: &AppState,
     id: &str,
     key: Option<ApiKey>,
 ) -> Result<Json<ApiKey>, ApiError> {
-    app.auth.invalidate(Invalidation::Key(id.to_owned()));
+    app.invalidator.send(Invalidation::Key(id.to_owned())).await;
     key.map(Json).ok_or_else(|| ApiError::not_found("key", id))
 }
 
@@ -370,6 +372,7 @@ async fn set_blocked(
         &id,
         app.store.update_key(&caller.actor, &id, patch).await?,
     )
+    .await
 }
 
 async fn block(
@@ -394,7 +397,7 @@ async fn revoke(
     Path(id): Path<String>,
 ) -> Result<Json<ApiKey>, ApiError> {
     managed_key(&app, &caller, &id).await?;
-    write_key(&app, &id, app.store.revoke_key(&caller.actor, &id).await?)
+    write_key(&app, &id, app.store.revoke_key(&caller.actor, &id).await?).await
 }
 
 #[derive(Deserialize, Default)]
@@ -435,8 +438,10 @@ async fn rotate(
             previous_expires_at,
         )
         .await?;
-    app.auth.keys.forget(&plain.hash());
-    let Json(key) = write_key(&app, &id, rotated)?;
+    app.invalidator
+        .send(Change::new_secret(&plain.hash()))
+        .await;
+    let Json(key) = write_key(&app, &id, rotated).await?;
     Ok(Json(WithSecret {
         key,
         secret: plain.into_string(),

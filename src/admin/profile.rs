@@ -71,7 +71,7 @@ async fn update(
     };
     let id = me.user.id.clone();
     let user = app.store.update_user(&me.caller.actor, &id, patch).await?;
-    app.auth.invalidate(Invalidation::User(id.clone()));
+    app.invalidator.send(Invalidation::User(id.clone())).await;
     user.map(Json)
         .ok_or_else(|| ApiError::Unauthorized("the account no longer exists".into()))
 }

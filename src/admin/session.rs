@@ -9,6 +9,7 @@ use super::{ApiError, AppState, JsonBody};
 use crate::authn::login::{SessionError, Sessions, TokenPair};
 use crate::authn::session::AccessClaims;
 use crate::domain::{self, Role, User};
+use crate::invalidation::Change;
 use crate::store::{Actor, NewUser};
 use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -191,7 +192,7 @@ async fn register(
             },
         )
         .await?;
-    app.auth.user_created();
+    app.invalidator.send(Change::UserCreated).await;
     Ok((StatusCode::CREATED, Json(user)))
 }
 

@@ -174,7 +174,7 @@ async fn update(
         metadata: body.metadata,
     };
     let team = app.store.update_team(&caller.actor, &id, patch).await?;
-    app.auth.invalidate(Invalidation::Team(id.clone()));
+    app.invalidator.send(Invalidation::Team(id.clone())).await;
     team.map(Json)
         .ok_or_else(|| ApiError::not_found("team", &id))
 }
@@ -187,7 +187,7 @@ async fn remove(
     let manages = caller.manages_team(&app, &id).await?;
     caller.allow(manages, "delete a team they do not own")?;
     let deleted = app.store.delete_team(&caller.actor, &id).await?;
-    app.auth.invalidate(Invalidation::Team(id.clone()));
+    app.invalidator.send(Invalidation::Team(id.clone())).await;
     if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -228,6 +228,10 @@ async fn add_member(
             MembershipSource::Manual,
         )
         .await?;
+    app.invalidator.send(Invalidation::Team(id.clone())).await;
+    app.invalidator
+        .send(Invalidation::User(body.user_id.clone()))
+        .await;
     Ok((StatusCode::CREATED, Json(membership)))
 }
 
@@ -243,6 +247,8 @@ async fn remove_member(
         .remove_member(&caller.actor, &id, &user_id)
         .await?
     {
+        app.invalidator.send(Invalidation::Team(id.clone())).await;
+        app.invalidator.send(Invalidation::User(user_id)).await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(format!(

@@ -108,4 +108,5 @@ async fn revoke_own(
         &id,
         app.store.revoke_key(&me.caller.actor, &id).await?,
     )
+    .await
 }

@@ -7,6 +7,7 @@ use super::{
 use crate::authn::key_cache::Invalidation;
 use crate::authn::{login, password};
 use crate::domain::{BudgetDuration, Role, User};
+use crate::invalidation::Change;
 use crate::store::{NewUser, SpendKind, UserPatch};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -112,7 +113,7 @@ async fn create(
             },
         )
         .await?;
-    app.auth.user_created();
+    app.invalidator.send(Change::UserCreated).await;
     Ok((StatusCode::CREATED, Json(user)))
 }
 
@@ -193,7 +194,7 @@ async fn update(
         metadata: body.metadata,
     };
     let user = app.store.update_user(&caller.actor, &id, patch).await?;
-    app.auth.invalidate(Invalidation::User(id.clone()));
+    app.invalidator.send(Invalidation::User(id.clone())).await;
     user.map(Json)
         .ok_or_else(|| ApiError::not_found("user", &id))
 }
@@ -205,7 +206,7 @@ async fn delete(
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin("delete users")?;
     let deleted = app.store.delete_user(&caller.actor, &id).await?;
-    app.auth.invalidate(Invalidation::User(id.clone()));
+    app.invalidator.send(Invalidation::User(id.clone())).await;
     if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -488,7 +488,7 @@ impl SqlStore {
             "INSERT INTO users (id, username, email, full_name, role, blocked, password_hash, \
              rpm, tpm, max_budget, budget_duration, metadata, created_at, updated_at, \
              email_verified) \
-             VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, $9, $10, $11, $12, $13, $14)",
+             VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, CAST($9 AS DOUBLE PRECISION), $10, $11, $12, $13, $14)",
         )
         .bind(&user.id)
         .bind(&user.username)
@@ -860,6 +860,12 @@ fn duration_text(d: Option<BudgetDuration>) -> Option<&'static str> {
 
 /// Binds the four limit columns of users, teams and keys, in the order every INSERT and
 /// UPDATE lists them: `rpm, tpm, max_budget, budget_duration`.
+///
+/// `max_budget` travels as text, which the SQL casts (`CAST($n AS DOUBLE PRECISION)`):
+/// sqlx's `Any` driver sends a NULL `f64` to Postgres as a `float4` parameter, and a
+/// connection that prepared the statement with that NULL then refuses every later budget
+/// ("incorrect binary data format"). A text parameter is text whether NULL or not; Rust
+/// prints an `f64` in the shortest form that reads back exactly.
 trait BindLimits {
     fn bind_limits(self, limits: &Limits) -> Self;
 }
@@ -868,7 +874,7 @@ impl<'q> BindLimits for Query<'q, Any, AnyArguments<'q>> {
     fn bind_limits(self, limits: &Limits) -> Self {
         self.bind(limits.rpm)
             .bind(limits.tpm)
-            .bind(limits.max_budget)
+            .bind(limits.max_budget.map(|usd| usd.to_string()))
             .bind(duration_text(limits.budget_duration))
     }
 }
@@ -1182,7 +1188,7 @@ impl Store for SqlStore {
             "INSERT INTO users (id, username, email, full_name, role, blocked, password_hash, \
              rpm, tpm, max_budget, budget_duration, metadata, created_at, updated_at, \
              email_verified) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, CAST($10 AS DOUBLE PRECISION), $11, $12, $13, $14, $15)",
         )
         .bind(&user.id)
         .bind(&user.username)
@@ -1267,7 +1273,7 @@ impl Store for SqlStore {
         user.updated_at = now;
         sqlx::query(
             "UPDATE users SET email = $2, full_name = $3, role = $4, blocked = $5, rpm = $6, \
-             tpm = $7, max_budget = $8, budget_duration = $9, metadata = $10, updated_at = $11 \
+             tpm = $7, max_budget = CAST($8 AS DOUBLE PRECISION), budget_duration = $9, metadata = $10, updated_at = $11 \
              WHERE id = $1",
         )
         .bind(&user.id)
@@ -1354,7 +1360,7 @@ impl Store for SqlStore {
         sqlx::query(
             "INSERT INTO teams (id, name, models, blocked, rpm, tpm, max_budget, \
              budget_duration, metadata, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             VALUES ($1, $2, $3, $4, $5, $6, CAST($7 AS DOUBLE PRECISION), $8, $9, $10, $11)",
         )
         .bind(&team.id)
         .bind(&team.name)
@@ -1420,7 +1426,7 @@ impl Store for SqlStore {
         team.updated_at = now;
         sqlx::query(
             "UPDATE teams SET name = $2, models = $3, blocked = $4, rpm = $5, tpm = $6, \
-             max_budget = $7, budget_duration = $8, metadata = $9, updated_at = $10 \
+             max_budget = CAST($7 AS DOUBLE PRECISION), budget_duration = $8, metadata = $9, updated_at = $10 \
              WHERE id = $1",
         )
         .bind(&team.id)
@@ -1629,7 +1635,7 @@ impl Store for SqlStore {
             "INSERT INTO api_keys (id, name, key_hash, key_hint, user_id, team_id, permissions, \
              models, rpm, tpm, max_budget, budget_duration, expires_at, blocked, metadata, \
              created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CAST($11 AS DOUBLE PRECISION), $12, $13, $14, $15, $16, $17)",
         )
         .bind(&key.id)
         .bind(&key.name)
@@ -1754,7 +1760,7 @@ impl Store for SqlStore {
         key.updated_at = now;
         sqlx::query(
             "UPDATE api_keys SET name = $2, permissions = $3, models = $4, blocked = $5, \
-             rpm = $6, tpm = $7, max_budget = $8, budget_duration = $9, expires_at = $10, \
+             rpm = $6, tpm = $7, max_budget = CAST($8 AS DOUBLE PRECISION), budget_duration = $9, expires_at = $10, \
              metadata = $11, updated_at = $12 WHERE id = $1",
         )
         .bind(&key.id)
