@@ -81,6 +81,22 @@ impl RedisTarget {
             .map_err(|e| format!("invalid redis URL or CA: {}", reason(&e)))
     }
 
+    /// A client for one server: the Redis, or on a cluster its node `turn` (modulo their
+    /// number: a caller that counts its attempts goes round the nodes, so one node down does
+    /// not stop it). Enough for what names no key: pub/sub, which a cluster carries to
+    /// every node.
+    pub fn node_client(&self, turn: usize) -> Result<Client, String> {
+        if !self.cluster {
+            return self.client();
+        }
+        let single = RedisTarget {
+            urls: vec![self.urls[turn % self.urls.len().max(1)].clone()],
+            cluster: false,
+            ca_file: self.ca_file.clone(),
+        };
+        single.client()
+    }
+
     /// Makes connections to the target: connecting bounded by `timeout`, each reply by
     /// `response` (`None`: unbounded, the caller bounds each call). No I/O but reading the CA
     /// file.

@@ -3,7 +3,7 @@
 //! exactly the limit and the budget between them and settle for each other; an owner's keys
 //! share one slot while owners spread over the shards; a slot moved to another master while
 //! requests keep coming changes no count and fails no request; records pushed through one
-//! replica are written.
+//! replica are written; an admin write on one replica reaches the other over the cluster.
 
 mod common;
 
@@ -482,6 +482,34 @@ async fn the_usage_queue_works_on_a_cluster() {
         }
         assert!(started.elapsed() < DEADLINE, "{pending} pending");
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stop(a).await;
+    stop(b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_admin_write_on_one_replica_reaches_the_other_through_the_cluster() {
+    let cluster = RedisCluster::start().await;
+    let clock = clock();
+    let (a, b, _) = replicas(&cluster, &clock).await;
+    assert_eq!(a.app.invalidator.channel(), "redis");
+    let (id, key) = a.create_key(json!({"name": "revoked"})).await;
+    // b has the key cached: only the published change can make it refuse within a second.
+    assert_eq!(check(&b, &key, "i0").await.0, 200);
+    assert_eq!(check(&b, &key, "i1").await.0, 200);
+    let (status, body) = a
+        .admin(Method::DELETE, &format!("/admin/keys/{id}"), None)
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    let started = std::time::Instant::now();
+    let mut n = 2;
+    while check(&b, &key, &format!("i{n}")).await.0 == 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "b still admits the revoked key"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        n += 1;
     }
     stop(a).await;
     stop(b).await;
