@@ -17,7 +17,7 @@
 //!
 //! [`Health`] is what their users know of Redis: the first failed call marks it down (one
 //! `warn!`, `tollgate_backend_errors_total{backend="redis"}`) and starts one probe that
-//! PINGs (every node of a cluster) every [`PROBE_INTERVAL`] until it answers (one `info!`);
+//! PINGs (every master of a cluster) every [`PROBE_INTERVAL`] until it answers (one `info!`);
 //! meanwhile users answer by `redis.failure_mode` without touching Redis, so no request
 //! waits for a Redis timeout.
 
@@ -86,15 +86,19 @@ impl RedisTarget {
     /// not stop it). Enough for what names no key: pub/sub, which a cluster carries to
     /// every node.
     pub fn node_client(&self, turn: usize) -> Result<Client, String> {
+        self.node(turn).client()
+    }
+
+    /// The Redis, or on a cluster its node `turn` (modulo their number), as one server.
+    fn node(&self, turn: usize) -> RedisTarget {
         if !self.cluster {
-            return self.client();
+            return self.clone();
         }
-        let single = RedisTarget {
+        RedisTarget {
             urls: vec![self.urls[turn % self.urls.len().max(1)].clone()],
             cluster: false,
             ca_file: self.ca_file.clone(),
-        };
-        single.client()
+        }
     }
 
     /// Makes connections to the target: connecting bounded by `timeout`, each reply by
@@ -264,17 +268,26 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// For a `rediss://` Redis, connects once (and PINGs): a certificate that fails
 /// verification, or a handshake that fails, is [`Misconfigured`]. Redis down or slow only
-/// warns: outages are what `redis.failure_mode` is for. Plain `redis://` is not checked.
+/// warns: outages are what `redis.failure_mode` is for. Plain `redis://` is not checked. On
+/// a Redis Cluster every node `redis.cluster` lists is checked on a connection of its own
+/// (a cluster connection reports a failed handshake as text, without its cause).
 pub async fn check_tls(redis: &config::Redis) -> Result<(), Misconfigured> {
     if !redis.is_tls() {
         return Ok(());
     }
     let target = RedisTarget::from(redis);
+    for turn in 0..target.urls.len() {
+        check_node_tls(&target.node(turn), redis.timeout).await?;
+    }
+    Ok(())
+}
+
+async fn check_node_tls(target: &RedisTarget, timeout: Duration) -> Result<(), Misconfigured> {
     let refuse = |reason: String| Misconfigured {
         backend: "redis",
         reason,
     };
-    let bound = redis.timeout.max(CHECK_TIMEOUT);
+    let bound = timeout.max(CHECK_TIMEOUT);
     let connector = target.connector(bound, Some(bound)).map_err(refuse)?;
     let started = Instant::now();
     let attempt = async {
@@ -457,7 +470,7 @@ impl RedisPool {
         &self.dedicated
     }
 
-    /// A PING (on a cluster, of every node): whether Redis answers within the timeout.
+    /// A PING (on a cluster, of every master): whether Redis answers within the timeout.
     pub async fn ping(&self) -> Result<(), String> {
         self.call(Call::Cmd(::redis::cmd("PING"))).await
     }

@@ -1,9 +1,11 @@
 //! A Redis Cluster of three masters on loopback, started by the test itself (`redis-server`
 //! in cluster mode on free ports, joined with `redis-cli --cluster create`) and killed on
-//! drop. A cluster that cannot start fails the test: nothing is skipped.
+//! drop; plain, or TLS-only with a password. A cluster that cannot start fails the test:
+//! nothing is skipped.
 
 use redis::aio::MultiplexedConnection;
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,10 +13,21 @@ use std::time::{Duration, Instant};
 const START_DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct RedisCluster {
-    /// The masters' ports, in the order they were created.
+    /// The masters' ports (TLS ports for a TLS cluster), in the order they were created.
     pub ports: Vec<u16>,
+    tls: Option<Tls>,
     children: Vec<Child>,
     _dir: tempfile::TempDir,
+}
+
+/// A TLS-only cluster: the server's certificate and key (for `127.0.0.1`, used on the
+/// cluster bus too), the CA that signed it, and the password of every node.
+#[derive(Clone)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    pub password: String,
 }
 
 /// A port that is free, and whose cluster bus port (+10000) is free too.
@@ -37,6 +50,16 @@ fn free_port() -> u16 {
 impl RedisCluster {
     /// Three masters sharing the 16384 slots, every node seeing `cluster_state:ok`.
     pub async fn start() -> RedisCluster {
+        Self::start_with(None).await
+    }
+
+    /// [`RedisCluster::start`] listening on TLS ports only (the cluster bus over TLS too),
+    /// every node asking for `tls.password`.
+    pub async fn start_tls(tls: Tls) -> RedisCluster {
+        Self::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<Tls>) -> RedisCluster {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut ports = Vec::new();
         while ports.len() < 3 {
@@ -47,14 +70,30 @@ impl RedisCluster {
         }
         let mut cluster = RedisCluster {
             ports: Vec::new(),
+            tls: tls.clone(),
             children: Vec::new(),
             _dir: dir,
         };
         for &port in &ports {
             let node_dir = cluster._dir.path().join(port.to_string());
             std::fs::create_dir_all(&node_dir).expect("a node directory");
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            let mut command = Command::new("redis-server");
+            match &tls {
+                None => command.args(["--port", &port.to_string()]),
+                Some(tls) => command
+                    .args(["--port", "0", "--tls-port", &port.to_string()])
+                    .args(["--tls-cluster", "yes", "--tls-auth-clients", "no"])
+                    .arg("--tls-cert-file")
+                    .arg(&tls.cert)
+                    .arg("--tls-key-file")
+                    .arg(&tls.key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&tls.ca)
+                    .args(["--requirepass", &tls.password])
+                    .args(["--masterauth", &tls.password]),
+            };
+            let child = command
+                .args(["--bind", "127.0.0.1"])
                 .args(["--cluster-enabled", "yes"])
                 .args(["--cluster-config-file", "nodes.conf"])
                 .args(["--cluster-node-timeout", "5000"])
@@ -80,17 +119,31 @@ impl RedisCluster {
             }
         }
         let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let output = tokio::task::spawn_blocking(move || {
-            Command::new("redis-cli")
-                .arg("--cluster")
-                .arg("create")
-                .args(&addresses)
-                .args(["--cluster-replicas", "0", "--cluster-yes"])
-                .output()
-        })
-        .await
-        .unwrap()
-        .expect("run redis-cli (is it on PATH?)");
+        let tls_args: Vec<String> = match &tls {
+            None => Vec::new(),
+            Some(tls) => vec![
+                "--tls".into(),
+                "--cacert".into(),
+                tls.ca.display().to_string(),
+                "-a".into(),
+                tls.password.clone(),
+                "--no-auth-warning".into(),
+            ],
+        };
+        let create = tokio::process::Command::new("redis-cli")
+            .args(&tls_args)
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(START_DEADLINE, create)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("redis-cli --cluster create: no cluster within {START_DEADLINE:?}")
+            })
+            .expect("run redis-cli (is it on PATH?)");
         assert!(
             output.status.success(),
             "redis-cli --cluster create failed: {}{}",
@@ -117,21 +170,35 @@ impl RedisCluster {
         cluster
     }
 
-    /// `[redis://127.0.0.1:P1, …]`, for `redis.cluster`.
+    /// Node `i`'s URL (`rediss://` with the password for a TLS cluster).
+    pub fn url(&self, i: usize) -> String {
+        match &self.tls {
+            None => format!("redis://127.0.0.1:{}", self.ports[i]),
+            Some(tls) => format!("rediss://:{}@127.0.0.1:{}", tls.password, self.ports[i]),
+        }
+    }
+
+    /// `["redis://127.0.0.1:P1", …]`, for `redis.cluster`.
     pub fn yaml_nodes(&self) -> String {
-        let urls: Vec<String> = self
-            .ports
-            .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}"))
+        let urls: Vec<String> = (0..self.ports.len())
+            .map(|i| format!("\"{}\"", self.url(i)))
             .collect();
         format!("[{}]", urls.join(", "))
     }
 
-    /// A plain connection to node `i` (no redirections followed).
+    /// A connection of the test's own to node `i` (no redirections followed).
     pub async fn node(&self, i: usize) -> redis::RedisResult<MultiplexedConnection> {
-        let mut conn = redis::Client::open(format!("redis://127.0.0.1:{}", self.ports[i]))?
-            .get_multiplexed_async_connection()
-            .await?;
+        let client = match &self.tls {
+            None => redis::Client::open(self.url(i))?,
+            Some(tls) => redis::Client::build_with_tls(
+                self.url(i),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(&tls.ca)?),
+                },
+            )?,
+        };
+        let mut conn = client.get_multiplexed_async_connection().await?;
         redis::cmd("PING").query_async::<String>(&mut conn).await?;
         Ok(conn)
     }
@@ -231,10 +298,10 @@ impl RedisCluster {
         keys
     }
 
-    /// Moves `slot` from node `from` to node `to` as `redis-cli --cluster reshard` does
-    /// (IMPORTING, MIGRATING, MIGRATE of its keys, then NODE everywhere), one key at a time
-    /// with `pause` between keys, so that calls meet the slot half moved. Returns how many
-    /// keys moved.
+    /// Moves `slot` from node `from` to node `to` of a plain cluster as `redis-cli --cluster
+    /// reshard` does (IMPORTING, MIGRATING, MIGRATE of its keys, then NODE everywhere), one
+    /// key at a time with `pause` between keys, so that calls meet the slot half moved.
+    /// Returns how many keys moved.
     pub async fn move_slot(&self, slot: u16, from: usize, to: usize, pause: Duration) -> usize {
         let (from_id, to_id) = (self.id(from).await, self.id(to).await);
         let mut src = self.conn(from).await;
