@@ -23,16 +23,17 @@
 //! Users and teams are soft-deleted (`deleted_at`): their revoked keys and their usage
 //! history keep a valid owner, and a partial unique index lets a name be reused afterwards.
 //!
-//! Usage records are written in batches ([`Store::record_usage`]): each record is inserted
-//! with `ON CONFLICT (request_id) DO NOTHING`, and only records actually inserted accrue
-//! spend, summed per (entity, period) and upserted with `ON CONFLICT … DO UPDATE` in one
-//! order (sorted), so concurrent batches cannot deadlock on Postgres. Usage is not audited:
-//! it is not an admin write.
+//! Usage records are written in batches ([`UsageStore::record_usage`]): each record is
+//! inserted with `ON CONFLICT (request_id) DO NOTHING`, and only records actually inserted
+//! accrue spend, summed per (entity, period) and upserted with `ON CONFLICT … DO UPDATE` in
+//! one order (sorted), so concurrent batches cannot deadlock on Postgres. Usage is not
+//! audited: it is not an admin write.
 //!
 //! Budget alerts live in an outbox (`alerts`, unique per entity, period start and threshold):
-//! [`Store::raise_alerts`] inserts with `ON CONFLICT … DO NOTHING`, so an alert fires once
-//! however often it is raised; [`Store::due_alerts`] claims due rows with a compare-and-set
-//! update on `next_attempt_at` (portable, no row locks), so one caller delivers each.
+//! [`AlertStore::raise_alerts`] inserts with `ON CONFLICT … DO NOTHING`, so an alert fires
+//! once however often it is raised; [`AlertStore::due_alerts`] claims due rows with a
+//! compare-and-set update on `next_attempt_at` (portable, no row locks), so one caller
+//! delivers each.
 //!
 //! Every write runs in one transaction with its audit row. On SQLite a write transaction
 //! starts with `BEGIN IMMEDIATE`, so it holds the write lock from its first read and never
@@ -40,10 +41,11 @@
 //! `FOR UPDATE` / `FOR SHARE`, so concurrent patches and deletes serialise per row.
 
 use super::{
-    Actor, Alert, AlertCrossing, AlertFilter, AlertOutcome, AlertState, AuditFilter, GroupBy,
-    KeyFilter, KeyPatch, LimitsPatch, LoginUser, NewKey, NewRefreshToken, NewTeam, NewUser,
-    OidcLogin, OidcUser, RefreshOutcome, SpendKind, Store, StoreError, StoreResult, TeamPatch,
-    UsageQuery, UsageReport, UsageRow, UserPatch, ALERT_CLAIM_SECS,
+    Actor, Alert, AlertCrossing, AlertFilter, AlertOutcome, AlertState, AlertStore, AuditFilter,
+    AuditStore, GroupBy, IdentityStore, KeyFilter, KeyPatch, KeyStore, LimitsPatch, LoginUser,
+    NewKey, NewRefreshToken, NewTeam, NewUser, OidcLogin, OidcUser, RefreshOutcome, SessionStore,
+    SpendKind, Store, StoreError, StoreResult, TeamPatch, TeamStore, UsageQuery, UsageReport,
+    UsageRow, UsageStore, UserPatch, UserStore, ALERT_CLAIM_SECS,
 };
 use crate::authn::api_key::KeyHash;
 use crate::domain::{
@@ -289,7 +291,7 @@ impl SqlStore {
 }
 
 impl SqlStore {
-    /// One attempt of [`Store::oidc_login`], in one write transaction.
+    /// One attempt of [`IdentityStore::oidc_login`], in one write transaction.
     async fn oidc_login_once(
         &self,
         actor: &Actor,
@@ -420,7 +422,7 @@ impl SqlStore {
 
     /// Points the identity at `user_id`: a new row, or (`stale`) the row that pointed at a
     /// deleted user. A concurrent first login of the same identity makes the INSERT fail
-    /// with `Conflict`, which [`Store::oidc_login`] retries.
+    /// with `Conflict`, which [`IdentityStore::oidc_login`] retries.
     async fn put_identity(
         &self,
         conn: &mut AnyConnection,
@@ -1165,7 +1167,10 @@ impl Store for SqlStore {
         let mut conn = self.pool.acquire().await.map_err(db_err)?;
         conn.ping().await.map_err(db_err)
     }
+}
 
+#[async_trait]
+impl UserStore for SqlStore {
     async fn create_user(&self, actor: &Actor, new: NewUser) -> StoreResult<User> {
         require_nonempty("username", &new.username)?;
         require_nonempty("email", &new.email)?;
@@ -1342,7 +1347,10 @@ impl Store for SqlStore {
         commit(tx).await?;
         Ok(true)
     }
+}
 
+#[async_trait]
+impl TeamStore for SqlStore {
     async fn create_team(&self, actor: &Actor, new: NewTeam) -> StoreResult<Team> {
         require_nonempty("team name", &new.name)?;
         let now = domain::now();
@@ -1602,7 +1610,10 @@ impl Store for SqlStore {
         .map_err(db_err)?;
         rows.iter().map(member_from_row).collect()
     }
+}
 
+#[async_trait]
+impl KeyStore for SqlStore {
     async fn create_key(&self, actor: &Actor, new: NewKey) -> StoreResult<ApiKey> {
         require_nonempty("key name", &new.name)?;
         require_key_hash(&new.key_hash)?;
@@ -1921,7 +1932,10 @@ impl Store for SqlStore {
             team,
         }))
     }
+}
 
+#[async_trait]
+impl AuditStore for SqlStore {
     async fn list_audit(&self, filter: AuditFilter) -> StoreResult<Vec<AuditEvent>> {
         enum Param {
             Text(String),
@@ -1998,7 +2012,10 @@ impl Store for SqlStore {
         .map_err(db_err)?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl IdentityStore for SqlStore {
     async fn oidc_login(&self, actor: &Actor, login: OidcLogin) -> StoreResult<Option<OidcUser>> {
         require_nonempty("issuer", &login.issuer)?;
         require_nonempty("subject", &login.subject)?;
@@ -2011,7 +2028,10 @@ impl Store for SqlStore {
             other => other,
         }
     }
+}
 
+#[async_trait]
+impl SessionStore for SqlStore {
     async fn find_login_user(&self, name: &str) -> StoreResult<Option<LoginUser>> {
         // Usernames and emails are unique among live users, but one user's username may be
         // another's email; the username wins then.
@@ -2314,7 +2334,10 @@ impl Store for SqlStore {
         commit(tx).await?;
         Ok(families)
     }
+}
 
+#[async_trait]
+impl UsageStore for SqlStore {
     async fn record_new_usage(&self, records: &[UsageRecord]) -> StoreResult<Vec<usize>> {
         if records.is_empty() {
             return Ok(Vec::new());
@@ -2495,7 +2518,10 @@ impl Store for SqlStore {
             keyed.into_iter().map(|(_, row)| row).collect(),
         ))
     }
+}
 
+#[async_trait]
+impl AlertStore for SqlStore {
     async fn raise_alerts(&self, crossings: &[AlertCrossing]) -> StoreResult<u64> {
         if crossings.is_empty() {
             return Ok(0);
