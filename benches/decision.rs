@@ -14,7 +14,7 @@ use tollgate::config::Config;
 use tollgate::decision::{self, ModelField, Policy, Principal};
 use tollgate::secret::Secret;
 use tollgate::store::sql::{ConnectOptions, SqlStore};
-use tollgate::store::{Actor, NewKey, NewUser, Store};
+use tollgate::store::{Actor, KeyStore, NewKey, NewUser, Store, UserStore};
 
 fn check_request(key: &str, body: &[u8]) -> CheckRequest {
     let headers = [
