@@ -139,8 +139,9 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Writes batches until told to stop, then drains what is queued in process and
-    /// returns (on Redis: finishes the batch in hand; unread entries stay in the stream).
+    /// Writes batches until told to stop, then writes out what is queued (in process, and
+    /// on Redis what is unread in the stream) and returns. Stop it only once nothing is
+    /// pushed any more: a push after it returned finds the queue closed.
     pub async fn run(self) {
         match self.redis {
             None => self.memory.run().await,
