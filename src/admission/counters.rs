@@ -215,6 +215,21 @@ impl Counters {
         }
     }
 
+    /// Pings Redis when configured (nothing to ask without it), within `redis.timeout`. A
+    /// failure marks Redis down as a failed call does, so that readiness and decisions
+    /// agree; while it is down, the health probe that marks it up again is asked instead.
+    pub async fn ping(&self) -> Result<(), String> {
+        let Inner::Redis(shared) = &self.inner else {
+            return Ok(());
+        };
+        if !shared.health.is_up() {
+            return Err("redis is down".to_owned());
+        }
+        shared.redis.pool().ping().await.inspect_err(|reason| {
+            shared.failed(reason);
+        })
+    }
+
     /// Committed and reserved spend of a budget in the period containing `now` (Unix
     /// seconds) as this process's memory holds it: the in-process counters, or with Redis
     /// those of `failure_mode: local`. See [`Counters::shared_view`].

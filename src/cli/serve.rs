@@ -1,6 +1,9 @@
 //! `tollgate serve`: load and validate the configuration, settle the master key, build the
 //! app (store connected and migrated, a `rediss://` Redis' certificate verified) before
-//! binding any port, then serve until SIGINT or SIGTERM and shut down gracefully.
+//! binding any port, then serve until SIGINT or SIGTERM and drain (docs/DESIGN.md, "Live,
+//! ready, drain"): readiness 503 at once, Check and ext_proc served while requests keep
+//! arriving, then the listeners close, in-flight streams finish and the usage queue is
+//! written out before the process exits 0.
 
 use super::output::boxed;
 use super::{load_config, CliError};
@@ -53,7 +56,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         database
     );
 
-    let stop = running.stopper();
+    let lifecycle = running.lifecycle();
     tokio::spawn(async move {
         match shutdown_signal().await {
             Ok(signal) => tracing::info!(signal, "shutting down gracefully"),
@@ -61,13 +64,18 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
                 tracing::error!(error = %e, "cannot listen for shutdown signals; shutting down")
             }
         }
-        let _ = stop.send(true);
+        // /readyz answers 503 from here on.
+        lifecycle.drain();
     });
-    // Returns when the signal stops the listeners, or when one of them fails; either way
-    // the other is then stopped and awaited.
-    let first = running.wait().await;
-    let rest = running.shutdown().await;
-    first.and(rest)?;
+    // Returns when a signal asks to stop (then drain: serve while requests keep arriving,
+    // then stop), or when a listener fails (then stop at once).
+    match running.wait().await {
+        Ok(()) => running.drain().await?,
+        Err(e) => {
+            let _ = running.shutdown().await;
+            return Err(e.into());
+        }
+    }
     tracing::info!("tollgate stopped");
     Ok(())
 }
