@@ -199,9 +199,13 @@ impl MemoryWriter {
                     }
                     continue;
                 }
-                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                    Ok(Some(record)) => batch.push(record),
-                    Ok(None) | Err(_) => break,
+                // A stop ends the wait for more: what is queued is taken at once instead.
+                tokio::select! {
+                    more = tokio::time::timeout_at(deadline, self.rx.recv()) => match more {
+                        Ok(Some(record)) => batch.push(record),
+                        Ok(None) | Err(_) => break,
+                    },
+                    _ = self.stop.wait_for(|stop| *stop) => stopping = true,
                 }
             }
             self.write(batch).await;
