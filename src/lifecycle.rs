@@ -82,7 +82,10 @@ pub struct Lifecycle {
     refusing: AtomicBool,
     /// When a stop was asked; `None` while serving.
     draining: watch::Sender<Option<Instant>>,
+    /// The last readiness ping of the database answered.
     database_up: AtomicBool,
+    /// The last readiness ping of Redis answered (true without Redis).
+    redis_answers: AtomicBool,
 }
 
 impl Lifecycle {
@@ -96,6 +99,7 @@ impl Lifecycle {
             draining: watch::channel(None).0,
             // The store was connected and migrated just before the listeners were bound.
             database_up: AtomicBool::new(true),
+            redis_answers: AtomicBool::new(true),
         })
     }
 
@@ -220,8 +224,21 @@ impl Lifecycle {
         }
     }
 
+    /// Redis is up when the last readiness ping answered and decisions find it up (a
+    /// failed call marks it down until its own probe sees it answer again).
+    pub fn redis(&self, app: &App) -> Backend {
+        if app.config.redis.is_none() {
+            Backend::Absent
+        } else if self.redis_answers.load(Ordering::Relaxed) && app.admission.counters().healthy() {
+            Backend::Up
+        } else {
+            Backend::Down
+        }
+    }
+
     /// Asks the database and Redis every [`PROBE_EVERY`] whether they answer, each bounded
-    /// by its timeout, so that `/readyz` reads their status from memory.
+    /// by its timeout, so that `/readyz` reads their status from memory. The answers only
+    /// inform `/readyz`: decisions find out for themselves.
     pub fn spawn_probe(self: Arc<Self>, app: Arc<App>) -> JoinHandle<()> {
         tokio::spawn(async move {
             loop {
@@ -229,13 +246,19 @@ impl Lifecycle {
                 let up = matches!(ping.await, Ok(Ok(())));
                 if self.database_up.swap(up, Ordering::Relaxed) != up {
                     if up {
-                        tracing::info!("the database answers again");
+                        tracing::info!("the database answers its readiness ping again");
                     } else {
                         tracing::warn!("the database does not answer its readiness ping");
                     }
                 }
-                // A failure marks Redis down as a failed decision does (logged there).
-                let _ = app.admission.counters().ping().await;
+                let answers = app.admission.counters().ping().await.is_ok();
+                if self.redis_answers.swap(answers, Ordering::Relaxed) != answers {
+                    if answers {
+                        tracing::info!("redis answers its readiness ping again");
+                    } else {
+                        tracing::warn!("redis does not answer its readiness ping");
+                    }
+                }
                 tokio::time::sleep(PROBE_EVERY).await;
             }
         })

@@ -33,18 +33,25 @@ async fn readyz(
     State(app): State<AppState>,
     lifecycle: Option<Extension<Arc<Lifecycle>>>,
 ) -> Response {
-    let (draining, database) = match &lifecycle {
-        Some(Extension(lifecycle)) => (lifecycle.draining_since().is_some(), lifecycle.database()),
+    let (draining, database, redis) = match &lifecycle {
+        Some(Extension(lifecycle)) => (
+            lifecycle.draining_since().is_some(),
+            lifecycle.database(),
+            lifecycle.redis(&app),
+        ),
         None => {
             let ping = tokio::time::timeout(app.config.database.timeout, app.store.ping()).await;
-            let up = matches!(ping, Ok(Ok(())));
-            (false, if up { Backend::Up } else { Backend::Down })
+            let database = match ping {
+                Ok(Ok(())) => Backend::Up,
+                _ => Backend::Down,
+            };
+            let redis = match (&app.config.redis, app.admission.counters().healthy()) {
+                (None, _) => Backend::Absent,
+                (Some(_), true) => Backend::Up,
+                (Some(_), false) => Backend::Down,
+            };
+            (false, database, redis)
         }
-    };
-    let redis = match (&app.config.redis, app.admission.counters().healthy()) {
-        (None, _) => Backend::Absent,
-        (Some(_), true) => Backend::Up,
-        (Some(_), false) => Backend::Down,
     };
     let (status, word) = if draining {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")

@@ -215,19 +215,14 @@ impl Counters {
         }
     }
 
-    /// Pings Redis when configured (nothing to ask without it), within `redis.timeout`. A
-    /// failure marks Redis down as a failed call does, so that readiness and decisions
-    /// agree; while it is down, the health probe that marks it up again is asked instead.
+    /// Pings Redis when configured (nothing to ask without it), within `redis.timeout`.
+    /// Only tells: a failed ping does not mark Redis down for decisions (a probe must not
+    /// send them to `failure_mode`; failed calls do).
     pub async fn ping(&self) -> Result<(), String> {
-        let Inner::Redis(shared) = &self.inner else {
-            return Ok(());
-        };
-        if !shared.health.is_up() {
-            return Err("redis is down".to_owned());
+        match &self.inner {
+            Inner::Local(_) => Ok(()),
+            Inner::Redis(shared) => shared.redis.pool().ping().await,
         }
-        shared.redis.pool().ping().await.inspect_err(|reason| {
-            shared.failed(reason);
-        })
     }
 
     /// Committed and reserved spend of a budget in the period containing `now` (Unix
