@@ -14,7 +14,7 @@ use tollgate::config::Config;
 use tollgate::decision::{self, ModelField, Policy, Principal};
 use tollgate::secret::Secret;
 use tollgate::store::sql::{ConnectOptions, SqlStore};
-use tollgate::store::{Actor, NewKey, NewUser, Store};
+use tollgate::store::{Actor, KeyStore, NewKey, NewUser, Store, UserStore};
 
 fn check_request(key: &str, body: &[u8]) -> CheckRequest {
     let headers = [
@@ -56,7 +56,7 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let (app, redis_app, key, limited, session_token) = rt.block_on(async {
+    let (app, redis_app, key, limited, budgeted, session_token) = rt.block_on(async {
         let store = SqlStore::connect(&url, &ConnectOptions::default())
             .await
             .unwrap();
@@ -104,6 +104,26 @@ fn bench(c: &mut Criterion) {
             )
             .await
             .unwrap();
+        // Rate limits and a budget: one more step in memory, the same one script in Redis.
+        let budgeted = api_key::generate();
+        store
+            .create_key(
+                &Actor::new("bench", None),
+                NewKey {
+                    name: "bench-budgeted".into(),
+                    key_hash: budgeted.hash().to_hex(),
+                    key_hint: budgeted.hint(),
+                    limits: tollgate::domain::Limits {
+                        rpm: Some(1_000_000_000),
+                        tpm: Some(1_000_000_000_000),
+                        max_budget: Some(1e12),
+                        ..Default::default()
+                    },
+                    ..NewKey::default()
+                },
+            )
+            .await
+            .unwrap();
         let config = Config::parse_str(
             "bench.yaml",
             "auth:\n  session: { secret: bench-secret-bench-secret-bench-secret-0123 }\n",
@@ -135,6 +155,7 @@ fn bench(c: &mut Criterion) {
             redis_app,
             plain.into_string(),
             limited.into_string(),
+            budgeted.into_string(),
             token.expose().to_owned(),
         )
     });
@@ -171,6 +192,23 @@ fn bench(c: &mut Criterion) {
         });
     } else {
         eprintln!("no Redis on 127.0.0.1:6379: skipping check/cached_key_redis_limits");
+    }
+    // Rate limits and a budget together: in memory, and in Redis (still one EVALSHA).
+    let with_budget = check_request(&budgeted, BODY);
+    let warm = rt.block_on(gate.check(&with_budget)).unwrap();
+    assert_eq!(
+        warm.status.unwrap().code,
+        0,
+        "the budgeted key must be allowed"
+    );
+    c.bench_function("check/cached_key_memory_limits_and_budget", |b| {
+        b.to_async(&rt).iter(|| gate.check(&with_budget))
+    });
+    let warm = rt.block_on(redis_gate.check(&with_budget)).unwrap();
+    if warm.status.is_some_and(|s| s.code == 0) {
+        c.bench_function("check/cached_key_redis_limits_and_budget", |b| {
+            b.to_async(&rt).iter(|| redis_gate.check(&with_budget))
+        });
     }
     let session = check_request(&session_token, BODY);
     let warm = rt.block_on(gate.check(&session)).unwrap();

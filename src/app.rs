@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::decision::Policy;
 use crate::domain::Role;
 use crate::invalidation::Invalidator;
+use crate::lifecycle::{CountedChecks, Drained, Lifecycle};
 use crate::metrics::Metrics;
 use crate::redis_pool::RedisPool;
 use crate::secret::Secret;
@@ -22,17 +23,22 @@ use crate::store::sql::{ConnectOptions, SqlStore};
 use crate::store::{Actor, NewUser};
 use crate::store::{SharedStore, StoreError};
 use crate::usage::alerts::Alerts;
+use crate::usage::ext_proc::UsageProcessor;
 use crate::usage::queue::{UsageQueue, Writer};
 use crate::usage::settle::Settler;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 /// Where the master key came from, so `serve` can tell the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,7 +276,8 @@ impl App {
         }))
     }
 
-    /// Binds the gRPC and HTTP listeners and serves until [`Running::shutdown`].
+    /// Binds the gRPC and HTTP listeners and serves until [`Running::drain`] or
+    /// [`Running::shutdown`].
     pub async fn start(self: &Arc<Self>) -> anyhow::Result<Running> {
         let grpc = TcpListener::bind(self.config.listen.grpc)
             .await
@@ -289,19 +296,30 @@ impl App {
         }
         background.push(self.alerts.clone().spawn(self.stop.subscribe()));
         background.extend(self.invalidator.start_listener(self.stop.subscribe()).await);
+        let lifecycle = Lifecycle::new();
+        background.push(lifecycle.clone().spawn_probe(self.clone()));
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
-        let stop_tx = self.stop.clone();
-        let stop_rx = stop_tx.subscribe();
+        // The listeners stop on `close`; ext_proc streams still open are ended on `cut`;
+        // the usage writer and the alert loop stop on `self.stop`, last (Running::shutdown).
+        let (close, close_rx) = watch::channel(false);
+        let (cut, cut_rx) = watch::channel(false);
+        let streams = TaskTracker::new();
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<AuthorizationServer<AuthorizationService>>()
             .await;
-        let authz = AuthorizationServer::new(AuthorizationService::new(self.gate.clone()));
-        let usage = crate::usage::ext_proc::service(self);
-        let access_logs = crate::usage::als::service(self, stop_rx.clone());
-        let mut grpc_stop = stop_rx.clone();
+        let authz = AuthorizationServer::new(CountedChecks::new(
+            AuthorizationService::new(self.gate.clone()),
+            lifecycle.clone(),
+        ));
+        let usage = ExternalProcessorServer::with_interceptor(
+            UsageProcessor::for_app(self, streams.clone(), cut_rx),
+            crate::lifecycle::stream_interceptor(lifecycle.clone()),
+        );
+        let access_logs = crate::usage::als::service(self, close_rx.clone());
+        let mut grpc_stop = close_rx.clone();
         let grpc_task = tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(health_service)
@@ -320,8 +338,13 @@ impl App {
                 .context("gRPC server failed")
         });
 
-        let router = crate::admin::router(self.clone());
-        let mut http_stop = stop_rx;
+        let router = crate::admin::router(self.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                lifecycle.clone(),
+                crate::lifecycle::http_arrivals,
+            ))
+            .layer(axum::Extension(lifecycle.clone()));
+        let mut http_stop = close_rx;
         let http_task = tokio::spawn(async move {
             axum::serve(
                 http,
@@ -343,7 +366,13 @@ impl App {
         Ok(Running {
             grpc_addr,
             http_addr,
-            stop: stop_tx,
+            lifecycle,
+            drain_timeout: self.config.server.drain_timeout,
+            health: health_reporter,
+            close,
+            cut,
+            streams,
+            stop: self.stop.clone(),
             tasks: vec![grpc_task, http_task],
             background,
             writer,
@@ -355,16 +384,33 @@ impl App {
 pub struct Running {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    lifecycle: Arc<Lifecycle>,
+    drain_timeout: Duration,
+    /// gRPC health: NOT_SERVING once draining.
+    health: tonic_health::server::HealthReporter,
+    /// Stops the listeners: no new connections; open ones finish what is in flight.
+    close: watch::Sender<bool>,
+    /// Ends the ext_proc streams still open after the time they were given.
+    cut: watch::Sender<bool>,
+    /// The ext_proc streams' tasks: each queues its record as it ends.
+    streams: TaskTracker,
+    /// Stops the usage writer (after it has written what is queued) and the alert loop.
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
-    /// Loops that run until shutdown (OIDC key refresh); aborted when stopping.
+    /// Loops that run until shutdown (OIDC key refresh, the backends' probe); aborted when
+    /// stopping.
     background: Vec<JoinHandle<()>>,
-    /// The usage writer: drains the queue after the listeners stop.
+    /// The usage writer: writes the queue out after the listeners and the streams stop.
     writer: Option<JoinHandle<()>>,
 }
 
-/// How long shutdown waits for the usage writer to drain the queue.
-const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The least time in-flight ext_proc streams get once the listeners close, even when the
+/// drain used all of `server.drain_timeout`.
+const STREAM_GRACE: Duration = Duration::from_secs(5);
+/// How long ended streams and stopped listeners may take to wind down.
+const WIND_DOWN: Duration = Duration::from_secs(2);
+/// How long shutdown waits for the usage writer to write the queue out.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -375,31 +421,111 @@ impl Drop for Running {
 }
 
 impl Running {
-    /// Waits until a listener fails or [`Running::shutdown`] is called.
+    /// Waits until a stop is asked (Ok) or a listener fails.
     pub async fn wait(&mut self) -> anyhow::Result<()> {
-        let (result, _, rest) = futures::future::select_all(self.tasks.drain(..)).await;
-        self.tasks = rest;
-        result.context("server task panicked")?
+        if self.tasks.is_empty() {
+            self.lifecycle.drain_asked().await;
+            return Ok(());
+        }
+        let lifecycle = self.lifecycle.clone();
+        let ended = tokio::select! {
+            () = lifecycle.drain_asked() => None,
+            (result, index, _) = futures::future::select_all(self.tasks.iter_mut()) => {
+                Some((result, index))
+            }
+        };
+        match ended {
+            None => Ok(()),
+            Some((result, index)) => {
+                self.tasks.remove(index);
+                result.context("server task panicked")?
+            }
+        }
     }
 
-    /// Stops both listeners gracefully and waits for them.
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        let _ = self.stop.send(true);
-        for task in self.tasks.drain(..) {
-            task.await.context("server task panicked")??;
+    /// The lifecycle the listeners share. [`Lifecycle::drain`] on it (signal handling)
+    /// turns `/readyz` 503 at once and makes [`Running::wait`] return.
+    pub fn lifecycle(&self) -> Arc<Lifecycle> {
+        self.lifecycle.clone()
+    }
+
+    /// Stops as on SIGTERM: `/readyz` 503 at once, Check and ext_proc served while requests
+    /// keep arriving (until none has for a second, or `server.drain_timeout`), then
+    /// [`Running::shutdown`].
+    pub async fn drain(self) -> anyhow::Result<()> {
+        self.lifecycle.drain();
+        self.health
+            .set_not_serving::<AuthorizationServer<AuthorizationService>>()
+            .await;
+        tracing::info!(
+            drain_timeout = ?self.drain_timeout,
+            "draining: /readyz answers 503; serving while requests keep arriving"
+        );
+        match self.lifecycle.drained(self.drain_timeout).await {
+            Drained::Quiet => tracing::info!("no request for 1s: stopping"),
+            Drained::Timeout => tracing::warn!(
+                drain_timeout = ?self.drain_timeout,
+                "requests still arriving after server.drain_timeout: stopping anyway"
+            ),
         }
+        self.shutdown().await
+    }
+
+    /// Stops now: Checks are refused (once the requests already admitted have opened their
+    /// ext_proc streams), the listeners close, in-flight streams finish (within the rest of
+    /// `server.drain_timeout`, at least [`STREAM_GRACE`]; then they are ended and their
+    /// usage recorded as seen), and the usage queue is written out.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.lifecycle.drain();
+        let since = self.lifecycle.draining_since().unwrap_or_else(Instant::now);
+        self.lifecycle.close_door().await;
+        let _ = self.close.send(true);
+
+        let deadline = (since + self.drain_timeout).max(Instant::now() + STREAM_GRACE);
+        let mut results = Vec::new();
+        let mut listeners = Box::pin(futures::future::join_all(self.tasks.iter_mut()));
+        match tokio::time::timeout_at(deadline, &mut listeners).await {
+            Ok(done) => results = done,
+            Err(_) => {
+                tracing::warn!(
+                    "ext_proc streams still open: ending them (their usage is recorded as seen, marked estimated)"
+                );
+                let _ = self.cut.send(true);
+                match tokio::time::timeout(WIND_DOWN, &mut listeners).await {
+                    Ok(done) => results = done,
+                    Err(_) => tracing::error!(
+                        "the listeners did not stop after their streams were ended; leaving them"
+                    ),
+                }
+            }
+        }
+        drop(listeners);
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        self.streams.close();
+        if tokio::time::timeout(WIND_DOWN, self.streams.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!("ext_proc streams did not queue their usage in time");
+        }
+
+        let _ = self.stop.send(true);
         if let Some(writer) = self.writer.take() {
-            if tokio::time::timeout(DRAIN_TIMEOUT, writer).await.is_err() {
+            if tokio::time::timeout(FLUSH_TIMEOUT, writer).await.is_err() {
                 tracing::error!(
-                    "usage records still queued after {DRAIN_TIMEOUT:?} (the database refuses them); they are lost with this process"
+                    "usage records still queued after {FLUSH_TIMEOUT:?} (the database refuses them); they are lost with this process"
                 );
             }
         }
+        tracing::info!(
+            after = ?since.elapsed(),
+            "listeners closed, streams ended and usage written"
+        );
+        for result in results {
+            result.context("server task panicked")??;
+        }
         Ok(())
-    }
-
-    /// A handle that stops the listeners when told (for signal handling).
-    pub fn stopper(&self) -> watch::Sender<bool> {
-        self.stop.clone()
     }
 }

@@ -21,6 +21,8 @@ pub struct Config {
     /// Full-admin credential. Empty: taken from `TOLLGATE_MASTER_KEY`, else generated at start.
     pub master_key: Secret,
     pub listen: Listen,
+    /// How the process stops.
+    pub server: Server,
     pub database: Database,
     pub redis: Option<Redis>,
     pub cache: Cache,
@@ -53,6 +55,24 @@ impl Default for Usage {
             queue_capacity: 100_000,
             batch_size: 500,
             batch_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// How the process stops (docs/DESIGN.md, "Live, ready, drain").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// After SIGTERM, the longest Check and ext_proc keep being served while requests keep
+    /// arriving (they stop sooner once none has arrived for a second).
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            drain_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -741,6 +761,9 @@ impl Config {
                 return err("database.url", e);
             }
         }
+        if self.server.drain_timeout.is_zero() {
+            return err("server.drain_timeout", "must be greater than zero".into());
+        }
         if self.database.max_connections == 0 {
             return err("database.max_connections", "must be at least 1".into());
         }
@@ -1145,7 +1168,22 @@ mod tests {
         assert_eq!(c.listen.grpc.to_string(), "127.0.0.1:9191");
         assert_eq!(c.listen.http.to_string(), "127.0.0.1:9090");
         assert_eq!(c.cache.key_ttl, Duration::from_secs(60));
+        assert_eq!(c.server.drain_timeout, Duration::from_secs(15));
         assert!(c.redis.is_none());
+    }
+
+    #[test]
+    fn drain_timeout_is_a_positive_duration() {
+        let c = parse("server: { drain_timeout: 40s }\n").unwrap().config;
+        assert_eq!(c.server.drain_timeout, Duration::from_secs(40));
+        let e = parse("listen: { grpc: 127.0.0.1:1 }\nserver:\n  drain_timeout: 0s\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("server.drain_timeout"));
+        assert_eq!(e.line, Some(3), "{e}");
+        let e = parse("server:\n  drain_timeout: soon\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.message.contains("invalid duration"), "{e}");
+        let e = parse("server: { drain_timout: 5s }\n").unwrap_err();
+        assert!(e.message.contains("drain_timout"), "{e}");
     }
 
     #[test]

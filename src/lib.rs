@@ -12,6 +12,7 @@
 //!
 //! Around it: [`store`] (SQLite or Postgres through sqlx), [`admin`] (the HTTP API),
 //! [`cli`] (the command line), [`config`], [`metrics`] and [`app`] (wiring and listeners);
+//! [`lifecycle`] says when a replica is ready and how it drains on SIGTERM;
 //! [`backend_tls`] says what TLS to Postgres and Redis trusts and what its failures mean.
 //! [`mock_llm`] is an OpenAI-shaped upstream used by the end-to-end tests and the demo.
 
@@ -28,6 +29,7 @@ pub mod config;
 pub mod decision;
 pub mod domain;
 pub mod invalidation;
+pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod mock_llm;

@@ -16,7 +16,7 @@ use tollgate::config::Config;
 use tollgate::domain::{rfc3339, BudgetDuration, Limits};
 use tollgate::secret::Secret;
 use tollgate::store::sql::SqlStore;
-use tollgate::store::{Actor, KeyPatch, NewKey, NewTeam, NewUser, Store};
+use tollgate::store::{Actor, KeyPatch, KeyStore, NewKey, NewTeam, NewUser, TeamStore, UserStore};
 
 fn request(headers: &[(&str, &str)], path: &str, body: &str) -> CheckRequest {
     common::check::request(headers, path, body)

@@ -446,8 +446,8 @@ async fn the_master_key_passes_as_admin() {
 }
 
 /// The store goes away: a warm key keeps working from the cache, a cold one cannot be
-/// decided, Check answers UNAVAILABLE, and Envoy (failing closed) answers 503. When the
-/// store comes back, so do decisions.
+/// decided, Check answers UNAVAILABLE, and Envoy (failing closed) answers 503; `/readyz`
+/// stays 200 and reports the database down. When the store comes back, so do decisions.
 #[tokio::test]
 async fn a_store_outage_fails_closed_and_recovers() {
     let common::chaos::ProxiedPostgres {
@@ -471,8 +471,18 @@ async fn a_store_outage_fails_closed_and_recovers() {
     );
     let (status, _, _) = chat_with(&s, &[("x-api-key", &cold)], &chat("m")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    let (status, body) = s.tollgate.call(Method::GET, "/readyz", None, None).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    // The replica stays ready (warm decisions work) and says the database is down.
+    let mut database = Value::Null;
+    for _ in 0..50 {
+        let (status, body) = s.tollgate.call(Method::GET, "/readyz", None, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        database = body["backends"]["database"].clone();
+        if database == "down" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(database, "down");
     let (status, body) = s.tollgate.admin(Method::GET, "/admin/keys", None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "auth_unavailable");

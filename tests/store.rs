@@ -14,7 +14,7 @@ use tollgate::store::{
     Actor, Alert, AlertCrossing, AlertFilter, AlertOutcome, AlertState, AuditFilter, GroupBy,
     KeyFilter, KeyPatch, LimitsPatch, NewKey, NewRefreshToken, NewTeam, NewUser, OidcLogin,
     RefreshOutcome, SharedStore, SpendKind, Store, StoreError, TeamPatch, UsageQuery, UsageReport,
-    UsageRow, UsageTotals, UserPatch, ALERT_CLAIM_SECS, NO_GROUP,
+    UsageRow, UsageTotals, UserPatch, UserStore, ALERT_CLAIM_SECS, NO_GROUP,
 };
 use tollgate::usage::{TokenUsage, UsageRecord, UsageSource};
 

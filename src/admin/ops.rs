@@ -1,10 +1,12 @@
 //! Operational endpoints: liveness, readiness, Prometheus metrics, the OpenAPI document.
 
-use super::{ApiError, AppState};
-use axum::http::header;
-use axum::response::IntoResponse;
+use super::AppState;
+use crate::lifecycle::{Backend, Lifecycle};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{extract::State, Json, Router};
+use axum::{extract::State, Extension, Json, Router};
+use std::sync::Arc;
 
 const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
@@ -22,14 +24,45 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-/// Ready when the store answers: a tollgate that cannot read keys should not get traffic.
-async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let ping = tokio::time::timeout(app.config.database.timeout, app.store.ping()).await;
-    match ping {
-        Ok(Ok(())) => Ok(Json(serde_json::json!({"status": "ready"}))),
-        Ok(Err(e)) => Err(ApiError::Unavailable(format!("database: {e}"))),
-        Err(_) => Err(ApiError::Unavailable("database: ping timed out".into())),
-    }
+/// Whether this replica can decide: 200 `ready` while it serves, whatever the database
+/// and Redis do (warm decisions need neither; each backend's status is in the body), 503
+/// `draining` from the moment a stop is asked. Answers from memory: the backends' status
+/// comes from the background probe of [`Lifecycle`]. On a router served without one (built
+/// by hand), the database is pinged here, bounded by `database.timeout`.
+async fn readyz(
+    State(app): State<AppState>,
+    lifecycle: Option<Extension<Arc<Lifecycle>>>,
+) -> Response {
+    let (draining, database, redis) = match &lifecycle {
+        Some(Extension(lifecycle)) => (
+            lifecycle.draining_since().is_some(),
+            lifecycle.database(),
+            lifecycle.redis(&app),
+        ),
+        None => {
+            let ping = tokio::time::timeout(app.config.database.timeout, app.store.ping()).await;
+            let database = match ping {
+                Ok(Ok(())) => Backend::Up,
+                _ => Backend::Down,
+            };
+            let redis = match (&app.config.redis, app.admission.counters().healthy()) {
+                (None, _) => Backend::Absent,
+                (Some(_), true) => Backend::Up,
+                (Some(_), false) => Backend::Down,
+            };
+            (false, database, redis)
+        }
+    };
+    let (status, word) = if draining {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else {
+        (StatusCode::OK, "ready")
+    };
+    let body = serde_json::json!({
+        "status": word,
+        "backends": {"database": database.as_str(), "redis": redis.as_str()},
+    });
+    (status, Json(body)).into_response()
 }
 
 async fn metrics(State(app): State<AppState>) -> impl IntoResponse {

@@ -231,6 +231,16 @@ impl Counters {
         }
     }
 
+    /// Pings Redis when configured (nothing to ask without it), within `redis.timeout`.
+    /// Only tells: a failed ping does not mark Redis down for decisions (a probe must not
+    /// send them to `failure_mode`; failed calls do).
+    pub async fn ping(&self) -> Result<(), String> {
+        match &self.inner {
+            Inner::Local(_) => Ok(()),
+            Inner::Redis(shared) => shared.redis.pool().ping().await,
+        }
+    }
+
     /// Committed and reserved spend of a budget in the period containing `now` (Unix
     /// seconds) as this process's memory holds it: the in-process counters, or with Redis
     /// those of `failure_mode: local`. See [`Counters::shared_view`].

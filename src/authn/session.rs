@@ -7,7 +7,8 @@
 //! Verification is pure (it takes `now`, does no I/O), so the Check path can use it.
 //!
 //! Refresh tokens are random (`tg-rt-` + 43 base62 characters); only their SHA-256 is
-//! stored, and the store rotates them (see [`crate::store::Store::rotate_refresh_token`]).
+//! stored, and the store rotates them (see
+//! [`crate::store::SessionStore::rotate_refresh_token`]).
 
 use crate::config;
 use crate::domain::{Role, Timestamp, User};

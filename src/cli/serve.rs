@@ -1,6 +1,9 @@
 //! `tollgate serve`: load and validate the configuration, settle the master key, build the
 //! app (store connected and migrated, a `rediss://` Redis' certificate verified) before
-//! binding any port, then serve until SIGINT or SIGTERM and shut down gracefully.
+//! binding any port, then serve until SIGINT or SIGTERM and drain (docs/DESIGN.md, "Live,
+//! ready, drain"): readiness 503 at once, Check and ext_proc served while requests keep
+//! arriving, then the listeners close, in-flight streams finish and the usage queue is
+//! written out before the process exits 0.
 
 use super::output::boxed;
 use super::{load_config, CliError};
@@ -42,6 +45,9 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let app = App::build(config, &master_key).await?;
     // Only the hash lives on in the app.
     drop((master_key, key_source));
+    // Listened for before the ports are bound: a SIGTERM as soon as /healthz answers
+    // drains, rather than ending the process at once.
+    let signal = shutdown_signal();
     let mut running = app.start().await?;
     tracing::info!(
         grpc.addr = %running.grpc_addr,
@@ -53,21 +59,29 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         database
     );
 
-    let stop = running.stopper();
+    let lifecycle = running.lifecycle();
     tokio::spawn(async move {
-        match shutdown_signal().await {
-            Ok(signal) => tracing::info!(signal, "shutting down gracefully"),
+        match signal {
+            Ok(signal) => {
+                let signal = signal.await;
+                tracing::info!(signal, "shutting down gracefully")
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot listen for shutdown signals; shutting down")
             }
         }
-        let _ = stop.send(true);
+        // /readyz answers 503 from here on.
+        lifecycle.drain();
     });
-    // Returns when the signal stops the listeners, or when one of them fails; either way
-    // the other is then stopped and awaited.
-    let first = running.wait().await;
-    let rest = running.shutdown().await;
-    first.and(rest)?;
+    // Returns when a signal asks to stop (then drain: serve while requests keep arriving,
+    // then stop), or when a listener fails (then stop at once).
+    match running.wait().await {
+        Ok(()) => running.drain().await?,
+        Err(e) => {
+            let _ = running.shutdown().await;
+            return Err(e.into());
+        }
+    }
     tracing::info!("tollgate stopped");
     Ok(())
 }
@@ -88,22 +102,28 @@ fn announce_generated(secret: &Secret) {
     tracing::warn!("no master key configured: generated one for this run (printed on stdout)");
 }
 
-/// Waits for SIGINT (Ctrl-C) or, on Unix, SIGTERM (what Kubernetes sends); answers its name.
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
+/// Listens for SIGINT (Ctrl-C) and, on Unix, SIGTERM (what Kubernetes sends); the future
+/// answers the name of the first that comes.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result.map(|()| "SIGINT").context("cannot listen for SIGINT"),
-            _ = term.recv() => Ok("SIGTERM"),
-        }
+        let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            }
+        })
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c()
-            .await
-            .context("cannot listen for Ctrl-C")?;
-        Ok("Ctrl-C")
+        Ok(async {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                tracing::error!(error = %e, "cannot listen for Ctrl-C; shutting down");
+            }
+            "Ctrl-C"
+        })
     }
 }

@@ -1,10 +1,27 @@
-//! Persistence: users, teams, memberships, virtual keys, OIDC identities, the audit log,
-//! usage records and spend.
+//! Persistence: users, teams, memberships, virtual keys, OIDC identities, login sessions, the
+//! audit log, usage records and spend, and budget alerts.
 //!
-//! One [`Store`] trait, one SQL implementation ([`sql::SqlStore`]) that runs on SQLite
-//! (the embedded default) and on Postgres through sqlx's `Any` driver. The schemas live in
-//! `migrations/sqlite` and `migrations/postgres`; the SQL text is shared, so both backends
-//! behave the same and one behaviour suite (`tests/store.rs`) runs over both.
+//! The contract is split by capability, one trait per kind of record:
+//! - [`UserStore`]: users (create, read, patch, soft delete).
+//! - [`TeamStore`]: teams and their memberships.
+//! - [`KeyStore`]: virtual keys, and the hot path's lookup of a key by its hash.
+//! - [`AuditStore`]: reading the audit log, and audit lines for events that are not writes.
+//! - [`IdentityStore`]: OIDC identities: the user of an (issuer, subject), found, linked or
+//!   provisioned, with its role and group memberships synced.
+//! - [`SessionStore`]: password login: failure counts and lockouts, password hashes, and
+//!   refresh-token families (rotation, reuse, logout).
+//! - [`UsageStore`]: usage records, the spend they accrue, and usage reports.
+//! - [`AlertStore`]: the budget alert outbox.
+//!
+//! [`Store`] is their union plus the schema (`migrate`, `ping`). The crate holds a store as
+//! [`SharedStore`] (`Arc<dyn Store>`), on which every capability's methods are called without
+//! importing its trait; code that calls them on a concrete [`sql::SqlStore`] imports the
+//! capability traits it uses.
+//!
+//! One SQL implementation ([`sql::SqlStore`]) runs on SQLite (the embedded default) and on
+//! Postgres through sqlx's `Any` driver. The schemas live in `migrations/sqlite` and
+//! `migrations/postgres`; the SQL text is shared, so both backends behave the same and one
+//! behaviour suite (`tests/store.rs`) runs over both.
 //!
 //! Every write takes an [`Actor`] and records its audit event in the same transaction, so an
 //! admin write without its audit line cannot happen.
@@ -413,7 +430,8 @@ impl UsageReport {
 }
 
 /// A budget threshold an entity's spend has reached in one period: what
-/// [`Store::raise_alerts`] turns into an [`Alert`] (once per entity, period and threshold).
+/// [`AlertStore::raise_alerts`] turns into an [`Alert`] (once per entity, period and
+/// threshold).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlertCrossing {
     pub entity_kind: SpendKind,
@@ -501,7 +519,7 @@ pub struct Alert {
     pub delivered_at: Option<Timestamp>,
 }
 
-/// What one delivery attempt of an alert led to ([`Store::mark_alert`]).
+/// What one delivery attempt of an alert led to ([`AlertStore::mark_alert`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum AlertOutcome {
     /// The webhook took it.
@@ -515,7 +533,7 @@ pub enum AlertOutcome {
     Failed { error: String },
 }
 
-/// Which alerts [`Store::list_alerts`] answers, newest first.
+/// Which alerts [`AlertStore::list_alerts`] answers, newest first.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AlertFilter {
     pub state: Option<AlertState>,
@@ -525,23 +543,40 @@ pub struct AlertFilter {
     pub limit: Option<i64>,
 }
 
-/// How long [`Store::due_alerts`] holds the alerts it hands out for their delivery: another
-/// caller sees them due again only after this many seconds (when the delivering process died
-/// before [`Store::mark_alert`]).
+/// How long [`AlertStore::due_alerts`] holds the alerts it hands out for their delivery:
+/// another caller sees them due again only after this many seconds (when the delivering
+/// process died before [`AlertStore::mark_alert`]).
 pub const ALERT_CLAIM_SECS: i64 = 60;
 
-/// The persistence contract. Implementations must be safe to share across tasks.
+/// The persistence contract: every capability trait below, plus the schema. Implementations
+/// must be safe to share across tasks; [`SharedStore`] is how the crate holds one.
 ///
 /// Reads that find nothing return `Ok(None)` / `Ok(false)`; uniqueness violations return
 /// [`StoreError::Conflict`]; a reference to a missing user or team returns
 /// [`StoreError::Invalid`].
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store:
+    UserStore
+    + TeamStore
+    + KeyStore
+    + AuditStore
+    + IdentityStore
+    + SessionStore
+    + UsageStore
+    + AlertStore
+    + Send
+    + Sync
+    + 'static
+{
     /// Applies pending migrations.
     async fn migrate(&self) -> StoreResult<()>;
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> StoreResult<()>;
+}
 
+/// Users: created, read, patched and (soft) deleted.
+#[async_trait]
+pub trait UserStore: Send + Sync {
     async fn create_user(&self, actor: &Actor, user: NewUser) -> StoreResult<User>;
     async fn get_user(&self, id: &str) -> StoreResult<Option<User>>;
     async fn list_users(&self) -> StoreResult<Vec<User>>;
@@ -553,7 +588,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<User>>;
     /// Deletes the user, their memberships, and revokes their keys.
     async fn delete_user(&self, actor: &Actor, id: &str) -> StoreResult<bool>;
+}
 
+/// Teams and their memberships.
+#[async_trait]
+pub trait TeamStore: Send + Sync {
     async fn create_team(&self, actor: &Actor, team: NewTeam) -> StoreResult<Team>;
     async fn get_team(&self, id: &str) -> StoreResult<Option<Team>>;
     async fn list_teams(&self) -> StoreResult<Vec<Team>>;
@@ -580,7 +619,11 @@ pub trait Store: Send + Sync + 'static {
     async fn list_members(&self, team_id: &str) -> StoreResult<Vec<Membership>>;
     /// Memberships of a user in live teams (for "which teams does this caller own").
     async fn user_memberships(&self, user_id: &str) -> StoreResult<Vec<Membership>>;
+}
 
+/// Virtual keys: their lifecycle, and the hot path's lookup by hash.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
     async fn create_key(&self, actor: &Actor, key: NewKey) -> StoreResult<ApiKey>;
     async fn get_key(&self, id: &str) -> StoreResult<Option<ApiKey>>;
     async fn list_keys(&self, filter: KeyFilter) -> StoreResult<Vec<ApiKey>>;
@@ -606,7 +649,11 @@ pub trait Store: Send + Sync + 'static {
     /// to `key_hash`, with its owner's facts. Revoked keys are returned (with `revoked_at`
     /// set) so the decision can say why it denies.
     async fn lookup_key(&self, key_hash: &str) -> StoreResult<Option<KeyLookup>>;
+}
 
+/// The audit log: reading it, and lines for events that are not store writes.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
     async fn list_audit(&self, filter: AuditFilter) -> StoreResult<Vec<AuditEvent>>;
 
     /// Writes one audit line for something that is not a store write (a login, a failed
@@ -618,9 +665,11 @@ pub trait Store: Send + Sync + 'static {
         target: Option<&str>,
         details: serde_json::Value,
     ) -> StoreResult<()>;
+}
 
-    // ---- OIDC identities -----------------------------------------------------------------
-
+/// OIDC identities: the user behind an (issuer, subject), found, linked or provisioned.
+#[async_trait]
+pub trait IdentityStore: Send + Sync {
     /// Finds (or links, or provisions) the user of an OIDC identity and syncs role and group
     /// memberships, in one transaction. None: no user and auto_provision is off.
     ///
@@ -633,9 +682,12 @@ pub trait Store: Send + Sync + 'static {
     /// `teams_from_groups` (audited `team.member.add` / `team.member.remove` with
     /// `"source": "group"`); memberships with source manual are never touched.
     async fn oidc_login(&self, actor: &Actor, login: OidcLogin) -> StoreResult<Option<OidcUser>>;
+}
 
-    // ---- login sessions ------------------------------------------------------------------
-
+/// Password login and its sessions: the login guard's failure counts and lockouts, password
+/// hashes, and refresh-token families.
+#[async_trait]
+pub trait SessionStore: Send + Sync {
     /// The live user whose username or email is `name` (exact match), with its password
     /// hash, for password login.
     async fn find_login_user(&self, name: &str) -> StoreResult<Option<LoginUser>>;
@@ -685,9 +737,11 @@ pub trait Store: Send + Sync + 'static {
         user_id: &str,
         keep_family: Option<&str>,
     ) -> StoreResult<Vec<String>>;
+}
 
-    // ---- usage and spend -----------------------------------------------------------------
-
+/// Usage records, the spend they accrue, and reports over them.
+#[async_trait]
+pub trait UsageStore: Send + Sync {
     /// Writes usage records and accrues their cost on key, user and team, in one
     /// transaction. Idempotent on `request_id`: a record already stored (or repeated within
     /// the batch) is skipped and its spend is not added again. Answers how many records
@@ -704,7 +758,7 @@ pub trait Store: Send + Sync + 'static {
     async fn record_usage(&self, records: &[UsageRecord]) -> StoreResult<u64> {
         Ok(self.record_new_usage(records).await?.len() as u64)
     }
-    /// [`Store::record_usage`], answering the positions in `records` of the records that
+    /// [`UsageStore::record_usage`], answering the positions in `records` of the records that
     /// were new (ascending), so callers can count exactly what was added.
     async fn record_new_usage(&self, records: &[UsageRecord]) -> StoreResult<Vec<usize>>;
 
@@ -712,7 +766,7 @@ pub trait Store: Send + Sync + 'static {
     /// none): the period of the entity's own `budget_duration`, read from its row (deleted
     /// users and teams and revoked keys included). When the entity has none (whether or not
     /// it has a `max_budget`), or there is no such entity, the period is the calendar month
-    /// (`1mo`), as in [`Store::record_usage`].
+    /// (`1mo`), as in [`UsageStore::record_usage`].
     ///
     /// Spend is the sum of the spend rows whose period starts inside that period, so after
     /// a `budget_duration` change the spend accrued under the old duration counts toward
@@ -723,9 +777,11 @@ pub trait Store: Send + Sync + 'static {
     /// optionally restricted to one user, key and/or team, and their totals (see
     /// [`UsageReport`]).
     async fn usage_report(&self, query: UsageQuery) -> StoreResult<UsageReport>;
+}
 
-    // ---- budget alerts -------------------------------------------------------------------
-
+/// The budget alert outbox.
+#[async_trait]
+pub trait AlertStore: Send + Sync {
     /// Adds an alert (state `pending`, due at its `created_at`) for each crossing that has
     /// none yet for the same entity, period start and threshold; the others are skipped, so
     /// raising the same crossing again, from any replica, does nothing. Answers how many
@@ -735,9 +791,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `limit` pending alerts due at `now` (`next_attempt_at <= now`), the longest due
     /// first, claimed for delivery: each is answered to one caller only, and is due again
-    /// only [`ALERT_CLAIM_SECS`] after `now` unless [`Store::mark_alert`] records its outcome
-    /// first (so two replicas do not deliver one alert at once, and an alert whose deliverer
-    /// died is retried). The answer shows the claimed `next_attempt_at`.
+    /// only [`ALERT_CLAIM_SECS`] after `now` unless [`AlertStore::mark_alert`] records its
+    /// outcome first (so two replicas do not deliver one alert at once, and an alert whose
+    /// deliverer died is retried). The answer shows the claimed `next_attempt_at`.
     async fn due_alerts(&self, now: Timestamp, limit: i64) -> StoreResult<Vec<Alert>>;
 
     /// Records the outcome of one delivery attempt of a pending alert (counting the attempt).

@@ -27,7 +27,9 @@
 //! gRPC stream ends before that (the client went away, the upstream reset, Envoy gave up on
 //! tollgate), a record is queued all the same from what was seen, marked `estimated`: the
 //! provider's counts if they had arrived, else the input estimated from the request body
-//! (bytes / 4) and the output from the text streamed so far.
+//! (bytes / 4) and the output from the text streamed so far. The same happens to streams
+//! still open when a stopping tollgate has given them all the time it can (see
+//! [`crate::lifecycle`]); shutdown waits until every stream's record is queued.
 //!
 //! The status is the one the client got: the upstream's, or Envoy's own answer (a 503 when
 //! the upstream cannot be reached, recorded with no tokens); 0 when no response started
@@ -46,14 +48,15 @@ use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::{
     ProcessingMode,
 };
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    body_mutation, external_processor_server::ExternalProcessor,
-    external_processor_server::ExternalProcessorServer, processing_request, processing_response,
-    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpBody,
-    HttpHeaders, ImmediateResponse, ProcessingRequest, ProcessingResponse, TrailersResponse,
+    body_mutation, external_processor_server::ExternalProcessor, processing_request,
+    processing_response, BodyMutation, BodyResponse, CommonResponse, HeaderMutation,
+    HeadersResponse, HttpBody, HttpHeaders, ImmediateResponse, ProcessingRequest,
+    ProcessingResponse, TrailersResponse,
 };
 use envoy_types::pb::google::protobuf::value::Kind;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::parse;
@@ -89,6 +92,10 @@ pub struct UsageProcessor {
     config: Arc<Config>,
     /// The route table (Check's), for the shape of a refusal.
     routes: Arc<Policy>,
+    /// Runs each stream's task, so that shutdown can wait until every record is queued.
+    streams: TaskTracker,
+    /// Ends the open streams when it turns true (each still queues what it saw).
+    cut: Option<watch::Receiver<bool>>,
 }
 
 impl UsageProcessor {
@@ -97,17 +104,35 @@ impl UsageProcessor {
             queue,
             config,
             routes,
+            streams: TaskTracker::new(),
+            cut: None,
+        }
+    }
+
+    /// The processor of `app`'s gRPC server: its streams run on `streams`, and end when
+    /// `cut` turns true (shutdown, once in-flight streams had their time), each queueing a
+    /// record of what it saw, marked `estimated` when the response had not ended.
+    pub fn for_app(app: &App, streams: TaskTracker, cut: watch::Receiver<bool>) -> Self {
+        UsageProcessor {
+            streams,
+            cut: Some(cut),
+            ..UsageProcessor::new(
+                app.usage.clone(),
+                app.config.clone(),
+                app.admission.policy().load_full(),
+            )
         }
     }
 }
 
-/// The tonic service for `App::start`'s gRPC server.
-pub fn service(app: &App) -> ExternalProcessorServer<UsageProcessor> {
-    ExternalProcessorServer::new(UsageProcessor::new(
-        app.usage.clone(),
-        app.config.clone(),
-        app.admission.policy().load_full(),
-    ))
+/// Resolves once `cut` is true; never without one (or when its sender is gone).
+async fn cut_off(cut: &mut Option<watch::Receiver<bool>>) {
+    if let Some(rx) = cut {
+        if rx.wait_for(|cut| *cut).await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 #[tonic::async_trait]
@@ -123,13 +148,19 @@ impl ExternalProcessor for UsageProcessor {
         // observability mode, where nothing is answered), so one slot is enough.
         let (tx, rx) = mpsc::channel(1);
         let processor = self.clone();
-        tokio::spawn(async move {
+        let mut cut = self.cut.clone();
+        self.streams.spawn(async move {
             let mut exchange = Exchange::with_routes(processor.routes.clone());
             loop {
-                let message = match inbound.message().await {
-                    Ok(Some(message)) => message,
-                    // Envoy closed the stream (after the response, or early) or reset it.
-                    Ok(None) | Err(_) => break,
+                let message = tokio::select! {
+                    message = inbound.message() => match message {
+                        Ok(Some(message)) => message,
+                        // Envoy closed the stream (after the response, or early) or reset it.
+                        Ok(None) | Err(_) => break,
+                    },
+                    // Shutting down, past the time in-flight streams were given: Envoy
+                    // lets the response go on without this filter (failure_mode_allow).
+                    () = cut_off(&mut cut) => break,
                 };
                 let reply = exchange.handle(message);
                 if let Some(reply) = reply {

@@ -160,8 +160,9 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Writes batches until told to stop, then drains what is queued in process and
-    /// returns (on Redis: finishes the batch in hand; unread entries stay in the stream).
+    /// Writes batches until told to stop, then writes out what is queued (in process, and
+    /// on Redis what is unread in the stream) and returns. Stop it only once nothing is
+    /// pushed any more: a push after it returned finds the queue closed.
     pub async fn run(self) {
         match self.redis {
             None => self.memory.run().await,
@@ -219,9 +220,13 @@ impl MemoryWriter {
                     }
                     continue;
                 }
-                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                    Ok(Some(record)) => batch.push(record),
-                    Ok(None) | Err(_) => break,
+                // A stop ends the wait for more: what is queued is taken at once instead.
+                tokio::select! {
+                    more = tokio::time::timeout_at(deadline, self.rx.recv()) => match more {
+                        Ok(Some(record)) => batch.push(record),
+                        Ok(None) | Err(_) => break,
+                    },
+                    _ = self.stop.wait_for(|stop| *stop) => stopping = true,
                 }
             }
             self.write(batch).await;

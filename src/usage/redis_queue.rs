@@ -35,9 +35,11 @@
 //! processed the same way. Records are idempotent on request id, so an entry written twice
 //! (claimed while its first reader was still retrying, or acked after a crash) counts once.
 //!
-//! On shutdown the writer stops reading, finishes the batch in hand (if the store takes it)
-//! and returns; a batch the store still refuses stays pending, and entries not yet read stay
-//! in the stream: the next writer to start claims and reads them.
+//! On shutdown (after the listeners have stopped and every ext_proc stream has queued its
+//! record) the writer finishes the batch in hand, then reads, writes and acks what is still
+//! unread in the stream until a read comes back empty, and returns. A batch the store
+//! refuses meanwhile stays pending, and what is left unread stays in the stream: the next
+//! writer to start claims and reads them.
 //!
 //! # Redis unreachable
 //!
@@ -368,8 +370,13 @@ impl RedisWriter {
         // When the last claim pass ran (none yet: claim at once). Passes run every quarter
         // of the claim idle time, read afresh each round so a change takes effect at once.
         let mut claimed_at: Option<Instant> = None;
+        // Stopped between batches, with Redis and the store answering: then what is unread
+        // is written out before returning. Stopped while either failed: left for the next
+        // writer, unread (a flush would only move a batch to pending with this consumer).
+        let mut between_batches = false;
         loop {
             if self.stopping() {
+                between_batches = group_ready;
                 break;
             }
             if !group_ready {
@@ -454,8 +461,40 @@ impl RedisWriter {
             self.refresh_depth(true).await;
             self.maybe_trim().await;
         }
+        if between_batches {
+            self.flush().await;
+        }
         self.metrics.usage_queue_depth.sub(self.reported_depth);
         self.reported_depth = 0;
+    }
+
+    /// On shutdown: writes and acks what is still unread in the stream, so that what this
+    /// replica queued is in the store when it exits (the writers of other replicas share
+    /// the work). Ends at the first empty read, or when Redis or the store fails: what is
+    /// left stays in the stream, unread or pending, for the next writer.
+    async fn flush(&mut self) {
+        let mut written = 0;
+        loop {
+            let batch = match self.read(self.batch_size, Duration::ZERO).await {
+                Ok(batch) if batch.is_empty() => break,
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the usage stream at shutdown; unread records stay there for the next writer");
+                    break;
+                }
+            };
+            let records = batch.len();
+            if self.process(batch).await {
+                break;
+            }
+            written += records;
+        }
+        if written > 0 {
+            tracing::info!(
+                records = written,
+                "usage records read from redis and written at shutdown"
+            );
+        }
     }
 
     fn claim_idle(&self) -> Duration {

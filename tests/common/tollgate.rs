@@ -50,6 +50,14 @@ impl Tollgate {
         }
     }
 
+    /// What the listeners share: readiness, arrivals, the drain.
+    pub fn lifecycle(&self) -> Arc<tollgate::lifecycle::Lifecycle> {
+        self.running
+            .as_ref()
+            .expect("tollgate is running")
+            .lifecycle()
+    }
+
     pub async fn stop(mut self) {
         if let Some(running) = self.running.take() {
             running.shutdown().await.expect("clean shutdown");

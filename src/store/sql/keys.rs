@@ -1,0 +1,379 @@
+//! Virtual keys ([`KeyStore`]): their lifecycle, and [`KeyStore::lookup_key`], the hot
+//! path's one read, which finds a key by its current or previous hash and joins its owners.
+
+use super::{
+    bool_col, col, commit, db_err, enum_col, json_col, limits_from_row, list_col, list_text,
+    map_db_err, prefixed_limits, require_key_hash, require_nonempty, with_limits, write_audit,
+    BindLimits, Changes, SqlStore,
+};
+use crate::domain::{self, ApiKey, KeyLookup, KeyOwnerTeam, KeyOwnerUser, Timestamp};
+use crate::store::{
+    Actor, KeyFilter, KeyPatch, KeyStore, LimitsPatch, NewKey, StoreError, StoreResult,
+};
+use async_trait::async_trait;
+use serde_json::json;
+use sqlx::any::AnyRow;
+use sqlx::AnyConnection;
+
+const KEY_COLS: &str = "id, name, key_hint, user_id, team_id, permissions, models, rpm, tpm, \
+     max_budget, budget_duration, expires_at, blocked, metadata, created_at, updated_at, \
+     revoked_at, previous_expires_at";
+
+fn key_from_row(row: &AnyRow) -> StoreResult<ApiKey> {
+    Ok(ApiKey {
+        id: col(row, "id")?,
+        name: col(row, "name")?,
+        key_hint: col(row, "key_hint")?,
+        user_id: col(row, "user_id")?,
+        team_id: col(row, "team_id")?,
+        permissions: list_col(row, "permissions")?,
+        models: list_col(row, "models")?,
+        limits: limits_from_row(row)?,
+        expires_at: col(row, "expires_at")?,
+        blocked: bool_col(row, "blocked")?,
+        metadata: json_col(row, "metadata")?,
+        created_at: col(row, "created_at")?,
+        updated_at: col(row, "updated_at")?,
+        revoked_at: col(row, "revoked_at")?,
+        previous_expires_at: col(row, "previous_expires_at")?,
+    })
+}
+
+const KEY_CONFLICT: &str = "a key with that secret already exists";
+
+impl SqlStore {
+    async fn locked_key(&self, conn: &mut AnyConnection, id: &str) -> StoreResult<Option<ApiKey>> {
+        let sql = format!(
+            "SELECT {KEY_COLS} FROM api_keys WHERE id = $1{}",
+            self.backend.for_update()
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+}
+
+#[async_trait]
+impl KeyStore for SqlStore {
+    async fn create_key(&self, actor: &Actor, new: NewKey) -> StoreResult<ApiKey> {
+        require_nonempty("key name", &new.name)?;
+        require_key_hash(&new.key_hash)?;
+        let now = domain::now();
+        let key = ApiKey {
+            id: domain::new_id(),
+            name: new.name,
+            key_hint: new.key_hint,
+            user_id: new.user_id,
+            team_id: new.team_id,
+            permissions: new.permissions,
+            models: new.models,
+            limits: new.limits,
+            expires_at: new.expires_at,
+            blocked: false,
+            metadata: new.metadata.unwrap_or_else(|| json!({})),
+            created_at: now,
+            updated_at: now,
+            revoked_at: None,
+            previous_expires_at: None,
+        };
+        let mut tx = self.begin_write().await?;
+        if let Some(user_id) = &key.user_id {
+            self.require_live(&mut tx, "users", "user", user_id).await?;
+        }
+        if let Some(team_id) = &key.team_id {
+            self.require_live(&mut tx, "teams", "team", team_id).await?;
+        }
+        sqlx::query(
+            "INSERT INTO api_keys (id, name, key_hash, key_hint, user_id, team_id, permissions, \
+             models, rpm, tpm, max_budget, budget_duration, expires_at, blocked, metadata, \
+             created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CAST($11 AS DOUBLE PRECISION), $12, $13, $14, $15, $16, $17)",
+        )
+        .bind(&key.id)
+        .bind(&key.name)
+        .bind(&new.key_hash)
+        .bind(&key.key_hint)
+        .bind(key.user_id.as_deref())
+        .bind(key.team_id.as_deref())
+        .bind(list_text(&key.permissions))
+        .bind(list_text(&key.models))
+        .bind_limits(&key.limits)
+        .bind(key.expires_at)
+        .bind(key.blocked)
+        .bind(key.metadata.to_string())
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| map_db_err(e, Some(KEY_CONFLICT)))?;
+        let details = with_limits(
+            json!({
+                "name": key.name,
+                "key_hint": key.key_hint,
+                "user_id": key.user_id,
+                "team_id": key.team_id,
+                "permissions": key.permissions,
+                "models": key.models,
+                "expires_at": key.expires_at,
+            }),
+            &key.limits,
+        );
+        write_audit(&mut tx, actor, now, "key.create", &key.id, details).await?;
+        commit(tx).await?;
+        Ok(key)
+    }
+
+    async fn get_key(&self, id: &str) -> StoreResult<Option<ApiKey>> {
+        let sql = format!("SELECT {KEY_COLS} FROM api_keys WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn list_keys(&self, filter: KeyFilter) -> StoreResult<Vec<ApiKey>> {
+        let mut conditions: Vec<String> = Vec::new();
+        let mut params: Vec<String> = Vec::new();
+        if let Some(user_id) = filter.user_id {
+            params.push(user_id);
+            conditions.push(format!("user_id = ${}", params.len()));
+        }
+        if let Some(team_id) = filter.team_id {
+            params.push(team_id);
+            conditions.push(format!("team_id = ${}", params.len()));
+        }
+        if !filter.include_revoked {
+            conditions.push("revoked_at IS NULL".to_string());
+        }
+        let mut sql = format!("SELECT {KEY_COLS} FROM api_keys");
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        sql.push_str(" ORDER BY created_at, id");
+        let mut query = sqlx::query(&sql);
+        for param in params {
+            query = query.bind(param);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn update_key(
+        &self,
+        actor: &Actor,
+        id: &str,
+        patch: KeyPatch,
+    ) -> StoreResult<Option<ApiKey>> {
+        if let Some(name) = &patch.name {
+            require_nonempty("key name", name)?;
+        }
+        let mut tx = self.begin_write().await?;
+        let Some(mut key) = self.locked_key(&mut tx, id).await? else {
+            return Ok(None);
+        };
+        if key.revoked_at.is_some() {
+            return Err(StoreError::Invalid("key is revoked".to_string()));
+        }
+        // Blocking and unblocking get their own audit actions, so they can be filtered on.
+        let only_blocked = matches!(
+            &patch,
+            KeyPatch {
+                blocked: Some(_),
+                name: None,
+                permissions: None,
+                models: None,
+                limits: LimitsPatch {
+                    rpm: None,
+                    tpm: None,
+                    max_budget: None,
+                    budget_duration: None,
+                },
+                expires_at: None,
+                metadata: None,
+            }
+        );
+        let action = match patch.blocked {
+            Some(true) if only_blocked => "key.block",
+            Some(false) if only_blocked => "key.unblock",
+            _ => "key.update",
+        };
+        let mut changes = Changes::default();
+        changes.apply("name", &mut key.name, patch.name);
+        changes.apply("permissions", &mut key.permissions, patch.permissions);
+        changes.apply("models", &mut key.models, patch.models);
+        changes.apply("blocked", &mut key.blocked, patch.blocked);
+        changes.apply_limits(&mut key.limits, patch.limits);
+        changes.apply("expires_at", &mut key.expires_at, patch.expires_at);
+        changes.apply("metadata", &mut key.metadata, patch.metadata);
+        let now = domain::now();
+        key.updated_at = now;
+        sqlx::query(
+            "UPDATE api_keys SET name = $2, permissions = $3, models = $4, blocked = $5, \
+             rpm = $6, tpm = $7, max_budget = CAST($8 AS DOUBLE PRECISION), budget_duration = $9, expires_at = $10, \
+             metadata = $11, updated_at = $12 WHERE id = $1",
+        )
+        .bind(&key.id)
+        .bind(&key.name)
+        .bind(list_text(&key.permissions))
+        .bind(list_text(&key.models))
+        .bind(key.blocked)
+        .bind_limits(&key.limits)
+        .bind(key.expires_at)
+        .bind(key.metadata.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        write_audit(&mut tx, actor, now, action, &key.id, changes.into_value()).await?;
+        commit(tx).await?;
+        Ok(Some(key))
+    }
+
+    async fn rotate_key(
+        &self,
+        actor: &Actor,
+        id: &str,
+        new_hash: &str,
+        new_hint: &str,
+        previous_expires_at: Option<Timestamp>,
+    ) -> StoreResult<Option<ApiKey>> {
+        require_key_hash(new_hash)?;
+        let mut tx = self.begin_write().await?;
+        let Some(mut key) = self.locked_key(&mut tx, id).await? else {
+            return Ok(None);
+        };
+        if key.revoked_at.is_some() {
+            return Err(StoreError::Invalid("key is revoked".to_string()));
+        }
+        let now = domain::now();
+        // SET expressions see the row as it was, so `previous_hash = key_hash` keeps the
+        // old secret's hash. Without a grace period the old secret must stop at once, and a
+        // secret from an earlier rotation must not linger either: both hashes are replaced.
+        let sql = match previous_expires_at {
+            Some(_) => {
+                "UPDATE api_keys SET previous_hash = key_hash, key_hash = $2, key_hint = $3, \
+                 previous_expires_at = $4, updated_at = $5 WHERE id = $1"
+            }
+            None => {
+                "UPDATE api_keys SET previous_hash = NULL, key_hash = $2, key_hint = $3, \
+                 previous_expires_at = $4, updated_at = $5 WHERE id = $1"
+            }
+        };
+        sqlx::query(sql)
+            .bind(id)
+            .bind(new_hash)
+            .bind(new_hint)
+            .bind(previous_expires_at)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_db_err(e, Some(KEY_CONFLICT)))?;
+        let details = json!({
+            "key_hint": new_hint,
+            "previous_hint": key.key_hint,
+            "previous_expires_at": previous_expires_at,
+        });
+        write_audit(&mut tx, actor, now, "key.rotate", id, details).await?;
+        commit(tx).await?;
+        key.key_hint = new_hint.to_string();
+        key.previous_expires_at = previous_expires_at;
+        key.updated_at = now;
+        Ok(Some(key))
+    }
+
+    async fn revoke_key(&self, actor: &Actor, id: &str) -> StoreResult<Option<ApiKey>> {
+        let mut tx = self.begin_write().await?;
+        let Some(mut key) = self.locked_key(&mut tx, id).await? else {
+            return Ok(None);
+        };
+        if key.revoked_at.is_some() {
+            // Revoking twice changes nothing, so it records nothing either.
+            return Ok(Some(key));
+        }
+        let now = domain::now();
+        sqlx::query("UPDATE api_keys SET revoked_at = $2, updated_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let details = json!({ "name": key.name, "key_hint": key.key_hint });
+        write_audit(&mut tx, actor, now, "key.revoke", id, details).await?;
+        commit(tx).await?;
+        key.revoked_at = Some(now);
+        key.updated_at = now;
+        Ok(Some(key))
+    }
+
+    async fn lookup_key(&self, key_hash: &str) -> StoreResult<Option<KeyLookup>> {
+        // One statement, served by the unique index on key_hash and the index on
+        // previous_hash. The owners are joined even when soft-deleted: their keys are
+        // revoked by then, and the decision reports the revocation.
+        const SQL: &str = "SELECT k.id, k.name, k.key_hint, k.user_id, k.team_id, \
+             k.permissions, k.models, k.rpm, k.tpm, k.max_budget, k.budget_duration, \
+             k.expires_at, k.blocked, k.metadata, k.created_at, k.updated_at, k.revoked_at, \
+             k.previous_expires_at, k.key_hash, \
+             u.id AS owner_user_id, u.role AS owner_user_role, u.blocked AS owner_user_blocked, \
+             u.rpm AS owner_user_rpm, u.tpm AS owner_user_tpm, \
+             u.max_budget AS owner_user_max_budget, \
+             u.budget_duration AS owner_user_budget_duration, \
+             t.id AS owner_team_id, t.models AS owner_team_models, \
+             t.blocked AS owner_team_blocked, \
+             t.rpm AS owner_team_rpm, t.tpm AS owner_team_tpm, \
+             t.max_budget AS owner_team_max_budget, \
+             t.budget_duration AS owner_team_budget_duration \
+             FROM api_keys k \
+             LEFT JOIN users u ON u.id = k.user_id \
+             LEFT JOIN teams t ON t.id = k.team_id \
+             WHERE k.key_hash = $1 OR k.previous_hash = $1 \
+             LIMIT 2";
+        let rows = sqlx::query(SQL)
+            .bind(key_hash)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        // Two rows only if one key's current secret is another's previous one; the current
+        // secret wins.
+        let mut best: Option<(&AnyRow, bool)> = None;
+        for row in &rows {
+            let current: String = col(row, "key_hash")?;
+            let via_previous = current != key_hash;
+            if best.is_none() || !via_previous {
+                best = Some((row, via_previous));
+            }
+        }
+        let Some((row, via_previous)) = best else {
+            return Ok(None);
+        };
+        let user = match col::<Option<String>>(row, "owner_user_id")? {
+            Some(id) => Some(KeyOwnerUser {
+                id,
+                role: enum_col(row, "owner_user_role")?,
+                blocked: bool_col(row, "owner_user_blocked")?,
+                limits: prefixed_limits(row, "owner_user_")?,
+            }),
+            None => None,
+        };
+        let team = match col::<Option<String>>(row, "owner_team_id")? {
+            Some(id) => Some(KeyOwnerTeam {
+                id,
+                models: list_col(row, "owner_team_models")?,
+                blocked: bool_col(row, "owner_team_blocked")?,
+                limits: prefixed_limits(row, "owner_team_")?,
+            }),
+            None => None,
+        };
+        Ok(Some(KeyLookup {
+            key: key_from_row(row)?,
+            via_previous,
+            user,
+            team,
+        }))
+    }
+}
