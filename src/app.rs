@@ -17,6 +17,7 @@ use crate::domain::Role;
 use crate::invalidation::Invalidator;
 use crate::lifecycle::{CountedChecks, Drained, Lifecycle};
 use crate::metrics::Metrics;
+use crate::redis_pool::RedisPool;
 use crate::secret::Secret;
 use crate::store::sql::{ConnectOptions, SqlStore};
 use crate::store::{Actor, NewUser};
@@ -214,8 +215,16 @@ impl App {
             sessions.clone(),
             metrics.clone(),
         );
-        let counters = Counters::from_config(store.clone(), &config, metrics.clone())
-            .map_err(|e| anyhow::anyhow!("redis: {e}"))?;
+        // One set of Redis connections for limits, budgets and the usage queue.
+        let redis = match &config.redis {
+            Some(redis) => Some(
+                RedisPool::new(redis, redis.pool_size, redis.timeout)
+                    .map_err(|e| anyhow::anyhow!("redis: {e}"))?,
+            ),
+            None => None,
+        };
+        let counters =
+            Counters::with_redis_pool(store.clone(), &config, metrics.clone(), redis.clone());
         let auth = Arc::new(auth);
         let admission = Arc::new(Admission::new(
             Arc::new(ArcSwap::from_pointee(Policy::from_config(&config))),
@@ -243,14 +252,14 @@ impl App {
             metrics.clone(),
             &config.models,
         ));
-        let (usage, writer) = UsageQueue::with_redis(
+        let key_prefix = config.redis.as_ref().map(|r| r.key_prefix.as_str());
+        let (usage, writer) = UsageQueue::with_redis_pool(
             &config.usage,
-            config.redis.as_ref(),
+            redis.zip(key_prefix),
             settler,
             metrics.clone(),
             stop_rx,
-        )
-        .map_err(|e| anyhow::anyhow!("redis: {e}"))?;
+        );
         Ok(Arc::new(App {
             config: Arc::new(config),
             store,

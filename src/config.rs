@@ -129,8 +129,14 @@ impl fmt::Debug for Database {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Redis {
-    /// `redis://[user:password@]host:port[/db]`, or `rediss://…` for TLS.
-    pub url: String,
+    /// One Redis: `redis://[user:password@]host:port[/db]`, or `rediss://…` for TLS. Exactly
+    /// one of `url` and `cluster` is set.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The nodes of a Redis Cluster (some or all of them: the others are discovered), each
+    /// `redis://[user:password@]host:port` or `rediss://…`, all with the same scheme.
+    #[serde(default)]
+    pub cluster: Option<Vec<String>>,
     /// What rate limiting does while Redis is unreachable.
     #[serde(default)]
     pub failure_mode: FailureMode,
@@ -177,10 +183,125 @@ fn default_replicas() -> u64 {
     1
 }
 
+impl Redis {
+    /// The node URLs: `url` alone, or every node of `cluster`.
+    pub fn urls(&self) -> Vec<&str> {
+        match (&self.url, &self.cluster) {
+            (Some(url), _) => vec![url.as_str()],
+            (None, Some(nodes)) => nodes.iter().map(String::as_str).collect(),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// Whether `cluster` names the nodes of a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.url.is_none() && self.cluster.is_some()
+    }
+
+    /// Whether the connections use TLS (`rediss://`).
+    pub fn is_tls(&self) -> bool {
+        self.urls()
+            .first()
+            .is_some_and(|u| u.starts_with("rediss://"))
+    }
+
+    /// `url` xor `cluster`, their URLs, and `tls` against them.
+    fn validate_nodes(&self) -> Result<(), (String, String)> {
+        let err = |key: &str, msg: String| Err((key.to_owned(), msg));
+        let key = match (&self.url, &self.cluster) {
+            (Some(_), Some(_)) => {
+                return err(
+                    "redis.cluster",
+                    "give redis.url (one Redis) or redis.cluster (the nodes of a Redis Cluster), not both".to_owned(),
+                )
+            }
+            (None, None) => {
+                return err(
+                    "redis.url",
+                    "required: the URL of Redis (or redis.cluster: the node URLs of a Redis Cluster)".to_owned(),
+                )
+            }
+            (Some(_), None) => "redis.url",
+            (None, Some(nodes)) if nodes.is_empty() => {
+                return err("redis.cluster", "must list at least one node URL".to_owned())
+            }
+            (None, Some(_)) => "redis.cluster",
+        };
+        let urls = self.urls();
+        for url in &urls {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return err(key, "must start with redis:// or rediss://".to_owned());
+            }
+            if url.ends_with("#insecure") {
+                return err(
+                    key,
+                    "`#insecure` (TLS without verifying the server) is not supported: trust the server's CA with redis.tls.ca_file".to_owned(),
+                );
+            }
+        }
+        if self.is_cluster() {
+            if urls
+                .iter()
+                .any(|u| u.starts_with("rediss://") != self.is_tls())
+            {
+                return err(
+                    key,
+                    "every node must use the same scheme (TLS applies to the whole cluster): all redis:// or all rediss://".to_owned(),
+                );
+            }
+            if let Some(url) = urls
+                .iter()
+                .find(|u| database_of(u).is_some_and(|db| db != "0"))
+            {
+                return err(
+                    key,
+                    format!(
+                        "`{}` selects a database: a Redis Cluster has only database 0",
+                        redact_url(url)
+                    ),
+                );
+            }
+            if self.key_prefix.contains(['{', '}']) {
+                return err(
+                    "redis.key_prefix",
+                    "must not hold `{` or `}` with redis.cluster: a hash tag in the prefix would put every key in one slot".to_owned(),
+                );
+            }
+        }
+        if let Some(tls) = &self.tls {
+            if !self.is_tls() {
+                return err(
+                    "redis.tls",
+                    format!("applies to rediss:// URLs only, and {key} is redis://"),
+                );
+            }
+            if let Err(e) = crate::backend_tls::read_ca_bundle(&tls.ca_file) {
+                return err("redis.tls.ca_file", e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The database a `redis://host:port/<db>` URL selects, if any.
+fn database_of(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let rest = rest.split(['?', '#']).next().unwrap_or(rest);
+    let path = &rest[rest.find('/')? + 1..];
+    Some(path).filter(|p| !p.is_empty())
+}
+
 impl fmt::Debug for Redis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Redis")
-            .field("url", &redact_url(&self.url))
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field(
+                "cluster",
+                &self
+                    .cluster
+                    .as_ref()
+                    .map(|nodes| nodes.iter().map(|n| redact_url(n)).collect::<Vec<_>>()),
+            )
             .field("failure_mode", &self.failure_mode)
             .field("pool_size", &self.pool_size)
             .field("timeout", &self.timeout)
@@ -665,29 +786,7 @@ impl Config {
             return err("cache.key_ttl", "must be greater than zero".into());
         }
         if let Some(redis) = &self.redis {
-            if !(redis.url.starts_with("redis://") || redis.url.starts_with("rediss://")) {
-                return err(
-                    "redis.url",
-                    "must start with redis:// or rediss://".to_owned(),
-                );
-            }
-            if redis.url.ends_with("#insecure") {
-                return err(
-                    "redis.url",
-                    "`#insecure` (TLS without verifying the server) is not supported: trust the server's CA with redis.tls.ca_file".to_owned(),
-                );
-            }
-            if let Some(tls) = &redis.tls {
-                if !redis.url.starts_with("rediss://") {
-                    return err(
-                        "redis.tls",
-                        "applies to rediss:// URLs only, and redis.url is redis://".to_owned(),
-                    );
-                }
-                if let Err(e) = crate::backend_tls::read_ca_bundle(&tls.ca_file) {
-                    return err("redis.tls.ca_file", e);
-                }
-            }
+            redis.validate_nodes()?;
             if redis.pool_size == 0 {
                 return err("redis.pool_size", "must be at least 1".into());
             }
@@ -1246,6 +1345,59 @@ mod tests {
 
         let e = parse("redis:\n  url: rediss://r:6379/#insecure\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("redis.url"), "{e}");
+    }
+
+    #[test]
+    fn redis_is_one_url_or_the_nodes_of_a_cluster() {
+        let c = parse(
+            "redis:\n  cluster: [redis://:pw@h1:6379, \"redis://:pw@h2:6379\"]\n  key_prefix: \"tg:\"\n",
+        )
+        .unwrap()
+        .config;
+        let redis = c.redis.unwrap();
+        assert!(redis.is_cluster());
+        assert_eq!(redis.urls(), ["redis://:pw@h1:6379", "redis://:pw@h2:6379"]);
+        assert!(!format!("{redis:?}").contains("pw"), "{redis:?}");
+
+        let e = parse("redis:\n  failure_mode: open\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("redis.url"), "{e}");
+        assert_eq!(e.line, Some(1), "{e}");
+        assert!(e.message.contains("redis.cluster"), "{e}");
+
+        let e = parse("redis:\n  url: redis://r:6379\n  cluster: [redis://h1:6379]\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("redis.cluster"), "{e}");
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("not both"), "{e}");
+
+        let e = parse("redis:\n  cluster: []\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("redis.cluster"), "{e}");
+        assert_eq!(e.line, Some(2), "{e}");
+
+        let e =
+            parse("redis:\n  cluster:\n    - redis://h1:6379\n    - http://h2:6379\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("redis.cluster"), "{e}");
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.message.contains("redis://"), "{e}");
+
+        let e = parse("redis:\n  cluster: [rediss://h1:6380, redis://h2:6379]\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("redis.cluster"), "{e}");
+        assert!(e.message.contains("same scheme"), "{e}");
+
+        let e = parse("redis:\n  cluster: [\"redis://u:hunter2@h1:6379/2\"]\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("redis.cluster"), "{e}");
+        assert!(e.message.contains("database 0"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        parse("redis:\n  cluster: [redis://h1:6379/0, redis://h2:6379/]\n").unwrap();
+
+        let e = parse("redis:\n  cluster: [redis://h1:6379]\n  tls: { ca_file: /x.pem }\n")
+            .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("redis.tls"), "{e}");
+        assert!(e.message.contains("redis.cluster is redis://"), "{e}");
+
+        let e = parse("redis:\n  cluster: [redis://h1:6379]\n  key_prefix: \"tg:{all}:\"\n")
+            .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("redis.key_prefix"), "{e}");
+        assert_eq!(e.line, Some(3), "{e}");
     }
 
     #[test]

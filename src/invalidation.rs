@@ -5,7 +5,9 @@
 //! budget changed) drops the stale cache entries in this process at once and publishes the
 //! same [`Change`] to every other replica:
 //!
-//! - over Redis pub/sub (channel `{key_prefix}invalidate`) when `redis` is configured;
+//! - over Redis pub/sub (channel `{key_prefix}invalidate`) when `redis` is configured (on a
+//!   Redis Cluster through any node, each connection to the next: the cluster forwards a
+//!   message published on one node to the subscribers of every node);
 //! - else over Postgres `LISTEN/NOTIFY` (channel `tollgate_invalidate`) when the store is
 //!   Postgres;
 //! - else (SQLite: one process) nowhere.
@@ -24,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::redis_pool::RedisTarget;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -95,6 +98,8 @@ pub struct Invalidator {
     channel: Channel,
     /// A publishing connection, made on first use.
     publisher: tokio::sync::Mutex<Option<::redis::aio::MultiplexedConnection>>,
+    /// Redis connections made so far: on a Redis Cluster each goes to the next node.
+    connections: AtomicUsize,
     metrics: Metrics,
 }
 
@@ -106,6 +111,7 @@ impl Invalidator {
             origin: crate::domain::new_id(),
             channel: Channel::None,
             publisher: tokio::sync::Mutex::new(None),
+            connections: AtomicUsize::new(0),
             metrics,
         }
     }
@@ -184,7 +190,9 @@ impl Invalidator {
                 let mut publisher = self.publisher.lock().await;
                 for attempt in 0..2 {
                     if publisher.is_none() {
-                        let client = target.client().map_err(|e| ("redis", e))?;
+                        let client = target
+                            .node_client(self.connections.fetch_add(1, Ordering::Relaxed))
+                            .map_err(|e| ("redis", e))?;
                         let conn = tokio::time::timeout(
                             Duration::from_secs(2),
                             client.get_multiplexed_async_connection(),
@@ -334,7 +342,8 @@ impl Invalidator {
         match &self.channel {
             Channel::None => Ok(()),
             Channel::Redis { target, name } => {
-                let client = target.client()?;
+                let client =
+                    target.node_client(self.connections.fetch_add(1, Ordering::Relaxed))?;
                 let mut pubsub =
                     tokio::time::timeout(Duration::from_secs(5), client.get_async_pubsub())
                         .await

@@ -1,27 +1,36 @@
-//! The Redis connections shared by rate-limit buckets and budget reservations: a bounded
-//! pool of multiplexed connections, every call (checkout included) bounded by one timeout,
-//! and errors as short reasons that never carry the URL (it may hold a password).
+//! The Redis connections shared by rate-limit buckets, budget reservations and the usage
+//! queue: to one Redis, a bounded pool of multiplexed connections; to a Redis Cluster
+//! (`redis.cluster`), one cluster connection that routes each command by its first key's
+//! hash slot and follows `MOVED`/`ASK` redirections (a resharding) by itself. Every call
+//! (checkout or connecting included) is bounded by one timeout, and errors are short
+//! reasons that never carry the URL (it may hold a password).
 //!
 //! A pooled connection is handed out without a check, so a call is exactly one round trip;
 //! a connection idle for longer than [`IDLE_CHECK_AFTER`] is PINGed before reuse. A
 //! connection that fails is dropped along with every idle one (they most likely point at the
-//! same dead server), and the next call connects afresh.
+//! same dead server), and the next call connects afresh; so is a cluster connection.
 //!
-//! A `rediss://` URL connects over TLS and verifies the server's certificate against
-//! `redis.tls.ca_file` when it is set, else against the built-in public roots
-//! ([`RedisTarget`]); [`check_tls`] connects once at start so that a certificate that fails
-//! verification stops `serve` instead of looking like an outage.
+//! A `rediss://` URL connects over TLS (every node of a cluster alike) and verifies the
+//! server's certificate against `redis.tls.ca_file` when it is set, else against the
+//! built-in public roots ([`RedisTarget`]); [`check_tls`] connects once at start so that a
+//! certificate that fails verification stops `serve` instead of looking like an outage.
 //!
 //! [`Health`] is what their users know of Redis: the first failed call marks it down (one
 //! `warn!`, `tollgate_backend_errors_total{backend="redis"}`) and starts one probe that
-//! PINGs every [`PROBE_INTERVAL`] until it answers (one `info!`); meanwhile users answer by
-//! `redis.failure_mode` without touching Redis, so no request waits for a Redis timeout.
+//! PINGs (every master of a cluster) every [`PROBE_INTERVAL`] until it answers (one `info!`);
+//! meanwhile users answer by `redis.failure_mode` without touching Redis, so no request
+//! waits for a Redis timeout.
 
 use crate::backend_tls::{self, Misconfigured};
 use crate::config::{self, FailureMode};
 use crate::metrics::Metrics;
-use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, Client, ErrorKind, FromRedisValue, RedisError};
+use ::redis::aio::{ConnectionLike, MultiplexedConnection};
+use ::redis::cluster::{ClusterClient, ClusterClientBuilder};
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{
+    AsyncConnectionConfig, Client, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError,
+    RedisFuture, Value,
+};
 use deadpool::managed;
 use prometheus::IntGauge;
 use std::path::PathBuf;
@@ -34,34 +43,116 @@ use tokio::time::{timeout_at, Instant};
 /// server `timeout` or a middlebox may have closed it); busier ones are trusted.
 pub const IDLE_CHECK_AFTER: Duration = Duration::from_secs(30);
 
-/// Which Redis to connect to, and for `rediss://` which CAs to trust.
+/// Which Redis to connect to (one server, or the nodes of a Redis Cluster), and for
+/// `rediss://` which CAs to trust.
 #[derive(Clone)]
 pub struct RedisTarget {
-    url: String,
+    /// One URL, or the cluster's node URLs (all with the same scheme and credentials).
+    urls: Vec<String>,
+    cluster: bool,
     /// `redis.tls.ca_file`: trusted instead of the built-in public roots.
     ca_file: Option<PathBuf>,
 }
 
 impl RedisTarget {
-    /// A client for the target (no I/O but reading the CA file). Errors never carry the URL.
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    /// Whether the connections use TLS.
+    pub fn is_tls(&self) -> bool {
+        self.urls
+            .first()
+            .is_some_and(|u| u.starts_with("rediss://"))
+    }
+
+    /// A client for one Redis (no I/O but reading the CA file). Errors never carry the URL;
+    /// a cluster has no single client (see [`RedisTarget::connector`]).
     pub fn client(&self) -> Result<Client, String> {
-        let Some(ca_file) = &self.ca_file else {
-            return Client::open(self.url.as_str())
-                .map_err(|e| format!("invalid redis URL: {}", reason(&e)));
+        if self.cluster {
+            return Err("redis.cluster: connect with a cluster client".to_owned());
+        }
+        let url = self.urls.first().map(String::as_str).unwrap_or_default();
+        let Some(certificates) = self.certificates()? else {
+            return Client::open(url).map_err(|e| format!("invalid redis URL: {}", reason(&e)));
         };
-        let ca =
-            backend_tls::read_ca_bundle(ca_file).map_err(|e| format!("redis.tls.ca_file: {e}"))?;
-        let certificates = ::redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(ca),
-        };
-        Client::build_with_tls(self.url.as_str(), certificates)
+        Client::build_with_tls(url, certificates)
             .map_err(|e| format!("invalid redis URL or CA: {}", reason(&e)))
     }
 
-    /// The URL with its password hidden.
+    /// A client for one server: the Redis, or on a cluster its node `turn` (modulo their
+    /// number: a caller that counts its attempts goes round the nodes, so one node down does
+    /// not stop it). Enough for what names no key: pub/sub, which a cluster carries to
+    /// every node.
+    pub fn node_client(&self, turn: usize) -> Result<Client, String> {
+        self.node(turn).client()
+    }
+
+    /// The Redis, or on a cluster its node `turn` (modulo their number), as one server.
+    fn node(&self, turn: usize) -> RedisTarget {
+        if !self.cluster {
+            return self.clone();
+        }
+        RedisTarget {
+            urls: vec![self.urls[turn % self.urls.len().max(1)].clone()],
+            cluster: false,
+            ca_file: self.ca_file.clone(),
+        }
+    }
+
+    /// Makes connections to the target: connecting bounded by `timeout`, each reply by
+    /// `response` (`None`: unbounded, the caller bounds each call). No I/O but reading the CA
+    /// file.
+    ///
+    /// A cluster client follows `MOVED` and `ASK` redirections at once and retries
+    /// `TRYAGAIN` (a multi-key call while its slot is being migrated) after a few
+    /// milliseconds, all within the bound of the call.
+    pub fn connector(
+        &self,
+        timeout: Duration,
+        response: Option<Duration>,
+    ) -> Result<Connector, String> {
+        if !self.cluster {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(response);
+            return Ok(Connector(ConnectorKind::Single(self.client()?, config)));
+        }
+        let mut builder = ClusterClientBuilder::new(self.urls.iter().map(String::as_str))
+            .connection_timeout(timeout)
+            .retries(CLUSTER_RETRIES)
+            .min_retry_wait(1)
+            .max_retry_wait(CLUSTER_RETRY_WAIT_MAX.as_millis() as u64)
+            .retry_wait_formula(2, 2);
+        if let Some(response) = response {
+            builder = builder.response_timeout(response);
+        }
+        if let Some(certificates) = self.certificates()? {
+            builder = builder.certs(certificates);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| format!("invalid redis.cluster: {}", reason(&e)))?;
+        Ok(Connector(ConnectorKind::Cluster(client)))
+    }
+
+    fn certificates(&self) -> Result<Option<::redis::TlsCertificates>, String> {
+        let Some(ca_file) = &self.ca_file else {
+            return Ok(None);
+        };
+        let ca =
+            backend_tls::read_ca_bundle(ca_file).map_err(|e| format!("redis.tls.ca_file: {e}"))?;
+        Ok(Some(::redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca),
+        }))
+    }
+
+    /// The URL (each node's, for a cluster) with its password hidden.
     pub fn redacted(&self) -> String {
-        config::redact_url(&self.url)
+        let urls: Vec<String> = self.urls.iter().map(|u| config::redact_url(u)).collect();
+        urls.join(", ")
     }
 
     /// Which CAs a TLS connection trusts, for messages.
@@ -78,7 +169,8 @@ impl RedisTarget {
 impl From<&config::Redis> for RedisTarget {
     fn from(redis: &config::Redis) -> RedisTarget {
         RedisTarget {
-            url: redis.url.clone(),
+            urls: redis.urls().into_iter().map(str::to_owned).collect(),
+            cluster: redis.is_cluster(),
             ca_file: redis.tls.as_ref().map(|tls| tls.ca_file.clone()),
         }
     }
@@ -88,7 +180,8 @@ impl From<&config::Redis> for RedisTarget {
 impl From<&str> for RedisTarget {
     fn from(url: &str) -> RedisTarget {
         RedisTarget {
-            url: url.to_owned(),
+            urls: vec![url.to_owned()],
+            cluster: false,
             ca_file: None,
         }
     }
@@ -100,32 +193,105 @@ impl From<&String> for RedisTarget {
     }
 }
 
+/// Attempts of one cluster call (redirections and `TRYAGAIN` included), within its bound.
+const CLUSTER_RETRIES: u32 = 16;
+
+/// Longest wait before retrying a cluster call that met `TRYAGAIN` or a cluster that is
+/// down (the wait doubles from 1 ms up to this).
+const CLUSTER_RETRY_WAIT_MAX: Duration = Duration::from_millis(50);
+
+/// Makes connections to one Redis or to a Redis Cluster ([`RedisTarget::connector`]).
+#[derive(Clone)]
+pub struct Connector(ConnectorKind);
+
+#[derive(Clone)]
+enum ConnectorKind {
+    Single(Client, AsyncConnectionConfig),
+    Cluster(ClusterClient),
+}
+
+impl Connector {
+    /// A new connection: multiplexed to one Redis, or to every master of the cluster.
+    pub async fn connect(&self) -> Result<Connection, RedisError> {
+        match &self.0 {
+            ConnectorKind::Single(client, config) => client
+                .get_multiplexed_async_connection_with_config(config)
+                .await
+                .map(Connection::Single),
+            ConnectorKind::Cluster(client) => {
+                client.get_async_connection().await.map(Connection::Cluster)
+            }
+        }
+    }
+}
+
+/// A multiplexed connection to one Redis, or a cluster connection (which routes each
+/// command by its first key's slot and follows redirections). Cheap to clone: clones share
+/// the connection.
+#[derive(Clone)]
+pub enum Connection {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(conn) => conn.req_packed_command(cmd),
+            Connection::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(conn) => conn.get_db(),
+            Connection::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
 /// How long the start-up check waits for Redis at least: a TLS handshake across a network
 /// takes longer than the per-call `redis.timeout` is usually set to.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// For a `rediss://` Redis, connects once (and PINGs): a certificate that fails
 /// verification, or a handshake that fails, is [`Misconfigured`]. Redis down or slow only
-/// warns: outages are what `redis.failure_mode` is for. Plain `redis://` is not checked.
+/// warns: outages are what `redis.failure_mode` is for. Plain `redis://` is not checked. On
+/// a Redis Cluster every node `redis.cluster` lists is checked on a connection of its own
+/// (a cluster connection reports a failed handshake as text, without its cause).
 pub async fn check_tls(redis: &config::Redis) -> Result<(), Misconfigured> {
-    if !redis.url.starts_with("rediss://") {
+    if !redis.is_tls() {
         return Ok(());
     }
     let target = RedisTarget::from(redis);
+    for turn in 0..target.urls.len() {
+        check_node_tls(&target.node(turn), redis.timeout).await?;
+    }
+    Ok(())
+}
+
+async fn check_node_tls(target: &RedisTarget, timeout: Duration) -> Result<(), Misconfigured> {
     let refuse = |reason: String| Misconfigured {
         backend: "redis",
         reason,
     };
-    let client = target.client().map_err(refuse)?;
-    let bound = redis.timeout.max(CHECK_TIMEOUT);
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(bound))
-        .set_response_timeout(Some(bound));
+    let bound = timeout.max(CHECK_TIMEOUT);
+    let connector = target.connector(bound, Some(bound)).map_err(refuse)?;
     let started = Instant::now();
     let attempt = async {
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let mut conn = connector.connect().await?;
         ::redis::cmd("PING").query_async::<()>(&mut conn).await
     };
     let outcome = match tokio::time::timeout(bound, attempt).await {
@@ -192,24 +358,81 @@ pub enum Call<'s> {
 /// How often a Redis marked down is PINGed.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Cheap to clone: clones share the connections.
+/// The connections to one Redis or to a Redis Cluster, shared by rate limits, budgets and
+/// the usage queue. Cheap to clone: clones share the connections.
 #[derive(Clone)]
 pub struct RedisPool {
-    pool: managed::Pool<Manager>,
+    conns: Conns,
     timeout: Duration,
+    /// Makes connections of their own, with no reply bound (see [`RedisPool::connector`]).
+    dedicated: Connector,
+}
+
+#[derive(Clone)]
+enum Conns {
+    /// A bounded pool of multiplexed connections to one Redis.
+    Single(managed::Pool<Manager>),
+    /// One cluster connection (itself multiplexed, one connection per node), made on first
+    /// use and again after a failure.
+    Cluster(Arc<ClusterLink>),
+}
+
+struct ClusterLink {
+    connector: Connector,
+    conn: std::sync::Mutex<Option<Connection>>,
+    /// Held while connecting, so concurrent calls wait for one connection.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl ClusterLink {
+    fn current(&self) -> Option<Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    async fn connection(&self) -> Result<Connection, String> {
+        if let Some(conn) = self.current() {
+            return Ok(conn);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(conn) = self.current() {
+            return Ok(conn);
+        }
+        let conn = self.connector.connect().await.map_err(|e| reason(&e))?;
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn forget(&self) {
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 impl RedisPool {
-    /// A pool for the Redis at `target` (a [`config::Redis`], or a URL alone:
-    /// `redis://[user:password@]host:port[/db]`, `rediss://…` for TLS), at most `size`
-    /// connections, every call (a TLS handshake included) bounded by `timeout`. Does no
-    /// I/O but reading `redis.tls.ca_file`.
+    /// Connections to the Redis at `target` (a [`config::Redis`], or a URL alone:
+    /// `redis://[user:password@]host:port[/db]`, `rediss://…` for TLS): at most `size`
+    /// pooled connections to one Redis, or one cluster connection to a Redis Cluster; every
+    /// call (a TLS handshake included) bounded by `timeout`. Does no I/O but reading
+    /// `redis.tls.ca_file`.
     pub fn new(
         target: impl Into<RedisTarget>,
         size: usize,
         timeout: Duration,
     ) -> Result<RedisPool, String> {
-        let client = target.into().client()?;
+        let target = target.into();
+        let dedicated = target.connector(timeout, None)?;
+        if target.is_cluster() {
+            let link = ClusterLink {
+                connector: target.connector(timeout, Some(timeout))?,
+                conn: std::sync::Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+            };
+            return Ok(RedisPool {
+                conns: Conns::Cluster(Arc::new(link)),
+                timeout,
+                dedicated,
+            });
+        }
+        let client = target.client()?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
@@ -224,46 +447,68 @@ impl RedisPool {
             .recycle_timeout(Some(timeout))
             .build()
             .map_err(|e| format!("redis pool: {e}"))?;
-        Ok(RedisPool { pool, timeout })
+        Ok(RedisPool {
+            conns: Conns::Single(pool),
+            timeout,
+            dedicated,
+        })
     }
 
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
 
-    /// A PING: whether Redis answers within the timeout.
+    /// Whether this is a Redis Cluster: a script's keys must then share one hash slot.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.conns, Conns::Cluster(_))
+    }
+
+    /// Makes connections of their own to the same Redis, connecting bounded by the timeout
+    /// and replies unbounded (their user bounds each call): for blocking reads, which would
+    /// hold up every other call on a shared connection.
+    pub fn connector(&self) -> &Connector {
+        &self.dedicated
+    }
+
+    /// A PING (on a cluster, of every master): whether Redis answers within the timeout.
     pub async fn ping(&self) -> Result<(), String> {
         self.call(Call::Cmd(::redis::cmd("PING"))).await
     }
 
-    /// Runs one call on a pooled connection, the whole (checkout included) bounded by the
-    /// timeout. A connection that failed is dropped with every idle one.
+    /// Runs one call, the whole (checkout or connecting included) bounded by the timeout.
+    /// A connection that failed is dropped (with every idle one of the pool) and the next
+    /// call connects afresh; a server's error (a script's, a refused command's) keeps it.
     pub async fn call<T: FromRedisValue>(&self, call: Call<'_>) -> Result<T, String> {
+        match &self.conns {
+            Conns::Single(pool) => self.call_pooled(pool, call).await,
+            Conns::Cluster(link) => self.call_cluster(link, call).await,
+        }
+    }
+
+    async fn call_pooled<T: FromRedisValue>(
+        &self,
+        pool: &managed::Pool<Manager>,
+        call: Call<'_>,
+    ) -> Result<T, String> {
         let deadline = Instant::now() + self.timeout;
-        let mut conn = match timeout_at(deadline, self.pool.get()).await {
+        let mut conn = match timeout_at(deadline, pool.get()).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => {
-                self.drop_idle();
+                drop_idle(pool);
                 return Err(pool_reason(&e));
             }
             Err(_) => {
-                self.drop_idle();
+                drop_idle(pool);
                 return Err("redis: timed out connecting".to_owned());
             }
         };
-        let result = timeout_at(deadline, async {
-            match &call {
-                Call::Cmd(cmd) => cmd.query_async(&mut *conn).await,
-                Call::Script(inv) => inv.invoke_async(&mut *conn).await,
-            }
-        })
-        .await;
+        let result = timeout_at(deadline, run(&mut *conn, &call)).await;
         match result {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
                 if !matches!(e.kind(), ErrorKind::Server(_)) {
                     let _ = managed::Object::take(conn);
-                    self.drop_idle();
+                    drop_idle(pool);
                 }
                 Err(reason(&e))
             }
@@ -275,9 +520,47 @@ impl RedisPool {
         }
     }
 
-    fn drop_idle(&self) {
-        self.pool.retain(|_, _| false);
+    async fn call_cluster<T: FromRedisValue>(
+        &self,
+        link: &ClusterLink,
+        call: Call<'_>,
+    ) -> Result<T, String> {
+        let deadline = Instant::now() + self.timeout;
+        let mut conn = match timeout_at(deadline, link.connection()).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err("redis: timed out connecting".to_owned()),
+        };
+        match timeout_at(deadline, run(&mut conn, &call)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                if !matches!(e.kind(), ErrorKind::Server(_)) {
+                    link.forget();
+                }
+                Err(reason(&e))
+            }
+            Err(_) => {
+                link.forget();
+                Err("redis: timed out".to_owned())
+            }
+        }
     }
+}
+
+/// Sends `call` on `conn`: a command, or a script by `EVALSHA` (loaded with `SCRIPT LOAD`,
+/// on a cluster into every node, when Redis answers `NOSCRIPT`).
+async fn run<T: FromRedisValue>(
+    conn: &mut impl ConnectionLike,
+    call: &Call<'_>,
+) -> Result<T, RedisError> {
+    match call {
+        Call::Cmd(cmd) => cmd.query_async(conn).await,
+        Call::Script(inv) => inv.invoke_async(conn).await,
+    }
+}
+
+fn drop_idle(pool: &managed::Pool<Manager>) {
+    pool.retain(|_, _| false);
 }
 
 /// Whether Redis is up for one of its users (rate limits, budgets).

@@ -6,12 +6,14 @@
 //! `redis.tls.ca_file` work end to end; a certificate that fails verification (another CA,
 //! another host name) stops tollgate at start with an error that names the backend and the
 //! reason and holds no password, and `serve` exits 64 on it; Redis down at start is not an
-//! error. Nothing is skipped: without `openssl`, PostgreSQL's server binaries or a
+//! error; a Redis Cluster whose nodes listen on TLS only works and is checked alike.
+//! Nothing is skipped: without `openssl`, PostgreSQL's server binaries or a
 //! TLS-capable `redis-server`, the tests fail and say what is missing.
 
 mod common;
 
 use common::check::answer;
+use common::redis_cluster::{self, RedisCluster};
 use common::tollgate::{Tollgate, MASTER_KEY};
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
@@ -45,7 +47,8 @@ fn run(command: &mut Command, what: &str) {
 }
 
 /// A CA, a second CA that signed nothing here, and a server certificate from the first for
-/// `localhost` and `127.0.0.1` (not for `127.0.0.2`, which reaches the same servers).
+/// `localhost` and `127.0.0.1` (not for `127.0.0.2`, which reaches the same servers), good
+/// for TLS clients too (the nodes of a Redis Cluster present it to each other).
 struct Pki {
     dir: tempfile::TempDir,
 }
@@ -79,7 +82,7 @@ impl Pki {
             "subjectAltName = DNS:localhost, IP:127.0.0.1\n\
              basicConstraints = critical, CA:FALSE\n\
              keyUsage = critical, digitalSignature, keyEncipherment\n\
-             extendedKeyUsage = serverAuth\n",
+             extendedKeyUsage = serverAuth, clientAuth\n",
         )
         .expect("write the extensions");
         openssl(
@@ -521,6 +524,62 @@ async fn redis_over_tls_counts_rate_limits_in_that_redis() {
     t.stop().await;
     let took = mean_connect(|| redis.connect(&pki)).await;
     eprintln!("redis: a TLS connection (handshake and HELLO/AUTH) takes {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_cluster_over_tls_counts_rate_limits_and_its_certificates_are_checked() {
+    let pki = Pki::new();
+    let cluster = RedisCluster::start_tls(redis_cluster::Tls {
+        cert: pki.path("server.pem"),
+        key: pki.path("server.key"),
+        ca: pki.path("ca.pem"),
+        password: REDIS_PASSWORD.to_owned(),
+    })
+    .await;
+    let prefix = format!("tg-tls-{}:", tollgate::domain::new_id());
+    let t = Tollgate::start(&format!(
+        "redis:\n  cluster: {}\n  tls:\n    ca_file: {}\n  key_prefix: \"{prefix}\"\n  failure_mode: closed\n  timeout: 2s\n",
+        cluster.yaml_nodes(),
+        pki.ca()
+    ))
+    .await;
+    let (_, key) = t.create_key(json!({"name": "k", "rpm": 2})).await;
+    assert_eq!(chat(&t, &key).await, 200);
+    assert_eq!(chat(&t, &key).await, 200);
+    assert_eq!(chat(&t, &key).await, 429, "the third request of rpm 2");
+    assert_eq!(t.metric("tollgate_redis_up").await, 1.0);
+    let mut held = Vec::new();
+    for i in 0..3 {
+        held.extend(cluster.keys_on(i, &format!("{prefix}*")).await);
+    }
+    assert!(
+        !held.is_empty(),
+        "no bucket under {prefix} in the TLS cluster"
+    );
+    t.stop().await;
+
+    // A CA that signed none of the nodes' certificates: refused at start, no password said.
+    let error = refused(&format!(
+        "redis:\n  cluster: {}\n  tls: {{ ca_file: {} }}\n",
+        cluster.yaml_nodes(),
+        pki.other_ca()
+    ))
+    .await;
+    assert!(
+        error.starts_with("redis: cannot connect to `rediss://"),
+        "{error}"
+    );
+    assert!(
+        error.contains(&format!(
+            "its CA is not among redis.tls.ca_file `{}`",
+            pki.other_ca()
+        )),
+        "{error}"
+    );
+    assert!(
+        !error.contains(REDIS_PASSWORD),
+        "the password leaked: {error}"
+    );
 }
 
 #[tokio::test]

@@ -7,6 +7,10 @@
 //! would be full, plus a second) is seconds or more: a slow test run cannot see a key
 //! vanish between two calls.
 
+#[path = "common/redis_cluster.rs"]
+#[allow(dead_code)]
+mod redis_cluster;
+
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate::admission::redis::RedisCounters;
@@ -62,9 +66,21 @@ async fn redis_conn() -> redis::aio::MultiplexedConnection {
 }
 
 /// Runs an `async fn name(b: Arc<dyn Buckets>)` on memory and on Redis, as the tests
-/// `name::memory` and `name::redis`.
+/// `name::memory` and `name::redis`; and makes `every_behaviour`, which runs them all in turn
+/// on buckets made afresh for each (on a Redis Cluster, started once for them all).
 macro_rules! bucket_suite {
     ($($name:ident),+ $(,)?) => {
+        async fn every_behaviour<F, Fut>(make: F)
+        where
+            F: Fn() -> Fut,
+            Fut: std::future::Future<Output = Arc<dyn Buckets>>,
+        {
+            $(
+                eprintln!("{}", stringify!($name));
+                $name(make().await).await;
+            )+
+        }
+
         $(
             mod $name {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -89,6 +105,7 @@ bucket_suite!(
     a_fresh_bucket_admits_its_burst_then_refuses,
     refill_after_exact_ms_admits_exactly_the_refilled_count,
     admission_is_all_or_nothing,
+    a_refusal_by_the_widest_owner_takes_nothing_from_the_others,
     token_costs_and_a_cost_above_the_burst,
     burst_differs_from_the_rate,
     a_changed_limit_applies_at_once,
@@ -198,6 +215,34 @@ async fn admission_is_all_or_nothing(b: Arc<dyn Buckets>) {
     }
     // The others alone still hold what the first request left.
     let o = b.admit(&[wide.clone(), tpm.clone()], T0).await.unwrap();
+    assert!(o.admitted);
+    assert_eq!(
+        o.views,
+        vec![view(60, 3, 2_000, 0), view(600, 800, 20_000, 0)]
+    );
+}
+
+/// The gateway's bucket (checked last on a Redis Cluster, where each owner is one script)
+/// refuses: what the key's buckets would have given stays theirs, exactly.
+async fn a_refusal_by_the_widest_owner_takes_nothing_from_the_others(b: Arc<dyn Buckets>) {
+    let global = demand("g:rpm", shape(60, 1), 1);
+    let key = demand("k:4:rpm", shape(60, 5), 1);
+    let tpm = demand("k:4:tpm", shape(600, 1_000), 100);
+    let all = [global.clone(), key.clone(), tpm.clone()];
+    let o = b.admit(&all, T0).await.unwrap();
+    assert!(o.admitted);
+    let refused = vec![
+        view(60, 0, 1_000, 1_000),
+        view(60, 4, 1_000, 0),
+        view(600, 900, 10_000, 0),
+    ];
+    assert_eq!(o.views, refused);
+    for _ in 0..3 {
+        let o = b.admit(&all, T0).await.unwrap();
+        assert!(!o.admitted);
+        assert_eq!(o.views, refused);
+    }
+    let o = b.admit(&[key.clone(), tpm.clone()], T0).await.unwrap();
     assert!(o.admitted);
     assert_eq!(
         o.views,
@@ -394,6 +439,34 @@ async fn empty_demands_are_admitted(b: Arc<dyn Buckets>) {
     assert!(o.admitted);
     assert!(o.views.is_empty());
     b.settle(&[], T0).await.unwrap();
+}
+
+/// The whole suite on a Redis Cluster of three masters (the buckets of one owner share a
+/// slot; admissions across owners take one script per owner and give back on refusal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_behaviour_on_a_redis_cluster() {
+    let cluster = redis_cluster::RedisCluster::start().await;
+    let urls = cluster.yaml_nodes();
+    every_behaviour(|| {
+        let urls = urls.clone();
+        async move {
+            let redis: Redis = serde_yaml::from_str(&format!(
+                "{{ cluster: {urls}, pool_size: 8, timeout: 5s, key_prefix: \"{}\" }}",
+                unique_prefix()
+            ))
+            .unwrap();
+            let store = tollgate::store::sql::SqlStore::connect(
+                "sqlite::memory:",
+                &tollgate::store::sql::ConnectOptions::default(),
+            )
+            .await
+            .expect("an in-memory store");
+            let counters = RedisCounters::new(&redis, Arc::new(store), &Config::default())
+                .expect("redis counters");
+            Arc::new(counters) as Arc<dyn Buckets>
+        }
+    })
+    .await;
 }
 
 // Redis only.

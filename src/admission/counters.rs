@@ -10,8 +10,9 @@
 //! - In this process ([`Local`]): the embedded default. Replicas share committed spend
 //!   through the store (up to `cache.key_ttl` late) but not each other's buckets or
 //!   reservations.
-//! - In Redis ([`super::redis`]): one script per decision and one per settle, shared by
-//!   every replica, so whichever replica writes a request's usage record settles it. While
+//! - In Redis ([`super::redis`]): one script per decision and one per settle (on a Redis
+//!   Cluster one per owner the request counts for), shared by every replica, so whichever
+//!   replica writes a request's usage record settles it. While
 //!   Redis is unreachable `redis.failure_mode` answers: `open` admits without counting,
 //!   `closed` refuses with 503, `local` counts in this process, each rate limit divided by
 //!   `redis.replicas` and budgets whole. The first failed call (error or `redis.timeout`)
@@ -27,7 +28,7 @@ use crate::limits::bucket::Shape;
 use crate::limits::memory::MemoryBuckets;
 use crate::limits::{Demand, Outcome, Settlement, Unit};
 use crate::metrics::Metrics;
-use crate::redis_pool::Health;
+use crate::redis_pool::{Health, RedisPool};
 use crate::store::{SharedStore, SpendKind, StoreError};
 use std::sync::Arc;
 
@@ -109,21 +110,36 @@ struct Shared {
 impl Counters {
     /// In Redis when `redis` is configured, else in this process. Does no I/O: Redis is
     /// assumed up (`tollgate_redis_up` 1) until a call fails. Fails only on an invalid
-    /// `redis.url` (the reason never carries the URL).
+    /// `redis.url` or `redis.cluster` (the reason never carries the URL).
     pub fn from_config(
         store: SharedStore,
         config: &Config,
         metrics: Metrics,
     ) -> Result<Counters, String> {
-        let local = Local::new(store.clone(), config);
-        let Some(redis) = &config.redis else {
-            return Ok(Counters {
-                inner: Inner::Local(Box::new(local)),
-            });
+        let pool = match &config.redis {
+            Some(redis) => Some(RedisPool::new(redis, redis.pool_size, redis.timeout)?),
+            None => None,
         };
-        let counters = RedisCounters::new(redis, store, config)?;
+        Ok(Self::with_redis_pool(store, config, metrics, pool))
+    }
+
+    /// [`Counters::from_config`] through connections already made to the configured Redis
+    /// (`pool`, shared with the usage queue); in this process when there is none.
+    pub fn with_redis_pool(
+        store: SharedStore,
+        config: &Config,
+        metrics: Metrics,
+        pool: Option<RedisPool>,
+    ) -> Counters {
+        let local = Local::new(store.clone(), config);
+        let (Some(redis), Some(pool)) = (&config.redis, pool) else {
+            return Counters {
+                inner: Inner::Local(Box::new(local)),
+            };
+        };
+        let counters = RedisCounters::with_pool(pool, redis, store, config);
         let gauge = Some(metrics.track_redis());
-        Ok(Counters {
+        Counters {
             inner: Inner::Redis(Box::new(Shared {
                 redis: Arc::new(counters),
                 mode: redis.failure_mode,
@@ -136,7 +152,7 @@ impl Counters {
                     gauge,
                 ),
             })),
-        })
+        }
     }
 
     /// Checks and, only if everything fits, takes what `reservation` asks, keeping it under

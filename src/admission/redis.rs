@@ -1,5 +1,6 @@
 //! Rate-limit buckets, budgets and reservations in Redis, shared by every tollgate replica:
-//! one Lua script per decision (one round trip: `EVALSHA`) and one per settle.
+//! on one Redis, one Lua script per decision (one round trip: `EVALSHA`) and one per settle;
+//! on a Redis Cluster, one per owner the request counts for (see [`cluster`]).
 //!
 //! # Layout
 //!
@@ -40,10 +41,12 @@
 //! floating-point operations in the same order (Lua numbers are IEEE doubles like `f64`),
 //! so both places decide alike; the views are computed here with [`bucket::view`].
 //!
-//! The scripts name keys they were not given in `KEYS` (expired reservations and the
-//! buckets and budgets of a reservation being settled): fine on a single Redis, which
-//! checks nothing; a Redis Cluster needs every key of a script in one slot, which the
-//! owners' tags do not give.
+//! These scripts name keys they were not given in `KEYS` (expired reservations and the
+//! buckets and budgets of a reservation being settled), and one decision's keys span
+//! owners: fine on one Redis, which checks nothing. A Redis Cluster needs every key of a
+//! script in one slot (and declared, while that slot migrates), so there the reservation is
+//! cut by owner and each owner's keys get scripts of their own ([`cluster`]); the bucket and
+//! budget keys are the same in both layouts.
 
 use super::counters::{Reservation, Taken};
 use crate::budget::memory::secs;
@@ -58,6 +61,8 @@ use ::redis::{FromRedisValue, Script};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
+
+pub mod cluster;
 
 /// At most this many expired reservations are given back per decision.
 pub const EXPIRE_BATCH: usize = 100;
@@ -252,6 +257,8 @@ pub struct RedisCounters {
     take_script: Script,
     settle_script: Script,
     correct_script: Script,
+    /// On a Redis Cluster: the scripts of one owner.
+    owner_scripts: cluster::OwnerScripts,
     store: SharedStore,
     /// By `kind:id:`: the period this process last seeded.
     periods: Mutex<HashMap<String, Period>>,
@@ -272,25 +279,38 @@ pub enum Failure {
 }
 
 impl RedisCounters {
-    /// Counters in the Redis of `redis`. Does no I/O: connections are made on first use.
+    /// Counters in the Redis of `redis`, on connections of their own. Does no I/O:
+    /// connections are made on first use.
     pub fn new(
         redis: &Redis,
         store: SharedStore,
         config: &Config,
     ) -> Result<RedisCounters, String> {
         let pool = RedisPool::new(redis, redis.pool_size, redis.timeout)?;
-        Ok(RedisCounters {
+        Ok(Self::with_pool(pool, redis, store, config))
+    }
+
+    /// Counters through `pool` (connections to the Redis of `redis`, maybe shared), under
+    /// `redis.key_prefix`.
+    pub fn with_pool(
+        pool: RedisPool,
+        redis: &Redis,
+        store: SharedStore,
+        config: &Config,
+    ) -> RedisCounters {
+        RedisCounters {
             pool,
             key_prefix: redis.key_prefix.clone(),
             take_script: Script::new(&format!("{LUA_COMMON}{LUA_TAKE}")),
             settle_script: Script::new(&format!("{LUA_COMMON}{LUA_SETTLE}")),
             correct_script: Script::new(&format!("{LUA_COMMON}{LUA_CORRECT}")),
+            owner_scripts: cluster::OwnerScripts::new(),
             store,
             periods: Mutex::new(HashMap::new()),
             refresh: secs(config.cache.key_ttl),
             reservation_timeout: secs(config.budgets.reservation_timeout),
             store_timeout: config.database.timeout,
-        })
+        }
     }
 
     /// The connections (for the health probe).
@@ -307,12 +327,11 @@ impl RedisCounters {
 
     /// The Redis key of a budget period: `{prefix}{<t|u|k>:<id>}:b:<period_start>`.
     pub fn budget_key(&self, kind: SpendKind, id: &str, period_start: i64) -> String {
-        let level = match kind {
-            SpendKind::Team => "t",
-            SpendKind::User => "u",
-            SpendKind::Key => "k",
-        };
-        format!("{}{{{level}:{id}}}:b:{period_start}", self.key_prefix)
+        format!(
+            "{}{{{}:{id}}}:b:{period_start}",
+            self.key_prefix,
+            level(kind)
+        )
     }
 
     /// The Redis key of a reservation: `{prefix}r:{<request id>}`.
@@ -340,13 +359,17 @@ impl RedisCounters {
     }
 
     /// See [`super::counters::Counters::take`]; one round trip unless a budget must be
-    /// seeded again (Redis lost it): then two.
+    /// seeded again (Redis lost it): then two. On a Redis Cluster one per owner and one for
+    /// the index (see [`cluster`]).
     pub async fn take(
         &self,
         request_id: &str,
         reservation: &Reservation,
         now_ms: i64,
     ) -> Result<Taken, Failure> {
+        if self.pool.is_cluster() {
+            return self.take_by_owner(request_id, reservation, now_ms).await;
+        }
         let now = now_ms.div_euclid(1000);
         let mut force_seed = false;
         loop {
@@ -367,15 +390,10 @@ impl RedisCounters {
                 .arg(EXPIRE_BATCH)
                 .arg(reservation.charges.len());
             for (charge, (p, seed)) in reservation.charges.iter().zip(&budgets) {
-                let ttl = p
-                    .end
-                    .saturating_sub(now)
-                    .saturating_add(PERIOD_GRACE.max(self.reservation_timeout))
-                    .clamp(1, MAX_TTL);
                 inv.key(self.budget_key(charge.kind, &charge.id, p.start))
                     .arg(charge.limit_usd.to_string())
                     .arg(seed.map(|s| s.to_string()).unwrap_or_default())
-                    .arg(ttl);
+                    .arg(self.budget_ttl(p, now));
             }
             for d in &reservation.demands {
                 inv.key(self.bucket_key(&d.key))
@@ -467,6 +485,15 @@ impl RedisCounters {
         Ok(budgets)
     }
 
+    /// The TTL of a budget period's hash: until the period ends plus [`PERIOD_GRACE`] (at
+    /// least the reservation timeout).
+    fn budget_ttl(&self, p: &Period, now: Timestamp) -> i64 {
+        p.end
+            .saturating_sub(now)
+            .saturating_add(PERIOD_GRACE.max(self.reservation_timeout))
+            .clamp(1, MAX_TTL)
+    }
+
     /// How long a reservation's hash (and the expiry set) live without use: well past the
     /// reservation timeout, so the take script gives it back before it vanishes.
     fn reservation_ttl(&self) -> i64 {
@@ -484,6 +511,11 @@ impl RedisCounters {
         tokens: u64,
         now_ms: i64,
     ) -> Result<bool, Failure> {
+        if self.pool.is_cluster() {
+            return self
+                .settle_by_owner(request_id, cost_usd, tokens, now_ms)
+                .await;
+        }
         let mut inv = self.settle_script.prepare_invoke();
         inv.key(self.expiry_key())
             .key(self.reservation_key(request_id))
@@ -564,6 +596,12 @@ impl Buckets for RedisCounters {
         if settlements.is_empty() {
             return Ok(());
         }
+        if self.pool.is_cluster() {
+            return self
+                .correct_by_owner(settlements, now_ms)
+                .await
+                .map_err(LimitError::Unavailable);
+        }
         let mut inv = self.correct_script.prepare_invoke();
         inv.arg(now_ms).arg(MAX_BUCKET_TTL_MS);
         for s in settlements {
@@ -601,6 +639,15 @@ fn parse_f64(s: &str) -> Result<f64, Failure> {
 
 fn unexpected() -> Failure {
     Failure::Redis("redis: unexpected script reply".to_owned())
+}
+
+/// The letter of a budget's owner: `t`, `u` or `k`.
+fn level(kind: SpendKind) -> &'static str {
+    match kind {
+        SpendKind::Team => "t",
+        SpendKind::User => "u",
+        SpendKind::Key => "k",
+    }
 }
 
 fn period_id(kind: SpendKind, id: &str) -> String {

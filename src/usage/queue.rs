@@ -16,6 +16,7 @@ use super::settle::Settler;
 use super::UsageRecord;
 use crate::config;
 use crate::metrics::Metrics;
+use crate::redis_pool::RedisPool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -66,8 +67,8 @@ impl UsageQueue {
 
     /// [`UsageQueue::new`], on a Redis Stream when `redis` is given (see
     /// [`redis_queue`](super::redis_queue)), with the in-process queue as its fallback while
-    /// Redis is unreachable. Does no I/O; fails only on an invalid `redis.url` (the reason
-    /// never carries the URL).
+    /// Redis is unreachable. Does no I/O; fails only on an invalid `redis.url` or
+    /// `redis.cluster` (the reason never carries the URL).
     pub fn with_redis(
         config: &config::Usage,
         redis: Option<&config::Redis>,
@@ -75,20 +76,40 @@ impl UsageQueue {
         metrics: Metrics,
         stop: watch::Receiver<bool>,
     ) -> Result<(UsageQueue, Writer), String> {
-        let Some(redis) = redis else {
-            return Ok(Self::new(config, settler, metrics, stop));
+        let pool = match redis {
+            Some(redis) => Some((
+                RedisPool::new(redis, redis.pool_size, redis.timeout)?,
+                redis.key_prefix.as_str(),
+            )),
+            None => None,
         };
-        let (redis_queue, redis_writer) = RedisQueue::new(
-            redis,
+        Ok(Self::with_redis_pool(config, pool, settler, metrics, stop))
+    }
+
+    /// [`UsageQueue::with_redis`] through connections already made (shared with rate limits
+    /// and budgets), under a key prefix.
+    pub fn with_redis_pool(
+        config: &config::Usage,
+        redis: Option<(RedisPool, &str)>,
+        settler: Arc<Settler>,
+        metrics: Metrics,
+        stop: watch::Receiver<bool>,
+    ) -> (UsageQueue, Writer) {
+        let Some((pool, key_prefix)) = redis else {
+            return Self::new(config, settler, metrics, stop);
+        };
+        let (redis_queue, redis_writer) = RedisQueue::with_pool(
+            pool,
+            key_prefix,
             config,
             settler.clone(),
             metrics.clone(),
             stop.clone(),
-        )?;
+        );
         let (mut queue, mut writer) = Self::new(config, settler, metrics, stop);
         queue.redis = Some(Arc::new(redis_queue));
         writer.redis = Some(redis_writer);
-        Ok((queue, writer))
+        (queue, writer)
     }
 
     /// Queues a record, waiting while the queue is full. On Redis, waits for the stream to

@@ -17,7 +17,13 @@
 //!   entry id), `reason` and `payload` (the original record field, or every field of the
 //!   entry as JSON when it has none), and then acked on the main stream.
 //!
+//! On a Redis Cluster (`redis.cluster`) each stream is one key, so one slot: the queue lives
+//! on one shard, and every command names one key.
+//!
 //! # Writer
+//!
+//! Pushes go through the Redis connections rate limits and budgets use; the writer reads on
+//! a connection of its own (a blocking read would hold up every call on a shared one).
 //!
 //! `XREADGROUP ... COUNT batch_size BLOCK ...` until a first entry arrives, then more until
 //! the batch is full or `usage.batch_interval` has passed since the first; the batch is
@@ -53,10 +59,9 @@ use super::settle::Settler;
 use super::UsageRecord;
 use crate::config;
 use crate::metrics::Metrics;
-use crate::redis_pool::reason;
+use crate::redis_pool::{reason, Call, Connection, Connector, RedisPool};
 use crate::store::StoreError;
-use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, Client, Cmd, ErrorKind, FromRedisValue, Value};
+use ::redis::{Cmd, ErrorKind, FromRedisValue, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,40 +98,34 @@ pub fn dead_key(key_prefix: &str) -> String {
     format!("{key_prefix}usage:dead")
 }
 
-/// One connection to Redis, made on first use and again after a failure. Every call is
-/// bounded by the configured timeout (plus the blocking time it asks for).
+/// One connection to Redis (to a Redis Cluster: one cluster connection) of the writer's
+/// own, made on first use and again after a failure. Every call is bounded by the
+/// configured timeout (plus the blocking time it asks for).
 struct Link {
-    client: Client,
-    conn: Mutex<Option<MultiplexedConnection>>,
+    connector: Connector,
+    conn: Mutex<Option<Connection>>,
     timeout: Duration,
 }
 
 impl Link {
-    fn new(client: Client, timeout: Duration) -> Link {
+    /// Replies are bounded here (per call, blocking time included), not by `connector`.
+    fn new(connector: Connector, timeout: Duration) -> Link {
         Link {
-            client,
+            connector,
             conn: Mutex::new(None),
             timeout,
         }
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, String> {
+    async fn connection(&self) -> Result<Connection, String> {
         let mut slot = self.conn.lock().await;
         if let Some(conn) = slot.as_ref() {
             return Ok(conn.clone());
         }
-        // Responses are bounded here (per call, blocking time included), not by the client.
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(None);
-        let conn = tokio::time::timeout(
-            self.timeout,
-            self.client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        .map_err(|_| "redis: timed out connecting".to_owned())?
-        .map_err(|e| reason(&e))?;
+        let conn = tokio::time::timeout(self.timeout, self.connector.connect())
+            .await
+            .map_err(|_| "redis: timed out connecting".to_owned())?
+            .map_err(|e| reason(&e))?;
         *slot = Some(conn.clone());
         Ok(conn)
     }
@@ -168,35 +167,33 @@ struct Shared {
 /// The pushing side: `XADD`s records.
 pub struct RedisQueue {
     shared: Arc<Shared>,
-    link: Link,
+    /// The connections shared with rate limits and budgets.
+    pool: RedisPool,
     /// Pushes are going to the in-process queue (logged once per outage).
     falling_back: AtomicBool,
 }
 
 impl RedisQueue {
-    /// The queue on `redis` and a writer for it (both do I/O only when used).
-    pub fn new(
-        redis: &config::Redis,
+    /// The queue under `key_prefix`, pushing through `pool`; its writer reads on a
+    /// connection of its own from the same Redis (its blocking reads would hold up the
+    /// pool's callers).
+    pub fn with_pool(
+        pool: RedisPool,
+        key_prefix: &str,
         usage: &config::Usage,
         settler: Arc<Settler>,
         metrics: Metrics,
         stop: watch::Receiver<bool>,
-    ) -> Result<(RedisQueue, RedisWriter), String> {
-        let client = crate::redis_pool::RedisTarget::from(redis).client()?;
+    ) -> (RedisQueue, RedisWriter) {
         let shared = Arc::new(Shared {
-            stream: stream_key(&redis.key_prefix),
-            dead: dead_key(&redis.key_prefix),
+            stream: stream_key(key_prefix),
+            dead: dead_key(key_prefix),
             claim_idle_ms: AtomicU64::new(CLAIM_IDLE.as_millis() as u64),
             trim_every_ms: AtomicU64::new(TRIM_EVERY.as_millis() as u64),
         });
-        let queue = RedisQueue {
-            shared: shared.clone(),
-            link: Link::new(client.clone(), redis.timeout),
-            falling_back: AtomicBool::new(false),
-        };
         let writer = RedisWriter {
-            link: Link::new(client, redis.timeout),
-            shared,
+            link: Link::new(pool.connector().clone(), pool.timeout()),
+            shared: shared.clone(),
             consumer: consumer_name(),
             settler,
             metrics,
@@ -208,7 +205,12 @@ impl RedisQueue {
             trimmed_at: Instant::now(),
             failing_redis: false,
         };
-        Ok((queue, writer))
+        let queue = RedisQueue {
+            shared,
+            pool,
+            falling_back: AtomicBool::new(false),
+        };
+        (queue, writer)
     }
 
     /// How long an entry stays pending before a writer claims it (default [`CLAIM_IDLE`]).
@@ -248,7 +250,7 @@ impl RedisQueue {
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
-            match self.link.query::<Value>(&cmd, Duration::ZERO).await {
+            match self.pool.call::<Value>(Call::Cmd(cmd.clone())).await {
                 Ok(_) => {
                     if self.falling_back.swap(false, Ordering::Relaxed) {
                         tracing::info!("usage records go to the redis stream again");

@@ -7,5 +7,6 @@ pub mod check;
 pub mod db;
 pub mod envoy;
 pub mod oidc_issuer;
+pub mod redis_cluster;
 pub mod tollgate;
 pub mod upstream;
