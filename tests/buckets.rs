@@ -7,12 +7,10 @@
 //! would be full, plus a second) is seconds or more: a slow test run cannot see a key
 //! vanish between two calls.
 
-#[path = "common/redis_cluster.rs"]
-#[allow(dead_code)]
-mod redis_cluster;
+mod common;
 
+use common::redis_cluster;
 use std::sync::Arc;
-use std::time::Duration;
 use tollgate::admission::redis::RedisCounters;
 use tollgate::config::{Config, Redis};
 use tollgate::limits::bucket::{Shape, View};
@@ -471,59 +469,6 @@ async fn every_behaviour_on_a_redis_cluster() {
 
 // Redis only.
 
-/// A `redis-server` of the test's own, for what would disturb other tests on the shared one
-/// (flushing scripts); killed on drop.
-struct PrivateRedis {
-    url: String,
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl PrivateRedis {
-    async fn start() -> PrivateRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("run redis-server (is it on PATH?)");
-        let server = PrivateRedis {
-            url: format!("redis://127.0.0.1:{port}"),
-            child,
-            _dir: dir,
-        };
-        let started = std::time::Instant::now();
-        while server.conn().await.is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "redis-server");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        server
-    }
-
-    async fn conn(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        let mut conn = redis::Client::open(self.url.as_str())?
-            .get_multiplexed_async_connection()
-            .await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await?;
-        Ok(conn)
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn script_flush(conn: &mut redis::aio::MultiplexedConnection) {
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
@@ -548,7 +493,7 @@ async fn scripts_loaded(
 /// On a server of its own: flushing the shared one's scripts would disturb other tests.
 #[tokio::test]
 async fn redis_works_after_script_flush() {
-    let server = PrivateRedis::start().await;
+    let server = common::private_redis::PrivateRedis::start().await;
     let b = redis_counters(&server.url, "t:").await;
     let mut conn = server.conn().await.unwrap();
     let d = demand("k:11:rpm", shape(60, 3), 1);

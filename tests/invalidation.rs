@@ -203,68 +203,16 @@ async fn changes_reach_every_replica_over_postgres_within_a_second() {
     b.stop().await;
 }
 
-/// A `redis-server` of the test's own: cutting its subscribers disturbs no other test.
-struct PrivateRedis {
-    port: u16,
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl PrivateRedis {
-    async fn start() -> PrivateRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("run redis-server (is it on PATH?)");
-        let server = PrivateRedis {
-            port,
-            child,
-            _dir: dir,
-        };
-        let started = Instant::now();
-        while server.conn().await.is_err() {
-            assert!(started.elapsed() < GIVE_UP, "redis-server does not answer");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        server
-    }
-
-    async fn conn(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        let mut conn = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))?
-            .get_multiplexed_async_connection()
-            .await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await?;
-        Ok(conn)
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A change published while the other replica's listener is cut off is not lost for long:
 /// the listener connects again and flushes its caches.
 #[tokio::test]
 async fn a_listener_that_lost_its_channel_flushes_when_it_is_back() {
-    let server = PrivateRedis::start().await;
+    let server = common::private_redis::PrivateRedis::start().await;
     let (_, db_url) = common::db::fresh_postgres().await;
     let yaml = format!(
         "database: {{ url: \"{db_url}\" }}\ncache: {{ key_ttl: 300s, negative_ttl: 300s }}\n\
-         redis: {{ url: \"redis://127.0.0.1:{}\" }}\n",
-        server.port
+         redis: {{ url: \"{}\" }}\n",
+        server.url
     );
     let a = Tollgate::start(&yaml).await;
     let b = Tollgate::start(&yaml).await;

@@ -7,6 +7,7 @@ pub mod check;
 pub mod db;
 pub mod envoy;
 pub mod oidc_issuer;
+pub mod private_redis;
 pub mod redis_cluster;
 pub mod tollgate;
 pub mod upstream;
