@@ -21,6 +21,7 @@ pub mod admission;
 pub mod app;
 pub mod authn;
 pub mod authz;
+pub mod backend;
 pub mod backend_tls;
 pub mod budget;
 pub mod cli;

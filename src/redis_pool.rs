@@ -21,6 +21,7 @@
 //! meanwhile users answer by `redis.failure_mode` without touching Redis, so no request
 //! waits for a Redis timeout.
 
+use crate::backend::{Backend, BackendError};
 use crate::backend_tls::{self, Misconfigured};
 use crate::config::{self, FailureMode};
 use crate::metrics::Metrics;
@@ -389,7 +390,7 @@ impl ClusterLink {
         self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    async fn connection(&self) -> Result<Connection, String> {
+    async fn connection(&self) -> Result<Connection, BackendError> {
         if let Some(conn) = self.current() {
             return Ok(conn);
         }
@@ -397,7 +398,7 @@ impl ClusterLink {
         if let Some(conn) = self.current() {
             return Ok(conn);
         }
-        let conn = self.connector.connect().await.map_err(|e| reason(&e))?;
+        let conn = self.connector.connect().await.map_err(|e| failure(&e))?;
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
         Ok(conn)
     }
@@ -471,14 +472,14 @@ impl RedisPool {
     }
 
     /// A PING (on a cluster, of every master): whether Redis answers within the timeout.
-    pub async fn ping(&self) -> Result<(), String> {
+    pub async fn ping(&self) -> Result<(), BackendError> {
         self.call(Call::Cmd(::redis::cmd("PING"))).await
     }
 
     /// Runs one call, the whole (checkout or connecting included) bounded by the timeout.
     /// A connection that failed is dropped (with every idle one of the pool) and the next
     /// call connects afresh; a server's error (a script's, a refused command's) keeps it.
-    pub async fn call<T: FromRedisValue>(&self, call: Call<'_>) -> Result<T, String> {
+    pub async fn call<T: FromRedisValue>(&self, call: Call<'_>) -> Result<T, BackendError> {
         match &self.conns {
             Conns::Single(pool) => self.call_pooled(pool, call).await,
             Conns::Cluster(link) => self.call_cluster(link, call).await,
@@ -489,17 +490,17 @@ impl RedisPool {
         &self,
         pool: &managed::Pool<Manager>,
         call: Call<'_>,
-    ) -> Result<T, String> {
+    ) -> Result<T, BackendError> {
         let deadline = Instant::now() + self.timeout;
         let mut conn = match timeout_at(deadline, pool.get()).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => {
                 drop_idle(pool);
-                return Err(pool_reason(&e));
+                return Err(pool_failure(&e));
             }
             Err(_) => {
                 drop_idle(pool);
-                return Err("redis: timed out connecting".to_owned());
+                return Err(timed_out("redis: timed out connecting"));
             }
         };
         let result = timeout_at(deadline, run(&mut *conn, &call)).await;
@@ -510,12 +511,12 @@ impl RedisPool {
                     let _ = managed::Object::take(conn);
                     drop_idle(pool);
                 }
-                Err(reason(&e))
+                Err(failure(&e))
             }
             Err(_) => {
                 // The reply may still arrive on this connection: do not reuse it.
                 let _ = managed::Object::take(conn);
-                Err("redis: timed out".to_owned())
+                Err(timed_out("redis: timed out"))
             }
         }
     }
@@ -524,12 +525,12 @@ impl RedisPool {
         &self,
         link: &ClusterLink,
         call: Call<'_>,
-    ) -> Result<T, String> {
+    ) -> Result<T, BackendError> {
         let deadline = Instant::now() + self.timeout;
         let mut conn = match timeout_at(deadline, link.connection()).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => return Err(e),
-            Err(_) => return Err("redis: timed out connecting".to_owned()),
+            Err(_) => return Err(timed_out("redis: timed out connecting")),
         };
         match timeout_at(deadline, run(&mut conn, &call)).await {
             Ok(Ok(value)) => Ok(value),
@@ -537,11 +538,11 @@ impl RedisPool {
                 if !matches!(e.kind(), ErrorKind::Server(_)) {
                     link.forget();
                 }
-                Err(reason(&e))
+                Err(failure(&e))
             }
             Err(_) => {
                 link.forget();
-                Err("redis: timed out".to_owned())
+                Err(timed_out("redis: timed out"))
             }
         }
     }
@@ -671,10 +672,47 @@ pub fn reason(e: &RedisError) -> String {
     format!("redis: {what}")
 }
 
-fn pool_reason(e: &managed::PoolError<RedisError>) -> String {
+fn pool_failure(e: &managed::PoolError<RedisError>) -> BackendError {
     match e {
-        managed::PoolError::Backend(e) => reason(e),
-        managed::PoolError::Timeout(_) => "redis timed out connecting".to_owned(),
-        other => format!("redis pool: {other}"),
+        managed::PoolError::Backend(e) => failure(e),
+        managed::PoolError::Timeout(_) => timed_out("redis timed out connecting"),
+        other => BackendError::unavailable(Backend::Redis, format!("redis pool: {other}")),
+    }
+}
+
+fn timed_out(what: &str) -> BackendError {
+    BackendError::unavailable(Backend::Redis, what)
+}
+
+/// A failed call as a [`BackendError`] with its [`reason`]: transient when Redis could not
+/// be reached or answered that it cannot serve now (loading, failing over, a slot moving,
+/// busy with a script), a fault when it refused the call itself (a script's error, a type
+/// mismatch, a refused command or credentials) and the same call would fail again.
+pub fn failure(e: &RedisError) -> BackendError {
+    use ::redis::ServerErrorKind as S;
+    let transient = match e.kind() {
+        ErrorKind::Server(
+            S::BusyLoading
+            | S::Moved
+            | S::Ask
+            | S::TryAgain
+            | S::ClusterDown
+            | S::MasterDown
+            | S::ReadOnly,
+        ) => true,
+        ErrorKind::Server(_)
+        | ErrorKind::Parse
+        | ErrorKind::UnexpectedReturnType
+        | ErrorKind::InvalidClientConfig
+        | ErrorKind::AuthenticationFailed
+        | ErrorKind::Client
+        | ErrorKind::RESP3NotSupported => false,
+        ErrorKind::Extension => e.code() == Some("BUSY"),
+        _ => true,
+    };
+    if transient {
+        BackendError::unavailable(Backend::Redis, reason(e))
+    } else {
+        BackendError::fault(Backend::Redis, reason(e))
     }
 }

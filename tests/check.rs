@@ -368,6 +368,37 @@ async fn a_store_failure_is_unavailable_never_allow_or_deny() {
     );
 }
 
+/// A database that answers, but with an error a retry cannot cure (here: the keys table is
+/// gone), is an internal error: gRPC INTERNAL, counted as `code="internal"`, and no detail of
+/// the SQL in the answer.
+#[tokio::test]
+async fn a_store_fault_is_internal_not_unavailable() {
+    let f = fixture("").await;
+    let (_, cold) = new_key(
+        &f.store,
+        NewKey {
+            name: "cold".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    sqlx::query("ALTER TABLE api_keys RENAME TO api_keys_gone")
+        .execute(f.store.pool())
+        .await
+        .unwrap();
+    let status = check_with(&f.app, &cold).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert!(!status.message().contains("api_keys"), "{status:?}");
+    let counted = |code: &str| {
+        f.app
+            .metrics
+            .check_total
+            .with_label_values(&["error", code])
+            .get()
+    };
+    assert_eq!((counted("internal"), counted("unavailable")), (1, 0));
+}
+
 // ---------------------------------------------------------------------------------------
 // Refusals as the client's provider writes them
 

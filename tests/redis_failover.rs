@@ -332,7 +332,7 @@ async fn closed_refuses_everything_while_redis_is_down() {
             let started = Instant::now();
             let r = limiter.admit(std::slice::from_ref(&d), now).await;
             assert!(started.elapsed() < HANG);
-            assert!(matches!(r, Err(CountError::Closed(_))), "{r:?}");
+            assert!(matches!(r, Err(CountError::Closed)), "{r:?}");
         }
         // Corrections are dropped, not failed.
         limiter.settle("never-admitted", 5, now).await;
@@ -524,9 +524,7 @@ async fn an_unreachable_redis_never_makes_a_call_wait() {
     let d = demand("k:never:rpm", 60, 10, 1);
     let started = Instant::now();
     match limiter.admit(std::slice::from_ref(&d), now_ms()).await {
-        Err(CountError::Closed(reason)) => {
-            assert!(!reason.contains("hunter2"), "{reason}")
-        }
+        Err(CountError::Closed) => {}
         other => panic!("{other:?}"),
     }
     assert!(started.elapsed() < HANG);

@@ -1,5 +1,6 @@
 //! The API's one error type, rendered once as `{"error":{"code","message"}}`.
 
+use crate::backend::BackendError;
 use crate::store::StoreError;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -12,7 +13,6 @@ pub enum ApiError {
     NotFound(String),
     Conflict(String),
     TooLarge(String),
-    Unavailable(String),
     Internal(String),
     /// An error with its own code (the session API's `invalid_credentials`,
     /// `account_blocked`, `rate_limited`, …) and, for 429, an optional `retry-after`.
@@ -33,7 +33,6 @@ impl ApiError {
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m),
-            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "auth_unavailable", m),
             ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
             ApiError::Coded {
                 status,
@@ -63,14 +62,19 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Conflict(m) => ApiError::Conflict(m),
             StoreError::Invalid(m) => ApiError::BadRequest(m),
-            StoreError::Unavailable(m) => {
-                tracing::warn!(error = %m, "database unavailable");
-                ApiError::Unavailable("the database is unavailable; try again shortly".into())
-            }
-            StoreError::Other(m) => {
-                tracing::error!(error = %m, "database error");
-                ApiError::Internal("internal error".into())
-            }
+            StoreError::Backend(e) => ApiError::from(e),
+        }
+    }
+}
+
+impl From<BackendError> for ApiError {
+    fn from(e: BackendError) -> Self {
+        let (status, code, message) = e.http();
+        ApiError::Coded {
+            status,
+            code,
+            message,
+            retry_after: None,
         }
     }
 }

@@ -19,7 +19,8 @@
 //!   marks Redis down and starts a probe ([`Health`]); until it answers no call waits for
 //!   Redis.
 
-use super::redis::{Failure, RedisCounters};
+use super::redis::RedisCounters;
+use crate::backend::{Backend, BackendError};
 use crate::budget::memory::MemoryLedger;
 use crate::budget::{Charge, Verdict};
 use crate::config::{Config, FailureMode};
@@ -29,7 +30,7 @@ use crate::limits::memory::MemoryBuckets;
 use crate::limits::{Demand, Outcome, Settlement, Unit};
 use crate::metrics::Metrics;
 use crate::redis_pool::{Health, RedisPool};
-use crate::store::{SharedStore, SpendKind, StoreError};
+use crate::store::{SharedStore, SpendKind};
 use std::sync::Arc;
 
 /// What a request asks of the counters.
@@ -79,12 +80,12 @@ pub enum Taken {
 /// Why the counters could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum CountError {
-    /// Redis is unreachable and `failure_mode` is `closed`.
-    #[error("{0}")]
-    Closed(String),
+    /// Redis is unreachable and `failure_mode` is `closed`: answered as a refusal.
+    #[error("redis is unreachable (failure_mode: closed)")]
+    Closed,
     /// The store could not be read for a budget's committed spend.
     #[error(transparent)]
-    Store(StoreError),
+    Backend(BackendError),
 }
 
 /// The counters in force.
@@ -171,8 +172,8 @@ impl Counters {
         if shared.health.is_up() {
             match shared.redis.take(request_id, reservation, now_ms).await {
                 Ok(taken) => return Ok(taken),
-                Err(Failure::Store(e)) => return Err(CountError::Store(e)),
-                Err(Failure::Redis(reason)) => shared.failed(&reason),
+                Err(e) if e.backend() == Backend::Redis => shared.failed(&e),
+                Err(e) => return Err(CountError::Backend(e)),
             }
         }
         match shared.mode {
@@ -180,9 +181,7 @@ impl Counters {
                 admitted: true,
                 views: vec![],
             })),
-            FailureMode::Closed => Err(CountError::Closed(
-                "redis is unreachable (failure_mode: closed)".to_owned(),
-            )),
+            FailureMode::Closed => Err(CountError::Closed),
             FailureMode::Local => {
                 let share = Reservation {
                     demands: reservation
@@ -213,12 +212,13 @@ impl Counters {
         // A reservation made while Redis was down lives here.
         shared.local.settle(request_id, cost_usd, tokens, now_ms);
         if shared.health.is_up() {
-            if let Err(Failure::Redis(reason)) = shared
+            match shared
                 .redis
                 .settle_request(request_id, cost_usd, tokens, now_ms)
                 .await
             {
-                shared.failed(&reason);
+                Err(e) if e.backend() == Backend::Redis => shared.failed(&e),
+                _ => {}
             }
         }
     }
@@ -234,7 +234,7 @@ impl Counters {
     /// Pings Redis when configured (nothing to ask without it), within `redis.timeout`.
     /// Only tells: a failed ping does not mark Redis down for decisions (a probe must not
     /// send them to `failure_mode`; failed calls do).
-    pub async fn ping(&self) -> Result<(), String> {
+    pub async fn ping(&self) -> Result<(), BackendError> {
         match &self.inner {
             Inner::Local(_) => Ok(()),
             Inner::Redis(shared) => shared.redis.pool().ping().await,
@@ -259,7 +259,7 @@ impl Counters {
         kind: SpendKind,
         id: &str,
         now: Timestamp,
-    ) -> Result<Option<(f64, f64)>, StoreError> {
+    ) -> Result<Option<(f64, f64)>, BackendError> {
         match &self.inner {
             Inner::Local(local) => Ok(local.ledger.view(kind, id, now)),
             Inner::Redis(shared) => shared.redis.view(kind, id, now).await,
@@ -269,8 +269,8 @@ impl Counters {
 
 impl Shared {
     /// A call to Redis failed: mark it down and make sure a probe runs.
-    fn failed(&self, reason: &str) {
-        self.health.failed(self.redis.pool(), reason);
+    fn failed(&self, e: &BackendError) {
+        self.health.failed(self.redis.pool(), e.detail());
     }
 }
 
@@ -317,7 +317,7 @@ impl Local {
                 now_ms.div_euclid(1000),
             )
             .await
-            .map_err(CountError::Store)?;
+            .map_err(|e| CountError::Backend(e.into()))?;
         if let Verdict::Refused {
             charge,
             used_usd,

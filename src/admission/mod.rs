@@ -19,11 +19,11 @@ pub mod redis;
 pub mod refusal;
 
 use crate::authn::{Authenticator, AuthnError};
+use crate::backend::BackendError;
 use crate::clock::Clock;
 use crate::decision::{self, Denial, Grant, Policy};
 use crate::domain::Timestamp;
 use crate::limits::plan::{self, Quota};
-use crate::store::StoreError;
 use crate::usage::pricing;
 use crate::usage::TokenUsage;
 use arc_swap::ArcSwap;
@@ -97,7 +97,7 @@ impl Admission {
         &self,
         facts: &Facts<'_>,
         now: Timestamp,
-    ) -> Result<Result<Grant, Denial>, StoreError> {
+    ) -> Result<Result<Grant, Denial>, BackendError> {
         let policy = self.policy.load();
         let rule = match decision::route(&policy, facts.method, facts.path) {
             Ok(rule) => rule,
@@ -170,11 +170,11 @@ impl Admission {
                 let quota = Quota::of(demands, &outcome);
                 Ok(Err(refusal::rate_limited(demands, &outcome, quota)))
             }
-            Err(CountError::Closed(reason)) => {
-                tracing::warn!(%reason, "rate limits and budgets cannot be checked; refusing (redis.failure_mode: closed)");
+            Err(CountError::Closed) => {
+                tracing::warn!("rate limits and budgets cannot be checked; refusing (redis.failure_mode: closed)");
                 Ok(Err(refusal::counters_unavailable()))
             }
-            Err(CountError::Store(e)) => Err(e),
+            Err(CountError::Backend(e)) => Err(e),
         }
     }
 

@@ -49,14 +49,15 @@
 //! budget keys are the same in both layouts.
 
 use super::counters::{Reservation, Taken};
+use crate::backend::{Backend, BackendError};
 use crate::budget::memory::secs;
 use crate::budget::{read_period, Charge};
 use crate::config::{Config, Redis};
 use crate::domain::Timestamp;
 use crate::limits::bucket::{self, State};
-use crate::limits::{Buckets, Demand, LimitError, Outcome, Settlement, Unit};
+use crate::limits::{Buckets, Demand, Outcome, Settlement, Unit};
 use crate::redis_pool::{Call, RedisPool};
-use crate::store::{SharedStore, SpendKind, StoreError};
+use crate::store::{SharedStore, SpendKind};
 use ::redis::{FromRedisValue, Script};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -269,15 +270,6 @@ pub struct RedisCounters {
     store_timeout: Duration,
 }
 
-/// Why a call failed.
-#[derive(Debug)]
-pub enum Failure {
-    /// Redis did not answer or answered an error (a short reason, never the URL).
-    Redis(String),
-    /// The store could not be read for a seed.
-    Store(StoreError),
-}
-
 impl RedisCounters {
     /// Counters in the Redis of `redis`, on connections of their own. Does no I/O:
     /// connections are made on first use.
@@ -366,7 +358,7 @@ impl RedisCounters {
         request_id: &str,
         reservation: &Reservation,
         now_ms: i64,
-    ) -> Result<Taken, Failure> {
+    ) -> Result<Taken, BackendError> {
         if self.pool.is_cluster() {
             return self.take_by_owner(request_id, reservation, now_ms).await;
         }
@@ -458,7 +450,7 @@ impl RedisCounters {
         charges: &[Charge],
         now: Timestamp,
         force: bool,
-    ) -> Result<Vec<(Period, Option<f64>)>, Failure> {
+    ) -> Result<Vec<(Period, Option<f64>)>, BackendError> {
         let mut budgets = Vec::with_capacity(charges.len());
         for charge in charges {
             let known = self
@@ -472,7 +464,7 @@ impl RedisCounters {
                     let (start, end, spent) =
                         read_period(&self.store, self.store_timeout, charge, now)
                             .await
-                            .map_err(Failure::Store)?;
+                            .map_err(BackendError::from)?;
                     let p = Period {
                         start,
                         end,
@@ -510,7 +502,7 @@ impl RedisCounters {
         cost_usd: f64,
         tokens: u64,
         now_ms: i64,
-    ) -> Result<bool, Failure> {
+    ) -> Result<bool, BackendError> {
         if self.pool.is_cluster() {
             return self
                 .settle_by_owner(request_id, cost_usd, tokens, now_ms)
@@ -535,7 +527,7 @@ impl RedisCounters {
         kind: SpendKind,
         id: &str,
         now: Timestamp,
-    ) -> Result<Option<(f64, f64)>, StoreError> {
+    ) -> Result<Option<(f64, f64)>, BackendError> {
         let Some(p) = self
             .periods()
             .get(&period_id(kind, id))
@@ -548,11 +540,7 @@ impl RedisCounters {
         cmd.arg(self.budget_key(kind, id, p.start))
             .arg("committed")
             .arg("reserved");
-        let values: Vec<Option<f64>> = self
-            .pool
-            .call(Call::Cmd(cmd))
-            .await
-            .map_err(StoreError::Unavailable)?;
+        let values: Vec<Option<f64>> = self.pool.call(Call::Cmd(cmd)).await?;
         Ok(match values.as_slice() {
             [None, None] => None,
             [c, r] => Some((c.unwrap_or(0.0), r.unwrap_or(0.0))),
@@ -560,8 +548,8 @@ impl RedisCounters {
         })
     }
 
-    async fn call<T: FromRedisValue>(&self, call: Call<'_>) -> Result<T, Failure> {
-        self.pool.call(call).await.map_err(Failure::Redis)
+    async fn call<T: FromRedisValue>(&self, call: Call<'_>) -> Result<T, BackendError> {
+        self.pool.call(call).await
     }
 }
 
@@ -571,7 +559,7 @@ impl RedisCounters {
 /// correction.
 #[async_trait::async_trait]
 impl Buckets for RedisCounters {
-    async fn admit(&self, demands: &[Demand], now_ms: i64) -> Result<Outcome, LimitError> {
+    async fn admit(&self, demands: &[Demand], now_ms: i64) -> Result<Outcome, BackendError> {
         if demands.is_empty() {
             return Ok(Outcome {
                 admitted: true,
@@ -584,23 +572,17 @@ impl Buckets for RedisCounters {
         };
         match self.take("", &reservation, now_ms).await {
             Ok(Taken::Admitted(outcome) | Taken::RateLimited(outcome)) => Ok(outcome),
-            Ok(Taken::OverBudget { .. }) => Err(LimitError::Unavailable(
-                "redis: unexpected script reply".to_owned(),
-            )),
-            Err(Failure::Redis(reason)) => Err(LimitError::Unavailable(reason)),
-            Err(Failure::Store(e)) => Err(LimitError::Unavailable(e.to_string())),
+            Ok(Taken::OverBudget { .. }) => Err(unexpected()),
+            Err(e) => Err(e),
         }
     }
 
-    async fn settle(&self, settlements: &[Settlement], now_ms: i64) -> Result<(), LimitError> {
+    async fn settle(&self, settlements: &[Settlement], now_ms: i64) -> Result<(), BackendError> {
         if settlements.is_empty() {
             return Ok(());
         }
         if self.pool.is_cluster() {
-            return self
-                .correct_by_owner(settlements, now_ms)
-                .await
-                .map_err(LimitError::Unavailable);
+            return self.correct_by_owner(settlements, now_ms).await;
         }
         let mut inv = self.correct_script.prepare_invoke();
         inv.arg(now_ms).arg(MAX_BUCKET_TTL_MS);
@@ -610,15 +592,12 @@ impl Buckets for RedisCounters {
                 .arg(s.shape.burst)
                 .arg(s.delta);
         }
-        self.pool
-            .call(Call::Script(inv))
-            .await
-            .map_err(LimitError::Unavailable)
+        self.pool.call(Call::Script(inv)).await
     }
 }
 
 /// The buckets' views from a take reply (`status`, then `t`, `ts` per bucket).
-fn outcome(demands: &[Demand], admitted: bool, reply: &[String]) -> Result<Outcome, Failure> {
+fn outcome(demands: &[Demand], admitted: bool, reply: &[String]) -> Result<Outcome, BackendError> {
     if reply.len() != 1 + 2 * demands.len() {
         return Err(unexpected());
     }
@@ -633,12 +612,12 @@ fn outcome(demands: &[Demand], admitted: bool, reply: &[String]) -> Result<Outco
     Ok(Outcome { admitted, views })
 }
 
-fn parse_f64(s: &str) -> Result<f64, Failure> {
+fn parse_f64(s: &str) -> Result<f64, BackendError> {
     s.parse().map_err(|_| unexpected())
 }
 
-fn unexpected() -> Failure {
-    Failure::Redis("redis: unexpected script reply".to_owned())
+fn unexpected() -> BackendError {
+    BackendError::fault(Backend::Redis, "redis: unexpected script reply")
 }
 
 /// The letter of a budget's owner: `t`, `u` or `k`.
@@ -699,9 +678,12 @@ mod tests {
         let c = counters("redis://u:secret@127.0.0.1:1/0").await.unwrap();
         let started = std::time::Instant::now();
         let reservation = Reservation::default();
-        let Err(Failure::Redis(reason)) = c.take("r", &reservation, 0).await else {
+        let Err(e) = c.take("r", &reservation, 0).await else {
             panic!("a redis failure");
         };
+        assert_eq!(e.backend(), Backend::Redis);
+        assert!(e.is_transient(), "{e}");
+        let reason = e.to_string();
         assert!(started.elapsed() < Duration::from_secs(2));
         assert!(!reason.contains("secret"), "{reason}");
     }

@@ -114,7 +114,7 @@ where
             Ok(Ok(found)) => found.map(Arc::new),
             Ok(Err(e)) => return Err(self.backend_error(e)),
             Err(_) => {
-                return Err(self.backend_error(StoreError::Unavailable(format!(
+                return Err(self.backend_error(StoreError::unavailable(format!(
                     "{} lookup took longer than {:?}",
                     self.label, self.timeout
                 ))))

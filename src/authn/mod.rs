@@ -26,11 +26,12 @@ pub mod oidc;
 pub mod password;
 pub mod session;
 
+use crate::backend::{Backend, BackendError};
 use crate::config::Config;
 use crate::decision::{Denial, DenyReason, Principal};
 use crate::domain::Timestamp;
 use crate::metrics::Metrics;
-use crate::store::{SharedStore, StoreError};
+use crate::store::SharedStore;
 use identity::OidcUsers;
 pub use key_cache::{Invalidation, KeyResolver, UserResolver};
 use login::Sessions;
@@ -45,7 +46,7 @@ pub enum AuthnError {
     /// Answered as it stands: mostly 401, or 503 `auth_unavailable` with a `retry_after`
     /// when the credential cannot be judged yet but soon can (an OIDC key not read yet).
     Denied(Denial),
-    Unavailable(StoreError),
+    Unavailable(BackendError),
 }
 
 impl From<Denial> for AuthnError {
@@ -179,7 +180,7 @@ impl Authenticator {
         match self.keys.resolve(&key.hash()).await {
             Ok(Some(lookup)) => Ok(Principal::Key(lookup)),
             Ok(None) => Err(invalid("Incorrect API key provided")),
-            Err(e) => Err(AuthnError::Unavailable(e)),
+            Err(e) => Err(AuthnError::Unavailable(e.into())),
         }
     }
 
@@ -211,7 +212,8 @@ impl Authenticator {
                         .backend_errors
                         .with_label_values(&["oidc"])
                         .inc();
-                    return Err(AuthnError::Unavailable(StoreError::Unavailable(
+                    return Err(AuthnError::Unavailable(BackendError::unavailable(
+                        Backend::Issuer,
                         e.to_string(),
                     )));
                 }
@@ -221,7 +223,7 @@ impl Authenticator {
                     self.users.invalidate(Invalidation::User(id.to_owned()))
                 })
                 .await
-                .map_err(AuthnError::Unavailable)?;
+                .map_err(|e| AuthnError::Unavailable(e.into()))?;
             found.ok_or_else(|| {
                 tracing::info!(issuer = %identity.issuer, "OIDC token of an identity linked to no user (auto_provision is off)");
                 invalid("This identity has no tollgate account; ask an admin to create one with your email")
@@ -238,7 +240,7 @@ impl Authenticator {
         match self.users.resolve(&user_id).await {
             Ok(Some(user)) => Ok(Principal::User(user)),
             Ok(None) => Err(invalid("The account of this token no longer exists")),
-            Err(e) => Err(AuthnError::Unavailable(e)),
+            Err(e) => Err(AuthnError::Unavailable(e.into())),
         }
     }
 }

@@ -32,7 +32,8 @@ impl Gate {
         Gate { admission, metrics }
     }
 
-    /// Answers one Check. `Err` only for a backend failure (mapped to `UNAVAILABLE`).
+    /// Answers one Check. `Err` only for a backend failure (mapped by
+    /// [`crate::backend::BackendError::grpc_status`]).
     pub async fn check(&self, request: &CheckRequest) -> Result<CheckResponse, Status> {
         let started = Instant::now();
         let http = http_attributes(request);
@@ -56,7 +57,8 @@ impl Gate {
         let (decision, code) = match &outcome {
             Ok(Ok(_)) => ("allow", "ok"),
             Ok(Err(denial)) => ("deny", denial.reason.code()),
-            Err(_) => ("error", "unavailable"),
+            Err(e) if e.is_transient() => ("error", "unavailable"),
+            Err(_) => ("error", "internal"),
         };
         self.metrics
             .check_total
@@ -81,12 +83,7 @@ impl Gate {
                 );
                 Ok(response::denied(&denial, &request_id))
             }
-            Err(e) => {
-                tracing::warn!(authz.decision = "error", error = %e, "cannot decide: backend unavailable");
-                Err(Status::unavailable(
-                    "tollgate: a backend needed for the decision is unavailable",
-                ))
-            }
+            Err(e) => Err(e.grpc_status()),
         }
     }
 }

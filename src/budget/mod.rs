@@ -77,7 +77,7 @@ pub(crate) async fn read_period(
     };
     match tokio::time::timeout(timeout, read).await {
         Ok(result) => result,
-        Err(_) => Err(StoreError::Unavailable(format!(
+        Err(_) => Err(StoreError::unavailable(format!(
             "reading spend took longer than {timeout:?}"
         ))),
     }

@@ -7,7 +7,8 @@
 //! a full one changes nothing).
 
 use super::bucket::{self, Shape, State, Step};
-use super::{Buckets, Demand, LimitError, Outcome, Settlement};
+use super::{Buckets, Demand, Outcome, Settlement};
+use crate::backend::BackendError;
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -98,11 +99,11 @@ impl MemoryBuckets {
 
 #[async_trait]
 impl Buckets for MemoryBuckets {
-    async fn admit(&self, demands: &[Demand], now_ms: i64) -> Result<Outcome, LimitError> {
+    async fn admit(&self, demands: &[Demand], now_ms: i64) -> Result<Outcome, BackendError> {
         Ok(self.admit_now(demands, now_ms))
     }
 
-    async fn settle(&self, settlements: &[Settlement], now_ms: i64) -> Result<(), LimitError> {
+    async fn settle(&self, settlements: &[Settlement], now_ms: i64) -> Result<(), BackendError> {
         self.settle_now(settlements, now_ms);
         Ok(())
     }

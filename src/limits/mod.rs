@@ -15,6 +15,7 @@ pub mod bucket;
 pub mod memory;
 pub mod plan;
 
+use crate::backend::BackendError;
 use async_trait::async_trait;
 use bucket::{Shape, View};
 
@@ -62,17 +63,11 @@ pub struct Settlement {
     pub delta: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LimitError {
-    #[error("rate-limit store unavailable: {0}")]
-    Unavailable(String),
-}
-
 /// A place buckets live. Keys in one call are distinct.
 #[async_trait]
 pub trait Buckets: Send + Sync {
     /// Checks every demand and, only if all fit, debits all of them, atomically.
-    async fn admit(&self, demands: &[Demand], now_ms: i64) -> Result<Outcome, LimitError>;
+    async fn admit(&self, demands: &[Demand], now_ms: i64) -> Result<Outcome, BackendError>;
     /// Applies corrections (each bucket refilled to `now_ms` first).
-    async fn settle(&self, settlements: &[Settlement], now_ms: i64) -> Result<(), LimitError>;
+    async fn settle(&self, settlements: &[Settlement], now_ms: i64) -> Result<(), BackendError>;
 }

@@ -28,6 +28,7 @@
 
 pub mod sql;
 
+use crate::backend::{Backend, BackendError};
 use crate::domain::{
     rfc3339, ApiKey, AuditEvent, BudgetDuration, KeyLookup, Limits, Membership, MembershipSource,
     Role, Team, TeamRole, Timestamp, User,
@@ -41,24 +42,44 @@ use std::sync::Arc;
 
 pub type SharedStore = Arc<dyn Store>;
 
-/// Why a store call failed. `Unavailable` is the only transient kind: the backend could not
-/// be reached or timed out, and the caller should answer "try later" (gRPC UNAVAILABLE,
-/// HTTP 503), never "allow" and never "no such key".
+/// Why a store call failed: a write the data refuses (`Conflict`, `Invalid`: answered as
+/// such), or a database that could not do it ([`BackendError`], transient or not).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
     Invalid(String),
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
-    #[error("database error: {0}")]
-    Other(String),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
 }
 
 impl StoreError {
+    /// The database could not be reached or timed out: the same call can succeed shortly.
+    pub fn unavailable(detail: impl Into<String>) -> StoreError {
+        StoreError::Backend(BackendError::unavailable(Backend::Database, detail))
+    }
+
+    /// The database answered an error that repeating the call will not cure.
+    pub fn fault(detail: impl Into<String>) -> StoreError {
+        StoreError::Backend(BackendError::fault(Backend::Database, detail))
+    }
+
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(self, StoreError::Backend(e) if e.is_transient())
+    }
+}
+
+/// Where a store call was needed and could not be made at all: a conflict or an invalid
+/// record there is the database misbehaving, not the caller.
+impl From<StoreError> for BackendError {
+    fn from(e: StoreError) -> BackendError {
+        match e {
+            StoreError::Backend(e) => e,
+            StoreError::Conflict(m) | StoreError::Invalid(m) => {
+                BackendError::fault(Backend::Database, m)
+            }
+        }
     }
 }
 

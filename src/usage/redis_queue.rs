@@ -57,9 +57,10 @@
 
 use super::settle::Settler;
 use super::UsageRecord;
+use crate::backend::{Backend, BackendError};
 use crate::config;
 use crate::metrics::Metrics;
-use crate::redis_pool::{reason, Call, Connection, Connector, RedisPool};
+use crate::redis_pool::{failure, Call, Connection, Connector, RedisPool};
 use crate::store::StoreError;
 use ::redis::{Cmd, ErrorKind, FromRedisValue, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -117,15 +118,15 @@ impl Link {
         }
     }
 
-    async fn connection(&self) -> Result<Connection, String> {
+    async fn connection(&self) -> Result<Connection, BackendError> {
         let mut slot = self.conn.lock().await;
         if let Some(conn) = slot.as_ref() {
             return Ok(conn.clone());
         }
         let conn = tokio::time::timeout(self.timeout, self.connector.connect())
             .await
-            .map_err(|_| "redis: timed out connecting".to_owned())?
-            .map_err(|e| reason(&e))?;
+            .map_err(|_| BackendError::unavailable(Backend::Redis, "redis: timed out connecting"))?
+            .map_err(|e| failure(&e))?;
         *slot = Some(conn.clone());
         Ok(conn)
     }
@@ -135,7 +136,11 @@ impl Link {
     }
 
     /// Runs `cmd`, bounded by the timeout plus `blocking`.
-    async fn query<T: FromRedisValue>(&self, cmd: &Cmd, blocking: Duration) -> Result<T, String> {
+    async fn query<T: FromRedisValue>(
+        &self,
+        cmd: &Cmd,
+        blocking: Duration,
+    ) -> Result<T, BackendError> {
         let mut conn = self.connection().await?;
         match tokio::time::timeout(self.timeout + blocking, cmd.query_async(&mut conn)).await {
             Ok(Ok(value)) => Ok(value),
@@ -143,12 +148,15 @@ impl Link {
                 if !matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension) {
                     self.forget().await;
                 }
-                Err(reason(&e))
+                Err(failure(&e))
             }
             Err(_) => {
                 // The reply may still arrive on this connection: do not reuse it.
                 self.forget().await;
-                Err("redis: timed out".to_owned())
+                Err(BackendError::unavailable(
+                    Backend::Redis,
+                    "redis: timed out",
+                ))
             }
         }
     }
@@ -244,7 +252,7 @@ impl RedisQueue {
             .arg(RECORD_FIELD)
             .arg(&json);
         let mut delay = PUSH_RETRY_FIRST;
-        let mut last = String::new();
+        let mut last = None;
         for attempt in 0..PUSH_ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(delay).await;
@@ -257,11 +265,11 @@ impl RedisQueue {
                     }
                     return Ok(());
                 }
-                Err(e) => last = e,
+                Err(e) => last = Some(e),
             }
         }
         if !self.falling_back.swap(true, Ordering::Relaxed) {
-            tracing::warn!(error = %last, "cannot add usage records to the redis stream; queueing them in process until redis answers (they are lost if this process dies first)");
+            tracing::warn!(error = ?last.map(|e| e.to_string()), "cannot add usage records to the redis stream; queueing them in process until redis answers (they are lost if this process dies first)");
         }
         Err(record)
     }
@@ -344,7 +352,7 @@ impl RedisWriter {
         self.stopping()
     }
 
-    fn redis_failed(&mut self, what: &str, error: &str) {
+    fn redis_failed(&mut self, what: &str, error: &BackendError) {
         self.metrics
             .backend_errors
             .with_label_values(&["redis"])
@@ -404,7 +412,7 @@ impl RedisWriter {
                     Ok(false) => claimed_at = Some(Instant::now()),
                     Ok(true) => break,
                     Err(e) => {
-                        if e.contains("NOGROUP") {
+                        if e.detail().contains("NOGROUP") {
                             group_ready = false;
                         }
                         self.redis_failed("cannot claim pending usage records", &e);
@@ -421,7 +429,7 @@ impl RedisWriter {
             let mut batch = match self.read(self.batch_size, wait).await {
                 Ok(batch) => batch,
                 Err(e) => {
-                    if e.contains("NOGROUP") {
+                    if e.detail().contains("NOGROUP") {
                         group_ready = false;
                     }
                     self.redis_failed("cannot read usage records from redis", &e);
@@ -501,7 +509,7 @@ impl RedisWriter {
         Duration::from_millis(self.shared.claim_idle_ms.load(Ordering::Relaxed))
     }
 
-    async fn create_group(&self) -> Result<(), String> {
+    async fn create_group(&self) -> Result<(), BackendError> {
         let mut cmd = ::redis::cmd("XGROUP");
         cmd.arg("CREATE")
             .arg(&self.shared.stream)
@@ -510,13 +518,13 @@ impl RedisWriter {
             .arg("MKSTREAM");
         match self.link.query::<Value>(&cmd, Duration::ZERO).await {
             Ok(_) => Ok(()),
-            Err(e) if e.contains("BUSYGROUP") => Ok(()),
+            Err(e) if e.detail().contains("BUSYGROUP") => Ok(()),
             Err(e) => Err(e),
         }
     }
 
     /// `XREADGROUP` of up to `count` new entries, blocking up to `block` (at least 1 ms).
-    async fn read(&self, count: usize, block: Duration) -> Result<Vec<Entry>, String> {
+    async fn read(&self, count: usize, block: Duration) -> Result<Vec<Entry>, BackendError> {
         let block = block.max(Duration::from_millis(1));
         let mut cmd = ::redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
@@ -544,7 +552,7 @@ impl RedisWriter {
 
     /// Claims and processes every entry pending for longer than the claim idle time.
     /// Returns whether shutdown interrupted it.
-    async fn claim_pass(&mut self) -> Result<bool, String> {
+    async fn claim_pass(&mut self) -> Result<bool, BackendError> {
         let idle = self.claim_idle();
         let mut cursor = "0-0".to_owned();
         loop {
@@ -746,7 +754,7 @@ impl RedisWriter {
         }
     }
 
-    async fn trim(&self) -> Result<(), String> {
+    async fn trim(&self) -> Result<(), BackendError> {
         let mut cmd = ::redis::cmd("XINFO");
         cmd.arg("GROUPS").arg(&self.shared.stream);
         let groups: Vec<Vec<(String, Value)>> = items(self.link.query(&cmd, Duration::ZERO).await?)

@@ -389,7 +389,7 @@ impl RedisCounters {
         request_id: &str,
         reservation: &Reservation,
         now_ms: i64,
-    ) -> Result<Taken, Failure> {
+    ) -> Result<Taken, BackendError> {
         let now = now_ms.div_euclid(1000);
         let groups = groups(reservation);
         let mut budgets = self.periods_of(&reservation.charges, now, false).await?;
@@ -484,7 +484,7 @@ impl RedisCounters {
         budgets: &mut Vec<(Period, Option<f64>)>,
         now_ms: i64,
         take: bool,
-    ) -> Result<Reply, Failure> {
+    ) -> Result<Reply, BackendError> {
         let now = now_ms.div_euclid(1000);
         let base = self.owner_base(&g.owner);
         let mut forced = false;
@@ -555,7 +555,7 @@ impl RedisCounters {
         reservation: &Reservation,
         budgets: &[(Period, Option<f64>)],
         now_ms: i64,
-    ) -> Result<Taken, Failure> {
+    ) -> Result<Taken, BackendError> {
         let mut states = vec![None; reservation.demands.len()];
         let mut index: Index = Vec::new();
         for (g, reply) in groups.iter().zip(replies) {
@@ -618,7 +618,7 @@ impl RedisCounters {
         reservation: &Reservation,
         budgets: &[(Period, Option<f64>)],
         now_ms: i64,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), BackendError> {
         let mut calls = Vec::new();
         for (g, reply) in groups.iter().zip(replies) {
             let Some(Reply::Fit {
@@ -671,7 +671,7 @@ impl RedisCounters {
         cost_usd: f64,
         tokens: u64,
         now_ms: i64,
-    ) -> Result<bool, Failure> {
+    ) -> Result<bool, BackendError> {
         let mut cmd = ::redis::cmd("GETDEL");
         cmd.arg(self.owners_key(request_id));
         let index: Option<String> = self.call(Call::Cmd(cmd)).await?;
@@ -704,7 +704,7 @@ impl RedisCounters {
         suffixes: &[String],
         real: Option<(f64, u64)>,
         now_ms: i64,
-    ) -> Result<bool, Failure> {
+    ) -> Result<bool, BackendError> {
         let base = self.owner_base(owner);
         let mut inv = self.owner_scripts.settle.prepare_invoke();
         inv.key(format!("{base}expiry")).key(format!("{base}held"));
@@ -729,7 +729,7 @@ impl RedisCounters {
         &self,
         settlements: &[Settlement],
         now_ms: i64,
-    ) -> Result<(), String> {
+    ) -> Result<(), BackendError> {
         let mut owners: Vec<(&str, Vec<&Settlement>)> = Vec::new();
         for s in settlements {
             let owner = demand_owner(&s.key);
@@ -787,7 +787,7 @@ fn part_suffixes(
 }
 
 /// Parses a take reply for a group of `buckets` buckets.
-fn parse_reply(reply: &[String], buckets: usize) -> Result<Reply, Failure> {
+fn parse_reply(reply: &[String], buckets: usize) -> Result<Reply, BackendError> {
     match reply.first().map(String::as_str) {
         Some("seed") => Ok(Reply::Seed),
         Some("budget") if reply.len() == 3 => {
@@ -824,7 +824,7 @@ fn views(
     reservation: &Reservation,
     states: Vec<Option<(f64, f64)>>,
     admitted: bool,
-) -> Result<Outcome, Failure> {
+) -> Result<Outcome, BackendError> {
     let mut views = Vec::with_capacity(states.len());
     for (d, state) in reservation.demands.iter().zip(states) {
         let (tokens, at) = state.ok_or_else(unexpected)?;

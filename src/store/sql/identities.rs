@@ -58,7 +58,7 @@ impl SqlStore {
             let user = self
                 .locked_user(&mut tx, &id)
                 .await?
-                .ok_or_else(|| StoreError::Other(format!("user {id} vanished")))?;
+                .ok_or_else(|| StoreError::fault(format!("user {id} vanished")))?;
             sqlx::query(
                 "UPDATE identities SET last_seen_at = $3 WHERE issuer = $1 AND subject = $2",
             )

@@ -59,7 +59,7 @@ static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// How long a SQLite connection waits for another connection's write lock before giving up
-/// with `SQLITE_BUSY` (reported as [`StoreError::Unavailable`]).
+/// with `SQLITE_BUSY` (reported as a transient [`StoreError::Backend`]).
 const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
 
 /// Which database a [`SqlStore`] talks to.
@@ -181,9 +181,10 @@ impl SqlStore {
                     ));
                 }
                 match map_db_err(e, None) {
-                    StoreError::Other(msg) | StoreError::Unavailable(msg) => {
-                        StoreError::Unavailable(format!("cannot connect to `{shown}`: {msg}"))
-                    }
+                    StoreError::Backend(e) => StoreError::unavailable(format!(
+                        "cannot connect to `{shown}`: {}",
+                        e.detail()
+                    )),
                     other => other,
                 }
             })?;
@@ -288,7 +289,7 @@ fn map_db_err(err: sqlx::Error, conflict: Option<&str>) -> StoreError {
         | sqlx::Error::WorkerCrashed
         // A connection cut mid-conversation shows up as a protocol error (a short or
         // garbled message) as often as an I/O one.
-        | sqlx::Error::Protocol(_) => StoreError::Unavailable(err.to_string()),
+        | sqlx::Error::Protocol(_) => StoreError::unavailable(err.to_string()),
         sqlx::Error::Database(db) => match db.kind() {
             ErrorKind::UniqueViolation => StoreError::Conflict(
                 conflict
@@ -299,11 +300,11 @@ fn map_db_err(err: sqlx::Error, conflict: Option<&str>) -> StoreError {
                 "the record refers to a user or team that does not exist".to_string(),
             ),
             _ if is_transient_db_error(db.as_ref()) => {
-                StoreError::Unavailable(db.message().to_string())
+                StoreError::unavailable(db.message().to_string())
             }
-            _ => StoreError::Other(db.message().to_string()),
+            _ => StoreError::fault(db.message().to_string()),
         },
-        other => StoreError::Other(other.to_string()),
+        other => StoreError::fault(other.to_string()),
     }
 }
 
@@ -335,7 +336,7 @@ fn db_err(err: sqlx::Error) -> StoreError {
 fn migrate_err(err: MigrateError) -> StoreError {
     match err {
         MigrateError::Execute(e) => db_err(e),
-        other => StoreError::Other(format!("migration failed: {other}")),
+        other => StoreError::fault(format!("migration failed: {other}")),
     }
 }
 
@@ -351,7 +352,7 @@ where
     T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
 {
     row.try_get(name)
-        .map_err(|e| StoreError::Other(format!("cannot read column {name}: {e}")))
+        .map_err(|e| StoreError::fault(format!("cannot read column {name}: {e}")))
 }
 
 /// A boolean column: a bool on Postgres, an INTEGER 0/1 on SQLite (see the module docs).
@@ -369,26 +370,26 @@ fn opt_bool_col(row: &AnyRow, name: &str) -> StoreResult<Option<bool>> {
 fn enum_col<T: FromStr<Err = String>>(row: &AnyRow, name: &str) -> StoreResult<T> {
     let text: String = col(row, name)?;
     text.parse()
-        .map_err(|e| StoreError::Other(format!("column {name}: {e}")))
+        .map_err(|e| StoreError::fault(format!("column {name}: {e}")))
 }
 
 fn opt_enum_col<T: FromStr<Err = String>>(row: &AnyRow, name: &str) -> StoreResult<Option<T>> {
     let text: Option<String> = col(row, name)?;
     text.map(|t| t.parse())
         .transpose()
-        .map_err(|e| StoreError::Other(format!("column {name}: {e}")))
+        .map_err(|e| StoreError::fault(format!("column {name}: {e}")))
 }
 
 fn json_col(row: &AnyRow, name: &str) -> StoreResult<Value> {
     let text: String = col(row, name)?;
     serde_json::from_str(&text)
-        .map_err(|e| StoreError::Other(format!("column {name} holds invalid JSON: {e}")))
+        .map_err(|e| StoreError::fault(format!("column {name} holds invalid JSON: {e}")))
 }
 
 fn list_col(row: &AnyRow, name: &str) -> StoreResult<Vec<String>> {
     let text: String = col(row, name)?;
     serde_json::from_str(&text)
-        .map_err(|e| StoreError::Other(format!("column {name} holds an invalid list: {e}")))
+        .map_err(|e| StoreError::fault(format!("column {name} holds an invalid list: {e}")))
 }
 
 fn limits_from_row(row: &AnyRow) -> StoreResult<Limits> {
