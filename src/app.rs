@@ -297,7 +297,11 @@ impl App {
         background.push(self.alerts.clone().spawn(self.stop.subscribe()));
         background.extend(self.invalidator.start_listener(self.stop.subscribe()).await);
         let lifecycle = Lifecycle::new();
-        background.push(lifecycle.clone().spawn_probe(self.clone()));
+        background.push(lifecycle.clone().spawn_probe(
+            self.store.clone(),
+            self.config.database.timeout,
+            self.admission.clone(),
+        ));
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
         // The listeners stop on `close`; ext_proc streams still open are ended on `cut`;
@@ -315,10 +319,19 @@ impl App {
             lifecycle.clone(),
         ));
         let usage = ExternalProcessorServer::with_interceptor(
-            UsageProcessor::for_app(self, streams.clone(), cut_rx),
+            UsageProcessor::new(
+                self.usage.clone(),
+                self.config.clone(),
+                self.admission.policy().load_full(),
+            )
+            .stopping(streams.clone(), cut_rx),
             crate::lifecycle::stream_interceptor(lifecycle.clone()),
         );
-        let access_logs = crate::usage::als::service(self, close_rx.clone());
+        let access_logs = crate::usage::als::service(
+            self.usage.clone(),
+            self.config.models.clone(),
+            close_rx.clone(),
+        );
         let mut grpc_stop = close_rx.clone();
         let grpc_task = tokio::spawn(async move {
             tonic::transport::Server::builder()
@@ -338,12 +351,20 @@ impl App {
                 .context("gRPC server failed")
         });
 
-        let router = crate::admin::router(self.clone())
-            .layer(axum::middleware::from_fn_with_state(
-                lifecycle.clone(),
-                crate::lifecycle::http_arrivals,
-            ))
-            .layer(axum::Extension(lifecycle.clone()));
+        let router = crate::admin::router(Arc::new(crate::admin::Api {
+            config: self.config.clone(),
+            store: self.store.clone(),
+            auth: self.auth.clone(),
+            admission: self.admission.clone(),
+            invalidator: self.invalidator.clone(),
+            metrics: self.metrics.clone(),
+            sessions: self.sessions.clone(),
+        }))
+        .layer(axum::middleware::from_fn_with_state(
+            lifecycle.clone(),
+            crate::lifecycle::http_arrivals,
+        ))
+        .layer(axum::Extension(lifecycle.clone()));
         let mut http_stop = close_rx;
         let http_task = tokio::spawn(async move {
             axum::serve(

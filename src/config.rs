@@ -420,6 +420,67 @@ pub struct PasswordPolicy {
     pub min_classes: usize,
 }
 
+/// Why a password cannot be used. The message names what is missing, never the password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PolicyViolation(pub String);
+
+/// Longest password accepted: hashing cost grows with length, so a multi-megabyte password
+/// must not reach argon2.
+pub const MAX_PASSWORD_LENGTH: usize = 1024;
+
+impl PasswordPolicy {
+    /// Checks `password` against the policy: at least `min_length` characters, and at least
+    /// `min_classes` of lower case, upper case, digit and other.
+    pub fn check(&self, password: &str) -> Result<(), PolicyViolation> {
+        let policy = self;
+        let length = password.chars().count();
+        if length < policy.min_length {
+            return Err(PolicyViolation(format!(
+                "`password` must be at least {} characters long (it has {length})",
+                policy.min_length
+            )));
+        }
+        if length > MAX_PASSWORD_LENGTH {
+            return Err(PolicyViolation(format!(
+                "`password` must be at most {MAX_PASSWORD_LENGTH} characters long"
+            )));
+        }
+        let classes = [
+            (
+                "a lower-case letter",
+                password.chars().any(char::is_lowercase),
+            ),
+            (
+                "an upper-case letter",
+                password.chars().any(char::is_uppercase),
+            ),
+            ("a digit", password.chars().any(|c| c.is_ascii_digit())),
+            (
+                "another character (punctuation, space, symbol)",
+                password
+                    .chars()
+                    .any(|c| !c.is_lowercase() && !c.is_uppercase() && !c.is_ascii_digit()),
+            ),
+        ];
+        let present = classes.iter().filter(|(_, has)| *has).count();
+        if present < policy.min_classes {
+            let missing: Vec<&str> = classes
+                .iter()
+                .filter(|(_, has)| !*has)
+                .map(|(name, _)| *name)
+                .collect();
+            return Err(PolicyViolation(format!(
+                "`password` must contain at least {} of: lower-case letter, upper-case letter, digit, other character; add {} more from: {}",
+                policy.min_classes,
+                policy.min_classes - present,
+                missing.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for PasswordPolicy {
     fn default() -> Self {
         PasswordPolicy {
@@ -841,10 +902,7 @@ impl Config {
         }
         if let Some(admin) = &self.auth.bootstrap_admin {
             // Not `${VAR}`-empty: the admin would have no usable password.
-            if let Err(violation) = crate::authn::password::check_policy(
-                &self.auth.password_policy,
-                admin.password.expose(),
-            ) {
+            if let Err(violation) = self.auth.password_policy.check(admin.password.expose()) {
                 return err(
                     "auth.bootstrap_admin.password",
                     format!("{} (auth.password_policy applies to it too)", violation.0),

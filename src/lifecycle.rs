@@ -14,7 +14,9 @@
 //!   until the requests already admitted have opened their ext_proc streams, so none of
 //!   them reaches the upstream unmetered once the listeners close.
 
-use crate::app::App;
+use crate::admission::counters::Counters;
+use crate::admission::Admission;
+use crate::store::SharedStore;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -226,10 +228,10 @@ impl Lifecycle {
 
     /// Redis is up when the last readiness ping answered and decisions find it up (a
     /// failed call marks it down until its own probe sees it answer again).
-    pub fn redis(&self, app: &App) -> Backend {
-        if app.config.redis.is_none() {
+    pub fn redis(&self, counters: &Counters) -> Backend {
+        if !counters.is_shared() {
             Backend::Absent
-        } else if self.redis_answers.load(Ordering::Relaxed) && app.admission.counters().healthy() {
+        } else if self.redis_answers.load(Ordering::Relaxed) && counters.healthy() {
             Backend::Up
         } else {
             Backend::Down
@@ -239,10 +241,15 @@ impl Lifecycle {
     /// Asks the database and Redis every [`PROBE_EVERY`] whether they answer, each bounded
     /// by its timeout, so that `/readyz` reads their status from memory. The answers only
     /// inform `/readyz`: decisions find out for themselves.
-    pub fn spawn_probe(self: Arc<Self>, app: Arc<App>) -> JoinHandle<()> {
+    pub fn spawn_probe(
+        self: Arc<Self>,
+        store: SharedStore,
+        timeout: Duration,
+        admission: Arc<Admission>,
+    ) -> JoinHandle<()> {
         tokio::spawn(async move {
             loop {
-                let ping = tokio::time::timeout(app.config.database.timeout, app.store.ping());
+                let ping = tokio::time::timeout(timeout, store.ping());
                 let up = matches!(ping.await, Ok(Ok(())));
                 if self.database_up.swap(up, Ordering::Relaxed) != up {
                     if up {
@@ -251,7 +258,7 @@ impl Lifecycle {
                         tracing::warn!("the database does not answer its readiness ping");
                     }
                 }
-                let answers = app.admission.counters().ping().await.is_ok();
+                let answers = admission.counters().ping().await.is_ok();
                 if self.redis_answers.swap(answers, Ordering::Relaxed) != answers {
                     if answers {
                         tracing::info!("redis answers its readiness ping again");

@@ -21,7 +21,13 @@ pub use access::{Caller, Who};
 pub use error::ApiError;
 pub use session::SessionUser;
 
-use crate::app::App;
+use crate::admission::Admission;
+use crate::authn::login::Sessions;
+use crate::authn::Authenticator;
+use crate::config::Config;
+use crate::invalidation::Invalidator;
+use crate::metrics::Metrics;
+use crate::store::SharedStore;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::Router;
@@ -29,13 +35,26 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use std::sync::Arc;
 
-pub type AppState = Arc<App>;
+/// What the HTTP API works with: the store it reads and writes, who a credential is, the
+/// counters whose health `/readyz` reports, where admin writes are announced.
+pub struct Api {
+    pub config: Arc<Config>,
+    pub store: SharedStore,
+    pub auth: Arc<Authenticator>,
+    pub admission: Arc<Admission>,
+    pub invalidator: Arc<Invalidator>,
+    pub metrics: Metrics,
+    /// tollgate's own login sessions; `None` when `auth.session` is not configured.
+    pub sessions: Option<Arc<Sessions>>,
+}
+
+pub type AppState = Arc<Api>;
 
 /// Bodies larger than this are refused with 413 before they are parsed.
 const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// The whole HTTP API.
-pub fn router(app: Arc<App>) -> Router {
+pub fn router(app: Arc<Api>) -> Router {
     Router::new()
         .merge(ops::routes())
         .merge(keys::routes())

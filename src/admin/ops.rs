@@ -37,7 +37,7 @@ async fn readyz(
         Some(Extension(lifecycle)) => (
             lifecycle.draining_since().is_some(),
             lifecycle.database(),
-            lifecycle.redis(&app),
+            lifecycle.redis(app.admission.counters()),
         ),
         None => {
             let ping = tokio::time::timeout(app.config.database.timeout, app.store.ping()).await;
@@ -45,10 +45,11 @@ async fn readyz(
                 Ok(Ok(())) => Backend::Up,
                 _ => Backend::Down,
             };
-            let redis = match (&app.config.redis, app.admission.counters().healthy()) {
-                (None, _) => Backend::Absent,
-                (Some(_), true) => Backend::Up,
-                (Some(_), false) => Backend::Down,
+            let counters = app.admission.counters();
+            let redis = match (counters.is_shared(), counters.healthy()) {
+                (false, _) => Backend::Absent,
+                (true, true) => Backend::Up,
+                (true, false) => Backend::Down,
             };
             (false, database, redis)
         }

@@ -5,7 +5,7 @@ use super::{
     ApiError, AppState, Caller, JsonBody, WithSpend,
 };
 use crate::authn::key_cache::Invalidation;
-use crate::authn::{login, password};
+use crate::authn::login;
 use crate::domain::{BudgetDuration, Role, User};
 use crate::invalidation::Change;
 use crate::store::{NewUser, SpendKind, UserPatch};
@@ -31,7 +31,9 @@ pub(super) async fn hash_password(
     policy: &crate::config::PasswordPolicy,
     password: &str,
 ) -> Result<String, ApiError> {
-    password::check_policy(policy, password).map_err(|e| ApiError::BadRequest(e.0))?;
+    policy
+        .check(password)
+        .map_err(|e| ApiError::BadRequest(e.0))?;
     login::hash_blocking(password)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))

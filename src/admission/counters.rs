@@ -223,6 +223,11 @@ impl Counters {
         }
     }
 
+    /// Whether the counters are shared through Redis (else they live in this process).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.inner, Inner::Redis(_))
+    }
+
     /// Whether Redis is reachable (always true in this process).
     pub fn healthy(&self) -> bool {
         match &self.inner {

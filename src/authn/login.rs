@@ -8,9 +8,10 @@
 //! `auth.session.access_ttl`), since verification is deliberately free of I/O.
 
 use super::login_guard::LoginGuard;
-use super::password::{self, PolicyViolation};
+use super::password;
 use super::session::{self, AccessClaims, SessionKeys, TokenError};
 use crate::config;
+use crate::config::PolicyViolation;
 use crate::domain::{self, Timestamp, User};
 use crate::secret::Secret;
 use crate::store::{Actor, NewRefreshToken, RefreshOutcome, SharedStore, StoreError};
@@ -293,7 +294,7 @@ impl Sessions {
         if !verify_blocking(current, hash).await? {
             return Err(SessionError::InvalidCredentials);
         }
-        password::check_policy(&self.policy, new)?;
+        self.policy.check(new)?;
         let new_hash = hash_blocking(new).await?;
         let actor = Actor::new(format!("user:{}", claims.sub), source.map(str::to_owned));
         self.store

@@ -1,68 +1,9 @@
-//! Passwords: argon2id hashing and verification, and the configurable policy
-//! (`auth.password_policy`).
+//! Passwords: argon2id hashing and verification. The configurable policy
+//! (`auth.password_policy`) is [`crate::config::PasswordPolicy::check`].
 
-use crate::config::PasswordPolicy;
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Argon2, PasswordVerifier};
 use std::sync::OnceLock;
-
-/// Why a password cannot be used. The message names what is missing, never the password.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct PolicyViolation(pub String);
-
-/// Longest password accepted: hashing cost grows with length, so a multi-megabyte password
-/// must not reach argon2.
-pub const MAX_LENGTH: usize = 1024;
-
-/// Checks `password` against the policy: at least `min_length` characters, and at least
-/// `min_classes` of lower case, upper case, digit and other.
-pub fn check_policy(policy: &PasswordPolicy, password: &str) -> Result<(), PolicyViolation> {
-    let length = password.chars().count();
-    if length < policy.min_length {
-        return Err(PolicyViolation(format!(
-            "`password` must be at least {} characters long (it has {length})",
-            policy.min_length
-        )));
-    }
-    if length > MAX_LENGTH {
-        return Err(PolicyViolation(format!(
-            "`password` must be at most {MAX_LENGTH} characters long"
-        )));
-    }
-    let classes = [
-        (
-            "a lower-case letter",
-            password.chars().any(char::is_lowercase),
-        ),
-        (
-            "an upper-case letter",
-            password.chars().any(char::is_uppercase),
-        ),
-        ("a digit", password.chars().any(|c| c.is_ascii_digit())),
-        (
-            "another character (punctuation, space, symbol)",
-            password
-                .chars()
-                .any(|c| !c.is_lowercase() && !c.is_uppercase() && !c.is_ascii_digit()),
-        ),
-    ];
-    let present = classes.iter().filter(|(_, has)| *has).count();
-    if present < policy.min_classes {
-        let missing: Vec<&str> = classes
-            .iter()
-            .filter(|(_, has)| !*has)
-            .map(|(name, _)| *name)
-            .collect();
-        return Err(PolicyViolation(format!(
-            "`password` must contain at least {} of: lower-case letter, upper-case letter, digit, other character; add {} more from: {}",
-            policy.min_classes,
-            policy.min_classes - present,
-            missing.join(", ")
-        )));
-    }
-    Ok(())
-}
 
 /// argon2id with a random salt, as a PHC string. Never logged, never returned.
 pub fn hash(password: &str) -> Result<String, argon2::password_hash::Error> {
@@ -97,6 +38,7 @@ fn dummy_hash() -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PasswordPolicy;
 
     fn policy(min_length: usize, min_classes: usize) -> PasswordPolicy {
         PasswordPolicy {
@@ -118,13 +60,13 @@ mod tests {
     #[test]
     fn policy_names_what_is_missing() {
         let p = policy(12, 3);
-        let short = check_policy(&p, "Ab1!").unwrap_err().0;
+        let short = p.check("Ab1!").unwrap_err().0;
         assert!(short.contains("at least 12 characters"), "{short}");
-        let classes = check_policy(&p, "alllowercaseletters").unwrap_err().0;
+        let classes = p.check("alllowercaseletters").unwrap_err().0;
         assert!(classes.contains("add 2 more"), "{classes}");
         assert!(classes.contains("upper-case letter"), "{classes}");
         assert!(!classes.contains("alllowercase"), "{classes}");
-        assert!(check_policy(&p, "Lower-and-UPPER-1").is_ok());
-        assert!(check_policy(&policy(4, 0), "aaaa").is_ok());
+        assert!(p.check("Lower-and-UPPER-1").is_ok());
+        assert!(policy(4, 0).check("aaaa").is_ok());
     }
 }

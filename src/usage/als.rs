@@ -55,7 +55,6 @@
 //! `DownstreamEnd`, or unset) are read: periodic entries of long streams carry counts that
 //! are not final, and the first record written for a request id is the one kept.
 
-use crate::app::App;
 use crate::config::Model;
 use crate::usage::pricing::cost_for;
 use crate::usage::queue::{QueueClosed, UsageQueue};
@@ -86,11 +85,14 @@ pub const ENVOY_TOKEN_USAGE_NAMESPACE: &str = "envoy.ai.token_usage";
 /// The type URL of Envoy's typed token usage.
 const TOKEN_USAGE_TYPE_URL: &str = "type.googleapis.com/envoy.data.ai.v3.TokenUsage";
 
-/// The gRPC service for [`App::start`]; its streams end when `stop` turns true.
-pub fn service(app: &App, stop: watch::Receiver<bool>) -> AccessLogServiceServer<AccessLogIngest> {
-    AccessLogServiceServer::new(
-        AccessLogIngest::new(app.usage.clone(), app.config.models.clone()).with_stop(stop),
-    )
+/// The gRPC service putting records of `models` on `usage`; its streams end when `stop`
+/// turns true.
+pub fn service(
+    usage: UsageQueue,
+    models: Vec<Model>,
+    stop: watch::Receiver<bool>,
+) -> AccessLogServiceServer<AccessLogIngest> {
+    AccessLogServiceServer::new(AccessLogIngest::new(usage, models).with_stop(stop))
 }
 
 /// Turns access log entries into usage records on the queue.

@@ -65,7 +65,6 @@ use super::queue::UsageQueue;
 use super::sse::SseUsage;
 use super::unasked::UnaskedUsage;
 use super::{TokenUsage, UsageRecord, UsageSource};
-use crate::app::App;
 use crate::authz::body::TopLevel;
 use crate::authz::response::{
     self as check_response, BODY_CUT_METADATA, KEY_ID_HEADER, MODEL_HEADER, TEAM_ID_HEADER,
@@ -109,18 +108,14 @@ impl UsageProcessor {
         }
     }
 
-    /// The processor of `app`'s gRPC server: its streams run on `streams`, and end when
+    /// This processor on a server that stops: its streams run on `streams`, and end when
     /// `cut` turns true (shutdown, once in-flight streams had their time), each queueing a
     /// record of what it saw, marked `estimated` when the response had not ended.
-    pub fn for_app(app: &App, streams: TaskTracker, cut: watch::Receiver<bool>) -> Self {
+    pub fn stopping(self, streams: TaskTracker, cut: watch::Receiver<bool>) -> Self {
         UsageProcessor {
             streams,
             cut: Some(cut),
-            ..UsageProcessor::new(
-                app.usage.clone(),
-                app.config.clone(),
-                app.admission.policy().load_full(),
-            )
+            ..self
         }
     }
 }
