@@ -8,8 +8,10 @@
 //! - over Redis pub/sub (channel `{key_prefix}invalidate`) when `redis` is configured (on a
 //!   Redis Cluster through any node, each connection to the next: the cluster forwards a
 //!   message published on one node to the subscribers of every node);
-//! - else over Postgres `LISTEN/NOTIFY` (channel `tollgate_invalidate`) when the store is
-//!   Postgres;
+//! - else over Postgres `LISTEN/NOTIFY` when the store is Postgres: channel
+//!   `tollgate_invalidate` in the schema `public`, `tollgate_invalidate:<md5 of the schema,
+//!   24 hex digits>` in any other (a channel is per database: deployments in two schemas of
+//!   one database must not hear each other);
 //! - else (SQLite: one process) nowhere.
 //!
 //! Each replica listens and applies what others published through the same cache calls
@@ -32,8 +34,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// The Postgres channel.
-pub const PG_CHANNEL: &str = "tollgate_invalidate";
+/// The Postgres channel of the connection's schema (`current_schema()`, as the URL's
+/// `search_path` makes it), as an SQL expression.
+const PG_CHANNEL: &str = "CASE WHEN coalesce(current_schema(), 'public') = 'public' \
+     THEN 'tollgate_invalidate' \
+     ELSE 'tollgate_invalidate:' || left(md5(current_schema()), 24) END";
 
 /// How long start-up waits for the listener's first connection.
 pub const FIRST_CONNECT: Duration = Duration::from_secs(2);
@@ -232,13 +237,14 @@ impl Invalidator {
                 }
                 Ok(())
             }
-            Channel::Postgres { pool, .. } => sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(PG_CHANNEL)
-                .bind(text)
-                .execute(pool)
-                .await
-                .map(|_| ())
-                .map_err(|e| ("database", format!("NOTIFY failed: {e}"))),
+            Channel::Postgres { pool, .. } => {
+                sqlx::query(&format!("SELECT pg_notify({PG_CHANNEL}, $1)"))
+                    .bind(text)
+                    .execute(pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| ("database", format!("NOTIFY failed: {e}")))
+            }
         }
     }
 
@@ -371,8 +377,12 @@ impl Invalidator {
                 let mut listener = sqlx::postgres::PgListener::connect(url)
                     .await
                     .map_err(|e| format!("database: {e}"))?;
+                let channel: String = sqlx::query_scalar(&format!("SELECT {PG_CHANNEL}"))
+                    .fetch_one(&mut listener)
+                    .await
+                    .map_err(|e| format!("database: {e}"))?;
                 listener
-                    .listen(PG_CHANNEL)
+                    .listen(&channel)
                     .await
                     .map_err(|e| format!("database: {e}"))?;
                 self.connected(connected_before, ready);

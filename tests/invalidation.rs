@@ -203,6 +203,60 @@ async fn changes_reach_every_replica_over_postgres_within_a_second() {
     b.stop().await;
 }
 
+/// Postgres channels are per database: a deployment in another schema of the same database
+/// does not hear this one's changes (each would flush the other's caches), while a replica
+/// in the same schema does.
+#[tokio::test]
+async fn a_deployment_in_another_schema_does_not_hear_the_changes() {
+    let (a, same) = replicas(None).await;
+    let (_, other_url) = common::db::fresh_postgres().await;
+    let elsewhere = Tollgate::start(&format!(
+        "database: {{ url: \"{other_url}\" }}\ncache: {{ key_ttl: 300s, negative_ttl: 300s }}\n"
+    ))
+    .await;
+    let heard = |t: &Tollgate| t.app.metrics.invalidation_lag.get_sample_count();
+    let (key_id, _) = a.create_key(json!({"name": "k"})).await;
+    admin(
+        &a,
+        Method::POST,
+        &format!("/admin/keys/{key_id}/block"),
+        None,
+    )
+    .await;
+    let deadline = Instant::now() + GIVE_UP;
+    while heard(&same) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the replica in the same schema heard nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One more round trip through the same channel: anything sent to the other schema's
+    // listener would have arrived by now.
+    admin(
+        &a,
+        Method::POST,
+        &format!("/admin/keys/{key_id}/unblock"),
+        None,
+    )
+    .await;
+    while heard(&same) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the second change did not arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        heard(&elsewhere),
+        0,
+        "another schema's deployment heard a change"
+    );
+    for t in [a, same, elsewhere] {
+        t.stop().await;
+    }
+}
+
 /// A change published while the other replica's listener is cut off is not lost for long:
 /// the listener connects again and flushes its caches.
 #[tokio::test]
