@@ -135,6 +135,44 @@ local function give_back(rkey, cost, tokens, now, max_ttl)
   redis.call('DEL', rkey)
   return #r > 0
 end
+-- Seeds each budget KEYS[2 + i] (i = 1..nb; its limit, seed and ttl at ARGV[base + 3(i-1)
+-- + 1..3], seed '' for none) and checks that `amount` more fits in every one: nil when it
+-- does, else the reply, {'seed'} (a budget not seeded) or {'budget', i, used}.
+local function check_budgets(nb, base, amount)
+  for i = 1, nb do
+    local key, at = KEYS[2 + i], base + 3 * (i - 1)
+    if ARGV[at + 2] ~= '' then
+      redis.call('HSET', key, 'committed', ARGV[at + 2])
+    elseif redis.call('HEXISTS', key, 'committed') == 0 then
+      return {'seed'}
+    end
+    redis.call('EXPIRE', key, ARGV[at + 3])
+  end
+  for i = 1, nb do
+    local limit = tonumber(ARGV[base + 3 * (i - 1) + 1])
+    local h = redis.call('HMGET', KEYS[2 + i], 'committed', 'reserved')
+    local used = (tonumber(h[1]) or 0) + (tonumber(h[2]) or 0)
+    if used >= limit or used + tonumber(amount) > limit then
+      return {'budget', tostring(i), string.format('%.17g', used)}
+    end
+  end
+  return nil
+end
+-- Each token bucket KEYS[2 + nb + i] (i = 1..nk; per_minute, burst, cost at ARGV[first +
+-- 4(i-1) + 1..3]) refilled to `now`: their {t, ts}, and whether every cost fits.
+local function bucket_states(nb, nk, first, now)
+  local states = {}
+  local fits = true
+  for i = 1, nk do
+    local at = first + 4 * (i - 1)
+    local t, ts = current(KEYS[2 + nb + i], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), now)
+    states[i] = {t, ts}
+    if not (t >= tonumber(ARGV[at + 3])) then
+      fits = false
+    end
+  end
+  return states, fits
+end
 "#;
 
 /// KEYS: expiry zset, this request's reservation, the budgets (ARGV[10] of them), the
@@ -151,34 +189,12 @@ for _, id in ipairs(expired) do
   give_back(ARGV[8] .. id .. '}', nil, nil, now_ms, max_ttl)
   redis.call('ZREM', KEYS[1], id)
 end
-for i = 1, nb do
-  local key, at = KEYS[2 + i], 10 + 3 * (i - 1)
-  if ARGV[at + 2] ~= '' then
-    redis.call('HSET', key, 'committed', ARGV[at + 2])
-  elseif redis.call('HEXISTS', key, 'committed') == 0 then
-    return {'seed'}
-  end
-  redis.call('EXPIRE', key, ARGV[at + 3])
-end
-for i = 1, nb do
-  local limit = tonumber(ARGV[10 + 3 * (i - 1) + 1])
-  local h = redis.call('HMGET', KEYS[2 + i], 'committed', 'reserved')
-  local used = (tonumber(h[1]) or 0) + (tonumber(h[2]) or 0)
-  if used >= limit or used + tonumber(amount) > limit then
-    return {'budget', tostring(i), string.format('%.17g', used)}
-  end
+local refused = check_budgets(nb, 10, amount)
+if refused then
+  return refused
 end
 local first = 10 + 3 * nb
-local states = {}
-local fits = true
-for i = 1, nk do
-  local at = first + 4 * (i - 1)
-  local t, ts = current(KEYS[2 + nb + i], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), now_ms)
-  states[i] = {t, ts}
-  if not (t >= tonumber(ARGV[at + 3])) then
-    fits = false
-  end
-end
+local states, fits = bucket_states(nb, nk, first, now_ms)
 local out = {fits and 'ok' or 'rate'}
 for i = 1, nk do
   local at = first + 4 * (i - 1)

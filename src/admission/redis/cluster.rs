@@ -122,34 +122,12 @@ for _, rid in ipairs(expired) do
   gone[#gone + 1] = rid
   seen[rid] = true
 end
-for i = 1, nb do
-  local key, at = KEYS[2 + i], 11 + 3 * (i - 1)
-  if ARGV[at + 2] ~= '' then
-    redis.call('HSET', key, 'committed', ARGV[at + 2])
-  elseif redis.call('HEXISTS', key, 'committed') == 0 then
-    return finish({'seed'})
-  end
-  redis.call('EXPIRE', key, ARGV[at + 3])
-end
-for i = 1, nb do
-  local limit = tonumber(ARGV[11 + 3 * (i - 1) + 1])
-  local h = redis.call('HMGET', KEYS[2 + i], 'committed', 'reserved')
-  local used = (tonumber(h[1]) or 0) + (tonumber(h[2]) or 0)
-  if used >= limit or used + tonumber(amount) > limit then
-    return finish({'budget', tostring(i), string.format('%.17g', used)})
-  end
+local refused = check_budgets(nb, 11, amount)
+if refused then
+  return finish(refused)
 end
 local first = 11 + 3 * nb
-local states = {}
-local fits = true
-for i = 1, nk do
-  local at = first + 4 * (i - 1)
-  local t, ts = current(KEYS[2 + nb + i], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), now_ms)
-  states[i] = {t, ts}
-  if not (t >= tonumber(ARGV[at + 3])) then
-    fits = false
-  end
-end
+local states, fits = bucket_states(nb, nk, first, now_ms)
 local take = fits and ARGV[11] == 'take'
 local out = {take and 'ok' or (fits and 'fits' or 'rate'), '0'}
 for i = 1, nk do
