@@ -56,9 +56,9 @@ local function declared()
   end
   return set
 end
--- Gives back a part: each budget's amount (and `cost` added to `committed` when not nil),
--- each token bucket corrected by `tokens` less its estimate when `tokens` is not nil. Keys
--- not in `known` are left alone.
+-- Gives back a part: each budget's amount (and `cost` added to `committed` and `settled`
+-- when not nil), each token bucket corrected by `tokens` less its estimate when `tokens`
+-- is not nil. Keys not in `known` are left alone.
 local function give_back_part(part, base, known, cost, tokens, now, max_ttl)
   for line in string.gmatch(part, '[^\n]+') do
     local f = {}
@@ -75,6 +75,7 @@ local function give_back_part(part, base, known, cost, tokens, now, max_ttl)
           end
           if cost then
             redis.call('HINCRBYFLOAT', key, 'committed', cost)
+            redis.call('HINCRBYFLOAT', key, 'settled', cost)
           end
         end
       elseif f[1] == 't' and tokens then
@@ -94,7 +95,8 @@ end
 /// KEYS: the owner's expiry zset, its held hash, its budgets (ARGV[10] of them), its
 /// buckets. ARGV: now_ms, now_s, max bucket ttl, amount, expires_at, ttl of held and expiry,
 /// request id ('' holds nothing), the owner's key base, expire batch, budget count, `take`
-/// or `peek` (check only); per budget: limit, seed ('' for none), ttl; per bucket:
+/// or `peek` (check only); per budget: limit, seed (the store's spend, '' for none), its
+/// `settled` before the store was read, ttl; per bucket:
 /// per_minute, burst, cost, unit ('t' or 'r'). Answers `seed`; `budget`, the budget's index
 /// and its used amount; or `ok` (taken), `fits` (peek) or `rate`, then whether a part is
 /// held, then per bucket its units after, their time and its units before.
@@ -123,23 +125,23 @@ for _, rid in ipairs(expired) do
   seen[rid] = true
 end
 for i = 1, nb do
-  local key, at = KEYS[2 + i], 11 + 3 * (i - 1)
+  local key, at = KEYS[2 + i], 11 + 4 * (i - 1)
   if ARGV[at + 2] ~= '' then
-    redis.call('HSET', key, 'committed', ARGV[at + 2])
+    seed(key, ARGV[at + 2], ARGV[at + 3])
   elseif redis.call('HEXISTS', key, 'committed') == 0 then
     return finish({'seed'})
   end
-  redis.call('EXPIRE', key, ARGV[at + 3])
+  redis.call('EXPIRE', key, ARGV[at + 4])
 end
 for i = 1, nb do
-  local limit = tonumber(ARGV[11 + 3 * (i - 1) + 1])
+  local limit = tonumber(ARGV[11 + 4 * (i - 1) + 1])
   local h = redis.call('HMGET', KEYS[2 + i], 'committed', 'reserved')
   local used = (tonumber(h[1]) or 0) + (tonumber(h[2]) or 0)
   if used >= limit or used + tonumber(amount) > limit then
     return finish({'budget', tostring(i), string.format('%.17g', used)})
   end
 end
-local first = 11 + 3 * nb
+local first = 11 + 4 * nb
 local states = {}
 local fits = true
 for i = 1, nk do
@@ -481,7 +483,7 @@ impl RedisCounters {
         g: &Group,
         request_id: &str,
         reservation: &Reservation,
-        budgets: &mut Vec<(Period, Option<f64>)>,
+        budgets: &mut Vec<Seeded>,
         now_ms: i64,
         take: bool,
     ) -> Result<Reply, Failure> {
@@ -506,9 +508,11 @@ impl RedisCounters {
             for &i in &g.charges {
                 let charge = &reservation.charges[i];
                 let (p, seed) = &budgets[i];
+                let (spent, settled) = Seed::args(seed);
                 inv.key(self.budget_key(charge.kind, &charge.id, p.start))
                     .arg(charge.limit_usd.to_string())
-                    .arg(seed.map(|s| s.to_string()).unwrap_or_default())
+                    .arg(spent)
+                    .arg(settled)
                     .arg(self.budget_ttl(p, now));
             }
             for &i in &g.demands {
@@ -553,7 +557,7 @@ impl RedisCounters {
         replies: &[Option<Reply>],
         request_id: &str,
         reservation: &Reservation,
-        budgets: &[(Period, Option<f64>)],
+        budgets: &[Seeded],
         now_ms: i64,
     ) -> Result<Taken, Failure> {
         let mut states = vec![None; reservation.demands.len()];
@@ -616,7 +620,7 @@ impl RedisCounters {
         replies: &[Option<Reply>],
         request_id: &str,
         reservation: &Reservation,
-        budgets: &[(Period, Option<f64>)],
+        budgets: &[Seeded],
         now_ms: i64,
     ) -> Result<(), Failure> {
         let mut calls = Vec::new();
@@ -763,11 +767,7 @@ impl RedisCounters {
 }
 
 /// The suffixes of the keys a group's part names: its budgets and its token buckets.
-fn part_suffixes(
-    g: &Group,
-    reservation: &Reservation,
-    budgets: &[(Period, Option<f64>)],
-) -> Vec<String> {
+fn part_suffixes(g: &Group, reservation: &Reservation, budgets: &[Seeded]) -> Vec<String> {
     let budgets = g
         .charges
         .iter()
