@@ -19,7 +19,8 @@ pub enum Database<'a> {
     /// A SQLite file, `t.db` in the process's own directory ([`Serve::sqlite_path`]).
     Sqlite,
     /// This URL (e.g. a schema of [`super::db::fresh_postgres`], shared with other
-    /// replicas).
+    /// replicas), through a pool of at most 4 connections (as the other tests' stores), so
+    /// that many replicas in parallel stay well below Postgres' connection limit.
     Url(&'a str),
 }
 
@@ -37,13 +38,13 @@ impl Serve {
     pub async fn start(database: Database<'_>, config: &str) -> Serve {
         let dir = TempDir::new().unwrap();
         let (grpc, http) = (super::envoy::free_port(), super::envoy::free_port());
-        let url = match database {
-            Database::Sqlite => format!("sqlite://{}/t.db", dir.path().display()),
-            Database::Url(url) => url.to_owned(),
+        let database = match database {
+            Database::Sqlite => format!("{{ url: \"sqlite://{}/t.db\" }}", dir.path().display()),
+            Database::Url(url) => format!("{{ url: \"{url}\", max_connections: 4 }}"),
         };
         let config = format!(
             "listen: {{ grpc: 127.0.0.1:{grpc}, http: 127.0.0.1:{http} }}\n\
-             database: {{ url: \"{url}\" }}\n{config}"
+             database: {database}\n{config}"
         );
         let path = dir.path().join("tollgate.yaml");
         std::fs::write(&path, config).unwrap();
