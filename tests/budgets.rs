@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tollgate::store::SpendKind;
+use tollgate::store::{SpendKind, UsageStore};
 use tollgate::usage::{TokenUsage, UsageRecord, UsageSource};
 
 /// $1 per million input and output tokens: a request's estimate is (body/4 + max_tokens) µ$.
@@ -320,4 +320,48 @@ async fn reservations_of_requests_that_never_report_expire() {
         "the silent request's reservation expired"
     );
     t.stop().await;
+}
+
+/// What the store sends Postgres to read a budget's committed spend
+/// (`current_spend` in src/store/sql/usage.rs).
+const SPEND_READ: &str = "SUM(spend_usd)";
+
+/// Committed spend is read from the store again every `cache.key_ttl`; a record this
+/// process settles while that read is on its way (its commit came after the read's
+/// snapshot, its settle before the answer) is not lost by the answer: it was not in the
+/// spend read, so the ledger keeps it on top. Else the budget would admit that cost again.
+#[tokio::test]
+async fn a_settle_while_committed_spend_is_read_again_is_not_lost() {
+    let pg = common::chaos::held_postgres().await;
+    let start = tollgate::domain::now();
+    let clock = tollgate::clock::Clock::manual(start * 1000);
+    let yaml = format!("{CONFIG}database: {{ url: \"{}\" }}\n", pg.url);
+    let t = Arc::new(Tollgate::start_with_clock(&yaml, clock.clone()).await);
+    let (_, estimate) = request("x", "x", 100);
+    let e = estimate as f64;
+    let (id, key) = key_with_budget(&t, 2.0 * e).await;
+    for i in 0..2 {
+        let (r, _) = request(&key, &format!("r{i}"), 100);
+        assert_eq!(check(&t, &r).await.0, 200);
+    }
+    // The budget is full. A minute on, the next decision reads committed spend again; the
+    // answer is held back while r0 is written (through another connection) and settled.
+    clock.advance(60_000);
+    pg.proxy.hold_after(SPEND_READ);
+    let (t2, r) = (t.clone(), request(&key, "r2", 100).0);
+    let decision = tokio::spawn(async move { check(&t2, &r).await });
+    pg.proxy.held().await;
+    pg.direct
+        .record_usage(&[record("r0", &id, e)])
+        .await
+        .unwrap();
+    t.app.admission.settle("r0", e, 0).await;
+    pg.proxy.release();
+    let (status, code, _) = decision.await.unwrap();
+    assert_eq!((status, code.as_str()), (429, "insufficient_quota"));
+    let now = clock.now_ms() / 1000;
+    assert_eq!(
+        t.app.admission.counters().view(SpendKind::Key, &id, now),
+        Some((e, e))
+    );
 }

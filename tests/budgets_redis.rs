@@ -345,6 +345,52 @@ async fn spend_in_the_store_is_seeded_into_redis() {
     stop(b).await;
 }
 
+/// What the store sends Postgres to read a budget's committed spend
+/// (`current_spend` in src/store/sql/usage.rs).
+const SPEND_READ: &str = "SUM(spend_usd)";
+
+/// Committed spend is read from the store again every `cache.key_ttl`; a record another
+/// replica writes and settles while that read is on its way (its commit came after the
+/// read's snapshot, its settle before the answer) is not lost by the answer: it was not in
+/// the spend read, so it stays on top of it. Else the budget would admit that cost again.
+#[tokio::test]
+async fn a_settle_while_another_replica_reads_committed_spend_again_is_not_lost() {
+    let clock = clock();
+    let pg = common::chaos::held_postgres().await;
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    let yaml = |db: &str| {
+        format!(
+            "{MODELS}database: {{ url: \"{db}\" }}\nredis: {{ url: \"redis://127.0.0.1:6379\", failure_mode: closed, timeout: 2s, key_prefix: \"{prefix}\" }}\n"
+        )
+    };
+    // a reads the store through the proxy, b directly.
+    let a = Arc::new(Tollgate::start_with_clock(&yaml(&pg.url), clock.clone()).await);
+    let b = Arc::new(Tollgate::start_with_clock(&yaml(&pg.direct_url), clock.clone()).await);
+    let e = estimate() as f64;
+    let (id, key) = key_with_budget(&b, 2.0 * e).await;
+    assert_eq!(check(&a, &key, "r0").await.0, 200);
+    assert_eq!(check(&b, &key, "r1").await.0, 200);
+    // The budget is full. A minute on, a's next decision reads committed spend again; its
+    // answer is held back while b writes and settles r0.
+    clock.advance(60_000);
+    pg.proxy.hold_after(SPEND_READ);
+    let (a2, key2) = (a.clone(), key.clone());
+    let decision = tokio::spawn(async move { check(&a2, &key2, "r2").await });
+    pg.proxy.held().await;
+    b.app
+        .store
+        .record_usage(&[record("r0", &id, e)])
+        .await
+        .unwrap();
+    b.app.admission.settle("r0", e, 0).await;
+    assert_eq!(shared(&b, &id, &clock).await, Some((e, e)));
+    pg.proxy.release();
+    assert_eq!(decision.await.unwrap(), (429, "insufficient_quota".into()));
+    assert_eq!(shared(&a, &id, &clock).await, Some((e, e)));
+    stop(a).await;
+    stop(b).await;
+}
+
 /// One tollgate whose Redis does not answer (nothing listens on port 1).
 async fn unreachable(mode: &str) -> Tollgate {
     let yaml = format!(

@@ -10,19 +10,16 @@
 mod common;
 
 use common::envoy::Envoy;
+use common::serve::{Database, Serve};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tempfile::TempDir;
 use tollgate::mock_llm::{MockLlm, STREAM_DELAY_HEADER};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
-const MASTER_KEY: &str = "tg-master-drain-tests-0123456789";
 const REDIS: &str = "redis://127.0.0.1:6379";
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Clients sending at once.
@@ -30,125 +27,25 @@ const CLIENTS: usize = 4;
 /// How long after the signal the clients keep coming, as a load balancer that takes a
 /// while to notice the 503.
 const NOTICED_AFTER: Duration = Duration::from_secs(2);
+/// The models and usage writer of every tollgate here (SQLite in its own directory).
+const CONFIG: &str =
+    "models:\n  - { name: gpt-4o, pricing: { input_per_million: 1, output_per_million: 2 } }\n\
+                      usage: { batch_interval: 200ms, batch_size: 50 }\n";
 
-/// A `tollgate serve` subprocess; killed when dropped (a test that passes has seen it exit).
-struct Serve {
-    child: Child,
-    dir: TempDir,
-    http: String,
-    grpc: std::net::SocketAddr,
+/// Starts `serve` on free ports with a SQLite database in a temporary directory; `extra`
+/// is appended to the config file.
+async fn start(extra: &str) -> Serve {
+    Serve::start(Database::Sqlite, &format!("{CONFIG}{extra}")).await
 }
 
-impl Serve {
-    /// Starts `serve` on free ports with a SQLite database in a temporary directory;
-    /// `extra` is appended to the config file.
-    async fn start(extra: &str) -> Serve {
-        let dir = TempDir::new().unwrap();
-        let (grpc, http) = (common::envoy::free_port(), common::envoy::free_port());
-        let config = format!(
-            "listen: {{ grpc: 127.0.0.1:{grpc}, http: 127.0.0.1:{http} }}\n\
-             database: {{ url: \"sqlite://{}/t.db\" }}\n\
-             models:\n  - {{ name: gpt-4o, pricing: {{ input_per_million: 1, output_per_million: 2 }} }}\n\
-             usage: {{ batch_interval: 200ms, batch_size: 50 }}\n{extra}",
-            dir.path().display()
-        );
-        let path = dir.path().join("tollgate.yaml");
-        std::fs::write(&path, config).unwrap();
-        let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
-        let child = Command::new(BIN)
-            .args(["serve", "-c", path.to_str().unwrap()])
-            .env("TOLLGATE_MASTER_KEY", MASTER_KEY)
-            .env("TOLLGATE_LOG", "info")
-            .env_remove("TOLLGATE_LOG_FORMAT")
-            .stdin(Stdio::null())
-            .stdout(log("stdout.log"))
-            .stderr(log("stderr.log"))
-            .spawn()
-            .expect("tollgate serve starts");
-        let mut serve = Serve {
-            child,
-            dir,
-            http: format!("http://127.0.0.1:{http}"),
-            grpc: ([127, 0, 0, 1], grpc).into(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(response) = client().get(format!("{}/healthz", serve.http)).send().await {
-                if response.status() == StatusCode::OK {
-                    return serve;
-                }
-            }
-            if let Some(status) = serve.child.try_wait().unwrap() {
-                panic!("tollgate serve exited with {status}:\n{}", serve.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tollgate serve not healthy after 30s:\n{}",
-                serve.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
-    }
-
-    fn sigterm(&self) {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-    }
-
-    /// Waits up to `limit` for the process to exit.
-    async fn exited(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
-    }
-
-    async fn readyz(&self) -> Option<(StatusCode, Value)> {
-        let response = client()
-            .get(format!("{}/readyz", self.http))
-            .send()
-            .await
-            .ok()?;
-        let status = response.status();
-        Some((status, response.json().await.unwrap_or(Value::Null)))
-    }
-
-    /// A key for gpt-4o, made through the admin API.
-    async fn key(&self) -> String {
-        let response = client()
-            .post(format!("{}/admin/keys", self.http))
-            .bearer_auth(MASTER_KEY)
-            .json(&json!({"name": "load"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::CREATED);
-        let body: Value = response.json().await.unwrap();
-        body["key"].as_str().unwrap().to_owned()
-    }
-
-    /// The request ids of the usage records in the database.
-    async fn recorded(&self) -> BTreeSet<String> {
-        recorded_in(&self.dir.path().join("t.db")).await
-    }
+/// A key for gpt-4o, made through the admin API.
+async fn key(serve: &Serve) -> String {
+    serve.create_key(json!({"name": "load"})).await.1
 }
 
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The request ids of the usage records in the database.
+async fn recorded(serve: &Serve) -> BTreeSet<String> {
+    recorded_in(&serve.sqlite_path()).await
 }
 
 async fn recorded_in(db: &Path) -> BTreeSet<String> {
@@ -262,12 +159,12 @@ async fn sigterm_under_load(redis_prefix: Option<&str>, drain_timeout: Duration,
             "redis: {{ url: \"{REDIS}\", key_prefix: \"{prefix}\" }}\n"
         ));
     }
-    let mut serve = Serve::start(&extra).await;
+    let mut serve = start(&extra).await;
     let mock = MockLlm::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let envoy = Envoy::start("envoy/envoy.yaml", serve.grpc, mock.addr).await;
-    let key = serve.key().await;
+    let key = key(&serve).await;
     let (status, ready) = serve.readyz().await.expect("readyz answers");
     assert_eq!(status, StatusCode::OK, "{ready}");
     assert_eq!(ready["status"], "ready", "{ready}");
@@ -339,7 +236,7 @@ async fn sigterm_under_load(redis_prefix: Option<&str>, drain_timeout: Duration,
     );
 
     let answered = answered(&mock);
-    let recorded = serve.recorded().await;
+    let recorded = recorded(&serve).await;
     let ok = sent
         .iter()
         .filter(|s| s.status == Some(StatusCode::OK))
@@ -439,7 +336,7 @@ async fn a_drain_that_times_out_under_load_loses_no_usage_with_the_redis_queue()
 /// Not a stop under load: an idle tollgate stops about a second after SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tollgate_stops_a_second_after_sigterm() {
-    let mut serve = Serve::start("").await;
+    let mut serve = start("").await;
     let signalled = Instant::now();
     serve.sigterm();
     let status = serve

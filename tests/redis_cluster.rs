@@ -195,6 +195,51 @@ async fn limits_and_budgets_are_exact_across_replicas_and_either_settles() {
     stop(b).await;
 }
 
+/// A settle by one replica while the other reads committed spend from the store again
+/// (its commit after the read's snapshot, its settle before the seed reaches the cluster)
+/// is not lost by the seed, as on one Redis (tests/budgets_redis.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_settle_while_another_replica_reads_committed_spend_again_is_not_lost() {
+    let cluster = RedisCluster::start().await;
+    let clock = clock();
+    let pg = common::chaos::held_postgres().await;
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    let yaml = |db: &str| {
+        format!(
+            "{MODELS}database: {{ url: \"{db}\" }}\nredis: {{ cluster: {}, failure_mode: closed, timeout: 2s, key_prefix: \"{prefix}\" }}\n",
+            cluster.yaml_nodes()
+        )
+    };
+    // a reads the store through the proxy, b directly.
+    let a = Arc::new(Tollgate::start_with_clock(&yaml(&pg.url), clock.clone()).await);
+    let b = Arc::new(Tollgate::start_with_clock(&yaml(&pg.direct_url), clock.clone()).await);
+    let e = estimate() as f64;
+    let (id, key) = b
+        .create_key(json!({"name": "b", "max_budget": 2.0 * e, "budget_duration": "1mo"}))
+        .await;
+    assert_eq!(check(&a, &key, "r0").await.0, 200);
+    assert_eq!(check(&b, &key, "r1").await.0, 200);
+    // The budget is full. A minute on, a's next decision reads committed spend again; its
+    // answer is held back while b writes and settles r0.
+    clock.advance(60_000);
+    pg.proxy.hold_after("SUM(spend_usd)");
+    let (a2, key2) = (a.clone(), key.clone());
+    let decision = tokio::spawn(async move { check(&a2, &key2, "r2").await });
+    pg.proxy.held().await;
+    b.app
+        .store
+        .record_usage(&[record("r0", &id, e)])
+        .await
+        .unwrap();
+    b.app.admission.settle("r0", e, 0).await;
+    assert_eq!(shared(&b, &id, &clock).await, Some((e, e)));
+    pg.proxy.release();
+    assert_eq!(decision.await.unwrap(), (429, "insufficient_quota".into()));
+    assert_eq!(shared(&a, &id, &clock).await, Some((e, e)));
+    stop(a).await;
+    stop(b).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn owners_spread_over_the_shards_and_each_keeps_to_one_slot() {
     let cluster = RedisCluster::start().await;

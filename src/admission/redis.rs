@@ -14,8 +14,9 @@
 //!   bucket is full again plus a second, so idle buckets vanish.
 //! - `{prefix}{<t|u|k>:<id>}:b:<period_start>`: a budget period, a hash with the floats
 //!   `committed` (spend written to the store: seeded from the store's `current_spend`, plus
-//!   what is settled) and `reserved` (estimates of requests not settled yet). It expires
-//!   [`PERIOD_GRACE`] (at least the reservation timeout) after its period ends.
+//!   what is settled), `reserved` (estimates of requests not settled yet) and `settled`
+//!   (every cost settled into `committed`, see "Seeds" below). It expires [`PERIOD_GRACE`]
+//!   (at least the reservation timeout) after its period ends.
 //! - `{prefix}r:{<request id>}`: a request's reservation, a hash with `b|<budget key>` →
 //!   amount reserved there and `t|<bucket key>` → `<per_minute> <burst> <estimate>` of
 //!   each token bucket it was admitted with.
@@ -34,8 +35,20 @@
 //!   request id is given back first). Answers `ok` or `rate` with each bucket's new state,
 //!   or `budget`, the budget's index and its used amount.
 //! - settle: gives the reservation's budget amounts back, adds the real cost to each
-//!   budget's `committed`, corrects each token bucket by the real count less the estimate,
-//!   deletes the reservation. An unknown request changes nothing.
+//!   budget's `committed` (and `settled`), corrects each token bucket by the real count
+//!   less the estimate, deletes the reservation. An unknown request changes nothing.
+//!
+//! # Seeds
+//!
+//! A record is committed to the store before any replica settles it, so the store's spend
+//! read for a seed may lack a cost that is settled before the seed reaches Redis; setting
+//! `committed` to the spend read would lose that cost, and the budget would admit it again.
+//! So a seed reads the budget's `settled` first, then the store, and the take script sets
+//! `committed` to the spend read plus what was settled since (`settled` now less `settled`
+//! then). A cost committed before the store read and settled after `settled` was read
+//! counts twice until the next seed: refusing early, never overspending. A seed costs one
+//! more round trip per budget seeded, and seeds are rare (a budget's first decision here
+//! in a period, then one per `cache.key_ttl`).
 //!
 //! The bucket arithmetic mirrors [`bucket`](crate::limits::bucket) with the same
 //! floating-point operations in the same order (Lua numbers are IEEE doubles like `f64`),
@@ -51,7 +64,7 @@
 use super::counters::{Reservation, Taken};
 use crate::backend::{Backend, BackendError};
 use crate::budget::memory::secs;
-use crate::budget::{read_period, Charge};
+use crate::budget::{read_spent, read_window, Charge};
 use crate::config::{Config, Redis};
 use crate::domain::Timestamp;
 use crate::limits::bucket::{self, State};
@@ -79,8 +92,8 @@ pub const MAX_TTL: i64 = 400 * 86_400;
 /// for absurd shapes. A bucket whose refill takes longer than this is forgotten early.
 pub const MAX_BUCKET_TTL_MS: u64 = 1 << 50;
 
-/// Buckets (read refilled, written with their TTL) and reservations (given back, with or
-/// without a real cost and token count).
+/// Buckets (read refilled, written with their TTL), budgets (seeded) and reservations (given
+/// back, with or without a real cost and token count).
 const LUA_COMMON: &str = r#"
 local function current(key, per_minute, burst, now)
   local h = redis.call('HMGET', key, 't', 'ts')
@@ -104,9 +117,20 @@ local function store(key, per_minute, burst, t, ts, max_ttl)
     redis.call('PEXPIRE', key, string.format('%d', ttl))
   end
 end
--- Gives back reservation `rkey`: each budget's amount (and `cost` added to `committed`
--- when not nil); each token bucket corrected by `tokens` less its estimate when `tokens`
--- is not nil.
+-- Sets budget `key`'s committed spend to `spent` (read from the store) plus what was
+-- settled into it since its `settled` was `settled` (read just before the store): a cost
+-- settled meanwhile may be missing from `spent`.
+local function seed(key, spent, settled)
+  local since = (tonumber(redis.call('HGET', key, 'settled')) or 0) - tonumber(settled)
+  if since > 0 then
+    redis.call('HSET', key, 'committed', string.format('%.17g', tonumber(spent) + since))
+  else
+    redis.call('HSET', key, 'committed', spent)
+  end
+end
+-- Gives back reservation `rkey`: each budget's amount (and `cost` added to `committed` and
+-- `settled` when not nil); each token bucket corrected by `tokens` less its estimate when
+-- `tokens` is not nil.
 local function give_back(rkey, cost, tokens, now, max_ttl)
   local r = redis.call('HGETALL', rkey)
   for j = 1, #r, 2 do
@@ -119,6 +143,7 @@ local function give_back(rkey, cost, tokens, now, max_ttl)
         end
         if cost then
           redis.call('HINCRBYFLOAT', key, 'committed', cost)
+          redis.call('HINCRBYFLOAT', key, 'settled', cost)
         end
       end
     elseif kind == 't' and tokens then
@@ -135,21 +160,22 @@ local function give_back(rkey, cost, tokens, now, max_ttl)
   redis.call('DEL', rkey)
   return #r > 0
 end
--- Seeds each budget KEYS[2 + i] (i = 1..nb; its limit, seed and ttl at ARGV[base + 3(i-1)
--- + 1..3], seed '' for none) and checks that `amount` more fits in every one: nil when it
--- does, else the reply, {'seed'} (a budget not seeded) or {'budget', i, used}.
+-- Seeds each budget KEYS[2 + i] (i = 1..nb; its limit, seed, `settled` when the seed was
+-- read, and ttl at ARGV[base + 4(i-1) + 1..4], seed '' for none) and checks that `amount`
+-- more fits in every one: nil when it does, else the reply, {'seed'} (a budget not seeded)
+-- or {'budget', i, used}.
 local function check_budgets(nb, base, amount)
   for i = 1, nb do
-    local key, at = KEYS[2 + i], base + 3 * (i - 1)
+    local key, at = KEYS[2 + i], base + 4 * (i - 1)
     if ARGV[at + 2] ~= '' then
-      redis.call('HSET', key, 'committed', ARGV[at + 2])
+      seed(key, ARGV[at + 2], ARGV[at + 3])
     elseif redis.call('HEXISTS', key, 'committed') == 0 then
       return {'seed'}
     end
-    redis.call('EXPIRE', key, ARGV[at + 3])
+    redis.call('EXPIRE', key, ARGV[at + 4])
   end
   for i = 1, nb do
-    local limit = tonumber(ARGV[base + 3 * (i - 1) + 1])
+    local limit = tonumber(ARGV[base + 4 * (i - 1) + 1])
     local h = redis.call('HMGET', KEYS[2 + i], 'committed', 'reserved')
     local used = (tonumber(h[1]) or 0) + (tonumber(h[2]) or 0)
     if used >= limit or used + tonumber(amount) > limit then
@@ -178,7 +204,8 @@ end
 /// KEYS: expiry zset, this request's reservation, the budgets (ARGV[10] of them), the
 /// buckets. ARGV: now_ms, now_s, max bucket ttl, amount, expires_at, reservation ttl,
 /// request id, reservation key prefix, expire batch, budget count; per budget: limit, seed
-/// ('' for none), ttl; per bucket: per_minute, burst, cost, unit ('t' or 'r').
+/// (the store's spend, '' for none), its `settled` before the store was read, ttl; per
+/// bucket: per_minute, burst, cost, unit ('t' or 'r').
 const LUA_TAKE: &str = r#"
 local now_ms, now_s, max_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local amount = ARGV[4]
@@ -193,7 +220,7 @@ local refused = check_budgets(nb, 10, amount)
 if refused then
   return refused
 end
-local first = 10 + 3 * nb
+local first = 10 + 4 * nb
 local states, fits = bucket_states(nb, nk, first, now_ms)
 local out = {fits and 'ok' or 'rate'}
 for i = 1, nk do
@@ -267,6 +294,27 @@ struct Period {
     end: i64,
     seeded_at: Timestamp,
 }
+
+/// A budget's committed spend read from the store, and its `settled` in Redis read just
+/// before (see "Seeds" in the module docs).
+#[derive(Debug, Clone, Copy)]
+struct Seed {
+    spent: f64,
+    settled: f64,
+}
+
+impl Seed {
+    /// The take scripts' arguments: the spend ('' for no seed), then `settled`.
+    fn args(seed: &Option<Seed>) -> (String, String) {
+        match seed {
+            Some(s) => (s.spent.to_string(), s.settled.to_string()),
+            None => (String::new(), String::new()),
+        }
+    }
+}
+
+/// A budget's period and, when it is (re)seeded, its seed.
+type Seeded = (Period, Option<Seed>);
 
 pub struct RedisCounters {
     pool: RedisPool,
@@ -366,9 +414,9 @@ impl RedisCounters {
         self.periods.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// See [`super::counters::Counters::take`]; one round trip unless a budget must be
-    /// seeded again (Redis lost it): then two. On a Redis Cluster one per owner and one for
-    /// the index (see [`cluster`]).
+    /// See [`super::counters::Counters::take`]; one round trip, plus one per budget seeded
+    /// (see "Seeds" in the module docs), plus the script again if Redis lost a budget. On a
+    /// Redis Cluster one per owner and one for the index (see [`cluster`]).
     pub async fn take(
         &self,
         request_id: &str,
@@ -398,9 +446,11 @@ impl RedisCounters {
                 .arg(EXPIRE_BATCH)
                 .arg(reservation.charges.len());
             for (charge, (p, seed)) in reservation.charges.iter().zip(&budgets) {
+                let (spent, settled) = Seed::args(seed);
                 inv.key(self.budget_key(charge.kind, &charge.id, p.start))
                     .arg(charge.limit_usd.to_string())
-                    .arg(seed.map(|s| s.to_string()).unwrap_or_default())
+                    .arg(spent)
+                    .arg(settled)
                     .arg(self.budget_ttl(p, now));
             }
             for d in &reservation.demands {
@@ -459,14 +509,14 @@ impl RedisCounters {
         }
     }
 
-    /// Per charge: its period containing `now`, and the store's spend when it must be
-    /// (re)seeded: not seen in this period, not read within `refresh`, or `force`.
+    /// Per charge: its period containing `now`, and a seed when it must be (re)seeded: not
+    /// seen in this period, not read within `refresh`, or `force`.
     async fn periods_of(
         &self,
         charges: &[Charge],
         now: Timestamp,
         force: bool,
-    ) -> Result<Vec<(Period, Option<f64>)>, BackendError> {
+    ) -> Result<Vec<Seeded>, BackendError> {
         let mut budgets = Vec::with_capacity(charges.len());
         for charge in charges {
             let known = self
@@ -477,16 +527,28 @@ impl RedisCounters {
             match known {
                 Some(p) if !force && now - p.seeded_at < self.refresh => budgets.push((p, None)),
                 _ => {
-                    let (start, end, spent) =
-                        read_period(&self.store, self.store_timeout, charge, now)
-                            .await
-                            .map_err(BackendError::from)?;
+                    let (start, end) = read_window(&self.store, self.store_timeout, charge, now)
+                        .await
+                        .map_err(BackendError::from)?;
+                    // Read before the store: what is settled from here on may be missing
+                    // from the spend read next.
+                    let mut cmd = ::redis::cmd("HGET");
+                    cmd.arg(self.budget_key(charge.kind, &charge.id, start))
+                        .arg("settled");
+                    let settled: Option<f64> = self.call(Call::Cmd(cmd)).await?;
+                    let spent = read_spent(&self.store, self.store_timeout, charge, now)
+                        .await
+                        .map_err(BackendError::from)?;
                     let p = Period {
                         start,
                         end,
                         seeded_at: now,
                     };
-                    budgets.push((p, Some(spent)));
+                    let seed = Seed {
+                        spent,
+                        settled: settled.unwrap_or(0.0),
+                    };
+                    budgets.push((p, Some(seed)));
                 }
             }
         }

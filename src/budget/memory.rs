@@ -2,7 +2,7 @@
 //! every `refresh`. Used when `redis` is not configured, and as `failure_mode: local` while
 //! Redis is unreachable.
 
-use super::{read_period, Charge, Verdict};
+use super::{read_spent, read_window, Charge, Verdict};
 use crate::domain::Timestamp;
 use crate::limits::Demand;
 use crate::store::{SharedStore, SpendKind, StoreError};
@@ -14,6 +14,9 @@ use std::time::Duration;
 struct Budget {
     committed: f64,
     reserved: f64,
+    /// Every cost settled into `committed` (a read of committed spend adds back those
+    /// settled while it was on its way).
+    settled: f64,
     period_end: Timestamp,
     seeded_at: Timestamp,
 }
@@ -111,18 +114,21 @@ impl MemoryLedger {
             let key = match current {
                 Some((key, budget)) if now - budget.seeded_at < self.refresh => key,
                 _ => {
-                    let (start, end, spent) =
-                        read_period(&self.store, self.timeout, charge, now).await?;
+                    let (start, end) = read_window(&self.store, self.timeout, charge, now).await?;
                     let key = format!("{prefix}{start}");
+                    // What is settled from here on may be missing from the spend read next.
+                    let settled = self.lock().budgets.get(&key).map_or(0.0, |b| b.settled);
+                    let spent = read_spent(&self.store, self.timeout, charge, now).await?;
                     let mut state = self.lock();
                     state.current.insert(prefix, key.clone());
                     let budget = state.budgets.entry(key.clone()).or_insert(Budget {
                         committed: 0.0,
                         reserved: 0.0,
+                        settled: 0.0,
                         period_end: end,
                         seeded_at: now,
                     });
-                    budget.committed = spent;
+                    budget.committed = spent + (budget.settled - settled).max(0.0);
                     budget.seeded_at = now;
                     key
                 }
@@ -177,6 +183,7 @@ impl MemoryLedger {
         for (key, _) in &reservation.budgets {
             if let Some(b) = state.budgets.get_mut(key) {
                 b.committed += cost_usd;
+                b.settled += cost_usd;
             }
         }
         reservation.tokens

@@ -11,8 +11,14 @@
 //! Committed spend comes from the store (the `spend` table): it is read the first time a
 //! budget is seen in a period and again every `refresh` (`cache.key_ttl`), which is how
 //! spend written by other replicas is learnt. Between reads the ledger adds what is
-//! settled. A budget is keyed by its period's start, so a new period starts empty and old
-//! reservations settle against the period they were made in.
+//! settled. A record is committed to the store before it is settled, so a cost settled
+//! while a read is on its way may be missing from what the read returns: each budget also
+//! sums what was settled into it, and a read replaces committed spend by its answer plus
+//! what was settled since just before it. Nothing settled is lost (a lost cost would be
+//! admitted again); a cost committed before the read and settled after it counts twice
+//! until the next read (refusing early, never overspending). A budget is keyed by its
+//! period's start, so a new period starts empty and old reservations settle against the
+//! period they were made in.
 //!
 //! [`memory`] is the ledger in this process; the Redis one, shared by every replica, is
 //! part of [`crate::admission::redis`], which takes budgets and rate limits in one script.
@@ -58,23 +64,42 @@ pub enum Verdict {
     },
 }
 
-/// The budget's period containing `now` (`start`, `end`) and its committed spend, read from
-/// the store within `timeout`.
-pub(crate) async fn read_period(
+/// The budget's period containing `now` (`start`, `end`); reads the store (within
+/// `timeout`) only for a rolling `30d` budget, whose periods start at its owner's creation.
+pub(crate) async fn read_window(
     store: &SharedStore,
     timeout: Duration,
     charge: &Charge,
     now: Timestamp,
-) -> Result<(i64, i64, f64), StoreError> {
-    let read = async {
-        let anchor = match charge.duration {
-            Some(BudgetDuration::ThirtyDays) => created_at(store, charge).await?,
-            _ => 0,
-        };
-        let (start, end) = period::window(period::effective(charge.duration), now, anchor);
-        let spent = store.current_spend(charge.kind, &charge.id, now).await?;
-        Ok::<_, StoreError>((start, end, spent))
+) -> Result<(i64, i64), StoreError> {
+    let anchor = match charge.duration {
+        Some(BudgetDuration::ThirtyDays) => within(timeout, created_at(store, charge)).await?,
+        _ => 0,
     };
+    Ok(period::window(
+        period::effective(charge.duration),
+        now,
+        anchor,
+    ))
+}
+
+/// The budget's committed spend in its period containing `now`, read from the store within
+/// `timeout`. A cost settled while this read is on its way may or may not be in it: a
+/// ledger that replaces its committed spend by this adds back what it settled meanwhile
+/// (see [`memory`] and [`crate::admission::redis`]).
+pub(crate) async fn read_spent(
+    store: &SharedStore,
+    timeout: Duration,
+    charge: &Charge,
+    now: Timestamp,
+) -> Result<f64, StoreError> {
+    within(timeout, store.current_spend(charge.kind, &charge.id, now)).await
+}
+
+async fn within<T>(
+    timeout: Duration,
+    read: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
     match tokio::time::timeout(timeout, read).await {
         Ok(result) => result,
         Err(_) => Err(StoreError::unavailable(format!(

@@ -9,5 +9,6 @@ pub mod envoy;
 pub mod oidc_issuer;
 pub mod private_redis;
 pub mod redis_cluster;
+pub mod serve;
 pub mod tollgate;
 pub mod upstream;

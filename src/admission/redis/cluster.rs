@@ -56,9 +56,9 @@ local function declared()
   end
   return set
 end
--- Gives back a part: each budget's amount (and `cost` added to `committed` when not nil),
--- each token bucket corrected by `tokens` less its estimate when `tokens` is not nil. Keys
--- not in `known` are left alone.
+-- Gives back a part: each budget's amount (and `cost` added to `committed` and `settled`
+-- when not nil), each token bucket corrected by `tokens` less its estimate when `tokens`
+-- is not nil. Keys not in `known` are left alone.
 local function give_back_part(part, base, known, cost, tokens, now, max_ttl)
   for line in string.gmatch(part, '[^\n]+') do
     local f = {}
@@ -75,6 +75,7 @@ local function give_back_part(part, base, known, cost, tokens, now, max_ttl)
           end
           if cost then
             redis.call('HINCRBYFLOAT', key, 'committed', cost)
+            redis.call('HINCRBYFLOAT', key, 'settled', cost)
           end
         end
       elseif f[1] == 't' and tokens then
@@ -94,7 +95,8 @@ end
 /// KEYS: the owner's expiry zset, its held hash, its budgets (ARGV[10] of them), its
 /// buckets. ARGV: now_ms, now_s, max bucket ttl, amount, expires_at, ttl of held and expiry,
 /// request id ('' holds nothing), the owner's key base, expire batch, budget count, `take`
-/// or `peek` (check only); per budget: limit, seed ('' for none), ttl; per bucket:
+/// or `peek` (check only); per budget: limit, seed (the store's spend, '' for none), its
+/// `settled` before the store was read, ttl; per bucket:
 /// per_minute, burst, cost, unit ('t' or 'r'). Answers `seed`; `budget`, the budget's index
 /// and its used amount; or `ok` (taken), `fits` (peek) or `rate`, then whether a part is
 /// held, then per bucket its units after, their time and its units before.
@@ -126,7 +128,7 @@ local refused = check_budgets(nb, 11, amount)
 if refused then
   return finish(refused)
 end
-local first = 11 + 3 * nb
+local first = 11 + 4 * nb
 local states, fits = bucket_states(nb, nk, first, now_ms)
 local take = fits and ARGV[11] == 'take'
 local out = {take and 'ok' or (fits and 'fits' or 'rate'), '0'}
@@ -459,7 +461,7 @@ impl RedisCounters {
         g: &Group,
         request_id: &str,
         reservation: &Reservation,
-        budgets: &mut Vec<(Period, Option<f64>)>,
+        budgets: &mut Vec<Seeded>,
         now_ms: i64,
         take: bool,
     ) -> Result<Reply, BackendError> {
@@ -484,9 +486,11 @@ impl RedisCounters {
             for &i in &g.charges {
                 let charge = &reservation.charges[i];
                 let (p, seed) = &budgets[i];
+                let (spent, settled) = Seed::args(seed);
                 inv.key(self.budget_key(charge.kind, &charge.id, p.start))
                     .arg(charge.limit_usd.to_string())
-                    .arg(seed.map(|s| s.to_string()).unwrap_or_default())
+                    .arg(spent)
+                    .arg(settled)
                     .arg(self.budget_ttl(p, now));
             }
             for &i in &g.demands {
@@ -531,7 +535,7 @@ impl RedisCounters {
         replies: &[Option<Reply>],
         request_id: &str,
         reservation: &Reservation,
-        budgets: &[(Period, Option<f64>)],
+        budgets: &[Seeded],
         now_ms: i64,
     ) -> Result<Taken, BackendError> {
         let mut states = vec![None; reservation.demands.len()];
@@ -594,7 +598,7 @@ impl RedisCounters {
         replies: &[Option<Reply>],
         request_id: &str,
         reservation: &Reservation,
-        budgets: &[(Period, Option<f64>)],
+        budgets: &[Seeded],
         now_ms: i64,
     ) -> Result<(), BackendError> {
         let mut calls = Vec::new();
@@ -741,11 +745,7 @@ impl RedisCounters {
 }
 
 /// The suffixes of the keys a group's part names: its budgets and its token buckets.
-fn part_suffixes(
-    g: &Group,
-    reservation: &Reservation,
-    budgets: &[(Period, Option<f64>)],
-) -> Vec<String> {
+fn part_suffixes(g: &Group, reservation: &Reservation, budgets: &[Seeded]) -> Vec<String> {
     let budgets = g
         .charges
         .iter()
