@@ -13,7 +13,7 @@ fn root() -> PathBuf {
 
 fn envoy_configs() -> Vec<PathBuf> {
     let mut found = Vec::new();
-    for dir in ["envoy", "deploy/compose"] {
+    for dir in ["envoy", "deploy/compose", "k8s/overlays/sidecar"] {
         for entry in std::fs::read_dir(root().join(dir)).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().to_string();
@@ -23,7 +23,7 @@ fn envoy_configs() -> Vec<PathBuf> {
         }
     }
     assert!(
-        found.len() >= 3,
+        found.len() >= 4,
         "expected the shipped Envoy configs, found {found:?}"
     );
     found
@@ -84,6 +84,26 @@ fn the_compose_envoy_config_differs_from_the_shipped_one_only_in_addresses() {
             ),
             (
                 "address: mock-llm, port_value: 8000",
+                "address: 127.0.0.1, port_value: 8000",
+            ),
+            ("type: STRICT_DNS", "type: STATIC"),
+        ],
+    );
+}
+
+/// The Envoy of k8s/overlays/sidecar shares the Pod with tollgate: only its listener (the
+/// Pod's address) and the provider cluster (a Service name) differ.
+#[test]
+fn the_kubernetes_sidecar_envoy_config_differs_from_the_shipped_one_only_in_addresses() {
+    assert_only_addresses_differ(
+        "k8s/overlays/sidecar/envoy.yaml",
+        &[
+            (
+                "address: 0.0.0.0, port_value: 10000",
+                "address: 127.0.0.1, port_value: 10000",
+            ),
+            (
+                "address: llm, port_value: 8000",
                 "address: 127.0.0.1, port_value: 8000",
             ),
             ("type: STRICT_DNS", "type: STATIC"),
