@@ -266,7 +266,6 @@ fn config_map_files() -> Vec<(String, &'static Value, String, String)> {
 
 #[test]
 fn every_envoy_config_in_a_config_map_passes_envoy_validate() {
-    let envoy = common::envoy::envoy_binary();
     let dir = tempfile::tempdir().unwrap();
     let mut checked = 0;
     for (kustomization, config_map, key, text) in config_map_files() {
@@ -274,17 +273,12 @@ fn every_envoy_config_in_a_config_map_passes_envoy_validate() {
             continue;
         }
         let file = temp_file(&dir, "envoy.yaml", &text);
-        let out = Command::new(&envoy)
-            .args(["--mode", "validate", "--log-level", "error", "-c"])
-            .arg(&file)
-            .output()
-            .expect("run envoy --mode validate");
-        assert!(
-            out.status.success(),
-            "{kustomization}: ConfigMap {} key {key} does not validate:\n{}",
-            name(config_map),
-            output_text(&out)
-        );
+        if let Err(said) = common::envoy::validate(&file) {
+            panic!(
+                "{kustomization}: ConfigMap {} key {key} does not validate:\n{said}",
+                name(config_map)
+            );
+        }
         checked += 1;
     }
     assert!(checked >= 1, "no Envoy config found in any ConfigMap");
@@ -483,6 +477,17 @@ fn seconds(duration: &str) -> u64 {
         .unwrap_or_else(|| panic!("a duration in whole seconds: {duration}"))
 }
 
+/// Each rendering with tollgate's Deployment: (kustomization, its objects, the Deployment).
+fn tollgate_deployments() -> impl Iterator<Item = (&'static str, &'static [Value], &'static Value)>
+{
+    rendered().iter().filter_map(|(dir, (_, objects))| {
+        let deployment = objects
+            .iter()
+            .find(|o| kind(o) == "Deployment" && name(o) == "tollgate")?;
+        Some((dir.as_str(), objects.as_slice(), deployment))
+    })
+}
+
 /// The tollgate container of a Deployment's pod (a main or a native sidecar container).
 fn tollgate_container(spec: &Value) -> &Value {
     containers(spec)
@@ -493,13 +498,7 @@ fn tollgate_container(spec: &Value) -> &Value {
 
 #[test]
 fn the_tollgate_deployment_probes_drains_scales_and_spreads_as_a_service_must() {
-    for (dir, (_, objects)) in rendered() {
-        let Some(deployment) = objects
-            .iter()
-            .find(|o| kind(o) == "Deployment" && name(o) == "tollgate")
-        else {
-            continue;
-        };
+    for (dir, objects, deployment) in tollgate_deployments() {
         let spec = &deployment["spec"]["template"]["spec"];
         let tollgate = tollgate_container(spec);
         for (probe, path) in [
@@ -594,13 +593,7 @@ fn names_particular_pods(peer: &Value) -> bool {
 
 #[test]
 fn tollgate_grpc_port_is_reachable_by_the_gateway_pods_only() {
-    for (dir, (_, objects)) in rendered() {
-        let Some(deployment) = objects
-            .iter()
-            .find(|o| kind(o) == "Deployment" && name(o) == "tollgate")
-        else {
-            continue;
-        };
+    for (dir, objects, deployment) in tollgate_deployments() {
         let spec = &deployment["spec"]["template"]["spec"];
         let env = container_env(tollgate_container(spec));
         let loopback = env
