@@ -1,10 +1,10 @@
-//! The deployment files that ship: every Envoy config passes `envoy --mode validate`, and the
-//! docker-compose Envoy config stays the shipped one but for its addresses.
+//! The deployment files that ship: every Envoy config passes `envoy --mode validate`, the
+//! docker-compose Envoy config stays the shipped one but for its addresses, and
+//! docker-compose.yml names the services and files it needs.
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -12,7 +12,7 @@ fn root() -> PathBuf {
 
 fn envoy_configs() -> Vec<PathBuf> {
     let mut found = Vec::new();
-    for dir in ["envoy", "deploy/compose"] {
+    for dir in ["envoy", "deploy/compose", "k8s/overlays/sidecar"] {
         for entry in std::fs::read_dir(root().join(dir)).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().to_string();
@@ -22,7 +22,7 @@ fn envoy_configs() -> Vec<PathBuf> {
         }
     }
     assert!(
-        found.len() >= 3,
+        found.len() >= 4,
         "expected the shipped Envoy configs, found {found:?}"
     );
     found
@@ -30,20 +30,10 @@ fn envoy_configs() -> Vec<PathBuf> {
 
 #[test]
 fn every_shipped_envoy_config_validates() {
-    let envoy = common::envoy::envoy_binary();
     for config in envoy_configs() {
-        let out = Command::new(&envoy)
-            .args(["--mode", "validate", "--log-level", "error", "-c"])
-            .arg(&config)
-            .output()
-            .expect("run envoy --mode validate");
-        assert!(
-            out.status.success(),
-            "{} does not validate:\n{}{}",
-            config.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if let Err(said) = common::envoy::validate(&config) {
+            panic!("{} does not validate:\n{said}", config.display());
+        }
     }
 }
 
@@ -52,25 +42,101 @@ fn without_header(path: &Path) -> String {
     text[text.find("admin:").expect("an admin section")..].to_owned()
 }
 
+/// Asserts that `derived` (a copy of envoy/envoy.yaml for another place) is the shipped
+/// file but for its header comment and the address lines that `back` turns into the
+/// shipped ones.
+fn assert_only_addresses_differ(derived: &str, back: &[(&str, &str)]) {
+    let shipped = without_header(&root().join("envoy/envoy.yaml"));
+    let mut text = without_header(&root().join(derived));
+    for (from, to) in back {
+        assert!(text.contains(from), "{derived} has no `{from}`");
+        text = text.replace(from, to);
+    }
+    assert_eq!(
+        text, shipped,
+        "{derived} drifted from envoy/envoy.yaml; regenerate it from the shipped file"
+    );
+}
+
 #[test]
 fn the_compose_envoy_config_differs_from_the_shipped_one_only_in_addresses() {
-    let shipped = without_header(&root().join("envoy/envoy.yaml"));
-    let compose = without_header(&root().join("deploy/compose/envoy.yaml"))
-        .replace(
-            "address: 0.0.0.0, port_value: 10000",
-            "address: 127.0.0.1, port_value: 10000",
+    assert_only_addresses_differ(
+        "deploy/compose/envoy.yaml",
+        &[
+            (
+                "address: 0.0.0.0, port_value: 10000",
+                "address: 127.0.0.1, port_value: 10000",
+            ),
+            (
+                "address: tollgate, port_value: 9191",
+                "address: 127.0.0.1, port_value: 9191",
+            ),
+            (
+                "address: mock-llm, port_value: 8000",
+                "address: 127.0.0.1, port_value: 8000",
+            ),
+            ("type: STRICT_DNS", "type: STATIC"),
+        ],
+    );
+}
+
+/// The Envoy of k8s/overlays/sidecar shares the Pod with tollgate: only its listener (the
+/// Pod's address) and the provider cluster (a Service name) differ.
+#[test]
+fn the_kubernetes_sidecar_envoy_config_differs_from_the_shipped_one_only_in_addresses() {
+    assert_only_addresses_differ(
+        "k8s/overlays/sidecar/envoy.yaml",
+        &[
+            (
+                "address: 0.0.0.0, port_value: 10000",
+                "address: 127.0.0.1, port_value: 10000",
+            ),
+            (
+                "address: llm, port_value: 8000",
+                "address: 127.0.0.1, port_value: 8000",
+            ),
+            ("type: STRICT_DNS", "type: STATIC"),
+        ],
+    );
+}
+
+#[test]
+fn docker_compose_yml_runs_the_whole_stack_from_files_that_exist() {
+    let path = root().join("docker-compose.yml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (the contract names docker-compose.yml)",
+            path.display()
         )
-        .replace(
-            "address: tollgate, port_value: 9191",
-            "address: 127.0.0.1, port_value: 9191",
-        )
-        .replace(
-            "address: mock-llm, port_value: 8000",
-            "address: 127.0.0.1, port_value: 8000",
-        )
-        .replace("type: STRICT_DNS", "type: STATIC");
+    });
+    let compose: serde_yaml::Value =
+        serde_yaml::from_str(&text).expect("docker-compose.yml is YAML");
+    let services = compose["services"].as_mapping().expect("a services map");
+    for name in ["tollgate", "envoy", "postgres", "mock-llm", "dex"] {
+        assert!(
+            services.contains_key(name),
+            "docker-compose.yml has no service `{name}`"
+        );
+    }
+    // Every file mounted from the repository is there (a renamed file would otherwise only
+    // show when someone runs `docker compose up`).
+    for (name, service) in services {
+        for volume in service["volumes"].as_sequence().into_iter().flatten() {
+            let volume = volume.as_str().expect("short volume syntax");
+            if let Some(source) = volume.strip_prefix("./") {
+                let source = source.split(':').next().unwrap();
+                assert!(
+                    root().join(source).exists(),
+                    "service {name:?} mounts ./{source}, which does not exist"
+                );
+            }
+        }
+    }
+    assert!(root().join("Dockerfile").is_file());
+    // A drain takes up to server.drain_timeout (15 s) plus the time in-flight streams and
+    // the usage queue take; compose's default of 10 s would kill it.
     assert_eq!(
-        compose, shipped,
-        "deploy/compose/envoy.yaml drifted from envoy/envoy.yaml; regenerate it from the shipped file"
+        services["tollgate"]["stop_grace_period"].as_str(),
+        Some("30s")
     );
 }

@@ -239,6 +239,25 @@ pub fn envoy_binary() -> PathBuf {
     panic!("no envoy binary found (TOLLGATE_ENVOY, PATH, .venv/bin/envoy); {INSTALL_HINT}");
 }
 
+/// `envoy --mode validate -c CONFIG`: Envoy's own word on a config file, without starting
+/// it; `Err` holds what Envoy said.
+pub fn validate(config: &Path) -> Result<(), String> {
+    let out = Command::new(envoy_binary())
+        .args(["--mode", "validate", "--log-level", "error", "-c"])
+        .arg(config)
+        .output()
+        .expect("run envoy --mode validate");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
