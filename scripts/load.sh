@@ -2,6 +2,20 @@
 # Load Envoy with and without tollgate, and print what authorization costs.
 #
 #   scripts/load.sh [--noauth-only] [--duration 10s] [--concurrency 32] [--no-build]
+#   scripts/load.sh --metering [--rounds 2] [--duration 10s] [--concurrency 32] [--no-build]
+#
+# --metering prints what metering costs: one table, every path measured in the same run and
+# interleaved (round after round, each path once per round), Envoy at --concurrency 1 each
+# time, a cached key with a budget:
+#   noop          Envoy + ext_authz (no ext_proc) -> an allow-all server: the floor
+#   decision      the same Envoy -> tollgate: the decision alone
+#   metered-json  envoy/envoy.yaml as shipped (ext_authz + ext_proc), JSON answers
+#   metered-sse   envoy/envoy.yaml as shipped, streamed answers (`stream: true`)
+#   als-json      envoy/envoy-als.yaml (ext_authz + ai_protocol_manager + access log)
+#   no-filters    envoy/envoy-noauth.yaml: Envoy alone
+# with requests/s (and relative to noop), p50/p99, and CPU microseconds per request of Envoy
+# and of the authorization server (utime + stime from /proc), and for the metered paths
+# whether every answered request was recorded exactly once (records == requests).
 #
 # Runs, for --duration each, `oha` against
 #   1. envoy/envoy.yaml        (ext_authz -> tollgate, with a valid virtual key), three times:
@@ -26,14 +40,18 @@ BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 DURATION=10s
 CONCURRENCY=32
 NOAUTH_ONLY=0
+METERING=0
+ROUNDS=2
 BUILD=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --noauth-only) NOAUTH_ONLY=1 ;;
+    --metering) METERING=1 ;;
+    --rounds) ROUNDS="$2"; shift ;;
     --duration) DURATION="$2"; shift ;;
     --concurrency) CONCURRENCY="$2"; shift ;;
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 64 ;;
   esac
   shift
@@ -187,6 +205,174 @@ log "starting the mock LLM on 127.0.0.1:8000"
 MOCK_PID=$!
 PIDS+=("$MOCK_PID")
 wait_for "mock LLM" "$MOCK_PID" "$WORK/mock.log" curl -sf http://127.0.0.1:8000/v1/models
+
+# --- --metering: what metering costs, every path in one interleaved run ----------------------
+if [ "$METERING" = 1 ]; then
+  for port in 9191 9090 8001 9192; do
+    port_free "$port" || die "port $port is in use"
+  done
+  TICK_US=$((1000000 / $(getconf CLK_TCK)))
+  # cpu_ticks PID: user + system CPU of PID so far, in clock ticks.
+  cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+  # derive SRC DEST PORT [drop-ext-proc]: the shipped config SRC with its tollgate cluster on
+  # PORT and, asked, without the ext_proc filter (the decision-only path).
+  derive() {
+    python3 - "$ROOT/$1" "$2" "$3" "${4:-}" <<'EOF'
+import sys, yaml
+src, dest, port, drop = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "drop-ext-proc"
+c = yaml.safe_load(open(src))
+for cluster in c["static_resources"]["clusters"]:
+    if cluster["name"] == "tollgate":
+        for e in cluster["load_assignment"]["endpoints"]:
+            for lb in e["lb_endpoints"]:
+                lb["endpoint"]["address"]["socket_address"]["port_value"] = port
+if drop:
+    for listener in c["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for f in chain["filters"]:
+                hcm = f["typed_config"]
+                hcm["http_filters"] = [h for h in hcm["http_filters"]
+                                       if h["name"] != "envoy.filters.http.ext_proc"]
+yaml.safe_dump(c, open(dest, "w"))
+EOF
+  }
+  derive envoy/envoy.yaml "$WORK/envoy-noop.yaml" 9192 drop-ext-proc
+  derive envoy/envoy.yaml "$WORK/envoy-decision.yaml" 9191 drop-ext-proc
+
+  log "starting an allow-all ext_authz server on 127.0.0.1:9192"
+  "$BIN/tollgate-mock-llm" --listen 127.0.0.1:8001 --quiet --max-recorded 0 \
+    --authz-allow-all 127.0.0.1:9192 >"$WORK/allow-all.log" 2>&1 &
+  NOOP_PID=$!
+  PIDS+=("$NOOP_PID")
+  wait_for "allow-all ext_authz" "$NOOP_PID" "$WORK/allow-all.log" curl -sf http://127.0.0.1:8001/v1/models
+
+  log "starting tollgate serve (SQLite in $WORK, gpt-4o priced)"
+  export TOLLGATE_MASTER_KEY="sk-load-master-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+  printf '%s\n' 'models:' \
+    '  - { name: gpt-4o, pricing: { input_per_million: 2.5, output_per_million: 10 } }' \
+    'usage: { batch_interval: 100ms }' >"$WORK/metering.yaml"
+  (cd "$WORK" && exec "$BIN/tollgate" serve -c "$WORK/metering.yaml") >>"$WORK/tollgate.log" 2>&1 &
+  TOLLGATE_PID=$!
+  PIDS+=("$TOLLGATE_PID")
+  wait_for "tollgate" "$TOLLGATE_PID" "$WORK/tollgate.log" curl -sf http://127.0.0.1:9090/readyz
+  KEY_JSON=$(curl -s -X POST http://127.0.0.1:9090/admin/keys \
+    -H "authorization: Bearer $TOLLGATE_MASTER_KEY" -H "content-type: application/json" \
+    -d '{"name":"load","max_budget":1000000000,"rpm":1000000000,"tpm":1000000000000}')
+  KEY=$(printf '%s' "$KEY_JSON" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])') ||
+    die "could not create a key: $KEY_JSON"
+  records() {
+    python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("select count(*) from usage_records").fetchone()[0])' \
+      "$WORK/tollgate.db"
+  }
+  # settled_records: the record count once the writer has caught up (three equal reads in
+  # a row, 0.2 s apart; the writer flushes every 100 ms).
+  settled_records() {
+    local last=-1 same=0 now
+    for _ in $(seq 1 100); do
+      now=$(records)
+      if [ "$now" = "$last" ]; then
+        same=$((same + 1))
+        [ "$same" -ge 2 ] && break
+      else
+        same=0
+      fi
+      last=$now
+      sleep 0.2
+    done
+    echo "$last"
+  }
+
+  JSON_BODY="$BODY"
+  SSE_BODY='{"model":"gpt-4o","messages":[{"role":"user","content":"Say hello to the load test."}],"max_tokens":16,"stream":true}'
+  # one CASE CONFIG BODY SERVER_PID METERED: one run of one path; appends a JSON line.
+  one() {
+    local name="$1" config="$2" body="$3" server="$4" metered="$5"
+    "$ENVOY" -c "$config" --concurrency 1 --disable-hot-restart --log-level warn \
+      >"$WORK/envoy-$name.log" 2>&1 &
+    ENVOY_PID=$!
+    PIDS+=("$ENVOY_PID")
+    wait_for "envoy ($name)" "$ENVOY_PID" "$WORK/envoy-$name.log" \
+      bash -c '[ "$(curl -sf http://127.0.0.1:9901/ready)" = LIVE ]'
+    local headers=(-H "content-type: application/json" -H "authorization: Bearer $KEY")
+    local status
+    status=$(curl -s -o "$WORK/probe.out" -w '%{http_code}' -X POST "${headers[@]}" \
+      -d "$body" http://127.0.0.1:10000/v1/chat/completions)
+    [ "$status" = 200 ] || die "$name: probe request answered $status: $(head -c 300 "$WORK/probe.out")"
+    local before_records=0
+    [ "$metered" = 1 ] && before_records=$(settled_records)
+    local envoy0 server0=0 server1=0
+    envoy0=$(cpu_ticks "$ENVOY_PID")
+    [ -n "$server" ] && server0=$(cpu_ticks "$server")
+    log "$name (round $round): $DURATION at concurrency $CONCURRENCY"
+    "$OHA" -z "$DURATION" -c "$CONCURRENCY" --no-tui --output-format json \
+      --wait-ongoing-requests-after-deadline -m POST "${headers[@]}" -d "$body" \
+      http://127.0.0.1:10000/v1/chat/completions >"$WORK/oha.json"
+    local envoy1
+    envoy1=$(cpu_ticks "$ENVOY_PID")
+    [ -n "$server" ] && server1=$(cpu_ticks "$server")
+    local recorded=-1
+    [ "$metered" = 1 ] && recorded=$(( $(settled_records) - before_records ))
+    kill "$ENVOY_PID" 2>/dev/null || true
+    wait "$ENVOY_PID" 2>/dev/null || true
+    for _ in $(seq 1 50); do port_free 10000 && port_free 9901 && break; sleep 0.1; done
+    python3 - "$name" "$WORK/oha.json" "$((envoy1 - envoy0))" "$((server1 - server0))" \
+      "$TICK_US" "$recorded" >>"$WORK/metering.jsonl" <<'EOF'
+import json, sys
+name, path, envoy, server, tick, recorded = sys.argv[1:7]
+r = json.load(open(path))
+codes = r.get("statusCodeDistribution", {})
+ok = sum(n for c, n in codes.items() if str(c).startswith("2"))
+print(json.dumps({
+    "name": name, "rps": r["summary"]["requestsPerSec"], "ok": ok,
+    "failed": sum(codes.values()) - ok + sum(r.get("errorDistribution", {}).values()),
+    "p50": r["latencyPercentiles"]["p50"], "p99": r["latencyPercentiles"]["p99"],
+    "envoy_us": int(envoy) * int(tick), "server_us": int(server) * int(tick),
+    "recorded": int(recorded),
+}))
+EOF
+  }
+
+  : >"$WORK/metering.jsonl"
+  for round in $(seq 1 "$ROUNDS"); do
+    one noop "$WORK/envoy-noop.yaml" "$JSON_BODY" "$NOOP_PID" 0
+    one decision "$WORK/envoy-decision.yaml" "$JSON_BODY" "$TOLLGATE_PID" 0
+    one metered-json "$ROOT/envoy/envoy.yaml" "$JSON_BODY" "$TOLLGATE_PID" 1
+    one metered-sse "$ROOT/envoy/envoy.yaml" "$SSE_BODY" "$TOLLGATE_PID" 1
+    one als-json "$ROOT/envoy/envoy-als.yaml" "$JSON_BODY" "$TOLLGATE_PID" 1
+    one no-filters "$ROOT/envoy/envoy-noauth.yaml" "$JSON_BODY" "" 0
+  done
+
+  echo
+  python3 - "$WORK/metering.jsonl" "$ROUNDS" "$CONCURRENCY" <<'EOF'
+import json, sys
+runs = [json.loads(l) for l in open(sys.argv[1])]
+order = []
+for r in runs:
+    if r["name"] not in order:
+        order.append(r["name"])
+def total(name, field):
+    return sum(r[field] for r in runs if r["name"] == name)
+def mean(name, field):
+    xs = [r[field] for r in runs if r["name"] == name]
+    return sum(xs) / len(xs)
+floor = mean("noop", "rps")
+print(f"{sys.argv[2]} interleaved rounds, concurrency {sys.argv[3]}, Envoy --concurrency 1")
+print(f"{'path':<13} {'req/s':>8} {'x noop':>7} {'p50 ms':>7} {'p99 ms':>7} "
+      f"{'envoy us/req':>12} {'authz us/req':>12} {'failed':>6} {'records':>16}")
+for name in order:
+    ok = total(name, "ok")
+    envoy = total(name, "envoy_us") / ok if ok else 0
+    server = total(name, "server_us") / ok if ok else 0
+    rec = total(name, "recorded")
+    records = "-" if rec < 0 else f"{rec}/{ok}" + ("" if rec == ok else " (!)")
+    authz = "-" if name == "no-filters" else f"{server:.0f}"
+    print(f"{name:<13} {mean(name, 'rps'):>8.0f} {mean(name, 'rps') / floor:>7.2f} "
+          f"{mean(name, 'p50') * 1000:>7.2f} {mean(name, 'p99') * 1000:>7.2f} "
+          f"{envoy:>12.0f} {authz:>12} {total(name, 'failed'):>6} {records:>16}")
+EOF
+  exit 0
+fi
 
 printf '%-17s %10s %9s %9s %9s %7s\n' config "req/s" "p50 ms" "p99 ms" requests failed \
   >"$WORK/results"
