@@ -294,6 +294,7 @@ impl App {
             }
             background.push(verifier.spawn_refresher());
         }
+        background.push(self.metrics.spawn_upkeep());
         background.push(self.alerts.clone().spawn(self.stop.subscribe()));
         background.extend(self.invalidator.start_listener(self.stop.subscribe()).await);
         let lifecycle = Lifecycle::new();

@@ -273,10 +273,7 @@ impl Alerts {
         let outcome = match &result {
             Ok(()) => AlertOutcome::Delivered { at: now },
             Err(error) => {
-                self.metrics
-                    .backend_errors
-                    .with_label_values(&["alert_webhook"])
-                    .inc();
+                self.metrics.backend_error("alert_webhook");
                 if attempt >= MAX_ATTEMPTS {
                     tracing::error!(
                         alert.id = %alert.id, attempts = attempt, %error,
@@ -352,10 +349,7 @@ impl Alerts {
     }
 
     fn store_failed(&self, error: &StoreError, what: &'static str) {
-        self.metrics
-            .backend_errors
-            .with_label_values(&["database"])
-            .inc();
+        self.metrics.backend_error("database");
         tracing::warn!(%error, "{what}");
     }
 }

@@ -122,9 +122,9 @@ impl UsageQueue {
             },
             None => record,
         };
-        self.metrics.usage_queue_depth.inc();
+        self.metrics.usage_queue_depth().increment(1.0);
         self.tx.send(record).await.map_err(|_| {
-            self.metrics.usage_queue_depth.dec();
+            self.metrics.usage_queue_depth().decrement(1.0);
             QueueClosed
         })
     }
@@ -240,7 +240,9 @@ impl MemoryWriter {
         loop {
             match self.settler.commit(&batch).await {
                 Ok(()) => {
-                    self.metrics.usage_queue_depth.sub(batch.len() as i64);
+                    self.metrics
+                        .usage_queue_depth()
+                        .decrement(batch.len() as f64);
                     if failing {
                         tracing::info!(records = batch.len(), "usage records written again");
                     }

@@ -353,10 +353,7 @@ impl RedisWriter {
     }
 
     fn redis_failed(&mut self, what: &str, error: &BackendError) {
-        self.metrics
-            .backend_errors
-            .with_label_values(&["redis"])
-            .inc();
+        self.metrics.backend_error("redis");
         if !self.failing_redis {
             tracing::warn!(%error, "{what}; retrying until redis answers");
             self.failing_redis = true;
@@ -472,7 +469,9 @@ impl RedisWriter {
         if between_batches {
             self.flush().await;
         }
-        self.metrics.usage_queue_depth.sub(self.reported_depth);
+        self.metrics
+            .usage_queue_depth()
+            .decrement(self.reported_depth as f64);
         self.reported_depth = 0;
     }
 
@@ -816,18 +815,15 @@ impl RedisWriter {
             let lag = field("lag").and_then(int).unwrap_or(0);
             let depth = pending + lag;
             self.metrics
-                .usage_queue_depth
-                .add(depth - self.reported_depth);
+                .usage_queue_depth()
+                .increment((depth - self.reported_depth) as f64);
             self.reported_depth = depth;
         }
     }
 
-    fn count(&self, result: &str, n: u64) {
+    fn count(&self, result: &'static str, n: u64) {
         if n > 0 {
-            self.metrics
-                .usage_records
-                .with_label_values(&[result])
-                .inc_by(n);
+            self.metrics.usage_records(result, n);
         }
     }
 }
