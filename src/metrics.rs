@@ -8,14 +8,21 @@
 //! counters by index and does no label lookup for its metrics. Counters that alerts read
 //! with `increase()` are registered at start too, so their first increment is seen.
 //!
+//! A few values are sampled when `/metrics` is rendered rather than kept current on every
+//! change: the usage queue's lag (from the enqueue time of the oldest record waiting, see
+//! [`Oldest`]) and the open reservations (counted by their owners, see
+//! [`Metrics::count_reservations`]).
+//!
 //! Histograms are recorded lock-free and folded into their buckets when rendered or by
 //! [`Metrics::upkeep`] (run every [`UPKEEP_EVERY`] by [`Metrics::spawn_upkeep`]).
 
+use crate::config::FailureMode;
 use crate::decision::DenyReason;
 use ::metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::PrometheusRecorder;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
@@ -24,10 +31,14 @@ pub const CHECK_DURATION: &str = "tollgate_check_duration_seconds";
 pub const CACHE_REQUESTS: &str = "tollgate_cache_requests_total";
 pub const BACKEND_ERRORS: &str = "tollgate_backend_errors_total";
 pub const USAGE_QUEUE_DEPTH: &str = "tollgate_usage_queue_depth";
+pub const USAGE_QUEUE_LAG: &str = "tollgate_usage_queue_lag_seconds";
 pub const REDIS_UP: &str = "tollgate_redis_up";
+pub const FAILURE_MODE: &str = "tollgate_failure_mode_total";
+pub const RESERVATIONS_OPEN: &str = "tollgate_reservations_open";
 pub const USAGE_RECORDS: &str = "tollgate_usage_records_total";
 pub const USAGE_TOKENS: &str = "tollgate_usage_tokens_total";
 pub const SPEND_USD: &str = "tollgate_spend_usd_total";
+pub const BUDGET_ALERTS: &str = "tollgate_budget_alerts_total";
 pub const INVALIDATION_LAG: &str = "tollgate_invalidation_lag_seconds";
 
 /// Check latency buckets: a cached decision takes microseconds, one through Redis or the
@@ -100,6 +111,40 @@ struct CheckCounters {
     internal: Counter,
 }
 
+/// Budget alerts, by what became of them (`tollgate_budget_alerts_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertResult {
+    /// Newly raised (a threshold reached for the first time in a period).
+    Raised,
+    /// The webhook took it (2xx).
+    Delivered,
+    /// An attempt failed; it will be tried again.
+    Retried,
+    /// The last attempt failed: given up.
+    Failed,
+}
+
+/// The enqueue time of the oldest record a usage queue holds (Unix ms), kept by the queue's
+/// writer and read when `/metrics` is rendered: `tollgate_usage_queue_lag_seconds` is the
+/// age of the oldest of all queues' records, so it grows while a writer is stuck.
+#[derive(Clone, Default)]
+pub struct Oldest(Arc<AtomicI64>);
+
+impl Oldest {
+    /// `None`: the queue holds nothing.
+    pub fn set(&self, enqueued_ms: Option<i64>) {
+        self.0
+            .store(enqueued_ms.unwrap_or(0).max(0), Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Option<i64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|&ms| ms > 0)
+    }
+}
+
+/// Counts open reservations when `/metrics` is rendered.
+type ReservationCount = Box<dyn Fn() -> u64 + Send + Sync>;
+
 struct Inner {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
@@ -108,9 +153,14 @@ struct Inner {
     /// By [`BACKENDS`].
     backend_errors: [Counter; BACKENDS.len()],
     usage_queue_depth: Gauge,
+    usage_queue_lag: Gauge,
     /// By [`USAGE_RESULTS`].
     usage_records: [Counter; USAGE_RESULTS.len()],
+    budget_alerts: [Counter; 4],
+    reservations_open: Gauge,
     invalidation_lag: Histogram,
+    queues: Mutex<Vec<Oldest>>,
+    reservations: Mutex<Vec<ReservationCount>>,
 }
 
 /// The process's metrics. Cheap to clone (one reference-counted registry).
@@ -156,18 +206,31 @@ impl Metrics {
                 "Failed calls to a backend (database, redis, oidc, alert_webhook)",
             ),
             (
+                FAILURE_MODE,
+                "Decisions taken by a failure mode while a backend was unreachable",
+            ),
+            (
                 USAGE_RECORDS,
                 "Usage records by what the writer did with them",
             ),
             (USAGE_TOKENS, "Tokens of written usage records"),
+            (BUDGET_ALERTS, "Budget alerts by what became of them"),
         ] {
             recorder.describe_counter(name.into(), None, help.into());
         }
         for (name, help) in [
             (USAGE_QUEUE_DEPTH, "Usage records waiting to be written"),
             (
+                USAGE_QUEUE_LAG,
+                "Age of the oldest usage record waiting to be written (0 when none waits)",
+            ),
+            (
                 REDIS_UP,
                 "1 while Redis answers, 0 while rate limits follow redis.failure_mode",
+            ),
+            (
+                RESERVATIONS_OPEN,
+                "Reservations held for admitted requests whose usage has not settled them yet",
             ),
             // A counter in meaning (see `render`): the facade's counters are integers.
             (SPEND_USD, "USD of written usage records"),
@@ -207,9 +270,16 @@ impl Metrics {
             backend_errors: BACKENDS.map(|b| counter(BACKEND_ERRORS, "backend", b)),
             usage_queue_depth: recorder
                 .register_gauge(&Key::from_name(USAGE_QUEUE_DEPTH), &METADATA),
+            usage_queue_lag: recorder.register_gauge(&Key::from_name(USAGE_QUEUE_LAG), &METADATA),
             usage_records: USAGE_RESULTS.map(|r| counter(USAGE_RECORDS, "result", r)),
+            budget_alerts: ["raised", "delivered", "retried", "failed"]
+                .map(|r| counter(BUDGET_ALERTS, "result", r)),
+            reservations_open: recorder
+                .register_gauge(&Key::from_name(RESERVATIONS_OPEN), &METADATA),
             invalidation_lag: recorder
                 .register_histogram(&Key::from_name(INVALIDATION_LAG), &METADATA),
+            queues: Mutex::new(Vec::new()),
+            reservations: Mutex::new(Vec::new()),
             handle,
             recorder,
         };
@@ -258,8 +328,46 @@ impl Metrics {
         }
     }
 
+    /// The counter of decisions taken by `mode` while `backend` was unreachable; registered
+    /// (at 0) by the first call, so take it where the failure mode is configured.
+    pub fn failure_mode(&self, backend: &'static str, mode: FailureMode) -> Counter {
+        let mode = match mode {
+            FailureMode::Open => "open",
+            FailureMode::Closed => "closed",
+            FailureMode::Local => "local",
+        };
+        self.inner.recorder.register_counter(
+            &key(FAILURE_MODE, &[("backend", backend), ("mode", mode)]),
+            &METADATA,
+        )
+    }
+
+    /// `tollgate_usage_queue_depth`.
     pub fn usage_queue_depth(&self) -> &Gauge {
         &self.inner.usage_queue_depth
+    }
+
+    /// A slot for one usage queue's oldest record, read into
+    /// `tollgate_usage_queue_lag_seconds` at every render.
+    pub fn usage_queue(&self) -> Oldest {
+        let oldest = Oldest::default();
+        self.inner
+            .queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(oldest.clone());
+        oldest
+    }
+
+    /// Adds `count` to the sources of `tollgate_reservations_open`, called at every render.
+    /// It should hold its subject weakly (answering 0 once it is gone): it lives as long as
+    /// these metrics.
+    pub fn count_reservations(&self, count: impl Fn() -> u64 + Send + Sync + 'static) {
+        self.inner
+            .reservations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(count));
     }
 
     /// Counts usage records by `result` (written | duplicate | retried | dead_letter).
@@ -297,6 +405,11 @@ impl Metrics {
         }
     }
 
+    /// Counts budget alerts by what became of them.
+    pub fn budget_alerts(&self, result: AlertResult, n: u64) {
+        self.inner.budget_alerts[result as usize].increment(n);
+    }
+
     /// Records one invalidation's lag (seconds).
     pub fn invalidation_lag(&self, seconds: f64) {
         self.inner.invalidation_lag.record(seconds);
@@ -331,6 +444,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        self.sample();
         let text = self.inner.handle.render();
         // `tollgate_spend_usd_total` is recorded in a gauge (the facade's counters count
         // whole numbers) that only grows: exported as the counter it always was.
@@ -339,6 +453,30 @@ impl Metrics {
             &format!("# TYPE {SPEND_USD} counter\n"),
             1,
         )
+    }
+
+    /// Sets the gauges read at render time.
+    fn sample(&self) {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let oldest = self
+            .inner
+            .queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Oldest::get)
+            .min();
+        let lag = oldest.map_or(0.0, |at| (now_ms - at).max(0) as f64 / 1000.0);
+        self.inner.usage_queue_lag.set(lag);
+        let open: u64 = self
+            .inner
+            .reservations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|count| count())
+            .sum();
+        self.inner.reservations_open.set(open as f64);
     }
 }
 
@@ -365,10 +503,13 @@ mod tests {
             CACHE_REQUESTS,
             BACKEND_ERRORS,
             USAGE_QUEUE_DEPTH,
+            USAGE_QUEUE_LAG,
             REDIS_UP,
+            RESERVATIONS_OPEN,
             USAGE_RECORDS,
             USAGE_TOKENS,
             SPEND_USD,
+            BUDGET_ALERTS,
             INVALIDATION_LAG,
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
@@ -405,5 +546,34 @@ mod tests {
         );
         // Registered up front, so the first error is an increase from 0.
         assert!(text.contains("tollgate_check_total{code=\"unavailable\",decision=\"error\"} 0"));
+    }
+
+    #[test]
+    fn lag_and_reservations_are_sampled_at_render() {
+        let m = Metrics::new();
+        let a = m.usage_queue();
+        let b = m.usage_queue();
+        assert!(m
+            .render()
+            .contains("\ntollgate_usage_queue_lag_seconds 0\n"));
+        let now = chrono::Utc::now().timestamp_millis();
+        a.set(Some(now - 5_000));
+        b.set(Some(now - 60_000));
+        let lag = |text: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix("tollgate_usage_queue_lag_seconds "))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let seen = lag(&m.render());
+        assert!((60.0..61.0).contains(&seen), "{seen}");
+        b.set(None);
+        let seen = lag(&m.render());
+        assert!((5.0..6.0).contains(&seen), "{seen}");
+
+        m.count_reservations(|| 3);
+        m.count_reservations(|| 4);
+        assert!(m.render().contains("\ntollgate_reservations_open 7\n"));
     }
 }

@@ -255,6 +255,8 @@ where
     let limiter = Limiter::redis(&config(&server.url(), mode), metrics.clone()).await;
     assert!(limiter.healthy());
     assert_eq!(sample(&metrics, "tollgate_redis_up") as i64, 1);
+    let by_mode = format!("tollgate_failure_mode_total{{backend=\"redis\",mode=\"{mode}\"}}");
+    let decided_by_mode = || sample(&metrics, &by_mode) as u64;
 
     // Up: Redis enforces the limit.
     let now = now_ms();
@@ -264,6 +266,7 @@ where
     let o = limiter.admit(std::slice::from_ref(&up), now).await.unwrap();
     assert_eq!(o.views.len(), 1, "views come from redis");
     assert_eq!(redis_errors(&metrics), 0);
+    assert_eq!(decided_by_mode(), 0, "{mode}: redis decides");
 
     // Down.
     server.kill();
@@ -287,6 +290,11 @@ where
         "100 calls took {:?}",
         started.elapsed()
     );
+    let while_down = decided_by_mode();
+    assert!(
+        while_down >= 100,
+        "{mode}: {while_down} decided by the failure mode"
+    );
 
     // Up again: the probe notices, and Redis enforces limits again, with its scripts
     // loaded anew (the restarted server has none).
@@ -297,6 +305,7 @@ where
     let again = demand("k:again:rpm", 60, 3, 1);
     let now = now_ms();
     assert_eq!(admit_n(&limiter, &again, now, 5).await, 3);
+    assert_eq!(decided_by_mode(), while_down, "{mode}: redis decides again");
     let o = limiter
         .admit(std::slice::from_ref(&again), now)
         .await
