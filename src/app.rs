@@ -232,6 +232,13 @@ impl App {
             counters,
             clock,
         ));
+        let held = Arc::downgrade(&admission);
+        metrics.count_reservations(move || {
+            held.upgrade().map_or(0, |admission| {
+                let now = admission.clock().now_ms().div_euclid(1000);
+                admission.counters().open_reservations(now)
+            })
+        });
         let gate = Arc::new(Gate::new(admission.clone(), metrics.clone()));
         let invalidator = Arc::new(invalidator(&config, auth.clone(), metrics.clone())?);
         let (stop, stop_rx) = watch::channel(false);
@@ -293,6 +300,10 @@ impl App {
                 tracing::warn!(%issuer, %reason, "cannot read the keys of an OIDC issuer at start; its tokens are refused with 503 until it answers");
             }
             background.push(verifier.spawn_refresher());
+        }
+        background.push(self.metrics.spawn_upkeep());
+        if self.admission.counters().is_shared() {
+            background.push(count_reservations(self.admission.clone()));
         }
         background.push(self.alerts.clone().spawn(self.stop.subscribe()));
         background.extend(self.invalidator.start_listener(self.stop.subscribe()).await);
@@ -399,6 +410,20 @@ impl App {
             writer,
         })
     }
+}
+
+/// How often the reservations open in Redis are counted for `tollgate_reservations_open`.
+const COUNT_RESERVATIONS_EVERY: Duration = Duration::from_secs(1);
+
+/// Counts the reservations open in Redis every [`COUNT_RESERVATIONS_EVERY`].
+fn count_reservations(admission: Arc<Admission>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let now = admission.clock().now_ms().div_euclid(1000);
+            admission.counters().count_open(now).await;
+            tokio::time::sleep(COUNT_RESERVATIONS_EVERY).await;
+        }
+    })
 }
 
 /// A started tollgate.

@@ -173,6 +173,23 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
+    /// Every reason, in declaration order ([`DenyReason::index`]).
+    pub const ALL: [DenyReason; 8] = [
+        DenyReason::UnknownRoute,
+        DenyReason::InvalidRequest,
+        DenyReason::InvalidApiKey,
+        DenyReason::PermissionDenied,
+        DenyReason::ModelNotAllowed,
+        DenyReason::RateLimitExceeded,
+        DenyReason::InsufficientQuota,
+        DenyReason::AuthUnavailable,
+    ];
+
+    /// The position in [`DenyReason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn status(self) -> u16 {
         match self {
             DenyReason::UnknownRoute => 404,

@@ -180,10 +180,7 @@ impl Invalidator {
         };
         let text = serde_json::to_string(&message).expect("a change serialises");
         if let Err((backend, reason)) = self.publish(&text).await {
-            self.metrics
-                .backend_errors
-                .with_label_values(&[backend])
-                .inc();
+            self.metrics.backend_error(backend);
             tracing::warn!(%reason, "cannot publish an invalidation; other replicas apply it within cache.key_ttl");
         }
     }
@@ -284,9 +281,7 @@ impl Invalidator {
         }
         self.apply(&message.change);
         let lag_ms = (chrono::Utc::now().timestamp_millis() - message.sent_ms).max(0);
-        self.metrics
-            .invalidation_lag
-            .observe(lag_ms as f64 / 1000.0);
+        self.metrics.invalidation_lag(lag_ms as f64 / 1000.0);
         true
     }
 

@@ -33,7 +33,7 @@ use ::redis::{
     RedisFuture, Value,
 };
 use deadpool::managed;
-use prometheus::IntGauge;
+use metrics::Gauge;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -573,7 +573,7 @@ pub struct Health {
     mode: FailureMode,
     metrics: Metrics,
     /// Set to 1 while up and 0 while down, when given.
-    gauge: Option<IntGauge>,
+    gauge: Option<Gauge>,
 }
 
 impl Health {
@@ -582,10 +582,10 @@ impl Health {
         subject: &'static str,
         mode: FailureMode,
         metrics: Metrics,
-        gauge: Option<IntGauge>,
+        gauge: Option<Gauge>,
     ) -> Arc<Health> {
         if let Some(gauge) = &gauge {
-            gauge.set(1);
+            gauge.set(1.0);
         }
         Arc::new(Health {
             healthy: AtomicBool::new(true),
@@ -604,13 +604,10 @@ impl Health {
     /// A call through `pool` failed: mark Redis down (logged once) and make sure one probe
     /// runs. The probe ends when Redis answers, or when this `Health` is dropped.
     pub fn failed(self: &Arc<Self>, pool: &RedisPool, reason: &str) {
-        self.metrics
-            .backend_errors
-            .with_label_values(&["redis"])
-            .inc();
+        self.metrics.backend_error("redis");
         if self.healthy.swap(false, Ordering::AcqRel) {
             if let Some(gauge) = &self.gauge {
-                gauge.set(0);
+                gauge.set(0.0);
             }
             tracing::warn!(
                 failure_mode = ?self.mode,
@@ -637,7 +634,7 @@ async fn probe(health: Weak<Health>, pool: RedisPool) {
             health.probing.store(false, Ordering::Release);
             if !health.healthy.swap(true, Ordering::AcqRel) {
                 if let Some(gauge) = &health.gauge {
-                    gauge.set(1);
+                    gauge.set(1.0);
                 }
                 tracing::info!("redis answers again: {} are back in redis", health.subject);
             }

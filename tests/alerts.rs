@@ -458,6 +458,16 @@ async fn delivery_is_signed_and_retried_with_backoff() {
     assert_eq!(shown["entity_id"], key.as_str());
     assert_eq!(shown["threshold"], 50);
     assert_eq!(shown["period_start"], rfc3339(day).as_str());
+    // Raised once, three attempts failed and retried, the fourth delivered.
+    for (result, want) in [
+        ("raised", 1.0),
+        ("retried", 3.0),
+        ("delivered", 1.0),
+        ("failed", 0.0),
+    ] {
+        let series = format!("tollgate_budget_alerts_total{{result=\"{result}\"}}");
+        assert_eq!(tg.metric(&series).await, want, "{series}");
+    }
     tg.stop().await;
 }
 
@@ -510,6 +520,17 @@ async fn permanent_failure_ends_failed() {
         assert!(error.contains("500"), "{error}");
         assert!(!error.contains(URL_TOKEN), "{error}");
         assert_eq!(shown["delivered_at"], Value::Null);
+    }
+    // Four alerts, each retried until its last attempt failed.
+    let retried = 4.0 * f64::from(MAX_ATTEMPTS - 1);
+    for (result, want) in [
+        ("raised", 4.0),
+        ("retried", retried),
+        ("delivered", 0.0),
+        ("failed", 4.0),
+    ] {
+        let series = format!("tollgate_budget_alerts_total{{result=\"{result}\"}}");
+        assert_eq!(tg.metric(&series).await, want, "{series}");
     }
     let (_, pending) = tg
         .admin(Method::GET, "/admin/alerts?state=pending", None)

@@ -6,6 +6,7 @@
 mod common;
 
 use common::check::answer;
+use common::metrics::sample;
 use common::tollgate::Tollgate;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -224,7 +225,8 @@ async fn a_deployment_in_another_schema_does_not_hear_the_changes() {
         "database: {{ url: \"{other_url}\" }}\ncache: {{ key_ttl: 300s, negative_ttl: 300s }}\n"
     ))
     .await;
-    let heard = |t: &Tollgate| t.app.metrics.invalidation_lag.get_sample_count();
+    let heard =
+        |t: &Tollgate| sample(&t.app.metrics, "tollgate_invalidation_lag_seconds_count") as u64;
     let (key_id, _) = a.create_key(json!({"name": "k"})).await;
     admin(
         &a,

@@ -382,6 +382,13 @@ async fn an_unreachable_redis_follows_the_failure_mode() {
             metrics_text(&t).await.contains("\ntollgate_redis_up 0\n"),
             "{mode}"
         );
+        // Both decisions were taken by the failure mode, and counted under it only.
+        for counted in ["open", "closed", "local"] {
+            let want = if counted == mode { 2.0 } else { 0.0 };
+            let series =
+                format!("tollgate_failure_mode_total{{backend=\"redis\",mode=\"{counted}\"}}");
+            assert_eq!(t.metric(&series).await, want, "{mode}: {series}");
+        }
         t.stop().await;
     }
 }
@@ -439,4 +446,76 @@ async fn written_usage_corrects_the_token_buckets_of_its_request() {
         "the bucket was corrected once the usage was written"
     );
     t.stop().await;
+}
+
+/// `tollgate_reservations_open`: a request admitted with a tpm limit holds its estimate
+/// until its usage record settles it; in this process, and in Redis (counted there about
+/// once a second, the same on every replica).
+#[tokio::test]
+async fn open_reservations_are_counted_until_their_usage_settles_them() {
+    let prefix = format!("tg-test-{}:", tollgate::domain::new_id());
+    for redis in [
+        String::new(),
+        format!("redis: {{ url: \"redis://127.0.0.1:6379\", key_prefix: \"{prefix}\" }}\n"),
+    ] {
+        let t = Tollgate::start_with_clock(
+            &format!("{redis}usage: {{ batch_interval: 20ms }}\n"),
+            Clock::manual(T0),
+        )
+        .await;
+        let open = || t.metric("tollgate_reservations_open");
+        assert_eq!(open().await, 0.0, "{redis}");
+        let (id, k) = key(&t, json!({"tpm": 100000})).await;
+        for request_id in ["held-1", "held-2"] {
+            let request = common::check::request(
+                &[("x-api-key", &k), ("x-request-id", request_id)],
+                "/v1/chat/completions",
+                &chat_body("gpt-4o", 100),
+            );
+            assert_eq!(
+                answer(t.app.gate.check(&request).await.unwrap()).status,
+                200
+            );
+        }
+        eventually(|| async { open().await == 2.0 }, "two reservations open").await;
+        t.app
+            .usage
+            .push(tollgate::usage::UsageRecord {
+                request_id: "held-1".into(),
+                at: tollgate::domain::now(),
+                key_id: Some(id),
+                user_id: None,
+                team_id: None,
+                model: Some("gpt-4o".into()),
+                tokens: tollgate::usage::TokenUsage {
+                    input_tokens: 40,
+                    output_tokens: 10,
+                    ..Default::default()
+                },
+                cost_usd: 0.0,
+                status: 200,
+                latency_ms: 1,
+                estimated: false,
+                source: tollgate::usage::UsageSource::ExtProc,
+            })
+            .await
+            .unwrap();
+        eventually(|| async { open().await == 1.0 }, "one settled").await;
+        t.stop().await;
+    }
+}
+
+/// Polls `done` every 25 ms for up to 10 s.
+async fn eventually<F, Fut>(done: F, what: &str)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..400 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("{what}: not within 10 s");
 }

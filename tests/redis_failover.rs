@@ -4,6 +4,9 @@
 //! over again by itself when it is back (its scripts reloaded, since a restarted server has
 //! none).
 
+mod common;
+
+use common::metrics::sample;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -238,7 +241,7 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 fn redis_errors(metrics: &Metrics) -> u64 {
-    metrics.backend_errors.with_label_values(&["redis"]).get()
+    sample(metrics, "tollgate_backend_errors_total{backend=\"redis\"}") as u64
 }
 
 /// Up, down, up again, with `mode`; `while_down` checks the answers while Redis is down.
@@ -251,7 +254,9 @@ where
     let metrics = Metrics::new();
     let limiter = Limiter::redis(&config(&server.url(), mode), metrics.clone()).await;
     assert!(limiter.healthy());
-    assert_eq!(metrics.redis_up.get(), 1);
+    assert_eq!(sample(&metrics, "tollgate_redis_up") as i64, 1);
+    let by_mode = format!("tollgate_failure_mode_total{{backend=\"redis\",mode=\"{mode}\"}}");
+    let decided_by_mode = || sample(&metrics, &by_mode) as u64;
 
     // Up: Redis enforces the limit.
     let now = now_ms();
@@ -261,12 +266,13 @@ where
     let o = limiter.admit(std::slice::from_ref(&up), now).await.unwrap();
     assert_eq!(o.views.len(), 1, "views come from redis");
     assert_eq!(redis_errors(&metrics), 0);
+    assert_eq!(decided_by_mode(), 0, "{mode}: redis decides");
 
     // Down.
     server.kill();
     let limiter = while_down(limiter, now).await;
     assert!(!limiter.healthy());
-    assert_eq!(metrics.redis_up.get(), 0);
+    assert_eq!(sample(&metrics, "tollgate_redis_up") as i64, 0);
     assert_eq!(
         redis_errors(&metrics),
         1,
@@ -284,16 +290,22 @@ where
         "100 calls took {:?}",
         started.elapsed()
     );
+    let while_down = decided_by_mode();
+    assert!(
+        while_down >= 100,
+        "{mode}: {while_down} decided by the failure mode"
+    );
 
     // Up again: the probe notices, and Redis enforces limits again, with its scripts
     // loaded anew (the restarted server has none).
     server.restart().await;
     assert!(!script_loaded(&server).await);
     wait_until("redis healthy again", || limiter.healthy()).await;
-    assert_eq!(metrics.redis_up.get(), 1);
+    assert_eq!(sample(&metrics, "tollgate_redis_up") as i64, 1);
     let again = demand("k:again:rpm", 60, 3, 1);
     let now = now_ms();
     assert_eq!(admit_n(&limiter, &again, now, 5).await, 3);
+    assert_eq!(decided_by_mode(), while_down, "{mode}: redis decides again");
     let o = limiter
         .admit(std::slice::from_ref(&again), now)
         .await

@@ -164,10 +164,16 @@ async fn records_survive_a_database_outage() {
             > 0.0
     );
     assert_eq!(t.metric("tollgate_usage_queue_depth").await, 20.0);
+    // The oldest record waits as long as the outage lasts.
+    let lag = t.metric("tollgate_usage_queue_lag_seconds").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let later = t.metric("tollgate_usage_queue_lag_seconds").await;
+    assert!(later >= lag + 0.5, "the lag grows: {lag} then {later}");
 
     proxy.restore();
     wait_for_requests(&t, 25).await;
     assert_eq!(t.metric("tollgate_usage_queue_depth").await, 0.0);
+    assert_eq!(t.metric("tollgate_usage_queue_lag_seconds").await, 0.0);
     t.stop().await;
 }
 

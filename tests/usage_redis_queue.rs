@@ -376,6 +376,11 @@ async fn no_record_is_lost_across_a_restart_mid_load() {
             .await
             > 0.0
     );
+    // The batch in hand waits as long as the outage lasts.
+    let lag = a.metric("tollgate_usage_queue_lag_seconds").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let later = a.metric("tollgate_usage_queue_lag_seconds").await;
+    assert!(later >= lag + 0.5, "the lag grows: {lag} then {later}");
     // Stopped while the batch is in hand: it stays pending with A's consumer.
     a.stop().await;
     let left_pending = pending(&mut conn, &prefix).await;
@@ -396,6 +401,10 @@ async fn no_record_is_lost_across_a_restart_mid_load() {
         requests(&direct).await == Some(5 + N as u64)
     );
     eventually!("every entry acked", pending(&mut conn, &prefix).await == 0);
+    eventually!(
+        "nothing waits",
+        b.metric("tollgate_usage_queue_lag_seconds").await == 0.0
+    );
     assert_eq!(requests(&direct).await, Some(5 + N as u64));
     assert_eq!(
         b.metric("tollgate_usage_records_total{result=\"written\"}")

@@ -29,8 +29,10 @@ use crate::limits::bucket::Shape;
 use crate::limits::memory::MemoryBuckets;
 use crate::limits::{Demand, Outcome, Settlement, Unit};
 use crate::metrics::Metrics;
-use crate::redis_pool::{Health, RedisPool};
+use crate::redis_pool::{Call, Health, RedisPool};
 use crate::store::{SharedStore, SpendKind};
+use metrics::Counter;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// What a request asks of the counters.
@@ -106,6 +108,11 @@ struct Shared {
     /// down.
     local: Local,
     health: Arc<Health>,
+    /// Reservations open in Redis as last counted ([`Counters::count_open`]); on a Redis
+    /// Cluster none are counted.
+    open_in_redis: AtomicU64,
+    /// `tollgate_failure_mode_total{backend="redis",mode}` of the configured mode.
+    failure_mode: Counter,
 }
 
 impl Counters {
@@ -140,6 +147,7 @@ impl Counters {
         };
         let counters = RedisCounters::with_pool(pool, redis, store, config);
         let gauge = Some(metrics.track_redis());
+        let failure_mode = metrics.failure_mode("redis", redis.failure_mode);
         Counters {
             inner: Inner::Redis(Box::new(Shared {
                 redis: Arc::new(counters),
@@ -152,6 +160,8 @@ impl Counters {
                     metrics,
                     gauge,
                 ),
+                failure_mode,
+                open_in_redis: AtomicU64::new(0),
             })),
         }
     }
@@ -176,6 +186,7 @@ impl Counters {
                 Err(e) => return Err(CountError::Backend(e)),
             }
         }
+        shared.failure_mode.increment(1);
         match shared.mode {
             FailureMode::Open => Ok(Taken::Admitted(Outcome {
                 admitted: true,
@@ -220,6 +231,38 @@ impl Counters {
                 Err(e) if e.backend() == Backend::Redis => shared.failed(&e),
                 _ => {}
             }
+        }
+    }
+
+    /// Reservations held for admitted requests and not yet settled, given back or due by
+    /// `now` (Unix seconds, admission clock): those of this process, plus with one Redis
+    /// every replica's as last counted by [`Counters::count_open`].
+    pub fn open_reservations(&self, now: Timestamp) -> u64 {
+        match &self.inner {
+            Inner::Local(local) => local.ledger.open(now),
+            Inner::Redis(shared) => {
+                shared.local.ledger.open(now) + shared.open_in_redis.load(Ordering::Relaxed)
+            }
+        }
+    }
+
+    /// With one Redis: counts the reservations not due by `now` in Redis (one `ZCOUNT` of
+    /// the expiry set), for [`Counters::open_reservations`]. Nothing while Redis is down
+    /// (the last count stands), in this process, or on a Redis Cluster (reservations are
+    /// cut by owner over the shards there: no one cheap call counts them).
+    pub async fn count_open(&self, now: Timestamp) {
+        let Inner::Redis(shared) = &self.inner else {
+            return;
+        };
+        if !shared.health.is_up() || shared.redis.pool().is_cluster() {
+            return;
+        }
+        let mut cmd = ::redis::cmd("ZCOUNT");
+        cmd.arg(shared.redis.expiry_key())
+            .arg(format!("({now}"))
+            .arg("+inf");
+        if let Ok(open) = shared.redis.pool().call::<u64>(Call::Cmd(cmd)).await {
+            shared.open_in_redis.store(open, Ordering::Relaxed);
         }
     }
 
@@ -282,7 +325,7 @@ impl Shared {
 /// Counters in this process: buckets and a ledger of budgets and reservations.
 pub struct Local {
     buckets: MemoryBuckets,
-    ledger: MemoryLedger,
+    ledger: Arc<MemoryLedger>,
 }
 
 impl Local {
@@ -291,12 +334,12 @@ impl Local {
     pub fn new(store: SharedStore, config: &Config) -> Local {
         Local {
             buckets: MemoryBuckets::new(),
-            ledger: MemoryLedger::new(
+            ledger: Arc::new(MemoryLedger::new(
                 store,
                 config.cache.key_ttl,
                 config.budgets.reservation_timeout,
                 config.database.timeout,
-            ),
+            )),
         }
     }
 

@@ -12,7 +12,7 @@
 
 use super::api_key::KeyHash;
 use crate::domain::{KeyLookup, User};
-use crate::metrics::Metrics;
+use crate::metrics::{CacheCounters, CacheResult, Metrics};
 use crate::store::{SharedStore, StoreError};
 use moka::sync::Cache;
 use std::future::Future;
@@ -42,6 +42,8 @@ pub(crate) struct StoreCache<K, V> {
     /// Serialises "insert if no invalidation happened" against invalidations.
     write_lock: Mutex<()>,
     timeout: Duration,
+    /// `tollgate_cache_requests_total` of this cache.
+    counted: CacheCounters,
     metrics: Metrics,
 }
 
@@ -85,6 +87,7 @@ where
             generation: AtomicU64::new(0),
             write_lock: Mutex::new(()),
             timeout,
+            counted: metrics.cache(label),
             metrics,
         }
     }
@@ -100,15 +103,14 @@ where
         Fut: Future<Output = Result<Option<V>, StoreError>>,
     {
         if let Some(entry) = self.cache.get(key) {
-            let result = if entry.is_some() {
-                "hit"
+            self.counted.count(if entry.is_some() {
+                CacheResult::Hit
             } else {
-                "negative_hit"
-            };
-            self.count(result);
+                CacheResult::NegativeHit
+            });
             return Ok(entry);
         }
-        self.count("miss");
+        self.counted.count(CacheResult::Miss);
         let generation = self.generation.load(Ordering::Acquire);
         let entry = match tokio::time::timeout(self.timeout, load()).await {
             Ok(Ok(found)) => found.map(Arc::new),
@@ -164,18 +166,8 @@ where
         self.cache.invalidate(key);
     }
 
-    fn count(&self, result: &str) {
-        self.metrics
-            .cache_requests
-            .with_label_values(&[self.label, result])
-            .inc();
-    }
-
     fn backend_error(&self, e: StoreError) -> StoreError {
-        self.metrics
-            .backend_errors
-            .with_label_values(&["database"])
-            .inc();
+        self.metrics.backend_error("database");
         e
     }
 }

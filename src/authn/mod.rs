@@ -208,10 +208,7 @@ impl Authenticator {
                     return Err(key_not_fetched_yet(&issuer, retry_in))
                 }
                 Err(e @ OidcError::Unavailable { .. }) => {
-                    self.metrics
-                        .backend_errors
-                        .with_label_values(&["oidc"])
-                        .inc();
+                    self.metrics.backend_error("oidc");
                     return Err(AuthnError::Unavailable(BackendError::unavailable(
                         Backend::Issuer,
                         e.to_string(),

@@ -11,7 +11,7 @@ use crate::admission::{Admission, Facts};
 use crate::authn::credential;
 use crate::config::ApiFamily;
 use crate::decision::{Denial, DenyReason};
-use crate::metrics::Metrics;
+use crate::metrics::{Decided, Metrics};
 use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use std::sync::Arc;
@@ -54,19 +54,14 @@ impl Gate {
                 "The check request carries no HTTP attributes",
             ))),
         };
-        let (decision, code) = match &outcome {
-            Ok(Ok(_)) => ("allow", "ok"),
-            Ok(Err(denial)) => ("deny", denial.reason.code()),
-            Err(e) if e.is_transient() => ("error", "unavailable"),
-            Err(_) => ("error", "internal"),
+        let decided = match &outcome {
+            Ok(Ok(_)) => Decided::Allow,
+            Ok(Err(denial)) => Decided::Deny(denial.reason),
+            Err(e) => Decided::Error {
+                transient: e.is_transient(),
+            },
         };
-        self.metrics
-            .check_total
-            .with_label_values(&[decision, code])
-            .inc();
-        self.metrics
-            .check_duration
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.check(decided, started.elapsed().as_secs_f64());
         match outcome {
             Ok(Ok(grant)) => Ok(response::allowed(&grant)),
             Ok(Err(mut denial)) => {

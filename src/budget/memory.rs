@@ -209,6 +209,17 @@ impl MemoryLedger {
             .map(|b| (b.committed, b.reserved))
     }
 
+    /// Reservations held and not due by `now` (an expired one is given back by the next
+    /// reservation; it no longer counts here).
+    pub fn open(&self, now: Timestamp) -> u64 {
+        let state = self.lock();
+        let due = state
+            .expiries
+            .range(..(now.saturating_add(1), String::new()))
+            .count();
+        state.reservations.len().saturating_sub(due) as u64
+    }
+
     /// Gives back the reservations due by `now` (only those: the expiry index is ordered),
     /// and at most once per `refresh` forgets budgets of ended periods with nothing
     /// reserved (a forgotten one is never consulted again: lookups skip ended periods).

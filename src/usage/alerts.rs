@@ -26,7 +26,7 @@
 use super::{period, UsageRecord};
 use crate::clock::Clock;
 use crate::domain::{rfc3339, BudgetDuration, Timestamp};
-use crate::metrics::Metrics;
+use crate::metrics::{AlertResult, Metrics};
 use crate::secret::Secret;
 use crate::store::{Alert, AlertCrossing, AlertOutcome, SharedStore, SpendKind, StoreError};
 use futures::StreamExt;
@@ -165,6 +165,7 @@ impl Alerts {
         }
         match self.store.raise_alerts(&crossings).await {
             Ok(new) => {
+                self.metrics.budget_alerts(AlertResult::Raised, new);
                 if new > 0 {
                     tracing::info!(alerts = new, "budget alerts raised");
                 }
@@ -271,13 +272,14 @@ impl Alerts {
         };
         let attempt = alert.attempts.saturating_add(1);
         let outcome = match &result {
-            Ok(()) => AlertOutcome::Delivered { at: now },
+            Ok(()) => {
+                self.metrics.budget_alerts(AlertResult::Delivered, 1);
+                AlertOutcome::Delivered { at: now }
+            }
             Err(error) => {
-                self.metrics
-                    .backend_errors
-                    .with_label_values(&["alert_webhook"])
-                    .inc();
+                self.metrics.backend_error("alert_webhook");
                 if attempt >= MAX_ATTEMPTS {
+                    self.metrics.budget_alerts(AlertResult::Failed, 1);
                     tracing::error!(
                         alert.id = %alert.id, attempts = attempt, %error,
                         "budget alert not delivered; giving up"
@@ -286,6 +288,7 @@ impl Alerts {
                         error: error.clone(),
                     }
                 } else {
+                    self.metrics.budget_alerts(AlertResult::Retried, 1);
                     if attempt == 1 {
                         tracing::warn!(
                             alert.id = %alert.id, %error,
@@ -352,10 +355,7 @@ impl Alerts {
     }
 
     fn store_failed(&self, error: &StoreError, what: &'static str) {
-        self.metrics
-            .backend_errors
-            .with_label_values(&["database"])
-            .inc();
+        self.metrics.backend_error("database");
         tracing::warn!(%error, "{what}");
     }
 }

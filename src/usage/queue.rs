@@ -15,7 +15,7 @@ use super::redis_queue::{RedisQueue, RedisWriter};
 use super::settle::Settler;
 use super::UsageRecord;
 use crate::config;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Oldest};
 use crate::redis_pool::RedisPool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,10 +26,16 @@ use tokio::sync::{mpsc, watch};
 #[error("the usage queue is closed")]
 pub struct QueueClosed;
 
+/// A record in the in-process queue, with when it was pushed (Unix ms).
+struct Queued {
+    enqueued_ms: i64,
+    record: UsageRecord,
+}
+
 /// Where ingestion puts records. Cheap to clone.
 #[derive(Clone)]
 pub struct UsageQueue {
-    tx: mpsc::Sender<UsageRecord>,
+    tx: mpsc::Sender<Queued>,
     metrics: Metrics,
     /// The Redis Stream, when `redis` is configured; `tx` is then the fallback while Redis
     /// is unreachable.
@@ -57,6 +63,7 @@ impl UsageQueue {
                 settler,
                 batch_size: config.batch_size,
                 batch_interval: config.batch_interval,
+                oldest: metrics.usage_queue(),
                 metrics,
                 stop,
             },
@@ -115,6 +122,7 @@ impl UsageQueue {
     /// Queues a record, waiting while the queue is full. On Redis, waits for the stream to
     /// take it, or (Redis unreachable after a few attempts) queues it in process.
     pub async fn push(&self, record: UsageRecord) -> Result<(), QueueClosed> {
+        let enqueued_ms = chrono::Utc::now().timestamp_millis();
         let record = match &self.redis {
             Some(redis) => match redis.push(record).await {
                 Ok(()) => return Ok(()),
@@ -122,9 +130,13 @@ impl UsageQueue {
             },
             None => record,
         };
-        self.metrics.usage_queue_depth.inc();
-        self.tx.send(record).await.map_err(|_| {
-            self.metrics.usage_queue_depth.dec();
+        self.metrics.usage_queue_depth().increment(1.0);
+        let queued = Queued {
+            enqueued_ms,
+            record,
+        };
+        self.tx.send(queued).await.map_err(|_| {
+            self.metrics.usage_queue_depth().decrement(1.0);
             QueueClosed
         })
     }
@@ -175,11 +187,14 @@ impl Writer {
 
 /// Commits records queued in process in batches.
 struct MemoryWriter {
-    rx: mpsc::Receiver<UsageRecord>,
+    rx: mpsc::Receiver<Queued>,
     /// Budget reservations, replaced by the real cost once a record is written.
     settler: Arc<Settler>,
     batch_size: usize,
     batch_interval: Duration,
+    /// When the oldest record not yet written was pushed: the first of the batch in hand
+    /// (the queue is first in, first out), none between batches.
+    oldest: Oldest,
     metrics: Metrics,
     stop: watch::Receiver<bool>,
 }
@@ -210,12 +225,13 @@ impl MemoryWriter {
                     }
                 }
             };
-            let mut batch = vec![first];
+            self.oldest.set(Some(first.enqueued_ms));
+            let mut batch = vec![first.record];
             let deadline = tokio::time::Instant::now() + self.batch_interval;
             while batch.len() < self.batch_size {
                 if stopping {
                     match self.rx.try_recv() {
-                        Ok(record) => batch.push(record),
+                        Ok(queued) => batch.push(queued.record),
                         Err(_) => break,
                     }
                     continue;
@@ -223,13 +239,14 @@ impl MemoryWriter {
                 // A stop ends the wait for more: what is queued is taken at once instead.
                 tokio::select! {
                     more = tokio::time::timeout_at(deadline, self.rx.recv()) => match more {
-                        Ok(Some(record)) => batch.push(record),
+                        Ok(Some(queued)) => batch.push(queued.record),
                         Ok(None) | Err(_) => break,
                     },
                     _ = self.stop.wait_for(|stop| *stop) => stopping = true,
                 }
             }
             self.write(batch).await;
+            self.oldest.set(None);
         }
     }
 
@@ -240,7 +257,9 @@ impl MemoryWriter {
         loop {
             match self.settler.commit(&batch).await {
                 Ok(()) => {
-                    self.metrics.usage_queue_depth.sub(batch.len() as i64);
+                    self.metrics
+                        .usage_queue_depth()
+                        .decrement(batch.len() as f64);
                     if failing {
                         tracing::info!(records = batch.len(), "usage records written again");
                     }

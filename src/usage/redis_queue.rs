@@ -59,7 +59,7 @@ use super::settle::Settler;
 use super::UsageRecord;
 use crate::backend::{Backend, BackendError};
 use crate::config;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Oldest};
 use crate::redis_pool::{failure, Call, Connection, Connector, RedisPool};
 use crate::store::StoreError;
 use ::redis::{Cmd, ErrorKind, FromRedisValue, Value};
@@ -204,11 +204,12 @@ impl RedisQueue {
             shared: shared.clone(),
             consumer: consumer_name(),
             settler,
-            metrics,
+            metrics: metrics.clone(),
             batch_size: usage.batch_size.max(1),
             batch_interval: usage.batch_interval,
             stop,
             reported_depth: 0,
+            oldest: metrics.usage_queue(),
             depth_at: None,
             trimmed_at: Instant::now(),
             failing_redis: false,
@@ -322,6 +323,9 @@ pub struct RedisWriter {
     stop: watch::Receiver<bool>,
     /// What this writer last added to the depth gauge.
     reported_depth: i64,
+    /// When the oldest entry not yet acked by the group was added (Unix ms, from its id),
+    /// as last seen: kept while Redis cannot be read.
+    oldest: Oldest,
     depth_at: Option<Instant>,
     /// When acked entries were last trimmed (the first trim is one interval after start).
     trimmed_at: Instant,
@@ -353,10 +357,7 @@ impl RedisWriter {
     }
 
     fn redis_failed(&mut self, what: &str, error: &BackendError) {
-        self.metrics
-            .backend_errors
-            .with_label_values(&["redis"])
-            .inc();
+        self.metrics.backend_error("redis");
         if !self.failing_redis {
             tracing::warn!(%error, "{what}; retrying until redis answers");
             self.failing_redis = true;
@@ -472,8 +473,11 @@ impl RedisWriter {
         if between_batches {
             self.flush().await;
         }
-        self.metrics.usage_queue_depth.sub(self.reported_depth);
+        self.metrics
+            .usage_queue_depth()
+            .decrement(self.reported_depth as f64);
         self.reported_depth = 0;
+        self.oldest.set(None);
     }
 
     /// On shutdown: writes and acks what is still unread in the stream, so that what this
@@ -594,6 +598,14 @@ impl RedisWriter {
     /// Writes a batch of entries: poison ones to the dead letters, the rest to the store,
     /// then acks them. Returns whether shutdown interrupted it (the rest stays pending).
     async fn process(&mut self, entries: Vec<Entry>) -> bool {
+        // The batch in hand waits until written: the oldest unacked entry is at least as
+        // old as its first (read in id order), even before the next refresh says so.
+        let first = entries.iter().filter_map(|e| id_ms(&e.id)).min();
+        if let Some(first) = first {
+            if self.oldest.get().is_none_or(|known| first < known) {
+                self.oldest.set(Some(first));
+            }
+        }
         let mut good = Vec::with_capacity(entries.len());
         for e in entries {
             let payload = e
@@ -816,20 +828,60 @@ impl RedisWriter {
             let lag = field("lag").and_then(int).unwrap_or(0);
             let depth = pending + lag;
             self.metrics
-                .usage_queue_depth
-                .add(depth - self.reported_depth);
+                .usage_queue_depth()
+                .increment((depth - self.reported_depth) as f64);
             self.reported_depth = depth;
+            let last_delivered = field("last-delivered-id").cloned().and_then(text);
+            let unread = field("lag").and_then(int);
+            if let Ok(oldest) = self.oldest_unacked(pending, unread, last_delivered).await {
+                self.oldest.set(oldest.as_deref().and_then(id_ms));
+            }
+            return;
         }
     }
 
-    fn count(&self, result: &str, n: u64) {
+    /// The id of the oldest entry the group has not acked: the oldest pending one, else
+    /// the first unread (after the last delivered one), else none.
+    async fn oldest_unacked(
+        &self,
+        pending: i64,
+        unread: Option<i64>,
+        last_delivered: Option<String>,
+    ) -> Result<Option<String>, BackendError> {
+        if pending > 0 {
+            // XPENDING's summary: [count, oldest id, newest id, consumers].
+            let mut cmd = ::redis::cmd("XPENDING");
+            cmd.arg(&self.shared.stream).arg(GROUP);
+            let summary = items(self.link.query(&cmd, Duration::ZERO).await?);
+            return Ok(summary.get(1).cloned().and_then(text));
+        }
+        let Some(from) = last_delivered.as_deref().and_then(next_id) else {
+            return Ok(None);
+        };
+        // Unread: none, or (nil: Redis cannot tell) maybe some.
+        if unread == Some(0) {
+            return Ok(None);
+        }
+        let mut cmd = ::redis::cmd("XRANGE");
+        cmd.arg(&self.shared.stream)
+            .arg(from)
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
+        let first = items(self.link.query(&cmd, Duration::ZERO).await?);
+        Ok(first.into_iter().next().and_then(entry).map(|e| e.id))
+    }
+
+    fn count(&self, result: &'static str, n: u64) {
         if n > 0 {
-            self.metrics
-                .usage_records
-                .with_label_values(&[result])
-                .inc_by(n);
+            self.metrics.usage_records(result, n);
         }
     }
+}
+
+/// The time in an entry id (`ms-seq`): Unix ms of the Redis that added it.
+fn id_ms(id: &str) -> Option<i64> {
+    id.split_once('-')?.0.parse().ok()
 }
 
 /// The stream id right after `id` (`ms-seq`).

@@ -53,22 +53,16 @@ impl Settler {
             Err(e) => {
                 self.count("retried", batch.len() as u64);
                 if !matches!(e, StoreError::Invalid(_)) {
-                    self.metrics
-                        .backend_errors
-                        .with_label_values(&["database"])
-                        .inc();
+                    self.metrics.backend_error("database");
                 }
                 Err(e)
             }
         }
     }
 
-    fn count(&self, result: &str, n: u64) {
+    fn count(&self, result: &'static str, n: u64) {
         if n > 0 {
-            self.metrics
-                .usage_records
-                .with_label_values(&[result])
-                .inc_by(n);
+            self.metrics.usage_records(result, n);
         }
     }
 
@@ -91,17 +85,11 @@ impl Settler {
                 ("reasoning", t.reasoning_tokens),
             ] {
                 if n > 0 {
-                    self.metrics
-                        .usage_tokens
-                        .with_label_values(&[model, kind])
-                        .inc_by(n);
+                    self.metrics.usage_tokens(model, kind, n);
                 }
             }
             if record.cost_usd > 0.0 {
-                self.metrics
-                    .spend_usd
-                    .with_label_values(&[model])
-                    .inc_by(record.cost_usd);
+                self.metrics.spend_usd(model, record.cost_usd);
             }
         }
         for record in batch {

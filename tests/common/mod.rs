@@ -6,6 +6,7 @@ pub mod chaos;
 pub mod check;
 pub mod db;
 pub mod envoy;
+pub mod metrics;
 pub mod oidc_issuer;
 pub mod private_redis;
 pub mod redis_cluster;

@@ -193,9 +193,7 @@ impl Serve {
             .text()
             .await
             .expect("/metrics body");
-        text.lines()
-            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
-            .unwrap_or(0.0)
+        super::metrics::sample_in(&text, sample)
     }
 }
 

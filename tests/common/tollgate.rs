@@ -124,8 +124,6 @@ impl Tollgate {
     pub async fn metric(&self, sample: &str) -> f64 {
         let (_, text) = self.call(Method::GET, "/metrics", None, None).await;
         let text = text.as_str().unwrap_or_default().to_owned();
-        text.lines()
-            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
-            .unwrap_or(0.0)
+        super::metrics::sample_in(&text, sample)
     }
 }
