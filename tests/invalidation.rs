@@ -83,66 +83,8 @@ async fn trial(a: &Tollgate, b: &Tollgate, n: usize, change: &str) -> Duration {
     }
     eprintln!("trial {n}: {change}");
     let started = Instant::now();
-    match change {
-        "revoke" => {
-            admin(a, Method::DELETE, &format!("/admin/keys/{key_id}"), None).await;
-        }
-        "block" => {
-            admin(
-                a,
-                Method::POST,
-                &format!("/admin/keys/{key_id}/block"),
-                None,
-            )
-            .await;
-        }
-        "rotate" => {
-            admin(
-                a,
-                Method::POST,
-                &format!("/admin/keys/{key_id}/rotate"),
-                Some(json!({"grace_seconds": 0})),
-            )
-            .await;
-        }
-        "budget" => {
-            admin(
-                a,
-                Method::PATCH,
-                &format!("/admin/keys/{key_id}"),
-                Some(json!({"max_budget": 0.0})),
-            )
-            .await;
-        }
-        "block user" => {
-            admin(
-                a,
-                Method::PATCH,
-                &format!("/admin/users/{user}"),
-                Some(json!({"blocked": true})),
-            )
-            .await;
-        }
-        "role" => {
-            admin(
-                a,
-                Method::PATCH,
-                &format!("/admin/users/{user}"),
-                Some(json!({"role": "viewer"})),
-            )
-            .await;
-        }
-        "block team" => {
-            admin(
-                a,
-                Method::PATCH,
-                &format!("/admin/teams/{team}"),
-                Some(json!({"blocked": true})),
-            )
-            .await;
-        }
-        other => panic!("no such change: {other}"),
-    }
+    let (method, path, body) = common::changes::admin_call(change, &key_id, &user, &team);
+    admin(a, method, &path, body).await;
     loop {
         let seen = status(b, &key).await;
         if seen != 200 {
@@ -161,12 +103,12 @@ async fn trial(a: &Tollgate, b: &Tollgate, n: usize, change: &str) -> Duration {
 }
 
 const CHANGES: [&str; 7] = [
-    "revoke",
-    "block",
-    "rotate",
-    "budget",
+    "revoke key",
+    "block key",
+    "rotate key",
+    "key budget",
     "block user",
-    "role",
+    "user role",
     "block team",
 ];
 

@@ -401,108 +401,14 @@ async fn trial(
 
     let started = Instant::now();
     let mut new_secret = None;
-    match change.name {
-        "revoke key" => {
-            admin(a, Method::DELETE, &format!("/admin/keys/{key_id}"), None).await;
-        }
-        "block key" => {
-            admin(
-                a,
-                Method::POST,
-                &format!("/admin/keys/{key_id}/block"),
-                None,
-            )
-            .await;
-        }
-        "unblock key" => {
-            admin(
-                a,
-                Method::POST,
-                &format!("/admin/keys/{key_id}/unblock"),
-                None,
-            )
-            .await;
-        }
-        "rotate key" => {
-            let rotated = admin(
-                a,
-                Method::POST,
-                &format!("/admin/keys/{key_id}/rotate"),
-                Some(json!({"grace_seconds": 0})),
-            )
-            .await;
-            new_secret = Some(rotated["key"].as_str().unwrap().to_owned());
-        }
-        "key budget" => {
-            admin(
-                a,
-                Method::PATCH,
-                &format!("/admin/keys/{key_id}"),
-                Some(json!({"max_budget": 0.0})),
-            )
-            .await;
-        }
-        "key models" => {
-            admin(
-                a,
-                Method::PATCH,
-                &format!("/admin/keys/{key_id}"),
-                Some(json!({"models": ["gpt-4o-mini"]})),
-            )
-            .await;
-        }
-        "key rpm" => {
-            admin(
-                a,
-                Method::PATCH,
-                &format!("/admin/keys/{key_id}"),
-                Some(json!({"rpm": 1})),
-            )
-            .await;
-        }
-        "block user" => {
-            admin(
-                a,
-                Method::PATCH,
-                &format!("/admin/users/{user}"),
-                Some(json!({"blocked": true})),
-            )
-            .await;
-        }
-        "user role" => {
-            admin(
-                a,
-                Method::PATCH,
-                &format!("/admin/users/{user}"),
-                Some(json!({"role": "viewer"})),
-            )
-            .await;
-        }
-        "delete user" => {
-            let (status, body) = a
-                .admin(Method::DELETE, &format!("/admin/users/{user}"), None)
-                .await;
-            assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
-        }
-        "block team" => {
-            admin(
-                a,
-                Method::PATCH,
-                &format!("/admin/teams/{team}"),
-                Some(json!({"blocked": true})),
-            )
-            .await;
-        }
-        "team budget" => {
-            admin(
-                a,
-                Method::PATCH,
-                &format!("/admin/teams/{team}"),
-                Some(json!({"max_budget": 0.0})),
-            )
-            .await;
-        }
-        other => panic!("no such change: {other}"),
+    let (method, path, body) = common::changes::admin_call(change.name, &key_id, &user, &team);
+    let (status, answer) = a.admin(method, &path, body).await;
+    assert!(status.is_success(), "{}: {status} {answer}", change.name);
+    if change.name == "delete user" {
+        assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+    }
+    if change.name == "rotate key" {
+        new_secret = Some(answer["key"].as_str().unwrap().to_owned());
     }
     let lag = until(to, &key, change.then, started, &what, unanswered).await;
     if let Some(secret) = new_secret {

@@ -267,16 +267,7 @@ mod tests {
         (denied.status.unwrap().code, headers, body)
     }
 
-    const REASONS: [DenyReason; 8] = [
-        DenyReason::UnknownRoute,
-        DenyReason::InvalidRequest,
-        DenyReason::InvalidApiKey,
-        DenyReason::PermissionDenied,
-        DenyReason::ModelNotAllowed,
-        DenyReason::RateLimitExceeded,
-        DenyReason::InsufficientQuota,
-        DenyReason::AuthUnavailable,
-    ];
+    const REASONS: [DenyReason; 8] = DenyReason::ALL;
 
     /// The headers of a refusal after the request ids, per reason (the same in both shapes).
     fn retry_headers(reason: DenyReason) -> Vec<(&'static str, &'static str)> {
