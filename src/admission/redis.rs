@@ -71,7 +71,7 @@ use crate::limits::bucket::{self, State};
 use crate::limits::{Buckets, Demand, Outcome, Settlement, Unit};
 use crate::redis_pool::{Call, RedisPool};
 use crate::store::{SharedStore, SpendKind};
-use ::redis::{FromRedisValue, Script};
+use ::redis::{FromRedisValue, Script, ScriptInvocation};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -446,22 +446,10 @@ impl RedisCounters {
                 .arg(EXPIRE_BATCH)
                 .arg(reservation.charges.len());
             for (charge, (p, seed)) in reservation.charges.iter().zip(&budgets) {
-                let (spent, settled) = Seed::args(seed);
-                inv.key(self.budget_key(charge.kind, &charge.id, p.start))
-                    .arg(charge.limit_usd.to_string())
-                    .arg(spent)
-                    .arg(settled)
-                    .arg(self.budget_ttl(p, now));
+                self.budget_args(&mut inv, charge, p, seed, now);
             }
             for d in &reservation.demands {
-                inv.key(self.bucket_key(&d.key))
-                    .arg(d.shape.per_minute)
-                    .arg(d.shape.burst)
-                    .arg(d.cost)
-                    .arg(match d.unit {
-                        Unit::Tokens => "t",
-                        Unit::Requests => "r",
-                    });
+                self.bucket_args(&mut inv, d);
             }
             let reply: Vec<String> = self.call(Call::Script(inv)).await?;
             // The script ran: what was seeded is now in Redis.
@@ -624,6 +612,36 @@ impl RedisCounters {
             [c, r] => Some((c.unwrap_or(0.0), r.unwrap_or(0.0))),
             _ => None,
         })
+    }
+
+    /// A budget's key and arguments in a take script: limit, seed, `settled` at the seed,
+    /// ttl (the same for one Redis and for an owner's script on a cluster).
+    fn budget_args(
+        &self,
+        inv: &mut ScriptInvocation<'_>,
+        charge: &Charge,
+        p: &Period,
+        seed: &Option<Seed>,
+        now: Timestamp,
+    ) {
+        let (spent, settled) = Seed::args(seed);
+        inv.key(self.budget_key(charge.kind, &charge.id, p.start))
+            .arg(charge.limit_usd.to_string())
+            .arg(spent)
+            .arg(settled)
+            .arg(self.budget_ttl(p, now));
+    }
+
+    /// A bucket's key and arguments in a take script: per_minute, burst, cost, unit.
+    fn bucket_args(&self, inv: &mut ScriptInvocation<'_>, d: &Demand) {
+        inv.key(self.bucket_key(&d.key))
+            .arg(d.shape.per_minute)
+            .arg(d.shape.burst)
+            .arg(d.cost)
+            .arg(match d.unit {
+                Unit::Tokens => "t",
+                Unit::Requests => "r",
+            });
     }
 
     async fn call<T: FromRedisValue>(&self, call: Call<'_>) -> Result<T, BackendError> {

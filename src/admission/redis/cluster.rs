@@ -486,23 +486,10 @@ impl RedisCounters {
             for &i in &g.charges {
                 let charge = &reservation.charges[i];
                 let (p, seed) = &budgets[i];
-                let (spent, settled) = Seed::args(seed);
-                inv.key(self.budget_key(charge.kind, &charge.id, p.start))
-                    .arg(charge.limit_usd.to_string())
-                    .arg(spent)
-                    .arg(settled)
-                    .arg(self.budget_ttl(p, now));
+                self.budget_args(&mut inv, charge, p, seed, now);
             }
             for &i in &g.demands {
-                let d = &reservation.demands[i];
-                inv.key(self.bucket_key(&d.key))
-                    .arg(d.shape.per_minute)
-                    .arg(d.shape.burst)
-                    .arg(d.cost)
-                    .arg(match d.unit {
-                        Unit::Tokens => "t",
-                        Unit::Requests => "r",
-                    });
+                self.bucket_args(&mut inv, &reservation.demands[i]);
             }
             let reply: Vec<String> = self.call(Call::Script(inv)).await?;
             {
