@@ -156,6 +156,10 @@ pub struct Grant {
     /// Check saw only a prefix of the body: the ext_proc filter follows the rest of it for
     /// a second `model` member (dynamic metadata `body_cut`).
     pub body_cut: bool,
+    /// ext_proc adds `stream_options.include_usage` to this request's body (dynamic
+    /// metadata `adds_include_usage`); without it, and without `body_cut`, ext_proc lets the
+    /// request body pass without reading it.
+    pub adds_include_usage: bool,
 }
 
 /// Why a request is refused. Fixes the HTTP status and tollgate's error `code` (the error

@@ -115,6 +115,8 @@ impl Admission {
         };
         // The rest of a cut body is checked for a second `model` by ext_proc.
         grant.body_cut = facts.truncated;
+        grant.adds_include_usage =
+            body.lacks_include_usage && crate::usage::parse::include_usage_applies(facts.path);
         let body_bytes = facts.content_length.unwrap_or(facts.body.len() as u64);
         let (input_tokens, output_tokens) =
             policy

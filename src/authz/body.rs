@@ -36,6 +36,11 @@ pub struct BodyFacts {
     /// `max_tokens`, `max_completion_tokens` or `max_output_tokens`, when the body sets one
     /// (not read from a body Envoy cut).
     pub max_output_tokens: Option<u64>,
+    /// A stream that does not ask for usage (`"stream": true` without
+    /// `stream_options.include_usage: true`): on OpenAI's completion routes ext_proc adds
+    /// the option ([`crate::usage::parse::lacks_include_usage`]). Not read from a body
+    /// Envoy cut.
+    pub lacks_include_usage: bool,
 }
 
 /// The `model` of a request body.
@@ -48,6 +53,7 @@ pub fn read(body: &[u8], truncated: bool) -> BodyFacts {
     let only = |model| BodyFacts {
         model,
         max_output_tokens: None,
+        lacks_include_usage: false,
     };
     if body.iter().all(u8::is_ascii_whitespace) {
         return only(if truncated {
@@ -81,6 +87,10 @@ pub fn read(body: &[u8], truncated: bool) -> BodyFacts {
             // A cap that is not a non-negative integer is the upstream's to refuse; the
             // estimate then uses the default.
             max_output_tokens: probe.caps.into_iter().flatten().find_map(|v| v.as_u64()),
+            lacks_include_usage: crate::usage::parse::lacks_include_usage(
+                probe.stream.as_ref(),
+                probe.stream_options.as_ref(),
+            ),
         },
         Err(_) => only(ModelField::Unreadable(NOT_JSON)),
     }
@@ -100,12 +110,17 @@ struct Probe {
     /// `max_tokens`, `max_completion_tokens`, `max_output_tokens`: the last of each, as the
     /// upstream's parser keeps it.
     caps: [Option<serde_json::Value>; 3],
+    /// `stream` and `stream_options`, the last of each.
+    stream: Option<serde_json::Value>,
+    stream_options: Option<serde_json::Value>,
 }
 
 /// A top-level member name, sorted into what the probe keeps.
 enum Member {
     Model,
     Cap(usize),
+    Stream,
+    StreamOptions,
     Other,
 }
 
@@ -122,6 +137,8 @@ impl<'de> Deserialize<'de> for Member {
                     "max_tokens" => Member::Cap(0),
                     "max_completion_tokens" => Member::Cap(1),
                     "max_output_tokens" => Member::Cap(2),
+                    "stream" => Member::Stream,
+                    "stream_options" => Member::StreamOptions,
                     _ if is_model_key(name) => Member::Model,
                     _ => Member::Other,
                 })
@@ -148,6 +165,8 @@ impl<'de> Deserialize<'de> for Probe {
                             probe.model = Some(map.next_value()?);
                         }
                         Member::Cap(i) => probe.caps[i] = Some(map.next_value()?),
+                        Member::Stream => probe.stream = Some(map.next_value()?),
+                        Member::StreamOptions => probe.stream_options = Some(map.next_value()?),
                         Member::Other => {
                             map.next_value::<IgnoredAny>()?;
                         }
@@ -376,6 +395,36 @@ mod tests {
             read(br#"{"model":"m","max_tokens":64"#, true).max_output_tokens,
             None
         );
+    }
+
+    #[test]
+    fn checks_one_pass_knows_which_bodies_ext_proc_rewrites() {
+        let bodies: [&[u8]; 14] = [
+            br#"{"model":"m","stream":true}"#,
+            br#"{"model":"m","stream":true,"stream_options":null}"#,
+            br#"{"model":"m","stream":true,"stream_options":{}}"#,
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":false}}"#,
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":"true"}}"#,
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#,
+            br#"{"model":"m","stream":true,"stream_options":"x"}"#,
+            br#"{"model":"m","stream":false}"#,
+            br#"{"model":"m","stream":"true"}"#,
+            br#"{"model":"m"}"#,
+            br#"{"model":"m","metadata":{"stream":true}}"#,
+            br#"{"stream_options":{"include_usage":true},"model":"m","stream":true}"#,
+            br#"{"model":"m","stream":false,"stream":true}"#,
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"stream_options":{}}"#,
+        ];
+        for body in bodies {
+            assert_eq!(
+                read(body, false).lacks_include_usage,
+                crate::usage::parse::add_include_usage(body).is_some(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Not read from a body Envoy cut (ext_proc follows it whole instead).
+        assert!(!read(br#"{"model":"m","stream":true"#, true).lacks_include_usage);
     }
 
     #[test]

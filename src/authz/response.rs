@@ -25,6 +25,9 @@ pub const BUDGET_RESET_HEADER: &str = "x-tollgate-budget-reset";
 /// prefix of the body; the ext_proc filter then follows the whole body
 /// (src/usage/ext_proc.rs).
 pub const BODY_CUT_METADATA: &str = "body_cut";
+/// Dynamic metadata set when ext_proc will add `stream_options.include_usage` to the
+/// request body; the only other reason for ext_proc to read a request body.
+pub const ADDS_INCLUDE_USAGE_METADATA: &str = "adds_include_usage";
 
 const GRPC_OK: i32 = 0;
 const GRPC_PERMISSION_DENIED: i32 = 7;
@@ -83,13 +86,18 @@ pub fn allowed(grant: &Grant) -> CheckResponse {
         }
         None => headers_to_remove.extend(CREDENTIAL_HEADERS.iter().map(|h| (*h).to_owned())),
     }
-    if grant.body_cut {
-        metadata.fields.insert(
-            BODY_CUT_METADATA.to_owned(),
-            Value {
-                kind: Some(Kind::BoolValue(true)),
-            },
-        );
+    for (flag, set) in [
+        (BODY_CUT_METADATA, grant.body_cut),
+        (ADDS_INCLUDE_USAGE_METADATA, grant.adds_include_usage),
+    ] {
+        if set {
+            metadata.fields.insert(
+                flag.to_owned(),
+                Value {
+                    kind: Some(Kind::BoolValue(true)),
+                },
+            );
+        }
     }
     CheckResponse {
         status: Some(rpc::Status {

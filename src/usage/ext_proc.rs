@@ -67,7 +67,7 @@ use super::unasked::UnaskedUsage;
 use super::{TokenUsage, UsageRecord, UsageSource};
 use crate::authz::body::TopLevel;
 use crate::authz::response::{
-    self as check_response, BODY_CUT_METADATA, KEY_ID_HEADER, MODEL_HEADER, TEAM_ID_HEADER,
+    self as check_response, ADDS_INCLUDE_USAGE_METADATA, BODY_CUT_METADATA, KEY_ID_HEADER, MODEL_HEADER, TEAM_ID_HEADER,
     USER_ID_HEADER,
 };
 use crate::config::Config;
@@ -279,10 +279,17 @@ impl Exchange {
         let response = match message.request? {
             processing_request::Request::RequestHeaders(headers) => {
                 self.request_headers(&headers);
-                if body_cut(message.metadata_context.as_ref()) && !headers.end_of_stream {
+                let check = CheckNote::of(message.metadata_context.as_ref());
+                if headers.end_of_stream {
+                    // No body to read or skip.
+                } else if check.body_cut {
                     // Check saw a prefix: follow the whole body, each piece before it goes on.
                     self.body_check = Some(TopLevel::default());
                     mode_override = Some(follow_the_request_body());
+                } else if check.granted && !check.adds_include_usage {
+                    // Nothing to add: the body goes on unread (its size is the
+                    // content-length, for an estimate).
+                    mode_override = Some(skip_the_request_body());
                 }
                 processing_response::Response::RequestHeaders(HeadersResponse {
                     response: Some(CommonResponse::default()),
@@ -298,8 +305,10 @@ impl Exchange {
                 processing_response::Response::RequestTrailers(TrailersResponse::default())
             }
             processing_request::Request::ResponseHeaders(headers) => {
+                let (answer, mode) = self.response_headers(&headers);
+                mode_override = mode;
                 processing_response::Response::ResponseHeaders(HeadersResponse {
-                    response: Some(self.response_headers(&headers)),
+                    response: Some(answer),
                 })
             }
             processing_request::Request::ResponseBody(body) => {
@@ -406,9 +415,14 @@ impl Exchange {
         }
     }
 
-    fn response_headers(&mut self, headers: &HttpHeaders) -> CommonResponse {
+    /// Reads the status and the kind of body; a small JSON body (its length known) is then
+    /// asked for in one message instead of chunk by chunk.
+    fn response_headers(
+        &mut self,
+        headers: &HttpHeaders,
+    ) -> (CommonResponse, Option<ProcessingMode>) {
         let mut event_stream = false;
-        let mut content_length = false;
+        let mut content_length = None;
         for header in headers.headers.iter().flat_map(|map| &map.headers) {
             match header.key.as_str() {
                 ":status" => self.status = header_value(header).and_then(|v| v.trim().parse().ok()),
@@ -419,14 +433,17 @@ impl Exchange {
                             .starts_with("text/event-stream")
                     })
                 }
-                "content-length" => content_length = true,
+                "content-length" => {
+                    content_length = header_value(header).and_then(|v| v.trim().parse().ok())
+                }
                 _ => {}
             }
         }
         let mut answer = CommonResponse::default();
+        let mut mode = None;
         if event_stream && self.added_include_usage {
             self.unasked = Some(UnaskedUsage::default());
-            if content_length {
+            if content_length.is_some() {
                 // The client gets fewer bytes than the upstream sent.
                 answer.header_mutation = Some(HeaderMutation {
                     set_headers: Vec::new(),
@@ -441,8 +458,10 @@ impl Exchange {
         };
         if headers.end_of_stream {
             self.complete = true;
+        } else if !event_stream && content_length.is_some_and(|n: u64| n <= BUFFER_AT_MOST) {
+            mode = Some(buffer_the_response());
         }
-        answer
+        (answer, mode)
     }
 
     /// Reads a piece of the response for usage (as the upstream sent it); what the client
@@ -543,27 +562,79 @@ impl Exchange {
     }
 }
 
-/// Whether Check marked the request's body as seen only in part (ext_authz metadata
-/// `body_cut`, forwarded to this filter by envoy/envoy.yaml's `metadata_options`).
-fn body_cut(metadata: Option<&Metadata>) -> bool {
-    metadata
-        .and_then(|m| m.filter_metadata.get(EXT_AUTHZ_NAMESPACE))
-        .and_then(|fields| fields.fields.get(BODY_CUT_METADATA))
-        .is_some_and(|v| matches!(v.kind, Some(Kind::BoolValue(true))))
+/// The largest response body (by its `content-length`) asked for in one message
+/// (BUFFERED_PARTIAL) rather than chunk by chunk: far below Envoy's default buffer limit
+/// (1 MiB per request), so that the whole body fits in the one message even where the limit
+/// was lowered. A chat or completion answer is a few KiB; a larger body (a big embeddings
+/// batch) is read chunk by chunk as configured.
+pub const BUFFER_AT_MOST: u64 = 64 * 1024;
+
+/// What Check told this filter about the request, in ext_authz's dynamic metadata
+/// (forwarded by envoy/envoy.yaml's `metadata_options`).
+#[derive(Debug, Default, Clone, Copy)]
+struct CheckNote {
+    /// Check granted the request (it named a key, user or team).
+    granted: bool,
+    /// Check saw only a prefix of the body (`body_cut`).
+    body_cut: bool,
+    /// The body is an OpenAI stream that does not ask for usage (`adds_include_usage`).
+    adds_include_usage: bool,
 }
 
-/// The processing mode for a request whose body Check saw only in part: the request body
-/// streamed through this filter piece by piece (each held until answered), the rest as
-/// envoy/envoy.yaml configures it.
-fn follow_the_request_body() -> ProcessingMode {
+impl CheckNote {
+    fn of(metadata: Option<&Metadata>) -> CheckNote {
+        let Some(fields) = metadata.and_then(|m| m.filter_metadata.get(EXT_AUTHZ_NAMESPACE))
+        else {
+            return CheckNote::default();
+        };
+        let flag = |name: &str| {
+            fields
+                .fields
+                .get(name)
+                .is_some_and(|v| matches!(v.kind, Some(Kind::BoolValue(true))))
+        };
+        let named = |name: &str| {
+            fields
+                .fields
+                .get(name)
+                .is_some_and(|v| matches!(&v.kind, Some(Kind::StringValue(s)) if !s.is_empty()))
+        };
+        CheckNote {
+            granted: named("key_id") || named("user_id") || named("team_id"),
+            body_cut: flag(BODY_CUT_METADATA),
+            adds_include_usage: flag(ADDS_INCLUDE_USAGE_METADATA),
+        }
+    }
+}
+
+/// The processing modes this filter switches a request to (`mode_override`); each must be
+/// listed in envoy/envoy.yaml's `allowed_override_modes`, which Envoy matches exactly.
+fn mode(request_body: BodySendMode, response_body: BodySendMode) -> ProcessingMode {
     ProcessingMode {
         request_header_mode: HeaderSendMode::Send as i32,
-        request_body_mode: BodySendMode::Streamed as i32,
+        request_body_mode: request_body as i32,
         request_trailer_mode: HeaderSendMode::Skip as i32,
         response_header_mode: HeaderSendMode::Send as i32,
-        response_body_mode: BodySendMode::Streamed as i32,
+        response_body_mode: response_body as i32,
         response_trailer_mode: HeaderSendMode::Skip as i32,
     }
+}
+
+/// For a request whose body Check saw only in part: the request body streamed through this
+/// filter piece by piece (each held until answered).
+fn follow_the_request_body() -> ProcessingMode {
+    mode(BodySendMode::Streamed, BodySendMode::Streamed)
+}
+
+/// For a request whose body needs nothing: it goes on unread.
+fn skip_the_request_body() -> ProcessingMode {
+    mode(BodySendMode::None, BodySendMode::Streamed)
+}
+
+/// For a small JSON response (at response headers; the request is over): its body in one
+/// message.
+fn buffer_the_response() -> ProcessingMode {
+    mode(BodySendMode::None, BodySendMode::BufferedPartial)
 }
 
 /// A header's value: Envoy sends `raw_value` (bytes); older versions `value`.
@@ -775,6 +846,113 @@ mod tests {
             true,
         ))));
         assert!(x.take_record(&config()).is_none());
+    }
+
+    /// ext_authz's dynamic metadata as Envoy forwards it: Check's identity and flags.
+    fn from_check(request: In, flags: &[&str]) -> ProcessingRequest {
+        let mut fields: std::collections::HashMap<String, envoy_types::pb::google::protobuf::Value> =
+            flags
+                .iter()
+                .map(|flag| {
+                    let value = envoy_types::pb::google::protobuf::Value {
+                        kind: Some(Kind::BoolValue(true)),
+                    };
+                    ((*flag).to_owned(), value)
+                })
+                .collect();
+        fields.insert(
+            "key_id".to_owned(),
+            envoy_types::pb::google::protobuf::Value {
+                kind: Some(Kind::StringValue("key-1".to_owned())),
+            },
+        );
+        let mut metadata = Metadata::default();
+        metadata.filter_metadata.insert(
+            EXT_AUTHZ_NAMESPACE.to_owned(),
+            envoy_types::pb::google::protobuf::Struct {
+                fields: fields.into_iter().collect(),
+            },
+        );
+        ProcessingRequest {
+            metadata_context: Some(metadata),
+            ..message(request)
+        }
+    }
+
+    fn request_headers_mode(x: &mut Exchange, flags: &[&str], end_of_stream: bool) -> Option<ProcessingMode> {
+        let headers = http_headers(&identity("/v1/chat/completions"), end_of_stream);
+        x.handle(from_check(In::RequestHeaders(headers), flags))
+            .unwrap()
+            .mode_override
+    }
+
+    #[test]
+    fn the_request_body_is_read_only_when_check_says_it_needs_to_be() {
+        // Check granted it and saw the whole body, with nothing to add: skipped.
+        let mut x = Exchange::new();
+        assert_eq!(
+            request_headers_mode(&mut x, &[], false),
+            Some(skip_the_request_body())
+        );
+        // A stream without include_usage: read, to add it (the configured mode).
+        let mut x = Exchange::new();
+        assert_eq!(request_headers_mode(&mut x, &[ADDS_INCLUDE_USAGE_METADATA], false), None);
+        // A body Check saw cut: followed piece by piece.
+        let mut x = Exchange::new();
+        assert_eq!(
+            request_headers_mode(&mut x, &[BODY_CUT_METADATA, ADDS_INCLUDE_USAGE_METADATA], false),
+            Some(follow_the_request_body())
+        );
+        // No body at all: nothing to switch.
+        let mut x = Exchange::new();
+        assert_eq!(request_headers_mode(&mut x, &[], true), None);
+        // No word from Check (metadata not forwarded): the configured mode, which reads it.
+        let mut x = Exchange::new();
+        let headers = http_headers(&identity("/v1/chat/completions"), false);
+        let reply = x.handle(message(In::RequestHeaders(headers))).unwrap();
+        assert_eq!(reply.mode_override, None);
+    }
+
+    fn response_headers_mode(x: &mut Exchange, headers: &[(&str, &str)]) -> Option<ProcessingMode> {
+        x.handle(message(In::ResponseHeaders(http_headers(headers, false))))
+            .unwrap()
+            .mode_override
+    }
+
+    #[test]
+    fn a_small_json_answer_comes_in_one_message_and_a_stream_chunk_by_chunk() {
+        let json = |length: &str| {
+            let mut x = Exchange::new();
+            let mode = response_headers_mode(
+                &mut x,
+                &[(":status", "200"), ("content-type", "application/json"), ("content-length", length)],
+            );
+            (x, mode)
+        };
+        let (mut x, mode) = json("60");
+        assert_eq!(mode, Some(buffer_the_response()));
+        x.handle(message(In::ResponseBody(body(
+            br#"{"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+            true,
+        ))));
+        assert!(x.response_complete());
+        assert_eq!(json(&BUFFER_AT_MOST.to_string()).1, Some(buffer_the_response()));
+        // Larger, or of unknown length: chunk by chunk, as configured.
+        assert_eq!(json(&(BUFFER_AT_MOST + 1).to_string()).1, None);
+        let mut x = Exchange::new();
+        assert_eq!(
+            response_headers_mode(&mut x, &[(":status", "200"), ("content-type", "application/json")]),
+            None
+        );
+        // An event stream passes chunk by chunk, whatever its length.
+        let mut x = Exchange::new();
+        assert_eq!(
+            response_headers_mode(
+                &mut x,
+                &[(":status", "200"), ("content-type", "text/event-stream"), ("content-length", "60")],
+            ),
+            None
+        );
     }
 
     #[test]

@@ -277,13 +277,6 @@ struct ModelEnvelope {
     model: Option<String>,
 }
 
-/// The top level of a request body, reading only `stream`.
-#[derive(Deserialize)]
-struct StreamEnvelope {
-    #[serde(default)]
-    stream: Option<bool>,
-}
-
 /// The token counts of a complete (non-streaming) JSON response body, from its top-level
 /// `usage` object in any of the shapes of the module docs. `None` when the body is not a
 /// JSON object, has no `usage` (or a null one), or its `usage` carries none of
@@ -307,16 +300,6 @@ pub fn model_from_json(body: &[u8]) -> Option<String> {
     envelope.model.filter(|m| !m.is_empty())
 }
 
-/// Whether a request body asks for a streamed answer: a JSON object with top-level
-/// `"stream": true`. Anything else (no `stream`, `false`, a non-boolean, not JSON) is false.
-pub fn wants_stream(request_body: &[u8]) -> bool {
-    looks_like_object(request_body)
-        && serde_json::from_slice::<StreamEnvelope>(request_body)
-            .ok()
-            .and_then(|e| e.stream)
-            .unwrap_or(false)
-}
-
 /// The request body with `stream_options.include_usage: true` added, so that an OpenAI
 /// stream ends with a chunk that carries usage; `None` when nothing needs to change.
 ///
@@ -336,25 +319,40 @@ pub fn wants_stream(request_body: &[u8]) -> bool {
 /// the Responses API reports it in `response.completed`. Those APIs validate their request
 /// fields, so call this only for the routes [`include_usage_applies`] accepts.
 pub fn add_include_usage(request_body: &[u8]) -> Option<Vec<u8>> {
-    if !wants_stream(request_body) {
+    if !looks_like_object(request_body) {
         return None;
     }
     let mut body: Map<String, Value> = serde_json::from_slice(request_body).ok()?;
+    if !lacks_include_usage(body.get("stream"), body.get("stream_options")) {
+        return None;
+    }
     match body.get_mut("stream_options") {
-        None | Some(Value::Null) => {
+        Some(Value::Object(options)) => {
+            options.insert("include_usage".to_owned(), Value::Bool(true));
+        }
+        _ => {
             let mut options = Map::new();
             options.insert("include_usage".to_owned(), Value::Bool(true));
             body.insert("stream_options".to_owned(), Value::Object(options));
         }
-        Some(Value::Object(options)) => {
-            if options.get("include_usage") == Some(&Value::Bool(true)) {
-                return None;
-            }
-            options.insert("include_usage".to_owned(), Value::Bool(true));
-        }
-        Some(_) => return None,
     }
     serde_json::to_vec(&body).ok()
+}
+
+/// Whether a request body with these top-level `stream` and `stream_options` members is
+/// one [`add_include_usage`] changes: `"stream": true`, and `stream_options` absent, null,
+/// or an object whose `include_usage` is not `true`. Check reads the same members in its one
+/// pass over the body and tells ext_proc, which then skips the request body of every
+/// request this is false for.
+pub fn lacks_include_usage(stream: Option<&Value>, stream_options: Option<&Value>) -> bool {
+    if stream != Some(&Value::Bool(true)) {
+        return false;
+    }
+    match stream_options {
+        None | Some(Value::Null) => true,
+        Some(Value::Object(options)) => options.get("include_usage") != Some(&Value::Bool(true)),
+        Some(_) => false,
+    }
 }
 
 /// Whether [`add_include_usage`] applies to a request path: OpenAI's `/chat/completions`
@@ -533,16 +531,20 @@ mod tests {
     }
 
     #[test]
-    fn wants_stream_only_for_stream_true() {
-        assert!(wants_stream(br#"{"model":"m","stream":true}"#));
-        assert!(!wants_stream(br#"{"model":"m","stream":false}"#));
-        assert!(!wants_stream(br#"{"model":"m"}"#));
-        assert!(!wants_stream(br#"{"model":"m","stream":"true"}"#));
-        assert!(!wants_stream(br#"{"stream":null}"#));
-        assert!(!wants_stream(b"[true]"));
-        assert!(!wants_stream(b""));
+    fn only_stream_true_is_a_stream() {
+        let streams = |body: &[u8]| add_include_usage(body).is_some();
+        assert!(streams(br#"{"model":"m","stream":true}"#));
+        assert!(!streams(br#"{"model":"m","stream":false}"#));
+        assert!(!streams(br#"{"model":"m"}"#));
+        assert!(!streams(br#"{"model":"m","stream":"true"}"#));
+        assert!(!streams(br#"{"stream":null}"#));
+        assert!(!streams(b"[true]"));
+        assert!(!streams(b""));
         // Only the top level counts.
-        assert!(!wants_stream(br#"{"metadata":{"stream":true}}"#));
+        assert!(!streams(br#"{"metadata":{"stream":true}}"#));
+        // A repeated member: the last one, as the upstream's parser keeps it.
+        assert!(streams(br#"{"stream":false,"stream":true}"#));
+        assert!(!streams(br#"{"stream":true,"stream":false}"#));
     }
 
     #[test]
