@@ -9,6 +9,9 @@
 # interleaved (round after round, each path once per round), Envoy at --concurrency 1 each
 # time, a cached key with a budget:
 #   noop               Envoy + ext_authz (no ext_proc) -> an allow-all server: the floor
+#   noop-metered-json  envoy/envoy.yaml -> the same server, which also answers every ext_proc
+#   noop-metered-sse   message at once, unchanged, with the fewest messages tollgate asks for:
+#                      the floor of metering through ext_proc (JSON and streamed answers)
 #   decision           the same Envoy -> tollgate: the decision alone
 #   metered-json       envoy/envoy.yaml as shipped (ext_authz + ext_proc), JSON answers
 #   metered-sse        the same, streamed answers (`stream: true`, no usage asked: tollgate
@@ -248,6 +251,7 @@ yaml.safe_dump(c, open(dest, "w"))
 EOF
   }
   derive envoy/envoy.yaml "$WORK/envoy-noop.yaml" 9192 drop-ext-proc
+  derive envoy/envoy.yaml "$WORK/envoy-noop-metered.yaml" 9192
 
   log "starting an allow-all ext_authz server on 127.0.0.1:9192"
   "$BIN/tollgate-mock-llm" --listen 127.0.0.1:8001 --quiet --max-recorded 0 \
@@ -381,6 +385,8 @@ EOF
   : >"$WORK/metering.jsonl"
   for round in $(seq 1 "$ROUNDS"); do
     one noop "$WORK/envoy-noop.yaml" "$JSON_BODY" noop
+    one noop-metered-json "$WORK/envoy-noop-metered.yaml" "$JSON_BODY" noop
+    one noop-metered-sse "$WORK/envoy-noop-metered.yaml" "$SSE_BODY" noop
     for server in "${SERVERS[@]}"; do
       suffix=""
       [ "$server" = baseline ] && suffix=" (base)"

@@ -261,7 +261,10 @@ async fn a_json_answer_costs_envoy_three_messages_and_reaches_the_client_as_sent
         "the answer keeps its length: {headers:?}"
     );
     let rows = wait_records(&s, 1).await;
-    assert_eq!(rows, vec![s.expected(&request_id(&headers), "gpt-4o", 4, 5)]);
+    assert_eq!(
+        rows,
+        vec![s.expected(&request_id(&headers), "gpt-4o", 4, 5)]
+    );
     s.tollgate.stop().await;
 }
 

@@ -4,7 +4,10 @@
 //!
 //! With `--authz-allow-all ADDR` it also answers Envoy's ext_authz `Check` on ADDR with a
 //! bare OK: the cheapest possible authorization server, so the load script can tell what
-//! Envoy's ext_authz hop costs apart from what tollgate's decision costs.
+//! Envoy's ext_authz hop costs apart from what tollgate's decision costs. On the same address
+//! it answers ext_proc too, every message at once and unchanged, switching each request to
+//! the fewest messages tollgate ever asks for (no request body, a small JSON answer in one
+//! message): the floor of metering through ext_proc, with no work done.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,7 +16,15 @@ use clap::Parser;
 use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse,
 };
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    external_processor_server::{ExternalProcessor, ExternalProcessorServer},
+    processing_request, processing_response, BodyResponse, HeadersResponse, ProcessingRequest,
+    ProcessingResponse, TrailersResponse,
+};
+use futures::{Stream, StreamExt};
+use std::pin::Pin;
 use tollgate::mock_llm::{MockLlm, MockOptions};
+use tollgate::usage::ext_proc::{buffer_the_response, skip_the_request_body, BUFFER_AT_MOST};
 
 #[derive(Parser)]
 #[command(
@@ -55,6 +66,64 @@ impl Authorization for AllowAll {
     }
 }
 
+#[tonic::async_trait]
+impl ExternalProcessor for AllowAll {
+    type ProcessStream =
+        Pin<Box<dyn Stream<Item = Result<ProcessingResponse, tonic::Status>> + Send>>;
+
+    async fn process(
+        &self,
+        request: tonic::Request<tonic::Streaming<ProcessingRequest>>,
+    ) -> Result<tonic::Response<Self::ProcessStream>, tonic::Status> {
+        let answers = request
+            .into_inner()
+            .take_while(|message| std::future::ready(message.is_ok()))
+            .filter_map(|message| std::future::ready(message.ok().and_then(pass).map(Ok)));
+        Ok(tonic::Response::new(Box::pin(answers)))
+    }
+}
+
+/// The empty answer to one ext_proc message, with tollgate's cheapest modes.
+fn pass(message: ProcessingRequest) -> Option<ProcessingResponse> {
+    use processing_request::Request as In;
+    use processing_response::Response as Out;
+    let mut mode_override = None;
+    let answer = match message.request? {
+        In::RequestHeaders(headers) => {
+            if !headers.end_of_stream {
+                mode_override = Some(skip_the_request_body());
+            }
+            Out::RequestHeaders(HeadersResponse::default())
+        }
+        In::ResponseHeaders(headers) => {
+            let small_json = |header: &&envoy_types::pb::envoy::config::core::v3::HeaderValue| {
+                header.key == "content-length"
+                    && std::str::from_utf8(&header.raw_value)
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .is_some_and(|n| n <= BUFFER_AT_MOST)
+            };
+            let all = headers.headers.iter().flat_map(|map| &map.headers);
+            let stream = all
+                .clone()
+                .any(|h| h.key == "content-type" && h.raw_value.starts_with(b"text/event-stream"));
+            if !headers.end_of_stream && !stream && all.clone().any(|h| small_json(&h)) {
+                mode_override = Some(buffer_the_response());
+            }
+            Out::ResponseHeaders(HeadersResponse::default())
+        }
+        In::RequestBody(_) => Out::RequestBody(BodyResponse::default()),
+        In::ResponseBody(_) => Out::ResponseBody(BodyResponse::default()),
+        In::RequestTrailers(_) => Out::RequestTrailers(TrailersResponse::default()),
+        In::ResponseTrailers(_) => Out::ResponseTrailers(TrailersResponse::default()),
+    };
+    Some(ProcessingResponse {
+        response: Some(answer),
+        mode_override,
+        ..ProcessingResponse::default()
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -76,10 +145,11 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(listen = %mock.addr, "mock LLM listening");
     if let Some(addr) = args.authz_allow_all {
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        tracing::info!(listen = %addr, "allow-all ext_authz listening");
+        tracing::info!(listen = %addr, "allow-all ext_authz and pass-through ext_proc listening");
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(AuthorizationServer::new(AllowAll))
+                .add_service(ExternalProcessorServer::new(AllowAll))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
     }

@@ -67,8 +67,8 @@ use super::unasked::UnaskedUsage;
 use super::{TokenUsage, UsageRecord, UsageSource};
 use crate::authz::body::TopLevel;
 use crate::authz::response::{
-    self as check_response, ADDS_INCLUDE_USAGE_METADATA, BODY_CUT_METADATA, KEY_ID_HEADER, MODEL_HEADER, TEAM_ID_HEADER,
-    USER_ID_HEADER,
+    self as check_response, ADDS_INCLUDE_USAGE_METADATA, BODY_CUT_METADATA, KEY_ID_HEADER,
+    MODEL_HEADER, TEAM_ID_HEADER, USER_ID_HEADER,
 };
 use crate::config::Config;
 use crate::decision::{Denial, DenyReason, Policy, DUPLICATE_MODEL};
@@ -583,8 +583,7 @@ struct CheckNote {
 
 impl CheckNote {
     fn of(metadata: Option<&Metadata>) -> CheckNote {
-        let Some(fields) = metadata.and_then(|m| m.filter_metadata.get(EXT_AUTHZ_NAMESPACE))
-        else {
+        let Some(fields) = metadata.and_then(|m| m.filter_metadata.get(EXT_AUTHZ_NAMESPACE)) else {
             return CheckNote::default();
         };
         let flag = |name: &str| {
@@ -627,13 +626,13 @@ fn follow_the_request_body() -> ProcessingMode {
 }
 
 /// For a request whose body needs nothing: it goes on unread.
-fn skip_the_request_body() -> ProcessingMode {
+pub fn skip_the_request_body() -> ProcessingMode {
     mode(BodySendMode::None, BodySendMode::Streamed)
 }
 
 /// For a small JSON response (at response headers; the request is over): its body in one
 /// message.
-fn buffer_the_response() -> ProcessingMode {
+pub fn buffer_the_response() -> ProcessingMode {
     mode(BodySendMode::None, BodySendMode::BufferedPartial)
 }
 
@@ -850,16 +849,18 @@ mod tests {
 
     /// ext_authz's dynamic metadata as Envoy forwards it: Check's identity and flags.
     fn from_check(request: In, flags: &[&str]) -> ProcessingRequest {
-        let mut fields: std::collections::HashMap<String, envoy_types::pb::google::protobuf::Value> =
-            flags
-                .iter()
-                .map(|flag| {
-                    let value = envoy_types::pb::google::protobuf::Value {
-                        kind: Some(Kind::BoolValue(true)),
-                    };
-                    ((*flag).to_owned(), value)
-                })
-                .collect();
+        let mut fields: std::collections::HashMap<
+            String,
+            envoy_types::pb::google::protobuf::Value,
+        > = flags
+            .iter()
+            .map(|flag| {
+                let value = envoy_types::pb::google::protobuf::Value {
+                    kind: Some(Kind::BoolValue(true)),
+                };
+                ((*flag).to_owned(), value)
+            })
+            .collect();
         fields.insert(
             "key_id".to_owned(),
             envoy_types::pb::google::protobuf::Value {
@@ -879,7 +880,11 @@ mod tests {
         }
     }
 
-    fn request_headers_mode(x: &mut Exchange, flags: &[&str], end_of_stream: bool) -> Option<ProcessingMode> {
+    fn request_headers_mode(
+        x: &mut Exchange,
+        flags: &[&str],
+        end_of_stream: bool,
+    ) -> Option<ProcessingMode> {
         let headers = http_headers(&identity("/v1/chat/completions"), end_of_stream);
         x.handle(from_check(In::RequestHeaders(headers), flags))
             .unwrap()
@@ -896,11 +901,18 @@ mod tests {
         );
         // A stream without include_usage: read, to add it (the configured mode).
         let mut x = Exchange::new();
-        assert_eq!(request_headers_mode(&mut x, &[ADDS_INCLUDE_USAGE_METADATA], false), None);
+        assert_eq!(
+            request_headers_mode(&mut x, &[ADDS_INCLUDE_USAGE_METADATA], false),
+            None
+        );
         // A body Check saw cut: followed piece by piece.
         let mut x = Exchange::new();
         assert_eq!(
-            request_headers_mode(&mut x, &[BODY_CUT_METADATA, ADDS_INCLUDE_USAGE_METADATA], false),
+            request_headers_mode(
+                &mut x,
+                &[BODY_CUT_METADATA, ADDS_INCLUDE_USAGE_METADATA],
+                false
+            ),
             Some(follow_the_request_body())
         );
         // No body at all: nothing to switch.
@@ -925,7 +937,11 @@ mod tests {
             let mut x = Exchange::new();
             let mode = response_headers_mode(
                 &mut x,
-                &[(":status", "200"), ("content-type", "application/json"), ("content-length", length)],
+                &[
+                    (":status", "200"),
+                    ("content-type", "application/json"),
+                    ("content-length", length),
+                ],
             );
             (x, mode)
         };
@@ -936,12 +952,18 @@ mod tests {
             true,
         ))));
         assert!(x.response_complete());
-        assert_eq!(json(&BUFFER_AT_MOST.to_string()).1, Some(buffer_the_response()));
+        assert_eq!(
+            json(&BUFFER_AT_MOST.to_string()).1,
+            Some(buffer_the_response())
+        );
         // Larger, or of unknown length: chunk by chunk, as configured.
         assert_eq!(json(&(BUFFER_AT_MOST + 1).to_string()).1, None);
         let mut x = Exchange::new();
         assert_eq!(
-            response_headers_mode(&mut x, &[(":status", "200"), ("content-type", "application/json")]),
+            response_headers_mode(
+                &mut x,
+                &[(":status", "200"), ("content-type", "application/json")]
+            ),
             None
         );
         // An event stream passes chunk by chunk, whatever its length.
@@ -949,7 +971,11 @@ mod tests {
         assert_eq!(
             response_headers_mode(
                 &mut x,
-                &[(":status", "200"), ("content-type", "text/event-stream"), ("content-length", "60")],
+                &[
+                    (":status", "200"),
+                    ("content-type", "text/event-stream"),
+                    ("content-length", "60")
+                ],
             ),
             None
         );
