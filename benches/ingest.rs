@@ -240,7 +240,13 @@ async fn lag_section() {
     let per_tick = RATE * TICK_MS / 1000;
     let mut rng = StdRng::seed_from_u64(11);
     let records: Vec<UsageRecord> = (0..total)
-        .map(|i| record(&mut rng, format!("lag-{i:09}"), chrono::Utc::now().timestamp()))
+        .map(|i| {
+            record(
+                &mut rng,
+                format!("lag-{i:09}"),
+                chrono::Utc::now().timestamp(),
+            )
+        })
         .collect();
     let origin = Instant::now();
     let mut pushed: Vec<u64> = vec![0; total];

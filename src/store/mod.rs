@@ -796,8 +796,16 @@ pub trait UsageStore: Send + Sync {
 
     /// A usage report: one row per group over the records with `since <= at <= until`,
     /// optionally restricted to one user, key and/or team, and their totals (see
-    /// [`UsageReport`]).
+    /// [`UsageReport`]). Whole UTC days are read from the daily rollup, the parts of days at
+    /// the edges from the raw records; a day whose raw records were pruned
+    /// ([`UsageStore::prune_usage`]) counts whole.
     async fn usage_report(&self, query: UsageQuery) -> StoreResult<UsageReport>;
+
+    /// Deletes up to `limit` raw usage records from before the start of the UTC day of
+    /// `before`, and marks the days before it as pruned (the mark never moves back). Their
+    /// sums stay in the daily rollup, so reports over those days still answer, per whole
+    /// day. Answers how many records were deleted (fewer than `limit`: none is left).
+    async fn prune_usage(&self, before: Timestamp, limit: u64) -> StoreResult<u64>;
 }
 
 /// The budget alert outbox.
