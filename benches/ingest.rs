@@ -144,8 +144,8 @@ async fn seed_entities(conn: &mut PgConnection) {
 
 /// The owners of key `k`, as seeded.
 fn owners(k: usize) -> (Option<String>, Option<String>) {
-    let user = (k % 5 != 0).then(|| format!("user-{}", k % USERS));
-    let team = (k % 3 == 0).then(|| format!("team-{}", k % TEAMS));
+    let user = (!k.is_multiple_of(5)).then(|| format!("user-{}", k % USERS));
+    let team = k.is_multiple_of(3).then(|| format!("team-{}", k % TEAMS));
     (user, team)
 }
 
