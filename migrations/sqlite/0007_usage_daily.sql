@@ -34,6 +34,13 @@ CREATE INDEX usage_daily_key ON usage_daily (key_id, day);
 CREATE INDEX usage_daily_user ON usage_daily (user_id, day);
 CREATE INDEX usage_daily_team ON usage_daily (team_id, day);
 
+-- Reports no longer read usage_records by owner (whole days come from usage_daily, the
+-- edges are at most two partial days, found by the index on at), so the owner indexes of
+-- 0004 only cost writes.
+DROP INDEX IF EXISTS usage_records_key;
+DROP INDEX IF EXISTS usage_records_user;
+DROP INDEX IF EXISTS usage_records_team;
+
 CREATE TABLE usage_retention (
     id            INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
     pruned_before INTEGER NOT NULL
