@@ -25,7 +25,8 @@
 use super::{col, commit, db_err, opt_enum_col, SqlStore};
 use crate::domain::{self, BudgetDuration, Timestamp};
 use crate::store::{
-    GroupBy, SpendKind, StoreError, StoreResult, UsageQuery, UsageReport, UsageRow, UsageStore,
+    EntityBudget, GroupBy, SpendKind, StoreError, StoreResult, UsageQuery, UsageReport, UsageRow,
+    UsageStore,
 };
 use crate::usage::{period, UsageRecord, UsageSource};
 use async_trait::async_trait;
@@ -141,6 +142,14 @@ fn multi_row(head: &str, width: usize, rows: usize, tail: &str) -> String {
     sql
 }
 
+/// `$1, $2, …, $n`.
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// What an entity's spend periods derive from: its `budget_duration` and `created_at` (the
 /// anchor of `30d` windows).
 #[derive(Debug, Clone, Copy)]
@@ -211,18 +220,11 @@ async fn spend_bases<'a>(
             .map(|(_, id)| *id)
             .collect();
         for chunk in chunks(&ids) {
-            let mut sql = format!(
-                "SELECT id, budget_duration, created_at FROM {} WHERE id IN (",
-                entity_table(kind)
+            let sql = format!(
+                "SELECT id, budget_duration, created_at FROM {} WHERE id IN ({})",
+                entity_table(kind),
+                placeholders(chunk.len())
             );
-            for i in 1..=chunk.len() {
-                if i > 1 {
-                    sql.push_str(", ");
-                }
-                sql.push('$');
-                sql.push_str(&i.to_string());
-            }
-            sql.push(')');
             let mut select = sqlx::query(&sql);
             for id in chunk {
                 select = select.bind(*id);
@@ -633,6 +635,93 @@ impl UsageStore for SqlStore {
             self.aggregate_into(&query, source, &mut groups).await?;
         }
         Ok(UsageReport::from_rows(groups.into_values().collect()))
+    }
+
+    async fn budgets(
+        &self,
+        entities: &[(SpendKind, &str)],
+    ) -> StoreResult<Vec<Option<EntityBudget>>> {
+        let mut found: HashMap<(SpendKind, String), EntityBudget> = HashMap::new();
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        for kind in [SpendKind::Key, SpendKind::User, SpendKind::Team] {
+            let ids: BTreeSet<&str> = entities
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, id)| *id)
+                .collect();
+            let ids: Vec<&str> = ids.into_iter().collect();
+            // Revoked keys still have a budget (their late usage counts); deleted users and
+            // teams do not.
+            let live = match kind {
+                SpendKind::Key => "",
+                SpendKind::User | SpendKind::Team => " AND deleted_at IS NULL",
+            };
+            for chunk in chunks(&ids) {
+                let sql = format!(
+                    "SELECT id, max_budget, budget_duration, created_at FROM {} WHERE id IN ({}){live}",
+                    entity_table(kind),
+                    placeholders(chunk.len())
+                );
+                let mut select = sqlx::query(&sql);
+                for id in chunk {
+                    select = select.bind(*id);
+                }
+                for row in select.fetch_all(&mut *conn).await.map_err(db_err)? {
+                    let Some(budget_usd) = col::<Option<f64>>(&row, "max_budget")? else {
+                        continue;
+                    };
+                    found.insert(
+                        (kind, col(&row, "id")?),
+                        EntityBudget {
+                            budget_usd,
+                            duration: opt_enum_col(&row, "budget_duration")?,
+                            anchor: col(&row, "created_at")?,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(entities
+            .iter()
+            .map(|(kind, id)| found.get(&(*kind, (*id).to_string())).copied())
+            .collect())
+    }
+
+    async fn spends(
+        &self,
+        periods: &[(SpendKind, &str, Timestamp, Timestamp)],
+    ) -> StoreResult<Vec<f64>> {
+        let mut spends = vec![0.0; periods.len()];
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        let numbered: Vec<(usize, &(SpendKind, &str, Timestamp, Timestamp))> =
+            periods.iter().enumerate().collect();
+        for chunk in chunks(&numbered) {
+            let sql = multi_row(
+                "WITH wanted (i, kind, id, start_at, end_at) AS (VALUES ",
+                5,
+                chunk.len(),
+                ") SELECT wanted.i AS i, COALESCE(SUM(spend.spend_usd), 0.0) AS spend \
+                 FROM wanted JOIN spend ON spend.entity_kind = wanted.kind \
+                 AND spend.entity_id = wanted.id AND spend.period_start >= wanted.start_at \
+                 AND spend.period_start < wanted.end_at GROUP BY wanted.i",
+            );
+            let mut select = sqlx::query(&sql);
+            for (i, (kind, id, start, end)) in chunk {
+                select = select
+                    .bind(i64::try_from(*i).unwrap_or(i64::MAX))
+                    .bind(kind.as_str())
+                    .bind(*id)
+                    .bind(*start)
+                    .bind(*end);
+            }
+            for row in select.fetch_all(&mut *conn).await.map_err(db_err)? {
+                let i: i64 = col(&row, "i")?;
+                if let Some(slot) = usize::try_from(i).ok().and_then(|i| spends.get_mut(i)) {
+                    *slot = col::<Option<f64>>(&row, "spend")?.unwrap_or(0.0);
+                }
+            }
+        }
+        Ok(spends)
     }
 
     async fn prune_usage(&self, before: Timestamp, limit: u64) -> StoreResult<u64> {
