@@ -4961,3 +4961,100 @@ async fn rollup_matches_raw_postgres() {
     let (store, _) = fresh_postgres().await;
     check_rollup_matches_raw(store).await;
 }
+
+store_suite!(budgets_and_spends_of_many);
+
+/// The batched reads of budget alerts answer what `get_*` and `current_spend` answer, in
+/// the order asked.
+async fn budgets_and_spends_of_many(store: SharedStore) {
+    let team = store
+        .create_team(
+            &admin(),
+            NewTeam {
+                limits: budget(Some(BudgetDuration::Day)),
+                ..new_team("many")
+            },
+        )
+        .await
+        .unwrap();
+    let gone = store
+        .create_user(
+            &admin(),
+            NewUser {
+                limits: budget(None),
+                ..new_user("gone")
+            },
+        )
+        .await
+        .unwrap();
+    let plain = store
+        .create_user(&admin(), new_user("plain"))
+        .await
+        .unwrap();
+    let key = store
+        .create_key(
+            &admin(),
+            NewKey {
+                limits: budget(Some(BudgetDuration::Week)),
+                ..new_key("many", "secret-many")
+            },
+        )
+        .await
+        .unwrap();
+    store.revoke_key(&admin(), &key.id).await.unwrap();
+    assert!(store.delete_user(&admin(), &gone.id).await.unwrap());
+    let asked = [
+        (SpendKind::Team, team.id.as_str()),
+        (SpendKind::User, gone.id.as_str()),
+        (SpendKind::User, plain.id.as_str()),
+        (SpendKind::Key, key.id.as_str()),
+        (SpendKind::Key, "no-such-key"),
+        (SpendKind::Team, team.id.as_str()),
+    ];
+    let budgets = store.budgets(&asked).await.unwrap();
+    let expected = |duration, anchor| {
+        Some(tollgate::store::EntityBudget {
+            budget_usd: 100.0,
+            duration: Some(duration),
+            anchor,
+        })
+    };
+    assert_eq!(
+        budgets,
+        vec![
+            expected(BudgetDuration::Day, team.created_at),
+            None,                                           // deleted
+            None,                                           // no max_budget
+            expected(BudgetDuration::Week, key.created_at), // revoked keys still count
+            None,
+            expected(BudgetDuration::Day, team.created_at),
+        ]
+    );
+
+    let at = ts("2026-03-04T10:00:00Z");
+    store
+        .record_usage(&[
+            owned("s1", at, 1.5, Some(&key.id), None, Some(&team.id)),
+            owned("s2", at + DAY, 2.25, Some(&key.id), None, Some(&team.id)),
+        ])
+        .await
+        .unwrap();
+    let day = at.div_euclid(DAY) * DAY;
+    let periods = [
+        (SpendKind::Team, team.id.as_str(), day, day + DAY),
+        (SpendKind::Team, team.id.as_str(), day + DAY, day + 2 * DAY),
+        (SpendKind::Team, team.id.as_str(), day, day + 2 * DAY),
+        (SpendKind::Key, "no-such-key", day, day + DAY),
+        (SpendKind::User, team.id.as_str(), day, day + DAY),
+    ];
+    let spends = store.spends(&periods).await.unwrap();
+    assert_eq!(spends, vec![1.5, 2.25, 3.75, 0.0, 0.0]);
+    for (i, (kind, id, start, _)) in periods.iter().enumerate().take(2) {
+        assert_eq!(
+            store.current_spend(*kind, id, *start).await.unwrap(),
+            spends[i]
+        );
+    }
+    assert!(store.spends(&[]).await.unwrap().is_empty());
+    assert!(store.budgets(&[]).await.unwrap().is_empty());
+}
