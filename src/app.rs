@@ -306,6 +306,14 @@ impl App {
             background.push(count_reservations(self.admission.clone()));
         }
         background.push(self.alerts.clone().spawn(self.stop.subscribe()));
+        if let Some(keep) = self.config.usage.retention {
+            background.push(crate::usage::retention::spawn(
+                self.store.clone(),
+                keep,
+                self.metrics.clone(),
+                self.stop.subscribe(),
+            ));
+        }
         background.extend(self.invalidator.start_listener(self.stop.subscribe()).await);
         let lifecycle = Lifecycle::new();
         background.push(lifecycle.clone().spawn_probe(

@@ -47,6 +47,10 @@ pub struct Usage {
     /// Longest a record waits for its batch to fill.
     #[serde(deserialize_with = "duration")]
     pub batch_interval: Duration,
+    /// How long raw usage records are kept (none: for ever); their daily sums are kept for
+    /// reports all the same.
+    #[serde(deserialize_with = "opt_duration")]
+    pub retention: Option<Duration>,
 }
 
 impl Default for Usage {
@@ -55,6 +59,7 @@ impl Default for Usage {
             queue_capacity: 100_000,
             batch_size: 500,
             batch_interval: Duration::from_secs(1),
+            retention: None,
         }
     }
 }
@@ -840,6 +845,16 @@ impl Config {
         if self.usage.batch_interval.is_zero() {
             return err("usage.batch_interval", "must be greater than zero".into());
         }
+        if self
+            .usage
+            .retention
+            .is_some_and(|keep| keep < Duration::from_secs(86_400))
+        {
+            return err(
+                "usage.retention",
+                "must be at least 1d (raw usage records older than it are deleted)".into(),
+            );
+        }
         if self.cache.max_entries == 0 {
             return err("cache.max_entries", "must be at least 1".into());
         }
@@ -1205,9 +1220,53 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     })
 }
 
+/// [`duration`] for an optional key: absent or `null` is none.
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    struct OptDuration;
+    impl<'de> serde::de::Visitor<'de> for OptDuration {
+        type Value = Option<Duration>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a duration such as 90d, or null")
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            humantime::parse_duration(text.trim())
+                .map(Some)
+                .map_err(|e| {
+                    E::custom(format!(
+                        "invalid duration `{text}` ({e}); write it like 30d, 90d or 2160h"
+                    ))
+                })
+        }
+    }
+    d.deserialize_any(OptDuration)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_retention_is_a_day_or_more() {
+        assert_eq!(parse("").unwrap().config.usage.retention, None);
+        let c = parse("usage: { retention: 90d }\n").unwrap().config;
+        assert_eq!(c.usage.retention, Some(Duration::from_secs(90 * 86_400)));
+        let c = parse("usage: { retention: null }\n").unwrap().config;
+        assert_eq!(c.usage.retention, None);
+        let e = parse("listen: { grpc: 127.0.0.1:1 }\nusage:\n  retention: 12h\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("usage.retention"));
+        assert_eq!(e.line, Some(3), "{e}");
+        let e = parse("usage:\n  batch_size: 10\n  retention: forever\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("invalid duration"), "{e}");
+        let e = parse("usage: { retension: 90d }\n").unwrap_err();
+        assert!(e.message.contains("retension"), "{e}");
+    }
 
     fn parse(text: &str) -> Result<Loaded, ConfigError> {
         Config::parse_str("test.yaml", text, &|var| match var {

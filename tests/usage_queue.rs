@@ -353,3 +353,53 @@ async fn the_cli_prints_reports_as_csv_json_and_table() {
     assert!(table.contains("TOTAL"), "{table}");
     t.stop().await;
 }
+
+/// `usage.retention`: at start, raw records older than it are deleted, and reports still
+/// count them, from the daily rollup.
+#[tokio::test]
+async fn records_past_retention_are_deleted_and_still_reported() {
+    use tollgate::store::sql::{ConnectOptions, SqlStore};
+    use tollgate::store::{Store, UsageStore};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("retention.db").display());
+    let raw = SqlStore::connect(&url, &ConnectOptions::default())
+        .await
+        .unwrap();
+    raw.migrate().await.unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let records = [
+        record("old-1", now - 40 * 86_400, None, "gpt-4o", 100, 0.5),
+        record("old-2", now - 31 * 86_400, None, "gpt-4o", 100, 0.25),
+        record("recent", now - 3600, None, "gpt-4o", 100, 0.125),
+    ];
+    assert_eq!(raw.record_usage(&records).await.unwrap(), 3);
+
+    let t = Tollgate::start(&format!(
+        "database: {{ url: \"{url}\" }}\nusage: {{ retention: 30d }}\n"
+    ))
+    .await;
+    let mut left = i64::MAX;
+    for _ in 0..200 {
+        left = sqlx::query_scalar("SELECT COUNT(*) FROM usage_records")
+            .fetch_one(raw.pool())
+            .await
+            .unwrap();
+        if left == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left, 1, "the two records past retention are deleted");
+    let report = t
+        .app
+        .store
+        .usage_report(UsageQuery::new(GroupBy::Day))
+        .await
+        .unwrap();
+    assert_eq!(report.data.len(), 3);
+    assert_eq!(report.total.requests, 3);
+    assert_eq!(report.total.input_tokens, 300);
+    assert_eq!(report.total.cost_usd, 0.875);
+    t.stop().await;
+    raw.close().await;
+}

@@ -326,6 +326,16 @@ impl FromStr for SpendKind {
     }
 }
 
+/// A key's, user's or team's budget, as budget alerts measure it ([`UsageStore::budgets`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EntityBudget {
+    /// `max_budget`, USD.
+    pub budget_usd: f64,
+    pub duration: Option<BudgetDuration>,
+    /// `created_at`: the anchor of `30d` windows.
+    pub anchor: Timestamp,
+}
+
 /// What a usage report groups by (`group_by=key|user|team|model|day`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -796,8 +806,32 @@ pub trait UsageStore: Send + Sync {
 
     /// A usage report: one row per group over the records with `since <= at <= until`,
     /// optionally restricted to one user, key and/or team, and their totals (see
-    /// [`UsageReport`]).
+    /// [`UsageReport`]). Whole UTC days are read from the daily rollup, the parts of days at
+    /// the edges from the raw records; a day whose raw records were pruned
+    /// ([`UsageStore::prune_usage`]) counts whole.
     async fn usage_report(&self, query: UsageQuery) -> StoreResult<UsageReport>;
+
+    /// The budgets of many keys (revoked ones included), live users and live teams, in the
+    /// order asked: `None` for an entity without such a row or without a `max_budget`. One
+    /// query per kind, for the budget alerts of a whole batch.
+    async fn budgets(
+        &self,
+        entities: &[(SpendKind, &str)],
+    ) -> StoreResult<Vec<Option<EntityBudget>>>;
+
+    /// The spend of many entities over periods `[start, end)`, in the order asked: the sum
+    /// of their spend rows whose period starts inside (as [`UsageStore::current_spend`]
+    /// sums them), 0 when none. One query per 1024 periods.
+    async fn spends(
+        &self,
+        periods: &[(SpendKind, &str, Timestamp, Timestamp)],
+    ) -> StoreResult<Vec<f64>>;
+
+    /// Deletes up to `limit` raw usage records from before the start of the UTC day of
+    /// `before`, and marks the days before it as pruned (the mark never moves back). Their
+    /// sums stay in the daily rollup, so reports over those days still answer, per whole
+    /// day. Answers how many records were deleted (fewer than `limit`: none is left).
+    async fn prune_usage(&self, before: Timestamp, limit: u64) -> StoreResult<u64>;
 }
 
 /// The budget alert outbox.

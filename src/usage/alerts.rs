@@ -25,7 +25,7 @@
 
 use super::{period, UsageRecord};
 use crate::clock::Clock;
-use crate::domain::{rfc3339, BudgetDuration, Timestamp};
+use crate::domain::{rfc3339, Timestamp};
 use crate::metrics::{AlertResult, Metrics};
 use crate::secret::Secret;
 use crate::store::{Alert, AlertCrossing, AlertOutcome, SharedStore, SpendKind, StoreError};
@@ -153,11 +153,57 @@ impl Alerts {
                 touched.entry((kind, id)).or_default().insert(record.at);
             }
         }
+        // The budgets of every entity, then the spend of every period of theirs that the
+        // batch touched (one spend read per period, whatever the number of records in it):
+        // a few queries per batch, not a few per entity.
+        let entities: Vec<(SpendKind, &str)> = touched.keys().copied().collect();
+        let budgets = match self.store.budgets(&entities).await {
+            Ok(budgets) => budgets,
+            Err(e) => {
+                self.store_failed(&e, "cannot read budgets for budget alerts");
+                return 0;
+            }
+        };
+        let mut periods = Vec::new();
+        let mut measured = Vec::new();
+        for (((kind, id), moments), budget) in touched.iter().zip(budgets) {
+            let Some(budget) = budget else { continue };
+            let mut starts: BTreeMap<Timestamp, Timestamp> = BTreeMap::new();
+            for &at in moments {
+                let (start, end) =
+                    period::window(period::effective(budget.duration), at, budget.anchor);
+                starts.entry(start).or_insert(end);
+            }
+            for (start, end) in starts {
+                periods.push((*kind, *id, start, end));
+                measured.push(budget.budget_usd);
+            }
+        }
+        if periods.is_empty() {
+            return 0;
+        }
+        let spends = match self.store.spends(&periods).await {
+            Ok(spends) => spends,
+            Err(e) => {
+                self.store_failed(&e, "cannot read spend for budget alerts");
+                return 0;
+            }
+        };
         let mut crossings = Vec::new();
-        for ((kind, id), moments) in touched {
-            match self.entity_crossings(kind, id, &moments, now).await {
-                Ok(found) => crossings.extend(found),
-                Err(e) => self.store_failed(&e, "cannot read spend for budget alerts"),
+        for (((kind, id, start, end), budget_usd), spend) in
+            periods.into_iter().zip(measured).zip(spends)
+        {
+            for threshold in crossed(&self.thresholds, spend, budget_usd) {
+                crossings.push(AlertCrossing {
+                    entity_kind: kind,
+                    entity_id: id.to_string(),
+                    period_start: start,
+                    period_end: end,
+                    threshold,
+                    spend_usd: spend,
+                    budget_usd,
+                    created_at: now,
+                });
             }
         }
         if crossings.is_empty() {
@@ -176,66 +222,6 @@ impl Alerts {
                 0
             }
         }
-    }
-
-    /// The thresholds one entity has reached in the periods containing `moments`.
-    async fn entity_crossings(
-        &self,
-        kind: SpendKind,
-        id: &str,
-        moments: &BTreeSet<Timestamp>,
-        now: Timestamp,
-    ) -> Result<Vec<AlertCrossing>, StoreError> {
-        let Some(basis) = self.budget_of(kind, id).await? else {
-            return Ok(Vec::new());
-        };
-        // One spend read per period, whatever the number of records in it.
-        let mut periods: BTreeMap<Timestamp, (Timestamp, Timestamp)> = BTreeMap::new();
-        for &at in moments {
-            let (start, end) = period::window(period::effective(basis.duration), at, basis.anchor);
-            periods.entry(start).or_insert((end, at));
-        }
-        let mut crossings = Vec::new();
-        for (start, (end, at)) in periods {
-            let spend = self.store.current_spend(kind, id, at).await?;
-            for threshold in crossed(&self.thresholds, spend, basis.budget_usd) {
-                crossings.push(AlertCrossing {
-                    entity_kind: kind,
-                    entity_id: id.to_string(),
-                    period_start: start,
-                    period_end: end,
-                    threshold,
-                    spend_usd: spend,
-                    budget_usd: basis.budget_usd,
-                    created_at: now,
-                });
-            }
-        }
-        Ok(crossings)
-    }
-
-    /// The budget of a live key (revoked ones included: their late usage still counts),
-    /// user or team; None without a `max_budget` or without such an entity.
-    async fn budget_of(&self, kind: SpendKind, id: &str) -> Result<Option<Budget>, StoreError> {
-        let (limits, anchor) = match kind {
-            SpendKind::Key => match self.store.get_key(id).await? {
-                Some(key) => (key.limits, key.created_at),
-                None => return Ok(None),
-            },
-            SpendKind::User => match self.store.get_user(id).await? {
-                Some(user) => (user.limits, user.created_at),
-                None => return Ok(None),
-            },
-            SpendKind::Team => match self.store.get_team(id).await? {
-                Some(team) => (team.limits, team.created_at),
-                None => return Ok(None),
-            },
-        };
-        Ok(limits.max_budget.map(|budget_usd| Budget {
-            budget_usd,
-            duration: limits.budget_duration,
-            anchor,
-        }))
     }
 
     /// Posts the alerts due at `now` to the webhook and records each outcome; answers how
@@ -358,13 +344,6 @@ impl Alerts {
         self.metrics.backend_error("database");
         tracing::warn!(%error, "{what}");
     }
-}
-
-/// What a budget is measured against: its amount, period and the anchor of `30d` windows.
-struct Budget {
-    budget_usd: f64,
-    duration: Option<BudgetDuration>,
-    anchor: Timestamp,
 }
 
 /// Relative slack in [`crossed`], so that spend summed from float costs that lands a hair

@@ -12,6 +12,7 @@ pub mod period;
 pub mod pricing;
 pub mod queue;
 pub mod redis_queue;
+pub mod retention;
 pub mod settle;
 pub mod sse;
 pub mod unasked;

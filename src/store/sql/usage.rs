@@ -1,33 +1,71 @@
-//! Usage records, the spend they accrue, and usage reports ([`UsageStore`]).
+//! Usage records, the spend they accrue, the daily rollup, and usage reports
+//! ([`UsageStore`]).
 //!
-//! Usage records are written in batches ([`UsageStore::record_usage`]): each record is
-//! inserted with `ON CONFLICT (request_id) DO NOTHING`, and only records actually inserted
-//! accrue spend, summed per (entity, period) and upserted with `ON CONFLICT … DO UPDATE` in
-//! one order (sorted), so concurrent batches cannot deadlock on Postgres. Usage is not
-//! audited: it is not an admin write.
+//! A batch ([`UsageStore::record_new_usage`]) is written in one transaction, in a handful of
+//! statements whatever its size:
+//! 1. the records, first of each request id, in request id order, as multi-row
+//!    `INSERT … ON CONFLICT (request_id) DO NOTHING RETURNING request_id`: what comes back is
+//!    exactly what was new (a request id already stored, by this batch or another, is not);
+//! 2. the spend basis (`budget_duration`, `created_at`) of every key, user and team of the
+//!    new records, one `SELECT … WHERE id IN (…)` per kind;
+//! 3. the new records' sums per (day, key, user, team, model), upserted into `usage_daily`;
+//! 4. their cost per (entity, period), upserted into `spend`.
+//!
+//! Rows are written in one order (sorted) in every step, so concurrent batches wait on each
+//! other instead of deadlocking on Postgres. Statements carry at most [`MAX_ROWS`] rows, in
+//! chunks of a power of two rows, so each connection prepares a few statement texts once
+//! (and SQLite's bound-parameter limit is never reached).
+//!
+//! Reports are answered from `usage_daily` for the whole UTC days of their range, and from
+//! the raw records for the parts of days at its edges, so they equal an aggregation over
+//! the raw records. Raw records older than `usage.retention` are deleted
+//! ([`UsageStore::prune_usage`]); a day whose raw records are pruned is answered whole from
+//! the rollup. Usage is not audited: it is not an admin write.
 
 use super::{col, commit, db_err, opt_enum_col, SqlStore};
 use crate::domain::{self, BudgetDuration, Timestamp};
 use crate::store::{
-    GroupBy, SpendKind, StoreError, StoreResult, UsageQuery, UsageReport, UsageRow, UsageStore,
+    EntityBudget, GroupBy, SpendKind, StoreError, StoreResult, UsageQuery, UsageReport, UsageRow,
+    UsageStore,
 };
 use crate::usage::{period, UsageRecord, UsageSource};
 use async_trait::async_trait;
-use sqlx::any::AnyRow;
-use sqlx::AnyConnection;
-use std::collections::{BTreeMap, HashMap};
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::query::Query;
+use sqlx::{Any, AnyConnection};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-const USAGE_INSERT: &str = "INSERT INTO usage_records (request_id, at, key_id, user_id, team_id, \
-     model, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, cost_usd, \
-     status, latency_ms, estimated, source, written_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
-     ON CONFLICT (request_id) DO NOTHING";
+/// Most rows in one multi-row statement: 16 parameters each, 16,384 in all, below both
+/// SQLite's (32,766) and Postgres' (65,535) limit on bound parameters.
+const MAX_ROWS: usize = 1024;
+
+const USAGE_COLUMNS: &str = "INSERT INTO usage_records (request_id, at, key_id, user_id, \
+     team_id, model, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, \
+     cost_usd, status, latency_ms, estimated, source, written_at) VALUES ";
+const USAGE_CONFLICT: &str = " ON CONFLICT (request_id) DO NOTHING RETURNING request_id";
+
+const ROLLUP_COLUMNS: &str = "INSERT INTO usage_daily (day, key_id, user_id, team_id, model, \
+     requests, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, cost_usd) \
+     VALUES ";
+/// Sums saturate at `i64::MAX` (counts are stored saturated too), so no sum can fail a
+/// batch, which would then be retried for ever.
+const ROLLUP_CONFLICT: &str = " ON CONFLICT (day, key_id, user_id, team_id, model) DO UPDATE SET \
+     requests = usage_daily.requests + excluded.requests, \
+     input_tokens = CASE WHEN usage_daily.input_tokens > 9223372036854775807 - excluded.input_tokens \
+     THEN 9223372036854775807 ELSE usage_daily.input_tokens + excluded.input_tokens END, \
+     output_tokens = CASE WHEN usage_daily.output_tokens > 9223372036854775807 - excluded.output_tokens \
+     THEN 9223372036854775807 ELSE usage_daily.output_tokens + excluded.output_tokens END, \
+     cached_input_tokens = CASE WHEN usage_daily.cached_input_tokens > 9223372036854775807 - excluded.cached_input_tokens \
+     THEN 9223372036854775807 ELSE usage_daily.cached_input_tokens + excluded.cached_input_tokens END, \
+     reasoning_tokens = CASE WHEN usage_daily.reasoning_tokens > 9223372036854775807 - excluded.reasoning_tokens \
+     THEN 9223372036854775807 ELSE usage_daily.reasoning_tokens + excluded.reasoning_tokens END, \
+     cost_usd = usage_daily.cost_usd + excluded.cost_usd";
 
 /// Adds to a period's spend; a period whose end moved (the entity's `budget_duration`
 /// changed) keeps the later end.
-const SPEND_UPSERT: &str = "INSERT INTO spend \
-     (entity_kind, entity_id, period_start, period_end, spend_usd) VALUES ($1, $2, $3, $4, $5) \
-     ON CONFLICT (entity_kind, entity_id, period_start) DO UPDATE SET \
+const SPEND_COLUMNS: &str = "INSERT INTO spend \
+     (entity_kind, entity_id, period_start, period_end, spend_usd) VALUES ";
+const SPEND_CONFLICT: &str = " ON CONFLICT (entity_kind, entity_id, period_start) DO UPDATE SET \
      spend_usd = spend.spend_usd + excluded.spend_usd, \
      period_end = CASE WHEN excluded.period_end > spend.period_end \
      THEN excluded.period_end ELSE spend.period_end END";
@@ -59,6 +97,59 @@ fn validate_record(record: &UsageRecord) -> StoreResult<()> {
     Ok(())
 }
 
+/// The sizes of the statements that write `n` rows: [`MAX_ROWS`] as often as it fits, then
+/// the powers of two that make up the rest, largest first.
+fn chunk_sizes(n: usize) -> impl Iterator<Item = usize> {
+    let full = n / MAX_ROWS;
+    let rest = n % MAX_ROWS;
+    std::iter::repeat_n(MAX_ROWS, full).chain(
+        (0..usize::BITS)
+            .rev()
+            .map(|bit| 1usize << bit)
+            .filter(move |size| rest & size != 0),
+    )
+}
+
+/// `items` cut in [`chunk_sizes`], in order.
+fn chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    chunk_sizes(items.len()).map(move |size| {
+        let (chunk, after) = rest.split_at(size);
+        rest = after;
+        chunk
+    })
+}
+
+/// `{head}($1, …, $width), (…), …{tail}` for `rows` rows.
+fn multi_row(head: &str, width: usize, rows: usize, tail: &str) -> String {
+    let mut sql = String::with_capacity(head.len() + tail.len() + rows * width * 7);
+    sql.push_str(head);
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..width {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(row * width + column + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql.push_str(tail);
+    sql
+}
+
+/// `$1, $2, …, $n`.
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// What an entity's spend periods derive from: its `budget_duration` and `created_at` (the
 /// anchor of `30d` windows).
 #[derive(Debug, Clone, Copy)]
@@ -67,41 +158,125 @@ struct SpendBasis {
     anchor: Timestamp,
 }
 
+/// The basis of an id without a row: no duration, so calendar months, where the anchor
+/// does not matter.
+const NO_BASIS: SpendBasis = SpendBasis {
+    duration: None,
+    anchor: 0,
+};
+
 impl SpendBasis {
     /// The period containing `at` (calendar months without a duration).
     fn window(self, at: Timestamp) -> (Timestamp, Timestamp) {
         period::window(period::effective(self.duration), at, self.anchor)
     }
+
+    fn from_row(row: &AnyRow) -> StoreResult<SpendBasis> {
+        Ok(SpendBasis {
+            duration: opt_enum_col(row, "budget_duration")?,
+            anchor: col(row, "created_at")?,
+        })
+    }
+}
+
+fn entity_table(kind: SpendKind) -> &'static str {
+    match kind {
+        SpendKind::Key => "api_keys",
+        SpendKind::User => "users",
+        SpendKind::Team => "teams",
+    }
 }
 
 /// The spend basis of a key, user or team from its own row, deleted or not; with no row,
-/// no duration (so calendar months, where the anchor does not matter).
+/// [`NO_BASIS`].
 async fn spend_basis(
     conn: &mut AnyConnection,
     kind: SpendKind,
     id: &str,
 ) -> StoreResult<SpendBasis> {
-    let table = match kind {
-        SpendKind::Key => "api_keys",
-        SpendKind::User => "users",
-        SpendKind::Team => "teams",
-    };
-    let sql = format!("SELECT budget_duration, created_at FROM {table} WHERE id = $1");
+    let sql = format!(
+        "SELECT budget_duration, created_at FROM {} WHERE id = $1",
+        entity_table(kind)
+    );
     let row = sqlx::query(&sql)
         .bind(id)
         .fetch_optional(&mut *conn)
         .await
         .map_err(db_err)?;
-    match row {
-        Some(row) => Ok(SpendBasis {
-            duration: opt_enum_col(&row, "budget_duration")?,
-            anchor: col(&row, "created_at")?,
-        }),
-        None => Ok(SpendBasis {
-            duration: None,
-            anchor: 0,
-        }),
+    row.as_ref().map_or(Ok(NO_BASIS), SpendBasis::from_row)
+}
+
+/// [`spend_basis`] of many entities at once: one `SELECT … WHERE id IN (…)` per kind (and
+/// per [`MAX_ROWS`] ids). Ids without a row get [`NO_BASIS`].
+async fn spend_bases<'a>(
+    conn: &mut AnyConnection,
+    entities: &BTreeSet<(SpendKind, &'a str)>,
+) -> StoreResult<HashMap<(SpendKind, &'a str), SpendBasis>> {
+    let mut bases = HashMap::with_capacity(entities.len());
+    for kind in [SpendKind::Key, SpendKind::User, SpendKind::Team] {
+        let ids: Vec<&str> = entities
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, id)| *id)
+            .collect();
+        for chunk in chunks(&ids) {
+            let sql = format!(
+                "SELECT id, budget_duration, created_at FROM {} WHERE id IN ({})",
+                entity_table(kind),
+                placeholders(chunk.len())
+            );
+            let mut select = sqlx::query(&sql);
+            for id in chunk {
+                select = select.bind(*id);
+            }
+            let rows = select.fetch_all(&mut *conn).await.map_err(db_err)?;
+            let mut found: HashMap<String, SpendBasis> = HashMap::with_capacity(rows.len());
+            for row in &rows {
+                found.insert(col(row, "id")?, SpendBasis::from_row(row)?);
+            }
+            for id in chunk {
+                let basis = found.get(*id).copied().unwrap_or(NO_BASIS);
+                bases.insert((kind, *id), basis);
+            }
+        }
     }
+    Ok(bases)
+}
+
+/// One group of the daily rollup: a day and who and what the records were of (`""` for
+/// none, as [`crate::store::NO_GROUP`]).
+type DayGroup<'a> = (i64, &'a str, &'a str, &'a str, &'a str);
+
+/// The sums of a [`DayGroup`].
+#[derive(Debug, Default, Clone, Copy)]
+struct DaySums {
+    requests: i64,
+    input_tokens: i64,
+    output_tokens: i64,
+    cached_input_tokens: i64,
+    reasoning_tokens: i64,
+    cost_usd: f64,
+}
+
+impl DaySums {
+    fn add(&mut self, record: &UsageRecord) {
+        let t = &record.tokens;
+        self.requests += 1;
+        self.input_tokens = self.input_tokens.saturating_add(count(t.input_tokens));
+        self.output_tokens = self.output_tokens.saturating_add(count(t.output_tokens));
+        self.cached_input_tokens = self
+            .cached_input_tokens
+            .saturating_add(count(t.cached_input_tokens));
+        self.reasoning_tokens = self
+            .reasoning_tokens
+            .saturating_add(count(t.reasoning_tokens));
+        self.cost_usd += record.cost_usd;
+    }
+}
+
+/// The UTC day (days since 1970-01-01) of a moment.
+fn day_of(at: Timestamp) -> i64 {
+    at.div_euclid(period::DAY)
 }
 
 /// `YYYY-MM-DD` of a day number (days since 1970-01-01).
@@ -118,6 +293,194 @@ fn count_col(row: &AnyRow, name: &str) -> StoreResult<u64> {
     Ok(n.unwrap_or(0).max(0) as u64)
 }
 
+/// A bound parameter of a report query.
+enum Param {
+    Text(String),
+    Int(i64),
+}
+
+/// Where a report reads: raw records over ranges of `at`, or the rollup over a range of
+/// days.
+enum Source {
+    /// `usage_records` with `from <= at <= to` (either bound may be open).
+    Raw {
+        from: Option<Timestamp>,
+        to: Option<Timestamp>,
+    },
+    /// `usage_daily` with `from <= day <= to` (either bound may be open).
+    Daily { from: Option<i64>, to: Option<i64> },
+}
+
+/// The sort key of a report row: days by number, the rest by the group's bytes.
+type SortKey = (i64, String);
+
+impl SqlStore {
+    /// The groups of one source, with the query's owner filters, added into `groups`.
+    async fn aggregate_into(
+        &self,
+        query: &UsageQuery,
+        source: Source,
+        groups: &mut BTreeMap<SortKey, UsageRow>,
+    ) -> StoreResult<()> {
+        let mut conditions: Vec<String> = Vec::new();
+        let mut params: Vec<Param> = Vec::new();
+        let mut add = |condition: &str, param: Param| {
+            params.push(param);
+            conditions.push(format!("{condition} ${}", params.len()));
+        };
+        let (table, time_column, from, to) = match source {
+            Source::Raw { from, to } => ("usage_records", "at", from, to),
+            Source::Daily { from, to } => ("usage_daily", "day", from, to),
+        };
+        if let Some(from) = from {
+            add(&format!("{time_column} >="), Param::Int(from));
+        }
+        if let Some(to) = to {
+            add(&format!("{time_column} <="), Param::Int(to));
+        }
+        if let Some(user_id) = &query.user_id {
+            add("user_id =", Param::Text(user_id.clone()));
+        }
+        if let Some(key_id) = &query.key_id {
+            add("key_id =", Param::Text(key_id.clone()));
+        }
+        if let Some(team_id) = &query.team_id {
+            add("team_id =", Param::Text(team_id.clone()));
+        }
+        let daily = table == "usage_daily";
+        // Records without an owner or model fall in the NO_GROUP ("") group; the rollup
+        // keeps them as "" already. Days are numbered in SQL (floor division, the same on
+        // both backends, also before 1970) and formatted here.
+        let group = match (query.group_by, daily) {
+            (GroupBy::Key, false) => "COALESCE(key_id, '')",
+            (GroupBy::User, false) => "COALESCE(user_id, '')",
+            (GroupBy::Team, false) => "COALESCE(team_id, '')",
+            (GroupBy::Model, false) => "COALESCE(model, '')",
+            (GroupBy::Day, false) => "(at - ((at % 86400) + 86400) % 86400) / 86400",
+            (GroupBy::Key, true) => "key_id",
+            (GroupBy::User, true) => "user_id",
+            (GroupBy::Team, true) => "team_id",
+            (GroupBy::Model, true) => "model",
+            (GroupBy::Day, true) => "day",
+        };
+        let requests = if daily {
+            "CAST(COALESCE(SUM(requests), 0) AS BIGINT)"
+        } else {
+            "COUNT(*)"
+        };
+        let mut sql = format!(
+            "SELECT {group} AS grp, {requests} AS requests, \
+             CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT) AS input_sum, \
+             CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) AS output_sum, \
+             COALESCE(SUM(cost_usd), 0.0) AS cost_sum FROM {table}"
+        );
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        sql.push_str(&format!(" GROUP BY {group}"));
+        let mut select = sqlx::query(&sql);
+        for param in params {
+            select = match param {
+                Param::Text(text) => select.bind(text),
+                Param::Int(int) => select.bind(int),
+            };
+        }
+        let rows = select.fetch_all(&self.pool).await.map_err(db_err)?;
+        for row in &rows {
+            let (sort, group) = match query.group_by {
+                GroupBy::Day => {
+                    let day: i64 = col(row, "grp")?;
+                    ((day, String::new()), day_text(day))
+                }
+                _ => {
+                    let group: String = col(row, "grp")?;
+                    ((0, group.clone()), group)
+                }
+            };
+            let slot = groups.entry(sort).or_insert_with(|| UsageRow {
+                group,
+                requests: 0,
+                input_tokens: 0,
+                output_tokens: 0,
+                cost_usd: 0.0,
+            });
+            slot.requests += count_col(row, "requests")?;
+            slot.input_tokens += count_col(row, "input_sum")?;
+            slot.output_tokens += count_col(row, "output_sum")?;
+            slot.cost_usd += col::<Option<f64>>(row, "cost_sum")?.unwrap_or(0.0);
+        }
+        Ok(())
+    }
+
+    /// The first day whose raw records are all still stored: days before it were pruned
+    /// ([`UsageStore::prune_usage`]) and live in the rollup only.
+    async fn first_raw_day(&self) -> StoreResult<Option<i64>> {
+        let row = sqlx::query("SELECT pruned_before FROM usage_retention WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.map(|row| col::<i64>(&row, "pruned_before").map(day_of))
+            .transpose()
+    }
+}
+
+/// Where a report over `since ..= until` reads: the rollup for the days it covers whole,
+/// the raw records for the parts of days at its edges (`pruned`: days before this one have
+/// no raw records left, so they are read whole from the rollup).
+fn plan(since: Option<Timestamp>, until: Option<Timestamp>, pruned: Option<i64>) -> Vec<Source> {
+    let is_pruned = |day: i64| pruned.is_some_and(|first| day < first);
+    // Bounds of a day, saturating at the ends of time.
+    let start = |day: i64| day.saturating_mul(period::DAY);
+    let end = |day: i64| start(day.saturating_add(1)).saturating_sub(1);
+    // The first and last days read from the rollup, and the edges read raw.
+    let (mut first, mut lower) = (None, None);
+    if let Some(since) = since {
+        let day = day_of(since);
+        if since == start(day) || is_pruned(day) {
+            first = Some(day);
+        } else {
+            first = Some(day + 1);
+            lower = Some((since, end(day)));
+        }
+    }
+    let (mut last, mut upper) = (None, None);
+    if let Some(until) = until {
+        let day = day_of(until);
+        if until == end(day) || is_pruned(day) {
+            last = Some(day);
+        } else {
+            last = Some(day - 1);
+            upper = Some((start(day), until));
+        }
+    }
+    let mut sources = Vec::with_capacity(3);
+    if first.zip(last).is_none_or(|(first, last)| first <= last) {
+        sources.push(Source::Daily {
+            from: first,
+            to: last,
+        });
+    }
+    match (lower, upper) {
+        // Both edges in one day: that part of it, once.
+        (Some((from, _)), Some((_, to))) if day_of(from) == day_of(to) => {
+            sources.push(Source::Raw {
+                from: Some(from),
+                to: Some(to),
+            });
+        }
+        (lower, upper) => {
+            for (from, to) in lower.into_iter().chain(upper) {
+                sources.push(Source::Raw {
+                    from: Some(from),
+                    to: Some(to),
+                });
+            }
+        }
+    }
+    sources
+}
+
 #[async_trait]
 impl UsageStore for SqlStore {
     async fn record_new_usage(&self, records: &[UsageRecord]) -> StoreResult<Vec<usize>> {
@@ -127,75 +490,105 @@ impl UsageStore for SqlStore {
         for record in records {
             validate_record(record)?;
         }
-        // In request id order (stable, so the first of duplicates wins), so that concurrent
-        // batches wait on each other's ids in one order instead of deadlocking.
+        // The first record of each request id, in request id order (a stable sort, so the
+        // first of duplicates is kept), so that concurrent batches wait on each other's ids
+        // in one order instead of deadlocking.
         let mut ordered: Vec<(usize, &UsageRecord)> = records.iter().enumerate().collect();
         ordered.sort_by(|a, b| a.1.request_id.cmp(&b.1.request_id));
+        ordered.dedup_by(|later, first| later.1.request_id == first.1.request_id);
 
         let written_at = domain::now();
         let mut tx = self.begin_write().await?;
-        let mut bases: HashMap<(SpendKind, &str), SpendBasis> = HashMap::new();
-        // (kind, id, period start) → (period end, USD), applied in this (sorted) order.
-        let mut accrued: BTreeMap<(SpendKind, &str, Timestamp), (Timestamp, f64)> = BTreeMap::new();
-        let mut new = Vec::new();
-        for (position, record) in ordered {
-            let tokens = &record.tokens;
-            let inserted = sqlx::query(USAGE_INSERT)
-                .bind(&record.request_id)
-                .bind(record.at)
-                .bind(record.key_id.as_deref())
-                .bind(record.user_id.as_deref())
-                .bind(record.team_id.as_deref())
-                .bind(record.model.as_deref())
-                .bind(count(tokens.input_tokens))
-                .bind(count(tokens.output_tokens))
-                .bind(count(tokens.cached_input_tokens))
-                .bind(count(tokens.reasoning_tokens))
-                .bind(record.cost_usd)
-                .bind(i64::from(record.status))
-                .bind(count(record.latency_ms))
-                .bind(record.estimated)
-                .bind(source_text(record.source))
-                .bind(written_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?
-                .rows_affected();
-            if inserted == 0 {
-                continue;
+        let mut new: Vec<(usize, &UsageRecord)> = Vec::with_capacity(ordered.len());
+        for chunk in chunks(&ordered) {
+            let sql = multi_row(USAGE_COLUMNS, 16, chunk.len(), USAGE_CONFLICT);
+            let mut insert = sqlx::query(&sql);
+            for (_, record) in chunk {
+                insert = bind_record(insert, record, written_at);
             }
-            new.push(position);
-            for (kind, id) in crate::admission::payers::of_record(record) {
-                let basis = match bases.get(&(kind, id)) {
-                    Some(basis) => *basis,
-                    None => {
-                        let basis = spend_basis(&mut tx, kind, id).await?;
-                        bases.insert((kind, id), basis);
-                        basis
-                    }
-                };
+            let rows = insert.fetch_all(&mut *tx).await.map_err(db_err)?;
+            let mut inserted: HashSet<String> = HashSet::with_capacity(rows.len());
+            for row in &rows {
+                inserted.insert(col(row, "request_id")?);
+            }
+            new.extend(
+                chunk
+                    .iter()
+                    .filter(|(_, record)| inserted.contains(&record.request_id)),
+            );
+        }
+
+        // Sums of the new records per day and owner, and their cost per (entity, period),
+        // both added in request id order and written sorted.
+        let mut daily: BTreeMap<DayGroup, DaySums> = BTreeMap::new();
+        let mut payers: BTreeSet<(SpendKind, &str)> = BTreeSet::new();
+        for (_, record) in &new {
+            let group = (
+                day_of(record.at),
+                record.key_id.as_deref().unwrap_or(""),
+                record.user_id.as_deref().unwrap_or(""),
+                record.team_id.as_deref().unwrap_or(""),
+                record.model.as_deref().unwrap_or(""),
+            );
+            daily.entry(group).or_default().add(record);
+            payers.extend(crate::admission::payers::of_record(record));
+        }
+        let bases = spend_bases(&mut tx, &payers).await?;
+        // (kind, id, period start) → (period end, USD).
+        let mut accrued: BTreeMap<(SpendKind, &str, Timestamp), (Timestamp, f64)> = BTreeMap::new();
+        for (_, record) in &new {
+            for payer in crate::admission::payers::of_record(record) {
+                let basis = bases.get(&payer).copied().unwrap_or(NO_BASIS);
                 let (start, end) = basis.window(record.at);
-                let slot = accrued.entry((kind, id, start)).or_insert((end, 0.0));
+                let slot = accrued
+                    .entry((payer.0, payer.1, start))
+                    .or_insert((end, 0.0));
                 slot.1 += record.cost_usd;
             }
         }
-        for ((kind, id, start), (end, usd)) in accrued {
-            if usd == 0.0 {
-                continue;
+
+        let daily: Vec<(DayGroup, DaySums)> = daily.into_iter().collect();
+        for chunk in chunks(&daily) {
+            let sql = multi_row(ROLLUP_COLUMNS, 11, chunk.len(), ROLLUP_CONFLICT);
+            let mut upsert = sqlx::query(&sql);
+            for ((day, key, user, team, model), sums) in chunk {
+                upsert = upsert
+                    .bind(*day)
+                    .bind(*key)
+                    .bind(*user)
+                    .bind(*team)
+                    .bind(*model)
+                    .bind(sums.requests)
+                    .bind(sums.input_tokens)
+                    .bind(sums.output_tokens)
+                    .bind(sums.cached_input_tokens)
+                    .bind(sums.reasoning_tokens)
+                    .bind(sums.cost_usd);
             }
-            sqlx::query(SPEND_UPSERT)
-                .bind(kind.as_str())
-                .bind(id)
-                .bind(start)
-                .bind(end)
-                .bind(usd)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
+            upsert.execute(&mut *tx).await.map_err(db_err)?;
+        }
+
+        let spend: Vec<_> = accrued
+            .into_iter()
+            .filter(|(_, (_, usd))| *usd != 0.0)
+            .collect();
+        for chunk in chunks(&spend) {
+            let sql = multi_row(SPEND_COLUMNS, 5, chunk.len(), SPEND_CONFLICT);
+            let mut upsert = sqlx::query(&sql);
+            for ((kind, id, start), (end, usd)) in chunk {
+                upsert = upsert
+                    .bind(kind.as_str())
+                    .bind(*id)
+                    .bind(*start)
+                    .bind(*end)
+                    .bind(*usd);
+            }
+            upsert.execute(&mut *tx).await.map_err(db_err)?;
         }
         commit(tx).await?;
-        new.sort_unstable();
-        Ok(new)
+        let mut positions: Vec<usize> = new.into_iter().map(|(position, _)| position).collect();
+        positions.sort_unstable();
+        Ok(positions)
     }
 
     async fn current_spend(&self, kind: SpendKind, id: &str, at: Timestamp) -> StoreResult<f64> {
@@ -217,87 +610,258 @@ impl UsageStore for SqlStore {
     }
 
     async fn usage_report(&self, query: UsageQuery) -> StoreResult<UsageReport> {
-        enum Param {
-            Text(String),
-            Int(i64),
+        if let (Some(since), Some(until)) = (query.since, query.until) {
+            if since > until {
+                return Ok(UsageReport::default());
+            }
         }
-        let mut conditions: Vec<String> = Vec::new();
-        let mut params: Vec<Param> = Vec::new();
-        let mut add = |condition: &str, param: Param| {
-            params.push(param);
-            conditions.push(format!("{condition} ${}", params.len()));
+        // The rollup keeps "no owner" as "", so a filter on the empty id (which only a raw
+        // record with an empty id matches) is answered from the raw records.
+        let empty_filter = [&query.user_id, &query.key_id, &query.team_id]
+            .into_iter()
+            .any(|id| id.as_deref() == Some(""));
+        let sources = if empty_filter {
+            vec![Source::Raw {
+                from: query.since,
+                to: query.until,
+            }]
+        } else {
+            plan(query.since, query.until, self.first_raw_day().await?)
         };
-        if let Some(since) = query.since {
-            add("at >=", Param::Int(since));
-        }
-        if let Some(until) = query.until {
-            add("at <=", Param::Int(until));
-        }
-        if let Some(user_id) = query.user_id {
-            add("user_id =", Param::Text(user_id));
-        }
-        if let Some(key_id) = query.key_id {
-            add("key_id =", Param::Text(key_id));
-        }
-        if let Some(team_id) = query.team_id {
-            add("team_id =", Param::Text(team_id));
-        }
-        // Records without an owner or model fall in the NO_GROUP ("") group. Days are
-        // numbered in SQL (floor division, the same on both backends, also before 1970)
-        // and formatted here.
-        let group = match query.group_by {
-            GroupBy::Key => "COALESCE(key_id, '')",
-            GroupBy::User => "COALESCE(user_id, '')",
-            GroupBy::Team => "COALESCE(team_id, '')",
-            GroupBy::Model => "COALESCE(model, '')",
-            GroupBy::Day => "(at - ((at % 86400) + 86400) % 86400) / 86400",
-        };
-        let mut sql = format!(
-            "SELECT {group} AS grp, COUNT(*) AS requests, \
-             CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT) AS input_sum, \
-             CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) AS output_sum, \
-             COALESCE(SUM(cost_usd), 0.0) AS cost_sum FROM usage_records"
-        );
-        if !conditions.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&conditions.join(" AND "));
-        }
-        sql.push_str(&format!(" GROUP BY {group}"));
-        let mut select = sqlx::query(&sql);
-        for param in params {
-            select = match param {
-                Param::Text(text) => select.bind(text),
-                Param::Int(int) => select.bind(int),
-            };
-        }
-        let rows = select.fetch_all(&self.pool).await.map_err(db_err)?;
-
         // Sorted here, not by ORDER BY: Postgres orders text by its collation, SQLite by
         // bytes, and days must sort by number before they become text.
-        let mut keyed: Vec<((i64, String), UsageRow)> = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let (sort, group) = match query.group_by {
-                GroupBy::Day => {
-                    let day: i64 = col(row, "grp")?;
-                    ((day, String::new()), day_text(day))
-                }
-                _ => {
-                    let group: String = col(row, "grp")?;
-                    ((0, group.clone()), group)
-                }
-            };
-            let usage = UsageRow {
-                group,
-                requests: count_col(row, "requests")?,
-                input_tokens: count_col(row, "input_sum")?,
-                output_tokens: count_col(row, "output_sum")?,
-                cost_usd: col::<Option<f64>>(row, "cost_sum")?.unwrap_or(0.0),
-            };
-            keyed.push((sort, usage));
+        let mut groups: BTreeMap<SortKey, UsageRow> = BTreeMap::new();
+        for source in sources {
+            self.aggregate_into(&query, source, &mut groups).await?;
         }
-        keyed.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(UsageReport::from_rows(
-            keyed.into_iter().map(|(_, row)| row).collect(),
-        ))
+        Ok(UsageReport::from_rows(groups.into_values().collect()))
+    }
+
+    async fn budgets(
+        &self,
+        entities: &[(SpendKind, &str)],
+    ) -> StoreResult<Vec<Option<EntityBudget>>> {
+        let mut found: HashMap<(SpendKind, String), EntityBudget> = HashMap::new();
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        for kind in [SpendKind::Key, SpendKind::User, SpendKind::Team] {
+            let ids: BTreeSet<&str> = entities
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, id)| *id)
+                .collect();
+            let ids: Vec<&str> = ids.into_iter().collect();
+            // Revoked keys still have a budget (their late usage counts); deleted users and
+            // teams do not.
+            let live = match kind {
+                SpendKind::Key => "",
+                SpendKind::User | SpendKind::Team => " AND deleted_at IS NULL",
+            };
+            for chunk in chunks(&ids) {
+                let sql = format!(
+                    "SELECT id, max_budget, budget_duration, created_at FROM {} WHERE id IN ({}){live}",
+                    entity_table(kind),
+                    placeholders(chunk.len())
+                );
+                let mut select = sqlx::query(&sql);
+                for id in chunk {
+                    select = select.bind(*id);
+                }
+                for row in select.fetch_all(&mut *conn).await.map_err(db_err)? {
+                    let Some(budget_usd) = col::<Option<f64>>(&row, "max_budget")? else {
+                        continue;
+                    };
+                    found.insert(
+                        (kind, col(&row, "id")?),
+                        EntityBudget {
+                            budget_usd,
+                            duration: opt_enum_col(&row, "budget_duration")?,
+                            anchor: col(&row, "created_at")?,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(entities
+            .iter()
+            .map(|(kind, id)| found.get(&(*kind, (*id).to_string())).copied())
+            .collect())
+    }
+
+    async fn spends(
+        &self,
+        periods: &[(SpendKind, &str, Timestamp, Timestamp)],
+    ) -> StoreResult<Vec<f64>> {
+        let mut spends = vec![0.0; periods.len()];
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        let numbered: Vec<(usize, &(SpendKind, &str, Timestamp, Timestamp))> =
+            periods.iter().enumerate().collect();
+        for chunk in chunks(&numbered) {
+            let sql = multi_row(
+                "WITH wanted (i, kind, id, start_at, end_at) AS (VALUES ",
+                5,
+                chunk.len(),
+                ") SELECT wanted.i AS i, COALESCE(SUM(spend.spend_usd), 0.0) AS spend \
+                 FROM wanted JOIN spend ON spend.entity_kind = wanted.kind \
+                 AND spend.entity_id = wanted.id AND spend.period_start >= wanted.start_at \
+                 AND spend.period_start < wanted.end_at GROUP BY wanted.i",
+            );
+            let mut select = sqlx::query(&sql);
+            for (i, (kind, id, start, end)) in chunk {
+                select = select
+                    .bind(i64::try_from(*i).unwrap_or(i64::MAX))
+                    .bind(kind.as_str())
+                    .bind(*id)
+                    .bind(*start)
+                    .bind(*end);
+            }
+            for row in select.fetch_all(&mut *conn).await.map_err(db_err)? {
+                let i: i64 = col(&row, "i")?;
+                if let Some(slot) = usize::try_from(i).ok().and_then(|i| spends.get_mut(i)) {
+                    *slot = col::<Option<f64>>(&row, "spend")?.unwrap_or(0.0);
+                }
+            }
+        }
+        Ok(spends)
+    }
+
+    async fn prune_usage(&self, before: Timestamp, limit: u64) -> StoreResult<u64> {
+        let before = day_of(before).saturating_mul(period::DAY);
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO usage_retention (id, pruned_before) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET pruned_before = CASE \
+             WHEN excluded.pruned_before > usage_retention.pruned_before \
+             THEN excluded.pruned_before ELSE usage_retention.pruned_before END",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let deleted = sqlx::query(
+            "DELETE FROM usage_records WHERE request_id IN \
+             (SELECT request_id FROM usage_records WHERE at < $1 LIMIT $2)",
+        )
+        .bind(before)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+        commit(tx).await?;
+        Ok(deleted)
+    }
+}
+
+/// Binds the 16 columns of a record, in [`USAGE_COLUMNS`] order.
+fn bind_record<'q>(
+    query: Query<'q, Any, AnyArguments<'q>>,
+    record: &'q UsageRecord,
+    written_at: Timestamp,
+) -> Query<'q, Any, AnyArguments<'q>> {
+    let tokens = &record.tokens;
+    query
+        .bind(&record.request_id)
+        .bind(record.at)
+        .bind(record.key_id.as_deref())
+        .bind(record.user_id.as_deref())
+        .bind(record.team_id.as_deref())
+        .bind(record.model.as_deref())
+        .bind(count(tokens.input_tokens))
+        .bind(count(tokens.output_tokens))
+        .bind(count(tokens.cached_input_tokens))
+        .bind(count(tokens.reasoning_tokens))
+        .bind(record.cost_usd)
+        .bind(i64::from(record.status))
+        .bind(count(record.latency_ms))
+        .bind(record.estimated)
+        .bind(source_text(record.source))
+        .bind(written_at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_powers_of_two_below_the_cap() {
+        let sizes = |n: usize| chunk_sizes(n).collect::<Vec<usize>>();
+        assert_eq!(sizes(0), Vec::<usize>::new());
+        assert_eq!(sizes(500), vec![256usize, 128, 64, 32, 16, 4]);
+        assert_eq!(sizes(2 * MAX_ROWS + 3), vec![MAX_ROWS, MAX_ROWS, 2, 1]);
+        let items: Vec<usize> = (0..2051).collect();
+        let parts: Vec<&[usize]> = chunks(&items).collect();
+        assert_eq!(parts.concat(), items);
+    }
+
+    #[test]
+    fn multi_row_numbers_parameters_row_by_row() {
+        assert_eq!(
+            multi_row("INSERT INTO t (a, b) VALUES ", 2, 2, " RETURNING a"),
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) RETURNING a"
+        );
+    }
+
+    fn ranges(sources: &[Source]) -> Vec<String> {
+        sources
+            .iter()
+            .map(|s| match s {
+                Source::Raw { from, to } => format!("raw {from:?}..={to:?}"),
+                Source::Daily { from, to } => format!("daily {from:?}..={to:?}"),
+            })
+            .collect()
+    }
+
+    fn raw(from: i64, to: i64) -> String {
+        format!("raw Some({from})..=Some({to})")
+    }
+
+    #[test]
+    fn reports_read_whole_days_from_the_rollup_and_edges_raw() {
+        const D: i64 = period::DAY;
+        // Open ranges: the rollup only.
+        assert_eq!(ranges(&plan(None, None, None)), vec!["daily None..=None"]);
+        // Day-aligned: the rollup only.
+        assert_eq!(
+            ranges(&plan(Some(10 * D), Some(12 * D - 1), None)),
+            vec!["daily Some(10)..=Some(11)"]
+        );
+        // Partial days at both ends.
+        assert_eq!(
+            ranges(&plan(Some(10 * D + 5), Some(12 * D + 7), None)),
+            vec![
+                "daily Some(11)..=Some(11)".to_string(),
+                raw(10 * D + 5, 11 * D - 1),
+                raw(12 * D, 12 * D + 7),
+            ]
+        );
+        // Within one day: raw, once.
+        assert_eq!(
+            ranges(&plan(Some(10 * D + 5), Some(10 * D + 7), None)),
+            vec![raw(10 * D + 5, 10 * D + 7)]
+        );
+        // Two partial adjacent days: no whole day, two raw parts.
+        assert_eq!(
+            ranges(&plan(Some(10 * D + 5), Some(11 * D + 7), None)),
+            vec![raw(10 * D + 5, 11 * D - 1), raw(11 * D, 11 * D + 7)]
+        );
+        // Before 1970.
+        assert_eq!(
+            ranges(&plan(Some(-D - 1), None, None)),
+            vec!["daily Some(-1)..=None".to_string(), raw(-D - 1, -D - 1)]
+        );
+        // Days whose raw records were pruned are read whole from the rollup.
+        assert_eq!(
+            ranges(&plan(Some(10 * D + 5), Some(12 * D + 7), Some(12))),
+            vec![
+                "daily Some(10)..=Some(11)".to_string(),
+                raw(12 * D, 12 * D + 7)
+            ]
+        );
+        assert_eq!(
+            ranges(&plan(Some(10 * D + 5), Some(10 * D + 7), Some(11))),
+            vec!["daily Some(10)..=Some(10)"]
+        );
+        // The far ends of time do not overflow.
+        assert_eq!(ranges(&plan(Some(i64::MIN), Some(i64::MAX), None)).len(), 2);
     }
 }
