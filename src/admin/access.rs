@@ -71,17 +71,17 @@ impl FromRequestParts<AppState> for Caller {
             })?;
         let (who, name) = match principal {
             Principal::Master => (Who::Master, "master".to_owned()),
-            Principal::Key(lookup) => {
-                decision::standing(&lookup, now).map_err(|d| ApiError::Unauthorized(d.message))?;
+            Principal::Key(key) => {
+                decision::standing(&key, now).map_err(|d| ApiError::Unauthorized(d.message))?;
                 if !decision::has_permission(
-                    &decision::effective_permissions(&lookup),
+                    &decision::effective_permissions(&key),
                     ADMIN_PERMISSION,
                 ) {
                     return Err(ApiError::Forbidden(
                         "this API takes the master key, an admin key, or a login token (JWT); keys without `admin` are for calling models".into(),
                     ));
                 }
-                (Who::AdminKey, format!("key:{}", lookup.key.id))
+                (Who::AdminKey, format!("key:{}", key.id))
             }
             Principal::User(user) => {
                 if user.blocked {
