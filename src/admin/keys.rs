@@ -6,7 +6,7 @@
 //! rotating it would hand them its secret, unblocking or re-enabling it would put it back
 //! into use.
 
-use super::access::check_key_narrows;
+use super::access::{check_key_narrows, Owners};
 use super::{
     all_with_spend, limits_of, limits_patch_of, list, nullable, validate, whole, with_spend,
     ApiError, AppState, Caller, JsonBody, QueryParams, WithSpend,
@@ -92,8 +92,10 @@ async fn create(
     caller: Caller,
     JsonBody(body): JsonBody<CreateKey>,
 ) -> Result<(StatusCode, Json<WithSecret>), ApiError> {
-    let body = may_create(&app, &caller, body).await?;
-    create_key(&app, &caller, body).await
+    let mut owners = Owners::default();
+    let body = may_create(&app, &caller, &mut owners, body).await?;
+    let (new, plain) = mint(&app, &caller, &mut owners, body).await?;
+    stored(&app, &caller, new, plain).await
 }
 
 /// The body as the caller may create it: an admin creates any key; others (but viewers)
@@ -101,6 +103,7 @@ async fn create(
 async fn may_create(
     app: &AppState,
     caller: &Caller,
+    owners: &mut Owners,
     mut body: CreateKey,
 ) -> Result<CreateKey, ApiError> {
     if caller.is_admin() {
@@ -115,7 +118,7 @@ async fn may_create(
     }
     match &body.team_id {
         Some(team) => {
-            let owns = caller.owns_team(app, team).await?;
+            let owns = owners.owned_by(app, caller, team).await?;
             caller.allow(owns, "create keys for a team they do not own")?;
         }
         // Without a team, a person's key is their own.
@@ -131,7 +134,17 @@ pub(super) async fn create_key(
     caller: &Caller,
     body: CreateKey,
 ) -> Result<(StatusCode, Json<WithSecret>), ApiError> {
-    let (new, plain) = mint(app, caller, body).await?;
+    let (new, plain) = mint(app, caller, &mut Owners::default(), body).await?;
+    stored(app, caller, new, plain).await
+}
+
+/// Stores a minted key and answers it with its secret.
+async fn stored(
+    app: &AppState,
+    caller: &Caller,
+    new: NewKey,
+    plain: PlainKey,
+) -> Result<(StatusCode, Json<WithSecret>), ApiError> {
     let key = app.store.create_key(&caller.actor, new).await?;
     app.invalidator
         .send(Change::new_secret(&plain.hash()))
@@ -149,6 +162,7 @@ pub(super) async fn create_key(
 async fn mint(
     app: &AppState,
     caller: &Caller,
+    owners: &mut Owners,
     body: CreateKey,
 ) -> Result<(NewKey, PlainKey), ApiError> {
     validate::name("name", &body.name)?;
@@ -161,6 +175,7 @@ async fn mint(
     check_key_narrows(
         app,
         caller,
+        owners,
         body.user_id.as_deref(),
         body.team_id.as_deref(),
         &body.permissions,
@@ -216,12 +231,16 @@ async fn create_bulk(
     }
     let mut news = Vec::with_capacity(count);
     let mut secrets = Vec::with_capacity(count);
+    // The batch's owners are read once each, whatever number of keys name them.
+    let mut owners = Owners::default();
     for (i, body) in body.keys.into_iter().enumerate() {
         let place = format!("keys[{i}]");
-        let body = may_create(&app, &caller, body)
+        let body = may_create(&app, &caller, &mut owners, body)
             .await
             .map_err(|e| e.at(&place))?;
-        let (new, plain) = mint(&app, &caller, body).await.map_err(|e| e.at(&place))?;
+        let (new, plain) = mint(&app, &caller, &mut owners, body)
+            .await
+            .map_err(|e| e.at(&place))?;
         news.push(new);
         secrets.push(plain);
     }
@@ -391,6 +410,7 @@ async fn update(
         check_key_narrows(
             &app,
             &caller,
+            &mut Owners::default(),
             key.user_id.as_deref(),
             key.team_id.as_deref(),
             body.permissions.as_deref().unwrap_or_default(),
