@@ -178,7 +178,7 @@ pub enum MembershipSource {
 string_enum!(MembershipSource, "membership source", { Manual => "manual", Group => "group" });
 
 /// How often a budget's spend resets: `1d`, `7d`, `30d`, `1mo`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BudgetDuration {
     #[serde(rename = "1d")]
     Day,
@@ -303,7 +303,8 @@ pub struct CachedKey {
     pub permissions: Names,
     /// Models the key may use; empty means "as its owner".
     pub models: Names,
-    pub limits: Limits,
+    /// Shared by the cached keys with equal limits (most have none, or one of a few tiers).
+    pub limits: Arc<Limits>,
     pub expires_at: Option<Timestamp>,
     /// When the key was rotated with a grace period: the old secret's end of life.
     pub previous_expires_at: Option<Timestamp>,
@@ -327,7 +328,7 @@ impl From<KeyLookup> for CachedKey {
         CachedKey {
             permissions: names(lookup.key.permissions),
             models: names(lookup.key.models),
-            limits: lookup.key.limits,
+            limits: Arc::new(lookup.key.limits),
             expires_at: lookup.key.expires_at,
             previous_expires_at: lookup.key.previous_expires_at,
             revoked: lookup.key.revoked_at.is_some(),

@@ -15,7 +15,9 @@
 //! back after it.
 
 use super::api_key::KeyHash;
-use crate::domain::{CachedKey, KeyLookup, KeyOwnerTeam, KeyOwnerUser, Names, User};
+use crate::domain::{
+    BudgetDuration, CachedKey, KeyLookup, KeyOwnerTeam, KeyOwnerUser, Limits, Names, User,
+};
 use crate::metrics::{CacheCounters, CacheResult, Metrics};
 use crate::store::{SharedStore, StoreError};
 use moka::sync::Cache;
@@ -201,9 +203,18 @@ struct Shared {
     users: HashMap<Box<str>, Arc<KeyOwnerUser>>,
     teams: HashMap<Box<str>, Arc<KeyOwnerTeam>>,
     names: HashSet<Names>,
+    /// By their exact value (`max_budget` by its bits).
+    limits: HashMap<LimitsKey, Arc<Limits>>,
     /// The pool's size after its last sweep.
     swept_at: usize,
 }
+
+type LimitsKey = (
+    Option<i64>,
+    Option<i64>,
+    Option<u64>,
+    Option<BudgetDuration>,
+);
 
 /// The pool is not swept before it holds this many copies.
 const SWEEP_FLOOR: usize = 1024;
@@ -220,7 +231,7 @@ impl Shared {
             id: key.id.into_boxed_str(),
             permissions: self.names(key.permissions),
             models: self.names(key.models),
-            limits: key.limits,
+            limits: self.limits(key.limits),
             expires_at: key.expires_at,
             previous_expires_at: key.previous_expires_at,
             revoked: key.revoked_at.is_some(),
@@ -243,8 +254,21 @@ impl Shared {
         names
     }
 
+    fn limits(&mut self, limits: Limits) -> Arc<Limits> {
+        let key = (
+            limits.rpm,
+            limits.tpm,
+            limits.max_budget.map(f64::to_bits),
+            limits.budget_duration,
+        );
+        self.limits
+            .entry(key)
+            .or_insert_with(|| Arc::new(limits))
+            .clone()
+    }
+
     fn len(&self) -> usize {
-        self.users.len() + self.teams.len() + self.names.len()
+        self.users.len() + self.teams.len() + self.names.len() + self.limits.len()
     }
 
     /// Drops the copies only the pool holds, when it has doubled since the last sweep.
@@ -255,6 +279,7 @@ impl Shared {
         self.users.retain(|_, held| Arc::strong_count(held) > 1);
         self.teams.retain(|_, held| Arc::strong_count(held) > 1);
         self.names.retain(|held| Arc::strong_count(held) > 1);
+        self.limits.retain(|_, held| Arc::strong_count(held) > 1);
         self.swept_at = self.len();
     }
 }
@@ -424,6 +449,7 @@ mod tests {
         ));
         assert!(Arc::ptr_eq(&a.models, &b.models));
         assert!(Arc::ptr_eq(&a.permissions, &b.permissions));
+        assert!(Arc::ptr_eq(&a.limits, &b.limits));
 
         // Read after its user was blocked, a key says so; one read before keeps its read.
         let c = shared.key(lookup("k3", Some(("u1", true)), &["gpt-4o-mini"]));
@@ -438,6 +464,28 @@ mod tests {
             d.user.as_ref().unwrap()
         ));
         assert!(d.models.is_empty());
+    }
+
+    #[test]
+    fn only_equal_limits_are_shared() {
+        let mut shared = Shared::default();
+        let with = |rpm: Option<i64>, budget: Option<f64>| {
+            let mut lookup = lookup("k", None, &[]);
+            lookup.key.limits = Limits {
+                rpm,
+                max_budget: budget,
+                ..Limits::default()
+            };
+            lookup
+        };
+        let a = shared.key(with(Some(60), Some(5.0)));
+        let b = shared.key(with(Some(60), Some(5.0)));
+        let c = shared.key(with(Some(60), Some(5.5)));
+        let d = shared.key(with(None, None));
+        assert!(Arc::ptr_eq(&a.limits, &b.limits));
+        assert_eq!(c.limits.max_budget, Some(5.5));
+        assert_eq!(*d.limits, Limits::default());
+        assert_eq!(c, CachedKey::from(with(Some(60), Some(5.5))));
     }
 
     #[test]
