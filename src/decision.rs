@@ -11,7 +11,7 @@
 //! error code; the edge renders it, once, in the client's provider's error shape.
 
 use crate::config::{ApiFamily, Config, RouteRule};
-use crate::domain::{KeyLookup, Role, Timestamp, User};
+use crate::domain::{CachedKey, Role, Timestamp, User};
 use crate::limits::plan::{Quota, Rates};
 use crate::secret::Secret;
 use std::collections::HashMap;
@@ -135,8 +135,8 @@ pub enum ModelField {
 pub enum Principal {
     /// The master key: full admin.
     Master,
-    /// A virtual key, with its owner's facts, as the store (or cache) returned it.
-    Key(Arc<KeyLookup>),
+    /// A virtual key, with its owners' facts, as the key cache holds it.
+    Key(Arc<CachedKey>),
     /// A person signed in with a login token (a session or an OIDC issuer's): their live
     /// user record. They act with their role's permissions, on no team's behalf.
     User(Arc<User>),
@@ -328,10 +328,9 @@ pub fn authorize(
         Principal::Master => {
             grant.key_id = Some("master".to_owned());
         }
-        Principal::Key(lookup) => {
-            standing(lookup, now)?;
-            let key = &lookup.key;
-            if !has_permission(&effective_permissions(lookup), &rule.permission) {
+        Principal::Key(key) => {
+            standing(key, now)?;
+            if !has_permission(&effective_permissions(key), &rule.permission) {
                 return Err(Denial::new(
                     DenyReason::PermissionDenied,
                     format!(
@@ -340,9 +339,9 @@ pub fn authorize(
                     ),
                 ));
             }
-            grant.key_id = Some(key.id.clone());
-            grant.user_id = lookup.user.as_ref().map(|u| u.id.clone());
-            grant.team_id = lookup.team.as_ref().map(|t| t.id.clone());
+            grant.key_id = Some(key.id.to_string());
+            grant.user_id = key.user.as_ref().map(|u| u.id.clone());
+            grant.team_id = key.team.as_ref().map(|t| t.id.clone());
         }
         Principal::User(user) => {
             if user.blocked {
@@ -403,11 +402,11 @@ pub fn authorize(
             format!("The model `{name}` is not available on this gateway"),
         ));
     }
-    if let Principal::Key(lookup) = principal {
-        if !models_allow(&lookup.key.models, name) {
+    if let Principal::Key(key) = principal {
+        if !models_allow(&key.models, name) {
             return not_allowed();
         }
-        if let Some(team) = &lookup.team {
+        if let Some(team) = &key.team {
             if !models_allow(&team.models, name) {
                 return not_allowed();
             }
@@ -419,26 +418,25 @@ pub fn authorize(
 }
 
 /// Revoked, expired, rotated-out past its grace, or blocked (the key, its user or team).
-pub fn standing(lookup: &KeyLookup, now: Timestamp) -> Result<(), Denial> {
-    let key = &lookup.key;
+pub fn standing(key: &CachedKey, now: Timestamp) -> Result<(), Denial> {
     let invalid = |message: &str| Err(Denial::new(DenyReason::InvalidApiKey, message));
-    if key.revoked_at.is_some() {
+    if key.revoked {
         return invalid("This API key has been revoked");
     }
     if key.expires_at.is_some_and(|at| at <= now) {
         return invalid("This API key has expired");
     }
-    if lookup.via_previous && key.previous_expires_at.is_none_or(|at| at <= now) {
+    if key.via_previous && key.previous_expires_at.is_none_or(|at| at <= now) {
         return invalid("This API key was rotated and is no longer valid");
     }
     let blocked = |message: &str| Err(Denial::new(DenyReason::PermissionDenied, message));
     if key.blocked {
         return blocked("This API key is blocked");
     }
-    if lookup.user.as_ref().is_some_and(|u| u.blocked) {
+    if key.user.as_ref().is_some_and(|u| u.blocked) {
         return blocked("The user owning this API key is blocked");
     }
-    if lookup.team.as_ref().is_some_and(|t| t.blocked) {
+    if key.team.as_ref().is_some_and(|t| t.blocked) {
         return blocked("The team owning this API key is blocked");
     }
     Ok(())
@@ -447,20 +445,20 @@ pub fn standing(lookup: &KeyLookup, now: Timestamp) -> Result<(), Denial> {
 /// The key's permissions, narrowed to what its owner has. A key with no permissions of its
 /// own has its owner's; a key with no user owner (a team or service key) is capped at the
 /// LLM permissions unless it was given `admin` by an admin.
-pub fn effective_permissions(lookup: &KeyLookup) -> Vec<String> {
-    let owner: Vec<&str> = match &lookup.user {
+pub fn effective_permissions(key: &CachedKey) -> Vec<String> {
+    let owner: Vec<&str> = match &key.user {
         Some(user) => role_permissions(user.role).to_vec(),
         None => LLM_PERMISSIONS.to_vec(),
     };
-    let key = &lookup.key.permissions;
-    if key.is_empty() {
+    if key.permissions.is_empty() {
         return owner.into_iter().map(str::to_owned).collect();
     }
     let owner_is_admin = owner.contains(&ADMIN_PERMISSION);
-    let ownerless = lookup.user.is_none();
-    key.iter()
+    let ownerless = key.user.is_none();
+    key.permissions
+        .iter()
         .filter(|p| owner_is_admin || ownerless || has_permission_str(&owner, p))
-        .cloned()
+        .map(|p| p.to_string())
         .collect()
 }
 
@@ -477,20 +475,20 @@ pub fn has_permission(granted: &[String], wanted: &str) -> bool {
 
 /// Whether a model list lets `model` through. Empty: no restriction. An entry ending in `*`
 /// matches by prefix (`gpt-4o*`).
-pub fn models_allow(allowed: &[String], model: &str) -> bool {
+pub fn models_allow<S: AsRef<str>>(allowed: &[S], model: &str) -> bool {
     allowed.is_empty()
         || allowed
             .iter()
-            .any(|pattern| match pattern.strip_suffix('*') {
+            .any(|pattern| match pattern.as_ref().strip_suffix('*') {
                 Some(prefix) => model.starts_with(prefix),
-                None => pattern == model,
+                None => pattern.as_ref() == model,
             })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{ApiKey, KeyOwnerTeam, KeyOwnerUser, Limits};
+    use crate::domain::{ApiKey, KeyLookup, KeyOwnerTeam, KeyOwnerUser, Limits};
 
     const NOW: Timestamp = 1_800_000_000;
 
@@ -520,7 +518,7 @@ mod tests {
     }
 
     fn lookup(key: ApiKey) -> Principal {
-        Principal::Key(Arc::new(KeyLookup {
+        Principal::Key(Arc::new(CachedKey::from(KeyLookup {
             key,
             via_previous: false,
             user: Some(KeyOwnerUser {
@@ -530,7 +528,7 @@ mod tests {
                 limits: Limits::default(),
             }),
             team: None,
-        }))
+        })))
     }
 
     fn chat(policy: &Policy) -> RouteRule {
@@ -641,12 +639,12 @@ mod tests {
             unreachable!()
         };
         let mut l = (*l).clone();
-        l.team = Some(KeyOwnerTeam {
+        l.team = Some(Arc::new(KeyOwnerTeam {
             id: "t1".into(),
             models: vec![],
             blocked: true,
             limits: Limits::default(),
-        });
+        }));
         let d = authorize(&p, &rule, &Principal::Key(Arc::new(l)), &named("m"), NOW).unwrap_err();
         assert_eq!(d.reason, DenyReason::PermissionDenied);
         assert!(d.message.contains("team"));
@@ -679,7 +677,7 @@ mod tests {
             unreachable!()
         };
         let mut l = (*l).clone();
-        l.user.as_mut().unwrap().role = Role::Viewer;
+        Arc::make_mut(l.user.as_mut().unwrap()).role = Role::Viewer;
         let d = authorize(
             &p,
             &chat(&p),
@@ -712,10 +710,10 @@ mod tests {
 
     #[test]
     fn model_patterns_match_by_prefix() {
-        assert!(models_allow(&[], "x"));
-        assert!(models_allow(&["gpt-4o*".into()], "gpt-4o-mini"));
-        assert!(!models_allow(&["gpt-4o*".into()], "gpt-3.5"));
-        assert!(!models_allow(&["gpt-4o".into()], "gpt-4o-mini"));
+        assert!(models_allow::<String>(&[], "x"));
+        assert!(models_allow::<String>(&["gpt-4o*".into()], "gpt-4o-mini"));
+        assert!(!models_allow::<String>(&["gpt-4o*".into()], "gpt-3.5"));
+        assert!(!models_allow::<String>(&["gpt-4o".into()], "gpt-4o-mini"));
     }
 
     #[test]

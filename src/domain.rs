@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// Unix seconds, UTC.
 pub type Timestamp = i64;
@@ -177,7 +178,7 @@ pub enum MembershipSource {
 string_enum!(MembershipSource, "membership source", { Manual => "manual", Group => "group" });
 
 /// How often a budget's spend resets: `1d`, `7d`, `30d`, `1mo`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BudgetDuration {
     #[serde(rename = "1d")]
     Day,
@@ -287,6 +288,57 @@ pub struct KeyLookup {
     pub user: Option<KeyOwnerUser>,
     /// The owning team, when the key belongs to a team.
     pub team: Option<KeyOwnerTeam>,
+}
+
+/// A virtual key as the key cache keeps it and a decision reads it: standing,
+/// permissions, models, limits and the identity it grants, and nothing else (the name,
+/// hint, metadata and timestamps of [`ApiKey`] are the API's). Text is boxed rather than
+/// growable, and the owners and the permission and model lists are shared with the other
+/// cached keys that have the same ones (`authn::key_cache`): at 100,000 cached keys, every
+/// byte here is 100 kB of memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedKey {
+    pub id: Box<str>,
+    /// Permissions granted to the key; empty means "as its owner".
+    pub permissions: Names,
+    /// Models the key may use; empty means "as its owner".
+    pub models: Names,
+    /// Shared by the cached keys with equal limits (most have none, or one of a few tiers).
+    pub limits: Arc<Limits>,
+    pub expires_at: Option<Timestamp>,
+    /// When the key was rotated with a grace period: the old secret's end of life.
+    pub previous_expires_at: Option<Timestamp>,
+    pub revoked: bool,
+    pub blocked: bool,
+    /// The presented secret is the key's previous one, valid until `previous_expires_at`.
+    pub via_previous: bool,
+    /// The owning user, when the key belongs to a user.
+    pub user: Option<Arc<KeyOwnerUser>>,
+    /// The owning team, when the key belongs to a team.
+    pub team: Option<Arc<KeyOwnerTeam>>,
+}
+
+/// A list of names (permissions, models) as cached keys hold it.
+pub type Names = Arc<[Box<str>]>;
+
+/// A lookup as its own copy, sharing nothing with other keys (the key cache shares).
+impl From<KeyLookup> for CachedKey {
+    fn from(lookup: KeyLookup) -> CachedKey {
+        let names = |list: Vec<String>| list.into_iter().map(String::into_boxed_str).collect();
+        CachedKey {
+            permissions: names(lookup.key.permissions),
+            models: names(lookup.key.models),
+            limits: Arc::new(lookup.key.limits),
+            expires_at: lookup.key.expires_at,
+            previous_expires_at: lookup.key.previous_expires_at,
+            revoked: lookup.key.revoked_at.is_some(),
+            blocked: lookup.key.blocked,
+            via_previous: lookup.via_previous,
+            user: lookup.user.map(Arc::new),
+            team: lookup.team.map(Arc::new),
+            id: lookup.key.id.into_boxed_str(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -12,6 +12,11 @@ fn admin_routes() -> Vec<(Method, &'static str, Option<Value>)> {
     vec![
         (Method::GET, "/admin/keys", None),
         (Method::POST, "/admin/keys", Some(json!({"name": "x"}))),
+        (
+            Method::POST,
+            "/admin/keys/bulk",
+            Some(json!({"keys": [{"name": "x"}]})),
+        ),
         (Method::GET, "/admin/keys/ID", None),
         (Method::PATCH, "/admin/keys/ID", Some(json!({"name": "y"}))),
         (Method::DELETE, "/admin/keys/ID", None),

@@ -524,6 +524,107 @@ fn key_lifecycle() {
 }
 
 #[test]
+fn keys_from_a_file() {
+    let server = Server::start();
+    let dir = TempDir::new().unwrap();
+    // `n` key bodies after a blank line (line 1): key i is on line i + 2.
+    let lines = |n: usize, bad: Option<usize>| -> String {
+        let mut text = String::from("\n");
+        for i in 0..n {
+            if bad == Some(i) {
+                text.push_str(r#"{"name":"bad","team_id":"no-such-team"}"#);
+            } else {
+                text.push_str(&format!(r#"{{"name":"k{i}","models":["gpt-4o"]}}"#));
+            }
+            text.push('\n');
+        }
+        text
+    };
+
+    // 1,001 keys: two requests, the keys in the file's order with their secrets.
+    let file = write(dir.path(), "keys.jsonl", &lines(1001, None));
+    let created = server.json(&["key", "create", "--from-file", file.to_str().unwrap()]);
+    let data = created["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1001);
+    for (i, key) in data.iter().enumerate() {
+        assert_eq!(key["name"], format!("k{i}"));
+        assert!(key["key"].as_str().unwrap().starts_with("sk-tg-"), "{key}");
+    }
+    assert_eq!(ids(&server.json(&["key", "list"])).len(), 1001);
+
+    // A refused key in the second request: the first request's keys exist and are printed
+    // with their secrets; the error names the file's line; nothing of the second exists.
+    let file = write(dir.path(), "bad.jsonl", &lines(1002, Some(1001)));
+    let out = server.cli(&[
+        "key",
+        "create",
+        "--from-file",
+        file.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert_exit(&out, 1);
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["data"].as_array().unwrap().len(), 1000);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "{}:1003: `keys[1].team_id`: no team",
+            file.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("(400 invalid_request)"), "{err}");
+    assert!(
+        err.contains("nothing from line 1002 on was created; the 1000 keys before it were"),
+        "{err}"
+    );
+    assert_eq!(ids(&server.json(&["key", "list"])).len(), 2001);
+
+    // Standard input, and the table: each secret, and the warning.
+    let mut child = tollgate(&["key", "create", "--from-file", "-"])
+        .env("TOLLGATE_URL", &server.url)
+        .env("TOLLGATE_TOKEN", MASTER_KEY)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"name\":\"piped\"}\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_exit(&out, 0);
+    let table = stdout(&out);
+    assert!(
+        table.contains("piped") && table.contains("sk-tg-"),
+        "{table}"
+    );
+    assert!(table.contains("shown only this once"), "{table}");
+
+    // A line that is not a key body is refused before anything is sent.
+    let file = write(dir.path(), "junk.jsonl", "{\"name\":\"a\"}\n[1, 2]\n");
+    let out = server.cli(&["key", "create", "--from-file", file.to_str().unwrap()]);
+    assert_exit(&out, 64);
+    assert!(stderr(&out).contains("junk.jsonl:2: each line must be a JSON object"));
+    let out = server.cli(&[
+        "key",
+        "create",
+        "--from-file",
+        file.to_str().unwrap(),
+        "--rpm",
+        "5",
+    ]);
+    assert_exit(&out, 64);
+    let out = server.cli(&["key", "create", "--from-file", "-", "--name", "x"]);
+    assert_exit(&out, 64);
+    assert_eq!(ids(&server.json(&["key", "list"])).len(), 2002);
+}
+
+#[test]
 fn an_admin_key_works_as_the_cli_token() {
     let server = Server::start();
     let admin = server.json(&["key", "create", "--name", "ops", "--permissions", "admin"]);

@@ -1199,6 +1199,105 @@ async fn user_api_is_for_people_and_viewers_create_no_keys() {
     w.t.stop().await;
 }
 
+/// `POST /admin/keys/bulk` answers each caller as `POST /admin/keys` does, key by key: what
+/// the single route creates, the bulk route creates for the same owner; what it refuses
+/// refuses the whole batch with the same status, naming the key's place, and creates
+/// nothing, also of the batch's keys the caller may create.
+#[tokio::test]
+async fn bulk_keys_follow_the_single_route_s_rules() {
+    let w = World::new().await;
+    let (a, b, c) = (&w.team_a, &w.team_b, &w.team_c);
+    for (who, body) in [
+        (&w.user, json!({"name": "own"})),
+        (&w.user, json!({"name": "b", "team_id": b})),
+        (&w.manager, json!({"name": "a", "team_id": a})),
+        (&w.lone, json!({"name": "own", "permissions": ["chat"]})),
+        (
+            &w.admin,
+            json!({"name": "for-other", "user_id": w.other.id}),
+        ),
+        (
+            &w.admin_key,
+            json!({"name": "svc", "permissions": ["admin"]}),
+        ),
+        (&w.master, json!({"name": "c", "team_id": c})),
+    ] {
+        let single = w.key(who, body.clone()).await;
+        let batch = json!({ "keys": [body, body] });
+        let answer = w
+            .expect(who, Method::POST, "/admin/keys/bulk", Some(batch), 201)
+            .await;
+        let created = answer["data"].as_array().unwrap();
+        assert_eq!(created.len(), 2, "{answer}");
+        for key in created {
+            for field in ["user_id", "team_id", "permissions"] {
+                assert_eq!(key[field], single[field], "{field} as {}", who.label);
+            }
+        }
+    }
+
+    let count = || async {
+        let list = w
+            .expect(&w.master, Method::GET, "/admin/keys", None, 200)
+            .await;
+        list["data"].as_array().unwrap().len()
+    };
+    for (who, body, status) in [
+        (&w.user, json!({"name": "x", "user_id": w.other.id}), 403),
+        (&w.manager, json!({"name": "x", "user_id": w.user.id}), 403),
+        (&w.user, json!({"name": "x", "team_id": a}), 403),
+        (&w.manager, json!({"name": "x", "team_id": b}), 403),
+        (&w.lone, json!({"name": "x", "team_id": a}), 403),
+        (&w.other, json!({"name": "x", "team_id": b}), 403),
+        (&w.user, json!({"name": "x", "permissions": ["admin"]}), 400),
+        (
+            &w.manager,
+            json!({"name": "x", "permissions": ["usage:read"]}),
+            400,
+        ),
+        (
+            &w.admin,
+            json!({"name": "x", "user_id": w.viewer.id, "permissions": ["chat"]}),
+            400,
+        ),
+    ] {
+        let before = count().await;
+        w.expect(who, Method::POST, "/admin/keys", Some(body.clone()), status)
+            .await;
+        let batch = json!({ "keys": [{"name": "fine"}, body] });
+        let answer = w
+            .expect(who, Method::POST, "/admin/keys/bulk", Some(batch), status)
+            .await;
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("keys[1]: ") || message.starts_with("`keys[1]."),
+            "names the key: {answer}"
+        );
+        assert_eq!(count().await, before, "as {}: nothing created", who.label);
+    }
+    // A viewer creates no keys, one or many.
+    for body in [json!({"name": "x"}), json!({"name": "x", "team_id": c})] {
+        w.expect(
+            &w.viewer,
+            Method::POST,
+            "/admin/keys",
+            Some(body.clone()),
+            403,
+        )
+        .await;
+        let batch = json!({ "keys": [body] });
+        w.expect(
+            &w.viewer,
+            Method::POST,
+            "/admin/keys/bulk",
+            Some(batch),
+            403,
+        )
+        .await;
+    }
+    w.t.stop().await;
+}
+
 /// Asserts a 400 `invalid_request` whose message names `what`.
 async fn refused_400(w: &World, who: &Cred, method: Method, path: &str, body: Value, what: &str) {
     let answer = w.expect(who, method, path, Some(body), 400).await;

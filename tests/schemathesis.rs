@@ -31,11 +31,13 @@ const SEED: u32 = 1;
 /// Operations whose bodies must also meet a rule that a JSON Schema cannot state, so that a
 /// schema-valid body may still be a 400 there (the check that schema-valid requests are
 /// accepted allows 400 for these only):
-/// - keys: `expires_at` in the future; a user's key within its user's role, a team's key
-///   within its team's models, a named owner that exists (DESIGN "Keys narrow their owner");
+/// - keys (one or in bulk): `expires_at` in the future; a user's key within its user's
+///   role, a team's key within its team's models, a named owner that exists (DESIGN "Keys
+///   narrow their owner");
 /// - members: the `user_id` names an existing user.
-const RULES_BEYOND_THE_SCHEMA: [&str; 4] = [
+const RULES_BEYOND_THE_SCHEMA: [&str; 5] = [
     "POST /admin/keys",
+    "POST /admin/keys/bulk",
     "PATCH /admin/keys/{id}",
     "POST /v1/user/keys",
     "POST /admin/teams/{id}/members",

@@ -86,6 +86,8 @@ store_suite!(
     memberships,
     key_crud_and_filters,
     lookup_by_current_hash,
+    create_keys_in_one_transaction,
+    create_keys_all_or_nothing,
     rotate_with_grace,
     rotate_without_grace_clears_previous,
     revoked_key_is_still_returned,
@@ -732,6 +734,159 @@ async fn lookup_by_current_hash(store: SharedStore) {
         .unwrap()
         .unwrap();
     assert_eq!((found.user, found.team), (None, None));
+}
+
+/// Many keys in one call: answered in the order given, each stored as `create_key` stores
+/// it, found by its hash, and audited with its own `key.create` row.
+async fn create_keys_in_one_transaction(store: SharedStore) {
+    let ada = store.create_user(&admin(), new_user("ada")).await.unwrap();
+    let team = store
+        .create_team(
+            &admin(),
+            NewTeam {
+                models: vec!["gpt-4o*".into()],
+                ..new_team("Eng")
+            },
+        )
+        .await
+        .unwrap();
+    let batch: Vec<NewKey> = (0..7)
+        .map(|i| NewKey {
+            user_id: (i % 2 == 0).then(|| ada.id.clone()),
+            team_id: (i % 3 == 0).then(|| team.id.clone()),
+            models: vec![format!("gpt-4o-{i}")],
+            limits: Limits {
+                rpm: Some(i),
+                ..Limits::default()
+            },
+            metadata: Some(json!({ "i": i })),
+            ..new_key(&format!("k{i}"), &format!("secret-bulk-{i}"))
+        })
+        .collect();
+    let created = store.create_keys(&admin(), batch).await.unwrap();
+    let names: Vec<&str> = created.iter().map(|k| k.name.as_str()).collect();
+    assert_eq!(names, ["k0", "k1", "k2", "k3", "k4", "k5", "k6"]);
+    for (i, key) in created.iter().enumerate() {
+        assert_eq!(key.user_id.is_some(), i % 2 == 0);
+        assert_eq!(key.team_id.is_some(), i % 3 == 0);
+        assert_eq!(key.limits.rpm, Some(i as i64));
+        assert_eq!(key.metadata, json!({ "i": i }));
+        assert_eq!(store.get_key(&key.id).await.unwrap().as_ref(), Some(key));
+        let found = store
+            .lookup_key(&hash(&format!("secret-bulk-{i}")))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&found.key, key);
+        assert_eq!(found.user.map(|u| u.id), key.user_id);
+        assert_eq!(found.team.map(|t| t.id), key.team_id);
+    }
+    let audit = audit_of(&store, "key.create").await;
+    let mut targets: Vec<String> = audit.iter().filter_map(|e| e.target.clone()).collect();
+    let mut ids: Vec<String> = created.iter().map(|k| k.id.clone()).collect();
+    targets.sort();
+    ids.sort();
+    assert_eq!(targets, ids, "one key.create row per key");
+    let event = audit
+        .iter()
+        .find(|e| e.target.as_deref() == Some(created[3].id.as_str()))
+        .unwrap();
+    assert_eq!(event.actor, "master");
+    assert_eq!(event.source.as_deref(), Some("10.0.0.7"));
+    assert_eq!(event.details["name"], "k3");
+    assert_eq!(event.details["rpm"], 3);
+    assert_eq!(event.details["team_id"], team.id.as_str());
+    assert!(!event.details.to_string().contains(&hash("secret-bulk-3")));
+
+    assert!(store
+        .create_keys(&admin(), Vec::new())
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// A key the store refuses anywhere in a batch leaves nothing of the batch behind, and the
+/// error names its place.
+async fn create_keys_all_or_nothing(store: SharedStore) {
+    let ada = store.create_user(&admin(), new_user("ada")).await.unwrap();
+    let taken = store
+        .create_key(&admin(), new_key("taken", "secret-taken"))
+        .await
+        .unwrap();
+    let batch = |bad: usize, key: NewKey| -> Vec<NewKey> {
+        (0..4)
+            .map(|i| {
+                if i == bad {
+                    return key.clone();
+                }
+                NewKey {
+                    user_id: Some(ada.id.clone()),
+                    ..new_key(&format!("k{i}"), &format!("secret-fine-{i}"))
+                }
+            })
+            .collect()
+    };
+    let err = store
+        .create_keys(
+            &admin(),
+            batch(
+                2,
+                NewKey {
+                    team_id: Some("ghost-team".into()),
+                    ..new_key("ghost", "secret-ghost")
+                },
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert_invalid(err, "keys[2]: team ghost-team does not exist");
+    let err = store
+        .create_keys(&admin(), batch(3, new_key("again", "secret-taken")))
+        .await
+        .unwrap_err();
+    assert_conflict(err, "keys[3]: a key with that secret already exists");
+    // Two keys of one batch with one secret: the second is the conflict.
+    let err = store
+        .create_keys(&admin(), batch(1, new_key("twin", "secret-fine-0")))
+        .await
+        .unwrap_err();
+    assert_conflict(err, "keys[1]: a key with that secret already exists");
+    let err = store
+        .create_keys(&admin(), batch(1, new_key(" ", "secret-blank")))
+        .await
+        .unwrap_err();
+    assert_invalid(err, "keys[1]: key name must not be empty");
+    let err = store
+        .create_keys(
+            &admin(),
+            batch(
+                0,
+                NewKey {
+                    key_hash: "sk-tg-plaintext".into(),
+                    ..new_key("plain", "secret-plain")
+                },
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert_invalid(err, "keys[0]: key_hash must be a lowercase hex SHA-256");
+
+    let keys = store
+        .list_keys(KeyFilter {
+            include_revoked: true,
+            ..KeyFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(keys, [taken], "no key of a refused batch was kept");
+    assert_eq!(audit_of(&store, "key.create").await.len(), 1);
+    for i in 0..4 {
+        let secret = format!("secret-fine-{i}");
+        assert_eq!(store.lookup_key(&hash(&secret)).await.unwrap(), None);
+    }
+    // The same batch without its bad key goes through whole.
+    let fine: Vec<NewKey> = batch(9, new_key("unused", "secret-unused"));
+    assert_eq!(store.create_keys(&admin(), fine).await.unwrap().len(), 4);
 }
 
 async fn rotate_with_grace(store: SharedStore) {

@@ -13,10 +13,11 @@
 
 use super::{ApiError, AppState};
 use crate::decision::{self, Principal, ADMIN_PERMISSION, LLM_PERMISSIONS};
-use crate::domain::{self, ApiKey, Role, TeamRole, User};
+use crate::domain::{self, ApiKey, Role, Team, TeamRole, User};
 use crate::store::Actor;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -71,17 +72,17 @@ impl FromRequestParts<AppState> for Caller {
             })?;
         let (who, name) = match principal {
             Principal::Master => (Who::Master, "master".to_owned()),
-            Principal::Key(lookup) => {
-                decision::standing(&lookup, now).map_err(|d| ApiError::Unauthorized(d.message))?;
+            Principal::Key(key) => {
+                decision::standing(&key, now).map_err(|d| ApiError::Unauthorized(d.message))?;
                 if !decision::has_permission(
-                    &decision::effective_permissions(&lookup),
+                    &decision::effective_permissions(&key),
                     ADMIN_PERMISSION,
                 ) {
                     return Err(ApiError::Forbidden(
                         "this API takes the master key, an admin key, or a login token (JWT); keys without `admin` are for calling models".into(),
                     ));
                 }
-                (Who::AdminKey, format!("key:{}", lookup.key.id))
+                (Who::AdminKey, format!("key:{}", key.id))
             }
             Principal::User(user) => {
                 if user.blocked {
@@ -285,27 +286,69 @@ fn beyond_role(role: Role, reach: &[String]) -> Option<String> {
         .cloned()
 }
 
+/// The users and teams that the keys of one request name, each read from the store once
+/// (a bulk create names the same few owners many times), and whether the caller owns them.
+#[derive(Default)]
+pub struct Owners {
+    users: HashMap<String, Option<User>>,
+    teams: HashMap<String, Option<Team>>,
+    owned: HashMap<String, bool>,
+}
+
+impl Owners {
+    async fn user(&mut self, app: &AppState, id: &str) -> Result<Option<&User>, ApiError> {
+        if !self.users.contains_key(id) {
+            let user = app.store.get_user(id).await?;
+            self.users.insert(id.to_owned(), user);
+        }
+        Ok(self.users[id].as_ref())
+    }
+
+    async fn team(&mut self, app: &AppState, id: &str) -> Result<Option<&Team>, ApiError> {
+        if !self.teams.contains_key(id) {
+            let team = app.store.get_team(id).await?;
+            self.teams.insert(id.to_owned(), team);
+        }
+        Ok(self.teams[id].as_ref())
+    }
+
+    /// [`Caller::owns_team`], asked once per team.
+    pub async fn owned_by(
+        &mut self,
+        app: &AppState,
+        caller: &Caller,
+        team_id: &str,
+    ) -> Result<bool, ApiError> {
+        if let Some(owns) = self.owned.get(team_id) {
+            return Ok(*owns);
+        }
+        let owns = caller.owns_team(app, team_id).await?;
+        self.owned.insert(team_id.to_owned(), owns);
+        Ok(owns)
+    }
+}
+
 /// Checks that a key's permissions and models only narrow those of its owner: a user's
 /// key stays within the user's role, a team's key within the team's models, and only an
 /// admin gives a key without a user more than the LLM permissions.
 pub async fn check_key_narrows(
     app: &AppState,
     caller: &Caller,
+    owners: &mut Owners,
     user_id: Option<&str>,
     team_id: Option<&str>,
     permissions: &[String],
     models: &[String],
 ) -> Result<(), ApiError> {
     if let Some(user_id) = user_id {
-        let owner = app
-            .store
-            .get_user(user_id)
+        let role = owners
+            .user(app, user_id)
             .await?
+            .map(|owner| owner.role)
             .ok_or_else(|| ApiError::BadRequest(format!("`user_id`: no user `{user_id}`")))?;
-        if let Some(p) = beyond_role(owner.role, permissions) {
+        if let Some(p) = beyond_role(role, permissions) {
             return Err(ApiError::BadRequest(format!(
-                "`permissions`: the key's user (role `{}`) does not have `{p}`; a key can only narrow its owner's permissions",
-                owner.role
+                "`permissions`: the key's user (role `{role}`) does not have `{p}`; a key can only narrow its owner's permissions"
             )));
         }
     } else if !caller.is_admin() {
@@ -319,9 +362,8 @@ pub async fn check_key_narrows(
         }
     }
     if let Some(team_id) = team_id {
-        let team = app
-            .store
-            .get_team(team_id)
+        let team = owners
+            .team(app, team_id)
             .await?
             .ok_or_else(|| ApiError::BadRequest(format!("`team_id`: no team `{team_id}`")))?;
         if let Some(m) = models.iter().find(|m| !pattern_within(m, &team.models)) {

@@ -52,6 +52,25 @@ impl ApiError {
         }
     }
 
+    /// The same error about one item of a request (`keys[3]`): a message about a field
+    /// names the field there (`` `keys[3].team_id`: … ``), any other starts with the
+    /// place (`keys[3]: …`). Backend failures are not about the item and stay as they are.
+    pub fn at(self, place: &str) -> ApiError {
+        let locate = |message: String| match message.strip_prefix('`') {
+            Some(rest) => format!("`{place}.{rest}"),
+            None => format!("{place}: {message}"),
+        };
+        match self {
+            ApiError::BadRequest(m) => ApiError::BadRequest(locate(m)),
+            ApiError::Unauthorized(m) => ApiError::Unauthorized(locate(m)),
+            ApiError::Forbidden(m) => ApiError::Forbidden(locate(m)),
+            ApiError::NotFound(m) => ApiError::NotFound(locate(m)),
+            ApiError::Conflict(m) => ApiError::Conflict(locate(m)),
+            ApiError::TooLarge(m) => ApiError::TooLarge(locate(m)),
+            other => other,
+        }
+    }
+
     pub fn not_found(what: &str, id: &str) -> ApiError {
         ApiError::NotFound(format!("no {what} with id `{id}`"))
     }

@@ -6,17 +6,17 @@
 //! rotating it would hand them its secret, unblocking or re-enabling it would put it back
 //! into use.
 
-use super::access::check_key_narrows;
+use super::access::{check_key_narrows, Owners};
 use super::{
     all_with_spend, limits_of, limits_patch_of, list, nullable, validate, whole, with_spend,
     ApiError, AppState, Caller, JsonBody, QueryParams, WithSpend,
 };
-use crate::authn::api_key;
+use crate::authn::api_key::{self, PlainKey};
 use crate::authn::key_cache::Invalidation;
 use crate::domain::{self, ApiKey, BudgetDuration, Role, Timestamp};
 use crate::invalidation::Change;
 use crate::store::{KeyFilter, KeyPatch, NewKey, SpendKind};
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -25,6 +25,10 @@ use serde::{Deserialize, Serialize};
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/admin/keys", get(list_keys).post(create))
+        .route(
+            "/admin/keys/bulk",
+            post(create_bulk).layer(DefaultBodyLimit::max(MAX_BULK_BODY_BYTES)),
+        )
         .route(
             "/admin/keys/{id}",
             get(get_key).patch(update).delete(revoke),
@@ -86,26 +90,41 @@ fn check_expiry(expires_at: Option<Timestamp>) -> Result<(), ApiError> {
 async fn create(
     State(app): State<AppState>,
     caller: Caller,
-    JsonBody(mut body): JsonBody<CreateKey>,
+    JsonBody(body): JsonBody<CreateKey>,
 ) -> Result<(StatusCode, Json<WithSecret>), ApiError> {
-    if !caller.is_admin() {
-        caller.allow(caller.role() != Role::Viewer, "create keys")?;
-        let me = caller.user().map(|u| u.id.clone());
-        if body.user_id.is_some() && body.user_id != me {
-            return Err(ApiError::Forbidden(
-                "only an admin can create keys for another user".into(),
-            ));
-        }
-        match &body.team_id {
-            Some(team) => {
-                let owns = caller.owns_team(&app, team).await?;
-                caller.allow(owns, "create keys for a team they do not own")?;
-            }
-            // Without a team, a person's key is their own.
-            None => body.user_id = me,
-        }
+    let mut owners = Owners::default();
+    let body = may_create(&app, &caller, &mut owners, body).await?;
+    let (new, plain) = mint(&app, &caller, &mut owners, body).await?;
+    stored(&app, &caller, new, plain).await
+}
+
+/// The body as the caller may create it: an admin creates any key; others (but viewers)
+/// keys of their own or of a team they own, and a key they name no owner for is theirs.
+async fn may_create(
+    app: &AppState,
+    caller: &Caller,
+    owners: &mut Owners,
+    mut body: CreateKey,
+) -> Result<CreateKey, ApiError> {
+    if caller.is_admin() {
+        return Ok(body);
     }
-    create_key(&app, &caller, body).await
+    caller.allow(caller.role() != Role::Viewer, "create keys")?;
+    let me = caller.user().map(|u| u.id.clone());
+    if body.user_id.is_some() && body.user_id != me {
+        return Err(ApiError::Forbidden(
+            "only an admin can create keys for another user".into(),
+        ));
+    }
+    match &body.team_id {
+        Some(team) => {
+            let owns = owners.owned_by(app, caller, team).await?;
+            caller.allow(owns, "create keys for a team they do not own")?;
+        }
+        // Without a team, a person's key is their own.
+        None => body.user_id = me,
+    }
+    Ok(body)
 }
 
 /// Creates a key after the caller's right to do so was checked: validates the body and
@@ -115,6 +134,37 @@ pub(super) async fn create_key(
     caller: &Caller,
     body: CreateKey,
 ) -> Result<(StatusCode, Json<WithSecret>), ApiError> {
+    let (new, plain) = mint(app, caller, &mut Owners::default(), body).await?;
+    stored(app, caller, new, plain).await
+}
+
+/// Stores a minted key and answers it with its secret.
+async fn stored(
+    app: &AppState,
+    caller: &Caller,
+    new: NewKey,
+    plain: PlainKey,
+) -> Result<(StatusCode, Json<WithSecret>), ApiError> {
+    let key = app.store.create_key(&caller.actor, new).await?;
+    app.invalidator
+        .send(Change::new_secret(&plain.hash()))
+        .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(WithSecret {
+            key,
+            secret: plain.into_string(),
+        }),
+    ))
+}
+
+/// A checked body as the store takes it, with the new key's secret.
+async fn mint(
+    app: &AppState,
+    caller: &Caller,
+    owners: &mut Owners,
+    body: CreateKey,
+) -> Result<(NewKey, PlainKey), ApiError> {
     validate::name("name", &body.name)?;
     validate::tokens("permissions", &body.permissions)?;
     validate::tokens("models", &body.models)?;
@@ -125,6 +175,7 @@ pub(super) async fn create_key(
     check_key_narrows(
         app,
         caller,
+        owners,
         body.user_id.as_deref(),
         body.team_id.as_deref(),
         &body.permissions,
@@ -132,33 +183,82 @@ pub(super) async fn create_key(
     )
     .await?;
     let plain = api_key::generate();
-    let hash = plain.hash();
-    let key = app
-        .store
-        .create_key(
-            &caller.actor,
-            NewKey {
-                name: body.name,
-                key_hash: hash.to_hex(),
-                key_hint: plain.hint(),
-                user_id: body.user_id,
-                team_id: body.team_id,
-                permissions: body.permissions,
-                models: body.models,
-                limits,
-                expires_at: body.expires_at,
-                metadata: body.metadata,
-            },
-        )
-        .await?;
-    app.invalidator.send(Change::new_secret(&hash)).await;
-    Ok((
-        StatusCode::CREATED,
-        Json(WithSecret {
+    let new = NewKey {
+        name: body.name,
+        key_hash: plain.hash().to_hex(),
+        key_hint: plain.hint(),
+        user_id: body.user_id,
+        team_id: body.team_id,
+        permissions: body.permissions,
+        models: body.models,
+        limits,
+        expires_at: body.expires_at,
+        metadata: body.metadata,
+    };
+    Ok((new, plain))
+}
+
+/// Most keys one `POST /admin/keys/bulk` creates.
+pub const MAX_BULK_KEYS: usize = 1_000;
+
+/// The bulk route's body limit: room for [`MAX_BULK_KEYS`] keys of 4 KiB each.
+const MAX_BULK_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKeys {
+    keys: Vec<CreateKey>,
+}
+
+/// `POST /admin/keys/bulk`: up to [`MAX_BULK_KEYS`] keys, each as `POST /admin/keys` takes
+/// it and checked as it checks it, created in one transaction, all or nothing. The first
+/// key refused refuses the batch, with the error a single create gives it, naming its
+/// place (`keys[3]…`). Answers `{"data":[…]}` in the order given, each key with its
+/// secret, this once.
+async fn create_bulk(
+    State(app): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<CreateKeys, MAX_BULK_BODY_BYTES>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    if !caller.is_admin() {
+        caller.allow(caller.role() != Role::Viewer, "create keys")?;
+    }
+    let count = body.keys.len();
+    if !(1..=MAX_BULK_KEYS).contains(&count) {
+        return Err(ApiError::BadRequest(format!(
+            "`keys` holds {count} keys: give from 1 to {MAX_BULK_KEYS} per call"
+        )));
+    }
+    let mut news = Vec::with_capacity(count);
+    let mut secrets = Vec::with_capacity(count);
+    // The batch's owners are read once each, whatever number of keys name them.
+    let mut owners = Owners::default();
+    for (i, body) in body.keys.into_iter().enumerate() {
+        let place = format!("keys[{i}]");
+        let body = may_create(&app, &caller, &mut owners, body)
+            .await
+            .map_err(|e| e.at(&place))?;
+        let (new, plain) = mint(&app, &caller, &mut owners, body)
+            .await
+            .map_err(|e| e.at(&place))?;
+        news.push(new);
+        secrets.push(plain);
+    }
+    let keys = app.store.create_keys(&caller.actor, news).await?;
+    for plain in &secrets {
+        app.invalidator
+            .send(Change::new_secret(&plain.hash()))
+            .await;
+    }
+    let created: Vec<WithSecret> = keys
+        .into_iter()
+        .zip(secrets)
+        .map(|(key, plain)| WithSecret {
             key,
             secret: plain.into_string(),
-        }),
-    ))
+        })
+        .collect();
+    Ok((StatusCode::CREATED, list(created)))
 }
 
 #[derive(Deserialize)]
@@ -310,6 +410,7 @@ async fn update(
         check_key_narrows(
             &app,
             &caller,
+            &mut Owners::default(),
             key.user_id.as_deref(),
             key.team_id.as_deref(),
             body.permissions.as_deref().unwrap_or_default(),

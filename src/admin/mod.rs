@@ -76,18 +76,21 @@ pub fn router(app: Arc<Api>) -> Router {
 /// allows it, so bodies with only optional fields may be left out. The body is exactly one
 /// JSON value: anything after it but whitespace (`{"name":"x"} trailing`, a second value)
 /// is a 400, so what a proxy or a log shows is what was parsed.
-pub struct JsonBody<T>(pub T);
+///
+/// `LIMIT` is the body limit the 413 names: the router's [`MAX_BODY_BYTES`], unless the
+/// route sets a `DefaultBodyLimit` of its own (then its handler names the same number).
+pub struct JsonBody<T, const LIMIT: usize = MAX_BODY_BYTES>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned, S: Send + Sync, const LIMIT: usize> FromRequest<S>
+    for JsonBody<T, LIMIT>
+{
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|rejection| match rejection.status().as_u16() {
-                413 => ApiError::TooLarge(format!(
-                    "request body is larger than {MAX_BODY_BYTES} bytes"
-                )),
+                413 => ApiError::TooLarge(format!("request body is larger than {LIMIT} bytes")),
                 _ => ApiError::BadRequest(rejection.body_text()),
             })?;
         let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {

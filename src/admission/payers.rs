@@ -32,18 +32,18 @@ impl<'a> Payers<'a> {
     pub fn of(principal: &'a Principal) -> Payers<'a> {
         match principal {
             Principal::Master => Payers::default(),
-            Principal::Key(lookup) => Payers {
+            Principal::Key(key) => Payers {
                 key: Some(Payer {
                     kind: SpendKind::Key,
-                    id: &lookup.key.id,
-                    limits: &lookup.key.limits,
+                    id: &key.id,
+                    limits: &key.limits,
                 }),
-                user: lookup.user.as_ref().map(|u| Payer {
+                user: key.user.as_ref().map(|u| Payer {
                     kind: SpendKind::User,
                     id: &u.id,
                     limits: &u.limits,
                 }),
-                team: lookup.team.as_ref().map(|t| Payer {
+                team: key.team.as_ref().map(|t| Payer {
                     kind: SpendKind::Team,
                     id: &t.id,
                     limits: &t.limits,

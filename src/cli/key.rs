@@ -6,6 +6,7 @@ use super::output::{self, print, Cell, Column};
 use super::CliError;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Args)]
 pub struct KeyCommand {
@@ -17,7 +18,7 @@ pub struct KeyCommand {
 
 #[derive(Debug, Subcommand)]
 enum KeyAction {
-    /// Create a key for a user or a team; its secret is printed this once.
+    /// Create a key for a user or a team, or many from a file; secrets are printed this once.
     Create(CreateArgs),
     /// List keys (revoked ones only with --include-revoked).
     List {
@@ -77,8 +78,13 @@ enum KeyAction {
 #[derive(Debug, Args)]
 struct CreateArgs {
     /// A name to recognise the key by
-    #[arg(long)]
-    name: String,
+    #[arg(long, required_unless_present = "from_file")]
+    name: Option<String>,
+    /// Create every key of a file instead: JSON lines, each a body of `POST /admin/keys`
+    /// (`{"name":"ci","team_id":"…","models":["gpt-4o"]}`); `-` reads standard input. Sent
+    /// 1,000 keys per request to `POST /admin/keys/bulk`, each request all or nothing
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["name", "user", "team"])]
+    from_file: Option<PathBuf>,
     /// The user that owns the key
     #[arg(long, value_name = "USER_ID")]
     user: Option<String>,
@@ -212,6 +218,17 @@ fn show_with_secret(body: &Value, headline: &str, footer: &str) -> String {
 pub async fn run(cmd: KeyCommand) -> Result<(), CliError> {
     let api = Api::new(&cmd.api)?;
     match cmd.action {
+        KeyAction::Create(args) if args.from_file.is_some() => {
+            let mut body = Body::new();
+            args.fields.write(&mut body);
+            if !body.is_empty() {
+                return Err(CliError::Usage(
+                    "--from-file takes every field from the file: give no other key fields".into(),
+                ));
+            }
+            let path = args.from_file.expect("checked above");
+            create_from_file(&api, &path).await?;
+        }
         KeyAction::Create(args) => {
             if args.user.is_some() && args.team.is_some() {
                 return Err(CliError::Usage(
@@ -219,7 +236,7 @@ pub async fn run(cmd: KeyCommand) -> Result<(), CliError> {
                 ));
             }
             let mut body = Body::new();
-            body.insert("name".into(), json!(args.name));
+            set(&mut body, "name", args.name);
             set(&mut body, "user_id", args.user);
             set(&mut body, "team_id", args.team);
             args.fields.write(&mut body);
@@ -320,6 +337,138 @@ pub async fn run(cmd: KeyCommand) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+/// Keys per `POST /admin/keys/bulk` (the API's most).
+const BULK: usize = 1_000;
+
+/// The key bodies of a JSON lines file (or standard input for `-`), with their line
+/// numbers; blank lines are skipped. Anything but a JSON object on a line is a usage error.
+fn read_key_lines(path: &Path) -> Result<Vec<(usize, Value)>, CliError> {
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(path)
+    }
+    .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
+    let mut keys = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Value>(line) {
+            Ok(body @ Value::Object(_)) => keys.push((i + 1, body)),
+            Ok(_) => {
+                return Err(CliError::Usage(format!(
+                    "{}:{}: each line must be a JSON object (a body of POST /admin/keys)",
+                    path.display(),
+                    i + 1
+                )))
+            }
+            Err(e) => {
+                return Err(CliError::Usage(format!(
+                    "{}:{}: not JSON: {e}",
+                    path.display(),
+                    i + 1
+                )))
+            }
+        }
+    }
+    if keys.is_empty() {
+        return Err(CliError::Usage(format!("{} holds no keys", path.display())));
+    }
+    Ok(keys)
+}
+
+/// `tollgate key create --from-file`: the file's keys, [`BULK`] per request. Each request
+/// is all or nothing; when one is refused, the keys of the requests before it exist, so
+/// they (and their secrets) are printed before the error, which names the file's line.
+async fn create_from_file(api: &Api, path: &Path) -> Result<(), CliError> {
+    let lines = read_key_lines(path)?;
+    let mut created: Vec<Value> = Vec::with_capacity(lines.len());
+    let mut failure = None;
+    for batch in lines.chunks(BULK) {
+        let keys: Vec<&Value> = batch.iter().map(|(_, body)| body).collect();
+        match api
+            .post(&["admin", "keys", "bulk"], json!({ "keys": keys }))
+            .await
+        {
+            Ok(answer) => created.extend(
+                answer
+                    .get("data")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+            Err(e) => {
+                failure = Some(at_line(e, path, batch, created.len()));
+                break;
+            }
+        }
+    }
+    if !created.is_empty() || failure.is_none() {
+        let count = created.len();
+        print(api.output, &json!({ "data": created }), |body| {
+            let mut out = output::list_table(body, SECRET_COLUMNS);
+            out.push('\n');
+            out.push_str(&output::boxed(&[format!(
+                "{count} new API keys (KEY is shown only this once; store it now)."
+            )]));
+            out
+        });
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// A refusal of a bulk request, with the `keys[i]` it names turned into the file's line;
+/// `created` keys of earlier requests exist.
+fn at_line(e: CliError, path: &Path, batch: &[(usize, Value)], created: usize) -> CliError {
+    let CliError::Api {
+        status,
+        code,
+        message,
+        hint,
+    } = e
+    else {
+        return e;
+    };
+    let line = message
+        .split_once("keys[")
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .and_then(|(index, _)| index.parse::<usize>().ok())
+        .and_then(|index| batch.get(index))
+        .map(|(line, _)| line);
+    let first = batch.first().map_or(0, |(line, _)| *line);
+    let message = match line {
+        Some(line) => format!("{}:{line}: {message}", path.display()),
+        None => format!(
+            "{} (the keys from line {first} on): {message}",
+            path.display()
+        ),
+    };
+    let hint = match created {
+        0 => hint,
+        n => format!(
+            "{hint}\nhint: nothing from line {first} on was created; the {n} keys before it were (printed above)"
+        ),
+    };
+    CliError::Api {
+        status,
+        code,
+        message,
+        hint,
+    }
+}
+
+/// Keys just created, with their secrets.
+const SECRET_COLUMNS: &[Column] = &[
+    ("ID", Cell::Field("id")),
+    ("NAME", Cell::Field("name")),
+    ("OWNER", Cell::With(owner)),
+    ("KEY", Cell::Field("key")),
+];
 
 /// `ID (name)`, for one-line confirmations.
 fn describe(key: &Value) -> String {

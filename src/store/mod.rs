@@ -656,6 +656,11 @@ pub trait TeamStore: Send + Sync {
 #[async_trait]
 pub trait KeyStore: Send + Sync {
     async fn create_key(&self, actor: &Actor, key: NewKey) -> StoreResult<ApiKey>;
+    /// Creates every key in one transaction, all or nothing, each with its own `key.create`
+    /// audit row, and answers them in the order given. A key the store refuses fails the
+    /// batch with the error [`KeyStore::create_key`] gives it, its message starting with
+    /// its position (`keys[3]: …`).
+    async fn create_keys(&self, actor: &Actor, keys: Vec<NewKey>) -> StoreResult<Vec<ApiKey>>;
     async fn get_key(&self, id: &str) -> StoreResult<Option<ApiKey>>;
     async fn list_keys(&self, filter: KeyFilter) -> StoreResult<Vec<ApiKey>>;
     async fn update_key(

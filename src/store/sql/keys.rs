@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use serde_json::json;
 use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
+use std::collections::HashSet;
 
 const KEY_COLS: &str = "id, name, key_hint, user_id, team_id, permissions, models, rpm, tpm, \
      max_budget, budget_duration, expires_at, blocked, metadata, created_at, updated_at, \
@@ -41,27 +42,32 @@ fn key_from_row(row: &AnyRow) -> StoreResult<ApiKey> {
 
 const KEY_CONFLICT: &str = "a key with that secret already exists";
 
-impl SqlStore {
-    async fn locked_key(&self, conn: &mut AnyConnection, id: &str) -> StoreResult<Option<ApiKey>> {
-        let sql = format!(
-            "SELECT {KEY_COLS} FROM api_keys WHERE id = $1{}",
-            self.backend.for_update()
-        );
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(db_err)?;
-        row.as_ref().map(key_from_row).transpose()
+/// What a new key must be before any SQL runs.
+fn check_new_key(new: &NewKey) -> StoreResult<()> {
+    require_nonempty("key name", &new.name)?;
+    require_key_hash(&new.key_hash)
+}
+
+/// The error of the `i`th key of a batch, saying which one it was (`keys[3]: …`).
+fn at_index(i: usize, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Conflict(m) => StoreError::Conflict(format!("keys[{i}]: {m}")),
+        StoreError::Invalid(m) => StoreError::Invalid(format!("keys[{i}]: {m}")),
+        backend => backend,
     }
 }
 
-#[async_trait]
-impl KeyStore for SqlStore {
-    async fn create_key(&self, actor: &Actor, new: NewKey) -> StoreResult<ApiKey> {
-        require_nonempty("key name", &new.name)?;
-        require_key_hash(&new.key_hash)?;
-        let now = domain::now();
+impl SqlStore {
+    /// Inserts one key and its `key.create` audit row in `tx`. `live` holds the owners
+    /// already found live (and locked) in this transaction, so a batch reads each once.
+    async fn insert_key(
+        &self,
+        tx: &mut AnyConnection,
+        actor: &Actor,
+        new: NewKey,
+        now: Timestamp,
+        live: &mut HashSet<(&'static str, String)>,
+    ) -> StoreResult<ApiKey> {
         let key = ApiKey {
             id: domain::new_id(),
             name: new.name,
@@ -79,12 +85,16 @@ impl KeyStore for SqlStore {
             revoked_at: None,
             previous_expires_at: None,
         };
-        let mut tx = self.begin_write().await?;
-        if let Some(user_id) = &key.user_id {
-            self.require_live(&mut tx, "users", "user", user_id).await?;
-        }
-        if let Some(team_id) = &key.team_id {
-            self.require_live(&mut tx, "teams", "team", team_id).await?;
+        for (table, what, id) in [
+            ("users", "user", &key.user_id),
+            ("teams", "team", &key.team_id),
+        ] {
+            if let Some(id) = id {
+                if !live.contains(&(table, id.clone())) {
+                    self.require_live(&mut *tx, table, what, id).await?;
+                    live.insert((table, id.clone()));
+                }
+            }
         }
         sqlx::query(
             "INSERT INTO api_keys (id, name, key_hash, key_hint, user_id, team_id, permissions, \
@@ -121,9 +131,52 @@ impl KeyStore for SqlStore {
             }),
             &key.limits,
         );
-        write_audit(&mut tx, actor, now, "key.create", &key.id, details).await?;
+        write_audit(tx, actor, now, "key.create", &key.id, details).await?;
+        Ok(key)
+    }
+    async fn locked_key(&self, conn: &mut AnyConnection, id: &str) -> StoreResult<Option<ApiKey>> {
+        let sql = format!(
+            "SELECT {KEY_COLS} FROM api_keys WHERE id = $1{}",
+            self.backend.for_update()
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+}
+
+#[async_trait]
+impl KeyStore for SqlStore {
+    async fn create_key(&self, actor: &Actor, new: NewKey) -> StoreResult<ApiKey> {
+        check_new_key(&new)?;
+        let mut tx = self.begin_write().await?;
+        let key = self
+            .insert_key(&mut tx, actor, new, domain::now(), &mut HashSet::new())
+            .await?;
         commit(tx).await?;
         Ok(key)
+    }
+
+    async fn create_keys(&self, actor: &Actor, keys: Vec<NewKey>) -> StoreResult<Vec<ApiKey>> {
+        for (i, new) in keys.iter().enumerate() {
+            check_new_key(new).map_err(|e| at_index(i, e))?;
+        }
+        let now = domain::now();
+        let mut owners = HashSet::new();
+        let mut created = Vec::with_capacity(keys.len());
+        let mut tx = self.begin_write().await?;
+        for (i, new) in keys.into_iter().enumerate() {
+            let key = self
+                .insert_key(&mut tx, actor, new, now, &mut owners)
+                .await
+                .map_err(|e| at_index(i, e))?;
+            created.push(key);
+        }
+        commit(tx).await?;
+        Ok(created)
     }
 
     async fn get_key(&self, id: &str) -> StoreResult<Option<ApiKey>> {

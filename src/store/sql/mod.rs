@@ -62,6 +62,12 @@ static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 /// with `SQLITE_BUSY` (reported as a transient [`StoreError::Backend`]).
 const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
 
+/// Each SQLite connection's page cache, in KiB. Every pooled connection caches the pages it
+/// reads for itself, and a pool opens all of its connections under load: SQLite's default
+/// (2 MiB each) came to 23 MiB of duplicates for the default pool of 10 once 100,000 keys
+/// had been looked up, of pages the OS caches anyway; warm decisions read no page at all.
+const SQLITE_CACHE_KIB: u32 = 512;
+
 /// Which database a [`SqlStore`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -270,6 +276,8 @@ async fn configure_sqlite(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     // With WAL, NORMAL loses no committed transaction on a crash of the process, only
     // possibly the last ones on a power loss; FULL would fsync on every commit.
     conn.execute("PRAGMA synchronous = NORMAL").await?;
+    conn.execute(format!("PRAGMA cache_size = -{SQLITE_CACHE_KIB}").as_str())
+        .await?;
     Ok(())
 }
 
