@@ -196,13 +196,13 @@ fn key_body(i: usize, users: &[String], teams: &[String]) -> serde_json::Value {
         "user_id": users[i % users.len()],
         "metadata": {"service": format!("svc-{}", i % 500), "env": "prod"},
     });
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         body["team_id"] = json!(teams[i % teams.len()]);
     }
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         body["models"] = json!(["gpt-4o-mini", "gpt-4o"]);
     }
-    if i % 4 == 0 {
+    if i.is_multiple_of(4) {
         body["permissions"] = json!(["chat", "embeddings"]);
     }
     body
