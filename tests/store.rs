@@ -767,8 +767,8 @@ async fn create_keys_in_one_transaction(store: SharedStore) {
     let names: Vec<&str> = created.iter().map(|k| k.name.as_str()).collect();
     assert_eq!(names, ["k0", "k1", "k2", "k3", "k4", "k5", "k6"]);
     for (i, key) in created.iter().enumerate() {
-        assert_eq!(key.user_id.is_some(), i % 2 == 0);
-        assert_eq!(key.team_id.is_some(), i % 3 == 0);
+        assert_eq!(key.user_id.is_some(), i.is_multiple_of(2));
+        assert_eq!(key.team_id.is_some(), i.is_multiple_of(3));
         assert_eq!(key.limits.rpm, Some(i as i64));
         assert_eq!(key.metadata, json!({ "i": i }));
         assert_eq!(store.get_key(&key.id).await.unwrap().as_ref(), Some(key));
