@@ -1,7 +1,8 @@
 //! The JSON response and request helpers of `usage::parse`: no panic on any bytes, and
 //! - the usage read keeps its invariants (cached ≤ input, reasoning ≤ output);
-//! - a body `add_include_usage` rewrites still streams, and rewriting it again changes
-//!   nothing.
+//! - `add_include_usage` rewrites exactly the bodies Check's one pass marks as lacking it
+//!   (`lacks_include_usage`, which ext_proc relies on to skip every other body), and
+//!   rewriting a rewritten body changes nothing.
 
 #![no_main]
 
@@ -16,13 +17,14 @@ fuzz_target!(|body: &[u8]| {
     if let Some(model) = parse::model_from_json(body) {
         assert!(!model.is_empty());
     }
-    let streams = parse::wants_stream(body);
-    if let Some(rewritten) = parse::add_include_usage(body) {
-        assert!(streams, "only a streaming body is rewritten");
-        assert!(
-            parse::wants_stream(&rewritten),
-            "the rewritten body streams"
-        );
+    let lacks = tollgate::authz::body::read(body, false).lacks_include_usage;
+    let rewritten = parse::add_include_usage(body);
+    assert_eq!(
+        lacks,
+        rewritten.is_some(),
+        "Check and ext_proc agree on which bodies are rewritten"
+    );
+    if let Some(rewritten) = rewritten {
         assert_eq!(
             parse::add_include_usage(&rewritten),
             None,
