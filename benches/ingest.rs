@@ -218,15 +218,18 @@ async fn write_section(n: usize) {
     }
 }
 
-async fn lag_section() {
-    const RATE: usize = 5000;
+async fn lag_section(rate: usize, batch_size: usize) {
     const SECONDS: usize = 10;
     const TICK_MS: usize = 10;
-    println!("\n## lag: in-process queue + writer on Postgres, {RATE} records/s for {SECONDS} s");
+    println!(
+        "\n## lag: in-process queue + writer on Postgres (usage.batch_size {batch_size}), \
+         {rate} records/s for {SECONDS} s"
+    );
     let schema = Schema::new("lag").await;
     let mut config = Config::parse_str("bench.yaml", "", &|_| None)
         .unwrap()
         .config;
+    config.usage.batch_size = batch_size;
     config.database.url = schema.url.clone();
     config.listen.grpc = "127.0.0.1:0".parse().unwrap();
     config.listen.http = "127.0.0.1:0".parse().unwrap();
@@ -236,8 +239,8 @@ async fn lag_section() {
     seed_entities(&mut schema.connect().await).await;
     let running = app.start().await.expect("start");
 
-    let total = RATE * SECONDS;
-    let per_tick = RATE * TICK_MS / 1000;
+    let total = rate * SECONDS;
+    let per_tick = rate * TICK_MS / 1000;
     let mut rng = StdRng::seed_from_u64(11);
     let records: Vec<UsageRecord> = (0..total)
         .map(|i| {
@@ -499,7 +502,10 @@ fn main() {
             write_section(env("RECORDS", 200_000) as usize).await;
         }
         if wants("lag") {
-            lag_section().await;
+            let batch_size = env("BATCH_SIZE", 500) as usize;
+            for rate in [5000, 20_000] {
+                lag_section(rate, batch_size).await;
+            }
         }
         if wants("reports") {
             reports_section(env("REPORT_RECORDS", 10_000_000)).await;

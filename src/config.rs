@@ -57,7 +57,7 @@ impl Default for Usage {
     fn default() -> Self {
         Usage {
             queue_capacity: 100_000,
-            batch_size: 500,
+            batch_size: 2000,
             batch_interval: Duration::from_secs(1),
             retention: None,
         }
