@@ -22,7 +22,7 @@
 //! ([`UsageStore::prune_usage`]); a day whose raw records are pruned is answered whole from
 //! the rollup. Usage is not audited: it is not an admin write.
 
-use super::{col, commit, db_err, opt_enum_col, SqlStore};
+use super::{col, commit, db_err, opt_enum_col, Backend, SqlStore};
 use crate::domain::{self, BudgetDuration, Timestamp};
 use crate::store::{
     EntityBudget, GroupBy, SpendKind, StoreError, StoreResult, UsageQuery, UsageReport, UsageRow,
@@ -120,8 +120,22 @@ fn chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
-/// `{head}($1, …, $width), (…), …{tail}` for `rows` rows.
-fn multi_row(head: &str, width: usize, rows: usize, tail: &str) -> String {
+/// The `n`th (from 1) bound parameter: `$n` on Postgres, `?` on SQLite, where each `?` takes
+/// the next argument. SQLite finds a numbered parameter by a linear search of the
+/// statement's names, so binding a statement of `n` numbered parameters costs `n²`: a
+/// 16,384-parameter batch spent most of its time there.
+fn param(sql: &mut String, backend: Backend, n: usize) {
+    match backend {
+        Backend::Postgres => {
+            sql.push('$');
+            sql.push_str(&n.to_string());
+        }
+        Backend::Sqlite => sql.push('?'),
+    }
+}
+
+/// `{head}($1, …, $width), (…), …{tail}` for `rows` rows ([`param`]s).
+fn multi_row(backend: Backend, head: &str, width: usize, rows: usize, tail: &str) -> String {
     let mut sql = String::with_capacity(head.len() + tail.len() + rows * width * 7);
     sql.push_str(head);
     for row in 0..rows {
@@ -133,8 +147,7 @@ fn multi_row(head: &str, width: usize, rows: usize, tail: &str) -> String {
             if column > 0 {
                 sql.push_str(", ");
             }
-            sql.push('$');
-            sql.push_str(&(row * width + column + 1).to_string());
+            param(&mut sql, backend, row * width + column + 1);
         }
         sql.push(')');
     }
@@ -142,12 +155,16 @@ fn multi_row(head: &str, width: usize, rows: usize, tail: &str) -> String {
     sql
 }
 
-/// `$1, $2, …, $n`.
-fn placeholders(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// `$1, $2, …, $n` ([`param`]s).
+fn placeholders(backend: Backend, n: usize) -> String {
+    let mut sql = String::with_capacity(n * 5);
+    for i in 1..=n {
+        if i > 1 {
+            sql.push_str(", ");
+        }
+        param(&mut sql, backend, i);
+    }
+    sql
 }
 
 /// What an entity's spend periods derive from: its `budget_duration` and `created_at` (the
@@ -210,6 +227,7 @@ async fn spend_basis(
 /// per [`MAX_ROWS`] ids). Ids without a row get [`NO_BASIS`].
 async fn spend_bases<'a>(
     conn: &mut AnyConnection,
+    backend: Backend,
     entities: &BTreeSet<(SpendKind, &'a str)>,
 ) -> StoreResult<HashMap<(SpendKind, &'a str), SpendBasis>> {
     let mut bases = HashMap::with_capacity(entities.len());
@@ -223,7 +241,7 @@ async fn spend_bases<'a>(
             let sql = format!(
                 "SELECT id, budget_duration, created_at FROM {} WHERE id IN ({})",
                 entity_table(kind),
-                placeholders(chunk.len())
+                placeholders(backend, chunk.len())
             );
             let mut select = sqlx::query(&sql);
             for id in chunk {
@@ -501,7 +519,7 @@ impl UsageStore for SqlStore {
         let mut tx = self.begin_write().await?;
         let mut new: Vec<(usize, &UsageRecord)> = Vec::with_capacity(ordered.len());
         for chunk in chunks(&ordered) {
-            let sql = multi_row(USAGE_COLUMNS, 16, chunk.len(), USAGE_CONFLICT);
+            let sql = multi_row(self.backend, USAGE_COLUMNS, 16, chunk.len(), USAGE_CONFLICT);
             let mut insert = sqlx::query(&sql);
             for (_, record) in chunk {
                 insert = bind_record(insert, record, written_at);
@@ -533,7 +551,7 @@ impl UsageStore for SqlStore {
             daily.entry(group).or_default().add(record);
             payers.extend(crate::admission::payers::of_record(record));
         }
-        let bases = spend_bases(&mut tx, &payers).await?;
+        let bases = spend_bases(&mut tx, self.backend, &payers).await?;
         // (kind, id, period start) → (period end, USD).
         let mut accrued: BTreeMap<(SpendKind, &str, Timestamp), (Timestamp, f64)> = BTreeMap::new();
         for (_, record) in &new {
@@ -549,7 +567,13 @@ impl UsageStore for SqlStore {
 
         let daily: Vec<(DayGroup, DaySums)> = daily.into_iter().collect();
         for chunk in chunks(&daily) {
-            let sql = multi_row(ROLLUP_COLUMNS, 11, chunk.len(), ROLLUP_CONFLICT);
+            let sql = multi_row(
+                self.backend,
+                ROLLUP_COLUMNS,
+                11,
+                chunk.len(),
+                ROLLUP_CONFLICT,
+            );
             let mut upsert = sqlx::query(&sql);
             for ((day, key, user, team, model), sums) in chunk {
                 upsert = upsert
@@ -573,7 +597,7 @@ impl UsageStore for SqlStore {
             .filter(|(_, (_, usd))| *usd != 0.0)
             .collect();
         for chunk in chunks(&spend) {
-            let sql = multi_row(SPEND_COLUMNS, 5, chunk.len(), SPEND_CONFLICT);
+            let sql = multi_row(self.backend, SPEND_COLUMNS, 5, chunk.len(), SPEND_CONFLICT);
             let mut upsert = sqlx::query(&sql);
             for ((kind, id, start), (end, usd)) in chunk {
                 upsert = upsert
@@ -660,7 +684,7 @@ impl UsageStore for SqlStore {
                 let sql = format!(
                     "SELECT id, max_budget, budget_duration, created_at FROM {} WHERE id IN ({}){live}",
                     entity_table(kind),
-                    placeholders(chunk.len())
+                    placeholders(self.backend, chunk.len())
                 );
                 let mut select = sqlx::query(&sql);
                 for id in chunk {
@@ -697,6 +721,7 @@ impl UsageStore for SqlStore {
             periods.iter().enumerate().collect();
         for chunk in chunks(&numbered) {
             let sql = multi_row(
+                self.backend,
                 "WITH wanted (i, kind, id, start_at, end_at) AS (VALUES ",
                 5,
                 chunk.len(),
@@ -796,9 +821,21 @@ mod tests {
     #[test]
     fn multi_row_numbers_parameters_row_by_row() {
         assert_eq!(
-            multi_row("INSERT INTO t (a, b) VALUES ", 2, 2, " RETURNING a"),
+            multi_row(
+                Backend::Postgres,
+                "INSERT INTO t (a, b) VALUES ",
+                2,
+                2,
+                " RETURNING a"
+            ),
             "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) RETURNING a"
         );
+        assert_eq!(
+            multi_row(Backend::Sqlite, "INSERT INTO t (a, b) VALUES ", 2, 2, ""),
+            "INSERT INTO t (a, b) VALUES (?, ?), (?, ?)"
+        );
+        assert_eq!(placeholders(Backend::Postgres, 3), "$1, $2, $3");
+        assert_eq!(placeholders(Backend::Sqlite, 2), "?, ?");
     }
 
     fn ranges(sources: &[Source]) -> Vec<String> {
