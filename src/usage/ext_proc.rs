@@ -54,8 +54,10 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     ProcessingResponse, TrailersResponse,
 };
 use envoy_types::pb::google::protobuf::value::Kind;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use futures::Stream;
+use std::pin::Pin;
+use tokio::sync::watch;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -132,55 +134,122 @@ async fn cut_off(cut: &mut Option<watch::Receiver<bool>>) {
 
 #[tonic::async_trait]
 impl ExternalProcessor for UsageProcessor {
-    type ProcessStream = ReceiverStream<Result<ProcessingResponse, Status>>;
+    type ProcessStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
 
+    /// Answers each message as the gRPC server pulls the next answer: no task and no channel
+    /// of its own per stream (both cost more than the work). Envoy waits for each answer
+    /// before sending the next message (but in observability mode, where nothing is
+    /// answered).
     async fn process(
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
-        let mut inbound = request.into_inner();
-        // Envoy waits for each answer before sending the next message (but in
-        // observability mode, where nothing is answered), so one slot is enough.
-        let (tx, rx) = mpsc::channel(1);
-        let processor = self.clone();
-        let mut cut = self.cut.clone();
-        self.streams.spawn(async move {
-            let mut exchange = Exchange::with_routes(processor.routes.clone());
-            loop {
-                let message = tokio::select! {
-                    message = inbound.message() => match message {
-                        Ok(Some(message)) => message,
-                        // Envoy closed the stream (after the response, or early) or reset it.
-                        Ok(None) | Err(_) => break,
-                    },
-                    // Shutting down, past the time in-flight streams were given: Envoy
-                    // lets the response go on without this filter (failure_mode_allow).
-                    () = cut_off(&mut cut) => break,
-                };
-                let reply = exchange.handle(message);
-                if let Some(reply) = reply {
-                    if tx.send(Ok(reply)).await.is_err() {
-                        break;
-                    }
-                }
-                if exchange.response_complete() {
-                    processor.queue_record(&mut exchange).await;
-                }
-            }
-            drop(tx);
-            // Ended before the response did: record what was seen, as an estimate.
-            processor.queue_record(&mut exchange).await;
+        let stream = Box::new(OpenStream {
+            inbound: request.into_inner(),
+            cut: self.cut.clone(),
+            seen: Seen {
+                exchange: Exchange::with_routes(self.routes.clone()),
+                processor: self.clone(),
+                _open: self.streams.token(),
+            },
+            ended: false,
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let answers = futures::stream::unfold(stream, |mut stream| async move {
+            let answer = stream.next_answer().await?;
+            Some((Ok(answer), stream))
+        });
+        Ok(Response::new(Box::pin(answers)))
+    }
+}
+
+/// One ext_proc stream, pulled answer by answer.
+struct OpenStream {
+    inbound: Streaming<ProcessingRequest>,
+    cut: Option<watch::Receiver<bool>>,
+    seen: Seen,
+    ended: bool,
+}
+
+impl OpenStream {
+    /// The answer to the next message that gets one; none once the stream is over (Envoy
+    /// closed or reset it, or a stopping tollgate cut it off), when the record of what was
+    /// seen is queued.
+    async fn next_answer(&mut self) -> Option<ProcessingResponse> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            // The answer that completed the response went out; its record goes now.
+            if self.seen.exchange.response_complete() {
+                self.seen.queue_record().await;
+            }
+            let message = tokio::select! {
+                message = self.inbound.message() => match message {
+                    Ok(Some(message)) => Some(message),
+                    // Envoy closed the stream (after the response, or early) or reset it.
+                    Ok(None) | Err(_) => None,
+                },
+                // Shutting down, past the time in-flight streams were given: Envoy lets
+                // the response go on without this filter (failure_mode_allow).
+                () = cut_off(&mut self.cut) => None,
+            };
+            let Some(message) = message else {
+                self.ended = true;
+                // Ended before the response did: what was seen, as an estimate.
+                self.seen.queue_record().await;
+                return None;
+            };
+            if let Some(answer) = self.seen.exchange.handle(message) {
+                return Some(answer);
+            }
+        }
+    }
+}
+
+/// What a stream saw, and where its record goes. Dropped with a record still in it (the
+/// gRPC server let go of the stream between two messages: Envoy reset it, or the
+/// connection closed), it queues that record from a task of its own. Its token holds
+/// shutdown until then.
+struct Seen {
+    exchange: Exchange,
+    processor: UsageProcessor,
+    _open: TaskTrackerToken,
+}
+
+impl Seen {
+    /// Queues the exchange's record, once.
+    async fn queue_record(&mut self) {
+        let Some(record) = self.exchange.take_record(&self.processor.config) else {
+            return;
+        };
+        self.processor.queue(record).await;
+    }
+}
+
+impl Drop for Seen {
+    fn drop(&mut self) {
+        let Some(record) = self.exchange.take_record(&self.processor.config) else {
+            return;
+        };
+        let processor = self.processor.clone();
+        let streams = self.processor.streams.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let queued = streams.track_future(async move {
+                    processor.queue(record).await;
+                });
+                runtime.spawn(queued);
+            }
+            Err(_) => tracing::error!(
+                request_id = %record.request_id,
+                "no runtime to queue this request's usage on; it is not recorded"
+            ),
+        }
     }
 }
 
 impl UsageProcessor {
-    /// Queues the exchange's record, once.
-    async fn queue_record(&self, exchange: &mut Exchange) {
-        let Some(record) = exchange.take_record(&self.config) else {
-            return;
-        };
+    async fn queue(&self, record: UsageRecord) {
         let request_id = record.request_id.clone();
         if self.queue.push(record).await.is_err() {
             tracing::error!(%request_id, "the usage queue is closed; this request's usage is not recorded");
