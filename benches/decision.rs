@@ -1,6 +1,8 @@
 //! What one Check costs inside tollgate, without the network: a whole `Gate::check` for a
 //! cached key (credential extraction, checksum, SHA-256, cache hit, policy, response), for
-//! a session token (HS256 verification, cached user), and the parts. Run with `cargo bench --bench decision`.
+//! a session token (HS256 verification, cached user), and the parts; and reading a Check
+//! off the wire as envoy-types' `CheckRequest` against tollgate's lean [`Check`], side by
+//! side. Run with `cargo bench --bench decision`.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use envoy_types::ext_authz::v3::pb::CheckRequest;
@@ -10,13 +12,15 @@ use std::sync::Arc;
 use tollgate::app::App;
 use tollgate::authn::api_key;
 use tollgate::authz::body::model_field;
+use tollgate::authz::wire::Check;
 use tollgate::config::Config;
 use tollgate::decision::{self, ModelField, Policy, Principal};
 use tollgate::secret::Secret;
 use tollgate::store::sql::{ConnectOptions, SqlStore};
 use tollgate::store::{Actor, KeyStore, NewKey, NewUser, Store, UserStore};
 
-fn check_request(key: &str, body: &[u8]) -> CheckRequest {
+/// A Check as the gRPC server reads it off the wire ([`Check`]), built once.
+fn check_request(key: &str, body: &[u8]) -> Check {
     let headers = [
         ("authorization", format!("Bearer {key}")),
         ("content-type", "application/json".to_owned()),
@@ -29,7 +33,7 @@ fn check_request(key: &str, body: &[u8]) -> CheckRequest {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    CheckRequest {
+    Check::from(&CheckRequest {
         attributes: Some(AttributeContext {
             request: Some(Request {
                 http: Some(HttpRequest {
@@ -43,7 +47,7 @@ fn check_request(key: &str, body: &[u8]) -> CheckRequest {
             }),
             ..Default::default()
         }),
-    }
+    })
 }
 
 const BODY: &[u8] = br#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Summarise the plot of Hamlet in one sentence."}],"max_tokens":64,"temperature":0.2}"#;
@@ -162,7 +166,7 @@ fn bench(c: &mut Criterion) {
     let gate = app.gate.clone();
     let request = check_request(&key, BODY);
     // Warm the cache: the benchmark is of the cached decision, which does no I/O.
-    let warm = rt.block_on(gate.check(&request)).unwrap();
+    let warm = rt.block_on(gate.answer(&request)).unwrap();
     assert_eq!(
         warm.status.unwrap().code,
         0,
@@ -170,59 +174,59 @@ fn bench(c: &mut Criterion) {
     );
 
     c.bench_function("check/cached_key_allowed", |b| {
-        b.to_async(&rt).iter(|| gate.check(&request))
+        b.to_async(&rt).iter(|| gate.answer(&request))
     });
     // The same cached key with rpm and tpm limits: one in-memory bucket admit more.
     let with_limits = check_request(&limited, BODY);
-    let warm = rt.block_on(gate.check(&with_limits)).unwrap();
+    let warm = rt.block_on(gate.answer(&with_limits)).unwrap();
     assert_eq!(
         warm.status.unwrap().code,
         0,
         "the limited key must be allowed"
     );
     c.bench_function("check/cached_key_memory_limits", |b| {
-        b.to_async(&rt).iter(|| gate.check(&with_limits))
+        b.to_async(&rt).iter(|| gate.answer(&with_limits))
     });
     // And with the buckets in Redis (one EVALSHA per decision), when a Redis answers.
     let redis_gate = redis_app.gate.clone();
-    let warm = rt.block_on(redis_gate.check(&with_limits)).unwrap();
+    let warm = rt.block_on(redis_gate.answer(&with_limits)).unwrap();
     if warm.status.is_some_and(|s| s.code == 0) {
         c.bench_function("check/cached_key_redis_limits", |b| {
-            b.to_async(&rt).iter(|| redis_gate.check(&with_limits))
+            b.to_async(&rt).iter(|| redis_gate.answer(&with_limits))
         });
     } else {
         eprintln!("no Redis on 127.0.0.1:6379: skipping check/cached_key_redis_limits");
     }
     // Rate limits and a budget together: in memory, and in Redis (still one EVALSHA).
     let with_budget = check_request(&budgeted, BODY);
-    let warm = rt.block_on(gate.check(&with_budget)).unwrap();
+    let warm = rt.block_on(gate.answer(&with_budget)).unwrap();
     assert_eq!(
         warm.status.unwrap().code,
         0,
         "the budgeted key must be allowed"
     );
     c.bench_function("check/cached_key_memory_limits_and_budget", |b| {
-        b.to_async(&rt).iter(|| gate.check(&with_budget))
+        b.to_async(&rt).iter(|| gate.answer(&with_budget))
     });
-    let warm = rt.block_on(redis_gate.check(&with_budget)).unwrap();
+    let warm = rt.block_on(redis_gate.answer(&with_budget)).unwrap();
     if warm.status.is_some_and(|s| s.code == 0) {
         c.bench_function("check/cached_key_redis_limits_and_budget", |b| {
-            b.to_async(&rt).iter(|| redis_gate.check(&with_budget))
+            b.to_async(&rt).iter(|| redis_gate.answer(&with_budget))
         });
     }
     let session = check_request(&session_token, BODY);
-    let warm = rt.block_on(gate.check(&session)).unwrap();
+    let warm = rt.block_on(gate.answer(&session)).unwrap();
     assert_eq!(
         warm.status.unwrap().code,
         0,
         "the session token must be allowed"
     );
     c.bench_function("check/cached_session_token_allowed", |b| {
-        b.to_async(&rt).iter(|| gate.check(&session))
+        b.to_async(&rt).iter(|| gate.answer(&session))
     });
     let denied = check_request(key.replace("sk-tg-", "sk-tg-X").split_at(55).0, BODY);
     c.bench_function("check/bad_checksum_denied", |b| {
-        b.to_async(&rt).iter(|| gate.check(&denied))
+        b.to_async(&rt).iter(|| gate.answer(&denied))
     });
 
     c.bench_function("parts/key_validate_and_hash", |b| {
@@ -295,5 +299,76 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// The same Check bytes decoded both ways: what Envoy sends for an OpenAI SDK request (its
+/// usual headers, the peer, a 200-byte body).
+fn decode(c: &mut Criterion) {
+    use envoy_types::pb::envoy::config::core::v3::{address, Address, SocketAddress};
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer;
+    use prost::Message;
+    let headers = [
+        (":authority", "llm.internal"),
+        (":method", "POST"),
+        (":path", "/v1/chat/completions"),
+        (":scheme", "http"),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip, deflate"),
+        (
+            "authorization",
+            "Bearer sk-tg-0123456789abcdef0123456789abcdef0123456789ab",
+        ),
+        ("content-length", "178"),
+        ("content-type", "application/json"),
+        ("user-agent", "OpenAI/Python 1.99.0"),
+        ("x-forwarded-proto", "http"),
+        ("x-request-id", "4c1ad6b4-6bb3-4f7d-9b07-2f3b8a1c0d55"),
+        ("x-stainless-arch", "x64"),
+        ("x-stainless-async", "false"),
+        ("x-stainless-lang", "python"),
+        ("x-stainless-os", "Linux"),
+        ("x-stainless-package-version", "1.99.0"),
+        ("x-stainless-retry-count", "0"),
+        ("x-stainless-runtime", "CPython"),
+        ("x-stainless-runtime-version", "3.11.7"),
+    ];
+    let request = CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: "10.0.0.7".into(),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            }),
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    id: "1234567890".into(),
+                    method: "POST".into(),
+                    path: "/v1/chat/completions".into(),
+                    host: "llm.internal".into(),
+                    scheme: "http".into(),
+                    protocol: "HTTP/1.1".into(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                    raw_body: BODY.to_vec(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let wire = bytes::Bytes::from(request.encode_to_vec());
+    c.bench_function("wire/decode_envoy_types_check_request", |b| {
+        b.iter(|| CheckRequest::decode(wire.clone()).unwrap())
+    });
+    c.bench_function("wire/decode_lean_check", |b| {
+        b.iter(|| Check::decode(wire.clone()).unwrap())
+    });
+}
+
+criterion_group!(benches, bench, decode);
 criterion_main!(benches);

@@ -8,14 +8,15 @@ use crate::admission::counters::Counters;
 use crate::admission::Admission;
 use crate::authn::login::Sessions;
 use crate::authn::{Authenticator, MasterKey};
-use crate::authz::{AuthorizationService, Gate};
+use crate::authz::wire::{CheckServer, SERVICE_NAME as AUTHORIZATION};
+use crate::authz::Gate;
 use crate::backend_tls::Misconfigured;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::decision::Policy;
 use crate::domain::Role;
 use crate::invalidation::Invalidator;
-use crate::lifecycle::{CountedChecks, Drained, Lifecycle};
+use crate::lifecycle::{Drained, Lifecycle};
 use crate::metrics::Metrics;
 use crate::redis_pool::RedisPool;
 use crate::secret::Secret;
@@ -28,7 +29,6 @@ use crate::usage::queue::{UsageQueue, Writer};
 use crate::usage::settle::Settler;
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,6 +39,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
+use tonic_health::ServingStatus;
 
 /// Where the master key came from, so `serve` can tell the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,12 +332,9 @@ impl App {
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
-            .set_serving::<AuthorizationServer<AuthorizationService>>()
+            .set_service_status(AUTHORIZATION, ServingStatus::Serving)
             .await;
-        let authz = AuthorizationServer::new(CountedChecks::new(
-            AuthorizationService::new(self.gate.clone()),
-            lifecycle.clone(),
-        ));
+        let authz = CheckServer::new(self.gate.clone(), lifecycle.clone());
         let usage = ExternalProcessorServer::with_interceptor(
             UsageProcessor::new(
                 self.usage.clone(),
@@ -509,7 +507,7 @@ impl Running {
     pub async fn drain(self) -> anyhow::Result<()> {
         self.lifecycle.drain();
         self.health
-            .set_not_serving::<AuthorizationServer<AuthorizationService>>()
+            .set_service_status(AUTHORIZATION, ServingStatus::NotServing)
             .await;
         tracing::info!(
             drain_timeout = ?self.drain_timeout,

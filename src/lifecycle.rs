@@ -20,7 +20,6 @@ use crate::store::SharedStore;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -273,7 +272,7 @@ impl Lifecycle {
 
     /// A Check began: counted until the guard drops, so [`Lifecycle::close_door`] waits for
     /// it; refused once the door is closed.
-    fn check_began(self: &Arc<Self>) -> Result<CheckGuard, Status> {
+    pub(crate) fn check_began(self: &Arc<Self>) -> Result<CheckGuard, Status> {
         self.arrived();
         // Counted before the door is looked at; the door is closed before the count is
         // read: one of the two sees the other.
@@ -288,37 +287,13 @@ impl Lifecycle {
     }
 }
 
-struct CheckGuard(Arc<Lifecycle>);
+pub(crate) struct CheckGuard(Arc<Lifecycle>);
 
 impl Drop for CheckGuard {
     fn drop(&mut self) {
         let now = self.0.ms(Instant::now());
         self.0.last_admission.store(now, Ordering::Relaxed);
         self.0.checks_in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// The ext_authz service, counted: each Check stamps its arrival and is awaited by
-/// [`Lifecycle::close_door`]; after it, Checks are refused.
-pub struct CountedChecks<A> {
-    inner: A,
-    lifecycle: Arc<Lifecycle>,
-}
-
-impl<A> CountedChecks<A> {
-    pub fn new(inner: A, lifecycle: Arc<Lifecycle>) -> Self {
-        CountedChecks { inner, lifecycle }
-    }
-}
-
-#[tonic::async_trait]
-impl<A: Authorization> Authorization for CountedChecks<A> {
-    async fn check(
-        &self,
-        request: tonic::Request<CheckRequest>,
-    ) -> Result<tonic::Response<CheckResponse>, Status> {
-        let _guard = self.lifecycle.check_began()?;
-        self.inner.check(request).await
     }
 }
 

@@ -20,7 +20,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use tollgate::authz::AuthorizationService;
+use tollgate::authz::Gate;
 use tollgate::clock::Clock;
 use tollgate::mock_llm::MockLlm;
 
@@ -29,7 +29,7 @@ const T0: i64 = 1_800_000_000_000;
 /// tollgate's Check service, keeping the `x-request-id` of every Check it answers.
 #[derive(Clone)]
 struct Recorder {
-    inner: AuthorizationService,
+    gate: Arc<Gate>,
     ids: Arc<Mutex<Vec<String>>>,
 }
 
@@ -49,7 +49,10 @@ impl Authorization for Recorder {
             .cloned()
             .unwrap_or_default();
         self.ids.lock().unwrap().push(id);
-        self.inner.check(request).await
+        self.gate
+            .check(request.get_ref())
+            .await
+            .map(tonic::Response::new)
     }
 }
 
@@ -65,7 +68,7 @@ impl Stack {
         let tollgate = Tollgate::start_with_clock(yaml, Clock::manual(T0)).await;
         let ids = Arc::new(Mutex::new(Vec::new()));
         let recorder = Recorder {
-            inner: AuthorizationService::new(tollgate.app.gate.clone()),
+            gate: tollgate.app.gate.clone(),
             ids: ids.clone(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
