@@ -169,15 +169,16 @@ impl Authenticator {
                 "You didn't provide an API key. Provide it as `authorization: Bearer <key>`, `x-api-key` or `api-key`",
             ));
         };
-        if self.master.matches(secret) {
+        // One SHA-256 serves both the master key's comparison and the virtual key's lookup.
+        let hash = api_key::KeyHash::of(secret);
+        if self.master.matches_hash(&hash) {
             return Ok(Principal::Master);
         }
         if jwt::looks_like_jwt(secret) {
             return self.resolve_jwt(secret, source, now).await;
         }
-        let key =
-            api_key::parse(secret).map_err(|e| invalid(&format!("Incorrect API key: {e}")))?;
-        match self.keys.resolve(&key.hash()).await {
+        api_key::validate(secret).map_err(|e| invalid(&format!("Incorrect API key: {e}")))?;
+        match self.keys.resolve(&hash).await {
             Ok(Some(lookup)) => Ok(Principal::Key(lookup)),
             Ok(None) => Err(invalid("Incorrect API key provided")),
             Err(e) => Err(AuthnError::Unavailable(e.into())),
