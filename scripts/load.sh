@@ -3,7 +3,7 @@
 #
 #   scripts/load.sh [--noauth-only] [--duration 10s] [--concurrency 32] [--no-build]
 #   scripts/load.sh --metering [--rounds 2] [--duration 10s] [--concurrency 32] [--no-build]
-#                    [--baseline DIR]
+#                    [--baseline DIR] [--only REGEX]
 #
 # --metering prints what metering costs: one table, every path measured in the same run and
 # interleaved (round after round, each path once per round), Envoy at --concurrency 1 each
@@ -25,7 +25,7 @@
 # answered request was recorded exactly once (records == requests). --baseline DIR adds
 # the tollgate rows again, marked "(base)", for the `tollgate` binary in DIR (an earlier
 # build, e.g. copied from target/release), so that a change is measured against what it
-# changes in the same run.
+# changes in the same run. --only REGEX runs only the rows whose name matches (bash =~).
 #
 # Runs, for --duration each, `oha` against
 #   1. envoy/envoy.yaml        (ext_authz -> tollgate, with a valid virtual key), three times:
@@ -55,6 +55,7 @@ METERING=0
 ROUNDS=2
 BUILD=1
 BASELINE=""
+ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --noauth-only) NOAUTH_ONLY=1 ;;
@@ -64,7 +65,8 @@ while [ $# -gt 0 ]; do
     --concurrency) CONCURRENCY="$2"; shift ;;
     --no-build) BUILD=0 ;;
     --baseline) BASELINE="$2"; shift ;;
-    -h|--help) sed -n '2,43p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --only) ONLY="$2"; shift ;;
+    -h|--help) sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 64 ;;
   esac
   shift
@@ -327,6 +329,7 @@ EOF
   one() {
     local name="$1" config="$2" body="$3" server="$4"
     local pid="" key="none" metered=0
+    if [ -n "$ONLY" ] && ! [[ "$name" =~ $ONLY ]]; then return 0; fi
     case "$server" in
       noop) pid="$NOOP_PID" ;;
       "") ;;
