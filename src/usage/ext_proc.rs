@@ -150,6 +150,7 @@ impl ExternalProcessor for UsageProcessor {
             seen: Seen {
                 exchange: Exchange::with_routes(self.routes.clone()),
                 processor: self.clone(),
+                queuing: None,
                 _open: self.streams.token(),
             },
             ended: false,
@@ -206,13 +207,17 @@ impl OpenStream {
     }
 }
 
-/// What a stream saw, and where its record goes. Dropped with a record still in it (the
-/// gRPC server let go of the stream between two messages: Envoy reset it, or the
-/// connection closed), it queues that record from a task of its own. Its token holds
-/// shutdown until then.
+/// What a stream saw, and where its record goes. Dropped with a record not yet queued (the
+/// gRPC server let go of the stream between two messages or during a push: Envoy reset
+/// it, or the connection closed), it queues that record from a task of its own. Its token
+/// holds shutdown until then.
 struct Seen {
     exchange: Exchange,
     processor: UsageProcessor,
+    /// The record being queued: a push can wait (Redis, or a full queue), and the stream
+    /// can be let go of meanwhile; then this copy is queued again (the store keeps one
+    /// record per request id).
+    queuing: Option<UsageRecord>,
     _open: TaskTrackerToken,
 }
 
@@ -222,13 +227,19 @@ impl Seen {
         let Some(record) = self.exchange.take_record(&self.processor.config) else {
             return;
         };
+        self.queuing = Some(record.clone());
         self.processor.queue(record).await;
+        self.queuing = None;
     }
 }
 
 impl Drop for Seen {
     fn drop(&mut self) {
-        let Some(record) = self.exchange.take_record(&self.processor.config) else {
+        let unqueued = self
+            .queuing
+            .take()
+            .or_else(|| self.exchange.take_record(&self.processor.config));
+        let Some(record) = unqueued else {
             return;
         };
         let processor = self.processor.clone();
