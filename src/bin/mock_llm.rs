@@ -24,7 +24,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 use futures::{Stream, StreamExt};
 use std::pin::Pin;
 use tollgate::mock_llm::{MockLlm, MockOptions};
-use tollgate::usage::ext_proc::{buffer_the_response, skip_the_request_body, BUFFER_AT_MOST};
+use tollgate::usage::ext_proc::{skip_the_request_body, ResponseHead};
 
 #[derive(Parser)]
 #[command(
@@ -96,20 +96,7 @@ fn pass(message: ProcessingRequest) -> Option<ProcessingResponse> {
             Out::RequestHeaders(HeadersResponse::default())
         }
         In::ResponseHeaders(headers) => {
-            let small_json = |header: &&envoy_types::pb::envoy::config::core::v3::HeaderValue| {
-                header.key == "content-length"
-                    && std::str::from_utf8(&header.raw_value)
-                        .ok()
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .is_some_and(|n| n <= BUFFER_AT_MOST)
-            };
-            let all = headers.headers.iter().flat_map(|map| &map.headers);
-            let stream = all
-                .clone()
-                .any(|h| h.key == "content-type" && h.raw_value.starts_with(b"text/event-stream"));
-            if !headers.end_of_stream && !stream && all.clone().any(|h| small_json(&h)) {
-                mode_override = Some(buffer_the_response());
-            }
+            mode_override = ResponseHead::of(&headers).mode(headers.end_of_stream);
             Out::ResponseHeaders(HeadersResponse::default())
         }
         In::RequestBody(_) => Out::RequestBody(BodyResponse::default()),

@@ -268,6 +268,49 @@ impl UsageProcessor {
     }
 }
 
+/// What the response headers tell ext_proc: the status, whether the body is an event
+/// stream, and its announced length.
+pub struct ResponseHead {
+    pub status: Option<u16>,
+    pub event_stream: bool,
+    pub content_length: Option<u64>,
+}
+
+impl ResponseHead {
+    pub fn of(headers: &HttpHeaders) -> ResponseHead {
+        let mut head = ResponseHead {
+            status: None,
+            event_stream: false,
+            content_length: None,
+        };
+        for header in headers.headers.iter().flat_map(|map| &map.headers) {
+            match header.key.as_str() {
+                ":status" => head.status = header_value(header).and_then(|v| v.trim().parse().ok()),
+                "content-type" => {
+                    head.event_stream = header_value(header).is_some_and(|v| {
+                        v.trim_start()
+                            .to_ascii_lowercase()
+                            .starts_with("text/event-stream")
+                    })
+                }
+                "content-length" => {
+                    head.content_length = header_value(header).and_then(|v| v.trim().parse().ok())
+                }
+                _ => {}
+            }
+        }
+        head
+    }
+
+    /// The mode for the rest of the response: a body that is not an event stream and
+    /// announces at most [`BUFFER_AT_MOST`] bytes comes whole, in one message; anything
+    /// else as it passes (unchanged mode).
+    pub fn mode(&self, end_of_stream: bool) -> Option<ProcessingMode> {
+        let small = self.content_length.is_some_and(|n| n <= BUFFER_AT_MOST);
+        (!end_of_stream && !self.event_stream && small).then(buffer_the_response)
+    }
+}
+
 /// What is kept of the response body.
 enum ResponseBody {
     /// Nothing seen yet (no response headers).
@@ -501,29 +544,12 @@ impl Exchange {
         &mut self,
         headers: &HttpHeaders,
     ) -> (CommonResponse, Option<ProcessingMode>) {
-        let mut event_stream = false;
-        let mut content_length = None;
-        for header in headers.headers.iter().flat_map(|map| &map.headers) {
-            match header.key.as_str() {
-                ":status" => self.status = header_value(header).and_then(|v| v.trim().parse().ok()),
-                "content-type" => {
-                    event_stream = header_value(header).is_some_and(|v| {
-                        v.trim_start()
-                            .to_ascii_lowercase()
-                            .starts_with("text/event-stream")
-                    })
-                }
-                "content-length" => {
-                    content_length = header_value(header).and_then(|v| v.trim().parse().ok())
-                }
-                _ => {}
-            }
-        }
+        let head = ResponseHead::of(headers);
+        self.status = head.status;
         let mut answer = CommonResponse::default();
-        let mut mode = None;
-        if event_stream && self.added_include_usage {
+        if head.event_stream && self.added_include_usage {
             self.unasked = Some(UnaskedUsage::default());
-            if content_length.is_some() {
+            if head.content_length.is_some() {
                 // The client gets fewer bytes than the upstream sent.
                 answer.header_mutation = Some(HeaderMutation {
                     set_headers: Vec::new(),
@@ -531,17 +557,15 @@ impl Exchange {
                 });
             }
         }
-        self.body = if event_stream {
+        self.body = if head.event_stream {
             ResponseBody::Sse(Box::default())
         } else {
             ResponseBody::Json(Vec::new())
         };
         if headers.end_of_stream {
             self.complete = true;
-        } else if !event_stream && content_length.is_some_and(|n: u64| n <= BUFFER_AT_MOST) {
-            mode = Some(buffer_the_response());
         }
-        (answer, mode)
+        (answer, head.mode(headers.end_of_stream))
     }
 
     /// Reads a piece of the response for usage (as the upstream sent it); what the client
