@@ -415,7 +415,8 @@ def total(name, field):
 def mean(name, field):
     xs = [r[field] for r in runs if r["name"] == name]
     return sum(xs) / len(xs)
-floor = mean("noop", "rps")
+# Without the noop row (--only left it out) there is nothing to be relative to.
+floor = mean("noop", "rps") if "noop" in order else None
 print(f"{sys.argv[2]} interleaved rounds, concurrency {sys.argv[3]}, Envoy --concurrency 1")
 print(f"{'path':<24} {'req/s':>8} {'x noop':>7} {'p50 ms':>7} {'p99 ms':>7} "
       f"{'envoy us/req':>12} {'authz us/req':>12} {'ext_proc msgs/req':>17} {'failed':>6} "
@@ -428,7 +429,8 @@ for name in order:
     rec = total(name, "recorded")
     records = "-" if rec < 0 else f"{rec}/{ok}" + ("" if rec == ok else " (!)")
     authz = "-" if name == "no-filters" else f"{server:.0f}"
-    print(f"{name:<24} {mean(name, 'rps'):>8.0f} {mean(name, 'rps') / floor:>7.2f} "
+    relative = "-" if floor is None else f"{mean(name, 'rps') / floor:.2f}"
+    print(f"{name:<24} {mean(name, 'rps'):>8.0f} {relative:>7} "
           f"{mean(name, 'p50') * 1000:>7.2f} {mean(name, 'p99') * 1000:>7.2f} "
           f"{envoy:>12.0f} {authz:>12} {msgs:>17.1f} {total(name, 'failed'):>6} {records:>16}")
 EOF
