@@ -1212,10 +1212,15 @@ fn is_secret_param(key: &str) -> bool {
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
+    parse_duration(&String::deserialize(d)?, "500ms, 60s, 15m or 168h")
+}
+
+/// A duration as humantime reads it (`90d`, `15m`), or an error naming the text and showing
+/// examples `like` it.
+fn parse_duration<E: serde::de::Error>(text: &str, like: &str) -> Result<Duration, E> {
     humantime::parse_duration(text.trim()).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "invalid duration `{text}` ({e}); write it like 500ms, 60s, 15m or 168h"
+        E::custom(format!(
+            "invalid duration `{text}` ({e}); write it like {like}"
         ))
     })
 }
@@ -1234,14 +1239,9 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
         fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
             Ok(None)
         }
+        // Parsed here, not after deserializing a string, so that an error keeps its line.
         fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
-            humantime::parse_duration(text.trim())
-                .map(Some)
-                .map_err(|e| {
-                    E::custom(format!(
-                        "invalid duration `{text}` ({e}); write it like 30d, 90d or 2160h"
-                    ))
-                })
+            parse_duration(text, "30d, 90d or 2160h").map(Some)
         }
     }
     d.deserialize_any(OptDuration)
