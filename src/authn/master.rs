@@ -3,7 +3,6 @@
 
 use super::api_key::KeyHash;
 use crate::secret::Secret;
-use sha2::{Digest, Sha256};
 use std::fmt;
 use subtle::ConstantTimeEq;
 
@@ -14,7 +13,7 @@ pub struct MasterKey {
 impl MasterKey {
     pub fn from_secret(secret: &Secret) -> MasterKey {
         MasterKey {
-            hash: Sha256::digest(secret.expose().as_bytes()).into(),
+            hash: KeyHash::of(secret.expose()).0,
         }
     }
 
