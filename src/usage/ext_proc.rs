@@ -243,10 +243,9 @@ impl Drop for Seen {
             return;
         };
         let processor = self.processor.clone();
-        let streams = self.processor.streams.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                let queued = streams.track_future(async move {
+                let queued = self.processor.streams.track_future(async move {
                     processor.queue(record).await;
                 });
                 runtime.spawn(queued);
