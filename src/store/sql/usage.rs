@@ -204,27 +204,9 @@ fn entity_table(kind: SpendKind) -> &'static str {
     }
 }
 
-/// The spend basis of a key, user or team from its own row, deleted or not; with no row,
+/// The spend bases of keys, users and teams from their own rows, deleted or not: one
+/// `SELECT … WHERE id IN (…)` per kind (and per [`MAX_ROWS`] ids). Ids without a row get
 /// [`NO_BASIS`].
-async fn spend_basis(
-    conn: &mut AnyConnection,
-    kind: SpendKind,
-    id: &str,
-) -> StoreResult<SpendBasis> {
-    let sql = format!(
-        "SELECT budget_duration, created_at FROM {} WHERE id = $1",
-        entity_table(kind)
-    );
-    let row = sqlx::query(&sql)
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_err)?;
-    row.as_ref().map_or(Ok(NO_BASIS), SpendBasis::from_row)
-}
-
-/// [`spend_basis`] of many entities at once: one `SELECT … WHERE id IN (…)` per kind (and
-/// per [`MAX_ROWS`] ids). Ids without a row get [`NO_BASIS`].
 async fn spend_bases<'a>(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -617,7 +599,9 @@ impl UsageStore for SqlStore {
 
     async fn current_spend(&self, kind: SpendKind, id: &str, at: Timestamp) -> StoreResult<f64> {
         let mut conn = self.pool.acquire().await.map_err(db_err)?;
-        let (start, end) = spend_basis(&mut conn, kind, id).await?.window(at);
+        let bases = spend_bases(&mut conn, self.backend, &BTreeSet::from([(kind, id)])).await?;
+        let basis = bases.get(&(kind, id)).copied().unwrap_or(NO_BASIS);
+        let (start, end) = basis.window(at);
         let row = sqlx::query(
             "SELECT COALESCE(SUM(spend_usd), 0.0) AS spend FROM spend \
              WHERE entity_kind = $1 AND entity_id = $2 AND period_start >= $3 \
