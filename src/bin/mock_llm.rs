@@ -8,6 +8,12 @@
 //! it answers ext_proc too, every message at once and unchanged, switching each request to
 //! the fewest messages tollgate ever asks for (no request body, a small JSON answer in one
 //! message): the floor of metering through ext_proc, with no work done.
+//!
+//! `--authz-like-tollgate ADDR` serves the same on ADDR, except that its OK carries what
+//! tollgate's OK carries for the load script's key (identity headers and metadata, the
+//! client's credential and absent identities removed, `x-ratelimit-*` headers for rpm and
+//! tpm buckets), built by tollgate's own [`tollgate::authz::response::allowed`]: what Envoy
+//! spends applying the contract's answer, apart from what tollgate spends deciding it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,6 +29,10 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use futures::{Stream, StreamExt};
 use std::pin::Pin;
+use tollgate::authz::response::allowed;
+use tollgate::decision::Grant;
+use tollgate::limits::bucket::View;
+use tollgate::limits::plan::Quota;
 use tollgate::mock_llm::{MockLlm, MockOptions};
 use tollgate::usage::ext_proc::{skip_the_request_body, ResponseHead};
 
@@ -48,10 +58,66 @@ struct Args {
     /// Also serve an ext_authz server that allows every request, on this address.
     #[arg(long, value_name = "ADDR")]
     authz_allow_all: Option<SocketAddr>,
+    /// Also serve one that allows every request with tollgate's answer, on this address.
+    #[arg(long, value_name = "ADDR")]
+    authz_like_tollgate: Option<SocketAddr>,
 }
 
-/// Allows everything, changes nothing: Envoy's ext_authz hop at its cheapest.
-struct AllowAll;
+/// Allows everything with the same answer each time: Envoy's ext_authz hop at its cheapest.
+#[derive(Clone)]
+struct AllowAll {
+    answer: CheckResponse,
+}
+
+impl AllowAll {
+    /// A bare OK: nothing changed.
+    fn bare() -> AllowAll {
+        AllowAll {
+            answer: CheckResponse {
+                status: Some(Default::default()),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// tollgate's OK for a key of its own (no user, no team) with rpm and tpm buckets.
+    fn like_tollgate() -> AllowAll {
+        let view = |limit| View {
+            limit,
+            remaining: limit - 1,
+            reset_ms: 60,
+            retry_after_ms: 0,
+        };
+        let grant = Grant {
+            key_id: Some("0192f5e4-8a7b-7c3d-9e1f-2a3b4c5d6e7f".into()),
+            user_id: None,
+            team_id: None,
+            model: Some("gpt-4o".into()),
+            upstream_credential: None,
+            quota: Some(Quota {
+                requests: Some(view(1_000_000_000)),
+                tokens: Some(view(1_000_000_000_000)),
+            }),
+            body_cut: false,
+            adds_include_usage: false,
+        };
+        AllowAll {
+            answer: allowed(&grant),
+        }
+    }
+
+    async fn serve(self, addr: SocketAddr) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(listen = %addr, "allow-all ext_authz and pass-through ext_proc listening");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AuthorizationServer::new(self.clone()))
+                .add_service(ExternalProcessorServer::new(self))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        Ok(())
+    }
+}
 
 #[tonic::async_trait]
 impl Authorization for AllowAll {
@@ -59,10 +125,7 @@ impl Authorization for AllowAll {
         &self,
         _request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        Ok(tonic::Response::new(CheckResponse {
-            status: Some(Default::default()),
-            ..Default::default()
-        }))
+        Ok(tonic::Response::new(self.answer.clone()))
     }
 }
 
@@ -131,14 +194,10 @@ async fn main() -> anyhow::Result<()> {
     let mock = MockLlm::start_with(args.listen, options).await?;
     tracing::info!(listen = %mock.addr, "mock LLM listening");
     if let Some(addr) = args.authz_allow_all {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        tracing::info!(listen = %addr, "allow-all ext_authz and pass-through ext_proc listening");
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(AuthorizationServer::new(AllowAll))
-                .add_service(ExternalProcessorServer::new(AllowAll))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+        AllowAll::bare().serve(addr).await?;
+    }
+    if let Some(addr) = args.authz_like_tollgate {
+        AllowAll::like_tollgate().serve(addr).await?;
     }
     tokio::signal::ctrl_c().await?;
     tracing::info!("shutting down");
