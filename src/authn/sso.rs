@@ -26,7 +26,18 @@
 //!
 //! Every failure is an [`SsoError`] whose message can be shown to the person signing in; no
 //! message, log line or `Debug` output carries the code, a token, the verifier or the client
-//! secret. A failed or successful sign-in is logged here, once.
+//! secret. A message may quote the issuer's own words (its `error_description`), cut to
+//! printable ASCII: escape it like any text. A failed or successful sign-in is logged here,
+//! once.
+//!
+//! For the UI: build one [`Sso`] with [`Sso::new`] (`None` when no issuer has `ui`); list
+//! the buttons with [`Sso::providers`]; on start, redirect to
+//! [`SsoStart::authorization_url`] and set [`SsoStart::browser_token`] as an HttpOnly,
+//! SameSite=Lax cookie (Secure over https) for [`SsoStart::expires_in`] seconds; on the
+//! callback, deserialize the query into [`SsoCallback`], pass the cookie's value to
+//! [`Sso::finish`], delete the cookie, and on success start the UI session for
+//! [`SignedIn::user`] and redirect to the UI's path prefix followed by
+//! [`SignedIn::return_to`].
 
 use super::jwt::JwtRejection;
 use super::oidc::{IdTokenExpected, OidcError, ProviderMetadata};
@@ -546,12 +557,13 @@ impl Sso {
             _ => {}
         }
         if let Some(error) = &callback.error {
+            let hidden = [Some(state), callback.code.as_deref()];
             return Err(SsoError::Refused {
-                error: shown(error, 64),
+                error: shown(&redact(error, &hidden), 64),
                 description: callback
                     .error_description
                     .as_deref()
-                    .map(|d| shown(d, 300))
+                    .map(|d| shown(&redact(d, &hidden), 300))
                     .filter(|d| !d.is_empty()),
             });
         }
