@@ -643,7 +643,8 @@ impl Sso {
                 OidcError::Unavailable { issuer, reason } => {
                     SsoError::ProviderUnavailable { issuer, reason }
                 }
-                other => SsoError::ProviderUnavailable {
+                // Only an issuer the verifier was not built with gets here.
+                other => SsoError::ProviderMisconfigured {
                     issuer: issuer.to_owned(),
                     reason: other.to_string(),
                 },
@@ -730,7 +731,7 @@ impl Sso {
                 .map(|s| shown(&redact(s, &hidden), max))
                 .filter(|s| !s.is_empty())
         };
-        if status.is_server_error() {
+        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             return Err(unavailable(format!("its token endpoint answered {status}")));
         }
         if !status.is_success() {
