@@ -551,6 +551,82 @@ pub struct OidcIssuer {
     pub group_to_team: BTreeMap<String, String>,
     #[serde(default)]
     pub group_to_role: BTreeMap<String, String>,
+    /// "Sign in with SSO" at this issuer: the web UI's OIDC client. Absent: the issuer's
+    /// tokens are accepted as bearer tokens only.
+    #[serde(default)]
+    pub ui: Option<SsoClient>,
+}
+
+/// The OIDC client tollgate signs people in with at an issuer (authorization code flow with
+/// PKCE, `src/authn/sso.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SsoClient {
+    /// The client registered at the issuer; the ID token's audience.
+    pub client_id: String,
+    /// Set: a confidential client, authenticated at the token endpoint with
+    /// `client_secret_basic` or `client_secret_post`. Absent: a public client (PKCE only).
+    #[serde(default, deserialize_with = "present_secret")]
+    pub client_secret: Option<Secret>,
+    /// Requested besides `openid email profile` (e.g. `groups`, for issuers that put the
+    /// groups claim behind a scope).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The label of the issuer's sign-in button, and its name in the sign-in path
+    /// (`/ui/auth/sso/{name}`, beside its position in `auth.oidc`). Default: the issuer's
+    /// host name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl SsoClient {
+    /// Checks the client's keys; `names` collects the `name`s seen so far, which must be
+    /// unique.
+    fn validate(
+        &self,
+        names: &mut std::collections::HashSet<String>,
+    ) -> Result<(), (String, String)> {
+        let err = |key: &str, msg: String| Err((format!("auth.oidc.ui.{key}"), msg));
+        if self.client_id.trim().is_empty() {
+            return err("client_id", "must not be empty".into());
+        }
+        if self.client_secret.as_ref().is_some_and(Secret::is_empty) {
+            return err(
+                "client_secret",
+                "is empty (is its environment variable set?); leave the key out for a public client".into(),
+            );
+        }
+        // RFC 6749 §3.3: scope tokens are printable ASCII without space, `"` and `\`.
+        if let Some(scope) = self.scopes.iter().find(|s| {
+            s.is_empty()
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        }) {
+            return err(
+                "scopes",
+                format!("`{scope}` is not a scope (one word of printable ASCII, no quotes or backslashes)"),
+            );
+        }
+        if let Some(name) = &self.name {
+            let ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                && !name.bytes().all(|b| b.is_ascii_digit());
+            if !ok {
+                return err(
+                    "name",
+                    format!("`{name}` must be 1 to 64 letters, digits, `-`, `_` or `.`, and not a number (it is a path segment, beside the issuer's position)"),
+                );
+            }
+            if !names.insert(name.clone()) {
+                return err("name", format!("`{name}` names two issuers"));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_leeway() -> Duration {
@@ -931,6 +1007,7 @@ impl Config {
             "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
         ];
         let mut issuers = std::collections::HashSet::new();
+        let mut sso_names = std::collections::HashSet::new();
         for oidc in &self.auth.oidc {
             if !(oidc.issuer.starts_with("https://") || oidc.issuer.starts_with("http://")) {
                 return err(
@@ -944,14 +1021,17 @@ impl Config {
                     format!("`{}` is listed twice", oidc.issuer),
                 );
             }
-            if oidc.audiences.is_empty() {
+            if oidc.audiences.is_empty() && oidc.ui.is_none() {
                 return err(
                     "auth.oidc.audiences",
                     format!(
-                        "`{}` needs at least one audience: tokens minted for other applications must not be accepted",
+                        "`{}` needs at least one audience: tokens minted for other applications must not be accepted (an issuer used only to sign in to the web UI needs `ui` instead)",
                         oidc.issuer
                     ),
                 );
+            }
+            if let Some(ui) = &oidc.ui {
+                ui.validate(&mut sso_names)?;
             }
             if let Some(alg) = oidc
                 .algorithms
@@ -1211,6 +1291,15 @@ fn is_secret_param(key: &str) -> bool {
         .any(|word| key.contains(word))
 }
 
+/// A secret whose key is written: `${VAR}` of an unset variable leaves it empty (YAML
+/// null), which must not quietly mean "no secret", so it is kept as an empty [`Secret`]
+/// for validation to refuse with the key's name and line.
+fn present_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    Ok(Some(Secret::new(
+        Option::<String>::deserialize(d)?.unwrap_or_default(),
+    )))
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     parse_duration(&String::deserialize(d)?, "500ms, 60s, 15m or 168h")
 }
@@ -1396,6 +1485,58 @@ mod tests {
         .config;
         assert_eq!(c.auth.oidc[0].claims.groups, "roles");
         assert_eq!(c.auth.oidc[0].claims.subject, "sub");
+    }
+
+    #[test]
+    fn sso_clients_are_validated() {
+        let env = |var: &str| (var == "SSO_SECRET").then(|| "s3cret-value".to_owned());
+        let c = Config::parse_str(
+            "t.yaml",
+            "auth:\n  oidc:\n    - issuer: https://id.example\n      ui:\n        client_id: tollgate\n        client_secret: ${SSO_SECRET}\n        scopes: [groups]\n        name: corp\n",
+            &env,
+        )
+        .unwrap()
+        .config;
+        // An issuer used only for sign-in needs no audiences.
+        let ui = c.auth.oidc[0].ui.as_ref().unwrap();
+        assert!(c.auth.oidc[0].audiences.is_empty());
+        assert_eq!(ui.client_secret.as_ref().unwrap().expose(), "s3cret-value");
+        assert_eq!(ui.scopes, ["groups"]);
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret-value"), "{shown}");
+
+        let fails = |yaml: &str| Config::parse_str("t.yaml", yaml, &|_| None).unwrap_err();
+        let e = fails(
+            "auth:\n  oidc:\n    - issuer: https://id.example\n      ui:\n        client_id: tollgate\n        client_secret: ${UNSET}\n",
+        );
+        assert_eq!(e.key.as_deref(), Some("auth.oidc.ui.client_secret"), "{e}");
+        assert_eq!(e.line, Some(6), "{e}");
+        assert!(e.message.contains("empty"), "{e}");
+        let e = fails(
+            "auth:\n  oidc:\n    - issuer: https://id.example\n      ui: { client_id: ' ' }\n",
+        );
+        assert_eq!(e.key.as_deref(), Some("auth.oidc.ui.client_id"), "{e}");
+        assert_eq!(e.line, Some(4), "{e}");
+        let e = fails(
+            "auth:\n  oidc:\n    - issuer: https://id.example\n      ui:\n        client_id: t\n        scopes: ['a b']\n",
+        );
+        assert_eq!(e.key.as_deref(), Some("auth.oidc.ui.scopes"), "{e}");
+        assert_eq!(e.line, Some(6), "{e}");
+        for name in ["0", "a/b", "", "x y"] {
+            let e = fails(&format!(
+                "auth:\n  oidc:\n    - issuer: https://id.example\n      ui: {{ client_id: t, name: '{name}' }}\n"
+            ));
+            assert_eq!(e.key.as_deref(), Some("auth.oidc.ui.name"), "{name}: {e}");
+        }
+        let e = fails(
+            "auth:\n  oidc:\n    - { issuer: https://a.example, ui: { client_id: t, name: corp } }\n    - { issuer: https://b.example, ui: { client_id: t, name: corp } }\n",
+        );
+        assert!(e.message.contains("two issuers"), "{e}");
+        let e = fails(
+            "auth:\n  oidc:\n    - issuer: https://id.example\n      ui: { client_id: t, redirect: x }\n",
+        );
+        assert!(e.message.contains("unknown field `redirect`"), "{e}");
+        assert_eq!(e.line, Some(4), "{e}");
     }
 
     #[test]

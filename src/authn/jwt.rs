@@ -90,6 +90,10 @@ pub enum JwtRejection {
     },
     WrongIssuer,
     WrongAudience,
+    /// An ID token's `azp` is not the client, or is missing while it has several audiences.
+    WrongAuthorizedParty,
+    /// An ID token's `nonce` is not the one its sign-in sent (a token of another sign-in).
+    WrongNonce,
     /// The configured subject claim is missing or not a non-empty string.
     MissingSubject {
         claim: String,
@@ -125,6 +129,10 @@ impl fmt::Display for JwtRejection {
             IssuedInFuture { iat, now } => write!(f, "token is issued in the future at {iat} (now {now})"),
             WrongIssuer => f.write_str("token `iss` is not the expected issuer"),
             WrongAudience => f.write_str("token `aud` names none of the accepted audiences"),
+            WrongAuthorizedParty => f.write_str(
+                "token `azp` is not this client (or is missing while the token has several audiences)",
+            ),
+            WrongNonce => f.write_str("token `nonce` is not the one this sign-in sent"),
             MissingSubject { claim } => write!(f, "token has no `{claim}` string claim"),
         }
     }

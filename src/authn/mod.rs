@@ -10,6 +10,8 @@
 //! - [`jwt`], [`oidc`], [`identity`]: bearer JWTs of OIDC issuers, verified against their
 //!   published keys and mapped to (possibly new) users.
 //! - [`session`], [`password`], [`login_guard`], [`login`]: tollgate's own login sessions.
+//! - [`sso`]: signing in at an OIDC issuer (authorization code flow with PKCE), ending in
+//!   the same user an OIDC token of that person resolves to.
 //!
 //! [`Authenticator`] ties them together; Check and the HTTP API both use it, so a
 //! credential means the same thing on both.
@@ -25,18 +27,19 @@ pub mod master;
 pub mod oidc;
 pub mod password;
 pub mod session;
+pub mod sso;
 
 use crate::backend::{Backend, BackendError};
 use crate::config::Config;
 use crate::decision::{Denial, DenyReason, Principal};
-use crate::domain::Timestamp;
+use crate::domain::{Timestamp, User};
 use crate::metrics::Metrics;
 use crate::store::SharedStore;
 use identity::OidcUsers;
 pub use key_cache::{Invalidation, KeyResolver, UserResolver};
 use login::Sessions;
 pub use master::MasterKey;
-use oidc::{OidcError, OidcVerifier};
+use oidc::{OidcError, OidcIdentity, OidcVerifier};
 use std::sync::Arc;
 
 /// Resolving a credential either names a principal, refuses it, or cannot tell because a
@@ -201,7 +204,7 @@ impl Authenticator {
             .filter(|s| issuer.as_deref() == Some(s.keys().issuer()));
         let user_id = if let Some(sessions) = own {
             session_subject(sessions, token, now)?
-        } else if let Some((verifier, users)) = &self.oidc {
+        } else if let Some((verifier, _)) = &self.oidc {
             let identity = match verifier.verify(token, now).await {
                 Ok(identity) => identity,
                 Err(OidcError::Rejected(r)) => return Err(token_refused("oidc", &r)),
@@ -216,16 +219,15 @@ impl Authenticator {
                     )));
                 }
             };
-            let found = users
-                .user_id(&identity, source, |id| {
-                    self.users.invalidate(Invalidation::User(id.to_owned()))
-                })
-                .await
-                .map_err(|e| AuthnError::Unavailable(e.into()))?;
-            found.ok_or_else(|| {
-                tracing::info!(issuer = %identity.issuer, "OIDC token of an identity linked to no user (auto_provision is off)");
-                invalid("This identity has no tollgate account; ask an admin to create one with your email")
-            })?
+            return match self.oidc_user(&identity, source).await {
+                Ok(user) => Ok(Principal::User(user)),
+                Err(OidcUserError::NoAccount) => {
+                    tracing::info!(issuer = %identity.issuer, "OIDC token of an identity linked to no user (auto_provision is off)");
+                    Err(invalid(NO_ACCOUNT))
+                }
+                Err(OidcUserError::Gone) => Err(invalid(ACCOUNT_GONE)),
+                Err(OidcUserError::Unavailable(e)) => Err(AuthnError::Unavailable(e)),
+            };
         } else if let Some(sessions) = &self.sessions {
             // Not our issuer and no OIDC issuer: the session verifier says precisely why.
             session_subject(sessions, token, now)?
@@ -237,11 +239,54 @@ impl Authenticator {
         };
         match self.users.resolve(&user_id).await {
             Ok(Some(user)) => Ok(Principal::User(user)),
-            Ok(None) => Err(invalid("The account of this token no longer exists")),
+            Ok(None) => Err(invalid(ACCOUNT_GONE)),
             Err(e) => Err(AuthnError::Unavailable(e.into())),
         }
     }
+
+    /// The user a verified OIDC identity is: the one linked to it, else one linked by
+    /// verified email, else one provisioned (`auto_provision`), with role and group
+    /// memberships synced from its groups (docs/DESIGN.md, "OIDC users"). Bearer tokens in
+    /// Check and on the HTTP API, and sign-in with SSO, all come through here. `source` is
+    /// the client's address, for the audit lines of a provisioning login.
+    pub async fn oidc_user(
+        &self,
+        identity: &OidcIdentity,
+        source: Option<&str>,
+    ) -> Result<Arc<User>, OidcUserError> {
+        let Some((_, users)) = &self.oidc else {
+            return Err(OidcUserError::NoAccount);
+        };
+        let found = users
+            .user_id(identity, source, |id| {
+                self.users.invalidate(Invalidation::User(id.to_owned()))
+            })
+            .await
+            .map_err(|e| OidcUserError::Unavailable(e.into()))?;
+        let Some(user_id) = found else {
+            return Err(OidcUserError::NoAccount);
+        };
+        match self.users.resolve(&user_id).await {
+            Ok(Some(user)) => Ok(user),
+            Ok(None) => Err(OidcUserError::Gone),
+            Err(e) => Err(OidcUserError::Unavailable(e.into())),
+        }
+    }
 }
+
+/// Why a verified OIDC identity is no user ([`Authenticator::oidc_user`]).
+#[derive(Debug)]
+pub enum OidcUserError {
+    /// Linked to no user, and its issuer does not provision users.
+    NoAccount,
+    /// Its user was deleted while it was being resolved.
+    Gone,
+    Unavailable(BackendError),
+}
+
+const NO_ACCOUNT: &str =
+    "This identity has no tollgate account; ask an admin to create one with your email";
+const ACCOUNT_GONE: &str = "The account of this token no longer exists";
 
 /// The user id of a valid, unrevoked session access token.
 fn session_subject(sessions: &Sessions, token: &str, now: Timestamp) -> Result<String, AuthnError> {

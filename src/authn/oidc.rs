@@ -60,6 +60,66 @@ pub struct OidcIdentity {
     pub groups: Vec<String>,
 }
 
+/// What an issuer's discovery document says about signing in at it with the authorization
+/// code flow (read with its keys, and refreshed with them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderMetadata {
+    pub authorization_endpoint: Option<String>,
+    pub token_endpoint: Option<String>,
+    /// `token_endpoint_auth_methods_supported`; when the document leaves it out, its
+    /// default (OpenID Connect Discovery §3): `client_secret_basic`.
+    pub token_endpoint_auth_methods: Vec<String>,
+    /// `code_challenge_methods_supported`, when the document has it.
+    pub code_challenge_methods: Option<Vec<String>>,
+    /// RFC 9207: the issuer names itself in `iss` on every authorization response.
+    pub iss_parameter_supported: bool,
+}
+
+impl ProviderMetadata {
+    fn from_discovery(doc: &Value) -> ProviderMetadata {
+        let url = |name: &str| {
+            doc.get(name)
+                .and_then(Value::as_str)
+                .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+                .map(str::to_owned)
+        };
+        let strings = |name: &str| {
+            doc.get(name).and_then(Value::as_array).map(|list| {
+                list.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+        };
+        ProviderMetadata {
+            authorization_endpoint: url("authorization_endpoint"),
+            token_endpoint: url("token_endpoint"),
+            token_endpoint_auth_methods: strings("token_endpoint_auth_methods_supported")
+                .unwrap_or_else(|| vec!["client_secret_basic".to_owned()]),
+            code_challenge_methods: strings("code_challenge_methods_supported"),
+            iss_parameter_supported: doc
+                .get("authorization_response_iss_parameter_supported")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        }
+    }
+}
+
+/// What an ID token must say besides what every token of its issuer must: who it was minted
+/// for and for which sign-in.
+#[derive(Debug, Clone, Copy)]
+pub struct IdTokenExpected<'a> {
+    /// The client's id: the ID token's audience, and its `azp` when it has one.
+    pub client_id: &'a str,
+    /// The `nonce` the authorization request carried.
+    pub nonce: &'a str,
+}
+
+/// ID tokens come from the issuer's token endpoint, not from a client, and carry the
+/// profile and groups claims: they may be larger than `auth.max_token_bytes` allows bearer
+/// tokens to be.
+const MAX_ID_TOKEN_BYTES: usize = 64 * 1024;
+
 /// Verification either refuses the token or cannot decide yet; callers answer the latter
 /// two with UNAVAILABLE / 503, never with 401.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,6 +319,8 @@ struct Issuer {
     algorithms: Vec<Algorithm>,
     /// The latest keys successfully fetched; `None` until the first success.
     keys: arc_swap::ArcSwapOption<Vec<Key>>,
+    /// The sign-in part of the discovery document read with those keys.
+    metadata: arc_swap::ArcSwapOption<ProviderMetadata>,
     /// When the last on-demand fetch (unknown `kid`, or no keys yet) started. Holding the
     /// lock across the fetch is what makes concurrent requests share one fetch.
     on_demand: Mutex<Option<Instant>>,
@@ -276,7 +338,7 @@ impl Issuer {
         )
     }
 
-    async fn fetch_keys(&self, fetch: &dyn Fetch) -> Result<Vec<Key>, String> {
+    async fn fetch_keys(&self, fetch: &dyn Fetch) -> Result<(Vec<Key>, ProviderMetadata), String> {
         let discovery = fetch.get_json(&self.discovery_url()).await?;
         // OpenID Connect Discovery §4.3: the document's `issuer` must be identical to the
         // issuer it was fetched for, or another party's keys could be substituted.
@@ -293,13 +355,14 @@ impl Issuer {
             .and_then(Value::as_str)
             .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
             .ok_or("discovery document has no http(s) `jwks_uri`")?;
-        parse_jwks(&fetch.get_json(jwks_uri).await?)
+        let keys = parse_jwks(&fetch.get_json(jwks_uri).await?)?;
+        Ok((keys, ProviderMetadata::from_discovery(&discovery)))
     }
 
     /// Fetches and, on success, replaces the cached keys. Failures keep the old keys.
     async fn refresh(&self, fetch: &dyn Fetch) -> Result<(), String> {
         match self.fetch_keys(fetch).await {
-            Ok(keys) => {
+            Ok((keys, metadata)) => {
                 if !self.healthy.swap(true, Ordering::Relaxed) {
                     tracing::info!(issuer = %self.config.issuer, keys = keys.len(), "OIDC issuer keys fetched again");
                 }
@@ -307,6 +370,7 @@ impl Issuer {
                     tracing::warn!(issuer = %self.config.issuer, "OIDC issuer publishes no usable signing key");
                 }
                 self.keys.store(Some(Arc::new(keys)));
+                self.metadata.store(Some(Arc::new(metadata)));
                 Ok(())
             }
             Err(reason) => {
@@ -514,13 +578,14 @@ impl OidcVerifier {
                 if config.algorithms.is_empty() {
                     algorithms.push(Algorithm::RS256);
                 }
-                if config.audiences.is_empty() {
+                if config.audiences.is_empty() && config.ui.is_none() {
                     tracing::warn!(issuer = %config.issuer, "OIDC issuer has no `audiences`: none of its tokens will be accepted");
                 }
                 let issuer = Issuer {
                     config: config.clone(),
                     algorithms,
                     keys: arc_swap::ArcSwapOption::empty(),
+                    metadata: arc_swap::ArcSwapOption::empty(),
                     on_demand: Mutex::new(None),
                     healthy: AtomicBool::new(true),
                     refetch_interval: REFETCH_INTERVAL,
@@ -589,6 +654,61 @@ impl OidcVerifier {
             .issuer()
             .and_then(|iss| self.issuers.get(iss))
             .ok_or(JwtRejection::UnknownIssuer)?;
+        self.check(issuer, &jwt, &issuer.config.audiences, now)
+            .await?;
+        let config = &issuer.config;
+        Ok(identity(&config.issuer, jwt.claims(), &config.claims)?)
+    }
+
+    /// Verifies an ID token that `issuer`'s token endpoint answered to a sign-in, as a
+    /// bearer token of that issuer is verified, except: its `iss` must be `issuer` itself,
+    /// its audience is the client (`expected.client_id`, not `audiences`), an `azp` must be
+    /// the client too (and is required when the token has several audiences, OpenID
+    /// Connect Core §3.1.3.7), and its `nonce` must be the sign-in's.
+    pub async fn verify_id_token(
+        &self,
+        issuer: &str,
+        token: &str,
+        expected: IdTokenExpected<'_>,
+        now: Timestamp,
+    ) -> Result<OidcIdentity, OidcError> {
+        let jwt = jwt::parse(token, MAX_ID_TOKEN_BYTES.max(self.max_token_bytes))?;
+        jwt.check_header(&ASYMMETRIC)?;
+        let issuer = self
+            .issuers
+            .get(issuer)
+            .ok_or(JwtRejection::UnknownIssuer)?;
+        if jwt.issuer() != Some(issuer.config.issuer.as_str()) {
+            return Err(JwtRejection::WrongIssuer.into());
+        }
+        let audiences = [expected.client_id.to_owned()];
+        self.check(issuer, &jwt, &audiences, now).await?;
+        let claims = jwt.claims();
+        let several_audiences = claims
+            .get("aud")
+            .and_then(Value::as_array)
+            .is_some_and(|list| list.len() > 1);
+        match claims.get("azp") {
+            None if !several_audiences => {}
+            Some(Value::String(azp)) if azp == expected.client_id => {}
+            _ => return Err(JwtRejection::WrongAuthorizedParty.into()),
+        }
+        if claims.get("nonce").and_then(Value::as_str) != Some(expected.nonce) {
+            return Err(JwtRejection::WrongNonce.into());
+        }
+        let config = &issuer.config;
+        Ok(identity(&config.issuer, claims, &config.claims)?)
+    }
+
+    /// Header, key, signature and registered claims of a token of `issuer`, with
+    /// `audiences` accepted.
+    async fn check(
+        &self,
+        issuer: &Issuer,
+        jwt: &jwt::UnverifiedJwt<'_>,
+        audiences: &[String],
+        now: Timestamp,
+    ) -> Result<(), OidcError> {
         let alg = jwt.check_header(&issuer.algorithms)?;
         let (keys, index) = issuer.key_for(jwt.kid(), alg, self.fetch.as_ref()).await?;
         let key = &keys[index];
@@ -598,12 +718,38 @@ impl OidcVerifier {
             jwt.claims(),
             &ClaimRules {
                 issuer: &config.issuer,
-                audiences: &config.audiences,
+                audiences,
                 leeway: i64::try_from(config.leeway.as_secs()).unwrap_or(i64::MAX),
             },
             now,
         )?;
-        Ok(identity(&config.issuer, jwt.claims(), &config.claims)?)
+        Ok(())
+    }
+
+    /// The sign-in endpoints of a configured issuer, from its discovery document: as last
+    /// read with its keys, else read now (one read at a time per issuer).
+    pub async fn provider_metadata(
+        &self,
+        issuer: &str,
+    ) -> Result<Arc<ProviderMetadata>, OidcError> {
+        let Some(issuer) = self.issuers.get(issuer) else {
+            return Err(JwtRejection::UnknownIssuer.into());
+        };
+        if let Some(metadata) = issuer.metadata.load_full() {
+            return Ok(metadata);
+        }
+        let _one_at_a_time = issuer.on_demand.lock().await;
+        if let Some(metadata) = issuer.metadata.load_full() {
+            return Ok(metadata);
+        }
+        issuer
+            .refresh(self.fetch.as_ref())
+            .await
+            .map_err(|reason| issuer.unavailable(reason))?;
+        issuer
+            .metadata
+            .load_full()
+            .ok_or_else(|| issuer.unavailable("no discovery document read".into()))
     }
 }
 

@@ -12,6 +12,7 @@
 //!   refresh-token families (rotation, reuse, logout).
 //! - [`UsageStore`]: usage records, the spend they accrue, and usage reports.
 //! - [`AlertStore`]: the budget alert outbox.
+//! - [`SsoStore`]: sign-ins with SSO between their start and the issuer's answer.
 //!
 //! [`Store`] is their union plus the schema (`migrate`, `ping`). The crate holds a store as
 //! [`SharedStore`] (`Arc<dyn Store>`), on which every capability's methods are called without
@@ -33,6 +34,7 @@ use crate::domain::{
     rfc3339, ApiKey, AuditEvent, BudgetDuration, KeyLookup, Limits, Membership, MembershipSource,
     Role, Team, TeamRole, Timestamp, User,
 };
+use crate::secret::Secret;
 use crate::usage::UsageRecord;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -284,6 +286,40 @@ pub struct OidcUser {
     pub linked: bool,
     /// Team names from `teams_from_groups` that name no live team (skipped).
     pub missing_teams: Vec<String>,
+}
+
+/// A sign-in with SSO that was started and not finished yet: what its callback needs. Kept
+/// by the `state` it sent the browser to the issuer with (as a hash: the state travels in
+/// URLs) and bound to the browser that started it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingSso {
+    /// SHA-256 of the `state`, lowercase hex.
+    pub state_hash: String,
+    /// SHA-256 of the browser's token (the cookie the sign-in started with), lowercase hex.
+    pub browser_hash: String,
+    /// The configured issuer URL.
+    pub issuer: String,
+    /// The PKCE code verifier, sent with the code to the token endpoint.
+    pub code_verifier: Secret,
+    /// The `nonce` the ID token must carry.
+    pub nonce: String,
+    /// The `redirect_uri` of the authorization request; the code exchange repeats it.
+    pub redirect_uri: String,
+    /// Where the browser goes once signed in: a path under `/ui`.
+    pub return_to: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// What taking a pending sign-in by its state found ([`SsoStore::take_sso_login`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SsoTake {
+    /// It was pending and live: it is deleted now, handed out this once.
+    Pending(PendingSso),
+    /// It was pending but past its `expires_at`: deleted, and refused.
+    Expired,
+    /// No such pending sign-in (never started, or already taken).
+    Unknown,
 }
 
 /// Whose spend: a key, a user or a team.
@@ -595,6 +631,7 @@ pub trait Store:
     + SessionStore
     + UsageStore
     + AlertStore
+    + SsoStore
     + Send
     + Sync
     + 'static
@@ -862,4 +899,18 @@ pub trait AlertStore: Send + Sync {
 
     /// Alerts matching the filter, newest first (`created_at`, then id).
     async fn list_alerts(&self, filter: AlertFilter) -> StoreResult<Vec<Alert>>;
+}
+
+/// Sign-ins with SSO between their start and the issuer's answer, shared by every replica
+/// (the browser may come back to another one).
+#[async_trait]
+pub trait SsoStore: Send + Sync {
+    /// Stores a started sign-in, and deletes every one that expired before its
+    /// `created_at` (nobody can finish them any more). A `state_hash` already stored is a
+    /// `Conflict`.
+    async fn put_sso_login(&self, login: PendingSso) -> StoreResult<()>;
+    /// Takes the sign-in whose state hashes to `state_hash`: deletes it and answers it, at
+    /// most once however many callers race for it. Expired at `now` (`expires_at <= now`):
+    /// deleted and answered [`SsoTake::Expired`].
+    async fn take_sso_login(&self, state_hash: &str, now: Timestamp) -> StoreResult<SsoTake>;
 }

@@ -9,6 +9,7 @@ pub mod db;
 pub mod envoy;
 pub mod metrics;
 pub mod oidc_issuer;
+pub mod oidc_provider;
 pub mod private_redis;
 pub mod redis_cluster;
 pub mod serve;

@@ -32,13 +32,15 @@
 //! shares: error mapping, column decoding, binding limits, audit rows and write transactions.
 //! Each capability trait of [`crate::store`] is implemented in a submodule of its own:
 //! `users`, `teams` (with memberships), `keys`, `audit`, `identities` (OIDC), `sessions`
-//! (login guard and refresh tokens), `usage` (usage records and spend) and `alerts`.
+//! (login guard and refresh tokens), `usage` (usage records and spend), `alerts` and `sso`
+//! (sign-ins with SSO in progress).
 
 mod alerts;
 mod audit;
 mod identities;
 mod keys;
 mod sessions;
+mod sso;
 mod teams;
 mod usage;
 mod users;
