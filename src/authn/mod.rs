@@ -10,6 +10,8 @@
 //! - [`jwt`], [`oidc`], [`identity`]: bearer JWTs of OIDC issuers, verified against their
 //!   published keys and mapped to (possibly new) users.
 //! - [`session`], [`password`], [`login_guard`], [`login`]: tollgate's own login sessions.
+//! - [`passkey`]: passkeys (WebAuthn) for the web UI: the relying party's ceremonies, over
+//!   the store's passkeys and challenges.
 //!
 //! [`Authenticator`] ties them together; Check and the HTTP API both use it, so a
 //! credential means the same thing on both.
@@ -23,6 +25,7 @@ pub mod login;
 pub mod login_guard;
 pub mod master;
 pub mod oidc;
+pub mod passkey;
 pub mod password;
 pub mod session;
 
