@@ -94,16 +94,18 @@ fn failed(e: PasskeyError) -> Response {
     }
 }
 
-fn csrf_ok(headers: &HeaderMap) -> Result<(), Response> {
-    match headers.get("x-csrf-token").and_then(|v| v.to_str().ok()) {
-        Some(CSRF) => Ok(()),
-        _ => Err(error(StatusCode::FORBIDDEN, "CSRF token missing or wrong")),
-    }
+/// The page's CSRF token is in the request's `x-csrf-token` header.
+fn csrf_ok(headers: &HeaderMap) -> bool {
+    headers.get("x-csrf-token").and_then(|v| v.to_str().ok()) == Some(CSRF)
+}
+
+fn csrf_refused() -> Response {
+    error(StatusCode::FORBIDDEN, "CSRF token missing or wrong")
 }
 
 async fn register_options(State(site): State<Arc<Site>>, headers: HeaderMap) -> Response {
-    if let Err(r) = csrf_ok(&headers) {
-        return r;
+    if !csrf_ok(&headers) {
+        return csrf_refused();
     }
     match site
         .passkeys
@@ -120,8 +122,8 @@ async fn register_finish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = csrf_ok(&headers) {
-        return r;
+    if !csrf_ok(&headers) {
+        return csrf_refused();
     }
     let request = match RegistrationRequest::from_json(&body) {
         Ok(r) => r,
@@ -146,8 +148,8 @@ async fn register_finish(
 }
 
 async fn login_options(State(site): State<Arc<Site>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = csrf_ok(&headers) {
-        return r;
+    if !csrf_ok(&headers) {
+        return csrf_refused();
     }
     let start = match AuthenticationStart::from_json(&body) {
         Ok(s) => s,
@@ -169,8 +171,8 @@ async fn login_options(State(site): State<Arc<Site>>, headers: HeaderMap, body: 
 }
 
 async fn login_finish(State(site): State<Arc<Site>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = csrf_ok(&headers) {
-        return r;
+    if !csrf_ok(&headers) {
+        return csrf_refused();
     }
     let request = match AuthenticationRequest::from_json(&body) {
         Ok(r) => r,

@@ -516,7 +516,7 @@ fn check_client_data(
     if !bool::from(client_data.challenge.ct_eq(issued.challenge)) {
         return Err(Refusal::UnknownChallenge);
     }
-    if !rp.origins.iter().any(|o| *o == client_data.origin) {
+    if !rp.origins.contains(&client_data.origin) {
         return Err(Refusal::WrongOrigin(
             client_data.origin.chars().take(200).collect(),
         ));
