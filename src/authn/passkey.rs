@@ -120,6 +120,20 @@ impl RelyingParty {
         })
     }
 
+    /// The relying party of a UI served at `origin` (`https://host[:port]`, e.g. made from
+    /// the scheme and host a request came with): its id is `rp_id` when one is configured
+    /// (`ui.rp_id`), else the origin's host name, as the contract's default says.
+    pub fn for_origin(origin: &str, rp_id: Option<&str>, name: &str) -> Result<Self, String> {
+        let id = match rp_id {
+            Some(id) => id.to_string(),
+            None => url::Url::parse(origin.trim())
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .ok_or_else(|| format!("origin `{origin}`: not a URL with a host"))?,
+        };
+        RelyingParty::new(&id, name, &[origin])
+    }
+
     /// The same relying party, asking for user verification as given.
     pub fn with_user_verification(mut self, uv: UserVerification) -> Self {
         self.user_verification = uv;
@@ -154,11 +168,14 @@ fn valid_rp_id(id: &str) -> Result<String, String> {
     if id.is_empty() {
         return Err("the relying party id must not be empty".to_string());
     }
+    let ip = id.parse::<std::net::IpAddr>().is_ok()
+        || (id.starts_with('[') && id.ends_with(']'))
+        || id.parse::<std::net::Ipv4Addr>().is_ok();
+    if ip {
+        return bad("an IP address cannot be one (browsers refuse them); use a host name");
+    }
     if id.contains("://") || id.contains('/') || id.contains(':') {
         return bad("give the host name alone, without scheme, port or path");
-    }
-    if id.parse::<std::net::Ipv4Addr>().is_ok() || id.starts_with('[') {
-        return bad("an IP address cannot be one (browsers refuse them); use a host name");
     }
     if id.len() > 253 {
         return bad("longer than 253 characters");
@@ -1163,7 +1180,8 @@ mod tests {
 
         let err = |id: &str, origins: &[&str]| RelyingParty::new(id, "t", origins).unwrap_err();
         assert!(err("10.0.0.7", &["https://10.0.0.7"]).contains("IP address"));
-        assert!(err("[::1]", &["https://[::1]"]).contains("without scheme, port or path"));
+        assert!(err("[::1]", &["https://[::1]"]).contains("IP address"));
+        assert!(err("::1", &["https://[::1]"]).contains("IP address"));
         assert!(err("https://a.example", &["https://a.example"]).contains("host name alone"));
         assert!(err("a.example:443", &["https://a.example"]).contains("host name alone"));
         assert!(err("bad_name.example", &["https://a.example"]).contains("not a host name"));
@@ -1178,6 +1196,29 @@ mod tests {
         assert!(RelyingParty::new("a.example", " ", &["https://a.example"])
             .unwrap_err()
             .contains("name must not be empty"));
+    }
+
+    #[test]
+    fn relying_party_of_an_origin() {
+        let rp = RelyingParty::for_origin("https://ui.example.com:8443", None, "t").unwrap();
+        assert_eq!(rp.id(), "ui.example.com");
+        assert_eq!(rp.origins(), ["https://ui.example.com:8443"]);
+        let rp =
+            RelyingParty::for_origin("https://ui.example.com", Some("example.com"), "t").unwrap();
+        assert_eq!(rp.id(), "example.com");
+        assert!(
+            RelyingParty::for_origin("https://127.0.0.1:9090", None, "t")
+                .unwrap_err()
+                .contains("IP address")
+        );
+        assert!(
+            RelyingParty::for_origin("https://ui.example.com", Some("other.com"), "t")
+                .unwrap_err()
+                .contains("neither")
+        );
+        assert!(RelyingParty::for_origin("nonsense", None, "t")
+            .unwrap_err()
+            .contains("not a URL with a host"));
     }
 
     #[test]
