@@ -12,6 +12,8 @@
 //! - [`session`], [`password`], [`login_guard`], [`login`]: tollgate's own login sessions.
 //! - [`sso`]: signing in at an OIDC issuer (authorization code flow with PKCE), ending in
 //!   the same user an OIDC token of that person resolves to.
+//! - [`passkey`]: passkeys (WebAuthn) for the web UI: the relying party's ceremonies, over
+//!   the store's passkeys and challenges.
 //!
 //! [`Authenticator`] ties them together; Check and the HTTP API both use it, so a
 //! credential means the same thing on both.
@@ -25,6 +27,7 @@ pub mod login;
 pub mod login_guard;
 pub mod master;
 pub mod oidc;
+pub mod passkey;
 pub mod password;
 pub mod session;
 pub mod sso;

@@ -1,5 +1,5 @@
 //! Persistence: users, teams, memberships, virtual keys, OIDC identities, login sessions, the
-//! audit log, usage records and spend, and budget alerts.
+//! audit log, usage records and spend, budget alerts, and passkeys.
 //!
 //! The contract is split by capability, one trait per kind of record:
 //! - [`UserStore`]: users (create, read, patch, soft delete).
@@ -13,6 +13,8 @@
 //! - [`UsageStore`]: usage records, the spend they accrue, and usage reports.
 //! - [`AlertStore`]: the budget alert outbox.
 //! - [`SsoStore`]: sign-ins with SSO between their start and the issuer's answer.
+//! - [`PasskeyStore`]: passkeys (WebAuthn credentials) of the web UI, their users' handles,
+//!   and the challenges of ceremonies in progress (in `passkeys.rs`, with its records).
 //!
 //! [`Store`] is their union plus the schema (`migrate`, `ping`). The crate holds a store as
 //! [`SharedStore`] (`Arc<dyn Store>`), on which every capability's methods are called without
@@ -27,7 +29,13 @@
 //! Every write takes an [`Actor`] and records its audit event in the same transaction, so an
 //! admin write without its audit line cannot happen.
 
+mod passkeys;
 pub mod sql;
+
+pub use passkeys::{
+    NewPasskey, Passkey, PasskeyCeremony, PasskeyChallenge, PasskeyCredential, PasskeyStore,
+    MAX_PASSKEYS_PER_USER, MAX_PASSKEY_NAME_CHARS,
+};
 
 use crate::backend::{Backend, BackendError};
 use crate::domain::{
@@ -632,6 +640,7 @@ pub trait Store:
     + UsageStore
     + AlertStore
     + SsoStore
+    + PasskeyStore
     + Send
     + Sync
     + 'static
@@ -654,7 +663,7 @@ pub trait UserStore: Send + Sync {
         id: &str,
         patch: UserPatch,
     ) -> StoreResult<Option<User>>;
-    /// Deletes the user, their memberships, and revokes their keys.
+    /// Deletes the user, their memberships and passkeys, and revokes their keys.
     async fn delete_user(&self, actor: &Actor, id: &str) -> StoreResult<bool>;
 }
 

@@ -32,13 +32,14 @@
 //! shares: error mapping, column decoding, binding limits, audit rows and write transactions.
 //! Each capability trait of [`crate::store`] is implemented in a submodule of its own:
 //! `users`, `teams` (with memberships), `keys`, `audit`, `identities` (OIDC), `sessions`
-//! (login guard and refresh tokens), `usage` (usage records and spend), `alerts` and `sso`
-//! (sign-ins with SSO in progress).
+//! (login guard and refresh tokens), `usage` (usage records and spend), `alerts`, `sso`
+//! (sign-ins with SSO in progress) and `passkeys` (WebAuthn credentials and challenges).
 
 mod alerts;
 mod audit;
 mod identities;
 mod keys;
+mod passkeys;
 mod sessions;
 mod sso;
 mod teams;

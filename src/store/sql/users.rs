@@ -179,10 +179,25 @@ impl UserStore for SqlStore {
         .await
         .map_err(db_err)?
         .rows_affected();
+        // Passkeys go with their user (the soft delete cascades nothing by itself).
+        let passkeys = sqlx::query("DELETE FROM passkeys WHERE user_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        for table in ["passkey_handles", "passkey_challenges"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
         let details = json!({
             "username": user.username,
             "memberships_removed": members,
             "keys_revoked": keys,
+            "passkeys_deleted": passkeys,
         });
         write_audit(&mut tx, actor, now, "user.delete", id, details).await?;
         commit(tx).await?;
