@@ -32,7 +32,8 @@
 //! shares: error mapping, column decoding, binding limits, audit rows and write transactions.
 //! Each capability trait of [`crate::store`] is implemented in a submodule of its own:
 //! `users`, `teams` (with memberships), `keys`, `audit`, `identities` (OIDC), `sessions`
-//! (login guard and refresh tokens), `usage` (usage records and spend) and `alerts`.
+//! (login guard and refresh tokens), `usage` (usage records and spend), `alerts` and
+//! `ui_sessions` (the web UI's browser sessions).
 
 mod alerts;
 mod audit;
@@ -40,6 +41,7 @@ mod identities;
 mod keys;
 mod sessions;
 mod teams;
+mod ui_sessions;
 mod usage;
 mod users;
 
