@@ -933,12 +933,17 @@ fn usd(amount: f64) -> String {
     format!("${amount:.2}")
 }
 
-/// `$25.00 per 1mo`, or empty without a budget.
+/// `$25.00 per 7 days`, or empty without a budget.
 fn budget_of(key: &ApiKey) -> String {
-    match (key.limits.max_budget, key.limits.budget_duration) {
-        (Some(max), Some(d)) => format!("{} per {d}", usd(max)),
-        (Some(max), None) => format!("{} per month", usd(max)),
-        (None, _) => String::new(),
+    let period = match key.limits.budget_duration {
+        Some(BudgetDuration::Day) => "day",
+        Some(BudgetDuration::Week) => "7 days",
+        Some(BudgetDuration::ThirtyDays) => "30 days",
+        Some(BudgetDuration::Month) | None => "calendar month",
+    };
+    match key.limits.max_budget {
+        Some(max) => format!("{} per {period}", usd(max)),
+        None => String::new(),
     }
 }
 
