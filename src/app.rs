@@ -368,7 +368,7 @@ impl App {
                 .context("gRPC server failed")
         });
 
-        let router = crate::admin::router(Arc::new(crate::admin::Api {
+        let api = Arc::new(crate::admin::Api {
             config: self.config.clone(),
             store: self.store.clone(),
             auth: self.auth.clone(),
@@ -376,12 +376,15 @@ impl App {
             invalidator: self.invalidator.clone(),
             metrics: self.metrics.clone(),
             sessions: self.sessions.clone(),
-        }))
-        .layer(axum::middleware::from_fn_with_state(
-            lifecycle.clone(),
-            crate::lifecycle::http_arrivals,
-        ))
-        .layer(axum::Extension(lifecycle.clone()));
+        });
+        // The web UI is served by the same listener, over the same state.
+        let router = crate::admin::router(api.clone())
+            .merge(crate::ui::router(api))
+            .layer(axum::middleware::from_fn_with_state(
+                lifecycle.clone(),
+                crate::lifecycle::http_arrivals,
+            ))
+            .layer(axum::Extension(lifecycle.clone()));
         let mut http_stop = close_rx;
         let http_task = tokio::spawn(async move {
             axum::serve(

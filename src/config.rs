@@ -35,6 +35,41 @@ pub struct Config {
     pub budgets: Budgets,
     /// The usage queue and its writer.
     pub usage: Usage,
+    /// The web UI at `/ui`.
+    pub ui: Ui,
+}
+
+/// The web UI (docs/DESIGN.md, "Web UI").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ui {
+    /// How long a browser session lasts from sign-in (checked by the server on every
+    /// request; sign-out ends it sooner).
+    #[serde(deserialize_with = "duration")]
+    pub session_ttl: Duration,
+    /// When the UI's cookies are marked `Secure`.
+    pub secure_cookies: SecureCookies,
+}
+
+impl Default for Ui {
+    fn default() -> Self {
+        Ui {
+            session_ttl: Duration::from_secs(12 * 3600),
+            secure_cookies: SecureCookies::Auto,
+        }
+    }
+}
+
+/// When the web UI's cookies carry `Secure` (sent back over HTTPS only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecureCookies {
+    /// When the request came over TLS, as the proxy in front says (`X-Forwarded-Proto:
+    /// https`): tollgate's own listener is plain HTTP.
+    #[default]
+    Auto,
+    /// Always: for a TLS proxy that does not set `X-Forwarded-Proto`.
+    Always,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1103,6 +1138,13 @@ impl Config {
                 }
             }
         }
+        let ttl = self.ui.session_ttl;
+        if ttl < Duration::from_secs(60) || ttl > Duration::from_secs(30 * 86_400) {
+            return err(
+                "ui.session_ttl",
+                "must be from 1m to 30d (a browser session lasts this long after sign-in)".into(),
+            );
+        }
         for t in &self.budgets.alert_thresholds {
             if *t == 0 || *t > 100 {
                 return err(
@@ -1355,6 +1397,25 @@ mod tests {
         assert!(e.message.contains("invalid duration"), "{e}");
         let e = parse("usage: { retension: 90d }\n").unwrap_err();
         assert!(e.message.contains("retension"), "{e}");
+    }
+
+    #[test]
+    fn ui_sessions_last_from_a_minute_to_thirty_days() {
+        let c = parse("").unwrap().config;
+        assert_eq!(c.ui.session_ttl, Duration::from_secs(12 * 3600));
+        assert_eq!(c.ui.secure_cookies, SecureCookies::Auto);
+        let c = parse("ui: { session_ttl: 30m, secure_cookies: always }\n")
+            .unwrap()
+            .config;
+        assert_eq!(c.ui.session_ttl, Duration::from_secs(1800));
+        assert_eq!(c.ui.secure_cookies, SecureCookies::Always);
+        for bad in ["30s", "31d"] {
+            let e = parse(&format!("ui:\n  session_ttl: {bad}\n")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("ui.session_ttl"), "{e}");
+            assert_eq!(e.line, Some(2), "{e}");
+        }
+        let e = parse("ui: { secure_cookies: sometimes }\n").unwrap_err();
+        assert!(e.message.contains("sometimes"), "{e}");
     }
 
     fn parse(text: &str) -> Result<Loaded, ConfigError> {

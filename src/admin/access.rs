@@ -214,19 +214,42 @@ impl Caller {
 
     /// Admins; the key's own user (but viewers); owners of the key's team.
     pub async fn manages_key(&self, app: &AppState, key: &ApiKey) -> Result<bool, ApiError> {
-        if self.is_admin() {
-            return Ok(true);
+        Ok(self.manages_keys(app, std::slice::from_ref(key)).await?[0])
+    }
+
+    /// [`Caller::manages_key`] of each key, the caller's teams read once for all of them
+    /// (a page of the web UI asks it of every key it lists).
+    pub async fn manages_keys(
+        &self,
+        app: &AppState,
+        keys: &[ApiKey],
+    ) -> Result<Vec<bool>, ApiError> {
+        if self.is_admin() || self.role() == Role::Viewer {
+            return Ok(vec![self.is_admin(); keys.len()]);
         }
-        if self.role() == Role::Viewer {
-            return Ok(false);
+        let mut owned: Option<Vec<String>> = None;
+        let mut manages = Vec::with_capacity(keys.len());
+        for key in keys {
+            let yes = if key.user_id.as_deref().is_some_and(|id| self.is_user(id)) {
+                true
+            } else if let (Some(team), Some(user)) = (&key.team_id, self.user()) {
+                if owned.is_none() {
+                    let teams = app.store.user_memberships(&user.id).await?;
+                    owned = Some(
+                        teams
+                            .into_iter()
+                            .filter(|m| m.role == TeamRole::Owner)
+                            .map(|m| m.team_id)
+                            .collect(),
+                    );
+                }
+                owned.as_ref().is_some_and(|o| o.contains(team))
+            } else {
+                false
+            };
+            manages.push(yes);
         }
-        if key.user_id.as_deref().is_some_and(|id| self.is_user(id)) {
-            return Ok(true);
-        }
-        match &key.team_id {
-            Some(team) => self.owns_team(app, team).await,
-            None => Ok(false),
-        }
+        Ok(manages)
     }
 
     pub async fn sees_key(&self, app: &AppState, key: &ApiKey) -> Result<bool, ApiError> {

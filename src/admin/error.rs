@@ -25,7 +25,8 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn parts(&self) -> (StatusCode, &'static str, &str) {
+    /// The status, code and message this error answers with.
+    pub fn parts(&self) -> (StatusCode, &'static str, &str) {
         match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "invalid_request", m),
             ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m),
@@ -68,6 +69,14 @@ impl ApiError {
             ApiError::Conflict(m) => ApiError::Conflict(locate(m)),
             ApiError::TooLarge(m) => ApiError::TooLarge(locate(m)),
             other => other,
+        }
+    }
+
+    /// The seconds of a `retry-after` this error answers with.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::Coded { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 

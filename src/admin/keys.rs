@@ -15,7 +15,9 @@ use crate::authn::api_key::{self, PlainKey};
 use crate::authn::key_cache::Invalidation;
 use crate::domain::{self, ApiKey, BudgetDuration, Role, Timestamp};
 use crate::invalidation::Change;
-use crate::store::{KeyFilter, KeyPatch, NewKey, SpendKind};
+use crate::store::{
+    KeyFilter, KeyPageRequest, KeyPatch, KeyStatus, NewKey, PageFrom, SpendKind, MAX_KEY_PAGE,
+};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -40,7 +42,7 @@ pub fn routes() -> Router<AppState> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct CreateKey {
+pub(crate) struct CreateKey {
     pub name: String,
     pub user_id: Option<String>,
     pub team_id: Option<String>,
@@ -61,11 +63,16 @@ pub(super) struct CreateKey {
 
 /// A key as created or rotated: the record plus, this once, the plaintext.
 #[derive(Serialize)]
-pub(super) struct WithSecret {
+pub(crate) struct WithSecret {
     #[serde(flatten)]
-    key: ApiKey,
-    #[serde(rename = "key")]
-    secret: String,
+    pub key: ApiKey,
+    #[serde(rename = "key", serialize_with = "exposed")]
+    pub secret: PlainKey,
+}
+
+/// The plaintext, in the one answer that carries it.
+fn exposed<S: serde::Serializer>(plain: &PlainKey, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(plain.expose())
 }
 
 fn check_metadata(metadata: &Option<serde_json::Value>) -> Result<(), ApiError> {
@@ -92,10 +99,21 @@ async fn create(
     caller: Caller,
     JsonBody(body): JsonBody<CreateKey>,
 ) -> Result<(StatusCode, Json<WithSecret>), ApiError> {
+    let created = create_as(&app, &caller, body).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// `POST /admin/keys`: a key as the caller may create it (see [`may_create`]), checked
+/// and stored, with its secret.
+pub(crate) async fn create_as(
+    app: &AppState,
+    caller: &Caller,
+    body: CreateKey,
+) -> Result<WithSecret, ApiError> {
     let mut owners = Owners::default();
-    let body = may_create(&app, &caller, &mut owners, body).await?;
-    let (new, plain) = mint(&app, &caller, &mut owners, body).await?;
-    stored(&app, &caller, new, plain).await
+    let body = may_create(app, caller, &mut owners, body).await?;
+    let (new, plain) = mint(app, caller, &mut owners, body).await?;
+    stored(app, caller, new, plain).await
 }
 
 /// The body as the caller may create it: an admin creates any key; others (but viewers)
@@ -133,7 +151,7 @@ pub(super) async fn create_key(
     app: &AppState,
     caller: &Caller,
     body: CreateKey,
-) -> Result<(StatusCode, Json<WithSecret>), ApiError> {
+) -> Result<WithSecret, ApiError> {
     let (new, plain) = mint(app, caller, &mut Owners::default(), body).await?;
     stored(app, caller, new, plain).await
 }
@@ -144,18 +162,12 @@ async fn stored(
     caller: &Caller,
     new: NewKey,
     plain: PlainKey,
-) -> Result<(StatusCode, Json<WithSecret>), ApiError> {
+) -> Result<WithSecret, ApiError> {
     let key = app.store.create_key(&caller.actor, new).await?;
     app.invalidator
         .send(Change::new_secret(&plain.hash()))
         .await;
-    Ok((
-        StatusCode::CREATED,
-        Json(WithSecret {
-            key,
-            secret: plain.into_string(),
-        }),
-    ))
+    Ok(WithSecret { key, secret: plain })
 }
 
 /// A checked body as the store takes it, with the new key's secret.
@@ -253,33 +265,190 @@ async fn create_bulk(
     let created: Vec<WithSecret> = keys
         .into_iter()
         .zip(secrets)
-        .map(|(key, plain)| WithSecret {
-            key,
-            secret: plain.into_string(),
-        })
+        .map(|(key, plain)| WithSecret { key, secret: plain })
         .collect();
     Ok((StatusCode::CREATED, list(created)))
 }
 
-#[derive(Deserialize)]
+/// The query of `GET /admin/keys`. Without `limit`, `after` and `before` it answers every
+/// key that matches, oldest first, as it always has; with any of them, one page.
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
-    user_id: Option<String>,
-    team_id: Option<String>,
+pub(crate) struct ListQuery {
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
     #[serde(default)]
-    include_revoked: bool,
+    pub include_revoked: bool,
+    pub q: Option<String>,
+    pub status: Option<KeyStatus>,
+    pub limit: Option<u32>,
+    pub after: Option<String>,
+    pub before: Option<String>,
+}
+
+impl ListQuery {
+    pub(crate) fn search(&self) -> KeySearch {
+        KeySearch {
+            q: self.q.clone(),
+            status: self.status,
+            limit: self.limit,
+            after: self.after.clone(),
+            before: self.before.clone(),
+        }
+    }
+}
+
+/// What every key listing takes beyond its owner filters: a search, a status, and the page.
+/// (The query structs list these fields themselves: serde's `flatten` works neither with
+/// `deny_unknown_fields` nor with numbers in a query string.)
+#[derive(Default, Clone)]
+pub(crate) struct KeySearch {
+    /// A part of the name, the start of the id, or a part of the key hint.
+    pub q: Option<String>,
+    pub status: Option<KeyStatus>,
+    /// Keys per page, from 1 to [`MAX_KEY_PAGE`] (default [`DEFAULT_KEY_PAGE`] when only
+    /// `after` or `before` is given).
+    pub limit: Option<u32>,
+    /// The `next_after` of the page before.
+    pub after: Option<String>,
+    /// The `prev_before` of the page after.
+    pub before: Option<String>,
+}
+
+/// Keys per page when `after` or `before` is given without `limit`.
+pub(crate) const DEFAULT_KEY_PAGE: u32 = 100;
+
+/// Longest search text, in characters.
+const MAX_SEARCH_CHARS: usize = 200;
+
+impl KeySearch {
+    /// The store's filter for these owners, with the search and status checked.
+    pub(crate) fn filter(
+        &self,
+        user_id: Option<String>,
+        team_id: Option<String>,
+        include_revoked: bool,
+    ) -> Result<KeyFilter, ApiError> {
+        let search = self.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
+        if let Some(q) = search {
+            if q.chars().count() > MAX_SEARCH_CHARS {
+                return Err(ApiError::BadRequest(format!(
+                    "`q` is longer than {MAX_SEARCH_CHARS} characters"
+                )));
+            }
+            if q.chars().any(char::is_control) {
+                return Err(ApiError::BadRequest(
+                    "`q` must not contain control characters".into(),
+                ));
+            }
+        }
+        Ok(KeyFilter {
+            user_id,
+            team_id,
+            include_revoked,
+            search: search.map(str::to_owned),
+            status: self.status,
+        })
+    }
+
+    /// The page asked for, or `None` for the whole listing.
+    pub(crate) fn page(&self) -> Result<Option<KeyPageRequest>, ApiError> {
+        let from = match (&self.after, &self.before) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::BadRequest(
+                    "give `after` or `before`, not both".into(),
+                ))
+            }
+            (Some(id), None) => PageFrom::After(cursor("after", id)?),
+            (None, Some(id)) => PageFrom::Before(cursor("before", id)?),
+            (None, None) if self.limit.is_none() => return Ok(None),
+            (None, None) => PageFrom::Start,
+        };
+        let limit = self.limit.unwrap_or(DEFAULT_KEY_PAGE);
+        if !(1..=MAX_KEY_PAGE).contains(&limit) {
+            return Err(ApiError::BadRequest(format!(
+                "`limit` must be from 1 to {MAX_KEY_PAGE}, got {limit}"
+            )));
+        }
+        Ok(Some(KeyPageRequest { limit, from }))
+    }
+}
+
+/// A page cursor: a key id as a page answered it.
+fn cursor(field: &str, id: &str) -> Result<String, ApiError> {
+    if id.is_empty() || id.chars().count() > 64 || id.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(format!(
+            "`{field}` must be a key id from an earlier page (`next_after` or `prev_before`)"
+        )));
+    }
+    Ok(id.to_owned())
+}
+
+/// Keys as a listing answers them: every match, or one page of them.
+pub(crate) struct KeyList {
+    pub keys: Vec<WithSpend<ApiKey>>,
+    /// `Some` when a page was asked for.
+    pub page: Option<PageLinks>,
+}
+
+/// Where the pages next to a page start.
+pub(crate) struct PageLinks {
+    pub next_after: Option<String>,
+    pub prev_before: Option<String>,
+}
+
+impl KeyList {
+    /// `{"data":[…]}`, and for a page `next_after` and `prev_before` (null at the ends).
+    pub(crate) fn into_json(self) -> Json<serde_json::Value> {
+        let mut answer = serde_json::json!({ "data": self.keys });
+        if let Some(page) = self.page {
+            answer["next_after"] = serde_json::json!(page.next_after);
+            answer["prev_before"] = serde_json::json!(page.prev_before);
+        }
+        Json(answer)
+    }
+}
+
+/// The keys of `filter`, all or one page, each with its spend.
+pub(crate) async fn fetch_keys(
+    app: &AppState,
+    filter: KeyFilter,
+    page: Option<KeyPageRequest>,
+) -> Result<KeyList, ApiError> {
+    let (keys, page) = match page {
+        None => (app.store.list_keys(filter).await?, None),
+        Some(page) => {
+            let found = app.store.page_keys(filter, page).await?;
+            let links = PageLinks {
+                next_after: found.next_after,
+                prev_before: found.prev_before,
+            };
+            (found.keys, Some(links))
+        }
+    };
+    let keys = all_with_spend(app, SpendKind::Key, keys, |k| k.id.clone()).await?;
+    Ok(KeyList { keys, page })
 }
 
 async fn list_keys(
     State(app): State<AppState>,
     caller: Caller,
-    QueryParams(mut q): QueryParams<ListQuery>,
+    QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(listed(&app, &caller, q).await?.into_json())
+}
+
+/// `GET /admin/keys`: the keys the caller may list, as the query asks.
+pub(crate) async fn listed(
+    app: &AppState,
+    caller: &Caller,
+    mut q: ListQuery,
+) -> Result<KeyList, ApiError> {
     if !caller.reads_all() {
         // Others list their own keys, or the keys of a team they own.
         match (&q.team_id, &q.user_id) {
             (Some(team), _) => {
-                let owns = caller.owns_team(&app, team).await?;
+                let owns = caller.owns_team(app, team).await?;
                 caller.allow(owns, "list the keys of a team they do not own")?;
             }
             (None, Some(user)) => {
@@ -288,17 +457,9 @@ async fn list_keys(
             (None, None) => q.user_id = caller.user().map(|u| u.id.clone()),
         }
     }
-    let keys = app
-        .store
-        .list_keys(KeyFilter {
-            user_id: q.user_id,
-            team_id: q.team_id,
-            include_revoked: q.include_revoked,
-        })
-        .await?;
-    Ok(list(
-        all_with_spend(&app, SpendKind::Key, keys, |k| k.id.clone()).await?,
-    ))
+    let search = q.search();
+    let filter = search.filter(q.user_id, q.team_id, q.include_revoked)?;
+    fetch_keys(app, filter, search.page()?).await
 }
 
 async fn get_key(
@@ -306,10 +467,19 @@ async fn get_key(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<WithSpend<ApiKey>>, ApiError> {
-    let key = existing_key(&app, &id).await?;
-    let sees = caller.sees_key(&app, &key).await?;
+    read_key(&app, &caller, &id).await.map(Json)
+}
+
+/// `GET /admin/keys/{id}`: the key with its spend, when the caller may see it.
+pub(crate) async fn read_key(
+    app: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<WithSpend<ApiKey>, ApiError> {
+    let key = existing_key(app, id).await?;
+    let sees = caller.sees_key(app, &key).await?;
     caller.allow(sees, "read this key")?;
-    Ok(Json(with_spend(&app, SpendKind::Key, &id, key).await?))
+    with_spend(app, SpendKind::Key, id, key).await
 }
 
 async fn existing_key(app: &AppState, id: &str) -> Result<ApiKey, ApiError> {
@@ -440,6 +610,7 @@ async fn update(
         app.store.update_key(&caller.actor, &id, patch).await?,
     )
     .await
+    .map(Json)
 }
 
 /// Invalidates the key's cache entries and answers with it, or 404.
@@ -447,21 +618,22 @@ pub(super) async fn write_key(
     app: &AppState,
     id: &str,
     key: Option<ApiKey>,
-) -> Result<Json<ApiKey>, ApiError> {
+) -> Result<ApiKey, ApiError> {
     app.invalidator.send(Invalidation::Key(id.to_owned())).await;
-    key.map(Json).ok_or_else(|| ApiError::not_found("key", id))
+    key.ok_or_else(|| ApiError::not_found("key", id))
 }
 
-async fn set_blocked(
-    app: AppState,
-    caller: Caller,
-    id: String,
+/// `POST /admin/keys/{id}/block` and `/unblock`.
+pub(crate) async fn set_blocked(
+    app: &AppState,
+    caller: &Caller,
+    id: &str,
     blocked: bool,
-) -> Result<Json<ApiKey>, ApiError> {
-    let key = not_revoked(managed_key(&app, &caller, &id).await?)?;
+) -> Result<ApiKey, ApiError> {
+    let key = not_revoked(managed_key(app, caller, id).await?)?;
     if !blocked {
         caller
-            .check_holds(&app, &key, &key.permissions, "unblock this key")
+            .check_holds(app, &key, &key.permissions, "unblock this key")
             .await?;
     }
     let patch = KeyPatch {
@@ -469,9 +641,9 @@ async fn set_blocked(
         ..KeyPatch::default()
     };
     write_key(
-        &app,
-        &id,
-        app.store.update_key(&caller.actor, &id, patch).await?,
+        app,
+        id,
+        app.store.update_key(&caller.actor, id, patch).await?,
     )
     .await
 }
@@ -481,7 +653,7 @@ async fn block(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<ApiKey>, ApiError> {
-    set_blocked(app, caller, id, true).await
+    set_blocked(&app, &caller, &id, true).await.map(Json)
 }
 
 async fn unblock(
@@ -489,7 +661,7 @@ async fn unblock(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<ApiKey>, ApiError> {
-    set_blocked(app, caller, id, false).await
+    set_blocked(&app, &caller, &id, false).await.map(Json)
 }
 
 async fn revoke(
@@ -497,8 +669,17 @@ async fn revoke(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<ApiKey>, ApiError> {
-    managed_key(&app, &caller, &id).await?;
-    write_key(&app, &id, app.store.revoke_key(&caller.actor, &id).await?).await
+    revoke_key(&app, &caller, &id).await.map(Json)
+}
+
+/// `DELETE /admin/keys/{id}`: revokes a key the caller manages.
+pub(crate) async fn revoke_key(
+    app: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<ApiKey, ApiError> {
+    managed_key(app, caller, id).await?;
+    write_key(app, id, app.store.revoke_key(&caller.actor, id).await?).await
 }
 
 #[derive(Deserialize, Default)]
@@ -509,7 +690,7 @@ struct RotateKey {
 }
 
 /// Longest grace period a rotation may give the old secret: 30 days.
-const MAX_GRACE_SECONDS: i64 = 30 * 24 * 3600;
+pub(crate) const MAX_GRACE_SECONDS: i64 = 30 * 24 * 3600;
 
 async fn rotate(
     State(app): State<AppState>,
@@ -517,11 +698,24 @@ async fn rotate(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<RotateKey>,
 ) -> Result<Json<WithSecret>, ApiError> {
-    let key = not_revoked(managed_key(&app, &caller, &id).await?)?;
+    rotate_key(&app, &caller, &id, body.grace_seconds)
+        .await
+        .map(Json)
+}
+
+/// `POST /admin/keys/{id}/rotate`: a new secret for a key the caller manages and holds;
+/// the old one keeps working for `grace_seconds`.
+pub(crate) async fn rotate_key(
+    app: &AppState,
+    caller: &Caller,
+    id: &str,
+    grace_seconds: i64,
+) -> Result<WithSecret, ApiError> {
+    let key = not_revoked(managed_key(app, caller, id).await?)?;
     caller
-        .check_holds(&app, &key, &key.permissions, "rotate this key")
+        .check_holds(app, &key, &key.permissions, "rotate this key")
         .await?;
-    let grace = body.grace_seconds;
+    let grace = grace_seconds;
     if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
         return Err(ApiError::BadRequest(format!(
             "`grace_seconds` must be from 0 to {MAX_GRACE_SECONDS}, got {grace}"
@@ -533,7 +727,7 @@ async fn rotate(
         .store
         .rotate_key(
             &caller.actor,
-            &id,
+            id,
             &plain.hash().to_hex(),
             &plain.hint(),
             previous_expires_at,
@@ -542,9 +736,6 @@ async fn rotate(
     app.invalidator
         .send(Change::new_secret(&plain.hash()))
         .await;
-    let Json(key) = write_key(&app, &id, rotated).await?;
-    Ok(Json(WithSecret {
-        key,
-        secret: plain.into_string(),
-    }))
+    let key = write_key(app, id, rotated).await?;
+    Ok(WithSecret { key, secret: plain })
 }

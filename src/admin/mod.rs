@@ -8,16 +8,18 @@ mod access;
 mod alerts;
 mod audit;
 mod error;
-mod keys;
+// The web UI (`crate::ui`) calls the handlers' functions of these, so that a page does what
+// the API does, with the same role checks.
+pub(crate) mod keys;
 mod ops;
-mod profile;
-mod session;
+pub(crate) mod profile;
+pub(crate) mod session;
 mod teams;
 mod usage;
-mod user_keys;
+pub(crate) mod user_keys;
 mod users;
 
-pub use access::{Caller, Who};
+pub use access::{Caller, SignedIn, Who};
 pub use error::ApiError;
 pub use session::SessionUser;
 

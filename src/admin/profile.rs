@@ -27,7 +27,7 @@ async fn current(app: &AppState, caller: &SessionUser) -> Result<User, ApiError>
 }
 
 /// The user's record as stored now, when live and unblocked.
-async fn live(app: &AppState, id: &str) -> Result<User, ApiError> {
+pub(crate) async fn live(app: &AppState, id: &str) -> Result<User, ApiError> {
     match app.store.get_user(id).await? {
         Some(user) if !user.blocked => Ok(user),
         Some(_) => Err(ApiError::Forbidden("the account is blocked".into())),
@@ -85,19 +85,55 @@ struct ChangePassword {
 
 async fn change_password(
     State(app): State<AppState>,
-    SessionsOn(sessions): SessionsOn,
+    SessionsOn(_): SessionsOn,
     caller: SessionUser,
     JsonBody(body): JsonBody<ChangePassword>,
 ) -> Result<StatusCode, ApiError> {
     current(&app, &caller).await?;
+    let keep = Kept {
+        login: Some(&caller.claims.sid),
+        browser: None,
+    };
+    change_password_of(
+        &app,
+        &caller.claims.sub,
+        keep,
+        &body.current_password,
+        &body.new_password,
+        caller.actor.source.as_deref(),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The session a password change is made from, which it leaves open: a login session
+/// (`/v1/login`'s refresh-token family) or a web UI session.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Kept<'a> {
+    pub login: Option<&'a str>,
+    pub browser: Option<&'a str>,
+}
+
+/// `PUT /v1/user/password` for the live user `user_id`: the current password must match
+/// and the new one meet the policy. Every other session of the user ends: its login
+/// sessions and its web UI sessions, all but `keep`.
+pub(crate) async fn change_password_of(
+    app: &AppState,
+    user_id: &str,
+    keep: Kept<'_>,
+    current_password: &str,
+    new_password: &str,
+    source: Option<&str>,
+) -> Result<(), ApiError> {
+    let sessions = super::session::sessions(app)?;
+    live(app, user_id).await?;
     sessions
-        .change_password(
-            &caller.claims,
-            &body.current_password,
-            &body.new_password,
-            caller.actor.source.as_deref(),
-        )
+        .change_password_of(user_id, keep.login, current_password, new_password, source)
         .await
         .map_err(session_error)?;
-    Ok(StatusCode::NO_CONTENT)
+    let actor = crate::store::Actor::new(format!("user:{user_id}"), source.map(str::to_owned));
+    app.store
+        .delete_user_ui_sessions(&actor, user_id, keep.browser)
+        .await?;
+    Ok(())
 }

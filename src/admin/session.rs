@@ -30,7 +30,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// The session service, or 404 `sessions_disabled`.
-pub(super) fn sessions(app: &AppState) -> Result<&Arc<Sessions>, ApiError> {
+pub(crate) fn sessions(app: &AppState) -> Result<&Arc<Sessions>, ApiError> {
     app.sessions.as_ref().ok_or_else(|| {
         ApiError::coded(
             StatusCode::NOT_FOUND,
@@ -106,7 +106,7 @@ impl FromRequestParts<AppState> for SessionUser {
 }
 
 /// The one place session errors become HTTP answers.
-pub(super) fn session_error(e: SessionError) -> ApiError {
+pub(crate) fn session_error(e: SessionError) -> ApiError {
     match e {
         SessionError::InvalidCredentials => ApiError::coded(
             StatusCode::UNAUTHORIZED,

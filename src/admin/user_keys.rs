@@ -3,10 +3,10 @@
 //! key can only narrow their own.
 
 use super::access::SignedIn;
-use super::keys::{create_key, write_key, CreateKey, WithSecret};
-use super::{all_with_spend, list, whole, ApiError, AppState, JsonBody, QueryParams};
+use super::keys::{create_key, fetch_keys, write_key, CreateKey, KeyList, KeySearch, WithSecret};
+use super::{whole, ApiError, AppState, JsonBody, QueryParams};
 use crate::domain::{self, ApiKey, BudgetDuration, Role, Timestamp};
-use crate::store::{KeyFilter, SpendKind};
+use crate::store::KeyStatus;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
@@ -19,11 +19,17 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/user/keys/{id}", delete(revoke_own))
 }
 
-#[derive(Deserialize)]
+/// The query of `GET /v1/user/keys`: that of `GET /admin/keys` without the owner filters.
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     #[serde(default)]
-    include_revoked: bool,
+    pub include_revoked: bool,
+    pub q: Option<String>,
+    pub status: Option<KeyStatus>,
+    pub limit: Option<u32>,
+    pub after: Option<String>,
+    pub before: Option<String>,
 }
 
 async fn list_own(
@@ -31,38 +37,45 @@ async fn list_own(
     me: SignedIn,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let keys = app
-        .store
-        .list_keys(KeyFilter {
-            user_id: Some(me.user.id.clone()),
-            team_id: None,
-            include_revoked: q.include_revoked,
-        })
-        .await?;
-    Ok(list(
-        all_with_spend(&app, SpendKind::Key, keys, |k| k.id.clone()).await?,
-    ))
+    Ok(own_keys(&app, &me, q).await?.into_json())
+}
+
+/// `GET /v1/user/keys`: the caller's own keys, all or one page.
+pub(crate) async fn own_keys(
+    app: &AppState,
+    me: &SignedIn,
+    q: ListQuery,
+) -> Result<KeyList, ApiError> {
+    let search = KeySearch {
+        q: q.q,
+        status: q.status,
+        limit: q.limit,
+        after: q.after,
+        before: q.before,
+    };
+    let filter = search.filter(Some(me.user.id.clone()), None, q.include_revoked)?;
+    fetch_keys(app, filter, search.page()?).await
 }
 
 /// The body of `POST /v1/user/keys`: that of `POST /admin/keys` without the owner fields
 /// (the owner is the caller).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateOwnKey {
-    name: String,
+pub(crate) struct CreateOwnKey {
+    pub name: String,
     #[serde(default)]
-    permissions: Vec<String>,
+    pub permissions: Vec<String>,
     #[serde(default)]
-    models: Vec<String>,
+    pub models: Vec<String>,
     #[serde(default, deserialize_with = "whole::option")]
-    rpm: Option<i64>,
+    pub rpm: Option<i64>,
     #[serde(default, deserialize_with = "whole::option")]
-    tpm: Option<i64>,
-    max_budget: Option<f64>,
-    budget_duration: Option<BudgetDuration>,
+    pub tpm: Option<i64>,
+    pub max_budget: Option<f64>,
+    pub budget_duration: Option<BudgetDuration>,
     #[serde(default, with = "domain::rfc3339::option")]
-    expires_at: Option<Timestamp>,
-    metadata: Option<serde_json::Value>,
+    pub expires_at: Option<Timestamp>,
+    pub metadata: Option<serde_json::Value>,
 }
 
 async fn create_own(
@@ -70,6 +83,16 @@ async fn create_own(
     me: SignedIn,
     JsonBody(body): JsonBody<CreateOwnKey>,
 ) -> Result<(StatusCode, Json<WithSecret>), ApiError> {
+    let created = create_own_key(&app, &me, body).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// `POST /v1/user/keys`: a key of the caller's own.
+pub(crate) async fn create_own_key(
+    app: &AppState,
+    me: &SignedIn,
+    body: CreateOwnKey,
+) -> Result<WithSecret, ApiError> {
     me.caller
         .allow(me.user.role != Role::Viewer, "create keys")?;
     let body = CreateKey {
@@ -85,7 +108,7 @@ async fn create_own(
         expires_at: body.expires_at,
         metadata: body.metadata,
     };
-    create_key(&app, &me.caller, body).await
+    create_key(app, &me.caller, body).await
 }
 
 /// Revokes one of the caller's keys; someone else's key is "not found", so ids of other
@@ -95,18 +118,22 @@ async fn revoke_own(
     me: SignedIn,
     Path(id): Path<String>,
 ) -> Result<Json<ApiKey>, ApiError> {
+    revoke_own_key(&app, &me, &id).await.map(Json)
+}
+
+/// `DELETE /v1/user/keys/{id}`.
+pub(crate) async fn revoke_own_key(
+    app: &AppState,
+    me: &SignedIn,
+    id: &str,
+) -> Result<ApiKey, ApiError> {
     let own = app
         .store
-        .get_key(&id)
+        .get_key(id)
         .await?
         .is_some_and(|k| k.user_id.as_deref() == Some(me.user.id.as_str()));
     if !own {
-        return Err(ApiError::not_found("key", &id));
+        return Err(ApiError::not_found("key", id));
     }
-    write_key(
-        &app,
-        &id,
-        app.store.revoke_key(&me.caller.actor, &id).await?,
-    )
-    .await
+    write_key(app, id, app.store.revoke_key(&me.caller.actor, id).await?).await
 }

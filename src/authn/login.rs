@@ -107,6 +107,46 @@ impl Sessions {
         password: &str,
         source: Option<&str>,
     ) -> Result<TokenPair, SessionError> {
+        let user = self.check_login(name, password, source).await?;
+        let now = domain::now();
+        let family = domain::new_id();
+        let refresh = session::new_refresh_token();
+        self.store
+            .create_refresh_token(NewRefreshToken {
+                user_id: user.id.clone(),
+                family_id: family.clone(),
+                token_hash: session::refresh_hash(refresh.expose()),
+                expires_at: now.saturating_add(self.refresh_ttl),
+                source: source.map(str::to_owned),
+            })
+            .await?;
+        let actor = Actor::new(format!("user:{}", user.id), source.map(str::to_owned));
+        self.store
+            .record_event(
+                &actor,
+                "auth.login",
+                Some(&user.id),
+                json!({ "session": family }),
+            )
+            .await?;
+        let (access, _) = self.keys.issue(&user, &family, now);
+        Ok(TokenPair {
+            access_token: access,
+            refresh_token: refresh,
+            expires_in: self.keys.access_ttl(),
+            user,
+        })
+    }
+
+    /// The checks of a password login, without a session: the attempt limits, the
+    /// lockout, the password, the account's standing; failures are counted and audited.
+    /// [`Sessions::login`] issues tokens after it; the web UI opens a browser session.
+    pub async fn check_login(
+        &self,
+        name: &str,
+        password: &str,
+        source: Option<&str>,
+    ) -> Result<User, SessionError> {
         let now = domain::now();
         let anonymous = Actor::new("anonymous", source.map(str::to_owned));
         if let Some(address) = source {
@@ -155,33 +195,7 @@ impl Sessions {
             return Err(SessionError::Blocked);
         }
         self.store.record_login_success(&user.id).await?;
-        let family = domain::new_id();
-        let refresh = session::new_refresh_token();
-        self.store
-            .create_refresh_token(NewRefreshToken {
-                user_id: user.id.clone(),
-                family_id: family.clone(),
-                token_hash: session::refresh_hash(refresh.expose()),
-                expires_at: now.saturating_add(self.refresh_ttl),
-                source: source.map(str::to_owned),
-            })
-            .await?;
-        let actor = Actor::new(format!("user:{}", user.id), source.map(str::to_owned));
-        self.store
-            .record_event(
-                &actor,
-                "auth.login",
-                Some(&user.id),
-                json!({ "session": family }),
-            )
-            .await?;
-        let (access, _) = self.keys.issue(&user, &family, now);
-        Ok(TokenPair {
-            access_token: access,
-            refresh_token: refresh,
-            expires_in: self.keys.access_ttl(),
-            user,
-        })
+        Ok(user)
     }
 
     /// One audit line for a failed login: the name tried, never the password.
@@ -285,24 +299,43 @@ impl Sessions {
         new: &str,
         source: Option<&str>,
     ) -> Result<(), SessionError> {
-        let found = self
-            .store
-            .find_login_user(&claims.username)
-            .await?
-            .filter(|f| f.user.id == claims.sub);
+        self.change_password_of(&claims.sub, Some(&claims.sid), current, new, source)
+            .await
+    }
+
+    /// Changes a user's password: the current one must match, the new one must meet the
+    /// policy; every session of the user but `keep_family` (the caller's, when it has one)
+    /// ends.
+    pub async fn change_password_of(
+        &self,
+        user_id: &str,
+        keep_family: Option<&str>,
+        current: &str,
+        new: &str,
+        source: Option<&str>,
+    ) -> Result<(), SessionError> {
+        let user = self.store.get_user(user_id).await?;
+        let found = match &user {
+            Some(user) => self
+                .store
+                .find_login_user(&user.username)
+                .await?
+                .filter(|f| f.user.id == user_id),
+            None => None,
+        };
         let hash = found.and_then(|f| f.password_hash);
         if !verify_blocking(current, hash).await? {
             return Err(SessionError::InvalidCredentials);
         }
         self.policy.check(new)?;
         let new_hash = hash_blocking(new).await?;
-        let actor = Actor::new(format!("user:{}", claims.sub), source.map(str::to_owned));
+        let actor = Actor::new(format!("user:{user_id}"), source.map(str::to_owned));
         self.store
-            .set_password_hash(&actor, &claims.sub, &new_hash)
+            .set_password_hash(&actor, user_id, &new_hash)
             .await?;
         let ended = self
             .store
-            .revoke_user_sessions(&actor, &claims.sub, Some(&claims.sid))
+            .revoke_user_sessions(&actor, user_id, keep_family)
             .await?;
         let now = domain::now();
         for family in ended {

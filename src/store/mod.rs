@@ -15,6 +15,7 @@
 //! - [`SsoStore`]: sign-ins with SSO between their start and the issuer's answer.
 //! - [`PasskeyStore`]: passkeys (WebAuthn credentials) of the web UI, their users' handles,
 //!   and the challenges of ceremonies in progress (in `passkeys.rs`, with its records).
+//! - [`UiSessionStore`]: the web UI's browser sessions.
 //!
 //! [`Store`] is their union plus the schema (`migrate`, `ping`). The crate holds a store as
 //! [`SharedStore`] (`Arc<dyn Store>`), on which every capability's methods are called without
@@ -195,11 +196,118 @@ pub struct KeyPatch {
     pub metadata: Option<serde_json::Value>,
 }
 
+/// Which keys a listing answers. Every condition given must hold.
 #[derive(Debug, Clone, Default)]
 pub struct KeyFilter {
     pub user_id: Option<String>,
     pub team_id: Option<String>,
+    /// Revoked keys too (ignored when `status` is given: the status decides).
     pub include_revoked: bool,
+    /// Keys whose name contains it (case-insensitively, ASCII letters only on SQLite), whose
+    /// id starts with it, or whose `key_hint` contains it. `%`, `_` and `\` match
+    /// themselves.
+    pub search: Option<String>,
+    /// Keys in this state at the time of the listing.
+    pub status: Option<KeyStatus>,
+}
+
+/// What state a key is in, as the key listing filters and the UI shows it. Exactly one
+/// holds for every key: revoked first, then expired, then blocked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    /// Not revoked, not expired, not blocked: it works (its owner's standing aside).
+    Active,
+    /// Not revoked nor expired, and blocked.
+    Blocked,
+    Revoked,
+    /// Not revoked, and past its `expires_at`.
+    Expired,
+}
+
+impl KeyStatus {
+    pub const ALL: [KeyStatus; 4] = [
+        KeyStatus::Active,
+        KeyStatus::Blocked,
+        KeyStatus::Revoked,
+        KeyStatus::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Blocked => "blocked",
+            KeyStatus::Revoked => "revoked",
+            KeyStatus::Expired => "expired",
+        }
+    }
+
+    /// The state of `key` at `now`.
+    pub fn of(key: &ApiKey, now: Timestamp) -> KeyStatus {
+        if key.revoked_at.is_some() {
+            KeyStatus::Revoked
+        } else if key.expires_at.is_some_and(|at| at <= now) {
+            KeyStatus::Expired
+        } else if key.blocked {
+            KeyStatus::Blocked
+        } else {
+            KeyStatus::Active
+        }
+    }
+}
+
+impl fmt::Display for KeyStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for KeyStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        KeyStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown key status `{s}` (expected one of: active, blocked, revoked, expired)"
+                )
+            })
+    }
+}
+
+/// One page of a key listing: keys by id (UUIDv7, so in creation order), newest first, at
+/// most `limit`, after or before a key of an earlier page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyPageRequest {
+    /// From 1 to [`MAX_KEY_PAGE`].
+    pub limit: u32,
+    pub from: PageFrom,
+}
+
+/// Most keys one page holds.
+pub const MAX_KEY_PAGE: u32 = 1000;
+
+/// Where a page of keys starts.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum PageFrom {
+    /// The newest keys.
+    #[default]
+    Start,
+    /// The keys listed after this id (older ones): the next page.
+    After(String),
+    /// The keys listed before this id (newer ones): the previous page.
+    Before(String),
+}
+
+/// A page of keys, and where the pages next to it start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyPage {
+    pub keys: Vec<ApiKey>,
+    /// Give as `after` for the next page; `None` on the last page.
+    pub next_after: Option<String>,
+    /// Give as `before` for the previous page; `None` on the first page.
+    pub prev_before: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -623,6 +731,42 @@ pub struct AlertFilter {
 /// process died before [`AlertStore::mark_alert`]).
 pub const ALERT_CLAIM_SECS: i64 = 60;
 
+/// A browser session of the web UI about to be stored. The cookie's token is never stored,
+/// only its hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewUiSession {
+    /// SHA-256 of the cookie's token, lowercase hex.
+    pub token_hash: String,
+    pub holder: UiHolder,
+    pub expires_at: Timestamp,
+    /// The client's address at sign-in, for the record.
+    pub source: Option<String>,
+    /// How the holder signed in (`password`, `master_key`), for the audit log.
+    pub method: &'static str,
+}
+
+/// Whose a web UI session is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UiHolder {
+    /// A user (its id), acting with the role the user has at each request.
+    User(String),
+    /// The master key; the tag is a fingerprint of the master key that opened the session
+    /// (not a secret), so that a session of an earlier master key is not honoured.
+    Master { tag: String },
+}
+
+/// A live web UI session, as a request finds it by its cookie.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UiSession {
+    pub id: String,
+    pub holder: UiHolder,
+    /// The holder's record as stored now: `None` for a master-key session, and for a user
+    /// who has been deleted since.
+    pub user: Option<User>,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
 /// The persistence contract: every capability trait below, plus the schema. Implementations
 /// must be safe to share across tasks; [`SharedStore`] is how the crate holds one.
 ///
@@ -641,6 +785,7 @@ pub trait Store:
     + AlertStore
     + SsoStore
     + PasskeyStore
+    + UiSessionStore
     + Send
     + Sync
     + 'static
@@ -708,7 +853,12 @@ pub trait KeyStore: Send + Sync {
     /// its position (`keys[3]: …`).
     async fn create_keys(&self, actor: &Actor, keys: Vec<NewKey>) -> StoreResult<Vec<ApiKey>>;
     async fn get_key(&self, id: &str) -> StoreResult<Option<ApiKey>>;
+    /// Every key the filter matches, oldest first (by `created_at`, then id).
     async fn list_keys(&self, filter: KeyFilter) -> StoreResult<Vec<ApiKey>>;
+    /// One page of the keys the filter matches, newest first (by id), read by the
+    /// primary key or the (owner, id) indexes: a page costs the same on the first page and
+    /// the thousandth. A search reads keys until it has filled the page.
+    async fn page_keys(&self, filter: KeyFilter, page: KeyPageRequest) -> StoreResult<KeyPage>;
     async fn update_key(
         &self,
         actor: &Actor,
@@ -922,4 +1072,27 @@ pub trait SsoStore: Send + Sync {
     /// most once however many callers race for it. Expired at `now` (`expires_at <= now`):
     /// deleted and answered [`SsoTake::Expired`].
     async fn take_sso_login(&self, state_hash: &str, now: Timestamp) -> StoreResult<SsoTake>;
+}
+
+/// Browser sessions of the web UI: opened at sign-in, found by the hash of the cookie's
+/// token on every request, deleted at sign-out, at expiry and when their user goes.
+#[async_trait]
+pub trait UiSessionStore: Send + Sync {
+    /// Stores a new session (audited `ui.login`, details the session id) and deletes the
+    /// sessions whose `expires_at` has passed.
+    async fn create_ui_session(&self, actor: &Actor, new: NewUiSession) -> StoreResult<UiSession>;
+    /// The session whose token hashes to `token_hash`, unless it has expired at `now`,
+    /// with its user's record as stored now.
+    async fn ui_session(&self, token_hash: &str, now: Timestamp) -> StoreResult<Option<UiSession>>;
+    /// Ends a session (sign-out; audited `ui.logout` when `actor` is given). Answers false
+    /// when there was no such session.
+    async fn delete_ui_session(&self, actor: Option<&Actor>, id: &str) -> StoreResult<bool>;
+    /// Ends every session of a user but `keep` (a password change; audited
+    /// `ui.sessions_revoked` when any ended). Answers how many ended.
+    async fn delete_user_ui_sessions(
+        &self,
+        actor: &Actor,
+        user_id: &str,
+        keep: Option<&str>,
+    ) -> StoreResult<u64>;
 }

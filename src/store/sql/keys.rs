@@ -8,12 +8,14 @@ use super::{
 };
 use crate::domain::{self, ApiKey, KeyLookup, KeyOwnerTeam, KeyOwnerUser, Timestamp};
 use crate::store::{
-    Actor, KeyFilter, KeyPatch, KeyStore, LimitsPatch, NewKey, StoreError, StoreResult,
+    Actor, KeyFilter, KeyPage, KeyPageRequest, KeyPatch, KeyStatus, KeyStore, LimitsPatch, NewKey,
+    PageFrom, StoreError, StoreResult, MAX_KEY_PAGE,
 };
 use async_trait::async_trait;
 use serde_json::json;
-use sqlx::any::AnyRow;
-use sqlx::AnyConnection;
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::query::Query;
+use sqlx::{Any, AnyConnection};
 use std::collections::HashSet;
 
 const KEY_COLS: &str = "id, name, key_hint, user_id, team_id, permissions, models, rpm, tpm, \
@@ -41,6 +43,112 @@ fn key_from_row(row: &AnyRow) -> StoreResult<ApiKey> {
 }
 
 const KEY_CONFLICT: &str = "a key with that secret already exists";
+
+/// A value bound into a key listing's conditions.
+enum Param {
+    Text(String),
+    Int(i64),
+    Bool(bool),
+}
+
+/// The conditions of a key listing ([`KeyFilter`]) as SQL, with their parameters in the
+/// order of their `$n` placeholders.
+struct Listing {
+    conditions: Vec<String>,
+    params: Vec<Param>,
+}
+
+impl Listing {
+    fn of(filter: KeyFilter, now: Timestamp) -> Listing {
+        let mut listing = Listing {
+            conditions: Vec::new(),
+            params: Vec::new(),
+        };
+        if let Some(user_id) = filter.user_id {
+            listing.condition("user_id = ", Param::Text(user_id));
+        }
+        if let Some(team_id) = filter.team_id {
+            listing.condition("team_id = ", Param::Text(team_id));
+        }
+        if let Some(search) = filter.search.filter(|s| !s.is_empty()) {
+            // `$n` names the same value each time it appears.
+            let like = listing.param(Param::Text(format!("%{}%", like_escaped(&search))));
+            let prefix = listing.param(Param::Text(format!("{}%", like_escaped(&search))));
+            listing.conditions.push(format!(
+                "(LOWER(name) LIKE {like} ESCAPE '\\' OR id LIKE {prefix} ESCAPE '\\' \
+                 OR LOWER(key_hint) LIKE {like} ESCAPE '\\')"
+            ));
+        }
+        let live = "revoked_at IS NULL";
+        match filter.status {
+            None if filter.include_revoked => {}
+            None => listing.conditions.push(live.to_owned()),
+            Some(KeyStatus::Revoked) => listing.conditions.push("revoked_at IS NOT NULL".into()),
+            Some(KeyStatus::Expired) => {
+                let now = listing.param(Param::Int(now));
+                listing.conditions.push(format!(
+                    "{live} AND expires_at IS NOT NULL AND expires_at <= {now}"
+                ));
+            }
+            Some(status @ (KeyStatus::Active | KeyStatus::Blocked)) => {
+                let now = listing.param(Param::Int(now));
+                let blocked = listing.param(Param::Bool(status == KeyStatus::Blocked));
+                listing.conditions.push(format!(
+                    "{live} AND (expires_at IS NULL OR expires_at > {now}) AND blocked = {blocked}"
+                ));
+            }
+        }
+        listing
+    }
+
+    /// Adds a parameter and answers its placeholder (`$3`).
+    fn param(&mut self, value: Param) -> String {
+        self.params.push(value);
+        format!("${}", self.params.len())
+    }
+
+    /// Adds `{sql}$n` as a condition, `$n` holding `value`.
+    fn condition(&mut self, sql: &str, value: Param) {
+        let placeholder = self.param(value);
+        self.conditions.push(format!("{sql}{placeholder}"));
+    }
+
+    /// ` WHERE …` with every condition, or nothing.
+    fn where_clause(&self) -> String {
+        if self.conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", self.conditions.join(" AND "))
+        }
+    }
+
+    fn bind<'q>(
+        &mut self,
+        mut query: Query<'q, Any, AnyArguments<'q>>,
+    ) -> Query<'q, Any, AnyArguments<'q>> {
+        for param in self.params.drain(..) {
+            query = match param {
+                Param::Text(text) => query.bind(text),
+                Param::Int(n) => query.bind(n),
+                Param::Bool(b) => query.bind(b),
+            };
+        }
+        query
+    }
+}
+
+/// `text` lower-cased, with LIKE's wildcards and the escape character escaped (`\`), so
+/// that it matches itself.
+fn like_escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
 
 /// What a new key must be before any SQL runs.
 fn check_new_key(new: &NewKey) -> StoreResult<()> {
@@ -190,31 +298,88 @@ impl KeyStore for SqlStore {
     }
 
     async fn list_keys(&self, filter: KeyFilter) -> StoreResult<Vec<ApiKey>> {
-        let mut conditions: Vec<String> = Vec::new();
-        let mut params: Vec<String> = Vec::new();
-        if let Some(user_id) = filter.user_id {
-            params.push(user_id);
-            conditions.push(format!("user_id = ${}", params.len()));
-        }
-        if let Some(team_id) = filter.team_id {
-            params.push(team_id);
-            conditions.push(format!("team_id = ${}", params.len()));
-        }
-        if !filter.include_revoked {
-            conditions.push("revoked_at IS NULL".to_string());
-        }
-        let mut sql = format!("SELECT {KEY_COLS} FROM api_keys");
-        if !conditions.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&conditions.join(" AND "));
-        }
-        sql.push_str(" ORDER BY created_at, id");
-        let mut query = sqlx::query(&sql);
-        for param in params {
-            query = query.bind(param);
-        }
-        let rows = query.fetch_all(&self.pool).await.map_err(db_err)?;
+        let mut listing = Listing::of(filter, domain::now());
+        let sql = format!(
+            "SELECT {KEY_COLS} FROM api_keys{} ORDER BY created_at, id",
+            listing.where_clause()
+        );
+        let rows = listing
+            .bind(sqlx::query(&sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
         rows.iter().map(key_from_row).collect()
+    }
+
+    async fn page_keys(&self, filter: KeyFilter, page: KeyPageRequest) -> StoreResult<KeyPage> {
+        if !(1..=MAX_KEY_PAGE).contains(&page.limit) {
+            return Err(StoreError::Invalid(format!(
+                "a page holds from 1 to {MAX_KEY_PAGE} keys, not {}",
+                page.limit
+            )));
+        }
+        let limit = page.limit as usize;
+        let mut listing = Listing::of(filter, domain::now());
+        // Newest first is id descending (UUIDv7); the page before a key is read ascending
+        // from it, then turned around.
+        let order = match &page.from {
+            PageFrom::Start => "DESC",
+            PageFrom::After(id) => {
+                listing.condition("id < ", Param::Text(id.clone()));
+                "DESC"
+            }
+            PageFrom::Before(id) => {
+                listing.condition("id > ", Param::Text(id.clone()));
+                "ASC"
+            }
+        };
+        // One more than the page, to know whether there is more beyond it.
+        let more = listing.param(Param::Int(limit as i64 + 1));
+        let sql = format!(
+            "SELECT {KEY_COLS} FROM api_keys{} ORDER BY id {order} LIMIT {more}",
+            listing.where_clause()
+        );
+        let rows = listing
+            .bind(sqlx::query(&sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        let mut keys = rows
+            .iter()
+            .map(key_from_row)
+            .collect::<StoreResult<Vec<ApiKey>>>()?;
+        let beyond = keys.len() > limit;
+        keys.truncate(limit);
+        let ids = |keys: &[ApiKey]| {
+            (
+                keys.first().map(|k| k.id.clone()),
+                keys.last().map(|k| k.id.clone()),
+            )
+        };
+        Ok(match page.from {
+            PageFrom::Start => KeyPage {
+                next_after: ids(&keys).1.filter(|_| beyond),
+                prev_before: None,
+                keys,
+            },
+            PageFrom::After(_) => {
+                let (first, last) = ids(&keys);
+                KeyPage {
+                    next_after: last.filter(|_| beyond),
+                    prev_before: first,
+                    keys,
+                }
+            }
+            PageFrom::Before(_) => {
+                keys.reverse();
+                let (first, last) = ids(&keys);
+                KeyPage {
+                    next_after: last,
+                    prev_before: first.filter(|_| beyond),
+                    keys,
+                }
+            }
+        })
     }
 
     async fn update_key(

@@ -33,7 +33,8 @@
 //! Each capability trait of [`crate::store`] is implemented in a submodule of its own:
 //! `users`, `teams` (with memberships), `keys`, `audit`, `identities` (OIDC), `sessions`
 //! (login guard and refresh tokens), `usage` (usage records and spend), `alerts`, `sso`
-//! (sign-ins with SSO in progress) and `passkeys` (WebAuthn credentials and challenges).
+//! (sign-ins with SSO in progress), `passkeys` (WebAuthn credentials and challenges) and
+//! `ui_sessions` (the web UI's browser sessions).
 
 mod alerts;
 mod audit;
@@ -43,6 +44,7 @@ mod passkeys;
 mod sessions;
 mod sso;
 mod teams;
+mod ui_sessions;
 mod usage;
 mod users;
 
