@@ -5500,8 +5500,8 @@ async fn rollup_matches_raw_postgres() {
 
 store_suite!(budgets_and_spends_of_many);
 
-/// The batched reads of budget alerts answer what `get_*` and `current_spend` answer, in
-/// the order asked.
+/// The batched reads of budget alerts and listings answer what `get_*` and `current_spend`
+/// answer, in the order asked.
 async fn budgets_and_spends_of_many(store: SharedStore) {
     let team = store
         .create_team(
@@ -5593,4 +5593,20 @@ async fn budgets_and_spends_of_many(store: SharedStore) {
     }
     assert!(store.spends(&[]).await.unwrap().is_empty());
     assert!(store.budgets(&[]).await.unwrap().is_empty());
+
+    // What listings answer with each record: current_spend of each, in the order asked,
+    // whatever the entity's period (a day, a week, a month without one) or standing.
+    for when in [at, at + DAY, at + 8 * DAY, at + 40 * DAY] {
+        let many = store.current_spends(&asked, when).await.unwrap();
+        let mut one_by_one = Vec::new();
+        for (kind, id) in asked {
+            one_by_one.push(store.current_spend(kind, id, when).await.unwrap());
+        }
+        assert_eq!(many, one_by_one, "at {when}");
+    }
+    assert_eq!(
+        store.current_spends(&asked, at + DAY).await.unwrap(),
+        vec![2.25, 0.0, 0.0, 3.75, 0.0, 2.25]
+    );
+    assert!(store.current_spends(&[], at).await.unwrap().is_empty());
 }

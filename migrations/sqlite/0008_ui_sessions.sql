@@ -10,7 +10,9 @@
 --
 -- The key listing pages through keys by id (UUIDv7: in creation order), newest first, for
 -- everyone or for one owner: (user_id, id) and (team_id, id) serve an owner's pages without
--- reading all of the owner's keys, and replace the single-column indexes of 0001.
+-- reading all of the owner's keys, and replace the single-column indexes of 0001. The
+-- partial indexes serve the pages of the states few keys are in (revoked, blocked, with an
+-- expiry) without reading every other key; the listing writes their conditions as here.
 
 CREATE TABLE ui_sessions (
     id         TEXT    PRIMARY KEY NOT NULL,
@@ -30,3 +32,6 @@ CREATE INDEX api_keys_user_id ON api_keys (user_id, id);
 CREATE INDEX api_keys_team_id ON api_keys (team_id, id);
 DROP INDEX api_keys_user;
 DROP INDEX api_keys_team;
+CREATE INDEX api_keys_revoked ON api_keys (id) WHERE revoked_at IS NOT NULL;
+CREATE INDEX api_keys_blocked ON api_keys (id) WHERE blocked = TRUE AND revoked_at IS NULL;
+CREATE INDEX api_keys_expiring ON api_keys (id) WHERE expires_at IS NOT NULL AND revoked_at IS NULL;

@@ -209,19 +209,26 @@ pub async fn with_spend<T>(
     Ok(WithSpend { item, spend })
 }
 
-/// Each record of a list with its current-period spend (one read per record).
+/// Each record of a list with its current-period spend, read for all of them at once
+/// ([`UsageStore::current_spends`](crate::store::UsageStore::current_spends)).
 pub async fn all_with_spend<T>(
     app: &AppState,
     kind: crate::store::SpendKind,
     items: Vec<T>,
     id: impl Fn(&T) -> String,
 ) -> Result<Vec<WithSpend<T>>, ApiError> {
-    let mut out = Vec::with_capacity(items.len());
-    for item in items {
-        let id = id(&item);
-        out.push(with_spend(app, kind, &id, item).await?);
-    }
-    Ok(out)
+    let ids: Vec<String> = items.iter().map(id).collect();
+    let entities: Vec<(crate::store::SpendKind, &str)> =
+        ids.iter().map(|id| (kind, id.as_str())).collect();
+    let spends = app
+        .store
+        .current_spends(&entities, crate::domain::now())
+        .await?;
+    Ok(items
+        .into_iter()
+        .zip(spends)
+        .map(|(item, spend)| WithSpend { item, spend })
+        .collect())
 }
 
 /// `{"data": [...]}`, the shape of every list.

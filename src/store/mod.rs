@@ -1005,6 +1005,15 @@ pub trait UsageStore: Send + Sync {
     /// the new period that contains its period's start.
     async fn current_spend(&self, kind: SpendKind, id: &str, at: Timestamp) -> StoreResult<f64>;
 
+    /// [`UsageStore::current_spend`] of many entities, in the order asked, in a few queries
+    /// whatever their number (their periods in one query per 1024, as [`UsageStore::spends`]
+    /// sums them): what a listing of keys, users or teams answers with each record.
+    async fn current_spends(
+        &self,
+        entities: &[(SpendKind, &str)],
+        at: Timestamp,
+    ) -> StoreResult<Vec<f64>>;
+
     /// A usage report: one row per group over the records with `since <= at <= until`,
     /// optionally restricted to one user, key and/or team, and their totals (see
     /// [`UsageReport`]). Whole UTC days are read from the daily rollup, the parts of days at

@@ -4,7 +4,7 @@
 use super::{
     bool_col, col, commit, db_err, enum_col, json_col, limits_from_row, list_col, list_text,
     map_db_err, prefixed_limits, require_key_hash, require_nonempty, with_limits, write_audit,
-    BindLimits, Changes, SqlStore,
+    Backend, BindLimits, Changes, SqlStore,
 };
 use crate::domain::{self, ApiKey, KeyLookup, KeyOwnerTeam, KeyOwnerUser, Timestamp};
 use crate::store::{
@@ -48,7 +48,6 @@ const KEY_CONFLICT: &str = "a key with that secret already exists";
 enum Param {
     Text(String),
     Int(i64),
-    Bool(bool),
 }
 
 /// The conditions of a key listing ([`KeyFilter`]) as SQL, with their parameters in the
@@ -59,7 +58,7 @@ struct Listing {
 }
 
 impl Listing {
-    fn of(filter: KeyFilter, now: Timestamp) -> Listing {
+    fn of(filter: KeyFilter, now: Timestamp, backend: Backend) -> Listing {
         let mut listing = Listing {
             conditions: Vec::new(),
             params: Vec::new(),
@@ -71,14 +70,18 @@ impl Listing {
             listing.condition("team_id = ", Param::Text(team_id));
         }
         if let Some(search) = filter.search.filter(|s| !s.is_empty()) {
-            // `$n` names the same value each time it appears.
+            // `$n` names the same value each time it appears. Ids are lower case; names
+            // and hints are matched whatever their case.
             let like = listing.param(Param::Text(format!("%{}%", like_escaped(&search))));
             let prefix = listing.param(Param::Text(format!("{}%", like_escaped(&search))));
+            let ilike = backend.case_insensitive_like();
             listing.conditions.push(format!(
-                "(LOWER(name) LIKE {like} ESCAPE '\\' OR id LIKE {prefix} ESCAPE '\\' \
-                 OR LOWER(key_hint) LIKE {like} ESCAPE '\\')"
+                "(name {ilike} {like} ESCAPE '\\' OR id LIKE {prefix} ESCAPE '\\' \
+                 OR key_hint {ilike} {like} ESCAPE '\\')"
             ));
         }
+        // The states are written with literals where a partial index of migration 0008
+        // serves them (a bound parameter would not let SQLite see that it applies).
         let live = "revoked_at IS NULL";
         match filter.status {
             None if filter.include_revoked => {}
@@ -92,9 +95,12 @@ impl Listing {
             }
             Some(status @ (KeyStatus::Active | KeyStatus::Blocked)) => {
                 let now = listing.param(Param::Int(now));
-                let blocked = listing.param(Param::Bool(status == KeyStatus::Blocked));
+                let blocked = match status {
+                    KeyStatus::Blocked => "TRUE",
+                    _ => "FALSE",
+                };
                 listing.conditions.push(format!(
-                    "{live} AND (expires_at IS NULL OR expires_at > {now}) AND blocked = {blocked}"
+                    "{live} AND blocked = {blocked} AND (expires_at IS NULL OR expires_at > {now})"
                 ));
             }
         }
@@ -130,7 +136,6 @@ impl Listing {
             query = match param {
                 Param::Text(text) => query.bind(text),
                 Param::Int(n) => query.bind(n),
-                Param::Bool(b) => query.bind(b),
             };
         }
         query
@@ -298,7 +303,7 @@ impl KeyStore for SqlStore {
     }
 
     async fn list_keys(&self, filter: KeyFilter) -> StoreResult<Vec<ApiKey>> {
-        let mut listing = Listing::of(filter, domain::now());
+        let mut listing = Listing::of(filter, domain::now(), self.backend);
         let sql = format!(
             "SELECT {KEY_COLS} FROM api_keys{} ORDER BY created_at, id",
             listing.where_clause()
@@ -319,7 +324,7 @@ impl KeyStore for SqlStore {
             )));
         }
         let limit = page.limit as usize;
-        let mut listing = Listing::of(filter, domain::now());
+        let mut listing = Listing::of(filter, domain::now(), self.backend);
         // Newest first is id descending (UUIDv7); the page before a key is read ascending
         // from it, then turned around.
         let order = match &page.from {

@@ -111,6 +111,15 @@ impl Backend {
         }
     }
 
+    /// The operator of a LIKE that ignores case: SQLite's LIKE already does (for ASCII
+    /// letters), Postgres' is ILIKE.
+    fn case_insensitive_like(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "LIKE",
+            Backend::Postgres => "ILIKE",
+        }
+    }
+
     /// Row-lock clause for rows that must not be deleted (or soft-deleted) before the
     /// transaction commits, e.g. the owner of a key being created.
     fn for_share(self) -> &'static str {

@@ -617,6 +617,27 @@ impl UsageStore for SqlStore {
         Ok(col::<Option<f64>>(&row, "spend")?.unwrap_or(0.0))
     }
 
+    async fn current_spends(
+        &self,
+        entities: &[(SpendKind, &str)],
+        at: Timestamp,
+    ) -> StoreResult<Vec<f64>> {
+        let wanted: BTreeSet<(SpendKind, &str)> = entities.iter().copied().collect();
+        let bases = {
+            let mut conn = self.pool.acquire().await.map_err(db_err)?;
+            spend_bases(&mut conn, self.backend, &wanted).await?
+        };
+        let periods: Vec<(SpendKind, &str, Timestamp, Timestamp)> = entities
+            .iter()
+            .map(|&(kind, id)| {
+                let basis = bases.get(&(kind, id)).copied().unwrap_or(NO_BASIS);
+                let (start, end) = basis.window(at);
+                (kind, id, start, end)
+            })
+            .collect();
+        self.spends(&periods).await
+    }
+
     async fn usage_report(&self, query: UsageQuery) -> StoreResult<UsageReport> {
         if let (Some(since), Some(until)) = (query.since, query.until) {
             if since > until {
