@@ -309,6 +309,10 @@ pub struct AuditFilter {
     pub until: Option<Timestamp>,
     /// At most this many events, newest first (the store caps it at 1000).
     pub limit: Option<i64>,
+    /// Only the events listed after the event with this id (older ones, in the order
+    /// `at` then `id`, both descending): the next page after a page that ended with it.
+    /// An id that names no event leaves nothing to list.
+    pub before: Option<i64>,
 }
 
 /// A user as seen by password login: the record and its argon2id PHC hash (`None` for
