@@ -6,6 +6,7 @@ use super::assets;
 use super::session::Session;
 use super::web::{Site, UiError};
 use crate::admin::Caller;
+use crate::domain::Role;
 use askama::Template;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +26,17 @@ pub const NAV: &[Nav] = &[
         path: "/keys",
         label: "Keys",
         shown: |_| true,
+    },
+    Nav {
+        path: "/teams",
+        label: "Teams",
+        shown: |_| true,
+    },
+    Nav {
+        path: "/users",
+        label: "Users",
+        // `GET /admin/users`: admins, viewers and managers.
+        shown: |caller| caller.reads_all() || caller.role() == Role::Manager,
     },
     Nav {
         path: "/profile",

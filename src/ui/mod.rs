@@ -38,6 +38,9 @@ pub mod layout;
 mod login;
 mod profile;
 pub mod session;
+mod show;
+mod teams;
+mod users;
 pub mod web;
 
 use crate::admin::AppState;
@@ -67,6 +70,8 @@ pub fn router(app: AppState) -> Router {
         .merge(login::routes())
         .merge(keys::routes())
         .merge(profile::routes())
+        .merge(teams::routes())
+        .merge(users::routes())
         .merge(assets::routes())
         .route("/ui/{*rest}", axum::routing::any(web::not_found))
         .layer(axum::middleware::from_fn_with_state(
