@@ -39,6 +39,28 @@ pub const NAV: &[Nav] = &[
         shown: |caller| caller.reads_all() || caller.role() == Role::Manager,
     },
     Nav {
+        path: "/usage",
+        label: "Usage",
+        shown: |_| true,
+    },
+    Nav {
+        path: "/budgets",
+        label: "Budgets",
+        shown: |_| true,
+    },
+    Nav {
+        path: "/alerts",
+        label: "Alerts",
+        // `GET /admin/alerts`: admins and viewers.
+        shown: Caller::reads_all,
+    },
+    Nav {
+        path: "/audit",
+        label: "Audit",
+        // `GET /admin/audit`: admins and viewers.
+        shown: Caller::reads_all,
+    },
+    Nav {
         path: "/profile",
         label: "Profile",
         // The master key has no profile of its own.
