@@ -12,9 +12,10 @@ use tollgate::domain::{BudgetDuration, Limits, MembershipSource, Role, TeamRole}
 use tollgate::store::sql::{Backend, ConnectOptions, SqlStore};
 use tollgate::store::{
     Actor, Alert, AlertCrossing, AlertFilter, AlertOutcome, AlertState, AuditFilter, GroupBy,
-    KeyFilter, KeyPatch, LimitsPatch, NewKey, NewRefreshToken, NewTeam, NewUser, OidcLogin,
-    RefreshOutcome, SharedStore, SpendKind, Store, StoreError, TeamPatch, UsageQuery, UsageReport,
-    UsageRow, UsageTotals, UserPatch, UserStore, ALERT_CLAIM_SECS, NO_GROUP,
+    KeyFilter, KeyPageRequest, KeyPatch, KeyStatus, LimitsPatch, NewKey, NewRefreshToken, NewTeam,
+    NewUiSession, NewUser, OidcLogin, PageFrom, RefreshOutcome, SharedStore, SpendKind, Store,
+    StoreError, TeamPatch, UiHolder, UsageQuery, UsageReport, UsageRow, UsageTotals, UserPatch,
+    UserStore, ALERT_CLAIM_SECS, NO_GROUP,
 };
 use tollgate::usage::{TokenUsage, UsageRecord, UsageSource};
 
@@ -103,7 +104,387 @@ store_suite!(
     migrate_twice_is_noop,
     concurrent_writes,
     budgets_written_after_empty_ones_read_back_exactly,
+    key_pages_walk_every_key_once_both_ways,
+    key_search_and_status,
+    ui_sessions_live_until_they_expire_or_end,
 );
+
+/// Pages of 7 over 50 keys, an owner's keys and a search: forward with `after` and back
+/// with `before`, each key once, newest first.
+async fn key_pages_walk_every_key_once_both_ways(store: SharedStore) {
+    let ada = store.create_user(&admin(), new_user("ada")).await.unwrap();
+    let mut made = Vec::new();
+    for i in 0..50 {
+        let mut key = new_key(&format!("key-{i:02}"), &format!("page-secret-{i:04}"));
+        if i % 3 == 0 {
+            key.user_id = Some(ada.id.clone());
+        }
+        made.push(store.create_key(&admin(), key).await.unwrap());
+    }
+    let newest_first: Vec<String> = made.iter().rev().map(|k| k.id.clone()).collect();
+    for (filter, expected) in [
+        (KeyFilter::default(), newest_first.clone()),
+        (
+            KeyFilter {
+                user_id: Some(ada.id.clone()),
+                ..KeyFilter::default()
+            },
+            made.iter()
+                .rev()
+                .filter(|k| k.user_id.is_some())
+                .map(|k| k.id.clone())
+                .collect(),
+        ),
+    ] {
+        let mut forward = Vec::new();
+        let mut pages = Vec::new();
+        let mut from = PageFrom::Start;
+        loop {
+            let page = store
+                .page_keys(filter.clone(), KeyPageRequest { limit: 7, from })
+                .await
+                .unwrap();
+            assert!(page.keys.len() <= 7);
+            assert_eq!(page.prev_before.is_none(), pages.is_empty());
+            forward.extend(page.keys.iter().map(|k| k.id.clone()));
+            pages.push(page.clone());
+            match page.next_after {
+                Some(after) => from = PageFrom::After(after),
+                None => break,
+            }
+        }
+        assert_eq!(forward, expected);
+        // Back from the last page: the same pages, in reverse.
+        let mut back = pages.pop().unwrap();
+        while let Some(before) = back.prev_before.clone() {
+            let page = store
+                .page_keys(
+                    filter.clone(),
+                    KeyPageRequest {
+                        limit: 7,
+                        from: PageFrom::Before(before),
+                    },
+                )
+                .await
+                .unwrap();
+            let expected = pages.pop().unwrap();
+            assert_eq!(page.keys, expected.keys);
+            assert_eq!(page.next_after, expected.next_after);
+            back = page;
+        }
+        assert!(pages.is_empty());
+    }
+    let err = store
+        .page_keys(
+            KeyFilter::default(),
+            KeyPageRequest {
+                limit: 0,
+                from: PageFrom::Start,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_invalid(err, "from 1 to 1000");
+}
+
+async fn key_search_and_status(store: SharedStore) {
+    let names = [
+        "Alpha prod",
+        "alpha-dev",
+        "beta",
+        "100%_done",
+        "back\\slash",
+    ];
+    let mut keys = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        keys.push(
+            store
+                .create_key(&admin(), new_key(name, &format!("search-secret-{i:04}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let search = |q: &str, status: Option<KeyStatus>| KeyFilter {
+        search: Some(q.to_owned()),
+        status,
+        ..KeyFilter::default()
+    };
+    let names_of = |keys: Vec<tollgate::domain::ApiKey>| -> Vec<String> {
+        keys.into_iter().map(|k| k.name).collect()
+    };
+    assert_eq!(
+        names_of(store.list_keys(search("ALPHA", None)).await.unwrap()),
+        ["Alpha prod", "alpha-dev"]
+    );
+    // LIKE's wildcards and its escape character match themselves.
+    assert_eq!(
+        names_of(store.list_keys(search("%_", None)).await.unwrap()),
+        ["100%_done"]
+    );
+    assert!(store
+        .list_keys(search("0_d", None))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        names_of(store.list_keys(search("k\\s", None)).await.unwrap()),
+        ["back\\slash"]
+    );
+    assert!(store
+        .list_keys(search("'; DROP TABLE api_keys; --", None))
+        .await
+        .unwrap()
+        .is_empty());
+    // The start of an id; a part of the hint.
+    let id = &keys[2].id;
+    assert_eq!(
+        names_of(
+            store
+                .list_keys(search(&id[..id.len() - 2], None))
+                .await
+                .unwrap()
+        ),
+        ["beta"]
+    );
+    assert!(store
+        .list_keys(search(&id[2..], None))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        names_of(store.list_keys(search("sk-tg-SEAR", None)).await.unwrap()).len(),
+        5
+    );
+
+    // Status: exactly one per key.
+    let now = chrono::Utc::now().timestamp();
+    store
+        .update_key(
+            &admin(),
+            &keys[0].id,
+            KeyPatch {
+                blocked: Some(true),
+                ..KeyPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    store.revoke_key(&admin(), &keys[1].id).await.unwrap();
+    store
+        .update_key(
+            &admin(),
+            &keys[2].id,
+            KeyPatch {
+                expires_at: Some(Some(now + 3600)),
+                ..KeyPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    // The HTTP API refuses an expiry in the past; the store takes one.
+    let mut expired = new_key("old", "search-secret-expired");
+    expired.expires_at = Some(now - 10);
+    let expired = store.create_key(&admin(), expired).await.unwrap();
+    let status = |s: KeyStatus| KeyFilter {
+        status: Some(s),
+        ..KeyFilter::default()
+    };
+    assert_eq!(
+        names_of(store.list_keys(status(KeyStatus::Blocked)).await.unwrap()),
+        ["Alpha prod"]
+    );
+    assert_eq!(
+        names_of(store.list_keys(status(KeyStatus::Revoked)).await.unwrap()),
+        ["alpha-dev"]
+    );
+    assert_eq!(
+        names_of(store.list_keys(status(KeyStatus::Expired)).await.unwrap()),
+        ["old"]
+    );
+    assert_eq!(
+        names_of(store.list_keys(status(KeyStatus::Active)).await.unwrap()),
+        ["beta", "100%_done", "back\\slash"]
+    );
+    let all = store
+        .list_keys(KeyFilter {
+            include_revoked: true,
+            ..KeyFilter::default()
+        })
+        .await
+        .unwrap();
+    for key in &all {
+        let only = store
+            .list_keys(status(KeyStatus::of(key, now)))
+            .await
+            .unwrap();
+        assert!(only.iter().any(|k| k.id == key.id), "{}", key.name);
+    }
+    assert_eq!(KeyStatus::of(&expired, now), KeyStatus::Expired);
+    assert_eq!(
+        names_of(
+            store
+                .list_keys(search("alpha", Some(KeyStatus::Revoked)))
+                .await
+                .unwrap()
+        ),
+        ["alpha-dev"]
+    );
+}
+
+async fn ui_sessions_live_until_they_expire_or_end(store: SharedStore) {
+    let ada = store.create_user(&admin(), new_user("ada")).await.unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let open = |token: &str, holder: UiHolder, expires_at: i64| NewUiSession {
+        token_hash: hash(token),
+        holder,
+        expires_at,
+        source: Some("10.0.0.9".into()),
+        method: "password",
+    };
+    let actor = Actor::new(format!("user:{}", ada.id), None);
+    let one = store
+        .create_ui_session(
+            &actor,
+            open("tok-1", UiHolder::User(ada.id.clone()), now + 600),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        one.user.as_ref().map(|u| u.id.as_str()),
+        Some(ada.id.as_str())
+    );
+    let two = store
+        .create_ui_session(
+            &actor,
+            open("tok-2", UiHolder::User(ada.id.clone()), now + 600),
+        )
+        .await
+        .unwrap();
+    let master = store
+        .create_ui_session(
+            &admin(),
+            open("tok-3", UiHolder::Master { tag: "fp".into() }, now + 600),
+        )
+        .await
+        .unwrap();
+    assert!(master.user.is_none());
+    let logins = audit_of(&store, "ui.login").await;
+    assert_eq!(logins.len(), 3);
+    assert_eq!(logins[0].details["method"], "password");
+    assert!(logins
+        .iter()
+        .all(|e| !e.details.to_string().contains("tok-")));
+
+    let found = store
+        .ui_session(&hash("tok-1"), now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.id, one.id);
+    assert_eq!(found.holder, UiHolder::User(ada.id.clone()));
+    assert_eq!(found.user.unwrap().username, "ada");
+    let found = store
+        .ui_session(&hash("tok-3"), now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.holder, UiHolder::Master { tag: "fp".into() });
+    assert!(store
+        .ui_session(&hash("tok-9"), now)
+        .await
+        .unwrap()
+        .is_none());
+    // Expired at `now`: not found.
+    assert!(store
+        .ui_session(&hash("tok-1"), now + 600)
+        .await
+        .unwrap()
+        .is_none());
+    assert_invalid(
+        store
+            .create_ui_session(
+                &actor,
+                open("tok-x", UiHolder::User("no-such-user".into()), now + 60),
+            )
+            .await
+            .unwrap_err(),
+        "does not exist",
+    );
+    assert_invalid(
+        store
+            .create_ui_session(
+                &actor,
+                NewUiSession {
+                    token_hash: "tok-plain".into(),
+                    ..open("x", UiHolder::User(ada.id.clone()), now + 60)
+                },
+            )
+            .await
+            .unwrap_err(),
+        "lowercase hex",
+    );
+
+    // A password change ends the others; sign-out ends one.
+    assert_eq!(
+        store
+            .delete_user_ui_sessions(&actor, &ada.id, Some(&two.id))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store
+        .ui_session(&hash("tok-1"), now)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .ui_session(&hash("tok-2"), now)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(audit_of(&store, "ui.sessions_revoked").await.len(), 1);
+    assert!(store
+        .delete_ui_session(Some(&actor), &two.id)
+        .await
+        .unwrap());
+    assert!(!store
+        .delete_ui_session(Some(&actor), &two.id)
+        .await
+        .unwrap());
+    assert_eq!(audit_of(&store, "ui.logout").await.len(), 1);
+
+    // A deleted user's session is found without its user; the next sign-in sweeps out
+    // expired rows.
+    let bob = store.create_user(&admin(), new_user("bob")).await.unwrap();
+    let bobs = open("tok-bob", UiHolder::User(bob.id.clone()), now + 600);
+    store.create_ui_session(&actor, bobs).await.unwrap();
+    store
+        .create_ui_session(
+            &actor,
+            open("tok-old", UiHolder::User(bob.id.clone()), now - 1),
+        )
+        .await
+        .unwrap();
+    store.delete_user(&admin(), &bob.id).await.unwrap();
+    let orphan = store
+        .ui_session(&hash("tok-bob"), now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(orphan.user.is_none());
+    store
+        .create_ui_session(
+            &admin(),
+            open("tok-4", UiHolder::Master { tag: "fp".into() }, now + 60),
+        )
+        .await
+        .unwrap();
+    assert!(store
+        .ui_session(&hash("tok-old"), now - 5)
+        .await
+        .unwrap()
+        .is_none());
+}
 
 /// Every connection of the pool first writes keys, users and teams without a budget, then
 /// with one: a statement prepared with a NULL budget must take a number later, and the

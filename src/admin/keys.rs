@@ -376,7 +376,7 @@ impl KeySearch {
 
 /// A page cursor: a key id as a page answered it.
 fn cursor(field: &str, id: &str) -> Result<String, ApiError> {
-    if id.is_empty() || id.len() > 64 || id.chars().any(|c| c.is_control()) {
+    if id.is_empty() || id.chars().count() > 64 || id.chars().any(char::is_control) {
         return Err(ApiError::BadRequest(format!(
             "`{field}` must be a key id from an earlier page (`next_after` or `prev_before`)"
         )));

@@ -14,6 +14,7 @@ use super::session::{self, Session, SIGN_IN_COOKIE};
 use super::web::{Site, UiError};
 use super::UiState;
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
@@ -156,7 +157,7 @@ pub fn decode(body: &[u8]) -> Result<Vec<(String, String)>, UiError> {
             text(name).map_err(|_| UiError::bad_request("A field name is not valid text."))?;
         let value = text(value).map_err(|why| {
             UiError::bad_request(format!(
-                "The field `{}` {why}; nothing was changed.",
+                "The field `{}` {why}.",
                 name.chars().take(64).collect::<String>()
             ))
         })?;
@@ -179,6 +180,20 @@ fn text(raw: &[u8]) -> Result<String, &'static str> {
         return Err("contains control characters");
     }
     Ok(text)
+}
+
+/// A page's query string, decoded as strictly as a form ([`decode`]): the filters of a
+/// listing, a page's notice.
+pub struct StrictQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for StrictQuery<T> {
+    type Rejection = UiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, UiError> {
+        let raw = parts.uri.query().unwrap_or_default().as_bytes();
+        decode(raw)?;
+        parse(raw).map(StrictQuery)
+    }
 }
 
 /// The first value of field `name`.

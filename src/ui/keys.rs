@@ -14,7 +14,7 @@
 //! it is the key's current secret, and deletes the cookie. Reloading the page shows that
 //! it is gone.
 
-use super::form::Posted;
+use super::form::{Posted, StrictQuery};
 use super::layout::{render, render_with_status, Layout, PageResult};
 use super::session::{self, SameSite, Session};
 use super::web::{Site, UiError};
@@ -26,7 +26,7 @@ use crate::authn::api_key::{self, KeyHash};
 use crate::domain::{self, rfc3339, ApiKey, BudgetDuration, Role, Timestamp};
 use crate::store::KeyStatus;
 use askama::Template;
-use axum::extract::{FromRequestParts, Query, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
@@ -195,7 +195,7 @@ struct KeysView {
 async fn list(
     State(ui): State<UiState>,
     session: Session,
-    Query(form): Query<ListForm>,
+    StrictQuery(form): StrictQuery<ListForm>,
 ) -> PageResult {
     let app = &ui.app;
     let route = route_of(&session);
@@ -490,7 +490,7 @@ async fn show(
     State(ui): State<UiState>,
     session: Session,
     KeyId(id): KeyId,
-    Query(q): Query<ShowQuery>,
+    StrictQuery(q): StrictQuery<ShowQuery>,
 ) -> PageResult {
     let app = &ui.app;
     let key = api::read_key(app, &session.caller, &id).await?;
@@ -933,12 +933,17 @@ fn usd(amount: f64) -> String {
     format!("${amount:.2}")
 }
 
-/// `$25.00 per 1mo`, or empty without a budget.
+/// `$25.00 per 7 days`, or empty without a budget.
 fn budget_of(key: &ApiKey) -> String {
-    match (key.limits.max_budget, key.limits.budget_duration) {
-        (Some(max), Some(d)) => format!("{} per {d}", usd(max)),
-        (Some(max), None) => format!("{} per month", usd(max)),
-        (None, _) => String::new(),
+    let period = match key.limits.budget_duration {
+        Some(BudgetDuration::Day) => "day",
+        Some(BudgetDuration::Week) => "7 days",
+        Some(BudgetDuration::ThirtyDays) => "30 days",
+        Some(BudgetDuration::Month) | None => "calendar month",
+    };
+    match key.limits.max_budget {
+        Some(max) => format!("{} per {period}", usd(max)),
+        None => String::new(),
     }
 }
 

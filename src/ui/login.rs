@@ -2,7 +2,7 @@
 //! and password, with the checks and lockout of `POST /v1/login`; and the master key, for
 //! bootstrap), sign-out (`POST /ui/logout`).
 
-use super::form::{Posted, SignInPosted};
+use super::form::{Posted, SignInPosted, StrictQuery};
 use super::layout::{render_with_status, Layout};
 use super::session::{self, Ended, NoSession, SIGN_IN_COOKIE};
 use super::web::{Site, UiError};
@@ -11,7 +11,7 @@ use crate::admin::session::session_error;
 use crate::domain;
 use crate::store::{Actor, UiHolder};
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -91,7 +91,7 @@ async fn show(
     State(ui): State<UiState>,
     site: Site,
     headers: HeaderMap,
-    Query(q): Query<LoginQuery>,
+    StrictQuery(q): StrictQuery<LoginQuery>,
 ) -> Response {
     let next = next_or_home(&q.next);
     match session::find(&ui, &headers, site.clone()).await {

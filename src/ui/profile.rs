@@ -2,7 +2,7 @@
 //! behind `PUT /v1/user/password`; it ends your other sessions, browser ones included). The
 //! master key has no profile.
 
-use super::form::Posted;
+use super::form::{Posted, StrictQuery};
 use super::layout::{render, render_with_status, Layout, PageResult};
 use super::session::Session;
 use super::web::UiError;
@@ -11,7 +11,7 @@ use crate::admin::profile::{change_password_of, live, Kept};
 use crate::admin::AppState;
 use crate::domain::User;
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
@@ -49,7 +49,7 @@ struct ProfileQuery {
 async fn show(
     State(ui): State<UiState>,
     session: Session,
-    Query(q): Query<ProfileQuery>,
+    StrictQuery(q): StrictQuery<ProfileQuery>,
 ) -> PageResult {
     let mut view = view(&ui.app, &session).await?;
     view.done = q.done == "password";

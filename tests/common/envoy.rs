@@ -73,6 +73,24 @@ impl Envoy {
         panic!("Envoy could not bind its ports after 3 tries; last log:\n{last_error}");
     }
 
+    /// Starts Envoy from a config the test writes: `config(listen, admin)` gives the YAML
+    /// for the listener and admin addresses chosen (retried with new ones when a parallel
+    /// test took them first).
+    pub async fn start_with(config: impl Fn(SocketAddr, SocketAddr) -> String) -> Envoy {
+        let binary = envoy_binary();
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            match Self::spawn(&binary, &config(listen, admin), listen, admin).await {
+                Ok(envoy) => return envoy,
+                Err(StartError::PortTaken(log)) => last_error = log,
+                Err(StartError::Failed(message)) => panic!("Envoy did not start: {message}"),
+            }
+        }
+        panic!("Envoy could not bind its ports after 3 tries; last log:\n{last_error}");
+    }
+
     async fn spawn(
         binary: &Path,
         config: &str,

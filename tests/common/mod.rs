@@ -13,4 +13,5 @@ pub mod private_redis;
 pub mod redis_cluster;
 pub mod serve;
 pub mod tollgate;
+pub mod ui;
 pub mod upstream;

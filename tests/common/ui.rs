@@ -1,0 +1,253 @@
+//! A browser for the web UI's tests: a reqwest client with a cookie store that sends what
+//! a browser sends with a form (`Origin`, `application/x-www-form-urlencoded`) and does not
+//! follow redirects, so that a test sees every 303 and its cookies.
+
+use reqwest::cookie::{CookieStore, Jar};
+use reqwest::header::HeaderMap;
+use reqwest::StatusCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One browser: its own cookies, talking to `origin` (`http://127.0.0.1:PORT`), with the UI
+/// mounted at `{prefix}/ui` (a proxy's `X-Forwarded-Prefix`, sent with every request when
+/// not empty).
+pub struct Browser {
+    client: reqwest::Client,
+    pub jar: Arc<Jar>,
+    pub origin: String,
+    pub prefix: String,
+}
+
+/// An answer: status, headers, body.
+#[derive(Debug)]
+pub struct Page {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Page {
+    /// Where a redirect goes.
+    pub fn location(&self) -> Option<&str> {
+        self.headers.get("location").and_then(|v| v.to_str().ok())
+    }
+
+    /// The value of the first `csrf_token` field of the page's forms.
+    pub fn csrf(&self) -> String {
+        self.input_value("csrf_token")
+            .unwrap_or_else(|| panic!("no csrf_token field on the page:\n{}", self.body))
+    }
+
+    /// The `value` of the first `<input>` named `name`.
+    pub fn input_value(&self, name: &str) -> Option<String> {
+        let at = self.body.find(&format!("name=\"{name}\""))?;
+        let start = self.body[..at].rfind("<input")?;
+        let end = at + self.body[at..].find('>')?;
+        let tag = &self.body[start..end];
+        let value = tag.split(" value=\"").nth(1)?;
+        Some(value[..value.find('"')?].to_owned())
+    }
+
+    /// Every `Set-Cookie` of the answer.
+    pub fn set_cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .collect()
+    }
+
+    /// The `Set-Cookie` that sets `name`.
+    pub fn set_cookie(&self, name: &str) -> Option<String> {
+        self.set_cookies()
+            .into_iter()
+            .find(|c| c.starts_with(&format!("{name}=")))
+    }
+
+    pub fn contains(&self, text: &str) -> bool {
+        self.body.contains(text)
+    }
+
+    /// The page's `<main>`: what it shows apart from the frame.
+    pub fn main(&self) -> &str {
+        let start = self.body.find("<main").unwrap_or(0);
+        let end = self.body.find("</main>").unwrap_or(self.body.len());
+        &self.body[start..end]
+    }
+}
+
+impl Browser {
+    pub fn new(origin: impl Into<String>) -> Browser {
+        Self::behind(origin, "")
+    }
+
+    /// A browser that reaches the UI through a proxy mounting it at `prefix`.
+    pub fn behind(origin: impl Into<String>, prefix: &str) -> Browser {
+        let jar = Arc::new(Jar::default());
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .cookie_provider(jar.clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("reqwest client");
+        Browser {
+            client,
+            jar,
+            origin: origin.into(),
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// `http://host:port/ui{path}` as the browser sees it (with the prefix).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}/ui{path}", self.origin, self.prefix)
+    }
+
+    /// The URL tollgate itself serves `path` at (the proxy strips the prefix).
+    fn served(&self, path: &str) -> String {
+        format!("{}/ui{path}", self.origin)
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut request = self.client.request(method, self.served(path));
+        if !self.prefix.is_empty() {
+            request = request.header("x-forwarded-prefix", &self.prefix);
+        }
+        request
+    }
+
+    pub async fn get(&self, path: &str) -> Page {
+        read(self.request(reqwest::Method::GET, path)).await
+    }
+
+    /// GETs `path` with one more header (a cookie the proxy passes, a forwarding header).
+    pub async fn get_with_header(&self, path: &str, name: &str, value: &str) -> Page {
+        read(self.request(reqwest::Method::GET, path).header(name, value)).await
+    }
+
+    /// Follows redirects from `path` until a page that is not one.
+    pub async fn follow(&self, path: &str) -> Page {
+        let mut page = self.get(path).await;
+        for _ in 0..5 {
+            let Some(location) = page.location() else {
+                return page;
+            };
+            let under = location
+                .strip_prefix(&format!("{}/ui", self.prefix))
+                .unwrap_or_else(|| panic!("a redirect out of the UI: {location}"))
+                .to_owned();
+            page = self.get(&under).await;
+        }
+        panic!("too many redirects from {path}");
+    }
+
+    /// Posts a form as a browser does: urlencoded, with this site as its `Origin`.
+    pub async fn post(&self, path: &str, fields: &[(&str, &str)]) -> Page {
+        self.post_with(path, fields, &[("origin", &self.origin)])
+            .await
+    }
+
+    /// Posts a form with exactly these extra headers (no `Origin` unless given).
+    pub async fn post_with(
+        &self,
+        path: &str,
+        fields: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> Page {
+        let body = encode(fields);
+        self.post_raw(path, body.into_bytes(), headers).await
+    }
+
+    /// Posts `body` as a form, byte for byte.
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> Page {
+        let mut request = self
+            .request(reqwest::Method::POST, path)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        read(request).await
+    }
+
+    /// Posts `body` with another content type than a form's.
+    pub async fn post_with_type(&self, path: &str, content_type: &str, body: &str) -> Page {
+        let request = self
+            .request(reqwest::Method::POST, path)
+            .header("content-type", content_type)
+            .header("origin", &self.origin)
+            .body(body.to_owned());
+        read(request).await
+    }
+
+    /// Posts a form that carries the CSRF token of the page at `from`.
+    pub async fn submit(&self, from: &str, action: &str, fields: &[(&str, &str)]) -> Page {
+        let csrf = self.get(from).await.csrf();
+        let mut all = vec![("csrf_token", csrf.as_str())];
+        all.extend_from_slice(fields);
+        self.post(action, &all).await
+    }
+
+    /// Signs in with a password; the answer to the form.
+    pub async fn sign_in(&self, username: &str, password: &str) -> Page {
+        self.submit(
+            "/login",
+            "/login",
+            &[("username", username), ("password", password)],
+        )
+        .await
+    }
+
+    /// Signs in with a password and asserts that it worked.
+    pub async fn signed_in(&self, username: &str, password: &str) {
+        let page = self.sign_in(username, password).await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "sign-in: {}", page.body);
+    }
+
+    pub async fn sign_in_master(&self, key: &str) -> Page {
+        self.submit("/login", "/login/master", &[("master_key", key)])
+            .await
+    }
+
+    /// The value of cookie `name` as the browser would send it to `path` under the UI.
+    pub fn cookie(&self, path: &str, name: &str) -> Option<String> {
+        let url = self.url(path).parse().expect("a URL");
+        let header = self.jar.cookies(&url)?;
+        header
+            .to_str()
+            .ok()?
+            .split(';')
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_owned())
+    }
+
+    /// Sets cookie `name` for the whole UI, as a browser that kept (or forged) it would.
+    pub fn set_cookie(&self, name: &str, value: &str) {
+        let url = self.url("/").parse().expect("a URL");
+        self.jar
+            .add_cookie_str(&format!("{name}={value}; Path={}/ui", self.prefix), &url);
+    }
+}
+
+/// `name=value&…`, URL-encoded.
+pub fn encode(fields: &[(&str, &str)]) -> String {
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    for (name, value) in fields {
+        form.append_pair(name, value);
+    }
+    form.finish()
+}
+
+async fn read(request: reqwest::RequestBuilder) -> Page {
+    let response = request.send().await.expect("the UI answers");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.text().await.expect("a body");
+    Page {
+        status,
+        headers,
+        body,
+    }
+}
