@@ -2,6 +2,7 @@
 //! `GET /admin/alerts` lists them (admins and viewers), newest first, with the API's
 //! filters (state, kind of entity, entity) and how many.
 
+use super::form::StrictQuery;
 use super::layout::{render_with_status, Layout, PageResult};
 use super::session::Session;
 use super::show::{self, Choice, Names};
@@ -10,7 +11,7 @@ use super::UiState;
 use crate::admin::alerts::{self as api, AlertsQuery};
 use crate::store::{AlertState, SpendKind};
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
@@ -80,7 +81,7 @@ struct AlertsView {
 async fn page(
     State(ui): State<UiState>,
     session: Session,
-    Query(form): Query<AlertsForm>,
+    StrictQuery(form): StrictQuery<AlertsForm>,
 ) -> PageResult {
     let app = &ui.app;
     let entity = show::filter_text("entity", &form.entity, 64)?;

@@ -5,6 +5,7 @@
 //! The actor filter takes what the log holds (`master`, `user:{id}`, `key:{id}`, …) or a
 //! username or email, which is looked up and becomes `user:{id}`.
 
+use super::form::StrictQuery;
 use super::layout::{render_with_status, Layout, PageResult};
 use super::session::Session;
 use super::show::{self, Names};
@@ -14,7 +15,7 @@ use crate::admin::audit::{self as api, AuditQuery};
 use crate::admin::AppState;
 use crate::domain::AuditEvent;
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
@@ -63,7 +64,7 @@ struct AuditView {
 async fn page(
     State(ui): State<UiState>,
     session: Session,
-    Query(form): Query<AuditForm>,
+    StrictQuery(form): StrictQuery<AuditForm>,
 ) -> PageResult {
     let app = &ui.app;
     let mut view = AuditView {

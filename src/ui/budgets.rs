@@ -3,6 +3,7 @@
 //! limit (a `<meter>` and the numbers), the period, and the alert thresholds
 //! (`budgets.alert_thresholds`) its spend has reached.
 
+use super::form::StrictQuery;
 use super::layout::{render_with_status, Layout, PageResult};
 use super::session::Session;
 use super::show::{self, Choice};
@@ -11,7 +12,7 @@ use super::UiState;
 use crate::admin::budgets::{self as api, Budget, BudgetsQuery};
 use crate::store::SpendKind;
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
@@ -70,7 +71,7 @@ struct BudgetsView {
 async fn page(
     State(ui): State<UiState>,
     session: Session,
-    Query(form): Query<BudgetsForm>,
+    StrictQuery(form): StrictQuery<BudgetsForm>,
 ) -> PageResult {
     let app = &ui.app;
     let mut thresholds: Vec<u32> = app

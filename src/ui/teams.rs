@@ -13,7 +13,7 @@
 //! add-member form looks a username or email up only for those who may read users; others
 //! give the user's id.
 
-use super::form::Posted;
+use super::form::{Posted, StrictQuery};
 use super::layout::{render, render_with_status, Layout, PageResult};
 use super::session::Session;
 use super::show::{self, Choice, Names, PathId};
@@ -23,7 +23,7 @@ use crate::admin::teams::{self as api, AddMember, CreateTeam, UpdateTeam};
 use crate::admin::{AppState, Caller};
 use crate::domain::{Role, Team, TeamRole};
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
@@ -159,7 +159,7 @@ struct DoneQuery {
 async fn list(
     State(ui): State<UiState>,
     session: Session,
-    Query(q): Query<DoneQuery>,
+    StrictQuery(q): StrictQuery<DoneQuery>,
 ) -> PageResult {
     listing(
         &ui.app,
@@ -278,7 +278,7 @@ async fn show(
     State(ui): State<UiState>,
     session: Session,
     PathId(id): PathId,
-    Query(q): Query<DoneQuery>,
+    StrictQuery(q): StrictQuery<DoneQuery>,
 ) -> PageResult {
     team_page(&ui.app, &session, &id, Page::done(&q.done)).await
 }

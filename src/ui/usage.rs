@@ -19,6 +19,7 @@
 //! `-`, `@`, a tab or a carriage return) is prefixed with `'`; cells are quoted as RFC 4180
 //! says (a comma, a quote or a line break inside; quotes doubled), lines end in CRLF.
 
+use super::form::StrictQuery;
 use super::layout::{render_with_status, Layout, PageResult};
 use super::session::Session;
 use super::show::{self, Choice, Names, Pick};
@@ -29,7 +30,7 @@ use crate::admin::{AppState, Caller, SignedIn, Who};
 use crate::domain::{self, rfc3339};
 use crate::store::{GroupBy, UsageReport, UsageRow, NO_GROUP};
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -323,7 +324,7 @@ struct UsageView {
 async fn page(
     State(ui): State<UiState>,
     session: Session,
-    Query(form): Query<UsageForm>,
+    StrictQuery(form): StrictQuery<UsageForm>,
 ) -> PageResult {
     let app = &ui.app;
     let caller = &session.caller;
@@ -616,7 +617,7 @@ pub const CSV_HEADER: &str = "group,requests,input_tokens,output_tokens,cost_usd
 async fn csv(
     State(ui): State<UiState>,
     session: Session,
-    Query(form): Query<UsageForm>,
+    StrictQuery(form): StrictQuery<UsageForm>,
 ) -> Result<Response, UiError> {
     let caller = &session.caller;
     let reader = reader_of(caller)?;

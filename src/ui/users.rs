@@ -7,7 +7,7 @@
 //! record, only admins change users. The listing filters and pages what the API lists; the
 //! spend is read for the users one page shows.
 
-use super::form::Posted;
+use super::form::{Posted, StrictQuery};
 use super::layout::{render, render_with_status, Layout, PageResult};
 use super::session::Session;
 use super::show::{self, Choice, PathId};
@@ -18,7 +18,7 @@ use crate::admin::{with_spend, AppState, Caller};
 use crate::domain::{self, Role, User};
 use crate::store::SpendKind;
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
@@ -136,7 +136,7 @@ struct UsersView {
 async fn list(
     State(ui): State<UiState>,
     session: Session,
-    Query(form): Query<ListForm>,
+    StrictQuery(form): StrictQuery<ListForm>,
 ) -> PageResult {
     let done = done_message(&form.done);
     listing(&ui.app, &session, form, done, None, NewUserForm::default()).await
@@ -321,7 +321,7 @@ async fn show(
     State(ui): State<UiState>,
     session: Session,
     PathId(id): PathId,
-    Query(q): Query<DoneQuery>,
+    StrictQuery(q): StrictQuery<DoneQuery>,
 ) -> PageResult {
     let app = &ui.app;
     let caller = &session.caller;
