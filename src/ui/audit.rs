@@ -40,11 +40,16 @@ struct AuditForm {
 
 struct Row {
     at: String,
+    /// The actor's name where it has one, else the actor as the log has it.
     actor: String,
+    /// The actor as the log has it, its id cut short, when `actor` is a name.
+    actor_raw: String,
     /// The actor's page under the UI, for users and keys that still exist.
     actor_path: Option<String>,
     action: String,
+    /// The target as the log has it, and cut short for the table.
     target: String,
+    target_short: String,
     target_path: Option<String>,
     source: String,
     details: String,
@@ -162,22 +167,23 @@ fn link(form: &AuditForm) -> String {
 }
 
 async fn row(app: &AppState, names: &mut Names, event: AuditEvent) -> Result<Row, UiError> {
-    let (actor, actor_path) = match event.actor.split_once(':') {
-        Some(("user", id)) => match names.user(app, id).await? {
-            Some(name) => (
-                format!("{name} ({})", event.actor),
-                Some(format!("/users/{id}")),
-            ),
-            None => (event.actor.clone(), None),
-        },
-        Some(("key", id)) => match names.key(app, id).await? {
-            Some(name) => (
-                format!("key {name} ({})", event.actor),
-                Some(format!("/keys/{id}")),
-            ),
-            None => (event.actor.clone(), None),
-        },
-        _ => (event.actor.clone(), None),
+    let named = match event.actor.split_once(':') {
+        Some(("user", id)) => names
+            .user(app, id)
+            .await?
+            .map(|name| (name, format!("/users/{id}"), format!("user:{}", cut(id)))),
+        Some(("key", id)) => names.key(app, id).await?.map(|name| {
+            (
+                format!("key {name}"),
+                format!("/keys/{id}"),
+                format!("key:{}", cut(id)),
+            )
+        }),
+        _ => None,
+    };
+    let (actor, actor_path, actor_raw) = match named {
+        Some((name, path, raw)) => (name, Some(path), raw),
+        None => (event.actor.clone(), None, String::new()),
     };
     let target = event.target.clone().unwrap_or_default();
     // What a target names follows from the action: `key.*` a key, `user.*` a user,
@@ -195,7 +201,9 @@ async fn row(app: &AppState, names: &mut Names, event: AuditEvent) -> Result<Row
     Ok(Row {
         at: show::when(event.at),
         actor,
+        actor_raw,
         actor_path,
+        target_short: target.split('/').map(cut).collect::<Vec<_>>().join("/"),
         action: event.action,
         target,
         target_path,
@@ -206,4 +214,13 @@ async fn row(app: &AppState, names: &mut Names, event: AuditEvent) -> Result<Row
             details => details.to_string(),
         },
     })
+}
+
+/// An id cut to its first 8 characters and `…`, for a table (the whole one is in the
+/// link's title and the event's target).
+fn cut(id: &str) -> String {
+    match id.len() > 12 {
+        true => format!("{}…", show::short(id)),
+        false => id.to_owned(),
+    }
 }

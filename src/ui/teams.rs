@@ -312,12 +312,14 @@ async fn team_page(app: &AppState, session: &Session, id: &str, page: Page) -> P
     let mut members = Vec::with_capacity(found.members.len());
     for m in found.members {
         let you = caller.is_user(&m.user_id);
-        let name = match names_users {
-            true => names
+        let name = match (names_users, caller.user()) {
+            (true, _) => names
                 .user(app, &m.user_id)
                 .await?
                 .unwrap_or_else(|| format!("deleted user {}", show::short(&m.user_id))),
-            false => String::new(),
+            // Their own name everyone knows.
+            (false, Some(me)) if you => me.username.clone(),
+            (false, _) => String::new(),
         };
         members.push(MemberRow {
             path: (names_users || you).then(|| format!("/users/{}", m.user_id)),

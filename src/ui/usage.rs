@@ -342,11 +342,13 @@ async fn page(
                 label: "Every team".to_owned(),
                 selected: form.team.is_empty(),
             }];
-            for team in crate::admin::teams::listed(app, caller).await? {
+            // Admins and viewers see every team (`GET /admin/teams`); the select needs
+            // their names, not their spend.
+            for team in app.store.list_teams().await? {
                 picks.push(Pick {
-                    selected: team.item.id == form.team,
-                    value: team.item.id,
-                    label: team.item.name,
+                    selected: team.id == form.team,
+                    value: team.id,
+                    label: team.name,
                 });
             }
             Some(picks)
