@@ -46,6 +46,7 @@ macro_rules! on_both_stores {
 on_both_stores!(
     teams_and_their_members_as_each_role,
     usage_csv_adds_up_to_the_api_s_report,
+    budgets_show_spend_against_the_limit_and_the_thresholds_reached,
     the_audit_log_is_filtered_and_paged,
 );
 
@@ -1361,9 +1362,8 @@ async fn usage_csv_adds_up_to_the_api_s_report(db: Db) {
 
 // ---- budgets ----------------------------------------------------------------------------
 
-#[tokio::test]
-async fn budgets_show_spend_against_the_limit_and_the_thresholds_reached() {
-    let s = Stack::start(Db::Sqlite, "budgets: { alert_thresholds: [50, 90, 100] }\n").await;
+async fn budgets_show_spend_against_the_limit_and_the_thresholds_reached(db: Db) {
+    let s = Stack::start(db, "budgets: { alert_thresholds: [50, 90, 100] }\n").await;
     let uma = s.id("uma");
     let team = s
         .api(
@@ -1705,8 +1705,9 @@ async fn the_audit_log_is_filtered_and_paged(db: Db) {
         page.main()
     );
     assert!(page.contains(&format!(
-        ">ada</a> <code class=\"hint\">user:{}…</code>",
-        &s.id("ada")[..8]
+        ">ada</a> <code class=\"hint\">user:{}…{}</code>",
+        &s.id("ada")[..8],
+        &s.id("ada")[32..]
     )));
     let page = ada.get("/audit?actor=master&action=team.update").await;
     assert_eq!(page.main().matches("<code>team.update</code>").count(), 30);
@@ -1937,4 +1938,123 @@ fn role_of(name: &str) -> &'static str {
         "uma" => "user",
         _ => "viewer",
     }
+}
+
+// ---- how long the pages take at size ------------------------------------------------------
+
+/// Not run by default (`cargo test --test ui_pages -- --ignored --nocapture`): times the
+/// budgets, users, teams and usage pages, and `GET /admin/budgets`, on SQLite with 20,000
+/// keys (one in ten with a budget), 5,000 users and 200 teams, and prints the figures.
+#[tokio::test]
+#[ignore]
+async fn pages_at_size() {
+    use std::time::Instant;
+    let s = Stack::start(Db::Sqlite, "").await;
+    let store = &s.t.app.store;
+    let actor = tollgate::store::Actor::new("master", None);
+    let mut users = Vec::new();
+    for i in 0..5_000 {
+        let user = store
+            .create_user(
+                &actor,
+                tollgate::store::NewUser {
+                    username: format!("user{i:05}"),
+                    email: format!("user{i:05}@example.com"),
+                    full_name: None,
+                    role: None,
+                    password_hash: None,
+                    limits: Default::default(),
+                    metadata: None,
+                    email_unverified: false,
+                },
+            )
+            .await
+            .unwrap();
+        users.push(user.id);
+    }
+    for i in 0..200 {
+        s.api(
+            Method::POST,
+            "/admin/teams",
+            Some(json!({"name": format!("team{i:03}"), "max_budget": 100.0})),
+        )
+        .await;
+    }
+    for batch in 0..20 {
+        let keys: Vec<Value> = (0..1000)
+            .map(|i| {
+                let n = batch * 1000 + i;
+                let mut key =
+                    json!({"name": format!("key{n:05}"), "user_id": users[n % users.len()]});
+                if n % 10 == 0 {
+                    key["max_budget"] = json!(5.0);
+                }
+                key
+            })
+            .collect();
+        s.api(
+            Method::POST,
+            "/admin/keys/bulk",
+            Some(json!({"keys": keys})),
+        )
+        .await;
+    }
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let records: Vec<UsageRecord> = (0..5_000)
+        .map(|i| {
+            record(
+                &format!("r{i}"),
+                &now,
+                None,
+                Some(&users[i % users.len()]),
+                None,
+                ["gpt-4o", "gpt-4o-mini", "claude-3"][i % 3],
+                (100, 10),
+                0.001,
+            )
+        })
+        .collect();
+    store.record_usage(&records).await.unwrap();
+    let ada = s.as_("ada").await;
+    let time = |what: &'static str| {
+        let started = Instant::now();
+        move |status: StatusCode| {
+            assert_eq!(status, StatusCode::OK, "{what}");
+            println!("{what}: {} ms", started.elapsed().as_millis());
+        }
+    };
+    for _ in 0..2 {
+        let started = Instant::now();
+        let keys = store
+            .list_keys(tollgate::store::KeyFilter::default())
+            .await
+            .unwrap();
+        println!(
+            "store: list_keys of {} keys: {} ms",
+            keys.len(),
+            started.elapsed().as_millis()
+        );
+        let started = Instant::now();
+        let users = store.list_users().await.unwrap();
+        println!(
+            "store: list_users of {} users: {} ms",
+            users.len(),
+            started.elapsed().as_millis()
+        );
+        let done = time("GET /admin/budgets (2,000 of 20,000 keys and 200 teams with a budget)");
+        done(s.t.admin(Method::GET, "/admin/budgets", None).await.0);
+        let done = time("/ui/budgets");
+        done(ada.get("/budgets").await.status);
+        let done = time("/ui/users (5,005 users, first page)");
+        done(ada.get("/users").await.status);
+        let done = time("/ui/users?q=user04 (a search)");
+        done(ada.get("/users?q=user04").await.status);
+        let done = time("/ui/teams (200 teams)");
+        done(ada.get("/teams").await.status);
+        let done = time("/ui/usage?group=user (5,000 users' usage)");
+        done(ada.get("/usage?group=user").await.status);
+        let done = time("/ui/usage.csv?group=user");
+        done(ada.get("/usage.csv?group=user").await.status);
+    }
+    s.t.stop().await;
 }

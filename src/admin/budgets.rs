@@ -6,10 +6,12 @@
 //! else their own keys, the keys of the teams they own, themselves, and the teams they
 //! belong to (what `GET /admin/keys`, `/admin/users/{id}` and `/admin/teams` show them).
 //!
-//! The spend is [`UsageStore::current_spend`]'s, read for all entities at once with
+//! Keys are read with [`KeyStore::budgeted_keys`] (only those with a budget). The spend is
+//! [`UsageStore::current_spend`]'s, read for all entities at once with
 //! [`UsageStore::spends`] over each one's period, so a page of budgets costs one query per
 //! kind and one per 1024 budgets, not one per entity.
 //!
+//! [`KeyStore::budgeted_keys`]: crate::store::KeyStore::budgeted_keys
 //! [`UsageStore::current_spend`]: crate::store::UsageStore::current_spend
 //! [`UsageStore::spends`]: crate::store::UsageStore::spends
 
@@ -151,7 +153,7 @@ async fn keys(app: &AppState, caller: &Caller) -> Result<Vec<Budgeted>, ApiError
         anchor: key.created_at,
     };
     if caller.reads_all() {
-        let all = app.store.list_keys(KeyFilter::default()).await?;
+        let all = app.store.budgeted_keys(KeyFilter::default()).await?;
         return Ok(all.into_iter().map(of).collect());
     }
     let Some(user) = caller.user() else {
@@ -159,7 +161,7 @@ async fn keys(app: &AppState, caller: &Caller) -> Result<Vec<Budgeted>, ApiError
     };
     let mut found = app
         .store
-        .list_keys(KeyFilter {
+        .budgeted_keys(KeyFilter {
             user_id: Some(user.id.clone()),
             ..KeyFilter::default()
         })
@@ -168,7 +170,7 @@ async fn keys(app: &AppState, caller: &Caller) -> Result<Vec<Budgeted>, ApiError
         if caller.owns_team(app, &membership.team_id).await? {
             let team_keys = app
                 .store
-                .list_keys(KeyFilter {
+                .budgeted_keys(KeyFilter {
                     team_id: Some(membership.team_id.clone()),
                     ..KeyFilter::default()
                 })

@@ -216,11 +216,16 @@ async fn row(app: &AppState, names: &mut Names, event: AuditEvent) -> Result<Row
     })
 }
 
-/// An id cut to its first 8 characters and `…`, for a table (the whole one is in the
-/// link's title and the event's target).
+/// An id cut to its first 8 and last 4 characters, for a table (the whole one is in the
+/// link's title). Ids made close in time share their first characters (UUIDv7), so the
+/// last ones tell them apart.
 fn cut(id: &str) -> String {
-    match id.len() > 12 {
-        true => format!("{}…", show::short(id)),
-        false => id.to_owned(),
+    match (
+        id.len() > 16,
+        id.get(..8),
+        id.get(id.len().saturating_sub(4)..),
+    ) {
+        (true, Some(head), Some(tail)) => format!("{head}…{tail}"),
+        _ => id.to_owned(),
     }
 }

@@ -219,6 +219,22 @@ impl Names {
         Ok(self.users[id].clone())
     }
 
+    /// Reads every live user's name at once (a page that names thousands of users).
+    pub async fn all_users(&mut self, app: &AppState) -> Result<(), UiError> {
+        for user in app.store.list_users().await? {
+            self.users.insert(user.id, Some(user.username));
+        }
+        Ok(())
+    }
+
+    /// Reads every live team's name at once.
+    pub async fn all_teams(&mut self, app: &AppState) -> Result<(), UiError> {
+        for team in app.store.list_teams().await? {
+            self.teams.insert(team.id, Some(team.name));
+        }
+        Ok(())
+    }
+
     /// The team's name, or `None` when there is no such live team.
     pub async fn team(&mut self, app: &AppState, id: &str) -> Result<Option<String>, UiError> {
         if !self.teams.contains_key(id) {

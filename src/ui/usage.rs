@@ -477,6 +477,16 @@ async fn labels(
     rows: &[UsageRow],
 ) -> Result<Vec<String>, UiError> {
     let mut names = Names::default();
+    // Many users or teams: their names in one read rather than one read each (those who
+    // read every user and team only). An id that is not among them (a deleted user) is
+    // still looked up by itself, and shown by its id when it is gone.
+    if matches!(reader, Reader::All) && rows.len() > 20 {
+        match group {
+            GroupBy::User => names.all_users(app).await?,
+            GroupBy::Team => names.all_teams(app).await?,
+            _ => {}
+        }
+    }
     let mut labels = Vec::with_capacity(rows.len());
     for row in rows {
         let id = row.group.as_str();
