@@ -1546,6 +1546,18 @@ async fn alerts_show_their_delivery_to_admins_and_viewers_only() {
     )];
     s.t.app.store.record_usage(&records).await.unwrap();
     assert_eq!(alerts.on_written(&records, now).await, 2, "50 and 75 %");
+    let more = [record(
+        "a2",
+        &at,
+        Some(&key),
+        None,
+        None,
+        "gpt-4o",
+        (1, 1),
+        1.5,
+    )];
+    s.t.app.store.record_usage(&more).await.unwrap();
+    assert_eq!(alerts.on_written(&more, now).await, 1, "90 %");
     let raised = s.api(Method::GET, "/admin/alerts", None).await["data"]
         .as_array()
         .unwrap()
@@ -1556,7 +1568,7 @@ async fn alerts_show_their_delivery_to_admins_and_viewers_only() {
             .unwrap()
             .to_owned()
     };
-    // One delivered, one retried: how the delivery loop records its attempts.
+    // One delivered, one retried, one given up: how the delivery loop records its attempts.
     let store = &s.t.app.store;
     assert!(store
         .mark_alert(&id(50), AlertOutcome::Delivered { at: now })
@@ -1568,6 +1580,15 @@ async fn alerts_show_their_delivery_to_admins_and_viewers_only() {
             AlertOutcome::Retry {
                 error: "webhook answered 502 <script>".into(),
                 next_attempt_at: now + 120,
+            },
+        )
+        .await
+        .unwrap());
+    assert!(store
+        .mark_alert(
+            &id(90),
+            AlertOutcome::Failed {
+                error: "connection refused".into(),
             },
         )
         .await
@@ -1599,6 +1620,16 @@ async fn alerts_show_their_delivery_to_admins_and_viewers_only() {
     assert!(pending.contains(&next), "{pending}");
     assert!(pending.contains("webhook answered 502 &"), "{pending}");
     assert!(!pending.contains("<script>"), "escaped: {pending}");
+    let failed = row_of(&page, "failed");
+    assert!(
+        failed.contains("90 %") && failed.contains("$9.50"),
+        "{failed}"
+    );
+    assert!(failed.contains("connection refused"), "{failed}");
+    assert!(
+        failed.contains("<td></td>\n      <td></td>"),
+        "no next attempt, not delivered: {failed}"
+    );
     let only = ada.get("/alerts?state=delivered").await;
     assert!(only.contains("delivered") && !only.main().contains(">pending<"));
     refused(
@@ -1614,8 +1645,8 @@ async fn alerts_show_their_delivery_to_admins_and_viewers_only() {
     let by_entity = ada.get(&format!("/alerts?kind=key&entity={key}")).await;
     assert_eq!(
         by_entity.main().matches("<tr>").count(),
-        3,
-        "header and two alerts"
+        4,
+        "header and three alerts"
     );
     assert_eq!(
         s.api(Method::GET, "/admin/alerts?state=pending", None)
