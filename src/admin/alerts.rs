@@ -1,7 +1,7 @@
 //! `/admin/alerts`: budget alerts and their delivery to the webhook.
 
 use super::{list, ApiError, AppState, Caller, QueryParams};
-use crate::store::{AlertFilter, AlertState, SpendKind};
+use crate::store::{Alert, AlertFilter, AlertState, SpendKind};
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -11,13 +11,13 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/admin/alerts", get(list_alerts))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct AlertsQuery {
-    state: Option<String>,
-    entity_kind: Option<String>,
-    entity_id: Option<String>,
-    limit: Option<i64>,
+pub(crate) struct AlertsQuery {
+    pub state: Option<String>,
+    pub entity_kind: Option<String>,
+    pub entity_id: Option<String>,
+    pub limit: Option<i64>,
 }
 
 /// `GET /admin/alerts?state=pending|delivered|failed&entity_kind=key|user|team&entity_id=…
@@ -27,6 +27,15 @@ async fn list_alerts(
     caller: Caller,
     QueryParams(q): QueryParams<AlertsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(list(listed(&app, &caller, q).await?))
+}
+
+/// `GET /admin/alerts`: the alerts the query asks for; admins and viewers.
+pub(crate) async fn listed(
+    app: &AppState,
+    caller: &Caller,
+    q: AlertsQuery,
+) -> Result<Vec<Alert>, ApiError> {
     caller.require_reader("read budget alerts")?;
     if let Some(limit) = q.limit {
         if !(1..=1000).contains(&limit) {
@@ -51,5 +60,5 @@ async fn list_alerts(
         entity_id: q.entity_id,
         limit: q.limit,
     };
-    Ok(list(app.store.list_alerts(filter).await?))
+    Ok(app.store.list_alerts(filter).await?)
 }

@@ -1,7 +1,7 @@
 //! `/admin/audit`: who changed what, when, from where.
 
 use super::{list, ApiError, AppState, Caller, QueryParams};
-use crate::domain::rfc3339;
+use crate::domain::{rfc3339, AuditEvent};
 use crate::store::AuditFilter;
 use axum::extract::State;
 use axum::routing::get;
@@ -12,15 +12,18 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/admin/audit", get(list_audit))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct AuditQuery {
-    actor: Option<String>,
-    action: Option<String>,
-    target: Option<String>,
-    since: Option<String>,
-    until: Option<String>,
-    limit: Option<i64>,
+pub(crate) struct AuditQuery {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub target: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub limit: Option<i64>,
+    /// The `id` of the last event of the page before: the events after it in the log's
+    /// order (older ones).
+    pub before: Option<i64>,
 }
 
 pub(super) fn time(field: &str, value: Option<String>) -> Result<Option<i64>, ApiError> {
@@ -34,6 +37,15 @@ async fn list_audit(
     caller: Caller,
     QueryParams(q): QueryParams<AuditQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(list(listed(&app, &caller, q).await?))
+}
+
+/// `GET /admin/audit`: the events the query asks for, newest first; admins and viewers.
+pub(crate) async fn listed(
+    app: &AppState,
+    caller: &Caller,
+    q: AuditQuery,
+) -> Result<Vec<AuditEvent>, ApiError> {
     caller.require_reader("read the audit log")?;
     if let Some(limit) = q.limit {
         if !(1..=1000).contains(&limit) {
@@ -49,6 +61,7 @@ async fn list_audit(
         since: time("since", q.since)?,
         until: time("until", q.until)?,
         limit: q.limit,
+        before: q.before,
     };
-    Ok(list(app.store.list_audit(filter).await?))
+    Ok(app.store.list_audit(filter).await?)
 }

@@ -5,19 +5,20 @@
 //! the [`Caller`] extractor and checks what the caller's role allows ([`access`]).
 
 mod access;
-mod alerts;
-mod audit;
 mod error;
+mod ops;
 // The web UI (`crate::ui`) calls the handlers' functions of these, so that a page does what
 // the API does, with the same role checks.
+pub(crate) mod alerts;
+pub(crate) mod audit;
+pub(crate) mod budgets;
 pub(crate) mod keys;
-mod ops;
 pub(crate) mod profile;
 pub(crate) mod session;
-mod teams;
-mod usage;
+pub(crate) mod teams;
+pub(crate) mod usage;
 pub(crate) mod user_keys;
-mod users;
+pub(crate) mod users;
 
 pub use access::{Caller, SignedIn, Who};
 pub use error::ApiError;
@@ -68,6 +69,7 @@ pub fn router(app: Arc<Api>) -> Router {
         .merge(user_keys::routes())
         .merge(usage::routes())
         .merge(alerts::routes())
+        .merge(budgets::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)

@@ -2,7 +2,7 @@
 
 use super::{
     all_with_spend, limits_of, limits_patch_of, list, nullable, validate, whole, ApiError,
-    AppState, Caller, JsonBody,
+    AppState, Caller, JsonBody, WithSpend,
 };
 use crate::authn::key_cache::Invalidation;
 use crate::domain::{BudgetDuration, Membership, MembershipSource, Role, Team, TeamRole};
@@ -24,19 +24,19 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/teams/{id}/members/{user_id}", delete(remove_member))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct CreateTeam {
-    name: String,
+pub(crate) struct CreateTeam {
+    pub name: String,
     #[serde(default)]
-    models: Vec<String>,
+    pub models: Vec<String>,
     #[serde(default, deserialize_with = "whole::option")]
-    rpm: Option<i64>,
+    pub rpm: Option<i64>,
     #[serde(default, deserialize_with = "whole::option")]
-    tpm: Option<i64>,
-    max_budget: Option<f64>,
-    budget_duration: Option<BudgetDuration>,
-    metadata: Option<serde_json::Value>,
+    pub tpm: Option<i64>,
+    pub max_budget: Option<f64>,
+    pub budget_duration: Option<BudgetDuration>,
+    pub metadata: Option<serde_json::Value>,
 }
 
 async fn create(
@@ -44,6 +44,16 @@ async fn create(
     caller: Caller,
     JsonBody(body): JsonBody<CreateTeam>,
 ) -> Result<(StatusCode, Json<Team>), ApiError> {
+    let team = create_team(&app, &caller, body).await?;
+    Ok((StatusCode::CREATED, Json(team)))
+}
+
+/// `POST /admin/teams`: admins and managers create teams; a manager becomes the owner.
+pub(crate) async fn create_team(
+    app: &AppState,
+    caller: &Caller,
+    body: CreateTeam,
+) -> Result<Team, ApiError> {
     caller.allow(
         caller.is_admin() || caller.role() == Role::Manager,
         "create teams",
@@ -77,13 +87,22 @@ async fn create(
             )
             .await?;
     }
-    Ok((StatusCode::CREATED, Json(team)))
+    Ok(team)
 }
 
 async fn list_teams(
     State(app): State<AppState>,
     caller: Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(list(listed(&app, &caller).await?))
+}
+
+/// `GET /admin/teams`: every team for admins and viewers, else the caller's teams, each
+/// with its spend.
+pub(crate) async fn listed(
+    app: &AppState,
+    caller: &Caller,
+) -> Result<Vec<WithSpend<Team>>, ApiError> {
     let mut teams = app.store.list_teams().await?;
     if let (false, Some(user)) = (caller.reads_all(), caller.user()) {
         // Others see the teams they belong to.
@@ -96,18 +115,16 @@ async fn list_teams(
             .collect();
         teams.retain(|t| mine.contains(&t.id));
     }
-    Ok(list(
-        all_with_spend(&app, SpendKind::Team, teams, |t| t.id.clone()).await?,
-    ))
+    all_with_spend(app, SpendKind::Team, teams, |t| t.id.clone()).await
 }
 
 #[derive(Serialize)]
-struct TeamWithMembers {
+pub(crate) struct TeamWithMembers {
     #[serde(flatten)]
-    team: Team,
-    members: Vec<Membership>,
+    pub team: Team,
+    pub members: Vec<Membership>,
     /// USD spent in the team's current budget period.
-    spend: f64,
+    pub spend: f64,
 }
 
 async fn get_team(
@@ -115,40 +132,49 @@ async fn get_team(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<TeamWithMembers>, ApiError> {
-    let sees = caller.sees_team(&app, &id).await?;
+    read_team(&app, &caller, &id).await.map(Json)
+}
+
+/// `GET /admin/teams/{id}`: the team with its members and spend, for those who see it.
+pub(crate) async fn read_team(
+    app: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<TeamWithMembers, ApiError> {
+    let sees = caller.sees_team(app, id).await?;
     caller.allow(sees, "read a team they do not belong to")?;
     let team = app
         .store
-        .get_team(&id)
+        .get_team(id)
         .await?
-        .ok_or_else(|| ApiError::not_found("team", &id))?;
-    let members = app.store.list_members(&id).await?;
+        .ok_or_else(|| ApiError::not_found("team", id))?;
+    let members = app.store.list_members(id).await?;
     let spend = app
         .store
-        .current_spend(SpendKind::Team, &id, crate::domain::now())
+        .current_spend(SpendKind::Team, id, crate::domain::now())
         .await?;
-    Ok(Json(TeamWithMembers {
+    Ok(TeamWithMembers {
         team,
         members,
         spend,
-    }))
+    })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct UpdateTeam {
-    name: Option<String>,
-    models: Option<Vec<String>>,
-    blocked: Option<bool>,
+pub(crate) struct UpdateTeam {
+    pub name: Option<String>,
+    pub models: Option<Vec<String>>,
+    pub blocked: Option<bool>,
     #[serde(default, deserialize_with = "whole::nullable")]
-    rpm: Option<Option<i64>>,
+    pub rpm: Option<Option<i64>>,
     #[serde(default, deserialize_with = "whole::nullable")]
-    tpm: Option<Option<i64>>,
+    pub tpm: Option<Option<i64>>,
     #[serde(default, deserialize_with = "nullable")]
-    max_budget: Option<Option<f64>>,
+    pub max_budget: Option<Option<f64>>,
     #[serde(default, deserialize_with = "nullable")]
-    budget_duration: Option<Option<BudgetDuration>>,
-    metadata: Option<serde_json::Value>,
+    pub budget_duration: Option<Option<BudgetDuration>>,
+    pub metadata: Option<serde_json::Value>,
 }
 
 async fn update(
@@ -157,7 +183,17 @@ async fn update(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<UpdateTeam>,
 ) -> Result<Json<Team>, ApiError> {
-    let manages = caller.manages_team(&app, &id).await?;
+    update_team(&app, &caller, &id, body).await.map(Json)
+}
+
+/// `PATCH /admin/teams/{id}`: admins, and managers who own the team.
+pub(crate) async fn update_team(
+    app: &AppState,
+    caller: &Caller,
+    id: &str,
+    body: UpdateTeam,
+) -> Result<Team, ApiError> {
+    let manages = caller.manages_team(app, id).await?;
     caller.allow(manages, "change a team they do not own")?;
     if let Some(name) = &body.name {
         validate::name("name", name)?;
@@ -173,10 +209,11 @@ async fn update(
         limits,
         metadata: body.metadata,
     };
-    let team = app.store.update_team(&caller.actor, &id, patch).await?;
-    app.invalidator.send(Invalidation::Team(id.clone())).await;
-    team.map(Json)
-        .ok_or_else(|| ApiError::not_found("team", &id))
+    let team = app.store.update_team(&caller.actor, id, patch).await?;
+    app.invalidator
+        .send(Invalidation::Team(id.to_owned()))
+        .await;
+    team.ok_or_else(|| ApiError::not_found("team", id))
 }
 
 async fn remove(
@@ -184,23 +221,31 @@ async fn remove(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let manages = caller.manages_team(&app, &id).await?;
+    delete_team(&app, &caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /admin/teams/{id}`: admins, and managers who own the team.
+pub(crate) async fn delete_team(app: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
+    let manages = caller.manages_team(app, id).await?;
     caller.allow(manages, "delete a team they do not own")?;
-    let deleted = app.store.delete_team(&caller.actor, &id).await?;
-    app.invalidator.send(Invalidation::Team(id.clone())).await;
+    let deleted = app.store.delete_team(&caller.actor, id).await?;
+    app.invalidator
+        .send(Invalidation::Team(id.to_owned()))
+        .await;
     if deleted {
-        Ok(StatusCode::NO_CONTENT)
+        Ok(())
     } else {
-        Err(ApiError::not_found("team", &id))
+        Err(ApiError::not_found("team", id))
     }
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AddMember {
-    user_id: String,
+pub(crate) struct AddMember {
+    pub user_id: String,
     #[serde(default = "member")]
-    role: TeamRole,
+    pub role: TeamRole,
 }
 
 fn member() -> TeamRole {
@@ -213,26 +258,40 @@ async fn add_member(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<AddMember>,
 ) -> Result<(StatusCode, Json<Membership>), ApiError> {
-    let owns = caller.owns_team(&app, &id).await?;
+    let membership = add_member_as(&app, &caller, &id, body).await?;
+    Ok((StatusCode::CREATED, Json(membership)))
+}
+
+/// `POST /admin/teams/{id}/members`: the team's owners (and admins) add a member, or
+/// change a member's role.
+pub(crate) async fn add_member_as(
+    app: &AppState,
+    caller: &Caller,
+    id: &str,
+    body: AddMember,
+) -> Result<Membership, ApiError> {
+    let owns = caller.owns_team(app, id).await?;
     caller.allow(owns, "manage the members of a team they do not own")?;
-    if app.store.get_team(&id).await?.is_none() {
-        return Err(ApiError::not_found("team", &id));
+    if app.store.get_team(id).await?.is_none() {
+        return Err(ApiError::not_found("team", id));
     }
     let membership = app
         .store
         .add_member(
             &caller.actor,
-            &id,
+            id,
             &body.user_id,
             body.role,
             MembershipSource::Manual,
         )
         .await?;
-    app.invalidator.send(Invalidation::Team(id.clone())).await;
+    app.invalidator
+        .send(Invalidation::Team(id.to_owned()))
+        .await;
     app.invalidator
         .send(Invalidation::User(body.user_id.clone()))
         .await;
-    Ok((StatusCode::CREATED, Json(membership)))
+    Ok(membership)
 }
 
 async fn remove_member(
@@ -240,16 +299,27 @@ async fn remove_member(
     caller: Caller,
     Path((id, user_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let owns = caller.owns_team(&app, &id).await?;
+    remove_member_as(&app, &caller, &id, &user_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /admin/teams/{id}/members/{user_id}`: the team's owners (and admins).
+pub(crate) async fn remove_member_as(
+    app: &AppState,
+    caller: &Caller,
+    id: &str,
+    user_id: &str,
+) -> Result<(), ApiError> {
+    let owns = caller.owns_team(app, id).await?;
     caller.allow(owns, "manage the members of a team they do not own")?;
-    if app
-        .store
-        .remove_member(&caller.actor, &id, &user_id)
-        .await?
-    {
-        app.invalidator.send(Invalidation::Team(id.clone())).await;
-        app.invalidator.send(Invalidation::User(user_id)).await;
-        Ok(StatusCode::NO_CONTENT)
+    if app.store.remove_member(&caller.actor, id, user_id).await? {
+        app.invalidator
+            .send(Invalidation::Team(id.to_owned()))
+            .await;
+        app.invalidator
+            .send(Invalidation::User(user_id.to_owned()))
+            .await;
+        Ok(())
     } else {
         Err(ApiError::NotFound(format!(
             "user `{user_id}` is not a member of team `{id}`"

@@ -21,15 +21,15 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/user/usage/monthly", get(own_monthly))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct AdminQuery {
-    group_by: Option<String>,
-    since: Option<String>,
-    until: Option<String>,
-    user_id: Option<String>,
-    key_id: Option<String>,
-    team_id: Option<String>,
+pub(crate) struct AdminQuery {
+    pub group_by: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub user_id: Option<String>,
+    pub key_id: Option<String>,
+    pub team_id: Option<String>,
 }
 
 fn group_by(value: Option<&str>, default: GroupBy) -> Result<GroupBy, ApiError> {
@@ -45,9 +45,18 @@ async fn admin_report(
     caller: Caller,
     QueryParams(q): QueryParams<AdminQuery>,
 ) -> Result<Json<UsageReport>, ApiError> {
+    report(&app, &caller, q).await.map(Json)
+}
+
+/// `GET /admin/usage`: the report the query asks for, when the caller may read it.
+pub(crate) async fn report(
+    app: &AppState,
+    caller: &Caller,
+    q: AdminQuery,
+) -> Result<UsageReport, ApiError> {
     if !caller.reads_all() {
         let owns = match &q.team_id {
-            Some(team) => caller.owns_team(&app, team).await?,
+            Some(team) => caller.owns_team(app, team).await?,
             None => false,
         };
         caller.allow(owns, "read usage beyond the teams they own")?;
@@ -60,18 +69,20 @@ async fn admin_report(
         key_id: q.key_id,
         team_id: q.team_id,
     };
-    Ok(Json(app.store.usage_report(query).await?))
+    Ok(app.store.usage_report(query).await?)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct OwnQuery {
-    group_by: Option<String>,
-    since: Option<String>,
-    until: Option<String>,
+pub(crate) struct OwnQuery {
+    pub group_by: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
 }
 
-async fn own(
+/// `GET /v1/user/usage` (and its daily form): the caller's own usage, grouped by
+/// `group_by` or else by `default`.
+pub(crate) async fn own(
     app: &AppState,
     me: &SignedIn,
     q: OwnQuery,

@@ -64,21 +64,21 @@ pub(super) fn check_email(email: &str) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct CreateUser {
-    username: String,
-    email: String,
-    role: Option<Role>,
-    password: Option<String>,
-    full_name: Option<String>,
+pub(crate) struct CreateUser {
+    pub username: String,
+    pub email: String,
+    pub role: Option<Role>,
+    pub password: Option<String>,
+    pub full_name: Option<String>,
     #[serde(default, deserialize_with = "whole::option")]
-    rpm: Option<i64>,
+    pub rpm: Option<i64>,
     #[serde(default, deserialize_with = "whole::option")]
-    tpm: Option<i64>,
-    max_budget: Option<f64>,
-    budget_duration: Option<BudgetDuration>,
-    metadata: Option<serde_json::Value>,
+    pub tpm: Option<i64>,
+    pub max_budget: Option<f64>,
+    pub budget_duration: Option<BudgetDuration>,
+    pub metadata: Option<serde_json::Value>,
 }
 
 async fn create(
@@ -86,6 +86,16 @@ async fn create(
     caller: Caller,
     JsonBody(body): JsonBody<CreateUser>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
+    let user = create_user(&app, &caller, body).await?;
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+/// `POST /admin/users`: admins only.
+pub(crate) async fn create_user(
+    app: &AppState,
+    caller: &Caller,
+    body: CreateUser,
+) -> Result<User, ApiError> {
     caller.require_admin("create users")?;
     check_username(&body.username)?;
     check_email(&body.email)?;
@@ -116,21 +126,27 @@ async fn create(
         )
         .await?;
     app.invalidator.send(Change::UserCreated).await;
-    Ok((StatusCode::CREATED, Json(user)))
+    Ok(user)
 }
 
 async fn list_users(
     State(app): State<AppState>,
     caller: Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let users = visible_users(&app, &caller).await?;
+    Ok(list(
+        all_with_spend(&app, SpendKind::User, users, |u| u.id.clone()).await?,
+    ))
+}
+
+/// The users of `GET /admin/users` (admins, viewers and managers), without their spend:
+/// the web UI reads the spend of the users one page shows, not of every user.
+pub(crate) async fn visible_users(app: &AppState, caller: &Caller) -> Result<Vec<User>, ApiError> {
     caller.allow(
         caller.reads_all() || caller.role() == Role::Manager,
         "list users",
     )?;
-    let users = app.store.list_users().await?;
-    Ok(list(
-        all_with_spend(&app, SpendKind::User, users, |u| u.id.clone()).await?,
-    ))
+    Ok(app.store.list_users().await?)
 }
 
 async fn get_user(
@@ -138,35 +154,44 @@ async fn get_user(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<WithSpend<User>>, ApiError> {
+    read_user(&app, &caller, &id).await.map(Json)
+}
+
+/// `GET /admin/users/{id}`: admins, viewers, managers, and the user themselves.
+pub(crate) async fn read_user(
+    app: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<WithSpend<User>, ApiError> {
     caller.allow(
-        caller.reads_all() || caller.role() == Role::Manager || caller.is_user(&id),
+        caller.reads_all() || caller.role() == Role::Manager || caller.is_user(id),
         "read other users",
     )?;
     let user = app
         .store
-        .get_user(&id)
+        .get_user(id)
         .await?
-        .ok_or_else(|| ApiError::not_found("user", &id))?;
-    Ok(Json(with_spend(&app, SpendKind::User, &id, user).await?))
+        .ok_or_else(|| ApiError::not_found("user", id))?;
+    with_spend(app, SpendKind::User, id, user).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct UpdateUser {
-    email: Option<String>,
+pub(crate) struct UpdateUser {
+    pub email: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
-    full_name: Option<Option<String>>,
-    role: Option<Role>,
-    blocked: Option<bool>,
+    pub full_name: Option<Option<String>>,
+    pub role: Option<Role>,
+    pub blocked: Option<bool>,
     #[serde(default, deserialize_with = "whole::nullable")]
-    rpm: Option<Option<i64>>,
+    pub rpm: Option<Option<i64>>,
     #[serde(default, deserialize_with = "whole::nullable")]
-    tpm: Option<Option<i64>>,
+    pub tpm: Option<Option<i64>>,
     #[serde(default, deserialize_with = "nullable")]
-    max_budget: Option<Option<f64>>,
+    pub max_budget: Option<Option<f64>>,
     #[serde(default, deserialize_with = "nullable")]
-    budget_duration: Option<Option<BudgetDuration>>,
-    metadata: Option<serde_json::Value>,
+    pub budget_duration: Option<Option<BudgetDuration>>,
+    pub metadata: Option<serde_json::Value>,
 }
 
 async fn update(
@@ -175,6 +200,16 @@ async fn update(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<UpdateUser>,
 ) -> Result<Json<User>, ApiError> {
+    update_user(&app, &caller, &id, body).await.map(Json)
+}
+
+/// `PATCH /admin/users/{id}`: admins only.
+pub(crate) async fn update_user(
+    app: &AppState,
+    caller: &Caller,
+    id: &str,
+    body: UpdateUser,
+) -> Result<User, ApiError> {
     caller.require_admin("change users")?;
     if let Some(email) = &body.email {
         check_email(email)?;
@@ -195,10 +230,11 @@ async fn update(
         limits,
         metadata: body.metadata,
     };
-    let user = app.store.update_user(&caller.actor, &id, patch).await?;
-    app.invalidator.send(Invalidation::User(id.clone())).await;
-    user.map(Json)
-        .ok_or_else(|| ApiError::not_found("user", &id))
+    let user = app.store.update_user(&caller.actor, id, patch).await?;
+    app.invalidator
+        .send(Invalidation::User(id.to_owned()))
+        .await;
+    user.ok_or_else(|| ApiError::not_found("user", id))
 }
 
 async fn delete(
@@ -206,26 +242,42 @@ async fn delete(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    delete_user(&app, &caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /admin/users/{id}`: admins only.
+pub(crate) async fn delete_user(app: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
     caller.require_admin("delete users")?;
-    let deleted = app.store.delete_user(&caller.actor, &id).await?;
-    app.invalidator.send(Invalidation::User(id.clone())).await;
+    let deleted = app.store.delete_user(&caller.actor, id).await?;
+    app.invalidator
+        .send(Invalidation::User(id.to_owned()))
+        .await;
     if deleted {
-        Ok(StatusCode::NO_CONTENT)
+        Ok(())
     } else {
-        Err(ApiError::not_found("user", &id))
+        Err(ApiError::not_found("user", id))
     }
 }
 
-/// Lifts a login lockout (and resets the failure count).
 async fn unlock(
     State(app): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<User>, ApiError> {
+    unlock_user(&app, &caller, &id).await.map(Json)
+}
+
+/// `POST /admin/users/{id}/unlock`: lifts a login lockout (and resets the failure count);
+/// admins only.
+pub(crate) async fn unlock_user(
+    app: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<User, ApiError> {
     caller.require_admin("unlock users")?;
     app.store
-        .unlock_user(&caller.actor, &id)
+        .unlock_user(&caller.actor, id)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("user", &id))
+        .ok_or_else(|| ApiError::not_found("user", id))
 }

@@ -319,6 +319,10 @@ pub struct AuditFilter {
     pub until: Option<Timestamp>,
     /// At most this many events, newest first (the store caps it at 1000).
     pub limit: Option<i64>,
+    /// Only the events listed after the event with this id (older ones, in the order
+    /// `at` then `id`, both descending): the next page after a page that ended with it.
+    /// An id that names no event leaves nothing to list.
+    pub before: Option<i64>,
 }
 
 /// A user as seen by password login: the record and its argon2id PHC hash (`None` for
@@ -855,6 +859,9 @@ pub trait KeyStore: Send + Sync {
     async fn get_key(&self, id: &str) -> StoreResult<Option<ApiKey>>;
     /// Every key the filter matches, oldest first (by `created_at`, then id).
     async fn list_keys(&self, filter: KeyFilter) -> StoreResult<Vec<ApiKey>>;
+    /// [`KeyStore::list_keys`] of the keys that have a `max_budget` (the budgets page: one
+    /// key in many has one, and reading the others would cost most of the time).
+    async fn budgeted_keys(&self, filter: KeyFilter) -> StoreResult<Vec<ApiKey>>;
     /// One page of the keys the filter matches, newest first (by id), read by the
     /// primary key or the (owner, id) indexes: a page costs the same on the first page and
     /// the thousandth. A search reads keys until it has filled the page.

@@ -6,6 +6,7 @@ use super::assets;
 use super::session::Session;
 use super::web::{Site, UiError};
 use crate::admin::Caller;
+use crate::domain::Role;
 use askama::Template;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +26,39 @@ pub const NAV: &[Nav] = &[
         path: "/keys",
         label: "Keys",
         shown: |_| true,
+    },
+    Nav {
+        path: "/teams",
+        label: "Teams",
+        shown: |_| true,
+    },
+    Nav {
+        path: "/users",
+        label: "Users",
+        // `GET /admin/users`: admins, viewers and managers.
+        shown: |caller| caller.reads_all() || caller.role() == Role::Manager,
+    },
+    Nav {
+        path: "/usage",
+        label: "Usage",
+        shown: |_| true,
+    },
+    Nav {
+        path: "/budgets",
+        label: "Budgets",
+        shown: |_| true,
+    },
+    Nav {
+        path: "/alerts",
+        label: "Alerts",
+        // `GET /admin/alerts`: admins and viewers.
+        shown: Caller::reads_all,
+    },
+    Nav {
+        path: "/audit",
+        label: "Audit",
+        // `GET /admin/audit`: admins and viewers.
+        shown: Caller::reads_all,
     },
     Nav {
         path: "/profile",

@@ -31,13 +31,20 @@
 //! other sites, `no-store` on pages) are set by [`web::finish`], which also renders
 //! [`web::UiError`]s.
 
+mod alerts;
 mod assets;
+mod audit;
+mod budgets;
 pub mod form;
 mod keys;
 pub mod layout;
 mod login;
 mod profile;
 pub mod session;
+mod show;
+mod teams;
+mod usage;
+mod users;
 pub mod web;
 
 use crate::admin::AppState;
@@ -67,6 +74,12 @@ pub fn router(app: AppState) -> Router {
         .merge(login::routes())
         .merge(keys::routes())
         .merge(profile::routes())
+        .merge(teams::routes())
+        .merge(users::routes())
+        .merge(usage::routes())
+        .merge(budgets::routes())
+        .merge(alerts::routes())
+        .merge(audit::routes())
         .merge(assets::routes())
         .route("/ui/{*rest}", axum::routing::any(web::not_found))
         .layer(axum::middleware::from_fn_with_state(

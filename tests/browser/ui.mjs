@@ -5,12 +5,14 @@
 // call a model through Envoy with it (200), revoke it in the UI, call again (401); the
 // pages without JavaScript; a user's view and a viewer's view (no write controls); a forged
 // post without the CSRF token, and one from another origin, refused; the UI behind a path
-// prefix (an Envoy that mounts it at /gateway). A screenshot of each page goes to
+// prefix (an Envoy that mounts it at /gateway); a team made and a member added, the model
+// call's usage as an SVG chart and a CSV download, a narrow screen, the budgets, alerts,
+// audit and user pages, and what a user and a viewer see of them. A screenshot of each page goes to
 // $TOLLGATE_SCREENSHOTS. Exits non-zero on the first failure.
 
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import http from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -271,6 +273,79 @@ async function main() {
   await proxied.page.getByText("You have signed out.").waitFor();
   await proxied.page.goto(`${PREFIXED}/keys`);
   await proxied.page.waitForURL(/\/gateway\/ui\/login\?next=%2Fkeys$/);
+
+  step("teams: create one, add a member by username");
+  await page.goto(`${UI}/teams`);
+  await page.getByLabel("Name", { exact: true }).fill("Browser team");
+  await page.getByLabel(/^Budget in USD/).fill("3");
+  await page.getByRole("button", { name: "Create the team" }).click();
+  await page.waitForURL(/\/teams\/[0-9a-f-]+\?done=created$/);
+  const teamUrl = page.url().replace(/\?.*$/, "");
+  await page.getByLabel(/^User/).fill(USER);
+  await page.getByRole("button", { name: "Add", exact: true }).click();
+  await page.waitForURL(/done=member_added/);
+  await page.locator("#members ~ .table-wrap tr", { hasText: USER }).waitFor();
+  await shot(page, "team");
+
+  step("usage: the model call above, as an SVG chart, a table and a CSV");
+  // The call's record is written by the usage queue within a batch interval.
+  let table = "";
+  for (let i = 0; i < 40 && !table.includes("gpt-4o-mini"); i++) {
+    await page.goto(`${UI}/usage?group=model&metric=requests`);
+    table = await page.locator("table").innerText();
+    if (!table.includes("gpt-4o-mini")) await page.waitForTimeout(250);
+  }
+  assert.ok(table.includes("gpt-4o-mini"), table);
+  const chart = page.getByRole("img", { name: /chart/ });
+  await chart.waitFor();
+  const bar = page.locator("svg.bars rect.bar").first();
+  assert.ok(Number(await bar.getAttribute("width")) > 0, "a bar is drawn");
+  assert.equal(await bar.evaluate((el) => getComputedStyle(el).fill), "rgb(35, 64, 142)", "coloured by the stylesheet");
+  await shot(page, "usage");
+  const [download] = await Promise.all([
+    page.waitForEvent("download"),
+    page.getByRole("link", { name: "Download CSV" }).click(),
+  ]);
+  assert.match(download.suggestedFilename(), /^tollgate-usage-by-model-\d{4}-\d{2}-01-to-now\.csv$/);
+  const csv = readFileSync(await download.path(), "utf8");
+  assert.match(csv, /^group,requests,input_tokens,output_tokens,cost_usd\r\ngpt-4o-mini,/);
+  await page.setViewportSize({ width: 390, height: 844 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `the page fits a narrow screen (${overflow}px too wide)`);
+  await shot(page, "usage-narrow");
+  await page.setViewportSize({ width: 1280, height: 860 });
+
+  step("budgets, alerts, audit, users");
+  await page.goto(`${UI}/budgets`);
+  await page.locator("tr", { hasText: "Browser team" }).locator("meter").waitFor();
+  await shot(page, "budgets");
+  await page.goto(`${UI}/alerts`);
+  await page.getByRole("heading", { name: "Budget alerts" }).waitFor();
+  await shot(page, "alerts");
+  await page.goto(`${UI}/audit?action=team.member.add`);
+  await page.locator("tbody tr", { hasText: "team.member.add" }).first().waitFor();
+  await shot(page, "audit");
+  await page.goto(`${UI}/users`);
+  await page.getByRole("link", { name: USER, exact: true }).click();
+  await page.getByRole("link", { name: "Browser team" }).waitFor();
+  await shot(page, "user");
+
+  step("a user's pages: their usage and teams, no admin pages in the navigation");
+  await user.page.goto(`${UI}/usage`);
+  await user.page.getByRole("heading", { name: "Your usage" }).waitFor();
+  const userNav = await user.page.locator("nav[aria-label=Main] a").allInnerTexts();
+  assert.deepEqual(userNav, ["Keys", "Teams", "Usage", "Budgets", "Profile"]);
+  await user.page.goto(teamUrl);
+  assert.equal(await user.page.getByRole("button", { name: /Remove|Add|Save|Delete/ }).count(), 0);
+  await shot(user.page, "team-user");
+  const refusedAudit = await user.page.goto(`${UI}/audit`);
+  assert.equal(refusedAudit.status(), 403);
+
+  step("a viewer's teams: no write controls");
+  await viewer.page.goto(teamUrl);
+  await viewer.page.getByRole("heading", { name: "Members" }).waitFor();
+  assert.equal(await viewer.page.getByRole("button", { name: /Remove|Add|Save|Delete|Create/ }).count(), 0);
+  await shot(viewer.page, "team-viewer");
 
   // Only the refusals this scenario provoked may show in a console (as failed loads).
   const unexpected = consoleErrors.filter((e) => !/status of (403|410)/.test(e));

@@ -54,6 +54,16 @@ impl AuditStore for SqlStore {
         if let Some(until) = filter.until {
             add("at <=", Param::Int(until));
         }
+        if let Some(before) = filter.before {
+            // After the cursor's event in `ORDER BY at DESC, id DESC`; its `at` is read
+            // here, so the cursor is the id alone.
+            params.push(Param::Int(before));
+            let n = params.len();
+            conditions.push(format!(
+                "(at < (SELECT at FROM audit_log WHERE id = ${n}) \
+                 OR (at = (SELECT at FROM audit_log WHERE id = ${n}) AND id < ${n}))"
+            ));
+        }
         let limit = filter
             .limit
             .unwrap_or(AUDIT_DEFAULT_LIMIT)

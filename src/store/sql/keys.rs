@@ -316,6 +316,21 @@ impl KeyStore for SqlStore {
         rows.iter().map(key_from_row).collect()
     }
 
+    async fn budgeted_keys(&self, filter: KeyFilter) -> StoreResult<Vec<ApiKey>> {
+        let mut listing = Listing::of(filter, domain::now());
+        listing.conditions.push("max_budget IS NOT NULL".into());
+        let sql = format!(
+            "SELECT {KEY_COLS} FROM api_keys{} ORDER BY created_at, id",
+            listing.where_clause()
+        );
+        let rows = listing
+            .bind(sqlx::query(&sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(key_from_row).collect()
+    }
+
     async fn page_keys(&self, filter: KeyFilter, page: KeyPageRequest) -> StoreResult<KeyPage> {
         if !(1..=MAX_KEY_PAGE).contains(&page.limit) {
             return Err(StoreError::Invalid(format!(
