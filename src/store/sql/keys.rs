@@ -317,7 +317,7 @@ impl KeyStore for SqlStore {
     }
 
     async fn budgeted_keys(&self, filter: KeyFilter) -> StoreResult<Vec<ApiKey>> {
-        let mut listing = Listing::of(filter, domain::now());
+        let mut listing = Listing::of(filter, domain::now(), self.backend);
         listing.conditions.push("max_budget IS NOT NULL".into());
         let sql = format!(
             "SELECT {KEY_COLS} FROM api_keys{} ORDER BY created_at, id",
