@@ -11,7 +11,8 @@
 //!   It takes `now` and the resolved facts and returns a verdict; no I/O, no tonic, no sqlx.
 //!
 //! Around it: [`store`] (SQLite or Postgres through sqlx), [`admin`] (the HTTP API),
-//! [`ui`] (the web UI, pages over the HTTP API's handlers), [`cli`] (the command line), [`config`], [`metrics`] and [`app`] (wiring and listeners);
+//! [`ui`] (the web UI: pages over the HTTP API's handlers), [`cli`] (the command line),
+//! [`config`], [`metrics`] and [`app`] (wiring and listeners);
 //! [`lifecycle`] says when a replica is ready and how it drains on SIGTERM;
 //! [`backend_tls`] says what TLS to Postgres and Redis trusts and what its failures mean.
 //! [`mock_llm`] is an OpenAI-shaped upstream used by the end-to-end tests and the demo.

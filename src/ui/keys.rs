@@ -477,6 +477,8 @@ struct KeyView {
     tpm: String,
     /// The old secret's end of life, after a rotation with a grace period.
     previous_until: String,
+    /// When it was revoked, if it was.
+    revoked: String,
     max_grace: i64,
 }
 
@@ -517,6 +519,7 @@ async fn show(
             .filter(|at| *at > domain::now())
             .map(when)
             .unwrap_or_default(),
+        revoked: record.revoked_at.map(when).unwrap_or_default(),
         max_grace: api::MAX_GRACE_SECONDS,
         row,
         key: record,
