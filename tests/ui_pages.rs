@@ -1977,7 +1977,7 @@ fn role_of(name: &str) -> &'static str {
 /// budgets, users, teams and usage pages, and `GET /admin/budgets`, on SQLite with 20,000
 /// keys (one in ten with a budget), 5,000 users and 200 teams, and prints the figures.
 #[tokio::test]
-#[ignore]
+#[ignore = "a measurement, not a check: prints how long the pages take at size (minutes on a debug build); run by hand for docs/ARCHITECTURE.md"]
 async fn pages_at_size() {
     use std::time::Instant;
     let s = Stack::start(Db::Sqlite, "").await;
