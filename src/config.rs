@@ -49,6 +49,9 @@ pub struct Ui {
     pub session_ttl: Duration,
     /// When the UI's cookies are marked `Secure`.
     pub secure_cookies: SecureCookies,
+    /// The relying party id passkeys are bound to: a host name, the UI's or a parent
+    /// domain of it. Default: the host name the UI is reached at.
+    pub rp_id: Option<String>,
 }
 
 impl Default for Ui {
@@ -56,6 +59,7 @@ impl Default for Ui {
         Ui {
             session_ttl: Duration::from_secs(12 * 3600),
             secure_cookies: SecureCookies::Auto,
+            rp_id: None,
         }
     }
 }
@@ -1145,6 +1149,11 @@ impl Config {
                 "must be from 1m to 30d (a browser session lasts this long after sign-in)".into(),
             );
         }
+        if let Some(id) = &self.ui.rp_id {
+            if let Err(why) = crate::authn::passkey::check_rp_id(id) {
+                return err("ui.rp_id", why);
+            }
+        }
         for t in &self.budgets.alert_thresholds {
             if *t == 0 || *t > 100 {
                 return err(
@@ -1416,6 +1425,23 @@ mod tests {
         }
         let e = parse("ui: { secure_cookies: sometimes }\n").unwrap_err();
         assert!(e.message.contains("sometimes"), "{e}");
+    }
+
+    #[test]
+    fn ui_rp_id_is_a_host_name() {
+        assert_eq!(parse("").unwrap().config.ui.rp_id, None);
+        let c = parse("ui: { rp_id: example.com }\n").unwrap().config;
+        assert_eq!(c.ui.rp_id.as_deref(), Some("example.com"));
+        for bad in [
+            "10.0.0.1",
+            "https://example.com",
+            "example.com:8443",
+            "a..b",
+        ] {
+            let e = parse(&format!("ui:\n  rp_id: '{bad}'\n")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("ui.rp_id"), "{bad}: {e}");
+            assert_eq!(e.line, Some(2), "{bad}: {e}");
+        }
     }
 
     fn parse(text: &str) -> Result<Loaded, ConfigError> {

@@ -1,17 +1,17 @@
 //! Passkeys end to end below the web UI: the ceremonies of `authn::passkey` against the real
-//! store (every `store_suite!` test runs on SQLite and on Postgres), driven by a software
-//! authenticator written here. It keeps a P-256 key pair and builds what a browser and an
-//! authenticator send: authenticator data byte by byte, a "none" attestation object in
-//! CBOR, clientDataJSON, and ES256 assertion signatures over authenticatorData ‖
-//! SHA-256(clientDataJSON). Its layout is checked against a real authenticator's output
-//! (`real_authenticator_vector`).
+//! store (every `store_suite!` test runs on SQLite and on Postgres), driven by the software
+//! authenticator of `tests/common/authenticator.rs`, whose layout is checked here against
+//! a real authenticator's output (`real_authenticator_vector`).
 
 mod common;
 
+use common::authenticator::{
+    attestation_object_none, authenticator_data, cbor, client_data_json, cose_es256, es256_sign,
+    Answer, SoftAuthenticator, AT, BE, BS, UP, UV,
+};
+
 use ciborium::value::Value;
-use p256::ecdsa::signature::Signer;
 use serde_json::{json, Value as Json};
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tollgate::authn::passkey::wire::{b64url, b64url_decode};
 use tollgate::authn::passkey::{
@@ -25,12 +25,6 @@ use tollgate::store::{Actor, AuditFilter, NewUser, SharedStore, MAX_PASSKEYS_PER
 const RP_ID: &str = "tollgate.example.com";
 const ORIGIN: &str = "https://tollgate.example.com";
 const NOW: i64 = 1_800_000_000;
-
-const UP: u8 = 0x01;
-const UV: u8 = 0x04;
-const BE: u8 = 0x08;
-const BS: u8 = 0x10;
-const AT: u8 = 0x40;
 
 fn rp() -> RelyingParty {
     RelyingParty::new(RP_ID, "tollgate", &[ORIGIN]).unwrap()
@@ -80,242 +74,6 @@ fn refusal(result: Result<impl std::fmt::Debug, PasskeyError>) -> Refusal {
     }
 }
 
-// ---- the software authenticator ---------------------------------------------------------
-
-/// What a browser and an authenticator would put in one answer; each test bends one thing.
-#[derive(Clone)]
-struct Answer {
-    typ: &'static str,
-    origin: String,
-    /// The relying party id hashed into authenticator data.
-    rp_id: String,
-    flags: u8,
-    /// Some: the challenge to put in clientDataJSON instead of the options' one.
-    challenge: Option<String>,
-    cross_origin: bool,
-    /// Some(None): no user handle; Some(Some(h)): this one; None: the authenticator's own.
-    user_handle: Option<Option<Vec<u8>>>,
-}
-
-impl Answer {
-    fn create() -> Answer {
-        Answer {
-            typ: "webauthn.create",
-            origin: ORIGIN.to_string(),
-            rp_id: RP_ID.to_string(),
-            flags: UP | UV | AT,
-            challenge: None,
-            cross_origin: false,
-            user_handle: None,
-        }
-    }
-
-    fn get() -> Answer {
-        Answer {
-            typ: "webauthn.get",
-            flags: UP | UV,
-            ..Answer::create()
-        }
-    }
-}
-
-/// An authenticator with one ES256 credential, as CTAP2 authenticators build their output.
-struct SoftAuthenticator {
-    key: p256::ecdsa::SigningKey,
-    credential_id: Vec<u8>,
-    aaguid: [u8; 16],
-    /// The next signature counter; 0 means the authenticator keeps no counter.
-    counter: u32,
-    counts: bool,
-    user_handle: Vec<u8>,
-}
-
-impl SoftAuthenticator {
-    fn new() -> Self {
-        SoftAuthenticator::with_counter(true)
-    }
-
-    fn with_counter(counts: bool) -> Self {
-        let mut credential_id = vec![0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut credential_id);
-        SoftAuthenticator {
-            key: p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng),
-            credential_id,
-            aaguid: *b"tollgate-testing",
-            counter: 0,
-            counts,
-            user_handle: Vec::new(),
-        }
-    }
-
-    /// The credential public key as a COSE_Key, labels in CTAP2's canonical order.
-    fn cose_key(&self) -> Vec<u8> {
-        cose_es256(self.key.verifying_key())
-    }
-
-    fn next_count(&mut self) -> u32 {
-        if self.counts {
-            self.counter += 1;
-        }
-        self.counter
-    }
-
-    /// `navigator.credentials.create` with these options: the request body `passkey.js`
-    /// posts.
-    fn create(&mut self, options: &Json, answer: &Answer, name: Option<&str>) -> Json {
-        let public_key = &options["publicKey"];
-        self.user_handle =
-            b64url_decode("user.id", public_key["user"]["id"].as_str().unwrap()).unwrap();
-        let challenge = answer
-            .challenge
-            .clone()
-            .unwrap_or_else(|| public_key["challenge"].as_str().unwrap().to_string());
-        let client_data =
-            client_data_json(answer.typ, &challenge, &answer.origin, answer.cross_origin);
-        let count = self.next_count();
-        let auth_data = authenticator_data(
-            &answer.rp_id,
-            answer.flags,
-            count,
-            Some((&self.aaguid, &self.credential_id, &self.cose_key())),
-        );
-        let attestation = attestation_object_none(&auth_data);
-        json!({
-            "credential": {
-                "id": b64url(&self.credential_id),
-                "rawId": b64url(&self.credential_id),
-                "type": "public-key",
-                "authenticatorAttachment": "platform",
-                "response": {
-                    "clientDataJSON": b64url(&client_data),
-                    "attestationObject": b64url(&attestation),
-                    "transports": ["internal", "hybrid"],
-                },
-                "clientExtensionResults": {},
-            },
-            "name": name,
-        })
-    }
-
-    /// `navigator.credentials.get` with these options, signed with this authenticator's key.
-    fn get(&mut self, options: &Json, answer: &Answer) -> Json {
-        let key = self.key.clone();
-        self.get_signed_by(options, answer, &key)
-    }
-
-    fn get_signed_by(
-        &mut self,
-        options: &Json,
-        answer: &Answer,
-        key: &p256::ecdsa::SigningKey,
-    ) -> Json {
-        let count = self.next_count();
-        self.assertion(options, answer, key, count)
-    }
-
-    fn assertion(
-        &self,
-        options: &Json,
-        answer: &Answer,
-        key: &p256::ecdsa::SigningKey,
-        count: u32,
-    ) -> Json {
-        let challenge = answer.challenge.clone().unwrap_or_else(|| {
-            options["publicKey"]["challenge"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        });
-        let client_data =
-            client_data_json(answer.typ, &challenge, &answer.origin, answer.cross_origin);
-        let auth_data = authenticator_data(&answer.rp_id, answer.flags, count, None);
-        let signature = es256_sign(key, &auth_data, &client_data);
-        let user_handle = match &answer.user_handle {
-            None => Some(self.user_handle.clone()),
-            Some(h) => h.clone(),
-        };
-        json!({
-            "credential": {
-                "id": b64url(&self.credential_id),
-                "rawId": b64url(&self.credential_id),
-                "type": "public-key",
-                "response": {
-                    "clientDataJSON": b64url(&client_data),
-                    "authenticatorData": b64url(&auth_data),
-                    "signature": b64url(&signature),
-                    "userHandle": user_handle.map(|h| b64url(&h)),
-                },
-                "clientExtensionResults": {},
-            }
-        })
-    }
-}
-
-fn cose_es256(key: &p256::ecdsa::VerifyingKey) -> Vec<u8> {
-    let point = key.to_encoded_point(false);
-    let int = |i: i64| Value::Integer(i.into());
-    cbor(&Value::Map(vec![
-        (int(1), int(2)),
-        (int(3), int(-7)),
-        (int(-1), int(1)),
-        (int(-2), Value::Bytes(point.x().unwrap().to_vec())),
-        (int(-3), Value::Bytes(point.y().unwrap().to_vec())),
-    ]))
-}
-
-fn cbor(value: &Value) -> Vec<u8> {
-    let mut out = Vec::new();
-    ciborium::ser::into_writer(value, &mut out).unwrap();
-    out
-}
-
-/// The members a browser writes, in its order (the verifier must not depend on it).
-fn client_data_json(typ: &str, challenge: &str, origin: &str, cross_origin: bool) -> Vec<u8> {
-    format!(
-        r#"{{"type":"{typ}","challenge":"{challenge}","origin":"{origin}","crossOrigin":{cross_origin}}}"#
-    )
-    .into_bytes()
-}
-
-/// Authenticator data (WebAuthn §6.1): SHA-256(rp id), flags, big-endian counter, and for a
-/// registration the attested credential data (AAGUID, 2-byte id length, id, COSE_Key).
-fn authenticator_data(
-    rp_id: &str,
-    flags: u8,
-    count: u32,
-    attested: Option<(&[u8; 16], &[u8], &[u8])>,
-) -> Vec<u8> {
-    let mut out = Sha256::digest(rp_id.as_bytes()).to_vec();
-    out.push(flags);
-    out.extend_from_slice(&count.to_be_bytes());
-    if let Some((aaguid, id, key)) = attested {
-        out.extend_from_slice(aaguid);
-        out.extend_from_slice(&u16::try_from(id.len()).unwrap().to_be_bytes());
-        out.extend_from_slice(id);
-        out.extend_from_slice(key);
-    }
-    out
-}
-
-/// A "none" attestation object: `{"fmt": "none", "attStmt": {}, "authData": …}`.
-fn attestation_object_none(auth_data: &[u8]) -> Vec<u8> {
-    let text = |s: &str| Value::Text(s.to_string());
-    cbor(&Value::Map(vec![
-        (text("fmt"), text("none")),
-        (text("attStmt"), Value::Map(vec![])),
-        (text("authData"), Value::Bytes(auth_data.to_vec())),
-    ]))
-}
-
-/// ES256 as authenticators sign: ECDSA P-256 over authenticatorData ‖ SHA-256(clientData),
-/// SHA-256 inside, the signature ASN.1 DER.
-fn es256_sign(key: &p256::ecdsa::SigningKey, auth_data: &[u8], client_data: &[u8]) -> Vec<u8> {
-    let mut signed = auth_data.to_vec();
-    signed.extend_from_slice(&Sha256::digest(client_data));
-    let signature: p256::ecdsa::Signature = key.sign(&signed);
-    signature.to_der().as_bytes().to_vec()
-}
-
 fn registration(body: &Json) -> RegistrationRequest {
     RegistrationRequest::from_json(body.to_string().as_bytes()).unwrap()
 }
@@ -335,7 +93,11 @@ async fn register(passkeys: &Passkeys, user: &User) -> SoftAuthenticator {
         .start_registration(&rp(), user, None, NOW)
         .await
         .unwrap();
-    let body = authenticator.create(&options_json(&options), &Answer::create(), Some("Laptop"));
+    let body = authenticator.create(
+        &options_json(&options),
+        &Answer::create(ORIGIN, RP_ID),
+        Some("Laptop"),
+    );
     passkeys
         .finish_registration(&rp(), &actor(user), user, &registration(&body), None, NOW)
         .await
@@ -411,7 +173,7 @@ async fn register_then_authenticate(store: SharedStore) {
     assert_eq!(pk["timeout"], json!(CHALLENGE_TTL_SECS * 1000));
 
     let mut authenticator = SoftAuthenticator::new();
-    let body = authenticator.create(&o, &Answer::create(), Some("  Laptop "));
+    let body = authenticator.create(&o, &Answer::create(ORIGIN, RP_ID), Some("  Laptop "));
     let passkey = passkeys
         .finish_registration(&rp(), &actor(&ann), &ann, &registration(&body), None, NOW)
         .await
@@ -459,7 +221,7 @@ async fn register_then_authenticate(store: SharedStore) {
     assert_eq!(options["publicKey"]["allowCredentials"], json!([]));
     assert_eq!(options["publicKey"]["rpId"], RP_ID);
     assert_eq!(options["publicKey"]["userVerification"], "preferred");
-    let body = authenticator.get(&options, &Answer::get());
+    let body = authenticator.get(&options, &Answer::get(ORIGIN, RP_ID));
     let login = passkeys
         .finish_authentication(&rp(), &anonymous(), &authentication(&body), None, NOW + 10)
         .await
@@ -499,7 +261,7 @@ async fn sign_in_with_a_username(store: SharedStore) {
     // A non-discoverable credential: no user handle comes back, and none is needed.
     let answer = Answer {
         user_handle: Some(None),
-        ..Answer::get()
+        ..Answer::get(ORIGIN, RP_ID)
     };
     let body = laptop.get(&options, &answer);
     let login = passkeys
@@ -571,7 +333,7 @@ async fn wrong_origin(store: SharedStore) {
             .unwrap();
         let answer = Answer {
             origin: origin.to_string(),
-            ..Answer::create()
+            ..Answer::create(ORIGIN, RP_ID)
         };
         let body = SoftAuthenticator::new().create(&options_json(&options), &answer, None);
         let result = passkeys
@@ -585,7 +347,7 @@ async fn wrong_origin(store: SharedStore) {
     let options = sign_in_options(&passkeys).await;
     let answer = Answer {
         origin: "https://evil.example".to_string(),
-        ..Answer::get()
+        ..Answer::get(ORIGIN, RP_ID)
     };
     let body = authenticator.get(&options, &answer);
     let err = refusal(
@@ -614,7 +376,7 @@ async fn wrong_origin(store: SharedStore) {
     );
     let answer = Answer {
         origin: "https://ui.tollgate.example.com".to_string(),
-        ..Answer::get()
+        ..Answer::get(ORIGIN, RP_ID)
     };
     let body = authenticator.get(&options, &answer);
     passkeys
@@ -632,7 +394,7 @@ async fn wrong_rp_id_hash(store: SharedStore) {
         .unwrap();
     let answer = Answer {
         rp_id: "example.com".to_string(),
-        ..Answer::create()
+        ..Answer::create(ORIGIN, RP_ID)
     };
     let body = SoftAuthenticator::new().create(&options_json(&options), &answer, None);
     let result = passkeys
@@ -644,7 +406,7 @@ async fn wrong_rp_id_hash(store: SharedStore) {
     let options = sign_in_options(&passkeys).await;
     let answer = Answer {
         rp_id: "example.com".to_string(),
-        ..Answer::get()
+        ..Answer::get(ORIGIN, RP_ID)
     };
     let body = authenticator.get(&options, &answer);
     let result = passkeys
@@ -655,7 +417,7 @@ async fn wrong_rp_id_hash(store: SharedStore) {
     // A ceremony started under one relying party id cannot be finished under another.
     let options = sign_in_options(&passkeys).await;
     let other = RelyingParty::new("example.com", "tollgate", &["https://example.com"]).unwrap();
-    let body = authenticator.get(&options, &Answer::get());
+    let body = authenticator.get(&options, &Answer::get(ORIGIN, RP_ID));
     let result = passkeys
         .finish_authentication(&other, &anonymous(), &authentication(&body), None, NOW)
         .await;
@@ -671,7 +433,7 @@ async fn wrong_type(store: SharedStore) {
         .unwrap();
     let answer = Answer {
         typ: "webauthn.get",
-        ..Answer::create()
+        ..Answer::create(ORIGIN, RP_ID)
     };
     let body = SoftAuthenticator::new().create(&options_json(&options), &answer, None);
     let result = passkeys
@@ -689,7 +451,7 @@ async fn wrong_type(store: SharedStore) {
     let options = sign_in_options(&passkeys).await;
     let answer = Answer {
         typ: "webauthn.create",
-        ..Answer::get()
+        ..Answer::get(ORIGIN, RP_ID)
     };
     let body = authenticator.get(&options, &answer);
     let result = passkeys
@@ -710,7 +472,7 @@ async fn wrong_type(store: SharedStore) {
             .await
             .unwrap(),
     );
-    let body = authenticator.get(&reg, &Answer::get());
+    let body = authenticator.get(&reg, &Answer::get(ORIGIN, RP_ID));
     let result = passkeys
         .finish_authentication(&rp(), &anonymous(), &authentication(&body), None, NOW)
         .await;
@@ -724,7 +486,7 @@ async fn cross_origin_refused(store: SharedStore) {
     let options = sign_in_options(&passkeys).await;
     let answer = Answer {
         cross_origin: true,
-        ..Answer::get()
+        ..Answer::get(ORIGIN, RP_ID)
     };
     let body = authenticator.get(&options, &answer);
     let result = passkeys
@@ -743,7 +505,7 @@ async fn replayed_challenge(store: SharedStore) {
             .await
             .unwrap(),
     );
-    let body = authenticator.create(&options, &Answer::create(), None);
+    let body = authenticator.create(&options, &Answer::create(ORIGIN, RP_ID), None);
     passkeys
         .finish_registration(&rp(), &actor(&ann), &ann, &registration(&body), None, NOW)
         .await
@@ -753,14 +515,14 @@ async fn replayed_challenge(store: SharedStore) {
         .finish_registration(&rp(), &actor(&ann), &ann, &registration(&body), None, NOW)
         .await;
     assert_eq!(refusal(result), Refusal::UnknownChallenge);
-    let body = SoftAuthenticator::new().create(&options, &Answer::create(), None);
+    let body = SoftAuthenticator::new().create(&options, &Answer::create(ORIGIN, RP_ID), None);
     let result = passkeys
         .finish_registration(&rp(), &actor(&ann), &ann, &registration(&body), None, NOW)
         .await;
     assert_eq!(refusal(result), Refusal::UnknownChallenge);
 
     let options = sign_in_options(&passkeys).await;
-    let body = authenticator.get(&options, &Answer::get());
+    let body = authenticator.get(&options, &Answer::get(ORIGIN, RP_ID));
     passkeys
         .finish_authentication(&rp(), &anonymous(), &authentication(&body), None, NOW)
         .await
@@ -770,7 +532,7 @@ async fn replayed_challenge(store: SharedStore) {
         .await;
     assert_eq!(refusal(result), Refusal::UnknownChallenge);
     // A fresh signature over the used challenge: still used.
-    let body = authenticator.get(&options, &Answer::get());
+    let body = authenticator.get(&options, &Answer::get(ORIGIN, RP_ID));
     let result = passkeys
         .finish_authentication(&rp(), &anonymous(), &authentication(&body), None, NOW)
         .await;
@@ -778,7 +540,7 @@ async fn replayed_challenge(store: SharedStore) {
     // A challenge that was never issued.
     let answer = Answer {
         challenge: Some(b64url(&[7u8; 32])),
-        ..Answer::get()
+        ..Answer::get(ORIGIN, RP_ID)
     };
     let options = sign_in_options(&passkeys).await;
     let body = authenticator.get(&options, &answer);
@@ -795,7 +557,11 @@ async fn expired_challenge(store: SharedStore) {
         .start_registration(&rp(), &ann, None, NOW)
         .await
         .unwrap();
-    let body = SoftAuthenticator::new().create(&options_json(&options), &Answer::create(), None);
+    let body = SoftAuthenticator::new().create(
+        &options_json(&options),
+        &Answer::create(ORIGIN, RP_ID),
+        None,
+    );
     let late = NOW + CHALLENGE_TTL_SECS;
     let result = passkeys
         .finish_registration(&rp(), &actor(&ann), &ann, &registration(&body), None, late)
@@ -812,7 +578,7 @@ async fn expired_challenge(store: SharedStore) {
             .unwrap(),
     );
     assert_eq!(options["publicKey"]["timeout"], json!(30_000));
-    let body = authenticator.get(&options, &Answer::get());
+    let body = authenticator.get(&options, &Answer::get(ORIGIN, RP_ID));
     let result = short
         .finish_authentication(&rp(), &anonymous(), &authentication(&body), None, NOW + 31)
         .await;
@@ -824,7 +590,7 @@ async fn expired_challenge(store: SharedStore) {
             .await
             .unwrap(),
     );
-    let body = authenticator.get(&options, &Answer::get());
+    let body = authenticator.get(&options, &Answer::get(ORIGIN, RP_ID));
     short
         .finish_authentication(&rp(), &anonymous(), &authentication(&body), None, NOW + 29)
         .await
@@ -841,7 +607,7 @@ async fn expired_challenge(store: SharedStore) {
         .start_authentication(&rp(), None, None, NOW + 3600)
         .await
         .unwrap();
-    let body = authenticator.get(&stale, &Answer::get());
+    let body = authenticator.get(&stale, &Answer::get(ORIGIN, RP_ID));
     let result = short
         .finish_authentication(&rp(), &anonymous(), &authentication(&body), None, NOW + 1)
         .await;
@@ -853,7 +619,7 @@ async fn concurrent_finishes_take_one_challenge(store: SharedStore) {
     let ann = user(&store, "ann").await;
     let mut authenticator = register(&passkeys, &ann).await;
     let options = sign_in_options(&passkeys).await;
-    let body = authenticator.get(&options, &Answer::get());
+    let body = authenticator.get(&options, &Answer::get(ORIGIN, RP_ID));
     let request = Arc::new(authentication(&body));
     let tasks: Vec<_> = (0..4)
         .map(|_| {
@@ -885,7 +651,11 @@ async fn bound_ceremonies(store: SharedStore) {
         .await
         .unwrap();
     let mut authenticator = SoftAuthenticator::new();
-    let body = authenticator.create(&options_json(&options), &Answer::create(), None);
+    let body = authenticator.create(
+        &options_json(&options),
+        &Answer::create(ORIGIN, RP_ID),
+        None,
+    );
     let result = passkeys
         .finish_registration(
             &rp(),
@@ -902,7 +672,11 @@ async fn bound_ceremonies(store: SharedStore) {
         .start_registration(&rp(), &ann, Some("session-a"), NOW)
         .await
         .unwrap();
-    let body = authenticator.create(&options_json(&options), &Answer::create(), None);
+    let body = authenticator.create(
+        &options_json(&options),
+        &Answer::create(ORIGIN, RP_ID),
+        None,
+    );
     let result = passkeys
         .finish_registration(&rp(), &actor(&ann), &ann, &registration(&body), None, NOW)
         .await;
@@ -916,7 +690,11 @@ async fn bound_ceremonies(store: SharedStore) {
         .start_registration(&rp(), &ann, Some("session-a"), NOW)
         .await
         .unwrap();
-    let body = authenticator.create(&options_json(&options), &Answer::create(), None);
+    let body = authenticator.create(
+        &options_json(&options),
+        &Answer::create(ORIGIN, RP_ID),
+        None,
+    );
     passkeys
         .finish_registration(
             &rp(),
@@ -935,7 +713,11 @@ async fn bound_ceremonies(store: SharedStore) {
         .start_registration(&rp(), &ann, None, NOW)
         .await
         .unwrap();
-    let body = SoftAuthenticator::new().create(&options_json(&options), &Answer::create(), None);
+    let body = SoftAuthenticator::new().create(
+        &options_json(&options),
+        &Answer::create(ORIGIN, RP_ID),
+        None,
+    );
     let result = passkeys
         .finish_registration(&rp(), &actor(&bob), &bob, &registration(&body), None, NOW)
         .await;
@@ -951,7 +733,7 @@ async fn bad_signature(store: SharedStore) {
     // Signed by another key.
     let options = sign_in_options(&passkeys).await;
     let other = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
-    let body = authenticator.get_signed_by(&options, &Answer::get(), &other);
+    let body = authenticator.get_signed_by(&options, &Answer::get(ORIGIN, RP_ID), &other);
     let result = passkeys
         .finish_authentication(&rp(), &anonymous(), &authentication(&body), None, NOW)
         .await;
@@ -963,7 +745,7 @@ async fn bad_signature(store: SharedStore) {
         &options,
         &Answer {
             flags: UP,
-            ..Answer::get()
+            ..Answer::get(ORIGIN, RP_ID)
         },
     );
     let auth_data = body["credential"]["response"]["authenticatorData"]
@@ -979,7 +761,7 @@ async fn bad_signature(store: SharedStore) {
 
     // A signature that is not DER at all.
     let options = sign_in_options(&passkeys).await;
-    let mut body = authenticator.get(&options, &Answer::get());
+    let mut body = authenticator.get(&options, &Answer::get(ORIGIN, RP_ID));
     body["credential"]["response"]["signature"] = json!(b64url(&[0x30, 0x02, 0x01]));
     let result = passkeys
         .finish_authentication(&rp(), &anonymous(), &authentication(&body), None, NOW)
@@ -999,7 +781,7 @@ async fn counter_regression(store: SharedStore) {
     let ann = user(&store, "ann").await;
     let mut authenticator = register(&passkeys, &ann).await; // counter 1
     let options = sign_in_options(&passkeys).await;
-    let body = authenticator.get(&options, &Answer::get()); // 2
+    let body = authenticator.get(&options, &Answer::get(ORIGIN, RP_ID)); // 2
     passkeys
         .finish_authentication(&rp(), &anonymous(), &authentication(&body), None, NOW)
         .await
@@ -1009,7 +791,7 @@ async fn counter_regression(store: SharedStore) {
     for count in [2, 1, 0] {
         let options = sign_in_options(&passkeys).await;
         let key = authenticator.key.clone();
-        let body = authenticator.assertion(&options, &Answer::get(), &key, count);
+        let body = authenticator.assertion(&options, &Answer::get(ORIGIN, RP_ID), &key, count);
         let result = passkeys
             .finish_authentication(&rp(), &anonymous(), &authentication(&body), None, NOW)
             .await;
@@ -1028,7 +810,7 @@ async fn counter_regression(store: SharedStore) {
     assert_eq!(audited[0].details["stored_count"], json!(2));
     // The real authenticator goes on.
     let options = sign_in_options(&passkeys).await;
-    let body = authenticator.get(&options, &Answer::get()); // 3
+    let body = authenticator.get(&options, &Answer::get(ORIGIN, RP_ID)); // 3
     let login = passkeys
         .finish_authentication(&rp(), &anonymous(), &authentication(&body), None, NOW)
         .await
@@ -1046,7 +828,7 @@ async fn authenticators_without_counter(store: SharedStore) {
         .unwrap();
     let answer = Answer {
         flags: UP | UV | AT | BE | BS,
-        ..Answer::create()
+        ..Answer::create(ORIGIN, RP_ID)
     };
     let body = authenticator.create(&options_json(&options), &answer, Some("Synced"));
     let passkey = passkeys
@@ -1062,7 +844,7 @@ async fn authenticators_without_counter(store: SharedStore) {
             &options,
             &Answer {
                 flags: UP | UV | BE,
-                ..Answer::get()
+                ..Answer::get(ORIGIN, RP_ID)
             },
         );
         let login = passkeys
@@ -1078,7 +860,7 @@ async fn authenticators_without_counter(store: SharedStore) {
         &options,
         &Answer {
             flags: UP | BS,
-            ..Answer::get()
+            ..Answer::get(ORIGIN, RP_ID)
         },
     );
     let result = passkeys
@@ -1096,7 +878,7 @@ async fn user_presence_required(store: SharedStore) {
         .unwrap();
     let answer = Answer {
         flags: UV | AT,
-        ..Answer::create()
+        ..Answer::create(ORIGIN, RP_ID)
     };
     let body = SoftAuthenticator::new().create(&options_json(&options), &answer, None);
     let result = passkeys
@@ -1110,7 +892,7 @@ async fn user_presence_required(store: SharedStore) {
         &options,
         &Answer {
             flags: UV,
-            ..Answer::get()
+            ..Answer::get(ORIGIN, RP_ID)
         },
     );
     let result = passkeys
@@ -1128,7 +910,7 @@ async fn user_presence_required(store: SharedStore) {
         &options_json(&options),
         &Answer {
             flags: UP,
-            ..Answer::create()
+            ..Answer::create(ORIGIN, RP_ID)
         },
         None,
     );
@@ -1161,7 +943,7 @@ async fn user_verification_when_required(store: SharedStore) {
         &options,
         &Answer {
             flags: UP | AT,
-            ..Answer::create()
+            ..Answer::create(ORIGIN, RP_ID)
         },
         None,
     );
@@ -1182,7 +964,7 @@ async fn user_verification_when_required(store: SharedStore) {
         &options,
         &Answer {
             flags: UP,
-            ..Answer::get()
+            ..Answer::get(ORIGIN, RP_ID)
         },
     );
     let result = passkeys
@@ -1195,7 +977,7 @@ async fn user_verification_when_required(store: SharedStore) {
         &options,
         &Answer {
             flags: UP,
-            ..Answer::get()
+            ..Answer::get(ORIGIN, RP_ID)
         },
     );
     let login = passkeys
@@ -1212,7 +994,7 @@ async fn unknown_credential(store: SharedStore) {
     let mut stranger = SoftAuthenticator::new();
     stranger.user_handle = vec![1; 32];
     let options = sign_in_options(&passkeys).await;
-    let body = stranger.get(&options, &Answer::get());
+    let body = stranger.get(&options, &Answer::get(ORIGIN, RP_ID));
     let result = passkeys
         .finish_authentication(&rp(), &anonymous(), &authentication(&body), None, NOW)
         .await;
@@ -1233,7 +1015,7 @@ async fn registered_twice(store: SharedStore) {
                 .await
                 .unwrap(),
         );
-        let body = authenticator.create(&options, &Answer::create(), None);
+        let body = authenticator.create(&options, &Answer::create(ORIGIN, RP_ID), None);
         let result = passkeys
             .finish_registration(&rp(), &actor(who), who, &registration(&body), None, NOW)
             .await;
@@ -1256,7 +1038,7 @@ async fn user_handle_mismatch(store: SharedStore) {
     let options = sign_in_options(&passkeys).await;
     let answer = Answer {
         user_handle: Some(Some(ann_key.user_handle.clone())),
-        ..Answer::get()
+        ..Answer::get(ORIGIN, RP_ID)
     };
     let body = bob_key.get(&options, &answer);
     let result = passkeys
@@ -1271,7 +1053,7 @@ async fn user_handle_mismatch(store: SharedStore) {
             .await
             .unwrap(),
     );
-    let body = bob_key.get(&options, &Answer::get());
+    let body = bob_key.get(&options, &Answer::get(ORIGIN, RP_ID));
     let result = passkeys
         .finish_authentication(&rp(), &anonymous(), &authentication(&body), None, NOW)
         .await;
@@ -1279,7 +1061,7 @@ async fn user_handle_mismatch(store: SharedStore) {
 
     // Bob's own handle works.
     let options = sign_in_options(&passkeys).await;
-    let body = bob_key.get(&options, &Answer::get());
+    let body = bob_key.get(&options, &Answer::get(ORIGIN, RP_ID));
     let login = passkeys
         .finish_authentication(&rp(), &anonymous(), &authentication(&body), None, NOW)
         .await
@@ -1347,7 +1129,7 @@ async fn malformed_answers_store_nothing(store: SharedStore) {
                 .await
                 .unwrap(),
         );
-        let mut body = authenticator.create(&options, &Answer::create(), None);
+        let mut body = authenticator.create(&options, &Answer::create(ORIGIN, RP_ID), None);
         bend(&mut body);
         let request = registration(&body);
         let err = refusal(
@@ -1429,7 +1211,7 @@ async fn malformed_answers_store_nothing(store: SharedStore) {
             .unwrap(),
     );
     authenticator.credential_id = vec![5; 1024];
-    let body = authenticator.create(&options, &Answer::create(), None);
+    let body = authenticator.create(&options, &Answer::create(ORIGIN, RP_ID), None);
     let err = refusal(
         passkeys
             .finish_registration(&rp(), &actor(&ann), &ann, &registration(&body), None, NOW)
@@ -1446,7 +1228,7 @@ async fn malformed_answers_store_nothing(store: SharedStore) {
     // Sign-in answers with bad parts.
     let mut good = register(&passkeys, &ann).await;
     let options = sign_in_options(&passkeys).await;
-    let mut body = good.get(&options, &Answer::get());
+    let mut body = good.get(&options, &Answer::get(ORIGIN, RP_ID));
     body["credential"]["response"]["authenticatorData"] = json!(b64url(&[1, 2, 3]));
     let err = refusal(
         passkeys
@@ -1458,7 +1240,7 @@ async fn malformed_answers_store_nothing(store: SharedStore) {
         "{err}"
     );
     let options = sign_in_options(&passkeys).await;
-    let mut body = good.get(&options, &Answer::get());
+    let mut body = good.get(&options, &Answer::get(ORIGIN, RP_ID));
     body["credential"]["response"]["userHandle"] = json!("***");
     let err = refusal(
         passkeys
@@ -1527,7 +1309,7 @@ async fn deleting_a_user_deletes_passkeys(store: SharedStore) {
     assert!(passkeys.list(&ann.id).await.unwrap().is_empty());
     let deleted = audit(&store, "user.delete").await;
     assert_eq!(deleted[0].details["passkeys_deleted"], json!(1));
-    let body = authenticator.get(&options, &Answer::get());
+    let body = authenticator.get(&options, &Answer::get(ORIGIN, RP_ID));
     let result = passkeys
         .finish_authentication(&rp(), &anonymous(), &authentication(&body), None, NOW)
         .await;
@@ -1558,7 +1340,7 @@ async fn passkeys_per_user_are_capped(store: SharedStore) {
             .len(),
         MAX_PASSKEYS_PER_USER as usize
     );
-    let body = SoftAuthenticator::new().create(&options, &Answer::create(), None);
+    let body = SoftAuthenticator::new().create(&options, &Answer::create(ORIGIN, RP_ID), None);
     let result = passkeys
         .finish_registration(&rp(), &actor(&ann), &ann, &registration(&body), None, NOW)
         .await;

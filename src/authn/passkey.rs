@@ -162,6 +162,12 @@ impl RelyingParty {
     }
 }
 
+/// Whether `id` can be a relying party id (see [`RelyingParty::new`]): its normal form
+/// (lower case, trimmed), or why not. For the configuration's `ui.rp_id`.
+pub fn check_rp_id(id: &str) -> Result<String, String> {
+    valid_rp_id(id)
+}
+
 fn valid_rp_id(id: &str) -> Result<String, String> {
     let id = id.trim().to_ascii_lowercase();
     let bad = |why: &str| Err(format!("relying party id `{id}`: {why}"));

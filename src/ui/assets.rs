@@ -1,5 +1,6 @@
-//! The UI's static files: one stylesheet and one small script, compiled into the binary
-//! and served under `/ui/assets/`. Links carry a hash of the content (`?v=…`), so a
+//! The UI's static files: one stylesheet, one small script for every page and the passkey
+//! script of the sign-in and profile pages, compiled into the binary and served under
+//! `/ui/assets/`. Links carry a hash of the content (`?v=…`), so a
 //! browser may keep a file as long as it likes and still gets the new one after an upgrade.
 
 use super::web::Site;
@@ -32,7 +33,14 @@ pub const JS: &Asset = &Asset {
     content_type: "text/javascript; charset=utf-8",
 };
 
-const ALL: [&Asset; 2] = [CSS, JS];
+/// The browser side of passkeys (`src/authn/passkey.rs`): on the sign-in and profile pages.
+pub const PASSKEY_JS: &Asset = &Asset {
+    name: "passkey.js",
+    body: include_str!("../../assets/ui/passkey.js"),
+    content_type: "text/javascript; charset=utf-8",
+};
+
+const ALL: [&Asset; 3] = [CSS, JS, PASSKEY_JS];
 
 /// Each asset's version: the first 12 hex characters of the SHA-256 of its content.
 static VERSIONS: LazyLock<HashMap<&'static str, String>> = LazyLock::new(|| {

@@ -89,7 +89,7 @@ fn csrf_refused() -> UiError {
 }
 
 /// Refuses a request another site's page sent.
-fn check_origin(headers: &HeaderMap, site: &Site) -> Result<(), UiError> {
+pub fn check_origin(headers: &HeaderMap, site: &Site) -> Result<(), UiError> {
     if let Some(origin) = headers.get(header::ORIGIN) {
         let same = origin.to_str().is_ok_and(|o| site.is_origin(o));
         if !same {

@@ -90,6 +90,8 @@ pub struct Layout {
     pub nav: Vec<NavLink>,
     pub css: String,
     pub js: String,
+    /// A script of this page's own beyond `js` (the passkey script), when it needs one.
+    pub script: Option<String>,
 }
 
 impl Layout {
@@ -130,6 +132,7 @@ impl Layout {
             nav: Vec::new(),
             css: assets::url(site, assets::CSS),
             js: assets::url(site, assets::JS),
+            script: None,
         }
     }
 }
@@ -173,6 +176,25 @@ pub struct ErrorView {
     pub layout: Layout,
     pub status: u16,
     pub message: String,
+}
+
+/// The page that asks before a destructive post, for browsers without JavaScript (with it,
+/// `tollgate.js` asks and posts `confirm=yes` at once): the same post again, with
+/// `confirm=yes` and `fields`.
+#[derive(Template)]
+#[template(path = "ui/confirm.html")]
+pub struct ConfirmView {
+    pub layout: Layout,
+    pub heading: String,
+    pub message: String,
+    /// The form's action, under the UI (`/teams/{id}/delete`).
+    pub action: String,
+    /// The button's label.
+    pub button: &'static str,
+    /// Where Cancel goes, under the UI.
+    pub cancel: String,
+    /// Hidden fields to post again.
+    pub fields: Vec<(&'static str, String)>,
 }
 
 /// A page or an error page: what page handlers answer.

@@ -2,9 +2,10 @@
 //! and password, with the checks and lockout of `POST /v1/login`; and the master key, for
 //! bootstrap), sign-out (`POST /ui/logout`).
 
+use super::assets;
 use super::form::{Posted, SignInPosted, StrictQuery};
 use super::layout::{render_with_status, Layout};
-use super::session::{self, Ended, NoSession, SIGN_IN_COOKIE};
+use super::session::{self, Ended, NoSession};
 use super::web::{Site, UiError};
 use super::UiState;
 use crate::admin::session::session_error;
@@ -36,6 +37,13 @@ const HOME: &str = "/keys";
 struct LoginView {
     layout: Layout,
     ended: Option<&'static str>,
+    /// A sign-in with SSO that did not happen, and why.
+    sso_error: Option<String>,
+    /// The issuers people can sign in at (`auth.oidc[].ui`).
+    providers: Vec<ProviderButton>,
+    /// Where the passkey button posts its options and its answer.
+    passkey_options_url: String,
+    passkey_finish_url: String,
     /// Whether `auth.session` is configured (password sign-in is offered).
     password_enabled: bool,
     password_error: Option<String>,
@@ -46,13 +54,35 @@ struct LoginView {
     next: String,
 }
 
+/// A "Sign in with …" button.
+struct ProviderButton {
+    label: String,
+    href: String,
+}
+
 impl LoginView {
     fn new(ui: &UiState, site: &Site, csrf: String, next: &str) -> LoginView {
         let mut layout = Layout::bare(site, "Sign in");
         layout.csrf = csrf;
+        layout.script = Some(assets::url(site, assets::PASSKEY_JS));
+        let providers = ui
+            .sso
+            .as_ref()
+            .map(|sso| sso.providers())
+            .unwrap_or_default();
         LoginView {
             layout,
             ended: None,
+            sso_error: None,
+            providers: providers
+                .into_iter()
+                .map(|p| ProviderButton {
+                    href: super::sso::start_url(site, &p.id, next),
+                    label: p.label,
+                })
+                .collect(),
+            passkey_options_url: site.link("/login/passkey/options"),
+            passkey_finish_url: super::passkeys::sign_in_finish_url(site, next),
             password_enabled: ui.app.sessions.is_some(),
             password_error: None,
             master_error: None,
@@ -79,7 +109,7 @@ struct LoginQuery {
 }
 
 /// The path to go to after signing in: `next` when it is a path under the UI.
-fn next_or_home(next: &str) -> &str {
+pub fn next_or_home(next: &str) -> &str {
     if session::is_local_path(next) {
         next
     } else {
@@ -136,22 +166,25 @@ fn refused(
     response
 }
 
+/// The sign-in page with a sign-in with SSO that did not happen.
+pub fn sso_refused(
+    ui: &UiState,
+    site: &Site,
+    headers: &HeaderMap,
+    next: &str,
+    error: UiError,
+) -> Response {
+    refused(ui, site, headers, next, error, |view, message| {
+        view.sso_error = Some(message);
+    })
+}
+
 /// After signing in: the session's cookie, the sign-in cookie gone, on to `next`.
-fn signed_in(site: &Site, next: &str, cookie: HeaderValue) -> Response {
+pub fn signed_in(site: &Site, next: &str, cookie: HeaderValue) -> Response {
     let mut response = site.redirect(next);
     let headers = response.headers_mut();
     headers.append(header::SET_COOKIE, cookie);
-    headers.append(
-        header::SET_COOKIE,
-        session::set_cookie(
-            site,
-            SIGN_IN_COOKIE,
-            "",
-            &site.base,
-            Some(0),
-            session::SameSite::Strict,
-        ),
-    );
+    headers.append(header::SET_COOKIE, session::clear_sign_in_cookie(site));
     response
 }
 

@@ -39,9 +39,12 @@ pub mod form;
 mod keys;
 pub mod layout;
 mod login;
+mod passkeys;
 mod profile;
+pub mod script;
 pub mod session;
 mod show;
+mod sso;
 mod teams;
 mod usage;
 mod users;
@@ -49,16 +52,24 @@ pub mod web;
 
 use crate::admin::AppState;
 use crate::authn::login_guard::LoginGuard;
+use crate::authn::passkey::Passkeys;
+use crate::authn::sso::Sso;
 use axum::Router;
 use std::sync::Arc;
 
-/// What the UI's handlers share: the HTTP API's state, and the attempt limits of the
-/// master-key sign-in form.
+/// What the UI's handlers share: the HTTP API's state, sign-in with SSO and passkeys, and
+/// the attempt limits of the sign-ins that are not password logins.
 pub struct Ui {
     pub app: AppState,
+    /// `None` when no issuer of `auth.oidc` has `ui`.
+    sso: Option<Sso>,
+    passkeys: Passkeys,
     /// Per client address, `auth.login.per_address_per_minute`: the master key cannot be
     /// guessed, but a form that takes it should not take a flood either.
     master_attempts: LoginGuard,
+    /// The same limit for starting SSO sign-ins and passkey sign-in requests, each of which
+    /// stores a row until it is finished or expires.
+    ceremony_attempts: LoginGuard,
 }
 
 pub type UiState = Arc<Ui>;
@@ -67,11 +78,16 @@ pub type UiState = Arc<Ui>;
 pub fn router(app: AppState) -> Router {
     let per_address = app.config.auth.login.per_address_per_minute;
     let ui = Arc::new(Ui {
+        sso: Sso::new(&app.config, app.auth.clone(), app.store.clone()),
+        passkeys: Passkeys::new(app.store.clone()),
         master_attempts: LoginGuard::new(0, per_address),
+        ceremony_attempts: LoginGuard::new(0, per_address),
         app,
     });
     Router::new()
         .merge(login::routes())
+        .merge(sso::routes())
+        .merge(passkeys::routes())
         .merge(keys::routes())
         .merge(profile::routes())
         .merge(teams::routes())

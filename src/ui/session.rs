@@ -127,6 +127,18 @@ pub fn clear_session_cookie(site: &Site) -> HeaderValue {
     set_cookie(site, SESSION_COOKIE, "", &site.base, Some(0), SameSite::Lax)
 }
 
+/// Deletes the sign-in forms' cookie (once signed in).
+pub fn clear_sign_in_cookie(site: &Site) -> HeaderValue {
+    set_cookie(
+        site,
+        SIGN_IN_COOKIE,
+        "",
+        &site.base,
+        Some(0),
+        SameSite::Strict,
+    )
+}
+
 /// The sign-in forms' cookie: the request's when it has one, else a new one to set.
 pub fn sign_in_token(headers: &HeaderMap, site: &Site) -> (String, Option<HeaderValue>) {
     match cookie_token(headers, SIGN_IN_COOKIE) {

@@ -31,10 +31,12 @@ pub struct Site {
     pub prefix: String,
     /// `{prefix}/ui`: every link, form action, redirect and cookie path starts with it.
     pub base: String,
-    /// Whether cookies are marked `Secure` (`ui.secure_cookies`).
+    /// Whether the browser reaches the UI over TLS (`X-Forwarded-Proto: https`, or
+    /// `ui.secure_cookies: always`): cookies are then marked `Secure`.
     pub secure: bool,
-    /// `scheme://host[:port]` as the browser sees it, for the `Origin` check; `None`
-    /// without a `Host`.
+    /// `scheme://host[:port]` as the browser sees it (https when `secure`), for the
+    /// `Origin` check, the SSO redirect URI and the passkeys' relying party; `None` without
+    /// a `Host`.
     pub origin: Option<String>,
     /// The client's address (the TCP peer), for the audit log and attempt limits.
     pub source: Option<String>,
@@ -43,16 +45,17 @@ pub struct Site {
 impl Site {
     pub fn of(headers: &HeaderMap, extensions: &axum::http::Extensions, ui: &Ui) -> Site {
         let prefix = prefix_of(headers).unwrap_or_default();
-        let tls = forwarded(headers, "x-forwarded-proto")
-            .is_some_and(|proto| proto.eq_ignore_ascii_case("https"));
-        let secure = tls || ui.app.config.ui.secure_cookies == SecureCookies::Always;
+        // `always` is for a TLS proxy that does not say so: the browser's origin is https.
+        let secure = ui.app.config.ui.secure_cookies == SecureCookies::Always
+            || forwarded(headers, "x-forwarded-proto")
+                .is_some_and(|proto| proto.eq_ignore_ascii_case("https"));
         let host = forwarded(headers, "x-forwarded-host").or_else(|| {
             headers
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .map(str::trim)
         });
-        let scheme = if tls { "https" } else { "http" };
+        let scheme = if secure { "https" } else { "http" };
         let origin = host
             .filter(|h| !h.is_empty())
             .map(|h| normal_origin(&format!("{scheme}://{h}")));

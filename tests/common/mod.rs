@@ -2,6 +2,7 @@
 //! a real Envoy, and an in-process tollgate.
 #![allow(dead_code)]
 
+pub mod authenticator;
 pub mod changes;
 pub mod chaos;
 pub mod check;

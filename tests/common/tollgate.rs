@@ -26,8 +26,18 @@ impl Tollgate {
         Self::start_with_clock(yaml, Clock::System).await
     }
 
+    /// [`Tollgate::start`] with its HTTP listener on `http` (a port chosen before tollgate
+    /// starts, e.g. for a redirect URI registered at an OpenID Provider).
+    pub async fn start_at(yaml: &str, http: SocketAddr) -> Tollgate {
+        Self::start_inner(yaml, Clock::System, http).await
+    }
+
     /// [`Tollgate::start`] with rate limits counted in `clock`.
     pub async fn start_with_clock(yaml: &str, clock: Clock) -> Tollgate {
+        Self::start_inner(yaml, clock, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    async fn start_inner(yaml: &str, clock: Clock, http: SocketAddr) -> Tollgate {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = Config::parse_str("test.yaml", yaml, &|_| None)
             .unwrap_or_else(|e| panic!("test config: {e}"))
@@ -36,7 +46,7 @@ impl Tollgate {
             config.database.url = format!("sqlite://{}", dir.path().join("t.db").display());
         }
         config.listen.grpc = "127.0.0.1:0".parse().unwrap();
-        config.listen.http = "127.0.0.1:0".parse().unwrap();
+        config.listen.http = http;
         let app = App::build_with_clock(config, &Secret::new(MASTER_KEY), clock)
             .await
             .expect("build tollgate");

@@ -181,6 +181,17 @@ impl Browser {
         read(request).await
     }
 
+    /// Posts JSON as the UI's scripts do: same origin, the CSRF token in `x-csrf-token`.
+    pub async fn post_json(&self, path: &str, csrf: &str, body: &serde_json::Value) -> Page {
+        let request = self
+            .request(reqwest::Method::POST, path)
+            .header("content-type", "application/json")
+            .header("origin", &self.origin)
+            .header("x-csrf-token", csrf)
+            .body(body.to_string());
+        read(request).await
+    }
+
     /// Posts a form that carries the CSRF token of the page at `from`.
     pub async fn submit(&self, from: &str, action: &str, fields: &[(&str, &str)]) -> Page {
         let csrf = self.get(from).await.csrf();
@@ -250,4 +261,132 @@ async fn read(request: reqwest::RequestBuilder) -> Page {
         headers,
         body,
     }
+}
+
+// ---- a tollgate for the UI's tests -------------------------------------------------------
+
+/// The password of the users [`Stack::user`] makes.
+pub const PASSWORD: &str = "Correct-Horse-9";
+
+/// Password sessions, so that users can sign in with a password.
+pub const SESSION: &str =
+    "auth:\n  session: { secret: \"0123456789abcdef0123456789abcdef-ui-tests\" }\n";
+
+/// Which store the tollgate under test uses.
+#[derive(Clone, Copy, Debug)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs an `async fn name(db: Db)` once per store, as the tests `name::sqlite` and
+/// `name::postgres`.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::common::ui::Db::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name($crate::common::ui::Db::Postgres).await
+            }
+        }
+    )+};
+}
+
+/// A tollgate with password sessions, and the store it uses (for what a test reads or
+/// changes behind the UI's back).
+pub struct Stack {
+    pub t: super::tollgate::Tollgate,
+    pub db: tollgate::store::sql::SqlStore,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Stack {
+    pub async fn start(db: Db, yaml: &str) -> Stack {
+        Self::start_with(db, "", yaml).await
+    }
+
+    /// With more `auth:` settings (`auth_lines`, indented under `auth:`).
+    pub async fn start_with(db: Db, auth_lines: &str, yaml: &str) -> Stack {
+        Self::start_at(db, auth_lines, yaml, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// [`Stack::start_with`] with the HTTP listener on `http`.
+    pub async fn start_at(
+        db: Db,
+        auth_lines: &str,
+        yaml: &str,
+        http: std::net::SocketAddr,
+    ) -> Stack {
+        let (db, url, dir) = match db {
+            Db::Sqlite => {
+                let (store, dir, url) = super::db::fresh_sqlite().await;
+                (store, url, Some(dir))
+            }
+            Db::Postgres => {
+                let (store, url) = super::db::fresh_postgres().await;
+                (store, url, None)
+            }
+        };
+        let yaml = format!("{SESSION}{auth_lines}database: {{ url: \"{url}\" }}\n{yaml}");
+        let t = super::tollgate::Tollgate::start_at(&yaml, http).await;
+        Stack { t, db, _dir: dir }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.t.http)
+    }
+
+    pub fn browser(&self) -> Browser {
+        Browser::new(self.origin())
+    }
+
+    /// A user with [`PASSWORD`]; its id.
+    pub async fn user(&self, name: &str, role: &str) -> String {
+        let body = serde_json::json!({
+            "username": name,
+            "email": format!("{name}@example.com"),
+            "role": role,
+            "password": PASSWORD,
+        });
+        let (status, user) = self
+            .t
+            .admin(reqwest::Method::POST, "/admin/users", Some(body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{user}");
+        user["id"].as_str().unwrap().to_owned()
+    }
+
+    /// How many web UI sessions the store holds.
+    pub async fn sessions(&self) -> i64 {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM ui_sessions")
+            .fetch_one(self.db.pool())
+            .await
+            .unwrap()
+    }
+
+    /// The audit log's events of `action`, newest first.
+    pub async fn audit(&self, action: &str) -> Vec<serde_json::Value> {
+        let (status, events) = self
+            .t
+            .admin(
+                reqwest::Method::GET,
+                &format!("/admin/audit?action={action}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{events}");
+        events["data"].as_array().unwrap().clone()
+    }
+}
+
+/// Asserts that `page` is a 303 to `to`.
+pub fn redirected_to(page: &Page, to: &str) {
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    assert_eq!(page.location(), Some(to), "{:?}", page.headers);
 }
