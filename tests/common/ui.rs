@@ -2,11 +2,84 @@
 //! a browser sends with a form (`Origin`, `application/x-www-form-urlencoded`) and does not
 //! follow redirects, so that a test sees every 303 and its cookies.
 
-use reqwest::cookie::{CookieStore, Jar};
-use reqwest::header::HeaderMap;
+use reqwest::cookie::CookieStore;
+use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::StatusCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// The browser's cookies, kept as a browser at the public URL keeps them: by name and
+/// path, where the path is matched against the path the browser sees (the proxy's prefix
+/// in front of the path tollgate is reached at). `Secure` is ignored (the proxy in front
+/// of a test may say TLS when the test speaks plain HTTP); `Max-Age=0` deletes.
+#[derive(Default)]
+pub struct Jar {
+    prefix: String,
+    cookies: Mutex<Vec<(String, String, String)>>,
+}
+
+impl Jar {
+    /// Keeps one `Set-Cookie`.
+    pub fn add(&self, set_cookie: &str) {
+        let mut parts = set_cookie.split(';');
+        let Some((name, value)) = parts.next().and_then(|p| p.trim().split_once('=')) else {
+            return;
+        };
+        let mut path = "/".to_owned();
+        let mut delete = false;
+        for attribute in parts {
+            let (key, val) = attribute
+                .trim()
+                .split_once('=')
+                .unwrap_or((attribute.trim(), ""));
+            match key.to_ascii_lowercase().as_str() {
+                "path" => path = val.to_owned(),
+                "max-age" => delete = val.trim() == "0",
+                _ => {}
+            }
+        }
+        let mut cookies = self.cookies.lock().unwrap();
+        cookies.retain(|(n, _, p)| !(n == name && *p == path));
+        if !delete {
+            cookies.push((name.to_owned(), value.to_owned(), path));
+        }
+    }
+
+    /// The cookies sent to `path` (as the browser sees it), `name=value; …`.
+    pub fn header_for(&self, path: &str) -> Option<String> {
+        let cookies = self.cookies.lock().unwrap();
+        let sent: Vec<String> = cookies
+            .iter()
+            .filter(|(_, _, p)| path_matches(p, path))
+            .map(|(n, v, _)| format!("{n}={v}"))
+            .collect();
+        (!sent.is_empty()).then(|| sent.join("; "))
+    }
+}
+
+/// RFC 6265 §5.1.4: the cookie's path is the request's, or a prefix of it ending at a `/`.
+fn path_matches(cookie_path: &str, request_path: &str) -> bool {
+    request_path == cookie_path
+        || (request_path.starts_with(cookie_path)
+            && (cookie_path.ends_with('/')
+                || request_path.as_bytes().get(cookie_path.len()) == Some(&b'/')))
+}
+
+impl CookieStore for Jar {
+    fn set_cookies(&self, headers: &mut dyn Iterator<Item = &HeaderValue>, _: &url::Url) {
+        for header in headers {
+            if let Ok(text) = header.to_str() {
+                self.add(text);
+            }
+        }
+    }
+
+    fn cookies(&self, url: &url::Url) -> Option<HeaderValue> {
+        let seen = format!("{}{}", self.prefix, url.path());
+        self.header_for(&seen)
+            .and_then(|header| HeaderValue::from_str(&header).ok())
+    }
+}
 
 /// One browser: its own cookies, talking to `origin` (`http://127.0.0.1:PORT`), with the UI
 /// mounted at `{prefix}/ui` (a proxy's `X-Forwarded-Prefix`, sent with every request when
@@ -14,8 +87,13 @@ use std::time::Duration;
 pub struct Browser {
     client: reqwest::Client,
     pub jar: Arc<Jar>,
+    /// The site's origin as the browser sees it (its `Origin` header).
     pub origin: String,
     pub prefix: String,
+    /// Where tollgate is reached (the origin, unless a proxy is in between).
+    served: String,
+    /// Headers a proxy in between adds to every request.
+    forwarded: Vec<(&'static str, String)>,
 }
 
 /// An answer: status, headers, body.
@@ -64,6 +142,19 @@ impl Page {
             .find(|c| c.starts_with(&format!("{name}=")))
     }
 
+    /// The body as JSON (the answers to the UI's scripts).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+
+    /// The value of attribute `name` of the first element that has one.
+    pub fn attribute(&self, name: &str) -> Option<String> {
+        let at = self.body.find(&format!(" {name}=\""))? + name.len() + 3;
+        let end = at + self.body[at..].find('"')?;
+        Some(self.body[at..end].replace("&amp;", "&"))
+    }
+
     pub fn contains(&self, text: &str) -> bool {
         self.body.contains(text)
     }
@@ -83,7 +174,10 @@ impl Browser {
 
     /// A browser that reaches the UI through a proxy mounting it at `prefix`.
     pub fn behind(origin: impl Into<String>, prefix: &str) -> Browser {
-        let jar = Arc::new(Jar::default());
+        let jar = Arc::new(Jar {
+            prefix: prefix.to_owned(),
+            ..Jar::default()
+        });
         let client = reqwest::Client::builder()
             .no_proxy()
             .cookie_provider(jar.clone())
@@ -91,12 +185,32 @@ impl Browser {
             .timeout(Duration::from_secs(30))
             .build()
             .expect("reqwest client");
+        let origin = origin.into();
         Browser {
             client,
             jar,
-            origin: origin.into(),
+            served: origin.clone(),
+            origin,
             prefix: prefix.to_owned(),
+            forwarded: Vec::new(),
         }
+    }
+
+    /// A browser at `public` (`https://ui.example.com`), whose requests a TLS proxy passes
+    /// to tollgate at `served` with `X-Forwarded-Proto` and `X-Forwarded-Host`.
+    pub fn proxied(served: impl Into<String>, public: &str) -> Browser {
+        let url = url::Url::parse(public).expect("a public origin");
+        let host = match url.port() {
+            Some(port) => format!("{}:{port}", url.host_str().unwrap()),
+            None => url.host_str().unwrap().to_owned(),
+        };
+        let mut browser = Self::new(public.trim_end_matches('/'));
+        browser.served = served.into();
+        browser.forwarded = vec![
+            ("x-forwarded-proto", url.scheme().to_owned()),
+            ("x-forwarded-host", host),
+        ];
+        browser
     }
 
     /// `http://host:port/ui{path}` as the browser sees it (with the prefix).
@@ -106,13 +220,16 @@ impl Browser {
 
     /// The URL tollgate itself serves `path` at (the proxy strips the prefix).
     fn served(&self, path: &str) -> String {
-        format!("{}/ui{path}", self.origin)
+        format!("{}/ui{path}", self.served)
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let mut request = self.client.request(method, self.served(path));
         if !self.prefix.is_empty() {
             request = request.header("x-forwarded-prefix", &self.prefix);
+        }
+        for (name, value) in &self.forwarded {
+            request = request.header(*name, value);
         }
         request
     }
@@ -223,11 +340,8 @@ impl Browser {
 
     /// The value of cookie `name` as the browser would send it to `path` under the UI.
     pub fn cookie(&self, path: &str, name: &str) -> Option<String> {
-        let url = self.url(path).parse().expect("a URL");
-        let header = self.jar.cookies(&url)?;
+        let header = self.jar.header_for(&format!("{}/ui{path}", self.prefix))?;
         header
-            .to_str()
-            .ok()?
             .split(';')
             .filter_map(|pair| pair.trim().split_once('='))
             .find(|(n, _)| *n == name)
@@ -236,9 +350,8 @@ impl Browser {
 
     /// Sets cookie `name` for the whole UI, as a browser that kept (or forged) it would.
     pub fn set_cookie(&self, name: &str, value: &str) {
-        let url = self.url("/").parse().expect("a URL");
         self.jar
-            .add_cookie_str(&format!("{name}={value}; Path={}/ui", self.prefix), &url);
+            .add(&format!("{name}={value}; Path={}/ui", self.prefix));
     }
 }
 
