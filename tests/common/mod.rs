@@ -6,6 +6,7 @@ pub mod authenticator;
 pub mod changes;
 pub mod chaos;
 pub mod check;
+pub mod chromium;
 pub mod db;
 pub mod envoy;
 pub mod metrics;
