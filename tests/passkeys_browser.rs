@@ -18,8 +18,6 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate::authn::passkey::{
@@ -195,25 +193,9 @@ async fn login_finish(State(site): State<Arc<Site>>, headers: HeaderMap, body: B
     }
 }
 
-fn browser_peers() -> (String, std::path::PathBuf) {
-    let chromium =
-        std::env::var("TOLLGATE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_string());
-    assert!(
-        Path::new(&chromium).exists(),
-        "chromium is missing at {chromium}: apt-get install chromium (or point TOLLGATE_CHROMIUM at one)"
-    );
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    assert!(
-        dir.join("node_modules/playwright-core").exists(),
-        "playwright-core is missing: run `npm ci` in {}",
-        dir.display()
-    );
-    (chromium, dir)
-}
-
 #[tokio::test]
 async fn passkey_js_registers_and_signs_in_in_chromium() {
-    let (chromium, dir) = browser_peers();
+    common::chromium::chromium();
     let (store, _dir, _url) = common::db::fresh_sqlite().await;
     let store: SharedStore = Arc::new(store);
     let ann = store
@@ -252,25 +234,13 @@ async fn passkey_js_registers_and_signs_in_in_chromium() {
         .with_state(site.clone());
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let mut node = tokio::process::Command::new("node");
-    node.arg("passkeys.mjs")
-        .arg(&base)
-        .current_dir(&dir)
-        .env("TOLLGATE_CHROMIUM", &chromium)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(180), node.output())
-        .await
-        .expect("the browser steps finish within 3 minutes")
-        .expect("node runs (is Node.js installed?)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}");
-    assert!(
-        output.status.success(),
-        "tests/browser/passkeys.mjs failed ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
+    common::chromium::run(
+        "passkeys.mjs",
+        &[("TOLLGATE_PASSKEYS_URL", base.clone())],
+        Duration::from_secs(180),
+    )
+    .await
+    .unwrap_or_else(|failed| panic!("{failed}"));
     server.abort();
 
     // What the browser did, as the store saw it.

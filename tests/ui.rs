@@ -6,40 +6,11 @@
 
 mod common;
 
-use common::db;
 use common::tollgate::{Tollgate, MASTER_KEY};
-use common::ui::{encode, Browser, Page};
+use common::ui::{encode, redirected_to, Browser, Db, Page, Stack, PASSWORD};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tollgate::decision::Principal;
-use tollgate::store::sql::SqlStore;
-
-const PASSWORD: &str = "Correct-Horse-9";
-const SESSION: &str =
-    "auth:\n  session: { secret: \"0123456789abcdef0123456789abcdef-ui-tests\" }\n";
-
-/// Which store the tollgate under test uses.
-#[derive(Clone, Copy)]
-enum Db {
-    Sqlite,
-    Postgres,
-}
-
-/// Runs a scenario once per store.
-macro_rules! on_both_stores {
-    ($($name:ident),+ $(,)?) => {$(
-        mod $name {
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(super::Db::Sqlite).await
-            }
-            #[tokio::test]
-            async fn postgres() {
-                super::$name(super::Db::Postgres).await
-            }
-        }
-    )+};
-}
 
 on_both_stores!(
     signing_in_and_out,
@@ -47,92 +18,6 @@ on_both_stores!(
     a_deleted_or_blocked_user_s_session_stops_at_once,
     pages_and_search_over_thousands_of_keys,
 );
-
-/// A tollgate with password sessions, and the store it uses (for what a test reads or
-/// changes behind the UI's back).
-struct Stack {
-    t: Tollgate,
-    db: SqlStore,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Stack {
-    async fn start(db: Db, yaml: &str) -> Stack {
-        Self::start_with(db, "", yaml).await
-    }
-
-    /// With more `auth:` settings (`auth_lines`, indented under `auth:`).
-    async fn start_with(db: Db, auth_lines: &str, yaml: &str) -> Stack {
-        let (db, url, dir) = match db {
-            Db::Sqlite => {
-                let (store, dir, url) = db::fresh_sqlite().await;
-                (store, url, Some(dir))
-            }
-            Db::Postgres => {
-                let (store, url) = db::fresh_postgres().await;
-                (store, url, None)
-            }
-        };
-        let t = Tollgate::start(&format!(
-            "{SESSION}{auth_lines}database: {{ url: \"{url}\" }}\n{yaml}"
-        ))
-        .await;
-        Stack { t, db, _dir: dir }
-    }
-
-    fn browser(&self) -> Browser {
-        Browser::new(format!("http://{}", self.t.http))
-    }
-
-    /// A user with `PASSWORD`; its id.
-    async fn user(&self, name: &str, role: &str) -> String {
-        let body = json!({
-            "username": name,
-            "email": format!("{name}@example.com"),
-            "role": role,
-            "password": PASSWORD,
-        });
-        let (status, user) = self.t.admin(Method::POST, "/admin/users", Some(body)).await;
-        assert_eq!(status, StatusCode::CREATED, "{user}");
-        user["id"].as_str().unwrap().to_owned()
-    }
-
-    /// A key through the admin API; `(id, secret)`.
-    async fn key(&self, body: Value) -> (String, String) {
-        self.t.create_key(body).await
-    }
-
-    async fn key_record(&self, id: &str) -> Value {
-        let (status, key) = self
-            .t
-            .admin(Method::GET, &format!("/admin/keys/{id}"), None)
-            .await;
-        assert_eq!(status, StatusCode::OK, "{key}");
-        key
-    }
-
-    /// How many web UI sessions the store holds.
-    async fn sessions(&self) -> i64 {
-        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM ui_sessions")
-            .fetch_one(self.db.pool())
-            .await
-            .unwrap()
-    }
-
-    async fn audit(&self, action: &str) -> Vec<Value> {
-        let (status, events) = self
-            .t
-            .admin(Method::GET, &format!("/admin/audit?action={action}"), None)
-            .await;
-        assert_eq!(status, StatusCode::OK, "{events}");
-        events["data"].as_array().unwrap().clone()
-    }
-}
-
-fn redirected_to(page: &Page, to: &str) {
-    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
-    assert_eq!(page.location(), Some(to), "{:?}", page.headers);
-}
 
 // ---- signing in and out -----------------------------------------------------------------
 
@@ -1167,8 +1052,7 @@ async fn a_path_prefix_is_applied_to_links_redirects_and_cookies() {
         .set_cookie("tollgate_ui_signin")
         .unwrap()
         .contains("Path=/gateway/ui;"));
-    // tollgate is reached here without the proxy, so the browser would not send a cookie
-    // of /gateway/ui back: hand it over as the proxy would pass it.
+    // The sign-in cookie is handed over explicitly, as the proxy passes it on.
     let token = login
         .set_cookie("tollgate_ui_signin")
         .unwrap()

@@ -15,23 +15,10 @@ use common::tollgate::Tollgate;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tollgate::mock_llm::MockLlm;
 
 const PASSWORD: &str = "Browser-Tests-42";
-
-fn crate_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Where the screenshots go: `ui-screenshots/` in the target directory.
-fn screenshots() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("the target directory")
-        .join("ui-screenshots")
-}
 
 /// An Envoy that serves `/gateway/ui/…` from tollgate's `/ui/…`, telling it the prefix.
 fn prefix_proxy(listen: SocketAddr, admin: SocketAddr, tollgate: SocketAddr) -> String {
@@ -95,17 +82,7 @@ async fn user(t: &Tollgate, name: &str, role: &str) -> String {
 // The server runs on this runtime while node runs: more than one worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_ui_works_in_chromium() {
-    let node_modules = crate_root().join("tests/browser/node_modules/playwright-core");
-    assert!(
-        node_modules.is_dir(),
-        "playwright-core is not installed: run `npm ci` in tests/browser (scripts/test does)"
-    );
-    let chromium =
-        std::env::var("TOLLGATE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).is_file(),
-        "no chromium at {chromium}: `apt-get install chromium` (scripts/test does), or set TOLLGATE_CHROMIUM"
-    );
+    common::chromium::chromium();
 
     let t = Tollgate::start(
         "auth:\n  session: { secret: \"0123456789abcdef0123456789abcdef-browser\" }\n",
@@ -127,40 +104,28 @@ async fn the_web_ui_works_in_chromium() {
     let http = t.http;
     let ui = Envoy::start_with(|listen, admin| prefix_proxy(listen, admin, http)).await;
 
-    let shots = screenshots();
-    std::fs::create_dir_all(&shots).unwrap();
-    let run = tokio::process::Command::new("node")
-        .arg("tests/browser/ui.mjs")
-        .current_dir(crate_root())
-        .env("TOLLGATE_UI_URL", format!("http://{}/ui", t.http))
-        .env(
-            "TOLLGATE_UI_PREFIXED_URL",
-            format!("http://{}/gateway/ui", ui.listen),
-        )
-        .env("TOLLGATE_LLM_URL", format!("http://{}", llm.listen))
-        .env("TOLLGATE_SCREENSHOTS", &shots)
-        .env("TOLLGATE_PASSWORD", PASSWORD)
-        .env("TOLLGATE_ADMIN", "ada")
-        .env("TOLLGATE_USER", "uma")
-        .env("TOLLGATE_VIEWER", "vic")
-        .env("TOLLGATE_CHROMIUM", &chromium)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(300), run)
-        .await
-        .expect("the browser scenario finishes within 5 minutes")
-        .expect("node runs (install Node.js 20 or later)");
-    let printed = format!(
-        "--- stdout ---\n{}\n--- stderr ---\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "tests/browser/ui.mjs failed ({}):\n{printed}\n--- tollgate-side Envoy log ---\n{}",
-        out.status,
-        ui.log_tail(20)
-    );
-    println!("{printed}\nscreenshots in {}", shots.display());
+    let ran = common::chromium::run(
+        "ui.mjs",
+        &[
+            ("TOLLGATE_UI_URL", format!("http://{}/ui", t.http)),
+            (
+                "TOLLGATE_UI_PREFIXED_URL",
+                format!("http://{}/gateway/ui", ui.listen),
+            ),
+            ("TOLLGATE_LLM_URL", format!("http://{}", llm.listen)),
+            ("TOLLGATE_PASSWORD", PASSWORD.to_owned()),
+            ("TOLLGATE_ADMIN", "ada".to_owned()),
+            ("TOLLGATE_USER", "uma".to_owned()),
+            ("TOLLGATE_VIEWER", "vic".to_owned()),
+        ],
+        Duration::from_secs(300),
+    )
+    .await;
+    if let Err(failed) = ran {
+        panic!(
+            "{failed}\n--- tollgate-side Envoy log ---\n{}",
+            ui.log_tail(20)
+        );
+    }
     t.stop().await;
 }

@@ -7,41 +7,12 @@
 
 mod common;
 
-use common::db;
-use common::tollgate::Tollgate;
-use common::ui::{Browser, Page};
+use common::ui::{Browser, Db, Page, PASSWORD};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tollgate::store::sql::SqlStore;
 use tollgate::store::{AlertOutcome, AlertState};
 use tollgate::usage::alerts::Alerts;
 use tollgate::usage::{TokenUsage, UsageRecord, UsageSource};
-
-const PASSWORD: &str = "Correct-Horse-9";
-const SESSION: &str =
-    "auth:\n  session: { secret: \"0123456789abcdef0123456789abcdef-ui-tests\" }\n";
-
-#[derive(Clone, Copy)]
-enum Db {
-    Sqlite,
-    Postgres,
-}
-
-/// Runs a scenario once per store.
-macro_rules! on_both_stores {
-    ($($name:ident),+ $(,)?) => {$(
-        mod $name {
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(super::Db::Sqlite).await
-            }
-            #[tokio::test]
-            async fn postgres() {
-                super::$name(super::Db::Postgres).await
-            }
-        }
-    )+};
-}
 
 on_both_stores!(
     teams_and_their_members_as_each_role,
@@ -50,35 +21,25 @@ on_both_stores!(
     the_audit_log_is_filtered_and_paged,
 );
 
-/// A tollgate with password sessions, its store, and one signed-in browser per role:
-/// `ada` (admin), `max` (manager), `uma` and `ulf` (user), `vic` (viewer).
+/// A tollgate with password sessions, its store, and one user per role: `ada` (admin),
+/// `max` (manager), `uma` and `ulf` (user), `vic` (viewer).
 struct Stack {
-    t: Tollgate,
-    #[allow(dead_code)]
-    db: SqlStore,
+    ui: common::ui::Stack,
     ids: std::collections::HashMap<&'static str, String>,
-    _dir: Option<tempfile::TempDir>,
+}
+
+impl std::ops::Deref for Stack {
+    type Target = common::ui::Stack;
+
+    fn deref(&self) -> &common::ui::Stack {
+        &self.ui
+    }
 }
 
 impl Stack {
     async fn start(db: Db, yaml: &str) -> Stack {
-        let (db, url, dir) = match db {
-            Db::Sqlite => {
-                let (store, dir, url) = db::fresh_sqlite().await;
-                (store, url, Some(dir))
-            }
-            Db::Postgres => {
-                let (store, url) = db::fresh_postgres().await;
-                (store, url, None)
-            }
-        };
-        let t = Tollgate::start(&format!("{SESSION}database: {{ url: \"{url}\" }}\n{yaml}")).await;
-        let mut s = Stack {
-            t,
-            db,
-            ids: Default::default(),
-            _dir: dir,
-        };
+        let ui = common::ui::Stack::start(db, yaml).await;
+        let mut ids = std::collections::HashMap::new();
         for (name, role) in [
             ("ada", "admin"),
             ("max", "manager"),
@@ -86,26 +47,17 @@ impl Stack {
             ("ulf", "user"),
             ("vic", "viewer"),
         ] {
-            let id = s.user(name, role).await;
-            s.ids.insert(name, id);
+            ids.insert(name, ui.user(name, role).await);
         }
-        s
+        Stack { ui, ids }
+    }
+
+    async fn stop(self) {
+        self.ui.t.stop().await;
     }
 
     fn id(&self, name: &str) -> String {
         self.ids[name].clone()
-    }
-
-    async fn user(&self, name: &str, role: &str) -> String {
-        let body = json!({
-            "username": name,
-            "email": format!("{name}@example.com"),
-            "role": role,
-            "password": PASSWORD,
-        });
-        let (status, user) = self.t.admin(Method::POST, "/admin/users", Some(body)).await;
-        assert_eq!(status, StatusCode::CREATED, "{user}");
-        user["id"].as_str().unwrap().to_owned()
     }
 
     /// A browser signed in as `name`.
@@ -581,7 +533,7 @@ async fn teams_and_their_members_as_each_role(db: Db) {
     redirected_to(&deleted, "/ui/teams?done=deleted");
     assert_eq!(s.teams().await.len(), 1);
     assert_eq!(s.audit("action=team.delete").await[0]["target"], research);
-    s.t.stop().await;
+    s.stop().await;
 }
 
 /// The `<tr>` of a table that mentions `name`.
@@ -900,7 +852,7 @@ async fn users_are_listed_found_created_and_changed_by_admins_only() {
         s.t.admin(Method::GET, &format!("/admin/users/{neo}"), None)
             .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    s.t.stop().await;
+    s.stop().await;
 }
 
 // ---- usage ------------------------------------------------------------------------------
@@ -1357,7 +1309,7 @@ async fn usage_csv_adds_up_to_the_api_s_report(db: Db) {
         StatusCode::BAD_REQUEST,
         "`since` is longer than 64 characters",
     );
-    s.t.stop().await;
+    s.stop().await;
 }
 
 // ---- budgets ----------------------------------------------------------------------------
@@ -1514,7 +1466,7 @@ async fn budgets_show_spend_against_the_limit_and_the_thresholds_reached(db: Db)
     // A viewer sees every budget.
     let page = s.as_("vic").await.get("/budgets").await;
     assert!(page.contains("ulf-ci") && page.contains("uma-laptop"));
-    s.t.stop().await;
+    s.stop().await;
 }
 
 // ---- alerts -----------------------------------------------------------------------------
@@ -1666,7 +1618,7 @@ async fn alerts_show_their_delivery_to_admins_and_viewers_only() {
         "the role `user` may not read budget alerts",
     );
     assert!(!uma.get("/keys").await.contains("href=\"/ui/alerts\""));
-    s.t.stop().await;
+    s.stop().await;
 }
 
 // ---- audit ------------------------------------------------------------------------------
@@ -1779,7 +1731,7 @@ async fn the_audit_log_is_filtered_and_paged(db: Db) {
         StatusCode::FORBIDDEN,
         "the role `manager` may not read the audit log",
     );
-    s.t.stop().await;
+    s.stop().await;
 }
 
 // ---- every page ---------------------------------------------------------------------------
@@ -1959,7 +1911,7 @@ async fn every_page_answers_each_role_under_a_path_prefix() {
             );
         }
     }
-    s.t.stop().await;
+    s.stop().await;
 }
 
 fn role_of(name: &str) -> &'static str {
@@ -2087,5 +2039,5 @@ async fn pages_at_size() {
         let done = time("/ui/usage.csv?group=user");
         done(ada.get("/usage.csv?group=user").await.status);
     }
-    s.t.stop().await;
+    s.stop().await;
 }

@@ -39,7 +39,8 @@ async fn sso_and_passkeys_sign_in_in_chromium() {
         ],
         Duration::from_secs(300),
     )
-    .await;
+    .await
+    .unwrap_or_else(|failed| panic!("{failed}"));
 
     // What the browser did, as tollgate recorded it.
     let methods: Vec<String> = s

@@ -1,13 +1,14 @@
 // Drives assets/ui/passkey.js in Debian's chromium with a virtual WebAuthn authenticator
 // (Chrome DevTools Protocol), against the test server of tests/passkeys_browser.rs, which
-// runs the real ceremonies of src/authn/passkey.rs. Usage: node passkeys.mjs BASE_URL.
+// runs the real ceremonies of src/authn/passkey.rs. Usage: node passkeys.mjs BASE_URL (or
+// TOLLGATE_PASSKEYS_URL=BASE_URL).
 // Prints one line per step; exits non-zero on the first failure.
 import { chromium } from "playwright-core";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-const base = process.argv[2];
+const base = process.argv[2] || process.env.TOLLGATE_PASSKEYS_URL;
 if (!base) {
   console.error("usage: node passkeys.mjs BASE_URL");
   process.exit(2);

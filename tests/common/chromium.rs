@@ -37,9 +37,8 @@ pub fn screenshots() -> PathBuf {
 }
 
 /// Runs `node tests/browser/{script}` with `env` (and `TOLLGATE_CHROMIUM`,
-/// `TOLLGATE_SCREENSHOTS`) for at most `limit`; panics with what it printed unless it
-/// exits 0, else answers what it printed.
-pub async fn run(script: &str, env: &[(&str, String)], limit: Duration) -> String {
+/// `TOLLGATE_SCREENSHOTS`) for at most `limit`: what it printed, as `Err` unless it exited 0.
+pub async fn run(script: &str, env: &[(&str, String)], limit: Duration) -> Result<String, String> {
     let chromium = chromium();
     let mut node = tokio::process::Command::new("node");
     node.arg(script)
@@ -60,11 +59,12 @@ pub async fn run(script: &str, env: &[(&str, String)], limit: Duration) -> Strin
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        out.status.success(),
-        "tests/browser/{script} failed ({}):\n{printed}",
-        out.status
-    );
+    if !out.status.success() {
+        return Err(format!(
+            "tests/browser/{script} failed ({}):\n{printed}",
+            out.status
+        ));
+    }
     println!("{printed}\nscreenshots in {}", screenshots().display());
-    printed
+    Ok(printed)
 }

@@ -475,6 +475,21 @@ impl Stack {
         user["id"].as_str().unwrap().to_owned()
     }
 
+    /// A key through the admin API; `(id, secret)`.
+    pub async fn key(&self, body: serde_json::Value) -> (String, String) {
+        self.t.create_key(body).await
+    }
+
+    /// A key as `GET /admin/keys/{id}` answers it.
+    pub async fn key_record(&self, id: &str) -> serde_json::Value {
+        let (status, key) = self
+            .t
+            .admin(reqwest::Method::GET, &format!("/admin/keys/{id}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{key}");
+        key
+    }
+
     /// How many web UI sessions the store holds.
     pub async fn sessions(&self) -> i64 {
         sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM ui_sessions")
