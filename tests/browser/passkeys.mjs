@@ -3,18 +3,14 @@
 // runs the real ceremonies of src/authn/passkey.rs. Usage: node passkeys.mjs BASE_URL (or
 // TOLLGATE_PASSKEYS_URL=BASE_URL).
 // Prints one line per step; exits non-zero on the first failure.
-import { chromium } from "playwright-core";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { launch, runScenario, virtualAuthenticator } from "./chromium.mjs";
 
 const base = process.argv[2] || process.env.TOLLGATE_PASSKEYS_URL;
 if (!base) {
   console.error("usage: node passkeys.mjs BASE_URL");
   process.exit(2);
 }
-const executablePath = process.env.TOLLGATE_CHROMIUM || "/usr/bin/chromium";
-const userDataDir = mkdtempSync(join(tmpdir(), "tollgate-passkeys-"));
 
 function check(condition, what) {
   if (!condition) {
@@ -29,34 +25,10 @@ async function statusAfterClick(page, selector) {
   return page.textContent("#status");
 }
 
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath,
-  headless: true,
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
-try {
-  const page = context.pages()[0] || (await context.newPage());
+await runScenario(async () => {
+  const { context, page } = await launch();
   page.setDefaultTimeout(30_000);
-  const cdp = await context.newCDPSession(page);
-  await cdp.send("WebAuthn.enable");
-  const { authenticatorId } = await cdp.send("WebAuthn.addVirtualAuthenticator", {
-    options: {
-      protocol: "ctap2",
-      transport: "internal",
-      hasResidentKey: true,
-      hasUserVerification: true,
-      isUserVerified: true,
-      automaticPresenceSimulation: true,
-    },
-  });
+  const { cdp, authenticatorId } = await virtualAuthenticator(context, page);
 
   // Base64url helpers round-trip every byte value.
   await page.goto(`${base}/`);
@@ -115,8 +87,5 @@ try {
   if (process.env.TOLLGATE_SCREENSHOTS) {
     await bare.screenshot({ path: join(process.env.TOLLGATE_SCREENSHOTS, "passkeys-unsupported.png") });
   }
-} finally {
-  await context.close();
-  rmSync(userDataDir, { recursive: true, force: true });
-}
-console.log("every passkey browser check passed");
+  console.log("every passkey browser check passed");
+});

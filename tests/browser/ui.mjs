@@ -10,12 +10,11 @@
 // audit and user pages, and what a user and a viewer see of them. A screenshot of each page goes to
 // $TOLLGATE_SCREENSHOTS. Exits non-zero on the first failure.
 
-import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import http from "node:http";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { launch, runScenario } from "./chromium.mjs";
 
 function env(name) {
   const value = process.env[name];
@@ -31,38 +30,13 @@ const PASSWORD = env("TOLLGATE_PASSWORD");
 const ADMIN = env("TOLLGATE_ADMIN");
 const USER = env("TOLLGATE_USER");
 const VIEWER = env("TOLLGATE_VIEWER");
-const CHROMIUM = process.env.TOLLGATE_CHROMIUM || "/usr/bin/chromium";
-
-// Debian's chromium, headless, touching nothing outside the test.
-const FLAGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
-
-const profiles = [];
-const contexts = [];
 // Every console error of every page (a Content-Security-Policy violation is one).
 const consoleErrors = [];
 
-/** A fresh browser (its own --user-data-dir) and its page. */
+/** A fresh browser and its page, whose console errors are collected. */
 async function browser(name, options = {}) {
-  const dir = mkdtempSync(join(tmpdir(), "tollgate-ui-"));
-  profiles.push(dir);
-  const context = await chromium.launchPersistentContext(dir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: FLAGS,
-    viewport: { width: 1280, height: 860 },
-    ...options,
-  });
-  contexts.push(context);
+  const { context, page } = await launch(options);
   context.setDefaultTimeout(15_000);
-  const page = context.pages()[0] ?? (await context.newPage());
   page.on("console", (message) => {
     if (message.type() === "error") consoleErrors.push(`${name}: ${message.text()}`);
   });
@@ -353,14 +327,4 @@ async function main() {
   console.log("the web UI works in chromium");
 }
 
-let failed = false;
-try {
-  await main();
-} catch (error) {
-  failed = true;
-  console.error(error);
-} finally {
-  for (const context of contexts) await context.close().catch(() => {});
-  for (const dir of profiles) rmSync(dir, { recursive: true, force: true });
-}
-process.exit(failed ? 1 : 0);
+await runScenario(main);

@@ -10,11 +10,9 @@
 // profile with its passkey and the pages after each sign-in go to $TOLLGATE_SCREENSHOTS.
 // Exits non-zero on the first failure.
 
-import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { launch, runScenario, virtualAuthenticator } from "./chromium.mjs";
 
 function env(name) {
   const value = process.env[name];
@@ -25,18 +23,6 @@ function env(name) {
 const UI = env("TOLLGATE_UI_URL"); // http://localhost:PORT/ui
 const ISSUER = env("TOLLGATE_ISSUER"); // the OpenID Provider
 const SHOTS = env("TOLLGATE_SCREENSHOTS");
-const CHROMIUM = process.env.TOLLGATE_CHROMIUM || "/usr/bin/chromium";
-
-const FLAGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
-
 const consoleErrors = [];
 
 async function shot(page, name) {
@@ -53,7 +39,9 @@ async function signedInAs(page, name) {
   assert.equal(who, name, `signed in as ${name}`);
 }
 
-async function main(page, context) {
+async function main() {
+  const { context, page } = await launch();
+  context.setDefaultTimeout(20_000);
   page.on("console", (message) => {
     if (message.type() === "error") consoleErrors.push(`${message.text()} at ${message.location().url}`);
   });
@@ -84,18 +72,7 @@ async function main(page, context) {
   assert.equal(await page.getByRole("button", { name: "Change the password" }).count(), 0);
 
   step("add a passkey with chromium's virtual authenticator");
-  const cdp = await context.newCDPSession(page);
-  await cdp.send("WebAuthn.enable");
-  const { authenticatorId } = await cdp.send("WebAuthn.addVirtualAuthenticator", {
-    options: {
-      protocol: "ctap2",
-      transport: "internal",
-      hasResidentKey: true,
-      hasUserVerification: true,
-      isUserVerified: true,
-      automaticPresenceSimulation: true,
-    },
-  });
+  const { cdp, authenticatorId } = await virtualAuthenticator(context, page);
   await page.fill("#passkey-name", "Virtual key");
   await Promise.all([
     page.waitForURL(`${UI}/profile?done=passkey_added`),
@@ -155,23 +132,4 @@ async function main(page, context) {
   console.log("signing in with SSO and passkeys works in chromium");
 }
 
-const dir = mkdtempSync(join(tmpdir(), "tollgate-sign-in-"));
-let failed = false;
-const context = await chromium.launchPersistentContext(dir, {
-  executablePath: CHROMIUM,
-  headless: true,
-  args: FLAGS,
-  viewport: { width: 1280, height: 860 },
-});
-try {
-  context.setDefaultTimeout(20_000);
-  const page = context.pages()[0] ?? (await context.newPage());
-  await main(page, context);
-} catch (error) {
-  failed = true;
-  console.error(error);
-} finally {
-  await context.close().catch(() => {});
-  rmSync(dir, { recursive: true, force: true });
-}
-process.exit(failed ? 1 : 0);
+await runScenario(main);
