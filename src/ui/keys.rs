@@ -15,7 +15,7 @@
 //! it is gone.
 
 use super::form::{Posted, StrictQuery};
-use super::layout::{render, render_with_status, Layout, PageResult};
+use super::layout::{render, render_with_status, ConfirmView, Layout, PageResult};
 use super::session::{self, SameSite, Session};
 use super::web::{Site, UiError};
 use super::UiState;
@@ -887,14 +887,6 @@ async fn unblock(
     Ok(form.to(&session.site, &id, "unblocked"))
 }
 
-#[derive(Template)]
-#[template(path = "ui/key_revoke.html")]
-struct RevokeView {
-    layout: Layout,
-    key: ApiKey,
-    back: String,
-}
-
 /// Revokes after a confirmation: the browser's (with JavaScript), or else this page's.
 async fn revoke(
     State(ui): State<UiState>,
@@ -904,10 +896,17 @@ async fn revoke(
     let app = &ui.app;
     if form.confirm != "yes" {
         let key = api::read_key(app, &session.caller, &id).await?.item;
-        let view = RevokeView {
+        let view = ConfirmView {
             layout: Layout::of(&session, format!("Revoke key {}", key.name), "/keys"),
-            key,
-            back: form.back,
+            heading: format!("Revoke the key {}?", key.name),
+            message: format!(
+                "Its secret ({}) stops working at once. This cannot be undone.",
+                key.key_hint
+            ),
+            action: format!("/keys/{}/revoke", key.id),
+            button: "Revoke",
+            cancel: format!("/keys/{}", key.id),
+            fields: vec![("back", form.back)],
         };
         return Ok(render(&view));
     }

@@ -14,7 +14,7 @@
 //! give the user's id.
 
 use super::form::{Posted, StrictQuery};
-use super::layout::{render, render_with_status, Layout, PageResult};
+use super::layout::{render, render_with_status, ConfirmView, Layout, PageResult};
 use super::session::Session;
 use super::show::{self, Choice, Names, PathId};
 use super::web::UiError;
@@ -402,13 +402,6 @@ struct ConfirmForm {
     confirm: String,
 }
 
-#[derive(Template)]
-#[template(path = "ui/team_delete.html")]
-struct DeleteView {
-    layout: Layout,
-    team: Team,
-}
-
 /// `POST /ui/teams/{id}/delete`: after a confirmation (the browser's, or else this page's),
 /// as `DELETE /admin/teams/{id}`.
 async fn delete(
@@ -423,9 +416,16 @@ async fn delete(
         let manages = caller.manages_team(app, &id).await?;
         caller.allow(manages, "delete a team they do not own")?;
         let team = api::read_team(app, caller, &id).await?.team;
-        let view = DeleteView {
+        let view = ConfirmView {
             layout: Layout::of(&session, format!("Delete team {}", team.name), "/teams"),
-            team,
+            heading: format!("Delete the team {}?", team.name),
+            message:
+                "Its members leave it and its keys are revoked at once. This cannot be undone."
+                    .into(),
+            action: format!("/teams/{}/delete", team.id),
+            button: "Delete the team",
+            cancel: format!("/teams/{}", team.id),
+            fields: Vec::new(),
         };
         return Ok(render(&view));
     }

@@ -8,7 +8,7 @@
 //! spend is read for the users one page shows.
 
 use super::form::{Posted, StrictQuery};
-use super::layout::{render, render_with_status, Layout, PageResult};
+use super::layout::{render, render_with_status, ConfirmView, Layout, PageResult};
 use super::session::Session;
 use super::show::{self, Choice, PathId};
 use super::web::UiError;
@@ -441,13 +441,6 @@ async fn unlock(
     Ok(session.site.redirect(&format!("/users/{id}?done=unlocked")))
 }
 
-#[derive(Template)]
-#[template(path = "ui/user_delete.html")]
-struct DeleteView {
-    layout: Layout,
-    user: User,
-}
-
 /// After a confirmation (the browser's, or else this page's), as `DELETE /admin/users/{id}`.
 async fn delete(
     State(ui): State<UiState>,
@@ -459,9 +452,16 @@ async fn delete(
     if form.confirm != "yes" {
         caller.require_admin("delete users")?;
         let user = api::read_user(app, caller, &id).await?.item;
-        let view = DeleteView {
+        let view = ConfirmView {
             layout: Layout::of(&session, format!("Delete user {}", user.username), "/users"),
-            user,
+            heading: format!("Delete the user {}?", user.username),
+            message:
+                "They leave their teams and their keys are revoked at once. This cannot be undone."
+                    .into(),
+            action: format!("/users/{}/delete", user.id),
+            button: "Delete the user",
+            cancel: format!("/users/{}", user.id),
+            fields: Vec::new(),
         };
         return Ok(render(&view));
     }
