@@ -51,7 +51,7 @@ async function main() {
   await page.goto(`${UI}/login`);
   await page.getByRole("button", { name: "Sign in with a passkey" }).waitFor();
   await page.getByRole("link", { name: "Sign in with corp" }).waitFor();
-  await shot(page, "login");
+  await shot(page, "sign-in-choices");
 
   step("sign in with SSO at the OpenID Provider");
   await page.getByRole("link", { name: "Sign in with corp" }).click();
@@ -63,7 +63,7 @@ async function main() {
     page.getByRole("button", { name: "Sign in" }).click(),
   ]);
   await signedInAs(page, "alice@example.com");
-  await shot(page, "after-sso");
+  await shot(page, "sign-in-after-sso");
 
   step("the profile: no password to change, no passkey yet");
   await page.goto(`${UI}/profile`);
@@ -95,7 +95,7 @@ async function main() {
   await signedInAs(page, "alice@example.com");
   const after = await cdp.send("WebAuthn.getCredentials", { authenticatorId });
   assert.ok(after.credentials[0].signCount >= 1, "the authenticator signed");
-  await shot(page, "after-passkey");
+  await shot(page, "sign-in-after-passkey");
 
   step("rename the passkey, then delete it after the browser's confirmation");
   await page.goto(`${UI}/profile`);
@@ -121,7 +121,7 @@ async function main() {
   await page.getByRole("button", { name: "Sign in with a passkey" }).click();
   await page.locator("#passkey-status", { hasText: "unknown passkey" }).waitFor();
   assert.match(page.url(), /\/login/);
-  await shot(page, "login-passkey-refused");
+  await shot(page, "sign-in-passkey-refused");
 
   // The refused sign-in shows in the console as a failed load (401), and the provider's
   // page has no icon; nothing else may.
