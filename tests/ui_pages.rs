@@ -214,7 +214,11 @@ async fn teams_and_their_members_as_each_role(db: Db) {
     assert_eq!(members(&team), [(s.id("ada"), "owner".into())]);
     let shown = ada.get(&format!("/teams/{platform}?done=created")).await;
     assert!(shown.contains("The team is created."));
-    assert!(shown.contains("$100.00 per 1mo"), "{}", shown.main());
+    assert!(
+        shown.contains("$100.00 per calendar month"),
+        "{}",
+        shown.main()
+    );
 
     // A manager's team is theirs: they own it, edit it and manage its members.
     let created = max
@@ -258,7 +262,7 @@ async fn teams_and_their_members_as_each_role(db: Db) {
     // The listing: budget, spend, member count.
     let list = ada.get("/teams").await;
     let row = row_of(&list, "Platform");
-    assert!(row.contains("$100.00 per 1mo"), "{row}");
+    assert!(row.contains("$100.00 per calendar month"), "{row}");
     assert!(row.contains("$0.00"), "{row}");
     assert!(row.contains("<td class=\"num\">2</td>"), "{row}");
     assert!(list.contains("Research"));

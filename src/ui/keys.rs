@@ -17,6 +17,7 @@
 use super::form::{Posted, StrictQuery};
 use super::layout::{render, render_with_status, ConfirmView, Layout, PageResult};
 use super::session::{self, SameSite, Session};
+use super::show::{self, budget, choices, short, usd, when, Choice, DURATIONS};
 use super::web::{Site, UiError};
 use super::UiState;
 use crate::admin::keys::{self as api, CreateKey, KeySearch, ListQuery, WithSecret};
@@ -139,24 +140,6 @@ struct TeamOption {
     id: String,
     name: String,
     selected: bool,
-}
-
-/// A fixed choice in a select.
-struct Choice {
-    value: &'static str,
-    label: &'static str,
-    selected: bool,
-}
-
-fn choices(options: &[(&'static str, &'static str)], selected: &str) -> Vec<Choice> {
-    options
-        .iter()
-        .map(|(value, label)| Choice {
-            value,
-            label,
-            selected: *value == selected,
-        })
-        .collect()
 }
 
 /// The status filter's choices.
@@ -365,7 +348,7 @@ async fn rows(
             status: status.as_str(),
             expires: key.item.expires_at.map(when).unwrap_or_default(),
             spend: usd(key.spend),
-            budget: budget_of(&key.item),
+            budget: budget(&key.item.limits),
             owner,
             hint: key.item.key_hint,
             name: key.item.name,
@@ -618,15 +601,6 @@ async fn new_key_page(
     Ok(render_with_status(status, &view))
 }
 
-/// The budget period's choices.
-const DURATIONS: [(&str, &str); 5] = [
-    ("", "Calendar month (no period of its own)"),
-    ("1d", "1 day"),
-    ("7d", "7 days"),
-    ("30d", "30 days"),
-    ("1mo", "Calendar month"),
-];
-
 /// `POST /ui/keys`: the form as `POST /admin/keys` (or `/v1/user/keys`) takes it.
 async fn create(State(ui): State<UiState>, posted: Posted<NewKeyForm>) -> PageResult {
     let Posted { session, form } = posted;
@@ -706,37 +680,12 @@ struct KeyFields {
 
 impl KeyFields {
     fn of(form: &NewKeyForm) -> Result<KeyFields, UiError> {
-        let whole = |field: &str, text: &str| -> Result<Option<i64>, UiError> {
-            match text.trim() {
-                "" => Ok(None),
-                t => t.parse().map(Some).map_err(|_| {
-                    UiError::bad_request(format!("`{field}` must be a whole number, not `{t}`."))
-                }),
-            }
-        };
-        let max_budget = match form.max_budget.trim().trim_start_matches('$') {
-            "" => None,
-            t => Some(t.parse::<f64>().map_err(|_| {
-                UiError::bad_request(format!(
-                    "`max_budget` must be an amount in USD such as 25 or 12.50, not `{t}`."
-                ))
-            })?),
-        };
-        let budget_duration = match form.budget_duration.trim() {
-            "" => None,
-            t => Some(BudgetDuration::from_str(t).map_err(UiError::bad_request)?),
-        };
         Ok(KeyFields {
-            models: form
-                .models
-                .split(|c: char| c == ',' || c.is_whitespace())
-                .filter(|m| !m.is_empty())
-                .map(str::to_owned)
-                .collect(),
-            rpm: whole("rpm", &form.rpm)?,
-            tpm: whole("tpm", &form.tpm)?,
-            max_budget,
-            budget_duration,
+            models: show::models(&form.models),
+            rpm: show::whole("rpm", &form.rpm)?,
+            tpm: show::whole("tpm", &form.tpm)?,
+            max_budget: show::amount("max_budget", &form.max_budget)?,
+            budget_duration: show::duration(&form.budget_duration)?,
             expires_at: expiry(&form.expires_at)?,
         })
     }
@@ -920,38 +869,6 @@ async fn revoke(
     };
     revoked.map_err(|e: ApiError| UiError::from(e))?;
     Ok(form.to(&session.site, &id, "revoked"))
-}
-
-// ---- how things are shown ---------------------------------------------------------------
-
-/// A time as the pages show it: `2026-12-07 08:58 UTC`.
-fn when(at: Timestamp) -> String {
-    chrono::DateTime::from_timestamp(at, 0)
-        .map(|d| d.format("%Y-%m-%d %H:%M UTC").to_string())
-        .unwrap_or_else(|| at.to_string())
-}
-
-fn usd(amount: f64) -> String {
-    format!("${amount:.2}")
-}
-
-/// `$25.00 per 7 days`, or empty without a budget.
-fn budget_of(key: &ApiKey) -> String {
-    let period = match key.limits.budget_duration {
-        Some(BudgetDuration::Day) => "day",
-        Some(BudgetDuration::Week) => "7 days",
-        Some(BudgetDuration::ThirtyDays) => "30 days",
-        Some(BudgetDuration::Month) | None => "calendar month",
-    };
-    match key.limits.max_budget {
-        Some(max) => format!("{} per {period}", usd(max)),
-        None => String::new(),
-    }
-}
-
-/// The first part of an id, for a name that has gone.
-fn short(id: &str) -> &str {
-    id.get(..8).unwrap_or(id)
 }
 
 #[cfg(test)]

@@ -39,12 +39,17 @@ pub fn usd(amount: f64) -> String {
     }
 }
 
-/// `$25.00 per 1mo`, or empty without a budget.
+/// `$25.00 per 7 days`, `$100.00 per calendar month`, or empty without a budget.
 pub fn budget(limits: &Limits) -> String {
-    match (limits.max_budget, limits.budget_duration) {
-        (Some(max), Some(d)) => format!("{} per {d}", usd(max)),
-        (Some(max), None) => format!("{} per month", usd(max)),
-        (None, _) => String::new(),
+    let period = match limits.budget_duration {
+        Some(BudgetDuration::Day) => "day",
+        Some(BudgetDuration::Week) => "7 days",
+        Some(BudgetDuration::ThirtyDays) => "30 days",
+        Some(BudgetDuration::Month) | None => "calendar month",
+    };
+    match limits.max_budget {
+        Some(max) => format!("{} per {period}", usd(max)),
+        None => String::new(),
     }
 }
 
