@@ -5609,4 +5609,17 @@ async fn budgets_and_spends_of_many(store: SharedStore) {
         vec![2.25, 0.0, 0.0, 3.75, 0.0, 2.25]
     );
     assert!(store.current_spends(&[], at).await.unwrap().is_empty());
+
+    // Names, as a listing shows its owners: revoked keys named, deleted users and unknown
+    // ids left out, an id asked twice answered once.
+    let names = store.names(&asked).await.unwrap();
+    let expected: std::collections::HashMap<(SpendKind, String), String> = [
+        ((SpendKind::Team, team.id.clone()), team.name.clone()),
+        ((SpendKind::User, plain.id.clone()), plain.username.clone()),
+        ((SpendKind::Key, key.id.clone()), key.name.clone()),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(names, expected);
+    assert!(store.names(&[]).await.unwrap().is_empty());
 }

@@ -1028,6 +1028,15 @@ pub trait UsageStore: Send + Sync {
     /// ([`UsageStore::prune_usage`]) counts whole.
     async fn usage_report(&self, query: UsageQuery) -> StoreResult<UsageReport>;
 
+    /// The names of many keys (revoked ones included: their `name`), live users (their
+    /// `username`) and live teams (their `name`), by kind and id; an id without such a row
+    /// is left out. One query per kind (and per 1024 ids): what a page that names the owners
+    /// of its rows reads.
+    async fn names(
+        &self,
+        entities: &[(SpendKind, &str)],
+    ) -> StoreResult<std::collections::HashMap<(SpendKind, String), String>>;
+
     /// The budgets of many keys (revoked ones included), live users and live teams, in the
     /// order asked: `None` for an entity without such a row or without a `max_budget`. One
     /// query per kind, for the budget alerts of a whole batch.

@@ -25,7 +25,7 @@ use crate::admin::user_keys::{self, CreateOwnKey};
 use crate::admin::{ApiError, AppState, Caller, SignedIn, Who, WithSpend};
 use crate::authn::api_key::{self, KeyHash};
 use crate::domain::{self, rfc3339, ApiKey, BudgetDuration, Role, Timestamp};
-use crate::store::KeyStatus;
+use crate::store::{KeyStatus, SpendKind};
 use askama::Template;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -326,11 +326,11 @@ async fn rows(
     let caller = &session.caller;
     let records: Vec<ApiKey> = keys.iter().map(|k| k.item.clone()).collect();
     let manages = caller.manages_keys(app, &records).await?;
-    let mut names = Names::default();
+    let names = Owners::of(app, &records).await?;
     let now = domain::now();
     let mut rows = Vec::with_capacity(keys.len());
     for (key, manages) in keys.into_iter().zip(manages) {
-        let owner = names.owner_of(app, &key.item).await?;
+        let owner = names.owner_of(&key.item);
         let status = KeyStatus::of(&key.item, now);
         let live = status != KeyStatus::Revoked;
         let own = key
@@ -357,40 +357,42 @@ async fn rows(
     Ok(rows)
 }
 
-/// Owners' names, each read once per page.
-#[derive(Default)]
-struct Names {
-    users: HashMap<String, String>,
-    teams: HashMap<String, String>,
-}
+/// The names of a page's owners, read in one query per kind.
+struct Owners(HashMap<(SpendKind, String), String>);
 
-impl Names {
-    async fn owner_of(&mut self, app: &AppState, key: &ApiKey) -> Result<String, UiError> {
+impl Owners {
+    async fn of(app: &AppState, keys: &[ApiKey]) -> Result<Owners, UiError> {
+        let mut wanted = Vec::with_capacity(keys.len() * 2);
+        for key in keys {
+            if let Some(id) = &key.user_id {
+                wanted.push((SpendKind::User, id.as_str()));
+            }
+            if let Some(id) = &key.team_id {
+                wanted.push((SpendKind::Team, id.as_str()));
+            }
+        }
+        Ok(Owners(app.store.names(&wanted).await?))
+    }
+
+    fn owner_of(&self, key: &ApiKey) -> String {
+        let name = |kind, id: &str| self.0.get(&(kind, id.to_owned()));
         let mut parts = Vec::new();
         if let Some(id) = &key.user_id {
-            if !self.users.contains_key(id) {
-                let name = match app.store.get_user(id).await? {
-                    Some(user) => user.username,
-                    None => format!("deleted user {}", short(id)),
-                };
-                self.users.insert(id.clone(), name);
-            }
-            parts.push(self.users[id].clone());
+            parts.push(match name(SpendKind::User, id) {
+                Some(username) => username.clone(),
+                None => format!("deleted user {}", short(id)),
+            });
         }
         if let Some(id) = &key.team_id {
-            if !self.teams.contains_key(id) {
-                let name = match app.store.get_team(id).await? {
-                    Some(team) => format!("team {}", team.name),
-                    None => format!("deleted team {}", short(id)),
-                };
-                self.teams.insert(id.clone(), name);
-            }
-            parts.push(self.teams[id].clone());
+            parts.push(match name(SpendKind::Team, id) {
+                Some(team) => format!("team {team}"),
+                None => format!("deleted team {}", short(id)),
+            });
         }
-        Ok(match parts.is_empty() {
+        match parts.is_empty() {
             true => "no owner".to_owned(),
             false => parts.join(", "),
-        })
+        }
     }
 }
 

@@ -716,6 +716,42 @@ impl UsageStore for SqlStore {
             .collect())
     }
 
+    async fn names(
+        &self,
+        entities: &[(SpendKind, &str)],
+    ) -> StoreResult<HashMap<(SpendKind, String), String>> {
+        let mut found = HashMap::with_capacity(entities.len());
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        for kind in [SpendKind::Key, SpendKind::User, SpendKind::Team] {
+            let ids: BTreeSet<&str> = entities
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, id)| *id)
+                .collect();
+            let ids: Vec<&str> = ids.into_iter().collect();
+            let (column, live) = match kind {
+                SpendKind::Key => ("name", ""),
+                SpendKind::User => ("username", " AND deleted_at IS NULL"),
+                SpendKind::Team => ("name", " AND deleted_at IS NULL"),
+            };
+            for chunk in chunks(&ids) {
+                let sql = format!(
+                    "SELECT id, {column} AS name FROM {} WHERE id IN ({}){live}",
+                    entity_table(kind),
+                    placeholders(self.backend, chunk.len())
+                );
+                let mut select = sqlx::query(&sql);
+                for id in chunk {
+                    select = select.bind(*id);
+                }
+                for row in select.fetch_all(&mut *conn).await.map_err(db_err)? {
+                    found.insert((kind, col(&row, "id")?), col(&row, "name")?);
+                }
+            }
+        }
+        Ok(found)
+    }
+
     async fn spends(
         &self,
         periods: &[(SpendKind, &str, Timestamp, Timestamp)],
