@@ -204,6 +204,38 @@ fn entity_table(kind: SpendKind) -> &'static str {
     }
 }
 
+/// The rows of the distinct entities of `kind` among `entities`: `SELECT {columns} FROM`
+/// the kind's table `WHERE id IN (…){tail}`, one query per [`MAX_ROWS`] ids.
+async fn rows_of_kind(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    entities: &[(SpendKind, &str)],
+    kind: SpendKind,
+    columns: &str,
+    tail: &str,
+) -> StoreResult<Vec<AnyRow>> {
+    let ids: BTreeSet<&str> = entities
+        .iter()
+        .filter(|(k, _)| *k == kind)
+        .map(|(_, id)| *id)
+        .collect();
+    let ids: Vec<&str> = ids.into_iter().collect();
+    let mut rows = Vec::new();
+    for chunk in chunks(&ids) {
+        let sql = format!(
+            "SELECT {columns} FROM {} WHERE id IN ({}){tail}",
+            entity_table(kind),
+            placeholders(backend, chunk.len())
+        );
+        let mut select = sqlx::query(&sql);
+        for id in chunk {
+            select = select.bind(*id);
+        }
+        rows.extend(select.fetch_all(&mut *conn).await.map_err(db_err)?);
+    }
+    Ok(rows)
+}
+
 /// The spend bases of keys, users and teams from their own rows, deleted or not: one
 /// `SELECT … WHERE id IN (…)` per kind (and per [`MAX_ROWS`] ids). Ids without a row get
 /// [`NO_BASIS`].
@@ -673,41 +705,27 @@ impl UsageStore for SqlStore {
         let mut found: HashMap<(SpendKind, String), EntityBudget> = HashMap::new();
         let mut conn = self.pool.acquire().await.map_err(db_err)?;
         for kind in [SpendKind::Key, SpendKind::User, SpendKind::Team] {
-            let ids: BTreeSet<&str> = entities
-                .iter()
-                .filter(|(k, _)| *k == kind)
-                .map(|(_, id)| *id)
-                .collect();
-            let ids: Vec<&str> = ids.into_iter().collect();
             // Revoked keys still have a budget (their late usage counts); deleted users and
             // teams do not.
             let live = match kind {
                 SpendKind::Key => "",
                 SpendKind::User | SpendKind::Team => " AND deleted_at IS NULL",
             };
-            for chunk in chunks(&ids) {
-                let sql = format!(
-                    "SELECT id, max_budget, budget_duration, created_at FROM {} WHERE id IN ({}){live}",
-                    entity_table(kind),
-                    placeholders(self.backend, chunk.len())
+            let columns = "id, max_budget, budget_duration, created_at";
+            let rows =
+                rows_of_kind(&mut conn, self.backend, entities, kind, columns, live).await?;
+            for row in rows {
+                let Some(budget_usd) = col::<Option<f64>>(&row, "max_budget")? else {
+                    continue;
+                };
+                found.insert(
+                    (kind, col(&row, "id")?),
+                    EntityBudget {
+                        budget_usd,
+                        duration: opt_enum_col(&row, "budget_duration")?,
+                        anchor: col(&row, "created_at")?,
+                    },
                 );
-                let mut select = sqlx::query(&sql);
-                for id in chunk {
-                    select = select.bind(*id);
-                }
-                for row in select.fetch_all(&mut *conn).await.map_err(db_err)? {
-                    let Some(budget_usd) = col::<Option<f64>>(&row, "max_budget")? else {
-                        continue;
-                    };
-                    found.insert(
-                        (kind, col(&row, "id")?),
-                        EntityBudget {
-                            budget_usd,
-                            duration: opt_enum_col(&row, "budget_duration")?,
-                            anchor: col(&row, "created_at")?,
-                        },
-                    );
-                }
             }
         }
         Ok(entities
@@ -723,30 +741,15 @@ impl UsageStore for SqlStore {
         let mut found = HashMap::with_capacity(entities.len());
         let mut conn = self.pool.acquire().await.map_err(db_err)?;
         for kind in [SpendKind::Key, SpendKind::User, SpendKind::Team] {
-            let ids: BTreeSet<&str> = entities
-                .iter()
-                .filter(|(k, _)| *k == kind)
-                .map(|(_, id)| *id)
-                .collect();
-            let ids: Vec<&str> = ids.into_iter().collect();
-            let (column, live) = match kind {
-                SpendKind::Key => ("name", ""),
-                SpendKind::User => ("username", " AND deleted_at IS NULL"),
-                SpendKind::Team => ("name", " AND deleted_at IS NULL"),
+            let (columns, live) = match kind {
+                SpendKind::Key => ("id, name", ""),
+                SpendKind::User => ("id, username AS name", " AND deleted_at IS NULL"),
+                SpendKind::Team => ("id, name", " AND deleted_at IS NULL"),
             };
-            for chunk in chunks(&ids) {
-                let sql = format!(
-                    "SELECT id, {column} AS name FROM {} WHERE id IN ({}){live}",
-                    entity_table(kind),
-                    placeholders(self.backend, chunk.len())
-                );
-                let mut select = sqlx::query(&sql);
-                for id in chunk {
-                    select = select.bind(*id);
-                }
-                for row in select.fetch_all(&mut *conn).await.map_err(db_err)? {
-                    found.insert((kind, col(&row, "id")?), col(&row, "name")?);
-                }
+            let rows =
+                rows_of_kind(&mut conn, self.backend, entities, kind, columns, live).await?;
+            for row in rows {
+                found.insert((kind, col(&row, "id")?), col(&row, "name")?);
             }
         }
         Ok(found)
