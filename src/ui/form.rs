@@ -25,6 +25,20 @@ pub const MAX_FORM_BYTES: usize = 64 * 1024;
 /// The name of every form's CSRF field.
 pub const CSRF_FIELD: &str = "csrf_token";
 
+/// A post that asks before it destroys: `confirm=yes` when the person confirmed (the
+/// browser's dialog, or the page that asks), else nothing yet.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+pub struct Confirmed {
+    pub confirm: String,
+}
+
+impl Confirmed {
+    pub fn is_confirmed(&self) -> bool {
+        self.confirm == "yes"
+    }
+}
+
 /// A form posted by a signed-in browser, checked (see the module docs), with the session.
 pub struct Posted<T> {
     pub session: Session,

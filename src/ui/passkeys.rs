@@ -16,7 +16,7 @@
 //! The relying party is the origin the browser reaches the UI at ([`Site::origin`]) with
 //! the id `ui.rp_id`, else that origin's host name.
 
-use super::form::Posted;
+use super::form::{Confirmed, Posted};
 use super::layout::{render, ConfirmView, Layout};
 use super::login::next_or_home;
 use super::profile;
@@ -275,22 +275,16 @@ async fn rename(
     }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct ConfirmForm {
-    confirm: String,
-}
-
 /// Deletes one's own passkey after a confirmation (the browser's, or else this page's).
 async fn delete(
     State(ui): State<UiState>,
     PathId(id): PathId,
-    Posted { session, form }: Posted<ConfirmForm>,
+    Posted { session, form }: Posted<Confirmed>,
 ) -> Result<Response, UiError> {
     let Some(me) = session.caller.user() else {
         return Err(UiError::not_found("The master key has no passkeys."));
     };
-    if form.confirm != "yes" {
+    if !form.is_confirmed() {
         let passkeys = ui.passkeys.list(&me.id).await.map_err(form_error)?;
         let Some(passkey) = passkeys.into_iter().find(|p| p.id == id) else {
             return Err(UiError::not_found("You have no such passkey."));

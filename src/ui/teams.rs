@@ -13,7 +13,7 @@
 //! add-member form looks a username or email up only for those who may read users; others
 //! give the user's id.
 
-use super::form::{Posted, StrictQuery};
+use super::form::{Confirmed, Posted, StrictQuery};
 use super::layout::{render, render_with_status, ConfirmView, Layout, PageResult};
 use super::session::Session;
 use super::show::{self, Choice, Names, PathId};
@@ -396,21 +396,15 @@ async fn edit(
     }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct ConfirmForm {
-    confirm: String,
-}
-
 /// `POST /ui/teams/{id}/delete`: after a confirmation (the browser's, or else this page's),
 /// as `DELETE /admin/teams/{id}`.
 async fn delete(
     State(ui): State<UiState>,
     PathId(id): PathId,
-    Posted { session, form }: Posted<ConfirmForm>,
+    Posted { session, form }: Posted<Confirmed>,
 ) -> PageResult {
     let app = &ui.app;
-    if form.confirm != "yes" {
+    if !form.is_confirmed() {
         // Ask only those the API would let delete it.
         let caller = &session.caller;
         let manages = caller.manages_team(app, &id).await?;

@@ -7,7 +7,7 @@
 //! record, only admins change users. The listing filters and pages what the API lists; the
 //! spend is read for the users one page shows.
 
-use super::form::{Posted, StrictQuery};
+use super::form::{Confirmed, Posted, StrictQuery};
 use super::layout::{render, render_with_status, ConfirmView, Layout, PageResult};
 use super::session::Session;
 use super::show::{self, Choice, PathId};
@@ -401,16 +401,10 @@ async fn change_role(
     changed(&ui.app, &session, &id, body, "role").await
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct NoFields {
-    confirm: String,
-}
-
 async fn block(
     State(ui): State<UiState>,
     PathId(id): PathId,
-    Posted { session, .. }: Posted<NoFields>,
+    Posted { session, .. }: Posted<Confirmed>,
 ) -> PageResult {
     let body = UpdateUser {
         blocked: Some(true),
@@ -422,7 +416,7 @@ async fn block(
 async fn unblock(
     State(ui): State<UiState>,
     PathId(id): PathId,
-    Posted { session, .. }: Posted<NoFields>,
+    Posted { session, .. }: Posted<Confirmed>,
 ) -> PageResult {
     let body = UpdateUser {
         blocked: Some(false),
@@ -435,7 +429,7 @@ async fn unblock(
 async fn unlock(
     State(ui): State<UiState>,
     PathId(id): PathId,
-    Posted { session, .. }: Posted<NoFields>,
+    Posted { session, .. }: Posted<Confirmed>,
 ) -> PageResult {
     api::unlock_user(&ui.app, &session.caller, &id).await?;
     Ok(session.site.redirect(&format!("/users/{id}?done=unlocked")))
@@ -445,11 +439,11 @@ async fn unlock(
 async fn delete(
     State(ui): State<UiState>,
     PathId(id): PathId,
-    Posted { session, form }: Posted<NoFields>,
+    Posted { session, form }: Posted<Confirmed>,
 ) -> PageResult {
     let app = &ui.app;
     let caller: &Caller = &session.caller;
-    if form.confirm != "yes" {
+    if !form.is_confirmed() {
         caller.require_admin("delete users")?;
         let user = api::read_user(app, caller, &id).await?.item;
         let view = ConfirmView {

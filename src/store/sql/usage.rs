@@ -712,8 +712,7 @@ impl UsageStore for SqlStore {
                 SpendKind::User | SpendKind::Team => " AND deleted_at IS NULL",
             };
             let columns = "id, max_budget, budget_duration, created_at";
-            let rows =
-                rows_of_kind(&mut conn, self.backend, entities, kind, columns, live).await?;
+            let rows = rows_of_kind(&mut conn, self.backend, entities, kind, columns, live).await?;
             for row in rows {
                 let Some(budget_usd) = col::<Option<f64>>(&row, "max_budget")? else {
                     continue;
@@ -746,8 +745,7 @@ impl UsageStore for SqlStore {
                 SpendKind::User => ("id, username AS name", " AND deleted_at IS NULL"),
                 SpendKind::Team => ("id, name", " AND deleted_at IS NULL"),
             };
-            let rows =
-                rows_of_kind(&mut conn, self.backend, entities, kind, columns, live).await?;
+            let rows = rows_of_kind(&mut conn, self.backend, entities, kind, columns, live).await?;
             for row in rows {
                 found.insert((kind, col(&row, "id")?), col(&row, "name")?);
             }
