@@ -44,6 +44,23 @@ pub(super) fn source_of(parts: &Parts) -> Option<String> {
         .map(|c| c.0.ip().to_string())
 }
 
+/// A credential that could not be resolved, as this API answers it: 401, or 503 when it is
+/// not decidable yet (an OIDC key not read yet: retry, not re-login) or the store is down.
+pub(super) fn authn_error(e: crate::authn::AuthnError) -> ApiError {
+    match e {
+        crate::authn::AuthnError::Denied(d) => match d.reason {
+            decision::DenyReason::AuthUnavailable => ApiError::Coded {
+                status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                code: "auth_unavailable",
+                message: d.message,
+                retry_after: d.retry_after,
+            },
+            _ => ApiError::Unauthorized(d.message),
+        },
+        crate::authn::AuthnError::Unavailable(e) => ApiError::from(e),
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -57,19 +74,7 @@ impl FromRequestParts<AppState> for Caller {
             .auth
             .resolve(presented, source.as_deref(), now)
             .await
-            .map_err(|e| match e {
-                crate::authn::AuthnError::Denied(d) => match d.reason {
-                    // Not yet decidable (an OIDC key not read yet): retry, not re-login.
-                    decision::DenyReason::AuthUnavailable => ApiError::Coded {
-                        status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        code: "auth_unavailable",
-                        message: d.message,
-                        retry_after: d.retry_after,
-                    },
-                    _ => ApiError::Unauthorized(d.message),
-                },
-                crate::authn::AuthnError::Unavailable(e) => ApiError::from(e),
-            })?;
+            .map_err(authn_error)?;
         let (who, name) = match principal {
             Principal::Master => (Who::Master, "master".to_owned()),
             Principal::Key(key) => {

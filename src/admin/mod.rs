@@ -7,6 +7,7 @@
 mod access;
 mod error;
 mod ops;
+mod permission;
 // The web UI (`crate::ui`) calls the handlers' functions of these, so that a page does what
 // the API does, with the same role checks.
 pub(crate) mod alerts;
@@ -70,6 +71,7 @@ pub fn router(app: Arc<Api>) -> Router {
         .merge(usage::routes())
         .merge(alerts::routes())
         .merge(budgets::routes())
+        .merge(permission::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
