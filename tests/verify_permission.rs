@@ -39,70 +39,12 @@ async fn decided(t: &Tollgate, token: &str, body: Value, allowed: bool, says: &s
 async fn decisions_follow_check() {
     let t = Tollgate::start(CONFIG).await;
 
-    // The master key may do anything.
-    decided(
-        &t,
-        MASTER_KEY,
-        json!({"permission": "admin"}),
-        true,
-        "allowed",
-    )
-    .await;
-    decided(
-        &t,
-        MASTER_KEY,
-        json!({"permission": "chat", "model": "gpt-4o"}),
-        true,
-        "allowed",
-    )
-    .await;
-
     // A key narrowed to chat on one model, owned by a user.
     let ann = t.create_user("ann", "user").await;
     let (_, chat_only) = t
         .create_key(json!({"name": "chat-only", "user_id": ann, "permissions": ["chat"], "models": ["gpt-4o-mini"]}))
         .await;
-    decided(
-        &t,
-        &chat_only,
-        json!({"permission": "chat"}),
-        true,
-        "allowed",
-    )
-    .await;
-    decided(
-        &t,
-        &chat_only,
-        json!({"permission": "chat", "model": "gpt-4o-mini"}),
-        true,
-        "allowed",
-    )
-    .await;
-    decided(
-        &t,
-        &chat_only,
-        json!({"permission": "chat", "model": "gpt-4o"}),
-        false,
-        "not allowed to use the model `gpt-4o`",
-    )
-    .await;
-    decided(
-        &t,
-        &chat_only,
-        json!({"permission": "embeddings"}),
-        false,
-        "lacks the `embeddings` permission",
-    )
-    .await;
-    decided(
-        &t,
-        &chat_only,
-        json!({"permission": "chat", "model": "llama-3"}),
-        false,
-        "not available on this gateway",
-    )
-    .await;
-    // A team's model list narrows its keys.
+    // A team whose model list narrows its keys.
     let (_, team) = t
         .admin(
             Method::POST,
@@ -113,24 +55,7 @@ async fn decisions_follow_check() {
     let (_, team_key) = t
         .create_key(json!({"name": "team-key", "team_id": team["id"]}))
         .await;
-    decided(
-        &t,
-        &team_key,
-        json!({"permission": "embeddings", "model": "text-embedding-3-small"}),
-        true,
-        "allowed",
-    )
-    .await;
-    decided(
-        &t,
-        &team_key,
-        json!({"permission": "chat", "model": "gpt-4o-mini"}),
-        false,
-        "not allowed to use the model",
-    )
-    .await;
-
-    // Blocked: a decision (permission denied); revoked: the credential is refused.
+    // A blocked key: a decision (permission denied), not a refused credential.
     let (blocked_id, blocked) = t.create_key(json!({"name": "blocked"})).await;
     t.admin(
         Method::PATCH,
@@ -138,24 +63,6 @@ async fn decisions_follow_check() {
         Some(json!({"blocked": true})),
     )
     .await;
-    decided(
-        &t,
-        &blocked,
-        json!({"permission": "chat"}),
-        false,
-        "blocked",
-    )
-    .await;
-    let (revoked_id, revoked) = t.create_key(json!({"name": "revoked"})).await;
-    t.admin(Method::DELETE, &format!("/admin/keys/{revoked_id}"), None)
-        .await;
-    let (status, answer) = verify(&t, Some(&revoked), json!({"permission": "chat"})).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
-    assert!(answer["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("revoked"));
-
     // A person's login token acts with their role.
     let body = json!({"username": "vera", "email": "vera@example.com", "role": "viewer", "password": "Correct-Horse-9"});
     let (status, _) = t.admin(Method::POST, "/admin/users", Some(body)).await;
@@ -169,23 +76,88 @@ async fn decisions_follow_check() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{login}");
-    let token = login["access_token"].as_str().unwrap().to_owned();
-    decided(
-        &t,
-        &token,
-        json!({"permission": "models:read"}),
-        true,
-        "allowed",
-    )
-    .await;
-    decided(
-        &t,
-        &token,
-        json!({"permission": "chat"}),
-        false,
-        "The role `viewer` lacks the `chat` permission",
-    )
-    .await;
+    let viewer = login["access_token"].as_str().unwrap().to_owned();
+
+    let not_allowed_model = "not allowed to use the model";
+    let cases: [(&str, Value, bool, &str); 13] = [
+        (MASTER_KEY, json!({"permission": "admin"}), true, "allowed"),
+        (
+            MASTER_KEY,
+            json!({"permission": "chat", "model": "gpt-4o"}),
+            true,
+            "allowed",
+        ),
+        (&chat_only, json!({"permission": "chat"}), true, "allowed"),
+        (
+            &chat_only,
+            json!({"permission": "chat", "model": "gpt-4o-mini"}),
+            true,
+            "allowed",
+        ),
+        (
+            &chat_only,
+            json!({"permission": "chat", "model": "gpt-4o"}),
+            false,
+            "not allowed to use the model `gpt-4o`",
+        ),
+        (
+            &chat_only,
+            json!({"permission": "embeddings"}),
+            false,
+            "lacks the `embeddings` permission",
+        ),
+        (
+            &chat_only,
+            json!({"permission": "chat", "model": "llama-3"}),
+            false,
+            "not available on this gateway",
+        ),
+        (
+            &team_key,
+            json!({"permission": "embeddings", "model": "text-embedding-3-small"}),
+            true,
+            "allowed",
+        ),
+        (
+            &team_key,
+            json!({"permission": "chat", "model": "gpt-4o-mini"}),
+            false,
+            not_allowed_model,
+        ),
+        (&blocked, json!({"permission": "chat"}), false, "blocked"),
+        (
+            &viewer,
+            json!({"permission": "models:read"}),
+            true,
+            "allowed",
+        ),
+        (
+            &viewer,
+            json!({"permission": "chat"}),
+            false,
+            "The role `viewer` lacks the `chat` permission",
+        ),
+        (
+            &viewer,
+            json!({"permission": "usage:read", "model": "gpt-4o"}),
+            true,
+            "allowed",
+        ),
+    ];
+    for (token, body, allowed, says) in cases {
+        decided(&t, token, body, allowed, says).await;
+    }
+
+    // A revoked key is a refused credential.
+    let (revoked_id, revoked) = t.create_key(json!({"name": "revoked"})).await;
+    t.admin(Method::DELETE, &format!("/admin/keys/{revoked_id}"), None)
+        .await;
+    let (status, answer) = verify(&t, Some(&revoked), json!({"permission": "chat"})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    assert!(answer["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("revoked"));
 
     // What Check decides for the same key and models.
     for (model, allowed) in [("gpt-4o", false), ("gpt-4o-mini", true)] {
