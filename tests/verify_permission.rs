@@ -79,7 +79,7 @@ async fn decisions_follow_check() {
     let viewer = login["access_token"].as_str().unwrap().to_owned();
 
     let not_allowed_model = "not allowed to use the model";
-    let cases: [(&str, Value, bool, &str); 13] = [
+    let cases: [(&str, Value, bool, &str); 14] = [
         (MASTER_KEY, json!({"permission": "admin"}), true, "allowed"),
         (
             MASTER_KEY,
