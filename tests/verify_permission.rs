@@ -143,6 +143,13 @@ async fn decisions_follow_check() {
             true,
             "allowed",
         ),
+        // A null model is no model, as when it is left out.
+        (
+            &chat_only,
+            json!({"permission": "chat", "model": null}),
+            true,
+            "allowed",
+        ),
     ];
     for (token, body, allowed, says) in cases {
         decided(&t, token, body, allowed, says).await;
