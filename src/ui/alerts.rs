@@ -121,6 +121,11 @@ async fn page(
         }
     };
     let mut names = Names::default();
+    let wanted: Vec<(SpendKind, &str)> = alerts
+        .iter()
+        .map(|a| (a.entity_kind, a.entity_id.as_str()))
+        .collect();
+    names.load(app, &wanted).await?;
     for alert in alerts {
         let id = alert.entity_id.as_str();
         let (kind, name, path) = match alert.entity_kind {

@@ -17,7 +17,7 @@
 use super::form::{Posted, StrictQuery};
 use super::layout::{render, render_with_status, ConfirmView, Layout, PageResult};
 use super::session::{self, SameSite, Session};
-use super::show::{self, budget, choices, short, usd, when, Choice, DURATIONS};
+use super::show::{self, budget, choices, short, usd, when, Choice, Names, DURATIONS};
 use super::web::{Site, UiError};
 use super::UiState;
 use crate::admin::keys::{self as api, CreateKey, KeySearch, ListQuery, WithSecret};
@@ -34,7 +34,6 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -326,11 +325,20 @@ async fn rows(
     let caller = &session.caller;
     let records: Vec<ApiKey> = keys.iter().map(|k| k.item.clone()).collect();
     let manages = caller.manages_keys(app, &records).await?;
-    let names = Owners::of(app, &records).await?;
+    let mut names = Names::default();
+    let wanted: Vec<(SpendKind, &str)> = records
+        .iter()
+        .flat_map(|key| {
+            let user = key.user_id.as_deref().map(|id| (SpendKind::User, id));
+            let team = key.team_id.as_deref().map(|id| (SpendKind::Team, id));
+            user.into_iter().chain(team)
+        })
+        .collect();
+    names.load(app, &wanted).await?;
     let now = domain::now();
     let mut rows = Vec::with_capacity(keys.len());
     for (key, manages) in keys.into_iter().zip(manages) {
-        let owner = names.owner_of(&key.item);
+        let owner = owner_of(&mut names, app, &key.item).await?;
         let status = KeyStatus::of(&key.item, now);
         let live = status != KeyStatus::Revoked;
         let own = key
@@ -357,43 +365,25 @@ async fn rows(
     Ok(rows)
 }
 
-/// The names of a page's owners, read in one query per kind.
-struct Owners(HashMap<(SpendKind, String), String>);
-
-impl Owners {
-    async fn of(app: &AppState, keys: &[ApiKey]) -> Result<Owners, UiError> {
-        let mut wanted = Vec::with_capacity(keys.len() * 2);
-        for key in keys {
-            if let Some(id) = &key.user_id {
-                wanted.push((SpendKind::User, id.as_str()));
-            }
-            if let Some(id) = &key.team_id {
-                wanted.push((SpendKind::Team, id.as_str()));
-            }
-        }
-        Ok(Owners(app.store.names(&wanted).await?))
+/// A key's owners as a row shows them (their names read by [`Names::load`] beforehand).
+async fn owner_of(names: &mut Names, app: &AppState, key: &ApiKey) -> Result<String, UiError> {
+    let mut parts = Vec::new();
+    if let Some(id) = &key.user_id {
+        parts.push(match names.user(app, id).await? {
+            Some(username) => username,
+            None => format!("deleted user {}", short(id)),
+        });
     }
-
-    fn owner_of(&self, key: &ApiKey) -> String {
-        let name = |kind, id: &str| self.0.get(&(kind, id.to_owned()));
-        let mut parts = Vec::new();
-        if let Some(id) = &key.user_id {
-            parts.push(match name(SpendKind::User, id) {
-                Some(username) => username.clone(),
-                None => format!("deleted user {}", short(id)),
-            });
-        }
-        if let Some(id) = &key.team_id {
-            parts.push(match name(SpendKind::Team, id) {
-                Some(team) => format!("team {team}"),
-                None => format!("deleted team {}", short(id)),
-            });
-        }
-        match parts.is_empty() {
-            true => "no owner".to_owned(),
-            false => parts.join(", "),
-        }
+    if let Some(id) = &key.team_id {
+        parts.push(match names.team(app, id).await? {
+            Some(team) => format!("team {team}"),
+            None => format!("deleted team {}", short(id)),
+        });
     }
+    Ok(match parts.is_empty() {
+        true => "no owner".to_owned(),
+        false => parts.join(", "),
+    })
 }
 
 /// The live user a name, an email or an id names.

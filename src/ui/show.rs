@@ -10,6 +10,7 @@ use super::web::UiError;
 use super::UiState;
 use crate::admin::AppState;
 use crate::domain::{BudgetDuration, Limits, Timestamp};
+use crate::store::SpendKind;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use std::collections::HashMap;
@@ -224,18 +225,24 @@ impl Names {
         Ok(self.users[id].clone())
     }
 
-    /// Reads every live user's name at once (a page that names thousands of users).
-    pub async fn all_users(&mut self, app: &AppState) -> Result<(), UiError> {
-        for user in app.store.list_users().await? {
-            self.users.insert(user.id, Some(user.username));
-        }
-        Ok(())
-    }
-
-    /// Reads every live team's name at once.
-    pub async fn all_teams(&mut self, app: &AppState) -> Result<(), UiError> {
-        for team in app.store.list_teams().await? {
-            self.teams.insert(team.id, Some(team.name));
+    /// Reads the names of `wanted` at once (one query per kind, [`crate::store::UsageStore::names`]),
+    /// so that the lookups that follow are answered from here: a page that names its rows'
+    /// owners reads them before its loop. An id without such a record is remembered as
+    /// none.
+    pub async fn load(
+        &mut self,
+        app: &AppState,
+        wanted: &[(SpendKind, &str)],
+    ) -> Result<(), UiError> {
+        let mut found = app.store.names(wanted).await?;
+        for &(kind, id) in wanted {
+            let name = found.remove(&(kind, id.to_owned()));
+            let map = match kind {
+                SpendKind::Key => &mut self.keys,
+                SpendKind::User => &mut self.users,
+                SpendKind::Team => &mut self.teams,
+            };
+            map.entry(id.to_owned()).or_insert(name);
         }
         Ok(())
     }

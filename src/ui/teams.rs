@@ -22,6 +22,7 @@ use super::UiState;
 use crate::admin::teams::{self as api, AddMember, CreateTeam, UpdateTeam};
 use crate::admin::{AppState, Caller};
 use crate::domain::{Role, Team, TeamRole};
+use crate::store::SpendKind;
 use askama::Template;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -309,6 +310,14 @@ async fn team_page(app: &AppState, session: &Session, id: &str, page: Page) -> P
     let team = found.team;
     let names_users = reads_users(caller);
     let mut names = Names::default();
+    if names_users {
+        let wanted: Vec<(SpendKind, &str)> = found
+            .members
+            .iter()
+            .map(|m| (SpendKind::User, m.user_id.as_str()))
+            .collect();
+        names.load(app, &wanted).await?;
+    }
     let mut members = Vec::with_capacity(found.members.len());
     for m in found.members {
         let you = caller.is_user(&m.user_id);

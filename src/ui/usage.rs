@@ -28,7 +28,7 @@ use super::UiState;
 use crate::admin::usage::{self as api, AdminQuery, OwnQuery};
 use crate::admin::{AppState, Caller, SignedIn, Who};
 use crate::domain::{self, rfc3339};
-use crate::store::{GroupBy, UsageReport, UsageRow, NO_GROUP};
+use crate::store::{GroupBy, SpendKind, UsageReport, UsageRow, NO_GROUP};
 use askama::Template;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -477,15 +477,21 @@ async fn labels(
     rows: &[UsageRow],
 ) -> Result<Vec<String>, UiError> {
     let mut names = Names::default();
-    // Many users or teams: their names in one read rather than one read each (those who
-    // read every user and team only). An id that is not among them (a deleted user) is
-    // still looked up by itself, and shown by its id when it is gone.
-    if matches!(reader, Reader::All) && rows.len() > 20 {
-        match group {
-            GroupBy::User => names.all_users(app).await?,
-            GroupBy::Team => names.all_teams(app).await?,
-            _ => {}
-        }
+    // The names of every group in one read per kind rather than one read each: keys for
+    // everyone, users and teams for those who read every user and team.
+    let kind = match (group, reader) {
+        (GroupBy::Key, _) => Some(SpendKind::Key),
+        (GroupBy::User, Reader::All) => Some(SpendKind::User),
+        (GroupBy::Team, Reader::All) => Some(SpendKind::Team),
+        _ => None,
+    };
+    if let Some(kind) = kind {
+        let wanted: Vec<(SpendKind, &str)> = rows
+            .iter()
+            .filter(|r| r.group != NO_GROUP)
+            .map(|r| (kind, r.group.as_str()))
+            .collect();
+        names.load(app, &wanted).await?;
     }
     let mut labels = Vec::with_capacity(rows.len());
     for row in rows {

@@ -244,34 +244,24 @@ async fn spend_bases<'a>(
     backend: Backend,
     entities: &BTreeSet<(SpendKind, &'a str)>,
 ) -> StoreResult<HashMap<(SpendKind, &'a str), SpendBasis>> {
-    let mut bases = HashMap::with_capacity(entities.len());
+    let wanted: Vec<(SpendKind, &str)> = entities.iter().copied().collect();
+    let mut found: HashMap<(SpendKind, String), SpendBasis> = HashMap::with_capacity(wanted.len());
     for kind in [SpendKind::Key, SpendKind::User, SpendKind::Team] {
-        let ids: Vec<&str> = entities
-            .iter()
-            .filter(|(k, _)| *k == kind)
-            .map(|(_, id)| *id)
-            .collect();
-        for chunk in chunks(&ids) {
-            let sql = format!(
-                "SELECT id, budget_duration, created_at FROM {} WHERE id IN ({})",
-                entity_table(kind),
-                placeholders(backend, chunk.len())
-            );
-            let mut select = sqlx::query(&sql);
-            for id in chunk {
-                select = select.bind(*id);
-            }
-            let rows = select.fetch_all(&mut *conn).await.map_err(db_err)?;
-            let mut found: HashMap<String, SpendBasis> = HashMap::with_capacity(rows.len());
-            for row in &rows {
-                found.insert(col(row, "id")?, SpendBasis::from_row(row)?);
-            }
-            for id in chunk {
-                let basis = found.get(*id).copied().unwrap_or(NO_BASIS);
-                bases.insert((kind, *id), basis);
-            }
+        let columns = "id, budget_duration, created_at";
+        for row in rows_of_kind(conn, backend, &wanted, kind, columns, "").await? {
+            found.insert((kind, col(&row, "id")?), SpendBasis::from_row(&row)?);
         }
     }
+    let bases = wanted
+        .into_iter()
+        .map(|(kind, id)| {
+            let basis = found
+                .get(&(kind, id.to_owned()))
+                .copied()
+                .unwrap_or(NO_BASIS);
+            ((kind, id), basis)
+        })
+        .collect();
     Ok(bases)
 }
 
