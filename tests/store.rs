@@ -3870,13 +3870,23 @@ async fn oidc_auto_create_teams_creates_missing_teams(store: SharedStore) {
         .await
         .unwrap()
         .unwrap();
-    let renewed = team_named(&store, "Fresh").await.expect("Fresh created again");
-    assert_ne!(renewed.id, fresh.id);
-    assert_eq!(after.created_teams, [(renewed.id.clone(), "Fresh".to_string())]);
-    assert_eq!(audit_of(&store, "team.create").await.len(), creates.len() + 1);
-    assert!(memberships_of(&store, &uid)
+    let renewed = team_named(&store, "Fresh")
         .await
-        .contains(&(renewed.id, TeamRole::Member, MembershipSource::Group)));
+        .expect("Fresh created again");
+    assert_ne!(renewed.id, fresh.id);
+    assert_eq!(
+        after.created_teams,
+        [(renewed.id.clone(), "Fresh".to_string())]
+    );
+    assert_eq!(
+        audit_of(&store, "team.create").await.len(),
+        creates.len() + 1
+    );
+    assert!(memberships_of(&store, &uid).await.contains(&(
+        renewed.id,
+        TeamRole::Member,
+        MembershipSource::Group
+    )));
 
     // Without a group mapping nothing is created, whatever the flag says.
     let unmapped = store

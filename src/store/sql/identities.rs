@@ -353,8 +353,9 @@ impl SqlStore {
             let mut id = self.live_team_id(conn, name).await?;
             if id.is_none() && login.auto_create_teams {
                 require_nonempty("team name", name)?;
-                if let Some((new_id, created)) =
-                    self.create_group_team(conn, actor, login, name, now).await?
+                if let Some((new_id, created)) = self
+                    .create_group_team(conn, actor, login, name, now)
+                    .await?
                 {
                     if created {
                         teams.created.push((new_id.clone(), name.clone()));
