@@ -883,6 +883,123 @@ async fn tokens_provision_users_and_sync_role_and_teams_from_groups() {
     env.t.stop().await;
 }
 
+/// The live teams, as `(name, id)` sorted by name, from `GET /admin/teams` as master.
+async fn teams(t: &Tollgate) -> Vec<(String, String)> {
+    let (status, body) = t.admin(Method::GET, "/admin/teams", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut all: Vec<(String, String)> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|team| {
+            (
+                team["name"].as_str().unwrap().to_owned(),
+                team["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+const AUTO_CREATE_TEAMS: &str = "      auto_provision: true\n      auto_create_teams: true\n      group_to_team: { engineering: Engineering, research: Research, ml: Research }\n";
+
+#[tokio::test]
+async fn auto_create_teams_creates_the_teams_groups_name() {
+    let env = Env::start(AUTO_CREATE_TEAMS).await;
+    let t = &env.t;
+    assert!(teams(t).await.is_empty());
+
+    // Ada's first token names Engineering, which does not exist: created, and she is in it.
+    let ada = env.token(json!({"groups": ["engineering", "unmapped"]}));
+    let (status, _, me) = profile(t, &ada).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    let ada_id = user_id_by_email(t, ADA).await;
+    let all = teams(t).await;
+    assert_eq!(
+        all.iter()
+            .map(|(name, _)| name.as_str())
+            .collect::<Vec<_>>(),
+        ["Engineering"]
+    );
+    let engineering = all[0].1.clone();
+    assert_eq!(
+        membership(t, &engineering, &ada_id).await,
+        Some(("member".to_owned(), "group".to_owned()))
+    );
+    assert_person_allowed(t, &ada, &ada_id).await;
+    let created = audit(t, "team.create").await;
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert_eq!(created[0]["actor"], format!("oidc:{}", env.issuer.url()));
+    assert_eq!(created[0]["target"], engineering.as_str());
+    assert_eq!(created[0]["details"]["name"], "Engineering");
+    assert_eq!(created[0]["details"]["source"], "oidc");
+    assert_eq!(created[0]["details"]["issuer"], env.issuer.url());
+    let added = audit(t, "team.member.add").await;
+    assert_eq!(added.len(), 1, "{added:?}");
+    assert_eq!(added[0]["target"], format!("{engineering}/{ada_id}"));
+
+    // Two people's first tokens naming Research (through two groups) arrive at once: one
+    // team, created once, both in it.
+    let grace =
+        env.token(json!({"sub": "user-2", "email": "grace@example.com", "groups": ["research"]}));
+    let alan = env.token(
+        json!({"sub": "user-3", "email": "alan@example.com", "groups": ["ml", "engineering"]}),
+    );
+    let (g, a) = tokio::join!(profile(t, &grace), profile(t, &alan));
+    assert_eq!(g.0, StatusCode::OK, "{}", g.2);
+    assert_eq!(a.0, StatusCode::OK, "{}", a.2);
+    let all = teams(t).await;
+    assert_eq!(
+        all.iter()
+            .map(|(name, _)| name.as_str())
+            .collect::<Vec<_>>(),
+        ["Engineering", "Research"]
+    );
+    let research = all[1].1.clone();
+    let grace_id = user_id_by_email(t, "grace@example.com").await;
+    let alan_id = user_id_by_email(t, "alan@example.com").await;
+    for (team, user) in [
+        (&research, &grace_id),
+        (&research, &alan_id),
+        (&engineering, &alan_id),
+    ] {
+        assert_eq!(
+            membership(t, team, user).await,
+            Some(("member".to_owned(), "group".to_owned()))
+        );
+    }
+    assert_eq!(membership(t, &engineering, &grace_id).await, None);
+    let created = audit(t, "team.create").await;
+    assert_eq!(created.len(), 2, "{created:?}");
+    assert_eq!(
+        created
+            .iter()
+            .filter(|e| e["target"] == research.as_str())
+            .count(),
+        1
+    );
+    env.t.stop().await;
+}
+
+#[tokio::test]
+async fn without_auto_create_teams_no_team_is_created() {
+    let env = Env::start(
+        "      auto_provision: true\n      group_to_team: { engineering: Engineering }\n",
+    )
+    .await;
+    let t = &env.t;
+    let ada = env.token(json!({"groups": ["engineering"]}));
+    let (status, _, me) = profile(t, &ada).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    let ada_id = user_id_by_email(t, ADA).await;
+    assert_person_allowed(t, &ada, &ada_id).await;
+    assert!(teams(t).await.is_empty());
+    assert!(audit(t, "team.create").await.is_empty());
+    assert!(audit(t, "team.member.add").await.is_empty());
+    env.t.stop().await;
+}
+
 #[tokio::test]
 async fn without_auto_provision_only_existing_users_are_linked() {
     let env = Env::start("").await;
