@@ -982,6 +982,60 @@ async fn auto_create_teams_creates_the_teams_groups_name() {
     env.t.stop().await;
 }
 
+/// `tollgate user assign-team` (the binary, table output) against `t` as master; its stdout.
+async fn assign_team_cli(t: &Tollgate, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["user", "assign-team"])
+        .args(args)
+        .env("TOLLGATE_URL", format!("http://{}", t.http))
+        .env("TOLLGATE_TOKEN", MASTER_KEY)
+        .env_remove("TOLLGATE_MASTER_KEY")
+        .output()
+        .await
+        .expect("the tollgate binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn assigning_a_group_member_by_hand_keeps_the_membership_past_the_group() {
+    let env = Env::start(AUTO_CREATE_TEAMS).await;
+    let t = &env.t;
+    let ada = env.token(json!({"groups": ["engineering"]}));
+    assert_eq!(profile(t, &ada).await.0, StatusCode::OK);
+    let ada_id = user_id_by_email(t, ADA).await;
+    let engineering = teams(t).await[0].1.clone();
+    assert_eq!(
+        membership(t, &engineering, &ada_id).await,
+        Some(("member".to_owned(), "group".to_owned()))
+    );
+
+    let said = assign_team_cli(t, &[ADA, "Engineering"]).await;
+    assert_eq!(
+        said,
+        format!("user {ADA} is a member of team Engineering, now granted by hand (it came from a group)")
+    );
+    assert_eq!(
+        membership(t, &engineering, &ada_id).await,
+        Some(("member".to_owned(), "manual".to_owned()))
+    );
+    // Leaving the group no longer takes her out of the team.
+    let left = env.token(json!({"groups": []}));
+    assert_eq!(profile(t, &left).await.0, StatusCode::OK);
+    assert_eq!(
+        membership(t, &engineering, &ada_id).await,
+        Some(("member".to_owned(), "manual".to_owned()))
+    );
+    let said = assign_team_cli(t, &[ADA, "Engineering"]).await;
+    assert!(said.ends_with("(nothing changed)"), "{said}");
+    env.t.stop().await;
+}
+
 #[tokio::test]
 async fn without_auto_create_teams_no_team_is_created() {
     let env = Env::start(

@@ -57,7 +57,7 @@ enum TeamAction {
         #[arg(long, value_name = "JSON")]
         metadata: Option<JsonObject>,
     },
-    /// Set or clear a team's budget: the USD its keys and members may spend per period.
+    /// Set or clear a team's budget (USD per period).
     SetBudget {
         /// The team's id or name
         team: String,
