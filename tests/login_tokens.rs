@@ -982,23 +982,29 @@ async fn auto_create_teams_creates_the_teams_groups_name() {
     env.t.stop().await;
 }
 
-/// `tollgate user assign-team` (the binary, table output) against `t` as master; its stdout.
-async fn assign_team_cli(t: &Tollgate, args: &[&str]) -> String {
+/// The `tollgate` binary against `t` with `token`: (success, stdout, stderr).
+async fn cli(t: &Tollgate, token: &str, args: &[&str]) -> (bool, String, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["user", "assign-team"])
         .args(args)
         .env("TOLLGATE_URL", format!("http://{}", t.http))
-        .env("TOLLGATE_TOKEN", MASTER_KEY)
+        .env("TOLLGATE_TOKEN", token)
         .env_remove("TOLLGATE_MASTER_KEY")
         .output()
         .await
         .expect("the tollgate binary runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(
+    (
         out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    )
+}
+
+/// `tollgate user assign-team` (table output) as master; its stdout.
+async fn assign_team_cli(t: &Tollgate, args: &[&str]) -> String {
+    let mut all = vec!["user", "assign-team"];
+    all.extend(args);
+    let (ok, stdout, stderr) = cli(t, MASTER_KEY, &all).await;
+    assert!(ok, "{stdout}\n{stderr}");
     stdout
 }
 
@@ -1033,6 +1039,84 @@ async fn assigning_a_group_member_by_hand_keeps_the_membership_past_the_group() 
     );
     let said = assign_team_cli(t, &[ADA, "Engineering"]).await;
     assert!(said.ends_with("(nothing changed)"), "{said}");
+    env.t.stop().await;
+}
+
+#[tokio::test]
+async fn the_team_commands_by_name_as_a_manager_and_a_team_owner() {
+    let env = Env::start("").await;
+    let t = &env.t;
+    user_with_password(t, "maria", "manager").await;
+    let owner_id = user_with_password(t, "olga", "user").await;
+    let grace_id = user_with_password(t, "grace", "user").await;
+    let maria = login(t, "maria").await;
+    let olga = login(t, "olga").await;
+
+    // A manager creates a team (and owns it), then names it: the id lookup is refused
+    // (not her team by that "id"), the list she may read has it.
+    let (status, _, team) = api(
+        t,
+        Method::POST,
+        "/admin/teams",
+        &maria,
+        Some(json!({ "name": "platform" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{team}");
+    let team_id = team["id"].as_str().unwrap().to_owned();
+    let (ok, said, err) = cli(
+        t,
+        &maria,
+        &[
+            "team",
+            "set-budget",
+            "platform",
+            "--max-budget",
+            "40",
+            "--budget-duration",
+            "7d",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        said,
+        format!("team platform ({team_id}): budget 40.00 USD per 7d")
+    );
+    // A manager may read users: she names one by username.
+    let (ok, said, err) = cli(
+        t,
+        &maria,
+        &["user", "assign-team", "olga", "platform", "--role", "owner"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(said, "user olga is now an owner of team platform");
+
+    // A team owner whose role is `user` may not read users: she names them by id.
+    let (ok, said, err) = cli(t, &olga, &["user", "assign-team", &grace_id, "platform"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        said,
+        format!("user {grace_id} is now a member of team platform")
+    );
+    assert_eq!(
+        membership(t, &team_id, &grace_id).await,
+        Some(("member".to_owned(), "manual".to_owned()))
+    );
+    let (ok, _, err) = cli(t, &olga, &["user", "assign-team", "grace", "platform"]).await;
+    assert!(!ok);
+    assert!(err.contains("(400 invalid_request)"), "{err}");
+    // Nor may she change the budget.
+    let (ok, _, err) = cli(
+        t,
+        &olga,
+        &["team", "set-budget", "platform", "--max-budget", "1"],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("(403 forbidden)"), "{err}");
+    assert_eq!(membership(t, &team_id, &owner_id).await.unwrap().0, "owner");
     env.t.stop().await;
 }
 
