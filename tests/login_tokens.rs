@@ -1135,6 +1135,15 @@ async fn without_auto_create_teams_no_team_is_created() {
     assert!(teams(t).await.is_empty());
     assert!(audit(t, "team.create").await.is_empty());
     assert!(audit(t, "team.member.add").await.is_empty());
+
+    // An admin creates the team: the very same token syncs into it at once, without
+    // waiting for `cache.key_ttl` to forget that it was synced.
+    let engineering = create_team(t, "Engineering").await;
+    assert_eq!(profile(t, &ada).await.0, StatusCode::OK);
+    assert_eq!(
+        membership(t, &engineering, &ada_id).await,
+        Some(("member".to_owned(), "group".to_owned()))
+    );
     env.t.stop().await;
 }
 
