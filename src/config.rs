@@ -588,6 +588,10 @@ pub struct OidcIssuer {
     pub default_role: Option<String>,
     #[serde(default)]
     pub group_to_team: BTreeMap<String, String>,
+    /// Create the teams `group_to_team` names that do not exist (by name, audited), in the
+    /// sync of the first token that needs them. Off: such names are skipped with a warning.
+    #[serde(default)]
+    pub auto_create_teams: bool,
     #[serde(default)]
     pub group_to_role: BTreeMap<String, String>,
     /// "Sign in with SSO" at this issuer: the web UI's OIDC client. Absent: the issuer's
@@ -1071,6 +1075,31 @@ impl Config {
             }
             if let Some(ui) = &oidc.ui {
                 ui.validate(&mut sso_names)?;
+            }
+            if oidc.auto_create_teams {
+                if oidc.group_to_team.is_empty() {
+                    return err(
+                        "auth.oidc.auto_create_teams",
+                        format!(
+                            "`{}` has no `group_to_team` to create teams from; add one, or remove `auto_create_teams`",
+                            oidc.issuer
+                        ),
+                    );
+                }
+                // The names become teams: the rules of `POST /admin/teams` apply.
+                if let Some(name) = oidc.group_to_team.values().find(|name| {
+                    name.trim().is_empty()
+                        || name.chars().count() > 200
+                        || name.chars().any(char::is_control)
+                }) {
+                    return err(
+                        "auth.oidc.group_to_team",
+                        format!(
+                            "`{}` cannot be created as a team (a team name is 1 to 200 characters, not blank, without control characters)",
+                            name.escape_debug()
+                        ),
+                    );
+                }
             }
             if let Some(alg) = oidc
                 .algorithms
@@ -1565,6 +1594,31 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("auth.oidc.group_to_role"));
+        let e = parse(
+            "auth:\n  oidc:\n    - issuer: https://a\n      audiences: [t]\n      auto_create_teams: true\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("auth.oidc.auto_create_teams"));
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.message.contains("group_to_team"), "{e}");
+        let e = parse(
+            "auth:\n  oidc:\n    - { issuer: https://a, audiences: [t], auto_create_teams: true, group_to_team: { eng: \" \" } }\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("auth.oidc.group_to_team"));
+        // Without auto_create_teams a name is only looked up, never created.
+        let c = parse(
+            "auth:\n  oidc:\n    - { issuer: https://a, audiences: [t], group_to_team: { eng: \" \" } }\n",
+        )
+        .unwrap()
+        .config;
+        assert!(!c.auth.oidc[0].auto_create_teams);
+        let c = parse(
+            "auth:\n  oidc:\n    - { issuer: https://a, audiences: [t], auto_create_teams: true, group_to_team: { eng: Engineering } }\n",
+        )
+        .unwrap()
+        .config;
+        assert!(c.auth.oidc[0].auto_create_teams);
         let c = parse(
             "auth:\n  oidc:\n    - { issuer: https://a, audiences: [t], leeway: 5s, claims: { groups: roles } }\n",
         )

@@ -2662,6 +2662,8 @@ store_suite!(
     oidc_identity_of_a_deleted_user_provisions_a_new_one,
     user_memberships_skip_deleted_teams,
     oidc_concurrent_first_logins_make_one_user,
+    oidc_auto_create_teams_creates_missing_teams,
+    oidc_concurrent_logins_create_a_team_once,
 );
 
 fn refresh(user_id: &str, family: &str, secret: &str, expires_at: i64) -> NewRefreshToken {
@@ -2985,6 +2987,7 @@ fn oidc(subject: &str, email: Option<&str>) -> OidcLogin {
         default_role: Role::Viewer,
         role_from_groups: None,
         teams_from_groups: None,
+        auto_create_teams: false,
     }
 }
 
@@ -3782,6 +3785,169 @@ async fn oidc_concurrent_first_logins_make_one_user(store: SharedStore) {
     assert_eq!(store.list_users().await.unwrap().len(), 2);
     assert_eq!(audit_of(&store, "user.create").await.len(), 2);
     assert_eq!(audit_of(&store, "team.member.add").await.len(), 2);
+}
+
+/// The live team named `name`, if any.
+async fn team_named(store: &SharedStore, name: &str) -> Option<tollgate::domain::Team> {
+    let mut found: Vec<_> = store
+        .list_teams()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.name == name)
+        .collect();
+    assert!(found.len() <= 1, "two live teams named {name}: {found:?}");
+    found.pop()
+}
+
+async fn oidc_auto_create_teams_creates_missing_teams(store: SharedStore) {
+    let a = store.create_team(&admin(), new_team("A")).await.unwrap();
+    let login = |auto_create_teams: bool| OidcLogin {
+        teams_from_groups: teams(&["A", "Fresh"]),
+        auto_create_teams,
+        ..oidc("sub-1", Some("ada@example.com"))
+    };
+
+    // Off: the missing team is skipped, nothing is created.
+    let off = store
+        .oidc_login(&oidc_actor(), login(false))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(off.missing_teams, ["Fresh"]);
+    assert!(off.created_teams.is_empty());
+    assert!(team_named(&store, "Fresh").await.is_none());
+    let uid = off.user.id.clone();
+    assert_eq!(
+        memberships_of(&store, &uid).await,
+        [(a.id.clone(), TeamRole::Member, MembershipSource::Group)]
+    );
+
+    // On: created (no limits, no models), audited, and the user is a group member of it.
+    let on = store
+        .oidc_login(&oidc_actor(), login(true))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(on.missing_teams.is_empty(), "{:?}", on.missing_teams);
+    let fresh = team_named(&store, "Fresh").await.expect("Fresh created");
+    assert_eq!(on.created_teams, [(fresh.id.clone(), "Fresh".to_string())]);
+    assert!(fresh.models.is_empty());
+    assert_eq!(fresh.limits, Limits::default());
+    assert!(!fresh.blocked);
+    let mut expected = vec![
+        (a.id.clone(), TeamRole::Member, MembershipSource::Group),
+        (fresh.id.clone(), TeamRole::Member, MembershipSource::Group),
+    ];
+    expected.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(memberships_of(&store, &uid).await, expected);
+    let creates = audit_of(&store, "team.create").await;
+    let created: Vec<_> = creates
+        .iter()
+        .filter(|e| e.target.as_deref() == Some(fresh.id.as_str()))
+        .collect();
+    assert_eq!(created.len(), 1, "{creates:?}");
+    assert_eq!(created[0].actor, format!("oidc:{ISSUER}"));
+    assert_eq!(created[0].details["name"], "Fresh");
+    assert_eq!(created[0].details["source"], "oidc");
+    assert_eq!(created[0].details["issuer"], ISSUER);
+    assert_eq!(created[0].details["max_budget"], json!(null));
+
+    // Once it exists, later logins only find it.
+    let again = store
+        .oidc_login(&oidc_actor(), login(true))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(again.created_teams.is_empty());
+    assert_eq!(audit_of(&store, "team.create").await.len(), creates.len());
+    assert_eq!(memberships_of(&store, &uid).await, expected);
+
+    // A deleted team does not exist: the mapping creates a new one (a new id).
+    assert!(store.delete_team(&admin(), &fresh.id).await.unwrap());
+    let after = store
+        .oidc_login(&oidc_actor(), login(true))
+        .await
+        .unwrap()
+        .unwrap();
+    let renewed = team_named(&store, "Fresh")
+        .await
+        .expect("Fresh created again");
+    assert_ne!(renewed.id, fresh.id);
+    assert_eq!(
+        after.created_teams,
+        [(renewed.id.clone(), "Fresh".to_string())]
+    );
+    assert_eq!(
+        audit_of(&store, "team.create").await.len(),
+        creates.len() + 1
+    );
+    assert!(memberships_of(&store, &uid).await.contains(&(
+        renewed.id,
+        TeamRole::Member,
+        MembershipSource::Group
+    )));
+
+    // Without a group mapping nothing is created, whatever the flag says.
+    let unmapped = store
+        .oidc_login(
+            &oidc_actor(),
+            OidcLogin {
+                auto_create_teams: true,
+                ..oidc("sub-2", None)
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(unmapped.created_teams.is_empty());
+    assert_eq!(store.list_teams().await.unwrap().len(), 2);
+}
+
+async fn oidc_concurrent_logins_create_a_team_once(store: SharedStore) {
+    // Distinct people whose first tokens all name the same two new teams, at once: as on
+    // two replicas, each in its own transaction.
+    for round in 0..3 {
+        let names = [format!("Alpha-{round}"), format!("Beta-{round}")];
+        let tasks: Vec<_> = (0..4)
+            .map(|i| {
+                let store = store.clone();
+                let login = OidcLogin {
+                    teams_from_groups: Some(names.to_vec()),
+                    auto_create_teams: true,
+                    ..oidc(&format!("sub-{round}-{i}"), None)
+                };
+                tokio::spawn(async move { store.oidc_login(&oidc_actor(), login).await })
+            })
+            .collect();
+        let mut users = Vec::new();
+        let mut created = Vec::new();
+        for task in tasks {
+            let outcome = task.await.unwrap().unwrap().unwrap();
+            assert!(outcome.missing_teams.is_empty());
+            created.extend(outcome.created_teams);
+            users.push(outcome.user.id);
+        }
+        created.sort_by(|x, y| x.1.cmp(&y.1));
+        let mut want = Vec::new();
+        for name in &names {
+            let team = team_named(&store, name).await.expect("team created");
+            let mut members: Vec<_> = store
+                .list_members(&team.id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.user_id)
+                .collect();
+            members.sort();
+            users.sort();
+            assert_eq!(members, users, "every login joined {name}");
+            want.push((team.id, name.clone()));
+        }
+        assert_eq!(created, want, "each team was created by exactly one login");
+    }
+    assert_eq!(store.list_teams().await.unwrap().len(), 6);
+    assert_eq!(audit_of(&store, "team.create").await.len(), 6);
 }
 
 // ---- usage and spend ---------------------------------------------------------------------

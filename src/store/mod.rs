@@ -395,6 +395,9 @@ pub struct OidcLogin {
     /// Some: names of the teams the token's groups map to (group_to_team); memberships are
     /// synced. None: memberships are left alone.
     pub teams_from_groups: Option<Vec<String>>,
+    /// Create the teams of `teams_from_groups` that do not exist (the issuer's
+    /// `auto_create_teams`) instead of skipping them.
+    pub auto_create_teams: bool,
 }
 
 /// What an OIDC login found or did.
@@ -406,6 +409,8 @@ pub struct OidcUser {
     pub linked: bool,
     /// Team names from `teams_from_groups` that name no live team (skipped).
     pub missing_teams: Vec<String>,
+    /// Teams this login created (`auto_create_teams`), as (id, name).
+    pub created_teams: Vec<(String, String)>,
 }
 
 /// A sign-in with SSO that was started and not finished yet: what its callback needs. Kept
@@ -919,7 +924,10 @@ pub trait IdentityStore: Send + Sync {
     /// (audited `user.create` with `"source": "oidc"`). Then the role is set from
     /// `role_from_groups` (audited `user.role`) and group memberships are synced with
     /// `teams_from_groups` (audited `team.member.add` / `team.member.remove` with
-    /// `"source": "group"`); memberships with source manual are never touched.
+    /// `"source": "group"`); memberships with source manual are never touched. With
+    /// `auto_create_teams`, a named team that does not exist is created first (audited
+    /// `team.create` with `"source": "oidc"`); concurrent logins naming the same new team
+    /// create it once.
     async fn oidc_login(&self, actor: &Actor, login: OidcLogin) -> StoreResult<Option<OidcUser>>;
 }
 
