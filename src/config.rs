@@ -824,6 +824,67 @@ pub struct Budgets {
     /// How long a request's reserved cost is held when its usage never arrives.
     #[serde(deserialize_with = "duration")]
     pub reservation_timeout: Duration,
+    /// Alerts also sent by email; absent: no mail.
+    pub alert_email: Option<AlertEmail>,
+}
+
+/// `budgets.alert_email`: where budget alerts are mailed, beside the webhook.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertEmail {
+    /// `smtp://[user:password@]host[:port]` (default port 25; STARTTLS when the server
+    /// offers it, `?tls=required` to insist on it) or `smtps://…` (implicit TLS, default port
+    /// 465). The password is a secret: [`redact_url`] hides it wherever the URL is shown.
+    pub smtp_url: String,
+    /// The sender, `addr@example.com` or `Name <addr@example.com>`.
+    pub from: String,
+    /// The recipients (at least one), each as `from`.
+    pub to: Vec<String>,
+    /// A PEM bundle of the CA certificates that may sign the SMTP server's certificate,
+    /// trusted instead of the built-in public roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for AlertEmail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AlertEmail")
+            .field("smtp_url", &redact_url(&self.smtp_url))
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+impl AlertEmail {
+    /// Its URL, addresses and CA bundle, as `(key, why)` of the first that is wrong.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |key: &str, msg: String| Err((key.to_owned(), msg));
+        if let Err(e) = crate::mail::SmtpUrl::parse(&self.smtp_url) {
+            return err("budgets.alert_email.smtp_url", e);
+        }
+        if let Err(e) = crate::mail::mailbox(&self.from) {
+            return err("budgets.alert_email.from", e);
+        }
+        if self.to.is_empty() {
+            return err(
+                "budgets.alert_email.to",
+                "name at least one recipient".to_owned(),
+            );
+        }
+        for to in &self.to {
+            if let Err(e) = crate::mail::mailbox(to) {
+                return err("budgets.alert_email.to", e);
+            }
+        }
+        if let Some(ca_file) = &self.ca_file {
+            if let Err(e) = crate::backend_tls::read_ca_bundle(ca_file) {
+                return err("budgets.alert_email.ca_file", e);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for Budgets {
@@ -833,6 +894,7 @@ impl Default for Budgets {
             alert_webhook: String::new(),
             alert_secret: Secret::default(),
             reservation_timeout: Duration::from_secs(600),
+            alert_email: None,
         }
     }
 }
@@ -1161,6 +1223,9 @@ impl Config {
                     format!("{t} is not a percentage from 1 to 100"),
                 );
             }
+        }
+        if let Some(email) = &self.budgets.alert_email {
+            email.validate()?;
         }
         Ok(())
     }

@@ -33,6 +33,7 @@ pub mod domain;
 pub mod invalidation;
 pub mod lifecycle;
 pub mod limits;
+pub mod mail;
 pub mod metrics;
 pub mod mock_llm;
 pub mod redis_pool;
