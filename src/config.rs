@@ -1725,6 +1725,88 @@ mod tests {
     }
 
     #[test]
+    fn alert_email_is_read_and_its_password_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, crate::backend_tls::tests::CA_PEM).unwrap();
+        let c = parse(&format!(
+            "budgets:\n  alert_email:\n    smtp_url: smtps://alerts:hunter2@smtp.example.com\n    from: Alerts <alerts@example.com>\n    to: [a@example.com, b@example.com]\n    ca_file: {}\n",
+            ca.display()
+        ))
+        .unwrap()
+        .config;
+        let email = c.budgets.alert_email.clone().expect("alert_email");
+        assert_eq!(email.to, ["a@example.com", "b@example.com"]);
+        assert_eq!(email.ca_file.as_deref(), Some(ca.as_path()));
+        for shown in [format!("{email:?}"), format!("{c:?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(
+                shown.contains("smtps://alerts:***@smtp.example.com"),
+                "{shown}"
+            );
+        }
+        assert!(parse("").unwrap().config.budgets.alert_email.is_none());
+    }
+
+    #[test]
+    fn alert_email_errors_name_the_key_and_line() {
+        let cases = [
+            (
+                "budgets:\n  alert_email:\n    smtp_url: http://u:hunter2@mail\n    from: a@b.c\n    to: [d@e.f]\n",
+                "budgets.alert_email.smtp_url",
+                3,
+                "smtp://",
+            ),
+            (
+                "budgets:\n  alert_email:\n    smtp_url: smtp://u:hunter2@mail?tls=yes\n    from: a@b.c\n    to: [d@e.f]\n",
+                "budgets.alert_email.smtp_url",
+                3,
+                "tls=required",
+            ),
+            (
+                "budgets:\n  alert_email:\n    smtp_url: smtp://mail\n    from: not-an-address\n    to: [d@e.f]\n",
+                "budgets.alert_email.from",
+                4,
+                "not an email address",
+            ),
+            (
+                "budgets:\n  alert_email:\n    smtp_url: smtp://mail\n    from: a@b.c\n    to: []\n",
+                "budgets.alert_email.to",
+                5,
+                "at least one",
+            ),
+            (
+                "budgets:\n  alert_email:\n    smtp_url: smtp://mail\n    from: a@b.c\n    to: [d@e.f, nobody]\n",
+                "budgets.alert_email.to",
+                5,
+                "`nobody`",
+            ),
+            (
+                "budgets:\n  alert_email:\n    smtp_url: smtp://mail\n    from: a@b.c\n    to: [d@e.f]\n    ca_file: /no/such/ca.pem\n",
+                "budgets.alert_email.ca_file",
+                6,
+                "cannot read",
+            ),
+        ];
+        for (yaml, key, line, message) in cases {
+            let e = parse(yaml).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{e}");
+            assert_eq!(e.line, Some(line), "{e}");
+            assert!(e.message.contains(message), "{e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+        // Missing and unknown members are errors too.
+        let e = parse("budgets:\n  alert_email:\n    smtp_url: smtp://mail\n    to: [d@e.f]\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("from"), "{e}");
+        let e = parse(
+            "budgets:\n  alert_email: { smtp_url: smtp://mail, from: a@b.c, to: [d@e.f], cc: [x@y.z] }\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cc"), "{e}");
+    }
+
+    #[test]
     fn a_redis_ca_file_must_be_a_readable_pem_bundle() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");

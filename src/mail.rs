@@ -249,7 +249,11 @@ impl Mailer {
         result
     }
 
-    async fn converse(&self, conn: &mut AsyncSmtpConnection, message: &Message) -> Result<(), String> {
+    async fn converse(
+        &self,
+        conn: &mut AsyncSmtpConnection,
+        message: &Message,
+    ) -> Result<(), String> {
         if self.url.security != Security::Implicit {
             if conn.can_starttls() {
                 conn.starttls(self.tls.clone(), &self.hello)
@@ -283,8 +287,8 @@ fn tls_parameters(host: &str, ca_file: Option<&Path>) -> Result<TlsParameters, S
     let mut builder = TlsParameters::builder(host.to_owned());
     if let Some(ca_file) = ca_file {
         let pem = read_ca_bundle(ca_file)?;
-        let certificate = Certificate::from_pem(&pem)
-            .map_err(|e| format!("`{}`: {e}", ca_file.display()))?;
+        let certificate =
+            Certificate::from_pem(&pem).map_err(|e| format!("`{}`: {e}", ca_file.display()))?;
         builder = builder
             .certificate_store(CertificateStore::None)
             .add_root_certificate(certificate);
@@ -336,7 +340,10 @@ mod tests {
         let u = parsed("smtp://mail.example.com:2525?tls=required");
         assert_eq!((u.security, u.port), (Security::StartTlsRequired, 2525));
         let u = parsed("smtps://127.0.0.1/");
-        assert_eq!((u.security, u.host.as_str(), u.port), (Security::Implicit, "127.0.0.1", 465));
+        assert_eq!(
+            (u.security, u.host.as_str(), u.port),
+            (Security::Implicit, "127.0.0.1", 465)
+        );
         let u = parsed("smtps://[::1]:1465");
         assert_eq!((u.host.as_str(), u.port), ("::1", 1465));
     }
@@ -348,7 +355,10 @@ mod tests {
         assert_eq!(user, "alerts@corp");
         assert_eq!(password.expose(), "p@ss:w0rd");
         let debug = format!("{u:?}");
-        assert!(!debug.contains("p@ss") && !debug.contains("p%40ss"), "{debug}");
+        assert!(
+            !debug.contains("p@ss") && !debug.contains("p%40ss"),
+            "{debug}"
+        );
         assert!(debug.contains("alerts@corp"), "{debug}");
     }
 
@@ -374,7 +384,10 @@ mod tests {
 
     #[test]
     fn mailboxes() {
-        assert_eq!(mailbox("a@example.com").unwrap().email.to_string(), "a@example.com");
+        assert_eq!(
+            mailbox("a@example.com").unwrap().email.to_string(),
+            "a@example.com"
+        );
         let m = mailbox("Budget Alerts <alerts@example.com>").unwrap();
         assert_eq!(m.name.as_deref(), Some("Budget Alerts"));
         assert!(mailbox("nobody").unwrap_err().contains("`nobody`"));

@@ -115,9 +115,14 @@ fn assert_is_alert_mail(mail: &Received, name: &str, key: &str, threshold: u32) 
     let subject = mail.header("Subject").expect("a subject");
     assert_eq!(
         subject,
-        format!("[tollgate] Budget alert: key \"{name}\" ({key}) reached {threshold}% of its budget")
+        format!(
+            "[tollgate] Budget alert: key \"{name}\" ({key}) reached {threshold}% of its budget"
+        )
     );
-    assert!(mail.header("From").unwrap().contains("alerts@tollgate.test"));
+    assert!(mail
+        .header("From")
+        .unwrap()
+        .contains("alerts@tollgate.test"));
     assert!(mail.header("To").unwrap().contains("finance@example.com"));
     assert!(mail
         .header("Content-Type")
@@ -159,7 +164,11 @@ async fn each_threshold_is_mailed_once_over_plain_smtp() {
         .iter()
         .map(|m| {
             let subject = m.header("Subject").unwrap();
-            let t = if subject.contains("reached 50%") { 50 } else { 75 };
+            let t = if subject.contains("reached 50%") {
+                50
+            } else {
+                75
+            };
             (t, m)
         })
         .collect();
@@ -173,7 +182,10 @@ async fn each_threshold_is_mailed_once_over_plain_smtp() {
         assert!(!mail.tls, "a plain server offers no STARTTLS");
         assert_eq!(mail.login, None);
         let body = mail.body();
-        assert!(body.contains("Spend:     7.60 USD (76.0% of the budget)\n"), "{body}");
+        assert!(
+            body.contains("Spend:     7.60 USD (76.0% of the budget)\n"),
+            "{body}"
+        );
         assert!(
             body.contains(&format!(
                 "Period:    {} to {}\n",
@@ -267,10 +279,7 @@ async fn certificates_are_verified() {
             Some(pki.other_ca()),
         ),
         // …and the certificate is for localhost and 127.0.0.1, not 127.0.0.2.
-        (
-            format!("smtps://127.0.0.2:{}", smtps.port),
-            Some(pki.ca()),
-        ),
+        (format!("smtps://127.0.0.2:{}", smtps.port), Some(pki.ca())),
     ];
     for (i, (url, ca)) in cases.into_iter().enumerate() {
         let alerts = alerts_for(&tg, None, &email(url.clone(), ca.clone()));
@@ -377,7 +386,11 @@ async fn a_server_down_then_up_gets_the_mail_once() {
     assert_eq!(alert.email.next_attempt_at, Some(t + 1));
     let error = alert.email.last_error.clone().unwrap();
     assert!(error.contains("cannot connect"), "{error}");
-    assert_eq!(alerts.deliver_due(t).await, 0, "not due again before its time");
+    assert_eq!(
+        alerts.deliver_due(t).await,
+        0,
+        "not due again before its time"
+    );
     assert_eq!(alerts.deliver_due(t + 1).await, 0);
     assert_eq!(all_alerts(&tg).await[0].email.next_attempt_at, Some(t + 3));
 

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use tollgate::domain::{BudgetDuration, Limits, MembershipSource, Role, TeamRole};
 use tollgate::store::sql::{Backend, ConnectOptions, SqlStore};
 use tollgate::store::{
-    Actor, Alert, AlertChannel, AlertCrossing, AlertFilter, AlertOutcome, AlertState, AuditFilter, GroupBy,
-    KeyFilter, KeyPageRequest, KeyPatch, KeyStatus, LimitsPatch, NewKey, NewRefreshToken, NewTeam,
-    NewUiSession, NewUser, OidcLogin, PageFrom, RefreshOutcome, SharedStore, SpendKind, Store,
-    StoreError, TeamPatch, UiHolder, UsageQuery, UsageReport, UsageRow, UsageTotals, UserPatch,
-    UserStore, ALERT_CLAIM_SECS, NO_GROUP,
+    Actor, Alert, AlertChannel, AlertCrossing, AlertFilter, AlertOutcome, AlertState, AuditFilter,
+    GroupBy, KeyFilter, KeyPageRequest, KeyPatch, KeyStatus, LimitsPatch, NewKey, NewRefreshToken,
+    NewTeam, NewUiSession, NewUser, OidcLogin, PageFrom, RefreshOutcome, SharedStore, SpendKind,
+    Store, StoreError, TeamPatch, UiHolder, UsageQuery, UsageReport, UsageRow, UsageTotals,
+    UserPatch, UserStore, ALERT_CLAIM_SECS, NO_GROUP,
 };
 use tollgate::usage::{TokenUsage, UsageRecord, UsageSource};
 
@@ -5047,20 +5047,38 @@ async fn alert_channels_are_delivered_independently(store: SharedStore) {
     for a in &raised {
         assert_eq!(a.email.state, AlertState::Pending);
         assert_eq!(a.email.attempts, 0);
-        assert_eq!(a.email.next_attempt_at, Some(now), "due by email when raised");
-        assert_eq!((a.email.last_error.as_ref(), a.email.delivered_at), (None, None));
+        assert_eq!(
+            a.email.next_attempt_at,
+            Some(now),
+            "due by email when raised"
+        );
+        assert_eq!(
+            (a.email.last_error.as_ref(), a.email.delivered_at),
+            (None, None)
+        );
     }
 
     // Claimed on the webhook: still due by email, and the other way round.
     let by_web = store.due_deliveries(web, now, 10).await.unwrap();
     assert_eq!(by_web.len(), 2);
-    assert_eq!(by_web[0].email.next_attempt_at, Some(now), "email untouched");
+    assert_eq!(
+        by_web[0].email.next_attempt_at,
+        Some(now),
+        "email untouched"
+    );
     assert!(store.due_deliveries(web, now, 10).await.unwrap().is_empty());
     let by_mail = store.due_deliveries(mail, now, 10).await.unwrap();
     assert_eq!(by_mail.len(), 2);
-    assert_eq!(by_mail[0].email.next_attempt_at, Some(now + ALERT_CLAIM_SECS));
+    assert_eq!(
+        by_mail[0].email.next_attempt_at,
+        Some(now + ALERT_CLAIM_SECS)
+    );
     assert_eq!(by_mail[0].next_attempt_at, Some(now + ALERT_CLAIM_SECS));
-    assert!(store.due_deliveries(mail, now, 10).await.unwrap().is_empty());
+    assert!(store
+        .due_deliveries(mail, now, 10)
+        .await
+        .unwrap()
+        .is_empty());
     let id = |threshold: u32| {
         raised
             .iter()
@@ -5080,32 +5098,55 @@ async fn alert_channels_are_delivered_independently(store: SharedStore) {
         error: "cannot connect to the SMTP server".into(),
         next_attempt_at: now + 1,
     };
-    assert!(store.mark_delivery(mail, &a50, retry.clone()).await.unwrap());
+    assert!(store
+        .mark_delivery(mail, &a50, retry.clone())
+        .await
+        .unwrap());
     // 75 %: email delivers, the webhook gives up.
     assert!(store
         .mark_delivery(mail, &a75, AlertOutcome::Delivered { at: now })
         .await
         .unwrap());
     assert!(store
-        .mark_delivery(web, &a75, AlertOutcome::Failed { error: "HTTP 500".into() })
+        .mark_delivery(
+            web,
+            &a75,
+            AlertOutcome::Failed {
+                error: "HTTP 500".into()
+            }
+        )
         .await
         .unwrap());
 
     let later = now + DAY;
-    assert!(store.due_deliveries(web, later, 10).await.unwrap().is_empty());
+    assert!(store
+        .due_deliveries(web, later, 10)
+        .await
+        .unwrap()
+        .is_empty());
     let due = store.due_deliveries(mail, later, 10).await.unwrap();
-    assert_eq!(due.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), [a50.as_str()]);
+    assert_eq!(
+        due.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        [a50.as_str()]
+    );
     assert_eq!(due[0].email.attempts, 1);
     assert_eq!(
         due[0].email.last_error.as_deref(),
         Some("cannot connect to the SMTP server")
     );
-    assert_eq!(due[0].state, AlertState::Delivered, "the webhook's state kept");
+    assert_eq!(
+        due[0].state,
+        AlertState::Delivered,
+        "the webhook's state kept"
+    );
     assert_eq!(due[0].attempts, 1);
     assert_eq!(due[0].last_error, None);
 
     // A channel that settled takes no more outcomes; the other still does.
-    assert!(!store.mark_delivery(mail, &a75, retry.clone()).await.unwrap());
+    assert!(!store
+        .mark_delivery(mail, &a75, retry.clone())
+        .await
+        .unwrap());
     assert!(!store.mark_delivery(web, &a50, retry.clone()).await.unwrap());
     assert!(store
         .mark_delivery(mail, &a50, AlertOutcome::Delivered { at: later })
@@ -5116,11 +5157,21 @@ async fn alert_channels_are_delivered_independently(store: SharedStore) {
     let shown = |id: &str| all.iter().find(|a| a.id == id).unwrap().clone();
     let (s50, s75) = (shown(&a50), shown(&a75));
     assert_eq!(
-        (s50.state, s50.email.state, s50.email.attempts, s50.email.delivered_at),
+        (
+            s50.state,
+            s50.email.state,
+            s50.email.attempts,
+            s50.email.delivered_at
+        ),
         (AlertState::Delivered, AlertState::Delivered, 2, Some(later))
     );
     assert_eq!(
-        (s75.state, s75.attempts, s75.email.state, s75.email.delivered_at),
+        (
+            s75.state,
+            s75.attempts,
+            s75.email.state,
+            s75.email.delivered_at
+        ),
         (AlertState::Failed, 1, AlertState::Delivered, Some(now))
     );
     assert_eq!(s75.email.next_attempt_at, None);

@@ -31,8 +31,8 @@
 
 use super::{period, UsageRecord};
 use crate::clock::Clock;
-use crate::domain::{rfc3339, Timestamp};
 use crate::config::AlertEmail;
+use crate::domain::{rfc3339, Timestamp};
 use crate::mail::Mailer;
 use crate::metrics::{AlertResult, Metrics};
 use crate::secret::Secret;
@@ -41,7 +41,7 @@ use crate::store::{
 };
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -252,11 +252,8 @@ impl Alerts {
     /// records each outcome on its channel; answers how many deliveries succeeded (an alert
     /// delivered on both channels counts twice). Without a channel, does nothing.
     pub async fn deliver_due(&self, now: Timestamp) -> usize {
-        let (webhook, email) = futures::future::join(
-            self.deliver_webhook(now),
-            self.deliver_email(now),
-        )
-        .await;
+        let (webhook, email) =
+            futures::future::join(self.deliver_webhook(now), self.deliver_email(now)).await;
         webhook + email
     }
 
@@ -268,13 +265,7 @@ impl Alerts {
             return 0;
         };
         futures::stream::iter(due)
-            .map(|alert| async move {
-                let result = match webhook {
-                    Ok(url) => self.post(url, &alert).await,
-                    Err(e) => Err(e.clone()),
-                };
-                self.settle(AlertChannel::Webhook, &alert, result, now).await
-            })
+            .map(|alert| self.webhook_one(webhook, alert, now))
             .buffer_unordered(CONCURRENCY)
             .filter(|delivered| futures::future::ready(*delivered))
             .count()
@@ -304,23 +295,46 @@ impl Alerts {
                 return 0;
             }
         };
-        let names = &names;
-        futures::stream::iter(due.iter())
-            .map(|alert| async move {
-                let result = match mailer {
-                    Ok(mailer) => {
-                        let name = names.get(&(alert.entity_kind, alert.entity_id.clone()));
-                        let (subject, body) = mail_text(alert, name.map(String::as_str));
-                        mailer.send(&message_id(alert), &subject, body).await
-                    }
-                    Err(e) => Err(e.clone()),
-                };
-                self.settle(AlertChannel::Email, alert, result, now).await
-            })
+        futures::stream::iter(due)
+            .map(|alert| self.email_one(mailer, &names, alert, now))
             .buffer_unordered(CONCURRENCY)
             .filter(|delivered| futures::future::ready(*delivered))
             .count()
             .await
+    }
+
+    /// One attempt at one alert on the webhook; true when delivered.
+    async fn webhook_one(
+        &self,
+        webhook: &Result<reqwest::Url, String>,
+        alert: Alert,
+        now: Timestamp,
+    ) -> bool {
+        let result = match webhook {
+            Ok(url) => self.post(url, &alert).await,
+            Err(e) => Err(e.clone()),
+        };
+        self.settle(AlertChannel::Webhook, &alert, result, now)
+            .await
+    }
+
+    /// One attempt at one alert by email; true when delivered.
+    async fn email_one(
+        &self,
+        mailer: &Result<Mailer, String>,
+        names: &HashMap<(SpendKind, String), String>,
+        alert: Alert,
+        now: Timestamp,
+    ) -> bool {
+        let result = match mailer {
+            Ok(mailer) => {
+                let name = names.get(&(alert.entity_kind, alert.entity_id.clone()));
+                let (subject, body) = mail_text(&alert, name.map(String::as_str));
+                mailer.send(&message_id(&alert), &subject, body).await
+            }
+            Err(e) => Err(e.clone()),
+        };
+        self.settle(AlertChannel::Email, &alert, result, now).await
     }
 
     /// The alerts due on `channel`, claimed; None when the store cannot say.
@@ -525,7 +539,10 @@ pub fn mail_text(alert: &Alert, name: Option<&str>) -> (String, String) {
          Raised at: {created}\n\
          Alert id:  {alert_id}\n",
         threshold = alert.threshold,
-        name = name.map(str::trim).filter(|n| !n.is_empty()).unwrap_or("(none)"),
+        name = name
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .unwrap_or("(none)"),
         spend = usd(alert.spend_usd),
         budget = usd(alert.budget_usd),
         start = rfc3339::format(alert.period_start),
@@ -757,6 +774,70 @@ mod tests {
                 "created_at": "2026-05-28T20:26:40Z",
             })
         );
+    }
+
+    #[test]
+    fn mail_names_the_entity_threshold_spend_budget_and_period() {
+        let day = 1_780_000_000 - 1_780_000_000 % 86_400;
+        let alert = Alert {
+            id: "a-1".into(),
+            entity_kind: SpendKind::Team,
+            entity_id: "team-1".into(),
+            period_start: day,
+            period_end: day + 86_400,
+            threshold: 75,
+            spend_usd: 7.5,
+            budget_usd: 10.0,
+            created_at: 1_780_000_000,
+            state: crate::store::AlertState::Pending,
+            attempts: 0,
+            next_attempt_at: None,
+            last_error: None,
+            delivered_at: None,
+            email: crate::store::AlertDelivery {
+                state: crate::store::AlertState::Pending,
+                attempts: 0,
+                next_attempt_at: None,
+                last_error: None,
+                delivered_at: None,
+            },
+        };
+        let (subject, body) = mail_text(&alert, Some("research"));
+        assert_eq!(
+            subject,
+            "[tollgate] Budget alert: team \"research\" (team-1) reached 75% of its budget"
+        );
+        assert_eq!(
+            body,
+            "The spend of team \"research\" (team-1) has reached 75% of its budget.\n\
+             \n\
+             Entity:    team\n\
+             Name:      research\n\
+             Id:        team-1\n\
+             Threshold: 75%\n\
+             Spend:     7.50 USD (75.0% of the budget)\n\
+             Budget:    10.00 USD\n\
+             Period:    2026-05-28T00:00:00Z to 2026-05-29T00:00:00Z\n\
+             Raised at: 2026-05-28T20:26:40Z\n\
+             Alert id:  a-1\n"
+        );
+        let (subject, body) = mail_text(&alert, None);
+        assert!(
+            subject.contains("team team-1 (no name) reached 75%"),
+            "{subject}"
+        );
+        assert!(body.contains("Name:      (none)\n"), "{body}");
+        // A zero budget has no percent; small amounts keep their digits.
+        let tiny = Alert {
+            spend_usd: 0.0042,
+            budget_usd: 0.0,
+            ..alert
+        };
+        let (_, body) = mail_text(&tiny, Some(" "));
+        assert!(body.contains("Spend:     0.0042 USD\n"), "{body}");
+        assert!(body.contains("Budget:    0.00 USD\n"), "{body}");
+        assert!(body.contains("Name:      (none)\n"), "{body}");
+        assert_eq!(message_id(&tiny), "a-1.budget-alert@tollgate");
     }
 
     #[test]
