@@ -240,11 +240,10 @@ impl Mailer {
         .await
         .map_err(|e| describe("cannot connect to the SMTP server", &e))?;
         let result = self.converse(&mut conn, message).await;
-        match &result {
-            Ok(()) => {
-                let _ = conn.quit().await;
-            }
-            Err(_) => conn.abort().await,
+        // After a failure the connection is dropped without QUIT: a failed STARTTLS leaves
+        // nothing to speak over.
+        if result.is_ok() {
+            let _ = conn.quit().await;
         }
         result
     }

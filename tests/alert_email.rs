@@ -253,7 +253,12 @@ async fn starttls_is_used_when_offered_with_a_verified_certificate_and_a_login()
     let url = format!("smtp://alerts%40corp:{PASSWORD}@localhost:{}", smtp.port);
     let alerts = alerts_for(&tg, None, &email(url, Some(pki.ca())));
     let key = one_alert(&tg, &alerts, "tls-key", t).await;
-    assert_eq!(alerts.deliver_due(t).await, 1);
+    assert_eq!(
+        alerts.deliver_due(t).await,
+        1,
+        "{:?}",
+        all_alerts(&tg).await[0].email
+    );
     let mails = smtp.received();
     assert_eq!(mails.len(), 1);
     assert!(mails[0].tls, "STARTTLS was offered and must be used");
@@ -268,6 +273,7 @@ async fn certificates_are_verified() {
     let tg = Tollgate::start("").await;
     let starttls = Smtp::start(Mode::StartTls, Some(&pki));
     let smtps = Smtp::start(Mode::Implicit, Some(&pki));
+    let elsewhere = Smtp::start_on(Mode::Implicit, Some(&pki), "127.0.0.2");
     let t = ts("2031-03-10T08:00:00Z");
     let cases = [
         // The public roots do not know the test CA…
@@ -279,7 +285,10 @@ async fn certificates_are_verified() {
             Some(pki.other_ca()),
         ),
         // …and the certificate is for localhost and 127.0.0.1, not 127.0.0.2.
-        (format!("smtps://127.0.0.2:{}", smtps.port), Some(pki.ca())),
+        (
+            format!("smtps://127.0.0.2:{}", elsewhere.port),
+            Some(pki.ca()),
+        ),
     ];
     for (i, (url, ca)) in cases.into_iter().enumerate() {
         let alerts = alerts_for(&tg, None, &email(url.clone(), ca.clone()));
@@ -311,6 +320,7 @@ async fn certificates_are_verified() {
     }
     assert!(starttls.received().is_empty());
     assert!(smtps.received().is_empty());
+    assert!(elsewhere.received().is_empty());
     tg.stop().await;
 }
 
@@ -323,7 +333,12 @@ async fn smtps_speaks_tls_from_the_start() {
     let alerts = alerts_for(&tg, None, &email(url, Some(pki.ca())));
     let t = ts("2031-03-10T08:00:00Z");
     let key = one_alert(&tg, &alerts, "implicit", t).await;
-    assert_eq!(alerts.deliver_due(t).await, 1);
+    assert_eq!(
+        alerts.deliver_due(t).await,
+        1,
+        "{:?}",
+        all_alerts(&tg).await[0].email
+    );
     let mails = smtp.received();
     assert_eq!(mails.len(), 1);
     assert!(mails[0].tls);
@@ -452,7 +467,7 @@ async fn a_server_that_never_answers_ends_failed() {
 #[tokio::test]
 async fn a_failing_webhook_does_not_resend_the_mail() {
     let tg = Tollgate::start("").await;
-    let mut smtp = Smtp::start(Mode::Plain, None);
+    let smtp = Smtp::start(Mode::Plain, None);
     let config = email(format!("smtp://127.0.0.1:{}", smtp.port), None);
     // A webhook nobody listens on.
     let dead_hook = format!("http://127.0.0.1:{}/hook", common::envoy::free_port());

@@ -4,7 +4,7 @@ Each message is written to OUT/<n>.json (atomically: a temporary name, then a re
 {"mail_from", "rcpt_tos", "data", "tls", "login"}: `tls` says whether the session was
 encrypted (implicit TLS or after STARTTLS), `login` is the user that authenticated, or null.
 
-    smtp_sink.py --port P --out DIR [--mode plain|starttls|smtps] [--cert PEM --key PEM]
+    smtp_sink.py --port P --out DIR [--host IP] [--mode plain|starttls|smtps] [--cert PEM --key PEM]
                  [--login USER:PASSWORD] [--login-over-plain]
 
 plain offers no STARTTLS; starttls offers it; smtps speaks TLS from the first byte. With
@@ -35,7 +35,7 @@ class Keeper:
             server.transport is not None
             and server.transport.get_extra_info("ssl_object") is not None
         )
-        login = session.login_data
+        login = getattr(session.auth_data, "login", None)
         if isinstance(login, bytes):
             login = login.decode("utf-8", "replace")
         record = {
@@ -56,6 +56,7 @@ class Keeper:
 
 def main():
     parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--mode", choices=["plain", "starttls", "smtps"], default="plain")
@@ -81,13 +82,14 @@ def main():
                 and auth_data.login.decode() == user
                 and auth_data.password.decode() == password
             )
-            return AuthResult(success=ok)
+            return AuthResult(success=ok, auth_data=auth_data)
 
         kwargs["authenticator"] = authenticator
-        kwargs["auth_require_tls"] = not args.login_over_plain
+        # aiosmtpd counts only STARTTLS as TLS: on smtps the session is TLS from the start.
+        kwargs["auth_require_tls"] = not (args.login_over_plain or args.mode == "smtps")
     controller = Controller(
         Keeper(args.out),
-        hostname="127.0.0.1",
+        hostname=args.host,
         port=args.port,
         ssl_context=context if args.mode == "smtps" else None,
         server_hostname="localhost",

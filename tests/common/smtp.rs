@@ -73,6 +73,8 @@ impl Received {
 
 /// A running SMTP server.
 pub struct Smtp {
+    /// The address it listens on: 127.0.0.1 unless [`Smtp::start_on`] says otherwise.
+    pub host: String,
     pub port: u16,
     mode: Mode,
     login: Option<(String, String)>,
@@ -96,7 +98,13 @@ fn python() -> PathBuf {
 impl Smtp {
     /// A server in `mode` (the TLS modes present `pki`'s server certificate).
     pub fn start(mode: Mode, pki: Option<&Pki>) -> Smtp {
-        Smtp::build(mode, pki, None, false)
+        Smtp::build(mode, pki, None, false, "127.0.0.1")
+    }
+
+    /// [`Smtp::start`] listening on `host` (e.g. 127.0.0.2, which the test certificate does
+    /// not name).
+    pub fn start_on(mode: Mode, pki: Option<&Pki>, host: &str) -> Smtp {
+        Smtp::build(mode, pki, None, false, host)
     }
 
     /// A server that also takes a login, `user` with `password` only (over TLS only unless
@@ -113,6 +121,7 @@ impl Smtp {
             pki,
             Some((user.to_owned(), password.to_owned())),
             over_plain,
+            "127.0.0.1",
         )
     }
 
@@ -121,6 +130,7 @@ impl Smtp {
         pki: Option<&Pki>,
         login: Option<(String, String)>,
         login_over_plain: bool,
+        host: &str,
     ) -> Smtp {
         let cert = match mode {
             Mode::Plain => None,
@@ -130,6 +140,7 @@ impl Smtp {
             }
         };
         let mut smtp = Smtp {
+            host: host.to_owned(),
             port: free_port(),
             mode,
             login,
@@ -148,6 +159,7 @@ impl Smtp {
         let mut command = Command::new(python());
         command
             .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/smtp_sink.py"))
+            .args(["--host", &self.host])
             .args(["--port", &self.port.to_string()])
             .arg("--out")
             .arg(self.mailbox.path())
