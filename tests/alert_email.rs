@@ -542,9 +542,9 @@ async fn a_tollgate_configured_with_alert_email_mails_by_itself() {
     let tg = Tollgate::start(&yaml).await;
     let key = key(&tg, "configured").await;
     let now = tg.app.alerts.now();
-    let record = of_key(&key, "c1", now, 5.0);
-    tg.app.store.record_usage(&[record.clone()]).await.unwrap();
-    assert_eq!(tg.app.alerts.on_written(&[record], now).await, 1);
+    let records = [of_key(&key, "c1", now, 5.0)];
+    tg.app.store.record_usage(&records).await.unwrap();
+    assert_eq!(tg.app.alerts.on_written(&records, now).await, 1);
     // The delivery loop runs every second.
     let deadline = Instant::now() + Duration::from_secs(15);
     while smtp.received().is_empty() && Instant::now() < deadline {
