@@ -326,7 +326,7 @@ impl Metrics {
         }
     }
 
-    /// Counts a failed call to `backend` (database | redis | oidc | alert_webhook).
+    /// Counts a failed call to `backend` (database | redis | oidc | alert_webhook | alert_email).
     pub fn backend_error(&self, backend: &'static str) {
         match BACKENDS.iter().position(|b| *b == backend) {
             Some(i) => self.inner.backend_errors[i].increment(1),
