@@ -5029,6 +5029,110 @@ async fn alerts_due_are_claimed_once(store: SharedStore) {
     assert_eq!(total, 21);
 }
 
+/// The migrations of `flavour` before 0014 (alert mail) in a directory of their own, for a
+/// database as it was before that migration.
+fn migrations_before_alert_email(flavour: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(flavour);
+    for entry in std::fs::read_dir(source).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let version: u32 = name[..4].parse().unwrap();
+        if version < 14 {
+            std::fs::copy(&path, dir.path().join(&name)).unwrap();
+        }
+    }
+    dir
+}
+
+/// An alert raised before migration 0014 is pending on email, due since it was raised; its
+/// webhook delivery is kept as it was.
+async fn alerts_from_before_0014_are_due_by_email(store: SharedStore) {
+    let (web, mail) = (AlertChannel::Webhook, AlertChannel::Email);
+    store.migrate().await.unwrap();
+    let alerts = store.list_alerts(AlertFilter::default()).await.unwrap();
+    assert_eq!(alerts.len(), 2);
+    for a in &alerts {
+        assert_eq!(a.email.state, AlertState::Pending, "{a:?}");
+        assert_eq!(a.email.attempts, 0);
+        assert_eq!(a.email.next_attempt_at, Some(a.created_at));
+    }
+    let delivered = alerts.iter().find(|a| a.threshold == 50).unwrap();
+    assert_eq!(delivered.state, AlertState::Delivered);
+    assert_eq!(delivered.attempts, 2);
+    let due = store.due_deliveries(mail, 2_000_000_000, 10).await.unwrap();
+    assert_eq!(due.len(), 2);
+    let due = store.due_deliveries(web, 2_000_000_000, 10).await.unwrap();
+    assert_eq!(due.iter().map(|a| a.threshold).collect::<Vec<_>>(), [75]);
+}
+
+const OLD_ALERTS: &str = "INSERT INTO alerts (id, entity_kind, entity_id, period_start, \
+     period_end, threshold, spend_usd, budget_usd, created_at, state, attempts, \
+     next_attempt_at, delivered_at) VALUES \
+     ('old-50', 'key', 'k1', 1700000000, 1700086400, 50, 5.0, 10.0, 1700000100, 'delivered', \
+      2, NULL, 1700000200), \
+     ('old-75', 'key', 'k1', 1700000000, 1700086400, 75, 7.5, 10.0, 1700000300, 'pending', \
+      0, 1700000300, NULL)";
+
+#[tokio::test]
+async fn alerts_from_before_0014_are_due_by_email_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+    let old = migrations_before_alert_email("sqlite");
+    {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::migrate::Migrator::new(old.path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query(OLD_ALERTS).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+    let store = SqlStore::connect(&url, &test_connect_options())
+        .await
+        .unwrap();
+    alerts_from_before_0014_are_due_by_email(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn alerts_from_before_0014_are_due_by_email_postgres() {
+    use sqlx::{Connection, Executor};
+    let mut admin = common::db::postgres_admin_connection().await;
+    let schema = format!(
+        "tg_test_{}_{}",
+        chrono::Utc::now().timestamp(),
+        uuid::Uuid::new_v4().simple()
+    );
+    admin
+        .execute(format!("CREATE SCHEMA {schema}").as_str())
+        .await
+        .unwrap();
+    let _ = admin.close().await;
+    let base = common::db::postgres_base_url();
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+    let old = migrations_before_alert_email("postgres");
+    {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::migrate::Migrator::new(old.path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query(OLD_ALERTS).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+    let store = SqlStore::connect(&url, &test_connect_options())
+        .await
+        .unwrap();
+    alerts_from_before_0014_are_due_by_email(Arc::new(store)).await;
+}
+
 /// The webhook and email each claim, retry, deliver and give up an alert on their own
 /// columns: one channel's claim, retry or outcome never makes the other send again nor
 /// hides an alert from it.
