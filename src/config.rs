@@ -828,6 +828,67 @@ pub struct Budgets {
     /// How long a request's reserved cost is held when its usage never arrives.
     #[serde(deserialize_with = "duration")]
     pub reservation_timeout: Duration,
+    /// Alerts also sent by email; absent: no mail.
+    pub alert_email: Option<AlertEmail>,
+}
+
+/// `budgets.alert_email`: where budget alerts are mailed, beside the webhook.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertEmail {
+    /// `smtp://[user:password@]host[:port]` (default port 25; STARTTLS when the server
+    /// offers it, `?tls=required` to insist on it) or `smtps://…` (implicit TLS, default port
+    /// 465). The password is a secret: [`redact_url`] hides it wherever the URL is shown.
+    pub smtp_url: String,
+    /// The sender, `addr@example.com` or `Name <addr@example.com>`.
+    pub from: String,
+    /// The recipients (at least one), each as `from`.
+    pub to: Vec<String>,
+    /// A PEM bundle of the CA certificates that may sign the SMTP server's certificate,
+    /// trusted instead of the built-in public roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for AlertEmail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AlertEmail")
+            .field("smtp_url", &redact_url(&self.smtp_url))
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+impl AlertEmail {
+    /// Its URL, addresses and CA bundle, as `(key, why)` of the first that is wrong.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |key: &str, msg: String| Err((key.to_owned(), msg));
+        if let Err(e) = crate::mail::SmtpUrl::parse(&self.smtp_url) {
+            return err("budgets.alert_email.smtp_url", e);
+        }
+        if let Err(e) = crate::mail::mailbox(&self.from) {
+            return err("budgets.alert_email.from", e);
+        }
+        if self.to.is_empty() {
+            return err(
+                "budgets.alert_email.to",
+                "name at least one recipient".to_owned(),
+            );
+        }
+        for to in &self.to {
+            if let Err(e) = crate::mail::mailbox(to) {
+                return err("budgets.alert_email.to", e);
+            }
+        }
+        if let Some(ca_file) = &self.ca_file {
+            if let Err(e) = crate::backend_tls::read_ca_bundle(ca_file) {
+                return err("budgets.alert_email.ca_file", e);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for Budgets {
@@ -837,6 +898,7 @@ impl Default for Budgets {
             alert_webhook: String::new(),
             alert_secret: Secret::default(),
             reservation_timeout: Duration::from_secs(600),
+            alert_email: None,
         }
     }
 }
@@ -1190,6 +1252,9 @@ impl Config {
                     format!("{t} is not a percentage from 1 to 100"),
                 );
             }
+        }
+        if let Some(email) = &self.budgets.alert_email {
+            email.validate()?;
         }
         Ok(())
     }
@@ -1711,6 +1776,88 @@ mod tests {
         .unwrap()
         .config;
         assert_eq!(c.redis.unwrap().tls.unwrap().ca_file, ca);
+    }
+
+    #[test]
+    fn alert_email_is_read_and_its_password_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, crate::backend_tls::tests::CA_PEM).unwrap();
+        let c = parse(&format!(
+            "budgets:\n  alert_email:\n    smtp_url: smtps://alerts:hunter2@smtp.example.com\n    from: Alerts <alerts@example.com>\n    to: [a@example.com, b@example.com]\n    ca_file: {}\n",
+            ca.display()
+        ))
+        .unwrap()
+        .config;
+        let email = c.budgets.alert_email.clone().expect("alert_email");
+        assert_eq!(email.to, ["a@example.com", "b@example.com"]);
+        assert_eq!(email.ca_file.as_deref(), Some(ca.as_path()));
+        for shown in [format!("{email:?}"), format!("{c:?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(
+                shown.contains("smtps://alerts:***@smtp.example.com"),
+                "{shown}"
+            );
+        }
+        assert!(parse("").unwrap().config.budgets.alert_email.is_none());
+    }
+
+    #[test]
+    fn alert_email_errors_name_the_key_and_line() {
+        let cases = [
+            (
+                "budgets:\n  alert_email:\n    smtp_url: http://u:hunter2@mail\n    from: a@b.c\n    to: [d@e.f]\n",
+                "budgets.alert_email.smtp_url",
+                3,
+                "smtp://",
+            ),
+            (
+                "budgets:\n  alert_email:\n    smtp_url: smtp://u:hunter2@mail?tls=yes\n    from: a@b.c\n    to: [d@e.f]\n",
+                "budgets.alert_email.smtp_url",
+                3,
+                "tls=required",
+            ),
+            (
+                "budgets:\n  alert_email:\n    smtp_url: smtp://mail\n    from: not-an-address\n    to: [d@e.f]\n",
+                "budgets.alert_email.from",
+                4,
+                "not an email address",
+            ),
+            (
+                "budgets:\n  alert_email:\n    smtp_url: smtp://mail\n    from: a@b.c\n    to: []\n",
+                "budgets.alert_email.to",
+                5,
+                "at least one",
+            ),
+            (
+                "budgets:\n  alert_email:\n    smtp_url: smtp://mail\n    from: a@b.c\n    to: [d@e.f, nobody]\n",
+                "budgets.alert_email.to",
+                5,
+                "`nobody`",
+            ),
+            (
+                "budgets:\n  alert_email:\n    smtp_url: smtp://mail\n    from: a@b.c\n    to: [d@e.f]\n    ca_file: /no/such/ca.pem\n",
+                "budgets.alert_email.ca_file",
+                6,
+                "cannot read",
+            ),
+        ];
+        for (yaml, key, line, message) in cases {
+            let e = parse(yaml).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{e}");
+            assert_eq!(e.line, Some(line), "{e}");
+            assert!(e.message.contains(message), "{e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+        // Missing and unknown members are errors too.
+        let e = parse("budgets:\n  alert_email:\n    smtp_url: smtp://mail\n    to: [d@e.f]\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("from"), "{e}");
+        let e = parse(
+            "budgets:\n  alert_email: { smtp_url: smtp://mail, from: a@b.c, to: [d@e.f], cc: [x@y.z] }\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cc"), "{e}");
     }
 
     #[test]
