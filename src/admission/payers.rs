@@ -73,6 +73,15 @@ impl<'a> Payers<'a> {
     }
 }
 
+/// The letter that names a payer's buckets, budgets and slots: `t`, `u` or `k`.
+pub fn level(kind: SpendKind) -> &'static str {
+    match kind {
+        SpendKind::Team => "t",
+        SpendKind::User => "u",
+        SpendKind::Key => "k",
+    }
+}
+
 /// The payers named by a usage record (key, user, team; empty ids are nobody), for the
 /// spend it adds and the budget alerts it may raise.
 pub fn of_record(record: &UsageRecord) -> impl Iterator<Item = (SpendKind, &str)> {

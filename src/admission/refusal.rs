@@ -3,6 +3,7 @@
 use crate::budget::Charge;
 use crate::decision::{Denial, DenyReason};
 use crate::domain::Timestamp;
+use crate::limits::parallel::Slot;
 use crate::limits::plan::{self, Quota};
 use crate::limits::{Demand, Outcome, Unit};
 use crate::store::SpendKind;
@@ -34,6 +35,20 @@ pub fn counters_unavailable() -> Denial {
     Denial::new(
         DenyReason::AuthUnavailable,
         "Rate limits cannot be checked right now; try again shortly",
+    )
+    .with_retry_after(1)
+}
+
+/// A parallel limit with every slot held: 429, and a second's wait (a request in flight
+/// may finish any moment; nothing says when).
+pub fn in_flight(slot: &Slot, in_flight: u64) -> Denial {
+    Denial::new(
+        DenyReason::RateLimitExceeded,
+        format!(
+            "Rate limit reached for {}: too many requests in flight ({in_flight} of {} allowed at once). Please try again in 1s.",
+            level_name(&slot.owner),
+            slot.limit
+        ),
     )
     .with_retry_after(1)
 }

@@ -122,6 +122,7 @@ pub struct LimitsPatch {
     pub tpm: Option<Option<i64>>,
     pub max_budget: Option<Option<f64>>,
     pub budget_duration: Option<Option<BudgetDuration>>,
+    pub max_parallel: Option<Option<i64>>,
 }
 
 #[derive(Debug, Clone, Default)]
