@@ -1575,6 +1575,25 @@ mod tests {
     }
 
     #[test]
+    fn parallel_limits_are_validated() {
+        let ok = parse("limits:\n  global: { max_parallel: 8 }\n  parallel_lease: 90s\n").unwrap();
+        assert_eq!(ok.config.limits.global.unwrap().max_parallel, Some(8));
+        assert_eq!(ok.config.limits.parallel_lease, Duration::from_secs(90));
+        assert_eq!(
+            parse("").unwrap().config.limits.parallel_lease,
+            Duration::from_secs(600)
+        );
+        let e = parse("limits:\n  global: { max_parallel: 0 }\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("limits.global.max_parallel"));
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = parse("limits:\n  routes:\n    /v1/x: { max_parallel: 2 }\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("limits.routes./v1/x.max_parallel"));
+        assert!(e.message.contains("not routes"), "{e}");
+        let e = parse("limits: { parallel_lease: 0s }\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("limits.parallel_lease"));
+    }
+
+    #[test]
     fn oidc_issuers_are_validated() {
         let e = parse(
             "auth:\n  oidc:\n    - issuer: https://id.example.com\n      audiences: [t]\n      algorithms: [HS256]\n",
