@@ -580,7 +580,7 @@ async fn parallel_limits_are_exact_on_a_cluster_and_given_back_on_a_later_refusa
 
     // One of them written through the replica that did not admit it.
     let first = admitted[0];
-    let writer = if first % 2 == 0 { &b } else { &a };
+    let writer = if first.is_multiple_of(2) { &b } else { &a };
     writer
         .app
         .usage

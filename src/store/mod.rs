@@ -360,6 +360,8 @@ pub struct NewRefreshToken {
 }
 
 /// What presenting a refresh token led to.
+// `Rotated` carries the whole user; the enum lives only on the way out of one refresh.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum RefreshOutcome {
     /// The token was live: it is now used, and the new one (same family) is stored.
