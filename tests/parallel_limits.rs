@@ -455,3 +455,26 @@ async fn through_envoy_slow_requests_hold_their_slots() {
     assert_eq!(status, StatusCode::OK, "the lease ended: {body}");
     t.stop().await;
 }
+
+/// While Redis cannot be reached, `failure_mode: local` counts slots in this process, each
+/// limit divided by `redis.replicas`, and their usage records still free them.
+#[tokio::test]
+async fn failure_mode_local_counts_a_replica_s_share_of_the_slots() {
+    let clock = Clock::manual(T0);
+    let t = Tollgate::start_with_clock(
+        "redis: { url: \"redis://127.0.0.1:1\", failure_mode: local, replicas: 2, timeout: 200ms }\nusage: { batch_interval: 20ms }\n",
+        clock,
+    )
+    .await;
+    let (id, k) = key(&t, json!({"max_parallel": 4})).await;
+    assert_eq!(check(&t, &k, "l1").await.status, 200);
+    assert_eq!(check(&t, &k, "l2").await.status, 200);
+    assert_in_flight_refusal(&check(&t, &k, "l3").await, "this API key", "2 of 2");
+    record(&t, "l1", &id).await;
+    eventually(
+        || async { check(&t, &k, "l3").await.status == 200 },
+        "a local slot freed by a usage record",
+    )
+    .await;
+    t.stop().await;
+}
