@@ -6,7 +6,6 @@ use crate::domain::Timestamp;
 use crate::limits::parallel::Slot;
 use crate::limits::plan::{self, Quota};
 use crate::limits::{Demand, Outcome, Unit};
-use crate::store::SpendKind;
 
 /// A budget with no room for the request's estimate.
 pub fn over_budget(charge: &Charge, used_usd: f64, period_end: Timestamp) -> Denial {
@@ -14,11 +13,7 @@ pub fn over_budget(charge: &Charge, used_usd: f64, period_end: Timestamp) -> Den
         DenyReason::InsufficientQuota,
         format!(
             "Budget exceeded for {}: ${used_usd:.4} of ${:.4} used this period (resets at {})",
-            match charge.kind {
-                SpendKind::Key => "this API key",
-                SpendKind::User => "your user",
-                SpendKind::Team => "your team",
-            },
+            super::payers::whose(charge.kind),
             charge.limit_usd,
             crate::domain::rfc3339::format(period_end)
         ),
@@ -46,7 +41,7 @@ pub fn in_flight(slot: &Slot, in_flight: u64) -> Denial {
         DenyReason::RateLimitExceeded,
         format!(
             "Rate limit reached for {}: too many requests in flight ({in_flight} of {} allowed at once). Please try again in 1s.",
-            level_name(&slot.owner),
+            slot.kind.map_or("this gateway", super::payers::whose),
             slot.limit
         ),
     )

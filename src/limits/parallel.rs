@@ -11,6 +11,7 @@
 //!   taken in the counters' script ([`crate::admission::redis`]).
 
 use crate::admission::payers::{self, Payers};
+use crate::store::SpendKind;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -22,6 +23,8 @@ use super::plan::Rates;
 pub struct Slot {
     pub owner: String,
     pub limit: u64,
+    /// The payer's kind; `None` for the gateway.
+    pub kind: Option<SpendKind>,
 }
 
 /// The slots of one request: the gateway's, then each payer's with a `max_parallel`, in
@@ -30,12 +33,14 @@ pub fn slots(rates: &Rates, payers: &Payers<'_>) -> Vec<Slot> {
     let global = rates.global_parallel().map(|limit| Slot {
         owner: "g".to_owned(),
         limit,
+        kind: None,
     });
     let of_payers = payers.iter().filter_map(|p| {
         p.limits.max_parallel.map(|n| Slot {
             owner: format!("{}:{}", payers::level(p.kind), p.id),
             // The API refuses less than 1; a stored 0 or less would refuse everything.
             limit: n.max(0) as u64,
+            kind: Some(p.kind),
         })
     });
     global.into_iter().chain(of_payers).collect()
@@ -173,12 +178,18 @@ mod tests {
     use crate::admission::payers::Payer;
     use crate::config::Config;
     use crate::domain::Limits;
-    use crate::store::SpendKind;
 
     fn slot(owner: &str, limit: u64) -> Slot {
+        let kind = match owner.split(':').next() {
+            Some("t") => Some(SpendKind::Team),
+            Some("u") => Some(SpendKind::User),
+            Some("k") => Some(SpendKind::Key),
+            _ => None,
+        };
         Slot {
             owner: owner.to_owned(),
             limit,
+            kind,
         }
     }
 

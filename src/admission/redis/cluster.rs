@@ -975,12 +975,18 @@ mod tests {
                 charge(SpendKind::Key, "k1"),
             ],
             amount_usd: 0.5,
-            slots: ["g", "u:u1"]
-                .map(|owner| Slot {
-                    owner: owner.to_owned(),
+            slots: vec![
+                Slot {
+                    owner: "g".to_owned(),
                     limit: 2,
-                })
-                .to_vec(),
+                    kind: None,
+                },
+                Slot {
+                    owner: "u:u1".to_owned(),
+                    limit: 2,
+                    kind: Some(SpendKind::User),
+                },
+            ],
         };
         let got: Vec<_> = groups(&reservation)
             .into_iter()
