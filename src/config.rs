@@ -708,6 +708,9 @@ pub struct Limits {
     pub routes: BTreeMap<String, Rate>,
     /// Output tokens a request without `max_tokens` is assumed to use (tpm estimates).
     pub default_max_tokens: u64,
+    /// How long a request holds its parallel slots when its usage never arrives.
+    #[serde(deserialize_with = "duration")]
+    pub parallel_lease: Duration,
 }
 
 impl Default for Limits {
@@ -716,6 +719,7 @@ impl Default for Limits {
             global: None,
             routes: BTreeMap::new(),
             default_max_tokens: 1024,
+            parallel_lease: Duration::from_secs(600),
         }
     }
 }
@@ -729,6 +733,8 @@ pub struct Rate {
     pub rpm_burst: Option<u64>,
     /// Most tokens a bucket holds; default `tpm`.
     pub tpm_burst: Option<u64>,
+    /// Most requests in flight at once (`limits.global` only).
+    pub max_parallel: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -1066,11 +1072,29 @@ impl Config {
                     .map(|(path, r)| (format!("limits.routes.{path}"), r)),
             );
         for (at, rate) in rates {
-            for (name, burst) in [("rpm_burst", rate.rpm_burst), ("tpm_burst", rate.tpm_burst)] {
+            for (name, burst) in [
+                ("rpm_burst", rate.rpm_burst),
+                ("tpm_burst", rate.tpm_burst),
+                ("max_parallel", rate.max_parallel),
+            ] {
                 if burst == Some(0) {
                     return err(&format!("{at}.{name}"), "must be at least 1".into());
                 }
             }
+        }
+        if let Some((path, _)) = self
+            .limits
+            .routes
+            .iter()
+            .find(|(_, r)| r.max_parallel.is_some())
+        {
+            return err(
+                &format!("limits.routes.{path}.max_parallel"),
+                "parallel limits apply to limits.global, keys, users and teams, not routes".into(),
+            );
+        }
+        if self.limits.parallel_lease.is_zero() {
+            return err("limits.parallel_lease", "must be greater than zero".into());
         }
         if let Some(session) = &self.auth.session {
             if session.secret.expose().len() < 32 {
@@ -1642,6 +1666,25 @@ mod tests {
         let e = parse("models:\n  - name: a\n  - name: a\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("models.name"));
         assert!(e.message.contains("twice"));
+    }
+
+    #[test]
+    fn parallel_limits_are_validated() {
+        let ok = parse("limits:\n  global: { max_parallel: 8 }\n  parallel_lease: 90s\n").unwrap();
+        assert_eq!(ok.config.limits.global.unwrap().max_parallel, Some(8));
+        assert_eq!(ok.config.limits.parallel_lease, Duration::from_secs(90));
+        assert_eq!(
+            parse("").unwrap().config.limits.parallel_lease,
+            Duration::from_secs(600)
+        );
+        let e = parse("limits:\n  global: { max_parallel: 0 }\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("limits.global.max_parallel"));
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = parse("limits:\n  routes:\n    /v1/x: { max_parallel: 2 }\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("limits.routes./v1/x.max_parallel"));
+        assert!(e.message.contains("not routes"), "{e}");
+        let e = parse("limits: { parallel_lease: 0s }\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("limits.parallel_lease"));
     }
 
     #[test]

@@ -199,6 +199,9 @@ pub struct Limits {
     pub tpm: Option<i64>,
     pub max_budget: Option<f64>,
     pub budget_duration: Option<BudgetDuration>,
+    /// Most requests in flight at once (from Check until their usage record, or
+    /// `limits.parallel_lease`); at least 1, none for no cap.
+    pub max_parallel: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -420,6 +420,8 @@ fn key_lifecycle() {
         "chat",
         "--rpm",
         "60",
+        "--max-parallel",
+        "4",
         "--max-budget",
         "5",
         "--budget-duration",
@@ -438,6 +440,7 @@ fn key_lifecycle() {
     );
     assert_eq!(created["permissions"], serde_json::json!(["chat"]));
     assert_eq!(created["rpm"], 60);
+    assert_eq!(created["max_parallel"], 4);
     assert_eq!(created["budget_duration"], "30d");
     assert_eq!(created["metadata"]["env"], "test");
     assert!(created["expires_at"].is_string(), "{created}");
@@ -494,9 +497,20 @@ fn key_lifecycle() {
     assert_eq!(server.json(&["key", "get", &key_id])["blocked"], false);
 
     // update: set and clear.
-    let updated = server.json(&["key", "update", &key_id, "--name", "ci-2", "--rpm", "none"]);
+    let updated = server.json(&[
+        "key",
+        "update",
+        &key_id,
+        "--name",
+        "ci-2",
+        "--rpm",
+        "none",
+        "--max-parallel",
+        "none",
+    ]);
     assert_eq!(updated["name"], "ci-2");
     assert!(updated["rpm"].is_null(), "{updated}");
+    assert!(updated["max_parallel"].is_null(), "{updated}");
 
     // rotate with a grace period (JSON), then without one (table).
     let rotated = server.json(&["key", "rotate", &key_id, "--grace", "60s"]);

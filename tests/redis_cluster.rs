@@ -559,3 +559,87 @@ async fn an_admin_write_on_one_replica_reaches_the_other_through_the_cluster() {
     stop(a).await;
     stop(b).await;
 }
+
+/// Parallel limits on a cluster (docs/DESIGN.md, "Parallel limits"): exactly `max_parallel`
+/// of a burst through both replicas, a slot freed by a record either replica writes, and a
+/// slot taken on the key's shard given back when a later owner (the team's rpm) refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_limits_are_exact_on_a_cluster_and_given_back_on_a_later_refusal() {
+    let cluster = RedisCluster::start().await;
+    let clock = clock();
+    let (a, b, prefix) = replicas(&cluster, &clock).await;
+
+    let (id, key) = a
+        .create_key(json!({"name": "parallel", "max_parallel": 5}))
+        .await;
+    let answers = burst(&a, &b, &key, "par", 20).await;
+    assert_eq!(tally(&answers), (5, refused("rate_limit_exceeded")));
+    let admitted: Vec<usize> = (0..20).filter(|&i| answers[i].0 == 200).collect();
+    // The slots live with the key's other keys, in its hash tag.
+    assert_eq!(zcard(&cluster, &format!("{prefix}{{k:{id}}}:par")).await, 5);
+
+    // One of them written through the replica that did not admit it.
+    let first = admitted[0];
+    let writer = if first.is_multiple_of(2) { &b } else { &a };
+    writer
+        .app
+        .usage
+        .push(record(&format!("par-{first}"), &id, 0.0))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    while check(&a, &key, "par-next").await.0 != 200 {
+        assert!(started.elapsed() < DEADLINE, "the slot was not freed");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(check(&b, &key, "par-more").await.0, 429);
+
+    // The key's slot is taken first (most specific owner), then its team's rpm refuses:
+    // the slot is given back.
+    let (status, team) = a
+        .admin(
+            Method::POST,
+            "/admin/teams",
+            Some(json!({"name": "ops", "rpm": 1})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{team}");
+    let (one_id, one) = a
+        .create_key(json!({"name": "one", "max_parallel": 1, "team_id": team["id"]}))
+        .await;
+    assert_eq!(check(&a, &one, "one-1").await.0, 200);
+    b.app
+        .usage
+        .push(record("one-1", &one_id, 0.0))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let answer = check(&b, &one, "one-2").await;
+        if answer == (429, "rate_limit_exceeded".to_owned()) {
+            let slots = zcard(&cluster, &format!("{prefix}{{k:{one_id}}}:par")).await;
+            // Refused by parallel limit (slot held by one-1) or by the team's rpm (slot
+            // given back): once the slot set is empty it was the rpm.
+            if slots == 0 {
+                break;
+            }
+        }
+        assert!(started.elapsed() < DEADLINE, "one-1 was not settled");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    clock.advance(60_000);
+    assert_eq!(check(&a, &one, "one-3").await.0, 200);
+    stop(a).await;
+    stop(b).await;
+}
+
+/// The members of sorted set `key`, asked of the master that holds it.
+async fn zcard(cluster: &RedisCluster, key: &str) -> u64 {
+    let master = cluster.owner_of(cluster.keyslot(key).await).await;
+    let mut node = cluster.node(master).await.unwrap();
+    redis::cmd("ZCARD")
+        .arg(key)
+        .query_async(&mut node)
+        .await
+        .unwrap()
+}

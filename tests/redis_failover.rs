@@ -443,6 +443,7 @@ async fn buckets_and_budgets_together_are_one_evalsha() {
             charge(tollgate::store::SpendKind::Team, "both-team"),
         ],
         amount_usd: 0.5,
+        slots: Vec::new(),
     };
     let now = now_ms();
     let first = limiter

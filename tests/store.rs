@@ -612,6 +612,7 @@ async fn user_crud(store: SharedStore) {
                     tpm: Some(10_000),
                     max_budget: Some(12.5),
                     budget_duration: Some(BudgetDuration::Month),
+                    max_parallel: Some(4),
                 },
                 metadata: Some(json!({"cost_center": "R&D"})),
                 email_unverified: false,
@@ -737,6 +738,7 @@ async fn team_crud(store: SharedStore) {
                     tpm: None,
                     max_budget: Some(1000.0),
                     budget_duration: Some(BudgetDuration::Week),
+                    max_parallel: Some(8),
                 },
                 metadata: Some(json!({"slack": "#eng"})),
             },
@@ -918,6 +920,7 @@ async fn key_crud_and_filters(store: SharedStore) {
                     tpm: Some(1000),
                     max_budget: Some(5.25),
                     budget_duration: Some(BudgetDuration::Day),
+                    max_parallel: Some(2),
                 },
                 expires_at: Some(4_102_444_800),
                 metadata: Some(json!({"purpose": "laptop", "n": 1})),
@@ -1909,6 +1912,7 @@ async fn patch_semantics(store: SharedStore) {
                     tpm: Some(2),
                     max_budget: Some(3.5),
                     budget_duration: Some(BudgetDuration::ThirtyDays),
+                    max_parallel: Some(3),
                 },
                 metadata: Some(json!({"a": 1})),
                 ..new_user("ada")
@@ -1946,6 +1950,7 @@ async fn patch_semantics(store: SharedStore) {
                     tpm: Some(Some(20)),
                     max_budget: Some(None),
                     budget_duration: Some(None),
+                    max_parallel: Some(None),
                 },
                 metadata: Some(json!({"b": [1, 2]})),
                 ..UserPatch::default()
@@ -1959,12 +1964,14 @@ async fn patch_semantics(store: SharedStore) {
     assert_eq!(cleared.limits.tpm, Some(20));
     assert_eq!(cleared.limits.max_budget, None);
     assert_eq!(cleared.limits.budget_duration, None);
+    assert_eq!(cleared.limits.max_parallel, None);
     assert_eq!(cleared.metadata, json!({"b": [1, 2]}));
     assert_eq!(cleared.email, ada.email);
     assert_eq!(store.get_user(&ada.id).await.unwrap().unwrap(), cleared);
     let details = &audit_of(&store, "user.update").await[0].details;
     assert_eq!(details["full_name"], serde_json::Value::Null);
     assert_eq!(details["tpm"], 20);
+    assert_eq!(details["max_parallel"], serde_json::Value::Null);
     assert!(details.get("email").is_none());
 
     let team = store
@@ -1988,6 +1995,7 @@ async fn patch_semantics(store: SharedStore) {
                 limits: LimitsPatch {
                     max_budget: Some(None),
                     rpm: Some(Some(7)),
+                    max_parallel: Some(Some(5)),
                     ..LimitsPatch::default()
                 },
                 ..TeamPatch::default()
@@ -1996,7 +2004,14 @@ async fn patch_semantics(store: SharedStore) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((team.limits.max_budget, team.limits.rpm), (None, Some(7)));
+    assert_eq!(
+        (
+            team.limits.max_budget,
+            team.limits.rpm,
+            team.limits.max_parallel
+        ),
+        (None, Some(7), Some(5))
+    );
     assert_eq!(store.get_team(&team.id).await.unwrap().unwrap(), team);
 
     let key = store

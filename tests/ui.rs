@@ -629,6 +629,7 @@ async fn a_new_key_s_secret_is_shown_exactly_once() {
                 ("models", "gpt-4o, gpt-4o-mini"),
                 ("rpm", "60"),
                 ("tpm", ""),
+                ("max_parallel", "3"),
                 ("max_budget", "12.50"),
                 ("budget_duration", "30d"),
                 ("expires_at", "2099-01-01T00:00"),
@@ -671,6 +672,7 @@ async fn a_new_key_s_secret_is_shown_exactly_once() {
     let record = s.key_record(&id).await;
     assert_eq!(record["models"], json!(["gpt-4o", "gpt-4o-mini"]));
     assert_eq!(record["rpm"], 60);
+    assert_eq!(record["max_parallel"], 3);
     assert_eq!(record["max_budget"], 12.5);
     assert_eq!(record["budget_duration"], "30d");
     assert_eq!(record["expires_at"], "2099-01-01T00:00:00Z");
@@ -753,6 +755,11 @@ async fn the_create_form_says_what_is_wrong_and_keeps_what_was_typed() {
             vec![("name", "k"), ("owner", "me"), ("rpm", "-1")],
             400,
             "`rpm` must be zero or more",
+        ),
+        (
+            vec![("name", "k"), ("owner", "me"), ("max_parallel", "0")],
+            400,
+            "`max_parallel` must be 1 or more",
         ),
         (
             vec![

@@ -197,6 +197,7 @@ async fn teams_and_their_members_as_each_role(db: Db) {
                 ("models", "gpt-4o, gpt-4o-mini"),
                 ("rpm", "60"),
                 ("tpm", ""),
+                ("max_parallel", "4"),
                 ("max_budget", "$100"),
                 ("budget_duration", "1mo"),
             ],
@@ -207,6 +208,7 @@ async fn teams_and_their_members_as_each_role(db: Db) {
     let team = s.team(&platform).await;
     assert_eq!(team["name"], "Platform");
     assert_eq!(team["rpm"], 60);
+    assert_eq!(team["max_parallel"], 4);
     assert_eq!(team["max_budget"], 100.0);
     assert_eq!(team["budget_duration"], "1mo");
     assert_eq!(team["models"], json!(["gpt-4o", "gpt-4o-mini"]));
@@ -219,12 +221,22 @@ async fn teams_and_their_members_as_each_role(db: Db) {
         "{}",
         shown.main()
     );
+    assert!(
+        shown.contains("<dt>Requests in flight at once</dt><dd>4</dd>"),
+        "{}",
+        shown.main()
+    );
 
     // A manager's team is theirs: they own it, edit it and manage its members.
     let created = max
-        .submit("/teams", "/teams", &[("name", "Research")])
+        .submit(
+            "/teams",
+            "/teams",
+            &[("name", "Research"), ("max_parallel", "2")],
+        )
         .await;
     let research = id_in(&created, "teams");
+    assert_eq!(s.team(&research).await["max_parallel"], 2);
     assert_eq!(
         members(&s.team(&research).await),
         [(s.id("max"), "owner".into())]
@@ -505,6 +517,7 @@ async fn teams_and_their_members_as_each_role(db: Db) {
                 ("models", ""),
                 ("rpm", ""),
                 ("tpm", "5000"),
+                ("max_parallel", ""),
                 ("max_budget", "25.5"),
                 ("budget_duration", "7d"),
             ],
@@ -517,6 +530,7 @@ async fn teams_and_their_members_as_each_role(db: Db) {
         (json!(5000), json!(25.5))
     );
     assert_eq!(team["budget_duration"], "7d");
+    assert!(team["max_parallel"].is_null(), "{team}");
     let ask = max
         .submit(
             &format!("/teams/{research}"),

@@ -56,6 +56,8 @@ pub(crate) struct CreateKey {
     pub tpm: Option<i64>,
     pub max_budget: Option<f64>,
     pub budget_duration: Option<BudgetDuration>,
+    #[serde(default, deserialize_with = "whole::option")]
+    pub max_parallel: Option<i64>,
     #[serde(default, with = "domain::rfc3339::option")]
     pub expires_at: Option<Timestamp>,
     pub metadata: Option<serde_json::Value>,
@@ -524,6 +526,8 @@ struct UpdateKey {
     max_budget: Option<Option<f64>>,
     #[serde(default, deserialize_with = "nullable")]
     budget_duration: Option<Option<BudgetDuration>>,
+    #[serde(default, deserialize_with = "whole::nullable")]
+    max_parallel: Option<Option<i64>>,
     #[serde(default, deserialize_with = "nullable_time")]
     expires_at: Option<Option<Timestamp>>,
     metadata: Option<serde_json::Value>,
@@ -541,6 +545,7 @@ impl UpdateKey {
             && self.tpm.is_none()
             && self.max_budget.is_none()
             && self.budget_duration.is_none()
+            && self.max_parallel.is_none()
             && self.expires_at.is_none()
             && self.metadata.is_none()
     }

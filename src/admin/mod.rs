@@ -242,7 +242,8 @@ pub fn list<T: serde::Serialize>(items: Vec<T>) -> axum::Json<serde_json::Value>
 
 /// The four limit fields of a create body (key, user or team) as one [`Limits`].
 ///
-/// The request bodies list `rpm`, `tpm`, `max_budget` and `budget_duration` themselves:
+/// The request bodies list `rpm`, `tpm`, `max_budget`, `budget_duration` and
+/// `max_parallel` themselves:
 /// `#[serde(flatten)]` does not work together with `deny_unknown_fields`.
 ///
 /// [`Limits`]: crate::domain::Limits
@@ -253,6 +254,7 @@ macro_rules! limits_of {
             tpm: $body.tpm,
             max_budget: $body.max_budget,
             budget_duration: $body.budget_duration,
+            max_parallel: $body.max_parallel,
         }
     };
 }
@@ -267,6 +269,7 @@ macro_rules! limits_patch_of {
             tpm: $body.tpm,
             max_budget: $body.max_budget,
             budget_duration: $body.budget_duration,
+            max_parallel: $body.max_parallel,
         }
     };
 }
@@ -316,11 +319,22 @@ pub mod validate {
     }
 
     /// The limits of a key, user or team: `rpm` and `tpm` zero or more, `max_budget` a USD
-    /// amount of zero or more.
+    /// amount of zero or more, `max_parallel` one or more (0 would refuse everything: block
+    /// the entity instead).
     pub fn limits(limits: &Limits) -> Result<(), ApiError> {
         limit("rpm", limits.rpm)?;
         limit("tpm", limits.tpm)?;
+        parallel(limits.max_parallel)?;
         budget(limits.max_budget)
+    }
+
+    pub fn parallel(value: Option<i64>) -> Result<(), ApiError> {
+        match value {
+            Some(v) if v < 1 => Err(ApiError::BadRequest(format!(
+                "`max_parallel` must be 1 or more (or null for no cap), got {v}"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The limits a patch sets, checked as [`limits`]; clearing a limit is always allowed.
@@ -330,6 +344,7 @@ pub mod validate {
             tpm: patch.tpm.flatten(),
             max_budget: patch.max_budget.flatten(),
             budget_duration: patch.budget_duration.flatten(),
+            max_parallel: patch.max_parallel.flatten(),
         })
     }
 

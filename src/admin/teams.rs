@@ -36,6 +36,8 @@ pub(crate) struct CreateTeam {
     pub tpm: Option<i64>,
     pub max_budget: Option<f64>,
     pub budget_duration: Option<BudgetDuration>,
+    #[serde(default, deserialize_with = "whole::option")]
+    pub max_parallel: Option<i64>,
     pub metadata: Option<serde_json::Value>,
 }
 
@@ -179,6 +181,8 @@ pub(crate) struct UpdateTeam {
     pub max_budget: Option<Option<f64>>,
     #[serde(default, deserialize_with = "nullable")]
     pub budget_duration: Option<Option<BudgetDuration>>,
+    #[serde(default, deserialize_with = "whole::nullable")]
+    pub max_parallel: Option<Option<i64>>,
     pub metadata: Option<serde_json::Value>,
 }
 

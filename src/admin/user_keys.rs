@@ -73,6 +73,8 @@ pub(crate) struct CreateOwnKey {
     pub tpm: Option<i64>,
     pub max_budget: Option<f64>,
     pub budget_duration: Option<BudgetDuration>,
+    #[serde(default, deserialize_with = "whole::option")]
+    pub max_parallel: Option<i64>,
     #[serde(default, with = "domain::rfc3339::option")]
     pub expires_at: Option<Timestamp>,
     pub metadata: Option<serde_json::Value>,
@@ -105,6 +107,7 @@ pub(crate) async fn create_own_key(
         tpm: body.tpm,
         max_budget: body.max_budget,
         budget_duration: body.budget_duration,
+        max_parallel: body.max_parallel,
         expires_at: body.expires_at,
         metadata: body.metadata,
     };

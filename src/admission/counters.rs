@@ -6,6 +6,9 @@
 //! each tpm bucket), and only if everything fits takes all of it, keeping one
 //! [`Reservation`] under the request id: the amount on each budget and the token demands.
 //! [`Counters::settle`] replaces the reservation by the real cost and token count.
+//! A request also takes a slot of each parallel limit it counts for
+//! ([`crate::limits::parallel`]) with the rest, all or nothing; settling gives the slots
+//! back, and a slot whose usage never comes ends with its lease (`limits.parallel_lease`).
 //!
 //! - In this process ([`Local`]): the embedded default. Replicas share committed spend
 //!   through the store (up to `cache.key_ttl` late) but not each other's buckets or
@@ -27,6 +30,7 @@ use crate::config::{Config, FailureMode};
 use crate::domain::Timestamp;
 use crate::limits::bucket::Shape;
 use crate::limits::memory::MemoryBuckets;
+use crate::limits::parallel::{MemorySlots, Slot};
 use crate::limits::{Demand, Outcome, Settlement, Unit};
 use crate::metrics::Metrics;
 use crate::redis_pool::{Call, Health, RedisPool};
@@ -44,11 +48,13 @@ pub struct Reservation {
     pub charges: Vec<Charge>,
     /// Its estimated cost, reserved on each budget.
     pub amount_usd: f64,
+    /// Its parallel limits, in the order of [`crate::limits::parallel::slots`].
+    pub slots: Vec<Slot>,
 }
 
 impl Reservation {
     pub fn is_empty(&self) -> bool {
-        self.demands.is_empty() && self.charges.is_empty()
+        self.demands.is_empty() && self.charges.is_empty() && self.slots.is_empty()
     }
 
     /// The token buckets' demands: what settling corrects.
@@ -77,6 +83,12 @@ pub enum Taken {
     },
     /// A bucket has no room; nothing was taken.
     RateLimited(Outcome),
+    /// A parallel limit has no free slot; nothing was taken.
+    InFlight {
+        slot: Slot,
+        /// The owner's requests in flight.
+        in_flight: u64,
+    },
 }
 
 /// Why the counters could not answer.
@@ -203,6 +215,14 @@ impl Counters {
                             ..d.clone()
                         })
                         .collect(),
+                    slots: reservation
+                        .slots
+                        .iter()
+                        .map(|s| Slot {
+                            limit: local_share(s.limit, shared.replicas),
+                            ..s.clone()
+                        })
+                        .collect(),
                     ..reservation.clone()
                 };
                 shared.local.take(request_id, &share, now_ms).await
@@ -322,10 +342,14 @@ impl Shared {
     }
 }
 
-/// Counters in this process: buckets and a ledger of budgets and reservations.
+/// Counters in this process: buckets, parallel slots and a ledger of budgets and
+/// reservations.
 pub struct Local {
     buckets: MemoryBuckets,
+    slots: MemorySlots,
     ledger: Arc<MemoryLedger>,
+    /// `limits.parallel_lease` in ms.
+    lease_ms: i64,
 }
 
 impl Local {
@@ -334,6 +358,8 @@ impl Local {
     pub fn new(store: SharedStore, config: &Config) -> Local {
         Local {
             buckets: MemoryBuckets::new(),
+            slots: MemorySlots::new(),
+            lease_ms: lease_ms(config),
             ledger: Arc::new(MemoryLedger::new(
                 store,
                 config.cache.key_ttl,
@@ -378,21 +404,57 @@ impl Local {
                 period_end,
             });
         }
+        // Slots before buckets: a refused take gives slots back exactly, bucket units not.
+        let holder = slot_holder(request_id, &reservation.slots);
+        if !reservation.slots.is_empty() {
+            let until_ms = now_ms.saturating_add(self.lease_ms);
+            if let Err(full) = self
+                .slots
+                .take(&holder, &reservation.slots, now_ms, until_ms)
+            {
+                self.ledger.release(request_id);
+                return Ok(Taken::InFlight {
+                    slot: reservation.slots[full.index].clone(),
+                    in_flight: full.in_flight,
+                });
+            }
+        }
         let outcome = self.buckets.admit_now(&reservation.demands, now_ms);
         if outcome.admitted {
             Ok(Taken::Admitted(outcome))
         } else {
             self.ledger.release(request_id);
+            if !reservation.slots.is_empty() {
+                self.slots.release(&holder);
+            }
             Ok(Taken::RateLimited(outcome))
         }
     }
 
     fn settle(&self, request_id: &str, cost_usd: f64, tokens: u64, now_ms: i64) {
+        self.slots.release(request_id);
         let demands = self.ledger.settle(request_id, cost_usd);
         let settlements = settlements(&demands, tokens);
         if !settlements.is_empty() {
             self.buckets.settle_now(&settlements, now_ms);
         }
+    }
+}
+
+/// `limits.parallel_lease` in ms.
+fn lease_ms(config: &Config) -> i64 {
+    i64::try_from(config.limits.parallel_lease.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1)
+}
+
+/// Whom a request's slots are held under: its request id, or for a request without one
+/// (which no usage record can name) a name of its own, so its slots end with their lease.
+pub fn slot_holder(request_id: &str, slots: &[Slot]) -> String {
+    if request_id.is_empty() && !slots.is_empty() {
+        format!("-{}", uuid::Uuid::new_v4().simple())
+    } else {
+        request_id.to_owned()
     }
 }
 

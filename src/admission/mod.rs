@@ -4,9 +4,10 @@
 //! ([`crate::usage::settle`]) hands each written record to [`Admission::settle`].
 //!
 //! The order is DESIGN.md's: route → credential ([`crate::authn`]) → standing, permission
-//! and model ([`crate::decision`], pure) → budgets → rate limits. Budgets and rate limits
-//! take what the request is expected to use (its estimate) under its request id; the real
-//! usage replaces the estimate when the record is written, whichever replica writes it.
+//! and model ([`crate::decision`], pure) → budgets → parallel limits → rate limits. Budgets and rate limits
+//! take what the request is expected to use (its estimate) under its request id, and
+//! parallel limits a slot each; the real usage replaces the estimate and gives the slots
+//! back when the record is written, whichever replica writes it.
 //!
 //! - [`payers`]: whose limits and budgets a request counts against, derived once.
 //! - [`counters`]: rate-limit buckets, budgets and the one reservation per request id, in
@@ -147,6 +148,7 @@ impl Admission {
                 )
             },
             charges,
+            slots: crate::limits::parallel::slots(&policy.rates, &payers),
         };
         if reservation.is_empty() {
             return Ok(Ok(grant));
@@ -171,6 +173,9 @@ impl Admission {
             Ok(Taken::RateLimited(outcome)) => {
                 let quota = Quota::of(demands, &outcome);
                 Ok(Err(refusal::rate_limited(demands, &outcome, quota)))
+            }
+            Ok(Taken::InFlight { slot, in_flight }) => {
+                Ok(Err(refusal::in_flight(&slot, in_flight)))
             }
             Err(CountError::Closed) => {
                 tracing::warn!("rate limits and budgets cannot be checked; refusing (redis.failure_mode: closed)");

@@ -5,6 +5,10 @@
 //! A virtual key's request is counted against the key, its user (when the key has one) and
 //! its team (when it has one); a person signed in with a login token against their own
 //! user; the master key against nobody.
+//!
+//! Everything downstream (buckets, budgets, parallel slots, refusals) goes through
+//! [`Payers::iter`], [`level`] and [`whose`]: a new kind of payer is a field here and an
+//! arm in each of those.
 
 use crate::budget::Charge;
 use crate::decision::Principal;
@@ -70,6 +74,24 @@ impl<'a> Payers<'a> {
         self.iter()
             .filter_map(|p| Charge::of(p.kind, p.id, p.limits))
             .collect()
+    }
+}
+
+/// The letter that names a payer's buckets, budgets and slots: `t`, `u` or `k`.
+pub fn level(kind: SpendKind) -> &'static str {
+    match kind {
+        SpendKind::Team => "t",
+        SpendKind::User => "u",
+        SpendKind::Key => "k",
+    }
+}
+
+/// How a refusal names a payer to the client.
+pub fn whose(kind: SpendKind) -> &'static str {
+    match kind {
+        SpendKind::Key => "this API key",
+        SpendKind::User => "your user",
+        SpendKind::Team => "your team",
     }
 }
 

@@ -17,9 +17,12 @@
 //!   what is settled), `reserved` (estimates of requests not settled yet) and `settled`
 //!   (every cost settled into `committed`, see "Seeds" below). It expires [`PERIOD_GRACE`]
 //!   (at least the reservation timeout) after its period ends.
+//! - `{prefix}{<g|t|u|k>[:<id>]}:par`: an owner's parallel slots (only for an owner with
+//!   `max_parallel`), a sorted set of request ids scored by when their lease ends (Unix ms,
+//!   in the admission clock). It expires a second after its newest lease.
 //! - `{prefix}r:{<request id>}`: a request's reservation, a hash with `b|<budget key>` →
-//!   amount reserved there and `t|<bucket key>` → `<per_minute> <burst> <estimate>` of
-//!   each token bucket it was admitted with.
+//!   amount reserved there, `t|<bucket key>` → `<per_minute> <burst> <estimate>` of
+//!   each token bucket it was admitted with, and `p|<slot set>` of each slot it holds.
 //! - `{prefix}{r}:expiry`: a sorted set of request ids scored by when their reservation
 //!   expires (Unix seconds, in the admission clock).
 //!
@@ -30,13 +33,17 @@
 //!   store's spend (read when this process has not read it within `refresh`; a period hash
 //!   without `committed` asks the caller for seeds, e.g. after Redis lost its data); checks
 //!   every budget (`committed + reserved < limit` and `committed + reserved + amount <=
-//!   limit`), then every bucket (refilled to now, holds at least the cost); only if all
-//!   fit, takes from all of them and writes the reservation (a previous one of the same
-//!   request id is given back first). Answers `ok` or `rate` with each bucket's new state,
-//!   or `budget`, the budget's index and its used amount.
+//!   limit`), then every slot set (its members whose lease ended dropped, fewer than the
+//!   limit besides the request itself), then every bucket (refilled to now, holds at least
+//!   the cost); only if all fit, takes from all of them, adds the request to each slot set
+//!   and writes the reservation (a previous one of the same request id is given back
+//!   first). Answers `ok` or `rate` with each bucket's new state, `budget`, the budget's
+//!   index and its used amount, or `parallel`, the slot set's index and its requests. An
+//!   expired reservation leaves its slots to their own lease.
 //! - settle: gives the reservation's budget amounts back, adds the real cost to each
 //!   budget's `committed` (and `settled`), corrects each token bucket by the real count
-//!   less the estimate, deletes the reservation. An unknown request changes nothing.
+//!   less the estimate, removes the request from its slot sets, deletes the reservation.
+//!   An unknown request changes nothing.
 //!
 //! # Seeds
 //!
@@ -61,7 +68,7 @@
 //! cut by owner and each owner's keys get scripts of their own ([`cluster`]); the bucket and
 //! budget keys are the same in both layouts.
 
-use super::counters::{Reservation, Taken};
+use super::counters::{slot_holder, Reservation, Taken};
 use crate::backend::{Backend, BackendError};
 use crate::budget::memory::secs;
 use crate::budget::{read_spent, read_window, Charge};
@@ -128,14 +135,19 @@ local function seed(key, spent, settled)
     redis.call('HSET', key, 'committed', spent)
   end
 end
--- Gives back reservation `rkey`: each budget's amount (and `cost` added to `committed` and
--- `settled` when not nil); each token bucket corrected by `tokens` less its estimate when
--- `tokens` is not nil.
-local function give_back(rkey, cost, tokens, now, max_ttl)
+-- Gives back reservation `rkey` of request `rid`: each budget's amount (and `cost` added to
+-- `committed` and `settled` when not nil); each token bucket corrected by `tokens` less its
+-- estimate when `tokens` is not nil; each parallel slot when `slots` (else the slot ends
+-- with its lease).
+local function give_back(rkey, rid, cost, tokens, now, max_ttl, slots)
   local r = redis.call('HGETALL', rkey)
   for j = 1, #r, 2 do
     local kind, key, value = string.sub(r[j], 1, 1), string.sub(r[j], 3), r[j + 1]
-    if kind == 'b' then
+    if kind == 'p' then
+      if slots then
+        redis.call('ZREM', key, rid)
+      end
+    elseif kind == 'b' then
       if redis.call('EXISTS', key) == 1 then
         local left = tonumber(redis.call('HINCRBYFLOAT', key, 'reserved', string.format('%.17g', -tonumber(value))))
         if left < 0 then
@@ -202,25 +214,40 @@ end
 "#;
 
 /// KEYS: expiry zset, this request's reservation, the budgets (ARGV[10] of them), the
-/// buckets. ARGV: now_ms, now_s, max bucket ttl, amount, expires_at, reservation ttl,
-/// request id, reservation key prefix, expire batch, budget count; per budget: limit, seed
-/// (the store's spend, '' for none), its `settled` before the store was read, ttl; per
-/// bucket: per_minute, burst, cost, unit ('t' or 'r').
+/// buckets, the slot sets (ARGV[11] of them). ARGV: now_ms, now_s, max bucket ttl, amount,
+/// expires_at, reservation ttl, request id, reservation key prefix, expire batch, budget
+/// count, slot count, slot holder, lease (ms); per budget: limit, seed (the store's spend,
+/// '' for none), its `settled` before the store was read, ttl; per bucket: per_minute,
+/// burst, cost, unit ('t' or 'r'); per slot set: its limit.
 const LUA_TAKE: &str = r#"
 local now_ms, now_s, max_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local amount = ARGV[4]
-local nb = tonumber(ARGV[10])
-local nk = #KEYS - 2 - nb
+local nb, ns, holder = tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12]
+local nk = #KEYS - 2 - nb - ns
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_s, 'LIMIT', 0, tonumber(ARGV[9]))
 for _, id in ipairs(expired) do
-  give_back(ARGV[8] .. id .. '}', nil, nil, now_ms, max_ttl)
+  give_back(ARGV[8] .. id .. '}', id, nil, nil, now_ms, max_ttl, false)
   redis.call('ZREM', KEYS[1], id)
 end
-local refused = check_budgets(nb, 10, amount)
+local refused = check_budgets(nb, 13, amount)
 if refused then
   return refused
 end
-local first = 10 + 4 * nb
+local first = 13 + 4 * nb
+-- Parallel slots: each set holds its owner's requests in flight, scored by when their
+-- lease ends.
+local slot_keys, slot_limits = 2 + nb + nk, first + 4 * nk
+for i = 1, ns do
+  local key = KEYS[slot_keys + i]
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
+  local n = redis.call('ZCARD', key)
+  if redis.call('ZSCORE', key, holder) then
+    n = n - 1
+  end
+  if n >= tonumber(ARGV[slot_limits + i]) then
+    return {'parallel', tostring(i), tostring(n)}
+  end
+end
 local states, fits = bucket_states(nb, nk, first, now_ms)
 local out = {fits and 'ok' or 'rate'}
 for i = 1, nk do
@@ -238,9 +265,19 @@ if not fits then
 end
 local held = ARGV[7] ~= ''
 if held then
-  give_back(KEYS[2], nil, nil, now_ms, max_ttl)
+  give_back(KEYS[2], ARGV[7], nil, nil, now_ms, max_ttl, true)
 end
 local kept = false
+local lease = tonumber(ARGV[13])
+for i = 1, ns do
+  local key = KEYS[slot_keys + i]
+  redis.call('ZADD', key, string.format('%d', now_ms + lease), holder)
+  redis.call('PEXPIRE', key, string.format('%d', lease + 1000))
+  if held then
+    redis.call('HSET', KEYS[2], 'p|' .. key, '1')
+    kept = true
+  end
+end
 for i = 1, nb do
   redis.call('HINCRBYFLOAT', KEYS[2 + i], 'reserved', amount)
   if held then
@@ -266,7 +303,7 @@ return out
 /// KEYS: expiry zset, the reservation. ARGV: request id, cost, tokens, now_ms, max bucket
 /// ttl.
 const LUA_SETTLE: &str = r#"
-local found = give_back(KEYS[2], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
+local found = give_back(KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), true)
 redis.call('ZREM', KEYS[1], ARGV[1])
 if found then
   return 1
@@ -330,6 +367,8 @@ pub struct RedisCounters {
     /// Committed spend is seeded from the store again after this long (seconds).
     refresh: i64,
     reservation_timeout: i64,
+    /// `limits.parallel_lease` in ms.
+    lease_ms: i64,
     /// Bound on a store read.
     store_timeout: Duration,
 }
@@ -365,6 +404,9 @@ impl RedisCounters {
             periods: Mutex::new(HashMap::new()),
             refresh: secs(config.cache.key_ttl),
             reservation_timeout: secs(config.budgets.reservation_timeout),
+            lease_ms: i64::try_from(config.limits.parallel_lease.as_millis())
+                .unwrap_or(i64::MAX)
+                .max(1),
             store_timeout: config.database.timeout,
         }
     }
@@ -388,6 +430,12 @@ impl RedisCounters {
             self.key_prefix,
             level(kind)
         )
+    }
+
+    /// The Redis key of an owner's parallel slots: `{prefix}{<owner>}:par` (`k:abc` →
+    /// `{prefix}{k:abc}:par`, the gateway's `{prefix}{g}:par`).
+    pub fn slot_key(&self, owner: &str) -> String {
+        format!("{}{{{owner}}}:par", self.key_prefix)
     }
 
     /// The Redis key of a reservation: `{prefix}r:{<request id>}`.
@@ -427,6 +475,7 @@ impl RedisCounters {
             return self.take_by_owner(request_id, reservation, now_ms).await;
         }
         let now = now_ms.div_euclid(1000);
+        let holder = slot_holder(request_id, &reservation.slots);
         let mut force_seed = false;
         loop {
             let budgets = self
@@ -444,12 +493,18 @@ impl RedisCounters {
                 .arg(request_id)
                 .arg(self.reservation_key("").trim_end_matches('}'))
                 .arg(EXPIRE_BATCH)
-                .arg(reservation.charges.len());
+                .arg(reservation.charges.len())
+                .arg(reservation.slots.len())
+                .arg(&holder)
+                .arg(self.lease_ms);
             for (charge, (p, seed)) in reservation.charges.iter().zip(&budgets) {
                 self.budget_args(&mut inv, charge, p, seed, now);
             }
             for d in &reservation.demands {
                 self.bucket_args(&mut inv, d);
+            }
+            for slot in &reservation.slots {
+                inv.key(self.slot_key(&slot.owner)).arg(slot.limit);
             }
             let reply: Vec<String> = self.call(Call::Script(inv)).await?;
             // The script ran: what was seeded is now in Redis.
@@ -475,6 +530,18 @@ impl RedisCounters {
                         false,
                         &reply,
                     )?))
+                }
+                Some("parallel") if reply.len() == 3 => {
+                    let i: usize = reply[1].parse().map_err(|_| unexpected())?;
+                    let in_flight: u64 = reply[2].parse().map_err(|_| unexpected())?;
+                    let slot = reservation
+                        .slots
+                        .get(i.wrapping_sub(1))
+                        .ok_or_else(unexpected)?;
+                    return Ok(Taken::InFlight {
+                        slot: slot.clone(),
+                        in_flight,
+                    });
                 }
                 Some("seed") if !force_seed => force_seed = true,
                 Some("budget") if reply.len() == 3 => {
@@ -668,7 +735,7 @@ impl Buckets for RedisCounters {
         };
         match self.take("", &reservation, now_ms).await {
             Ok(Taken::Admitted(outcome) | Taken::RateLimited(outcome)) => Ok(outcome),
-            Ok(Taken::OverBudget { .. }) => Err(unexpected()),
+            Ok(Taken::OverBudget { .. } | Taken::InFlight { .. }) => Err(unexpected()),
             Err(e) => Err(e),
         }
     }
@@ -718,11 +785,7 @@ fn unexpected() -> BackendError {
 
 /// The letter of a budget's owner: `t`, `u` or `k`.
 fn level(kind: SpendKind) -> &'static str {
-    match kind {
-        SpendKind::Team => "t",
-        SpendKind::User => "u",
-        SpendKind::Key => "k",
-    }
+    super::payers::level(kind)
 }
 
 fn period_id(kind: SpendKind, id: &str) -> String {
@@ -764,6 +827,8 @@ mod tests {
             "p:{t:t1}:b:1700000000"
         );
         assert_eq!(c.reservation_key("req-1"), "p:r:{req-1}");
+        assert_eq!(c.slot_key("k:1"), "p:{k:1}:par");
+        assert_eq!(c.slot_key("g"), "p:{g}:par");
         assert_eq!(c.expiry_key(), "p:{r}:expiry");
         let err = counters("nonsense://u:secret@x").await.err().unwrap();
         assert!(!err.contains("secret"), "{err}");

@@ -3,9 +3,9 @@
 use crate::budget::Charge;
 use crate::decision::{Denial, DenyReason};
 use crate::domain::Timestamp;
+use crate::limits::parallel::Slot;
 use crate::limits::plan::{self, Quota};
 use crate::limits::{Demand, Outcome, Unit};
-use crate::store::SpendKind;
 
 /// A budget with no room for the request's estimate.
 pub fn over_budget(charge: &Charge, used_usd: f64, period_end: Timestamp) -> Denial {
@@ -13,11 +13,7 @@ pub fn over_budget(charge: &Charge, used_usd: f64, period_end: Timestamp) -> Den
         DenyReason::InsufficientQuota,
         format!(
             "Budget exceeded for {}: ${used_usd:.4} of ${:.4} used this period (resets at {})",
-            match charge.kind {
-                SpendKind::Key => "this API key",
-                SpendKind::User => "your user",
-                SpendKind::Team => "your team",
-            },
+            super::payers::whose(charge.kind),
             charge.limit_usd,
             crate::domain::rfc3339::format(period_end)
         ),
@@ -34,6 +30,20 @@ pub fn counters_unavailable() -> Denial {
     Denial::new(
         DenyReason::AuthUnavailable,
         "Rate limits cannot be checked right now; try again shortly",
+    )
+    .with_retry_after(1)
+}
+
+/// A parallel limit with every slot held: 429, and a second's wait (a request in flight
+/// may finish any moment; nothing says when).
+pub fn in_flight(slot: &Slot, in_flight: u64) -> Denial {
+    Denial::new(
+        DenyReason::RateLimitExceeded,
+        format!(
+            "Rate limit reached for {}: too many requests in flight ({in_flight} of {} allowed at once). Please try again in 1s.",
+            slot.kind.map_or("this gateway", super::payers::whose),
+            slot.limit
+        ),
     )
     .with_retry_after(1)
 }

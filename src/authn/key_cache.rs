@@ -214,6 +214,7 @@ type LimitsKey = (
     Option<i64>,
     Option<u64>,
     Option<BudgetDuration>,
+    Option<i64>,
 );
 
 /// The pool is not swept before it holds this many copies.
@@ -260,6 +261,7 @@ impl Shared {
             limits.tpm,
             limits.max_budget.map(f64::to_bits),
             limits.budget_duration,
+            limits.max_parallel,
         );
         self.limits
             .entry(key)

@@ -147,7 +147,7 @@ pub fn parse_grace(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("invalid duration `{s}` ({e}); write it like 60s, 15m or 1h"))
 }
 
-/// Rate limits and budget, shared by keys, users and teams.
+/// Rate limits, parallel limit and budget, shared by keys, users and teams.
 #[derive(Debug, Clone, Args)]
 pub struct LimitArgs {
     /// Requests per minute (`none`: no limit of its own)
@@ -162,6 +162,9 @@ pub struct LimitArgs {
     /// Budget period: 1d, 7d, 30d or 1mo (`none`: the budget never resets)
     #[arg(long, value_name = "PERIOD")]
     pub budget_duration: Option<Clearable<BudgetDuration>>,
+    /// Most requests in flight at once, at least 1 (`none`: no limit of its own)
+    #[arg(long, value_name = "N")]
+    pub max_parallel: Option<Clearable<u64>>,
 }
 
 impl LimitArgs {
@@ -170,6 +173,7 @@ impl LimitArgs {
         set(body, "tpm", self.tpm.as_ref());
         set(body, "max_budget", self.max_budget.as_ref());
         set(body, "budget_duration", self.budget_duration.as_ref());
+        set(body, "max_parallel", self.max_parallel.as_ref());
     }
 }
 

@@ -151,6 +151,7 @@ const FIELDS: &[&str] = &[
     "tpm",
     "max_budget",
     "budget_duration",
+    "max_parallel",
     "spend",
     "expires_at",
     "blocked",

@@ -114,6 +114,7 @@ const FIELDS: &[&str] = &[
     "tpm",
     "max_budget",
     "budget_duration",
+    "max_parallel",
     "spend",
     "metadata",
     "created_at",

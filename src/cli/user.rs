@@ -119,6 +119,7 @@ const FIELDS: &[&str] = &[
     "tpm",
     "max_budget",
     "budget_duration",
+    "max_parallel",
     "spend",
     "metadata",
     "locked_until",

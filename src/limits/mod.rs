@@ -4,6 +4,7 @@
 //! - [`bucket`]: the arithmetic, pure (takes `now`).
 //! - [`plan`]: which buckets a request touches and what it costs, pure.
 //! - [`memory`]: buckets in this process (the embedded default).
+//! - [`parallel`]: slots of requests in flight (`max_parallel`).
 //!
 //! Buckets in Redis, and the choice between the two with `redis.failure_mode`, are
 //! [`crate::admission::counters`]'s: Redis takes buckets and budgets in one script.
@@ -13,6 +14,7 @@
 
 pub mod bucket;
 pub mod memory;
+pub mod parallel;
 pub mod plan;
 
 use crate::backend::BackendError;

@@ -11,7 +11,6 @@ use super::{Demand, Outcome, Unit};
 use crate::admission::payers::Payers;
 use crate::config::{Config, Rate};
 use crate::domain::Limits;
-use crate::store::SpendKind;
 use std::collections::HashMap;
 
 /// The configured limits, compiled for matching. Rebuilt with the policy.
@@ -68,6 +67,11 @@ impl Rates {
             default_max_tokens: config.limits.default_max_tokens,
             model_max_tokens,
         }
+    }
+
+    /// `limits.global.max_parallel`.
+    pub fn global_parallel(&self) -> Option<u64> {
+        self.global.and_then(|g| g.max_parallel)
     }
 
     /// The route's limits and the name its buckets carry (the configured path).
@@ -144,11 +148,7 @@ pub fn demands(
         add(format!("m:{name}"), *rate);
     }
     for payer in payers.iter() {
-        let level = match payer.kind {
-            SpendKind::Team => "t",
-            SpendKind::User => "u",
-            SpendKind::Key => "k",
-        };
+        let level = crate::admission::payers::level(payer.kind);
         add(format!("{level}:{}", payer.id), rate_of(payer.limits));
     }
     out
@@ -256,6 +256,7 @@ pub fn retry_after_secs(ms: u64) -> u64 {
 mod tests {
     use super::*;
     use crate::admission::payers::Payer;
+    use crate::store::SpendKind;
 
     fn rates(yaml: &str) -> Rates {
         Rates::from_config(&Config::parse_str("t", yaml, &|_| None).unwrap().config)

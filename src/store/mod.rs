@@ -122,6 +122,7 @@ pub struct LimitsPatch {
     pub tpm: Option<Option<i64>>,
     pub max_budget: Option<Option<f64>>,
     pub budget_duration: Option<Option<BudgetDuration>>,
+    pub max_parallel: Option<Option<i64>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -359,6 +360,8 @@ pub struct NewRefreshToken {
 }
 
 /// What presenting a refresh token led to.
+// `Rotated` carries the whole user; the enum lives only on the way out of one refresh.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum RefreshOutcome {
     /// The token was live: it is now used, and the new one (same family) is stored.

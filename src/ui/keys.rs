@@ -521,6 +521,7 @@ struct NewKeyForm {
     tpm: String,
     max_budget: String,
     budget_duration: String,
+    max_parallel: String,
     /// `YYYY-MM-DDTHH:MM` (UTC), a date, RFC 3339, or empty.
     expires_at: String,
 }
@@ -620,6 +621,7 @@ async fn create_from(
                 tpm: limits.tpm,
                 max_budget: limits.max_budget,
                 budget_duration: limits.budget_duration,
+                max_parallel: limits.max_parallel,
                 expires_at: limits.expires_at,
                 metadata: None,
             };
@@ -651,6 +653,7 @@ async fn create_from(
                 tpm: limits.tpm,
                 max_budget: limits.max_budget,
                 budget_duration: limits.budget_duration,
+                max_parallel: limits.max_parallel,
                 expires_at: limits.expires_at,
                 metadata: None,
             };
@@ -667,6 +670,7 @@ struct KeyFields {
     tpm: Option<i64>,
     max_budget: Option<f64>,
     budget_duration: Option<BudgetDuration>,
+    max_parallel: Option<i64>,
     expires_at: Option<Timestamp>,
 }
 
@@ -678,6 +682,7 @@ impl KeyFields {
             tpm: show::whole("tpm", &form.tpm)?,
             max_budget: show::amount("max_budget", &form.max_budget)?,
             budget_duration: show::duration(&form.budget_duration)?,
+            max_parallel: show::whole("max_parallel", &form.max_parallel)?,
             expires_at: expiry(&form.expires_at)?,
         })
     }

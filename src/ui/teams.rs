@@ -75,6 +75,7 @@ struct TeamForm {
     tpm: String,
     max_budget: String,
     budget_duration: String,
+    max_parallel: String,
 }
 
 impl TeamForm {
@@ -94,6 +95,11 @@ impl TeamForm {
                 .budget_duration
                 .map(|d| d.to_string())
                 .unwrap_or_default(),
+            max_parallel: team
+                .limits
+                .max_parallel
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
         }
     }
 
@@ -106,6 +112,7 @@ impl TeamForm {
             tpm: show::whole("tpm", &self.tpm)?,
             max_budget: show::amount("max_budget", &self.max_budget)?,
             budget_duration: show::duration(&self.budget_duration)?,
+            max_parallel: show::whole("max_parallel", &self.max_parallel)?,
             metadata: None,
         })
     }
@@ -120,6 +127,7 @@ impl TeamForm {
             tpm: Some(show::whole("tpm", &self.tpm)?),
             max_budget: Some(show::amount("max_budget", &self.max_budget)?),
             budget_duration: Some(show::duration(&self.budget_duration)?),
+            max_parallel: Some(show::whole("max_parallel", &self.max_parallel)?),
             ..UpdateTeam::default()
         })
     }

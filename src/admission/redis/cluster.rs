@@ -7,8 +7,9 @@
 //! `{prefix}{<owner>}:b:<period_start>`). A reservation is cut by owner:
 //!
 //! - `{prefix}{<owner>}:held`: a hash, request id → the request's part on this owner, lines
-//!   `b <suffix> <amount>` (a budget) and `t <suffix> <per_minute> <burst> <estimate>` (a
-//!   token bucket), each naming the key `{prefix}{<owner>}:<suffix>`.
+//!   `b <suffix> <amount>` (a budget), `t <suffix> <per_minute> <burst> <estimate>` (a
+//!   token bucket) and `p par` (its slot of the owner's parallel limit, the sorted set
+//!   `{prefix}{<owner>}:par`), each naming the key `{prefix}{<owner>}:<suffix>`.
 //! - `{prefix}{<owner>}:expiry`: a sorted set of the request ids held there, scored by when
 //!   their part expires (Unix seconds, in the admission clock).
 //! - `{prefix}r:{<request id>}:owners`: the index, in the request id's own slot, a string:
@@ -56,10 +57,11 @@ local function declared()
   end
   return set
 end
--- Gives back a part: each budget's amount (and `cost` added to `committed` and `settled`
--- when not nil), each token bucket corrected by `tokens` less its estimate when `tokens`
--- is not nil. Keys not in `known` are left alone.
-local function give_back_part(part, base, known, cost, tokens, now, max_ttl)
+-- Gives back request `rid`'s part: each budget's amount (and `cost` added to `committed` and
+-- `settled` when not nil), each token bucket corrected by `tokens` less its estimate when
+-- `tokens` is not nil, its parallel slot when `slots` (else the slot ends with its lease).
+-- Keys not in `known` are left alone.
+local function give_back_part(part, rid, base, known, cost, tokens, now, max_ttl, slots)
   for line in string.gmatch(part, '[^\n]+') do
     local f = {}
     for word in string.gmatch(line, '%S+') do
@@ -67,7 +69,11 @@ local function give_back_part(part, base, known, cost, tokens, now, max_ttl)
     end
     local key = base .. f[2]
     if known[key] then
-      if f[1] == 'b' then
+      if f[1] == 'p' then
+        if slots then
+          redis.call('ZREM', key, rid)
+        end
+      elseif f[1] == 'b' then
         if redis.call('EXISTS', key) == 1 then
           local left = tonumber(redis.call('HINCRBYFLOAT', key, 'reserved', string.format('%.17g', -tonumber(f[3]))))
           if left < 0 then
@@ -93,18 +99,20 @@ end
 "#;
 
 /// KEYS: the owner's expiry zset, its held hash, its budgets (ARGV[10] of them), its
-/// buckets. ARGV: now_ms, now_s, max bucket ttl, amount, expires_at, ttl of held and expiry,
-/// request id ('' holds nothing), the owner's key base, expire batch, budget count, `take`
-/// or `peek` (check only); per budget: limit, seed (the store's spend, '' for none), its
-/// `settled` before the store was read, ttl; per bucket:
-/// per_minute, burst, cost, unit ('t' or 'r'). Answers `seed`; `budget`, the budget's index
-/// and its used amount; or `ok` (taken), `fits` (peek) or `rate`, then whether a part is
-/// held, then per bucket its units after, their time and its units before.
+/// buckets, its slot set (ARGV[12]: 0 or 1). ARGV: now_ms, now_s, max bucket ttl, amount,
+/// expires_at, ttl of held and expiry, request id ('' holds nothing), the owner's key base,
+/// expire batch, budget count, `take` or `peek` (check only), slot count, slot holder,
+/// lease (ms); per budget: limit, seed (the store's spend, '' for none), its `settled`
+/// before the store was read, ttl; per bucket: per_minute, burst, cost, unit ('t' or 'r');
+/// per slot set: its limit. Answers `seed`; `budget`, the budget's index and its used
+/// amount; `parallel` and the requests in flight; or `ok` (taken), `fits` (peek) or `rate`,
+/// then whether a part is held, then per bucket its units after, their time and its units
+/// before.
 const LUA_OWNER_TAKE: &str = r#"
 local now_ms, now_s, max_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local amount, id, base = ARGV[4], ARGV[7], ARGV[8]
-local nb = tonumber(ARGV[10])
-local nk = #KEYS - 2 - nb
+local nb, ns, holder = tonumber(ARGV[10]), tonumber(ARGV[12]), ARGV[13]
+local nk = #KEYS - 2 - nb - ns
 local known = declared()
 -- Request ids whose part goes: removed once, at the end.
 local gone, seen = {}, {}
@@ -119,16 +127,28 @@ local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_s, 'LIMIT', 0, 
 for _, rid in ipairs(expired) do
   local part = redis.call('HGET', KEYS[2], rid)
   if part then
-    give_back_part(part, base, known, nil, nil, now_ms, max_ttl)
+    give_back_part(part, rid, base, known, nil, nil, now_ms, max_ttl, false)
   end
   gone[#gone + 1] = rid
   seen[rid] = true
 end
-local refused = check_budgets(nb, 11, amount)
+local refused = check_budgets(nb, 14, amount)
 if refused then
   return finish(refused)
 end
-local first = 11 + 4 * nb
+local first = 14 + 4 * nb
+local slot_keys, slot_limits = 2 + nb + nk, first + 4 * nk
+for i = 1, ns do
+  local key = KEYS[slot_keys + i]
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
+  local n = redis.call('ZCARD', key)
+  if redis.call('ZSCORE', key, holder) then
+    n = n - 1
+  end
+  if n >= tonumber(ARGV[slot_limits + i]) then
+    return finish({'parallel', tostring(n)})
+  end
+end
 local states, fits = bucket_states(nb, nk, first, now_ms)
 local take = fits and ARGV[11] == 'take'
 local out = {take and 'ok' or (fits and 'fits' or 'rate'), '0'}
@@ -151,7 +171,7 @@ if id ~= '' and not seen[id] then
   -- A retry of the request: its earlier part is given back before the new one replaces it.
   local previous = redis.call('HGET', KEYS[2], id)
   if previous then
-    give_back_part(previous, base, known, nil, nil, now_ms, max_ttl)
+    give_back_part(previous, id, base, known, nil, nil, now_ms, max_ttl, true)
     gone[#gone + 1] = id
   end
 end
@@ -165,6 +185,12 @@ for i = 1, nk do
   if ARGV[at + 4] == 't' then
     lines[#lines + 1] = 't ' .. string.sub(KEYS[2 + nb + i], #base + 1) .. ' ' .. ARGV[at + 1] .. ' ' .. ARGV[at + 2] .. ' ' .. ARGV[at + 3]
   end
+end
+for i = 1, ns do
+  local key, lease = KEYS[slot_keys + i], tonumber(ARGV[14])
+  redis.call('ZADD', key, string.format('%d', now_ms + lease), holder)
+  redis.call('PEXPIRE', key, string.format('%d', lease + 1000))
+  lines[#lines + 1] = 'p ' .. string.sub(key, #base + 1)
 end
 if id ~= '' and #lines > 0 then
   -- The new part is written, not removed.
@@ -196,20 +222,23 @@ local cost = nil
 if ARGV[2] ~= '' then
   cost = ARGV[2]
 end
-give_back_part(part, ARGV[6], declared(), cost, tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
+give_back_part(part, ARGV[1], ARGV[6], declared(), cost, tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), true)
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
 return 1
 "#;
 
 /// Gives back what a take of one owner took, when a later owner refused. KEYS: the owner's
-/// expiry zset, its held hash, its budgets (ARGV[3] of them), its buckets. ARGV: request id
-/// ('' for none), amount, budget count, now_ms, max bucket ttl; per bucket: per_minute,
-/// burst, cost, then its units after the take, their time and its units before, as the take
-/// answered them.
+/// expiry zset, its held hash, its budgets (ARGV[3] of them), its buckets, its slot set
+/// (ARGV[6]: 0 or 1). ARGV: request id ('' for none), amount, budget count, now_ms, max
+/// bucket ttl, slot count, slot holder; per bucket: per_minute, burst, cost, then its units
+/// after the take, their time and its units before, as the take answered them.
 const LUA_OWNER_REFUND: &str = r#"
 local now, max_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
-local nb = tonumber(ARGV[3])
+local nb, ns = tonumber(ARGV[3]), tonumber(ARGV[6])
+for i = #KEYS - ns + 1, #KEYS do
+  redis.call('ZREM', KEYS[i], ARGV[7])
+end
 for i = 1, nb do
   local key = KEYS[2 + i]
   if redis.call('EXISTS', key) == 1 then
@@ -219,8 +248,8 @@ for i = 1, nb do
     end
   end
 end
-for i = 1, #KEYS - 2 - nb do
-  local key, at = KEYS[2 + nb + i], 5 + 6 * (i - 1)
+for i = 1, #KEYS - 2 - nb - ns do
+  local key, at = KEYS[2 + nb + i], 7 + 6 * (i - 1)
   local per_minute, burst, cost = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
   local h = redis.call('HMGET', key, 't', 'ts')
   if h[1] == ARGV[at + 4] and h[2] == ARGV[at + 5] then
@@ -262,6 +291,8 @@ struct Group {
     owner: String,
     charges: Vec<usize>,
     demands: Vec<usize>,
+    /// Its parallel limit (at most one: an owner has one slot set).
+    slots: Vec<usize>,
 }
 
 /// The owner of a demand key `<owner>:<unit>`.
@@ -293,6 +324,7 @@ fn groups(reservation: &Reservation) -> Vec<Group> {
                     owner,
                     charges: Vec::new(),
                     demands: Vec::new(),
+                    slots: Vec::new(),
                 });
                 groups.len() - 1
             }
@@ -308,8 +340,16 @@ fn groups(reservation: &Reservation) -> Vec<Group> {
         .iter()
         .map(|d| group(demand_owner(&d.key).to_owned()))
         .collect();
+    let slots: Vec<usize> = reservation
+        .slots
+        .iter()
+        .map(|s| group(s.owner.clone()))
+        .collect();
     for (i, g) in charges.into_iter().enumerate() {
         groups[g].charges.push(i);
+    }
+    for (i, g) in slots.into_iter().enumerate() {
+        groups[g].slots.push(i);
     }
     for (i, g) in demands.into_iter().enumerate() {
         groups[g].demands.push(i);
@@ -344,6 +384,10 @@ enum Reply {
         index: usize,
         used_usd: f64,
     },
+    /// The group's parallel limit has no free slot.
+    Parallel {
+        in_flight: u64,
+    },
     /// A budget hash lacks its committed spend: seed it.
     Seed,
 }
@@ -372,6 +416,9 @@ impl RedisCounters {
     ) -> Result<Taken, BackendError> {
         let now = now_ms.div_euclid(1000);
         let groups = groups(reservation);
+        let holder = &slot_holder(request_id, &reservation.slots);
+        // The first parallel refusal: the slot's index and the requests in flight.
+        let mut full: Option<(usize, u64)> = None;
         let mut budgets = self.periods_of(&reservation.charges, now, false).await?;
         let mut replies: Vec<Option<Reply>> = Vec::with_capacity(groups.len());
         // The first refusal: a budget's charge index, or None for a rate refusal.
@@ -390,13 +437,29 @@ impl RedisCounters {
                 continue;
             };
             let reply = match self
-                .take_owner(g, request_id, reservation, &mut budgets, now_ms, take)
+                .take_owner(
+                    g,
+                    request_id,
+                    holder,
+                    reservation,
+                    &mut budgets,
+                    now_ms,
+                    take,
+                )
                 .await
             {
                 Ok(reply) => reply,
                 Err(e) => {
                     let _ = self
-                        .refund(&groups, &replies, request_id, reservation, &budgets, now_ms)
+                        .refund(
+                            &groups,
+                            &replies,
+                            request_id,
+                            holder,
+                            reservation,
+                            &budgets,
+                            now_ms,
+                        )
                         .await;
                     return Err(e);
                 }
@@ -405,6 +468,13 @@ impl RedisCounters {
                 Reply::Fit { .. } => {}
                 Reply::Rate { .. } => {
                     refusal.get_or_insert(None);
+                }
+                Reply::Parallel { in_flight } => {
+                    refusal.get_or_insert(None);
+                    let slot = *g.slots.first().ok_or_else(unexpected)?;
+                    if full.is_none_or(|(first, _)| slot < first) {
+                        full = Some((slot, *in_flight));
+                    }
                 }
                 Reply::Budget { index, .. } => {
                     let charge = g.charges[*index];
@@ -419,11 +489,27 @@ impl RedisCounters {
         }
         if refusal.is_none() {
             return self
-                .admitted(&groups, &replies, request_id, reservation, &budgets, now_ms)
+                .admitted(
+                    &groups,
+                    &replies,
+                    request_id,
+                    holder,
+                    reservation,
+                    &budgets,
+                    now_ms,
+                )
                 .await;
         }
-        self.refund(&groups, &replies, request_id, reservation, &budgets, now_ms)
-            .await?;
+        self.refund(
+            &groups,
+            &replies,
+            request_id,
+            holder,
+            reservation,
+            &budgets,
+            now_ms,
+        )
+        .await?;
         // A budget refusal first, the first budget in the reservation's order.
         let over = groups
             .iter()
@@ -438,6 +524,13 @@ impl RedisCounters {
                 charge: reservation.charges[i].clone(),
                 used_usd,
                 period_end: budgets[i].0.end,
+            });
+        }
+        // Then a parallel refusal (the single script checks slots before buckets).
+        if let Some((i, in_flight)) = full {
+            return Ok(Taken::InFlight {
+                slot: reservation.slots[i].clone(),
+                in_flight,
             });
         }
         // Every bucket as it is left: taken ones given back, the others untouched.
@@ -456,10 +549,12 @@ impl RedisCounters {
 
     /// One owner's take (`take`) or check, seeding its budgets again once when Redis lost
     /// them.
+    #[allow(clippy::too_many_arguments)]
     async fn take_owner(
         &self,
         g: &Group,
         request_id: &str,
+        holder: &str,
         reservation: &Reservation,
         budgets: &mut Vec<Seeded>,
         now_ms: i64,
@@ -482,7 +577,10 @@ impl RedisCounters {
                 .arg(&base)
                 .arg(EXPIRE_BATCH)
                 .arg(g.charges.len())
-                .arg(if take { "take" } else { "peek" });
+                .arg(if take { "take" } else { "peek" })
+                .arg(g.slots.len())
+                .arg(holder)
+                .arg(self.lease_ms);
             for &i in &g.charges {
                 let charge = &reservation.charges[i];
                 let (p, seed) = &budgets[i];
@@ -490,6 +588,10 @@ impl RedisCounters {
             }
             for &i in &g.demands {
                 self.bucket_args(&mut inv, &reservation.demands[i]);
+            }
+            for &i in &g.slots {
+                let slot = &reservation.slots[i];
+                inv.key(self.slot_key(&slot.owner)).arg(slot.limit);
             }
             let reply: Vec<String> = self.call(Call::Script(inv)).await?;
             {
@@ -516,11 +618,13 @@ impl RedisCounters {
 
     /// Every owner fit and was taken: writes the index (giving back what an earlier take of
     /// the same request id holds on owners this one does not touch) and answers the views.
+    #[allow(clippy::too_many_arguments)]
     async fn admitted(
         &self,
         groups: &[Group],
         replies: &[Option<Reply>],
         request_id: &str,
+        holder: &str,
         reservation: &Reservation,
         budgets: &[Seeded],
         now_ms: i64,
@@ -555,7 +659,15 @@ impl RedisCounters {
                 Ok(previous) => previous,
                 Err(e) => {
                     let _ = self
-                        .refund(groups, replies, request_id, reservation, budgets, now_ms)
+                        .refund(
+                            groups,
+                            replies,
+                            request_id,
+                            holder,
+                            reservation,
+                            budgets,
+                            now_ms,
+                        )
                         .await;
                     return Err(e);
                 }
@@ -579,11 +691,13 @@ impl RedisCounters {
 
     /// Gives back what the owners taken so far took (all of them, even when one fails: the
     /// first failure is answered).
+    #[allow(clippy::too_many_arguments)]
     async fn refund(
         &self,
         groups: &[Group],
         replies: &[Option<Reply>],
         request_id: &str,
+        holder: &str,
         reservation: &Reservation,
         budgets: &[Seeded],
         now_ms: i64,
@@ -606,7 +720,9 @@ impl RedisCounters {
                 .arg(reservation.amount_usd.to_string())
                 .arg(g.charges.len())
                 .arg(now_ms)
-                .arg(MAX_BUCKET_TTL_MS);
+                .arg(MAX_BUCKET_TTL_MS)
+                .arg(g.slots.len())
+                .arg(holder);
             for &i in &g.charges {
                 let charge = &reservation.charges[i];
                 inv.key(self.budget_key(charge.kind, &charge.id, budgets[i].0.start));
@@ -620,6 +736,9 @@ impl RedisCounters {
                     .arg(&b.after)
                     .arg(&b.at)
                     .arg(&b.before);
+            }
+            for &i in &g.slots {
+                inv.key(self.slot_key(&reservation.slots[i].owner));
             }
             calls.push(inv);
         }
@@ -748,13 +867,17 @@ fn part_suffixes(g: &Group, reservation: &Reservation, budgets: &[Seeded]) -> Ve
                 .map_or("", |(_, unit)| unit)
                 .to_owned()
         });
-    budgets.chain(tokens).collect()
+    let slots = g.slots.iter().map(|_| "par".to_owned());
+    budgets.chain(tokens).chain(slots).collect()
 }
 
 /// Parses a take reply for a group of `buckets` buckets.
 fn parse_reply(reply: &[String], buckets: usize) -> Result<Reply, BackendError> {
     match reply.first().map(String::as_str) {
         Some("seed") => Ok(Reply::Seed),
+        Some("parallel") if reply.len() == 2 => Ok(Reply::Parallel {
+            in_flight: reply[1].parse().map_err(|_| unexpected())?,
+        }),
         Some("budget") if reply.len() == 3 => {
             let i: usize = reply[1].parse().map_err(|_| unexpected())?;
             Ok(Reply::Budget {
@@ -806,6 +929,7 @@ fn views(
 mod tests {
     use super::*;
     use crate::limits::bucket::Shape;
+    use crate::limits::parallel::Slot;
 
     fn demand(key: &str) -> Demand {
         Demand {
@@ -851,19 +975,31 @@ mod tests {
                 charge(SpendKind::Key, "k1"),
             ],
             amount_usd: 0.5,
+            slots: vec![
+                Slot {
+                    owner: "g".to_owned(),
+                    limit: 2,
+                    kind: None,
+                },
+                Slot {
+                    owner: "u:u1".to_owned(),
+                    limit: 2,
+                    kind: Some(SpendKind::User),
+                },
+            ],
         };
-        let got: Vec<(String, Vec<usize>, Vec<usize>)> = groups(&reservation)
+        let got: Vec<_> = groups(&reservation)
             .into_iter()
-            .map(|g| (g.owner, g.charges, g.demands))
+            .map(|g| (g.owner, g.charges, g.demands, g.slots))
             .collect();
         let want = [
-            ("k:k1", vec![2], vec![4, 5]),
-            ("u:u1", vec![1], vec![]),
-            ("t:t1", vec![0], vec![3]),
-            ("m:gpt-4o", vec![], vec![2]),
-            ("g", vec![], vec![0, 1]),
+            ("k:k1", vec![2], vec![4, 5], vec![]),
+            ("u:u1", vec![1], vec![], vec![1]),
+            ("t:t1", vec![0], vec![3], vec![]),
+            ("m:gpt-4o", vec![], vec![2], vec![]),
+            ("g", vec![], vec![0, 1], vec![0]),
         ]
-        .map(|(o, c, d)| (o.to_owned(), c, d));
+        .map(|(o, c, d, s)| (o.to_owned(), c, d, s));
         assert_eq!(got, want);
     }
 

@@ -19,7 +19,7 @@ use sqlx::{Any, AnyConnection};
 use std::collections::HashSet;
 
 const KEY_COLS: &str = "id, name, key_hint, user_id, team_id, permissions, models, rpm, tpm, \
-     max_budget, budget_duration, expires_at, blocked, metadata, created_at, updated_at, \
+     max_budget, budget_duration, max_parallel, expires_at, blocked, metadata, created_at, updated_at, \
      revoked_at, previous_expires_at";
 
 fn key_from_row(row: &AnyRow) -> StoreResult<ApiKey> {
@@ -212,8 +212,8 @@ impl SqlStore {
         sqlx::query(
             "INSERT INTO api_keys (id, name, key_hash, key_hint, user_id, team_id, permissions, \
              models, rpm, tpm, max_budget, budget_duration, expires_at, blocked, metadata, \
-             created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CAST($11 AS DOUBLE PRECISION), $12, $13, $14, $15, $16, $17)",
+             created_at, updated_at, max_parallel) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CAST($11 AS DOUBLE PRECISION), $12, $13, $14, $15, $16, $17, $18)",
         )
         .bind(&key.id)
         .bind(&key.name)
@@ -229,6 +229,7 @@ impl SqlStore {
         .bind(key.metadata.to_string())
         .bind(now)
         .bind(now)
+        .bind(key.limits.max_parallel)
         .execute(&mut *tx)
         .await
         .map_err(|e| map_db_err(e, Some(KEY_CONFLICT)))?;
@@ -431,6 +432,7 @@ impl KeyStore for SqlStore {
                     tpm: None,
                     max_budget: None,
                     budget_duration: None,
+                    max_parallel: None,
                 },
                 expires_at: None,
                 metadata: None,
@@ -454,7 +456,7 @@ impl KeyStore for SqlStore {
         sqlx::query(
             "UPDATE api_keys SET name = $2, permissions = $3, models = $4, blocked = $5, \
              rpm = $6, tpm = $7, max_budget = CAST($8 AS DOUBLE PRECISION), budget_duration = $9, expires_at = $10, \
-             metadata = $11, updated_at = $12 WHERE id = $1",
+             metadata = $11, updated_at = $12, max_parallel = $13 WHERE id = $1",
         )
         .bind(&key.id)
         .bind(&key.name)
@@ -465,6 +467,7 @@ impl KeyStore for SqlStore {
         .bind(key.expires_at)
         .bind(key.metadata.to_string())
         .bind(now)
+        .bind(key.limits.max_parallel)
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
@@ -555,17 +558,19 @@ impl KeyStore for SqlStore {
         // revoked by then, and the decision reports the revocation.
         const SQL: &str = "SELECT k.id, k.name, k.key_hint, k.user_id, k.team_id, \
              k.permissions, k.models, k.rpm, k.tpm, k.max_budget, k.budget_duration, \
-             k.expires_at, k.blocked, k.metadata, k.created_at, k.updated_at, k.revoked_at, \
+             k.max_parallel, k.expires_at, k.blocked, k.metadata, k.created_at, k.updated_at, k.revoked_at, \
              k.previous_expires_at, k.key_hash, \
              u.id AS owner_user_id, u.role AS owner_user_role, u.blocked AS owner_user_blocked, \
              u.rpm AS owner_user_rpm, u.tpm AS owner_user_tpm, \
              u.max_budget AS owner_user_max_budget, \
              u.budget_duration AS owner_user_budget_duration, \
+             u.max_parallel AS owner_user_max_parallel, \
              t.id AS owner_team_id, t.models AS owner_team_models, \
              t.blocked AS owner_team_blocked, \
              t.rpm AS owner_team_rpm, t.tpm AS owner_team_tpm, \
              t.max_budget AS owner_team_max_budget, \
-             t.budget_duration AS owner_team_budget_duration \
+             t.budget_duration AS owner_team_budget_duration, \
+             t.max_parallel AS owner_team_max_parallel \
              FROM api_keys k \
              LEFT JOIN users u ON u.id = k.user_id \
              LEFT JOIN teams t ON t.id = k.team_id \

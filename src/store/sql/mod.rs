@@ -365,7 +365,7 @@ fn migrate_err(err: MigrateError) -> StoreError {
 // ---- row mapping -------------------------------------------------------------------------
 
 const USER_COLS: &str = "id, username, email, full_name, role, blocked, rpm, tpm, max_budget, \
-     budget_duration, metadata, locked_until, created_at, updated_at";
+     budget_duration, max_parallel, metadata, locked_until, created_at, updated_at";
 
 const MEMBER_COLS: &str = "team_id, user_id, role, source, created_at";
 
@@ -418,14 +418,15 @@ fn limits_from_row(row: &AnyRow) -> StoreResult<Limits> {
     prefixed_limits(row, "")
 }
 
-/// The four limit columns, named `{prefix}rpm` and so on (joined owners' columns are
-/// aliased with a prefix).
+/// The limit columns, named `{prefix}rpm` and so on (joined owners' columns are aliased
+/// with a prefix).
 fn prefixed_limits(row: &AnyRow, prefix: &str) -> StoreResult<Limits> {
     Ok(Limits {
         rpm: col(row, &format!("{prefix}rpm"))?,
         tpm: col(row, &format!("{prefix}tpm"))?,
         max_budget: col(row, &format!("{prefix}max_budget"))?,
         budget_duration: opt_enum_col(row, &format!("{prefix}budget_duration"))?,
+        max_parallel: col(row, &format!("{prefix}max_parallel"))?,
     })
 }
 
@@ -464,7 +465,8 @@ fn duration_text(d: Option<BudgetDuration>) -> Option<&'static str> {
 }
 
 /// Binds the four limit columns of users, teams and keys, in the order every INSERT and
-/// UPDATE lists them: `rpm, tpm, max_budget, budget_duration`.
+/// UPDATE lists them: `rpm, tpm, max_budget, budget_duration` (`max_parallel`, a later
+/// column, is bound last by each statement).
 ///
 /// `max_budget` travels as text, which the SQL casts (`CAST($n AS DOUBLE PRECISION)`):
 /// sqlx's `Any` driver sends a NULL `f64` to Postgres as a `float4` parameter, and a
@@ -491,6 +493,9 @@ fn with_limits(mut details: Value, limits: &Limits) -> Value {
     details["tpm"] = json!(limits.tpm);
     details["max_budget"] = json!(limits.max_budget);
     details["budget_duration"] = json!(limits.budget_duration);
+    if limits.max_parallel.is_some() {
+        details["max_parallel"] = json!(limits.max_parallel);
+    }
     details
 }
 
@@ -519,6 +524,7 @@ impl Changes {
             &mut limits.budget_duration,
             patch.budget_duration,
         );
+        self.apply("max_parallel", &mut limits.max_parallel, patch.max_parallel);
     }
 
     fn into_value(self) -> Value {

@@ -14,7 +14,7 @@ use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
 
 const TEAM_COLS: &str = "id, name, models, blocked, rpm, tpm, max_budget, budget_duration, \
-     metadata, created_at, updated_at";
+     max_parallel, metadata, created_at, updated_at";
 
 fn team_from_row(row: &AnyRow) -> StoreResult<Team> {
     Ok(Team {
@@ -66,8 +66,8 @@ impl TeamStore for SqlStore {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO teams (id, name, models, blocked, rpm, tpm, max_budget, \
-             budget_duration, metadata, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, CAST($7 AS DOUBLE PRECISION), $8, $9, $10, $11)",
+             budget_duration, metadata, created_at, updated_at, max_parallel) \
+             VALUES ($1, $2, $3, $4, $5, $6, CAST($7 AS DOUBLE PRECISION), $8, $9, $10, $11, $12)",
         )
         .bind(&team.id)
         .bind(&team.name)
@@ -77,6 +77,7 @@ impl TeamStore for SqlStore {
         .bind(team.metadata.to_string())
         .bind(now)
         .bind(now)
+        .bind(team.limits.max_parallel)
         .execute(&mut *tx)
         .await
         .map_err(|e| map_db_err(e, Some(&team_conflict(&team.name))))?;
@@ -133,8 +134,8 @@ impl TeamStore for SqlStore {
         team.updated_at = now;
         sqlx::query(
             "UPDATE teams SET name = $2, models = $3, blocked = $4, rpm = $5, tpm = $6, \
-             max_budget = CAST($7 AS DOUBLE PRECISION), budget_duration = $8, metadata = $9, updated_at = $10 \
-             WHERE id = $1",
+             max_budget = CAST($7 AS DOUBLE PRECISION), budget_duration = $8, metadata = $9, updated_at = $10, \
+             max_parallel = $11 WHERE id = $1",
         )
         .bind(&team.id)
         .bind(&team.name)
@@ -143,6 +144,7 @@ impl TeamStore for SqlStore {
         .bind_limits(&team.limits)
         .bind(team.metadata.to_string())
         .bind(now)
+        .bind(team.limits.max_parallel)
         .execute(&mut *tx)
         .await
         .map_err(|e| map_db_err(e, Some(&team_conflict(&team.name))))?;

@@ -33,8 +33,8 @@ impl UserStore for SqlStore {
         sqlx::query(
             "INSERT INTO users (id, username, email, full_name, role, blocked, password_hash, \
              rpm, tpm, max_budget, budget_duration, metadata, created_at, updated_at, \
-             email_verified) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, CAST($10 AS DOUBLE PRECISION), $11, $12, $13, $14, $15)",
+             email_verified, max_parallel) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, CAST($10 AS DOUBLE PRECISION), $11, $12, $13, $14, $15, $16)",
         )
         .bind(&user.id)
         .bind(&user.username)
@@ -48,6 +48,7 @@ impl UserStore for SqlStore {
         .bind(now)
         .bind(now)
         .bind(!new.email_unverified)
+        .bind(user.limits.max_parallel)
         .execute(&mut *tx)
         .await
         .map_err(|e| map_db_err(e, Some(USER_CONFLICT)))?;
@@ -119,8 +120,8 @@ impl UserStore for SqlStore {
         user.updated_at = now;
         sqlx::query(
             "UPDATE users SET email = $2, full_name = $3, role = $4, blocked = $5, rpm = $6, \
-             tpm = $7, max_budget = CAST($8 AS DOUBLE PRECISION), budget_duration = $9, metadata = $10, updated_at = $11 \
-             WHERE id = $1",
+             tpm = $7, max_budget = CAST($8 AS DOUBLE PRECISION), budget_duration = $9, metadata = $10, updated_at = $11, \
+             max_parallel = $12 WHERE id = $1",
         )
         .bind(&user.id)
         .bind(&user.email)
@@ -130,6 +131,7 @@ impl UserStore for SqlStore {
         .bind_limits(&user.limits)
         .bind(user.metadata.to_string())
         .bind(now)
+        .bind(user.limits.max_parallel)
         .execute(&mut *tx)
         .await
         .map_err(|e| map_db_err(e, Some(USER_CONFLICT)))?;
