@@ -1952,6 +1952,7 @@ async fn pages_at_size() {
                     password_hash: None,
                     limits: Default::default(),
                     metadata: None,
+                    org_id: None,
                     email_unverified: false,
                 },
             )

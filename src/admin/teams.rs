@@ -37,6 +37,8 @@ pub(crate) struct CreateTeam {
     pub max_budget: Option<f64>,
     pub budget_duration: Option<BudgetDuration>,
     pub metadata: Option<serde_json::Value>,
+    /// Admins only; fixed from then on.
+    pub org_id: Option<String>,
 }
 
 async fn create(
@@ -63,6 +65,9 @@ pub(crate) async fn create_team(
     let limits = limits_of!(body);
     validate::limits(&limits)?;
     validate::metadata(&body.metadata)?;
+    if body.org_id.is_some() {
+        caller.require_admin("create a team in an org")?;
+    }
     let team = app
         .store
         .create_team(
@@ -72,6 +77,7 @@ pub(crate) async fn create_team(
                 models: body.models,
                 limits,
                 metadata: body.metadata,
+                org_id: body.org_id,
             },
         )
         .await?;
@@ -175,6 +181,9 @@ pub(crate) struct UpdateTeam {
     #[serde(default, deserialize_with = "nullable")]
     pub budget_duration: Option<Option<BudgetDuration>>,
     pub metadata: Option<serde_json::Value>,
+    /// Refused: a team never moves to another org (named so the answer can say so).
+    #[serde(default, deserialize_with = "nullable")]
+    pub org_id: Option<Option<serde_json::Value>>,
 }
 
 async fn update(
@@ -195,6 +204,11 @@ pub(crate) async fn update_team(
 ) -> Result<Team, ApiError> {
     let manages = caller.manages_team(app, id).await?;
     caller.allow(manages, "change a team they do not own")?;
+    if body.org_id.is_some() {
+        return Err(ApiError::BadRequest(
+            "`org_id` cannot be changed: a team stays in the org it was created in".into(),
+        ));
+    }
     if let Some(name) = &body.name {
         validate::name("name", name)?;
     }

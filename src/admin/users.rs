@@ -79,6 +79,8 @@ pub(crate) struct CreateUser {
     pub max_budget: Option<f64>,
     pub budget_duration: Option<BudgetDuration>,
     pub metadata: Option<serde_json::Value>,
+    /// Fixed from then on.
+    pub org_id: Option<String>,
 }
 
 async fn create(
@@ -121,6 +123,7 @@ pub(crate) async fn create_user(
                 password_hash,
                 limits,
                 metadata: body.metadata,
+                org_id: body.org_id,
                 email_unverified: false,
             },
         )
@@ -192,6 +195,9 @@ pub(crate) struct UpdateUser {
     #[serde(default, deserialize_with = "nullable")]
     pub budget_duration: Option<Option<BudgetDuration>>,
     pub metadata: Option<serde_json::Value>,
+    /// Refused: a user never moves to another org (named so the answer can say so).
+    #[serde(default, deserialize_with = "nullable")]
+    pub org_id: Option<Option<serde_json::Value>>,
 }
 
 async fn update(
@@ -211,6 +217,11 @@ pub(crate) async fn update_user(
     body: UpdateUser,
 ) -> Result<User, ApiError> {
     caller.require_admin("change users")?;
+    if body.org_id.is_some() {
+        return Err(ApiError::BadRequest(
+            "`org_id` cannot be changed: a user stays in the org they were created in".into(),
+        ));
+    }
     if let Some(email) = &body.email {
         check_email(email)?;
     }

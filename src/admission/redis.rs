@@ -716,9 +716,10 @@ fn unexpected() -> BackendError {
     BackendError::fault(Backend::Redis, "redis: unexpected script reply")
 }
 
-/// The letter of a budget's owner: `t`, `u` or `k`.
+/// The letter of a budget's owner: `o`, `t`, `u` or `k`.
 fn level(kind: SpendKind) -> &'static str {
     match kind {
+        SpendKind::Org => "o",
         SpendKind::Team => "t",
         SpendKind::User => "u",
         SpendKind::Key => "k",

@@ -17,6 +17,7 @@ pub fn over_budget(charge: &Charge, used_usd: f64, period_end: Timestamp) -> Den
                 SpendKind::Key => "this API key",
                 SpendKind::User => "your user",
                 SpendKind::Team => "your team",
+                SpendKind::Org => "your organization",
             },
             charge.limit_usd,
             crate::domain::rfc3339::format(period_end)

@@ -202,7 +202,7 @@ impl OidcUsers {
             // Team writes can change what `group_to_team` resolves to (a team created or
             // renamed): sync again.
             Invalidation::Team(_) => self.seen.invalidate(None),
-            Invalidation::Key(_) => {}
+            Invalidation::Key(_) | Invalidation::Org(_) => {}
         }
     }
 }

@@ -39,7 +39,7 @@ use crate::domain::{Timestamp, User};
 use crate::metrics::Metrics;
 use crate::store::SharedStore;
 use identity::OidcUsers;
-pub use key_cache::{Invalidation, KeyResolver, UserResolver};
+pub use key_cache::{Invalidation, KeyResolver, OrgResolver, UserResolver};
 use login::Sessions;
 pub use master::MasterKey;
 use oidc::{OidcError, OidcIdentity, OidcVerifier};
@@ -94,6 +94,8 @@ pub struct Authenticator {
     pub master: MasterKey,
     pub keys: KeyResolver,
     pub users: UserResolver,
+    /// Orgs of people signed in with a login token (a key's org comes with the key).
+    pub orgs: OrgResolver,
     /// tollgate's own sessions, when `auth.session` is configured.
     pub sessions: Option<Arc<Sessions>>,
     /// OIDC issuers, when `auth.oidc` lists any.
@@ -129,7 +131,8 @@ impl Authenticator {
         Authenticator {
             master,
             keys: KeyResolver::new(store.clone(), &config.cache, timeout, metrics.clone()),
-            users: UserResolver::new(store, &config.cache, timeout, metrics.clone()),
+            users: UserResolver::new(store.clone(), &config.cache, timeout, metrics.clone()),
+            orgs: OrgResolver::new(store, &config.cache, timeout, metrics.clone()),
             sessions,
             oidc,
             max_token_bytes: config.auth.max_token_bytes,
@@ -150,6 +153,7 @@ impl Authenticator {
             users.invalidate(&what);
         }
         self.users.invalidate(what.clone());
+        self.orgs.invalidate(what.clone());
         self.keys.invalidate(what);
     }
 

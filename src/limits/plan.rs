@@ -145,6 +145,7 @@ pub fn demands(
     }
     for payer in payers.iter() {
         let level = match payer.kind {
+            SpendKind::Org => "o",
             SpendKind::Team => "t",
             SpendKind::User => "u",
             SpendKind::Key => "k",

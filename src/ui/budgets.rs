@@ -130,6 +130,7 @@ fn row(b: Budget, thresholds: &[u32]) -> Row {
         SpendKind::Key => ("key", format!("/keys/{}", b.id)),
         SpendKind::User => ("user", format!("/users/{}", b.id)),
         SpendKind::Team => ("team", format!("/teams/{}", b.id)),
+        SpendKind::Org => ("org", String::new()),
     };
     Row {
         kind,

@@ -107,6 +107,7 @@ impl TeamForm {
             max_budget: show::amount("max_budget", &self.max_budget)?,
             budget_duration: show::duration(&self.budget_duration)?,
             metadata: None,
+            org_id: None,
         })
     }
 

@@ -202,6 +202,7 @@ impl SqlStore {
             email: email.map_or_else(|| format!("{handle}@users.invalid"), str::to_string),
             full_name: login.name.clone(),
             role: login.role_from_groups.unwrap_or(login.default_role),
+            org_id: None,
             blocked: false,
             limits: Limits::default(),
             metadata: json!({}),
