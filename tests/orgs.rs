@@ -303,3 +303,185 @@ async fn only_admins_write_orgs_and_people_see_only_their_own() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
     t.stop().await;
 }
+
+/// $1000 per million tokens: a request costs a few cents.
+const PRICED: &str = "models:\n  - { name: gpt-4o, pricing: { input_per_million: 1000, output_per_million: 1000 } }\nusage: { batch_interval: 20ms }\n";
+
+fn chat() -> Value {
+    json!({"model": "gpt-4o", "max_tokens": 20, "messages": [{"role": "user", "content": "hello there"}]})
+}
+
+/// The budget cascade through a real Envoy and the mock LLM: an org's budget, tighter than
+/// its key's, user's and team's, refuses every key of the org (and its people signed in
+/// with a login token) once spent, while each of those budgets still has room.
+#[tokio::test]
+async fn the_org_budget_refuses_when_it_is_the_tightest() {
+    use common::envoy::Envoy;
+    use common::upstream::post_json;
+    use std::time::{Duration, Instant};
+    use tollgate::mock_llm::MockLlm;
+
+    let t = Tollgate::start(&format!("{PRICED}{}", config())).await;
+    let mock = MockLlm::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let envoy = Envoy::start("envoy/envoy.yaml", t.grpc, mock.addr).await;
+    let roomy = json!(100.0);
+    let (_, org) = t
+        .admin(
+            Method::POST,
+            "/admin/orgs",
+            Some(json!({"name": "Acme", "max_budget": 0.2, "budget_duration": "1mo"})),
+        )
+        .await;
+    let org_id = id_of(&org);
+    let mut keys = Vec::new();
+    for team in ["eng", "ops"] {
+        let (status, team) = t
+            .admin(
+                Method::POST,
+                "/admin/teams",
+                Some(json!({"name": team, "org_id": org_id, "max_budget": roomy})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{team}");
+        let (status, user) = t
+            .admin(
+                Method::POST,
+                "/admin/users",
+                Some(json!({
+                    "username": format!("{}-dev", team["name"].as_str().unwrap()),
+                    "email": format!("{}@acme.example", team["name"].as_str().unwrap()),
+                    "org_id": org_id,
+                    "max_budget": roomy,
+                })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{user}");
+        let (key_id, key) = t
+            .create_key(json!({
+                "name": "k",
+                "team_id": id_of(&team),
+                "user_id": id_of(&user),
+                "max_budget": roomy,
+            }))
+            .await;
+        keys.push((key_id, key, id_of(&team), id_of(&user)));
+    }
+    let (_, person_token) = person(&t, "pat", "user", Some(&org_id)).await;
+
+    // Spend the org's budget with the first key until Check refuses it for good: until the
+    // org's committed spend leaves no room for one more estimate. (A refusal may come a
+    // little early, while a settled cost is also in the ledger's last read of the store.)
+    let estimate = ((chat().to_string().len() as f64 / 4.0).ceil() + 20.0) * 1000.0 / 1e6;
+    let first = format!("Bearer {}", keys[0].1);
+    let mut refused = None;
+    for _ in 0..200 {
+        let (status, _, body) = post_json(
+            &envoy,
+            "/v1/chat/completions",
+            &[("authorization", &first)],
+            &chat(),
+        )
+        .await;
+        if status == StatusCode::OK {
+            continue;
+        }
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        let (_, shown) = t
+            .admin(Method::GET, &format!("/admin/orgs/{org_id}"), None)
+            .await;
+        if shown["spend"].as_f64().unwrap() + estimate > 0.2 {
+            refused = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = refused.expect("the org's budget ran out");
+    assert_eq!(body["error"]["code"], "insufficient_quota", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("your organization"), "{message}");
+    let served = mock.requests().len();
+    assert!(served >= 2, "only {served} requests before the refusal");
+
+    // The spend shows on the org (and group_by=org), and every other budget has room.
+    let started = Instant::now();
+    let mut org_spend = 0.0;
+    let mut key_spend = 0.0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let (_, shown) = t
+            .admin(Method::GET, &format!("/admin/orgs/{org_id}"), None)
+            .await;
+        org_spend = shown["spend"].as_f64().unwrap();
+        let (_, key) = t
+            .admin(Method::GET, &format!("/admin/keys/{}", keys[0].0), None)
+            .await;
+        key_spend = key["spend"].as_f64().unwrap();
+        if org_spend > 0.0 && (org_spend - key_spend).abs() < 1e-9 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(org_spend > 0.0);
+    assert!(
+        (org_spend - key_spend).abs() < 1e-9,
+        "org {org_spend}, key {key_spend}"
+    );
+    for path in [
+        format!("/admin/teams/{}", keys[0].2),
+        format!("/admin/users/{}", keys[0].3),
+    ] {
+        let (_, shown) = t.admin(Method::GET, &path, None).await;
+        assert!(
+            (shown["spend"].as_f64().unwrap() - org_spend).abs() < 1e-9,
+            "{path}: {shown}"
+        );
+        assert!(shown["spend"].as_f64().unwrap() < 100.0);
+    }
+    let (_, report) = t
+        .admin(Method::GET, "/admin/usage?group_by=org", None)
+        .await;
+    assert_eq!(report["data"][0]["group"], json!(org_id), "{report}");
+    assert_eq!(
+        report["data"][0]["requests"],
+        json!(served as u64),
+        "{report}"
+    );
+
+    // Another team's key and a person of the org are refused too; nothing more is served.
+    let second = format!("Bearer {}", keys[1].1);
+    let person_auth = format!("Bearer {person_token}");
+    for auth in [&second, &person_auth] {
+        let (status, _, body) = post_json(
+            &envoy,
+            "/v1/chat/completions",
+            &[("authorization", auth)],
+            &chat(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{auth}: {body}");
+        assert_eq!(body["error"]["code"], "insufficient_quota", "{body}");
+    }
+    assert_eq!(mock.requests().len(), served);
+
+    // Lifting the org's budget lets the same keys through at once (the caches are told).
+    let (status, _) = t
+        .admin(
+            Method::PATCH,
+            &format!("/admin/orgs/{org_id}"),
+            Some(json!({"max_budget": null})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for auth in [&second, &person_auth] {
+        let (status, _, body) = post_json(
+            &envoy,
+            "/v1/chat/completions",
+            &[("authorization", auth)],
+            &chat(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    t.stop().await;
+}

@@ -5978,3 +5978,121 @@ async fn memberships_and_keys_stay_inside_one_org(store: SharedStore) {
         1
     );
 }
+
+store_suite!(usage_is_charged_to_the_org_of_its_team_else_its_user);
+
+/// A record's org is its team's, else its user's ([`UsageStore::assign_orgs`]); its cost
+/// accrues to the org, and reports group and filter by org.
+async fn usage_is_charged_to_the_org_of_its_team_else_its_user(store: SharedStore) {
+    let acme = store
+        .create_org(
+            &admin(),
+            tollgate::store::NewOrg {
+                name: "Acme".into(),
+                limits: Limits {
+                    max_budget: Some(10.0),
+                    budget_duration: Some(BudgetDuration::Day),
+                    ..Limits::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let team = store
+        .create_team(
+            &admin(),
+            NewTeam {
+                org_id: Some(acme.id.clone()),
+                ..new_team("eng")
+            },
+        )
+        .await
+        .unwrap();
+    let ada = store
+        .create_user(
+            &admin(),
+            NewUser {
+                org_id: Some(acme.id.clone()),
+                ..new_user("ada")
+            },
+        )
+        .await
+        .unwrap();
+    let pat = store.create_user(&admin(), new_user("pat")).await.unwrap();
+    let at = ts("2026-03-04T10:00:00Z");
+    let mut records = vec![
+        owned("o1", at, 1.5, None, None, Some(&team.id)),
+        owned("o2", at + 1, 2.0, None, Some(&ada.id), None),
+        owned("o3", at + 2, 4.0, None, Some(&pat.id), None),
+        owned("o4", at + 3, 8.0, None, None, Some("no-such-team")),
+        UsageRecord {
+            org_id: Some("kept".into()),
+            ..owned("o5", at + 4, 16.0, None, Some("elsewhere"), None)
+        },
+    ];
+    store.assign_orgs(&mut records).await.unwrap();
+    let orgs: Vec<Option<&str>> = records.iter().map(|r| r.org_id.as_deref()).collect();
+    assert_eq!(
+        orgs,
+        vec![
+            Some(acme.id.as_str()),
+            Some(acme.id.as_str()),
+            None,
+            None,
+            Some("kept")
+        ]
+    );
+    assert_eq!(store.record_usage(&records).await.unwrap(), 5);
+    assert_eq!(
+        store
+            .current_spend(SpendKind::Org, &acme.id, at)
+            .await
+            .unwrap(),
+        3.5
+    );
+    // The org's day (budget_duration 1d) ends at midnight.
+    assert_eq!(
+        store
+            .current_spend(SpendKind::Org, &acme.id, at + DAY)
+            .await
+            .unwrap(),
+        0.0
+    );
+    let by_org = report(&store, UsageQuery::new(GroupBy::Org)).await;
+    let groups: Vec<(&str, u64, f64)> = by_org
+        .data
+        .iter()
+        .map(|r| (r.group.as_str(), r.requests, r.cost_usd))
+        .collect();
+    let mut expected = vec![
+        (NO_GROUP, 2, 12.0),
+        (acme.id.as_str(), 2, 3.5),
+        ("kept", 1, 16.0),
+    ];
+    expected.sort_by(|a, b| a.0.cmp(b.0));
+    assert_eq!(groups, expected);
+    let only = report(
+        &store,
+        UsageQuery {
+            org_id: Some(acme.id.clone()),
+            ..UsageQuery::new(GroupBy::Team)
+        },
+    )
+    .await;
+    assert_eq!(
+        only.data,
+        vec![row(NO_GROUP, 1, 10, 1, 2.0), row(&team.id, 1, 10, 1, 1.5)]
+    );
+    // Budget alerts and listings read the org's budget and name like a team's.
+    let budgets = store
+        .budgets(&[(SpendKind::Org, acme.id.as_str())])
+        .await
+        .unwrap();
+    assert_eq!(budgets[0].map(|b| b.budget_usd), Some(10.0));
+    let names = store
+        .names(&[(SpendKind::Org, acme.id.as_str())])
+        .await
+        .unwrap();
+    assert_eq!(names[&(SpendKind::Org, acme.id.clone())], "Acme");
+}
