@@ -590,6 +590,11 @@ pub struct OidcIssuer {
     pub group_to_team: BTreeMap<String, String>,
     #[serde(default)]
     pub group_to_role: BTreeMap<String, String>,
+    /// The claim whose value names (by name) the org the token's user belongs to, e.g.
+    /// `tenant`. Set: a token without it, or naming no org, is refused, and so is a token
+    /// of a user in another org; users it provisions join the org.
+    #[serde(default)]
+    pub org_claim: Option<String>,
     /// "Sign in with SSO" at this issuer: the web UI's OIDC client. Absent: the issuer's
     /// tokens are accepted as bearer tokens only.
     #[serde(default)]
@@ -1085,6 +1090,14 @@ impl Config {
                     ),
                 );
             }
+            if let Some(claim) = &oidc.org_claim {
+                if claim.trim().is_empty() || claim.chars().any(char::is_whitespace) {
+                    return err(
+                        "auth.oidc.org_claim",
+                        format!("`{claim}` is not a claim name: a non-empty name without spaces"),
+                    );
+                }
+            }
             for (key, role) in oidc
                 .group_to_role
                 .values()
@@ -1565,6 +1578,13 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("auth.oidc.group_to_role"));
+        for claim in ["''", "'two words'"] {
+            let e = parse(&format!(
+                "auth:\n  oidc:\n    - {{ issuer: https://a, audiences: [t], org_claim: {claim} }}\n"
+            ))
+            .unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("auth.oidc.org_claim"), "{e}");
+        }
         let c = parse(
             "auth:\n  oidc:\n    - { issuer: https://a, audiences: [t], leeway: 5s, claims: { groups: roles } }\n",
         )

@@ -2987,6 +2987,7 @@ fn oidc(subject: &str, email: Option<&str>) -> OidcLogin {
         default_role: Role::Viewer,
         role_from_groups: None,
         teams_from_groups: None,
+        org_id: None,
     }
 }
 

@@ -72,6 +72,10 @@ pub(crate) async fn create_org(
             },
         )
         .await?;
+    // An `org_claim` naming it was refused until now.
+    app.invalidator
+        .send(Invalidation::Org(org.id.clone()))
+        .await;
     Ok(org)
 }
 

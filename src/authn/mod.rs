@@ -38,7 +38,7 @@ use crate::decision::{Denial, DenyReason, Principal};
 use crate::domain::{Timestamp, User};
 use crate::metrics::Metrics;
 use crate::store::SharedStore;
-use identity::OidcUsers;
+use identity::{OidcUsers, Resolved};
 pub use key_cache::{Invalidation, KeyResolver, OrgResolver, UserResolver};
 use login::Sessions;
 pub use master::MasterKey;
@@ -233,6 +233,10 @@ impl Authenticator {
                     Err(invalid(NO_ACCOUNT))
                 }
                 Err(OidcUserError::Gone) => Err(invalid(ACCOUNT_GONE)),
+                Err(OidcUserError::Refused(why)) => {
+                    tracing::info!(issuer = %identity.issuer, reason = %why, "OIDC token refused");
+                    Err(invalid(&why))
+                }
                 Err(OidcUserError::Unavailable(e)) => Err(AuthnError::Unavailable(e)),
             };
         } else if let Some(sessions) = &self.sessions {
@@ -270,8 +274,10 @@ impl Authenticator {
             })
             .await
             .map_err(|e| OidcUserError::Unavailable(e.into()))?;
-        let Some(user_id) = found else {
-            return Err(OidcUserError::NoAccount);
+        let user_id = match found {
+            None => return Err(OidcUserError::NoAccount),
+            Some(Resolved::Refused(why)) => return Err(OidcUserError::Refused(why)),
+            Some(Resolved::User(id)) => id,
         };
         match self.users.resolve(&user_id).await {
             Ok(Some(user)) => Ok(user),
@@ -288,6 +294,8 @@ pub enum OidcUserError {
     NoAccount,
     /// Its user was deleted while it was being resolved.
     Gone,
+    /// Its claims admit nobody (e.g. `org_claim` names no org); the reason.
+    Refused(String),
     Unavailable(BackendError),
 }
 

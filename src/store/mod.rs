@@ -416,6 +416,8 @@ pub struct OidcLogin {
     /// Some: names of the teams the token's groups map to (group_to_team); memberships are
     /// synced. None: memberships are left alone.
     pub teams_from_groups: Option<Vec<String>>,
+    /// The org the token names (`org_claim`): a user this login provisions joins it.
+    pub org_id: Option<String>,
 }
 
 /// What an OIDC login found or did.

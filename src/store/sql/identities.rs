@@ -105,7 +105,8 @@ impl SqlStore {
 
         let missing_teams = match &login.teams_from_groups {
             Some(names) => {
-                self.sync_group_teams(&mut tx, actor, &user.id, names, now)
+                let org = user.org_id.clone();
+                self.sync_group_teams(&mut tx, actor, &user.id, org.as_deref(), names, now)
                     .await?
             }
             None => Vec::new(),
@@ -202,7 +203,7 @@ impl SqlStore {
             email: email.map_or_else(|| format!("{handle}@users.invalid"), str::to_string),
             full_name: login.name.clone(),
             role: login.role_from_groups.unwrap_or(login.default_role),
-            org_id: None,
+            org_id: login.org_id.clone(),
             blocked: false,
             limits: Limits::default(),
             metadata: json!({}),
@@ -213,8 +214,8 @@ impl SqlStore {
         sqlx::query(
             "INSERT INTO users (id, username, email, full_name, role, blocked, password_hash, \
              rpm, tpm, max_budget, budget_duration, metadata, created_at, updated_at, \
-             email_verified) \
-             VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, CAST($9 AS DOUBLE PRECISION), $10, $11, $12, $13, $14)",
+             email_verified, org_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, CAST($9 AS DOUBLE PRECISION), $10, $11, $12, $13, $14, $15)",
         )
         .bind(&user.id)
         .bind(&user.username)
@@ -228,6 +229,7 @@ impl SqlStore {
         .bind(now)
         // The `users.invalid` stand-in is nobody's address: no token may claim it.
         .bind(email.is_some())
+        .bind(user.org_id.as_deref())
         .execute(&mut *conn)
         .await
         .map_err(|e| map_db_err(e, Some(USER_CONFLICT)))?;
@@ -240,6 +242,7 @@ impl SqlStore {
                 "password_set": false,
                 "source": "oidc",
                 "issuer": login.issuer,
+                "org_id": user.org_id,
             }),
             &user.limits,
         );
@@ -265,14 +268,16 @@ impl SqlStore {
         Ok(found.is_some())
     }
 
-    /// Makes the user's group memberships match the live teams named `names`; returns the
-    /// names that match no live team. Manual memberships are never touched, and a named team
-    /// the user is already a manual member of stays manual.
+    /// Makes the user's group memberships match the live teams named `names` in the user's
+    /// org (`org`; none: the teams outside every org); returns the names that match no such
+    /// team. Manual memberships are never touched, and a named team the user is already a
+    /// manual member of stays manual.
     async fn sync_group_teams(
         &self,
         conn: &mut AnyConnection,
         actor: &Actor,
         user_id: &str,
+        org: Option<&str>,
         names: &[String],
         now: Timestamp,
     ) -> StoreResult<Vec<String>> {
@@ -280,12 +285,14 @@ impl SqlStore {
         let mut missing: Vec<String> = Vec::new();
         // FOR SHARE (Postgres): a team cannot be deleted under a membership added here.
         let sql = format!(
-            "SELECT id FROM teams WHERE name = $1 AND deleted_at IS NULL{}",
+            "SELECT id FROM teams WHERE name = $1 AND deleted_at IS NULL \
+             AND COALESCE(org_id, '') = $2{}",
             self.backend.for_share()
         );
         for name in names {
             let id: Option<String> = sqlx::query_scalar(&sql)
                 .bind(name)
+                .bind(org.unwrap_or(""))
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(db_err)?;
