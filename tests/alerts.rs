@@ -142,6 +142,7 @@ fn record(request_id: &str, at: i64, cost_usd: f64) -> UsageRecord {
         key_id: None,
         user_id: None,
         team_id: None,
+        org_id: None,
         model: Some("gpt-4o".to_string()),
         tokens: TokenUsage {
             input_tokens: 100,

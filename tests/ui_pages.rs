@@ -885,6 +885,7 @@ fn record(
         key_id: key.map(str::to_owned),
         user_id: user.map(str::to_owned),
         team_id: team.map(str::to_owned),
+        org_id: None,
         model: Some(model.to_owned()),
         tokens: TokenUsage {
             input_tokens: tokens.0,

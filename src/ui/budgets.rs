@@ -130,7 +130,8 @@ fn row(b: Budget, thresholds: &[u32]) -> Row {
         SpendKind::Key => ("key", format!("/keys/{}", b.id)),
         SpendKind::User => ("user", format!("/users/{}", b.id)),
         SpendKind::Team => ("team", format!("/teams/{}", b.id)),
-        SpendKind::Org => ("org", String::new()),
+        // The web UI has no page of an org yet.
+        SpendKind::Org => ("org", "/budgets".to_owned()),
     };
     Row {
         kind,
