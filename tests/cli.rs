@@ -1057,8 +1057,8 @@ fn orgs() {
     let out = server.cli(&["org", "delete", &acme_id]);
     assert_exit(&out, 1);
     assert!(stderr(&out).contains("(409 conflict)"), "{}", stderr(&out));
-    server.json(&["team", "delete", &id(&team)]);
-    server.json(&["user", "delete", &id(&user)]);
+    assert_exit(&server.cli(&["team", "delete", &id(&team)]), 0);
+    assert_exit(&server.cli(&["user", "delete", &id(&user)]), 0);
     let out = server.cli(&["org", "delete", &acme_id]);
     assert_exit(&out, 0);
     assert!(stdout(&out).contains("deleted org"), "{}", stdout(&out));
