@@ -673,8 +673,10 @@ async fn alerts_api_filters_and_access() {
     assert_eq!(body["data"].as_array().unwrap().len(), 2);
     let (_, body) = get("?entity_kind=team").await;
     assert_eq!(body["data"], json!([]));
+    let (_, body) = get("?entity_kind=org").await;
+    assert_eq!(body["data"], json!([]));
 
-    for bad in ["?state=sent", "?entity_kind=org", "?limit=0", "?colour=red"] {
+    for bad in ["?state=sent", "?entity_kind=tenant", "?limit=0", "?colour=red"] {
         let (status, body) = get(bad).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
         assert_eq!(body["error"]["code"], "invalid_request", "{bad}: {body}");
