@@ -676,7 +676,12 @@ async fn alerts_api_filters_and_access() {
     let (_, body) = get("?entity_kind=org").await;
     assert_eq!(body["data"], json!([]));
 
-    for bad in ["?state=sent", "?entity_kind=tenant", "?limit=0", "?colour=red"] {
+    for bad in [
+        "?state=sent",
+        "?entity_kind=tenant",
+        "?limit=0",
+        "?colour=red",
+    ] {
         let (status, body) = get(bad).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
         assert_eq!(body["error"]["code"], "invalid_request", "{bad}: {body}");

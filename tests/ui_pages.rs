@@ -1421,9 +1421,17 @@ async fn budgets_show_spend_against_the_limit_and_the_thresholds_reached(db: Db)
     let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
     assert_eq!(budgets[2]["period_start"], format!("{day}T00:00:00Z"));
     let (status, body) =
-        s.t.admin(Method::GET, "/admin/budgets?kind=org", None)
+        s.t.admin(Method::GET, "/admin/budgets?kind=tenant", None)
             .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) =
+        s.t.admin(Method::GET, "/admin/budgets?kind=org", None)
+            .await;
+    assert_eq!(
+        (status, &body["data"]),
+        (StatusCode::OK, &json!([])),
+        "{body}"
+    );
 
     // The page: a meter and the numbers, the period, the thresholds.
     let ada = s.as_("ada").await;
@@ -1458,9 +1466,9 @@ async fn budgets_show_spend_against_the_limit_and_the_thresholds_reached(db: Db)
     let keys_only = ada.get("/budgets?kind=key").await;
     assert!(keys_only.contains("uma-laptop") && !keys_only.contains(">Platform<"));
     refused(
-        &ada.get("/budgets?kind=org").await,
+        &ada.get("/budgets?kind=tenant").await,
         StatusCode::BAD_REQUEST,
-        "unknown entity kind `org`",
+        "unknown entity kind `tenant`",
     );
 
     // A user sees their own key, themselves and their team; not another user's key.
