@@ -160,6 +160,7 @@ fn record(rng: &mut StdRng, request_id: String, at: i64) -> UsageRecord {
         key_id: Some(format!("key-{k}")),
         user_id,
         team_id,
+        org_id: None,
         model: Some(MODELS[rng.gen_range(0..MODELS.len())].to_owned()),
         tokens: TokenUsage {
             input_tokens: input,
@@ -459,6 +460,7 @@ async fn raw_report_ms(conn: &mut PgConnection, group_by: GroupBy, since: i64, u
         GroupBy::Key => "COALESCE(key_id, '')",
         GroupBy::User => "COALESCE(user_id, '')",
         GroupBy::Team => "COALESCE(team_id, '')",
+        GroupBy::Org => "COALESCE(org_id, '')",
         GroupBy::Model => "COALESCE(model, '')",
         GroupBy::Day => "(at - ((at % 86400) + 86400) % 86400) / 86400",
     };

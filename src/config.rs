@@ -594,6 +594,11 @@ pub struct OidcIssuer {
     pub auto_create_teams: bool,
     #[serde(default)]
     pub group_to_role: BTreeMap<String, String>,
+    /// The claim whose value names (by name) the org the token's user belongs to, e.g.
+    /// `tenant`. Set: a token without it, or naming no org, is refused, and so is a token
+    /// of a user in another org; users it provisions join the org.
+    #[serde(default)]
+    pub org_claim: Option<String>,
     /// "Sign in with SSO" at this issuer: the web UI's OIDC client. Absent: the issuer's
     /// tokens are accepted as bearer tokens only.
     #[serde(default)]
@@ -1200,6 +1205,14 @@ impl Config {
                     ),
                 );
             }
+            if let Some(claim) = &oidc.org_claim {
+                if claim.trim().is_empty() || claim.chars().any(char::is_whitespace) {
+                    return err(
+                        "auth.oidc.org_claim",
+                        format!("`{claim}` is not a claim name: a non-empty name without spaces"),
+                    );
+                }
+            }
             for (key, role) in oidc
                 .group_to_role
                 .values()
@@ -1727,6 +1740,13 @@ mod tests {
         .unwrap()
         .config;
         assert!(c.auth.oidc[0].auto_create_teams);
+        for claim in ["''", "'two words'"] {
+            let e = parse(&format!(
+                "auth:\n  oidc:\n    - {{ issuer: https://a, audiences: [t], org_claim: {claim} }}\n"
+            ))
+            .unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("auth.oidc.org_claim"), "{e}");
+        }
         let c = parse(
             "auth:\n  oidc:\n    - { issuer: https://a, audiences: [t], leeway: 5s, claims: { groups: roles } }\n",
         )

@@ -528,6 +528,7 @@ mod tests {
                 limits: Limits::default(),
             }),
             team: None,
+            org: None,
         })))
     }
 
@@ -757,6 +758,7 @@ mod tests {
             email: "ada@example.com".into(),
             full_name: None,
             role,
+            org_id: None,
             blocked,
             limits: Limits::default(),
             metadata: serde_json::json!({}),

@@ -211,6 +211,9 @@ pub struct User {
     pub email: String,
     pub full_name: Option<String>,
     pub role: Role,
+    /// The org the user belongs to (`None`: none, the installation's own). Set at creation.
+    #[serde(default)]
+    pub org_id: Option<String>,
     pub blocked: bool,
     #[serde(flatten)]
     pub limits: Limits,
@@ -228,9 +231,27 @@ pub struct User {
 pub struct Team {
     pub id: String,
     pub name: String,
+    /// The org the team belongs to (`None`: none). Set at creation; a team never moves.
+    #[serde(default)]
+    pub org_id: Option<String>,
     /// Models the team's keys may use; empty means no restriction.
     pub models: Vec<String>,
     pub blocked: bool,
+    #[serde(flatten)]
+    pub limits: Limits,
+    pub metadata: serde_json::Value,
+    #[serde(with = "rfc3339")]
+    pub created_at: Timestamp,
+    #[serde(with = "rfc3339")]
+    pub updated_at: Timestamp,
+}
+
+/// An organization (tenant): teams and users belong to at most one. It carries limits and
+/// a budget like a team; its spend is everything its teams' and users' keys spend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Org {
+    pub id: String,
+    pub name: String,
     #[serde(flatten)]
     pub limits: Limits,
     pub metadata: serde_json::Value,
@@ -291,6 +312,8 @@ pub struct KeyLookup {
     pub user: Option<KeyOwnerUser>,
     /// The owning team, when the key belongs to a team.
     pub team: Option<KeyOwnerTeam>,
+    /// The org of the key's team, else of its user, when it has one.
+    pub org: Option<KeyOwnerOrg>,
 }
 
 /// A virtual key as the key cache keeps it and a decision reads it: standing,
@@ -319,6 +342,8 @@ pub struct CachedKey {
     pub user: Option<Arc<KeyOwnerUser>>,
     /// The owning team, when the key belongs to a team.
     pub team: Option<Arc<KeyOwnerTeam>>,
+    /// The org of the key's team, else of its user, when it has one.
+    pub org: Option<Arc<KeyOwnerOrg>>,
 }
 
 /// A list of names (permissions, models) as cached keys hold it.
@@ -339,6 +364,7 @@ impl From<KeyLookup> for CachedKey {
             via_previous: lookup.via_previous,
             user: lookup.user.map(Arc::new),
             team: lookup.team.map(Arc::new),
+            org: lookup.org.map(Arc::new),
             id: lookup.key.id.into_boxed_str(),
         }
     }
@@ -358,6 +384,22 @@ pub struct KeyOwnerTeam {
     pub models: Vec<String>,
     pub blocked: bool,
     pub limits: Limits,
+}
+
+/// The org a request is charged to: its limits and budget (see [`Org`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyOwnerOrg {
+    pub id: String,
+    pub limits: Limits,
+}
+
+impl From<&Org> for KeyOwnerOrg {
+    fn from(org: &Org) -> KeyOwnerOrg {
+        KeyOwnerOrg {
+            id: org.id.clone(),
+            limits: org.limits.clone(),
+        }
+    }
 }
 
 /// One line of the audit log. `details` never carries a secret.

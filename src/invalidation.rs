@@ -50,10 +50,11 @@ pub const RECONNECT_AFTER: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Change {
-    /// Records of a key, a user, a team, or all.
+    /// Records of a key, a user, a team, an org, or all.
     Key(String),
     User(String),
     Team(String),
+    Org(String),
     All,
     /// A key secret that was unknown may exist now (a key created or rotated): forget
     /// the "no such key" answer for this hash (hex).
@@ -74,6 +75,7 @@ impl From<Invalidation> for Change {
             Invalidation::Key(id) => Change::Key(id),
             Invalidation::User(id) => Change::User(id),
             Invalidation::Team(id) => Change::Team(id),
+            Invalidation::Org(id) => Change::Org(id),
             Invalidation::All => Change::All,
         }
     }
@@ -251,6 +253,7 @@ impl Invalidator {
             Change::Key(id) => self.auth.invalidate(Invalidation::Key(id.clone())),
             Change::User(id) => self.auth.invalidate(Invalidation::User(id.clone())),
             Change::Team(id) => self.auth.invalidate(Invalidation::Team(id.clone())),
+            Change::Org(id) => self.auth.invalidate(Invalidation::Org(id.clone())),
             Change::All => self.flush(),
             Change::NewSecret(hex) => match decode_hash(hex) {
                 Some(hash) => self.auth.keys.forget(&hash),

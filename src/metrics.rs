@@ -311,7 +311,7 @@ impl Metrics {
         self.inner.check_duration.record(seconds);
     }
 
-    /// The counters of the cache labelled `cache` (key | user | identity).
+    /// The counters of the cache labelled `cache` (key | user | org | identity).
     pub fn cache(&self, cache: &'static str) -> CacheCounters {
         let counter = |result: &str| {
             self.inner.recorder.register_counter(

@@ -47,6 +47,11 @@ fn admin_routes() -> Vec<(Method, &'static str, Option<Value>)> {
             Some(json!({"user_id": "u", "role": "member"})),
         ),
         (Method::DELETE, "/admin/teams/ID/members/UID", None),
+        (Method::GET, "/admin/orgs", None),
+        (Method::POST, "/admin/orgs", Some(json!({"name": "o"}))),
+        (Method::GET, "/admin/orgs/ID", None),
+        (Method::PATCH, "/admin/orgs/ID", Some(json!({"rpm": 5}))),
+        (Method::DELETE, "/admin/orgs/ID", None),
         (Method::GET, "/admin/audit", None),
     ]
 }

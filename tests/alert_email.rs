@@ -41,6 +41,7 @@ fn of_key(key: &str, request_id: &str, at: i64, cost_usd: f64) -> UsageRecord {
         key_id: Some(key.to_string()),
         user_id: None,
         team_id: None,
+        org_id: None,
         model: Some("gpt-4o".to_string()),
         tokens: TokenUsage {
             input_tokens: 100,

@@ -142,6 +142,7 @@ fn record(request_id: &str, at: i64, cost_usd: f64) -> UsageRecord {
         key_id: None,
         user_id: None,
         team_id: None,
+        org_id: None,
         model: Some("gpt-4o".to_string()),
         tokens: TokenUsage {
             input_tokens: 100,
@@ -672,8 +673,15 @@ async fn alerts_api_filters_and_access() {
     assert_eq!(body["data"].as_array().unwrap().len(), 2);
     let (_, body) = get("?entity_kind=team").await;
     assert_eq!(body["data"], json!([]));
+    let (_, body) = get("?entity_kind=org").await;
+    assert_eq!(body["data"], json!([]));
 
-    for bad in ["?state=sent", "?entity_kind=org", "?limit=0", "?colour=red"] {
+    for bad in [
+        "?state=sent",
+        "?entity_kind=tenant",
+        "?limit=0",
+        "?colour=red",
+    ] {
         let (status, body) = get(bad).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
         assert_eq!(body["error"]["code"], "invalid_request", "{bad}: {body}");

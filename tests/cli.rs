@@ -1161,3 +1161,71 @@ fn bad_usage_exits_64() {
     assert_exit(&help, 0);
     assert!(stdout(&help).contains("64"), "{}", stdout(&help));
 }
+
+#[test]
+fn orgs() {
+    let server = Server::start();
+    let acme = server.json(&[
+        "org",
+        "create",
+        "--name",
+        "Acme",
+        "--max-budget",
+        "50",
+        "--budget-duration",
+        "1mo",
+        "--max-parallel",
+        "4",
+    ]);
+    let acme_id = id(&acme);
+    assert_eq!(acme["max_budget"], 50.0);
+    assert_eq!(acme["max_parallel"], 4);
+    let table = server.table(&["org", "list"]);
+    assert!(
+        table.lines().next().unwrap().contains("PARALLEL"),
+        "{table}"
+    );
+    assert!(table.contains("Acme"), "{table}");
+    assert_eq!(ids(&server.json(&["org", "list"])), vec![acme_id.clone()]);
+    let got = server.json(&["org", "get", &acme_id]);
+    assert_eq!(got["spend"], 0.0);
+    let shown = server.table(&["org", "get", &acme_id]);
+    assert!(shown.contains("max_parallel"), "{shown}");
+
+    let updated = server.json(&[
+        "org",
+        "update",
+        &acme_id,
+        "--max-parallel",
+        "none",
+        "--name",
+        "Acme Corp",
+    ]);
+    assert_eq!(updated["name"], "Acme Corp");
+    assert!(updated["max_parallel"].is_null(), "{updated}");
+    let out = server.cli(&["org", "update", &acme_id]);
+    assert_exit(&out, 64);
+
+    // Teams and users join it at creation; it cannot be deleted while they are in it.
+    let team = server.json(&["team", "create", "--name", "eng", "--org", &acme_id]);
+    assert_eq!(team["org_id"], acme_id.as_str());
+    let user = server.json(&[
+        "user",
+        "create",
+        "--username",
+        "ada",
+        "--email",
+        "ada@example.com",
+        "--org",
+        &acme_id,
+    ]);
+    assert_eq!(user["org_id"], acme_id.as_str());
+    let out = server.cli(&["org", "delete", &acme_id]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("(409 conflict)"), "{}", stderr(&out));
+    assert_exit(&server.cli(&["team", "delete", &id(&team)]), 0);
+    assert_exit(&server.cli(&["user", "delete", &id(&user)]), 0);
+    let out = server.cli(&["org", "delete", &acme_id]);
+    assert_exit(&out, 0);
+    assert!(stdout(&out).contains("deleted org"), "{}", stdout(&out));
+}

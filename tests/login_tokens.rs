@@ -1562,3 +1562,44 @@ async fn an_email_its_user_set_is_not_linked_to_an_identity() {
     assert_person_allowed(&t, &bobs, &bob).await;
     t.stop().await;
 }
+
+/// `org_claim: tenant`: the claim names (by name) the org of the token's user. A token
+/// without it, or naming no org, is refused and provisions nobody; a provisioned user joins
+/// the named org; a token naming another org than its user's is refused.
+#[tokio::test]
+async fn org_claim_names_the_org_of_the_tokens_user() {
+    let env = Env::start(&format!("{AUTO_PROVISION}      org_claim: tenant\n")).await;
+    env.refused_everywhere(&env.token(json!({})), "no `tenant` claim")
+        .await;
+    env.refused_everywhere(
+        &env.token(json!({"tenant": "Acme"})),
+        "names no organization here: \"Acme\"",
+    )
+    .await;
+
+    let (status, acme) = env
+        .t
+        .admin(Method::POST, "/admin/orgs", Some(json!({"name": "Acme"})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{acme}");
+    // The refusal above was remembered; creating the org makes the same token good.
+    let token = env.token(json!({"tenant": "Acme"}));
+    let (status, _, me) = profile(&env.t, &token).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    let user_id = user_id_by_email(&env.t, ADA).await;
+    let user = user_by_email(&env.t, ADA).await.unwrap();
+    assert_eq!(user["org_id"], acme["id"], "{user}");
+    assert_person_allowed(&env.t, &token, &user_id).await;
+    let created = audit(&env.t, "user.create").await;
+    assert_eq!(created[0]["details"]["org_id"], acme["id"]);
+
+    // The same person with a token of another org is refused.
+    let (_, _globex) = env
+        .t
+        .admin(Method::POST, "/admin/orgs", Some(json!({"name": "Globex"})))
+        .await;
+    let other = env.token(json!({"tenant": "Globex"}));
+    assert_refused_in_check(&env.t, &other, "belongs to another organization").await;
+    assert_refused_by_api(&env.t, &other, "belongs to another organization").await;
+    env.t.stop().await;
+}

@@ -331,6 +331,7 @@ fn record(id: &str, key_id: &str) -> UsageRecord {
         key_id: Some(key_id.to_owned()),
         user_id: None,
         team_id: None,
+        org_id: None,
         model: Some("gpt-4o".to_owned()),
         tokens: TokenUsage {
             input_tokens: 120,

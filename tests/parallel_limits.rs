@@ -52,6 +52,7 @@ async fn record(t: &Tollgate, request_id: &str, key_id: &str) {
             key_id: Some(key_id.into()),
             user_id: None,
             team_id: None,
+            org_id: None,
             model: Some("gpt-4o".into()),
             tokens: TokenUsage {
                 input_tokens: 4,

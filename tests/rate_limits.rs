@@ -419,6 +419,7 @@ async fn written_usage_corrects_the_token_buckets_of_its_request() {
             key_id: Some(id),
             user_id: None,
             team_id: None,
+            org_id: None,
             model: Some("gpt-4o".into()),
             tokens: tollgate::usage::TokenUsage {
                 input_tokens: 40,
@@ -486,6 +487,7 @@ async fn open_reservations_are_counted_until_their_usage_settles_them() {
                 key_id: Some(id),
                 user_id: None,
                 team_id: None,
+                org_id: None,
                 model: Some("gpt-4o".into()),
                 tokens: tollgate::usage::TokenUsage {
                     input_tokens: 40,

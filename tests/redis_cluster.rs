@@ -63,6 +63,7 @@ fn record(request_id: &str, key_id: &str, cost: f64) -> UsageRecord {
         key_id: Some(key_id.to_owned()),
         user_id: None,
         team_id: None,
+        org_id: None,
         model: Some("gpt-4o".into()),
         tokens: TokenUsage::default(),
         cost_usd: cost,

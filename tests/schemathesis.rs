@@ -35,8 +35,9 @@ const SEED: u32 = 1;
 ///   role, a team's key within its team's models, a named owner that exists (DESIGN "Keys
 ///   narrow their owner");
 /// - members: the `user_id` names an existing user;
-/// - key listings: `after` and `before`, each valid alone, are not taken together.
-const RULES_BEYOND_THE_SCHEMA: [&str; 7] = [
+/// - key listings: `after` and `before`, each valid alone, are not taken together;
+/// - teams and users: an `org_id` names an existing org.
+const RULES_BEYOND_THE_SCHEMA: [&str; 9] = [
     "POST /admin/keys",
     "POST /admin/keys/bulk",
     "PATCH /admin/keys/{id}",
@@ -44,6 +45,8 @@ const RULES_BEYOND_THE_SCHEMA: [&str; 7] = [
     "POST /admin/teams/{id}/members",
     "GET /admin/keys",
     "GET /v1/user/keys",
+    "POST /admin/teams",
+    "POST /admin/users",
 ];
 
 /// The user API, run as a logged-in person.

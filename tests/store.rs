@@ -615,6 +615,7 @@ async fn user_crud(store: SharedStore) {
                     max_parallel: Some(4),
                 },
                 metadata: Some(json!({"cost_center": "R&D"})),
+                org_id: None,
                 email_unverified: false,
             },
         )
@@ -741,6 +742,7 @@ async fn team_crud(store: SharedStore) {
                     max_parallel: Some(8),
                 },
                 metadata: Some(json!({"slack": "#eng"})),
+                org_id: None,
             },
         )
         .await
@@ -3003,6 +3005,7 @@ fn oidc(subject: &str, email: Option<&str>) -> OidcLogin {
         role_from_groups: None,
         teams_from_groups: None,
         auto_create_teams: false,
+        org_id: None,
     }
 }
 
@@ -3996,6 +3999,7 @@ fn usage(request_id: &str, at: i64, cost_usd: f64) -> UsageRecord {
         key_id: None,
         user_id: None,
         team_id: None,
+        org_id: None,
         model: None,
         tokens: TokenUsage {
             input_tokens: 10,
@@ -5711,6 +5715,7 @@ fn expected_report(
             || !matches(&query.user_id, &r.user_id)
             || !matches(&query.key_id, &r.key_id)
             || !matches(&query.team_id, &r.team_id)
+            || !matches(&query.org_id, &r.org_id)
         {
             continue;
         }
@@ -5727,6 +5732,7 @@ fn expected_report(
             GroupBy::Key => ((0, text(&r.key_id)), text(&r.key_id)),
             GroupBy::User => ((0, text(&r.user_id)), text(&r.user_id)),
             GroupBy::Team => ((0, text(&r.team_id)), text(&r.team_id)),
+            GroupBy::Org => ((0, text(&r.org_id)), text(&r.org_id)),
             GroupBy::Model => ((0, text(&r.model)), text(&r.model)),
         };
         let slot = groups
@@ -6063,4 +6069,472 @@ async fn budgets_and_spends_of_many(store: SharedStore) {
     .collect();
     assert_eq!(names, expected);
     assert!(store.names(&[]).await.unwrap().is_empty());
+}
+
+store_suite!(
+    org_crud,
+    org_delete_refused_while_it_has_teams_or_users,
+    teams_and_users_belong_to_an_org,
+    memberships_and_keys_stay_inside_one_org,
+);
+
+fn new_org(name: &str) -> tollgate::store::NewOrg {
+    tollgate::store::NewOrg {
+        name: name.to_string(),
+        ..Default::default()
+    }
+}
+
+async fn org_crud(store: SharedStore) {
+    let acme = store
+        .create_org(
+            &admin(),
+            tollgate::store::NewOrg {
+                name: "Acme".into(),
+                limits: Limits {
+                    rpm: Some(600),
+                    tpm: Some(90_000),
+                    max_budget: Some(250.5),
+                    budget_duration: Some(BudgetDuration::Month),
+                    max_parallel: Some(8),
+                },
+                metadata: Some(json!({"tier": "gold"})),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(acme.limits.max_parallel, Some(8));
+    assert_eq!(store.get_org(&acme.id).await.unwrap().unwrap(), acme);
+    assert_eq!(store.org_by_name("Acme").await.unwrap().unwrap(), acme);
+    assert_eq!(store.org_by_name("acme").await.unwrap(), None);
+    let globex = store.create_org(&admin(), new_org("Globex")).await.unwrap();
+    assert_eq!(globex.limits, Limits::default());
+    assert_eq!(globex.metadata, json!({}));
+    assert_eq!(
+        store.list_orgs().await.unwrap(),
+        vec![acme.clone(), globex.clone()]
+    );
+    assert_conflict(
+        store
+            .create_org(&admin(), new_org("Acme"))
+            .await
+            .unwrap_err(),
+        "an org named Acme already exists",
+    );
+    assert_invalid(
+        store.create_org(&admin(), new_org("  ")).await.unwrap_err(),
+        "org name must not be empty",
+    );
+
+    let patched = store
+        .update_org(
+            &admin(),
+            &acme.id,
+            tollgate::store::OrgPatch {
+                name: Some("Acme Corp".into()),
+                limits: LimitsPatch {
+                    max_budget: Some(None),
+                    tpm: Some(Some(1)),
+                    max_parallel: Some(None),
+                    ..LimitsPatch::default()
+                },
+                metadata: None,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(patched.name, "Acme Corp");
+    assert_eq!(patched.limits.max_budget, None);
+    assert_eq!(patched.limits.tpm, Some(1));
+    assert_eq!(patched.limits.rpm, Some(600));
+    assert_eq!(patched.limits.max_parallel, None);
+    assert_eq!(patched.metadata, json!({"tier": "gold"}));
+    assert_eq!(store.get_org(&acme.id).await.unwrap().unwrap(), patched);
+    assert_conflict(
+        store
+            .update_org(
+                &admin(),
+                &globex.id,
+                tollgate::store::OrgPatch {
+                    name: Some("Acme Corp".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err(),
+        "an org named Acme Corp already exists",
+    );
+
+    assert!(store.delete_org(&admin(), &acme.id).await.unwrap());
+    assert!(!store.delete_org(&admin(), &acme.id).await.unwrap());
+    assert_eq!(store.get_org(&acme.id).await.unwrap(), None);
+    assert_eq!(store.org_by_name("Acme Corp").await.unwrap(), None);
+    assert!(store
+        .update_org(&admin(), &acme.id, Default::default())
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(store.list_orgs().await.unwrap(), vec![globex]);
+    // The name is free again.
+    store
+        .create_org(&admin(), new_org("Acme Corp"))
+        .await
+        .unwrap();
+
+    let created = audit_of(&store, "org.create").await;
+    assert_eq!(created.len(), 3);
+    let first = created
+        .iter()
+        .find(|e| e.target.as_deref() == Some(acme.id.as_str()));
+    let first = first.expect("org.create of Acme");
+    assert_eq!(first.actor, "master");
+    assert_eq!(first.details["name"], "Acme");
+    assert_eq!(first.details["max_budget"], 250.5);
+    assert_eq!(first.details["max_parallel"], 8);
+    let updated = audit_of(&store, "org.update").await;
+    assert_eq!(updated.len(), 1);
+    assert_eq!(
+        updated[0].details,
+        json!({"name": "Acme Corp", "tpm": 1, "max_budget": null, "max_parallel": null})
+    );
+    let deleted = audit_of(&store, "org.delete").await;
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(deleted[0].target.as_deref(), Some(acme.id.as_str()));
+}
+
+async fn org_delete_refused_while_it_has_teams_or_users(store: SharedStore) {
+    let org = store.create_org(&admin(), new_org("Acme")).await.unwrap();
+    let team = store
+        .create_team(
+            &admin(),
+            NewTeam {
+                org_id: Some(org.id.clone()),
+                ..new_team("eng")
+            },
+        )
+        .await
+        .unwrap();
+    let user = store
+        .create_user(
+            &admin(),
+            NewUser {
+                org_id: Some(org.id.clone()),
+                ..new_user("ada")
+            },
+        )
+        .await
+        .unwrap();
+    assert_conflict(
+        store.delete_org(&admin(), &org.id).await.unwrap_err(),
+        "org Acme still has 1 team(s) and 1 user(s): delete them first",
+    );
+    assert!(store.delete_team(&admin(), &team.id).await.unwrap());
+    assert_conflict(
+        store.delete_org(&admin(), &org.id).await.unwrap_err(),
+        "org Acme still has 0 team(s) and 1 user(s): delete them first",
+    );
+    assert!(store.delete_user(&admin(), &user.id).await.unwrap());
+    assert!(store.delete_org(&admin(), &org.id).await.unwrap());
+    assert!(audit_of(&store, "org.delete").await.len() == 1);
+}
+
+async fn teams_and_users_belong_to_an_org(store: SharedStore) {
+    let org = store.create_org(&admin(), new_org("Acme")).await.unwrap();
+    let team = store
+        .create_team(
+            &admin(),
+            NewTeam {
+                org_id: Some(org.id.clone()),
+                ..new_team("eng")
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(team.org_id.as_deref(), Some(org.id.as_str()));
+    assert_eq!(store.get_team(&team.id).await.unwrap().unwrap(), team);
+    let user = store
+        .create_user(
+            &admin(),
+            NewUser {
+                org_id: Some(org.id.clone()),
+                ..new_user("ada")
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(user.org_id.as_deref(), Some(org.id.as_str()));
+    assert_eq!(store.get_user(&user.id).await.unwrap().unwrap(), user);
+    assert_eq!(
+        store.list_users().await.unwrap()[0].org_id.as_deref(),
+        Some(org.id.as_str())
+    );
+    let outside = store.create_team(&admin(), new_team("ops")).await.unwrap();
+    assert_eq!(outside.org_id, None);
+    let created = audit_of(&store, "team.create").await;
+    let in_org = created
+        .iter()
+        .find(|e| e.target.as_deref() == Some(team.id.as_str()))
+        .unwrap();
+    assert_eq!(in_org.details["org_id"], json!(org.id));
+
+    // An org that does not exist, or no longer does, cannot be joined.
+    for missing in ["no-such-org".to_string(), {
+        let gone = store.create_org(&admin(), new_org("Gone")).await.unwrap();
+        assert!(store.delete_org(&admin(), &gone.id).await.unwrap());
+        gone.id
+    }] {
+        assert_invalid(
+            store
+                .create_team(
+                    &admin(),
+                    NewTeam {
+                        org_id: Some(missing.clone()),
+                        ..new_team("t")
+                    },
+                )
+                .await
+                .unwrap_err(),
+            &format!("org {missing} does not exist"),
+        );
+        assert_invalid(
+            store
+                .create_user(
+                    &admin(),
+                    NewUser {
+                        org_id: Some(missing.clone()),
+                        ..new_user("u")
+                    },
+                )
+                .await
+                .unwrap_err(),
+            &format!("org {missing} does not exist"),
+        );
+    }
+    // A patch never moves a team or a user.
+    let patched = store
+        .update_team(
+            &admin(),
+            &team.id,
+            TeamPatch {
+                name: Some("platform".into()),
+                ..TeamPatch::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(patched.org_id, team.org_id);
+}
+
+async fn memberships_and_keys_stay_inside_one_org(store: SharedStore) {
+    let acme = store.create_org(&admin(), new_org("Acme")).await.unwrap();
+    let globex = store.create_org(&admin(), new_org("Globex")).await.unwrap();
+    let in_org = |name: &str, org: &str| NewTeam {
+        org_id: Some(org.to_string()),
+        ..new_team(name)
+    };
+    let acme_team = store
+        .create_team(&admin(), in_org("a-team", &acme.id))
+        .await
+        .unwrap();
+    let plain_team = store
+        .create_team(&admin(), new_team("plain"))
+        .await
+        .unwrap();
+    let ada = store
+        .create_user(
+            &admin(),
+            NewUser {
+                org_id: Some(acme.id.clone()),
+                ..new_user("ada")
+            },
+        )
+        .await
+        .unwrap();
+    let gus = store
+        .create_user(
+            &admin(),
+            NewUser {
+                org_id: Some(globex.id.clone()),
+                ..new_user("gus")
+            },
+        )
+        .await
+        .unwrap();
+    let pat = store.create_user(&admin(), new_user("pat")).await.unwrap();
+
+    let add = |team: String, user: String| {
+        let store = store.clone();
+        async move {
+            store
+                .add_member(
+                    &admin(),
+                    &team,
+                    &user,
+                    TeamRole::Member,
+                    MembershipSource::Manual,
+                )
+                .await
+        }
+    };
+    add(acme_team.id.clone(), ada.id.clone()).await.unwrap();
+    add(plain_team.id.clone(), pat.id.clone()).await.unwrap();
+    for (team, user) in [(&acme_team, &gus), (&acme_team, &pat), (&plain_team, &ada)] {
+        assert_invalid(
+            add(team.id.clone(), user.id.clone()).await.unwrap_err(),
+            "meet only inside one org",
+        );
+    }
+    assert_eq!(store.list_members(&acme_team.id).await.unwrap().len(), 1);
+
+    let key = |name: &str, user: &str, team: &str| NewKey {
+        user_id: Some(user.to_string()),
+        team_id: Some(team.to_string()),
+        ..new_key(name, &format!("org-secret-{name}-0000"))
+    };
+    store
+        .create_key(&admin(), key("ok", &ada.id, &acme_team.id))
+        .await
+        .unwrap();
+    assert_invalid(
+        store
+            .create_key(&admin(), key("cross", &gus.id, &acme_team.id))
+            .await
+            .unwrap_err(),
+        "meet only inside one org",
+    );
+    let err = store
+        .create_keys(
+            &admin(),
+            vec![
+                key("b0", &ada.id, &acme_team.id),
+                key("b1", &pat.id, &acme_team.id),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert_invalid(err, "keys[1]");
+    assert_eq!(
+        store.list_keys(KeyFilter::default()).await.unwrap().len(),
+        1
+    );
+}
+
+store_suite!(usage_is_charged_to_the_org_of_its_team_else_its_user);
+
+/// A record's org is its team's, else its user's ([`UsageStore::assign_orgs`]); its cost
+/// accrues to the org, and reports group and filter by org.
+async fn usage_is_charged_to_the_org_of_its_team_else_its_user(store: SharedStore) {
+    let acme = store
+        .create_org(
+            &admin(),
+            tollgate::store::NewOrg {
+                name: "Acme".into(),
+                limits: Limits {
+                    max_budget: Some(10.0),
+                    budget_duration: Some(BudgetDuration::Day),
+                    ..Limits::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let team = store
+        .create_team(
+            &admin(),
+            NewTeam {
+                org_id: Some(acme.id.clone()),
+                ..new_team("eng")
+            },
+        )
+        .await
+        .unwrap();
+    let ada = store
+        .create_user(
+            &admin(),
+            NewUser {
+                org_id: Some(acme.id.clone()),
+                ..new_user("ada")
+            },
+        )
+        .await
+        .unwrap();
+    let pat = store.create_user(&admin(), new_user("pat")).await.unwrap();
+    let at = ts("2026-03-04T10:00:00Z");
+    let mut records = vec![
+        owned("o1", at, 1.5, None, None, Some(&team.id)),
+        owned("o2", at + 1, 2.0, None, Some(&ada.id), None),
+        owned("o3", at + 2, 4.0, None, Some(&pat.id), None),
+        owned("o4", at + 3, 8.0, None, None, Some("no-such-team")),
+        UsageRecord {
+            org_id: Some("kept".into()),
+            ..owned("o5", at + 4, 16.0, None, Some("elsewhere"), None)
+        },
+    ];
+    store.assign_orgs(&mut records).await.unwrap();
+    let orgs: Vec<Option<&str>> = records.iter().map(|r| r.org_id.as_deref()).collect();
+    assert_eq!(
+        orgs,
+        vec![
+            Some(acme.id.as_str()),
+            Some(acme.id.as_str()),
+            None,
+            None,
+            Some("kept")
+        ]
+    );
+    assert_eq!(store.record_usage(&records).await.unwrap(), 5);
+    assert_eq!(
+        store
+            .current_spend(SpendKind::Org, &acme.id, at)
+            .await
+            .unwrap(),
+        3.5
+    );
+    // The org's day (budget_duration 1d) ends at midnight.
+    assert_eq!(
+        store
+            .current_spend(SpendKind::Org, &acme.id, at + DAY)
+            .await
+            .unwrap(),
+        0.0
+    );
+    let by_org = report(&store, UsageQuery::new(GroupBy::Org)).await;
+    let groups: Vec<(&str, u64, f64)> = by_org
+        .data
+        .iter()
+        .map(|r| (r.group.as_str(), r.requests, r.cost_usd))
+        .collect();
+    let mut expected = vec![
+        (NO_GROUP, 2, 12.0),
+        (acme.id.as_str(), 2, 3.5),
+        ("kept", 1, 16.0),
+    ];
+    expected.sort_by(|a, b| a.0.cmp(b.0));
+    assert_eq!(groups, expected);
+    let only = report(
+        &store,
+        UsageQuery {
+            org_id: Some(acme.id.clone()),
+            ..UsageQuery::new(GroupBy::Team)
+        },
+    )
+    .await;
+    assert_eq!(
+        only.data,
+        vec![row(NO_GROUP, 1, 10, 1, 2.0), row(&team.id, 1, 10, 1, 1.5)]
+    );
+    // Budget alerts and listings read the org's budget and name like a team's.
+    let budgets = store
+        .budgets(&[(SpendKind::Org, acme.id.as_str())])
+        .await
+        .unwrap();
+    assert_eq!(budgets[0].map(|b| b.budget_usd), Some(10.0));
+    let names = store
+        .names(&[(SpendKind::Org, acme.id.as_str())])
+        .await
+        .unwrap();
+    assert_eq!(names[&(SpendKind::Org, acme.id.clone())], "Acme");
 }

@@ -899,6 +899,7 @@ fn record(
         key_id: key.map(str::to_owned),
         user_id: user.map(str::to_owned),
         team_id: team.map(str::to_owned),
+        org_id: None,
         model: Some(model.to_owned()),
         tokens: TokenUsage {
             input_tokens: tokens.0,
@@ -1434,9 +1435,17 @@ async fn budgets_show_spend_against_the_limit_and_the_thresholds_reached(db: Db)
     let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
     assert_eq!(budgets[2]["period_start"], format!("{day}T00:00:00Z"));
     let (status, body) =
-        s.t.admin(Method::GET, "/admin/budgets?kind=org", None)
+        s.t.admin(Method::GET, "/admin/budgets?kind=tenant", None)
             .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) =
+        s.t.admin(Method::GET, "/admin/budgets?kind=org", None)
+            .await;
+    assert_eq!(
+        (status, &body["data"]),
+        (StatusCode::OK, &json!([])),
+        "{body}"
+    );
 
     // The page: a meter and the numbers, the period, the thresholds.
     let ada = s.as_("ada").await;
@@ -1471,9 +1480,9 @@ async fn budgets_show_spend_against_the_limit_and_the_thresholds_reached(db: Db)
     let keys_only = ada.get("/budgets?kind=key").await;
     assert!(keys_only.contains("uma-laptop") && !keys_only.contains(">Platform<"));
     refused(
-        &ada.get("/budgets?kind=org").await,
+        &ada.get("/budgets?kind=tenant").await,
         StatusCode::BAD_REQUEST,
-        "unknown entity kind `org`",
+        "unknown entity kind `tenant`",
     );
 
     // A user sees their own key, themselves and their team; not another user's key.
@@ -2030,6 +2039,7 @@ async fn pages_at_size() {
                     password_hash: None,
                     limits: Default::default(),
                     metadata: None,
+                    org_id: None,
                     email_unverified: false,
                 },
             )

@@ -128,6 +128,7 @@ async fn a_month_of_the_ui_in_chromium() {
                     key_id: Some(key.clone()),
                     user_id: Some(user.clone()),
                     team_id: Some(team.clone()),
+                    org_id: None,
                     model: Some(model.to_owned()),
                     tokens: TokenUsage {
                         input_tokens: input,

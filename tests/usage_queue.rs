@@ -26,6 +26,7 @@ fn record(
         key_id: None,
         user_id: user.map(str::to_owned),
         team_id: None,
+        org_id: None,
         model: Some(model.to_owned()),
         tokens: TokenUsage {
             input_tokens: input,

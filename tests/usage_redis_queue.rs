@@ -26,6 +26,7 @@ fn record(id: &str, cost: f64) -> UsageRecord {
         key_id: None,
         user_id: None,
         team_id: None,
+        org_id: None,
         model: Some("gpt-4o".to_owned()),
         tokens: TokenUsage {
             input_tokens: 10,

@@ -78,14 +78,19 @@ struct Budgeted {
 }
 
 /// `GET /admin/budgets`: the budgets the caller may read, keys first, then users, then
-/// teams, each kind by name.
+/// teams, then orgs, each kind by name.
 pub(crate) async fn listed(
     app: &AppState,
     caller: &Caller,
     q: BudgetsQuery,
 ) -> Result<Vec<Budget>, ApiError> {
     let kinds: Vec<SpendKind> = match q.kind.as_deref() {
-        None | Some("") => vec![SpendKind::Key, SpendKind::User, SpendKind::Team],
+        None | Some("") => vec![
+            SpendKind::Key,
+            SpendKind::User,
+            SpendKind::Team,
+            SpendKind::Org,
+        ],
         Some(kind) => vec![kind
             .parse()
             .map_err(|e| ApiError::BadRequest(format!("`kind`: {e}")))?],
@@ -96,6 +101,7 @@ pub(crate) async fn listed(
             SpendKind::Key => keys(app, caller).await?,
             SpendKind::User => users(app, caller).await?,
             SpendKind::Team => teams(app, caller).await?,
+            SpendKind::Org => orgs(app, caller).await?,
         };
         some.retain(|e| e.limits.max_budget.is_some());
         some.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
@@ -231,6 +237,25 @@ async fn teams(app: &AppState, caller: &Caller) -> Result<Vec<Budgeted>, ApiErro
             name: t.name,
             limits: t.limits,
             anchor: t.created_at,
+        })
+        .collect())
+}
+
+/// The orgs the caller reads (see [`super::orgs::listed`]).
+async fn orgs(app: &AppState, caller: &Caller) -> Result<Vec<Budgeted>, ApiError> {
+    let mut orgs = app.store.list_orgs().await?;
+    if !caller.reads_all() {
+        let mine = caller.user().and_then(|u| u.org_id.as_deref());
+        orgs.retain(|o| Some(o.id.as_str()) == mine);
+    }
+    Ok(orgs
+        .into_iter()
+        .map(|o| Budgeted {
+            kind: SpendKind::Org,
+            id: o.id,
+            name: o.name,
+            limits: o.limits,
+            anchor: o.created_at,
         })
         .collect())
 }

@@ -14,6 +14,7 @@ pub(crate) mod alerts;
 pub(crate) mod audit;
 pub(crate) mod budgets;
 pub(crate) mod keys;
+pub(crate) mod orgs;
 pub(crate) mod profile;
 pub(crate) mod session;
 pub(crate) mod teams;
@@ -64,6 +65,7 @@ pub fn router(app: Arc<Api>) -> Router {
         .merge(keys::routes())
         .merge(users::routes())
         .merge(teams::routes())
+        .merge(orgs::routes())
         .merge(audit::routes())
         .merge(session::routes())
         .merge(profile::routes())

@@ -39,6 +39,8 @@ pub(crate) struct CreateTeam {
     #[serde(default, deserialize_with = "whole::option")]
     pub max_parallel: Option<i64>,
     pub metadata: Option<serde_json::Value>,
+    /// Admins only; fixed from then on.
+    pub org_id: Option<String>,
 }
 
 async fn create(
@@ -65,6 +67,9 @@ pub(crate) async fn create_team(
     let limits = limits_of!(body);
     validate::limits(&limits)?;
     validate::metadata(&body.metadata)?;
+    if body.org_id.is_some() {
+        caller.require_admin("create a team in an org")?;
+    }
     let team = app
         .store
         .create_team(
@@ -74,6 +79,7 @@ pub(crate) async fn create_team(
                 models: body.models,
                 limits,
                 metadata: body.metadata,
+                org_id: body.org_id,
             },
         )
         .await?;
@@ -184,6 +190,9 @@ pub(crate) struct UpdateTeam {
     #[serde(default, deserialize_with = "whole::nullable")]
     pub max_parallel: Option<Option<i64>>,
     pub metadata: Option<serde_json::Value>,
+    /// Refused: a team never moves to another org (named so the answer can say so).
+    #[serde(default, deserialize_with = "nullable")]
+    pub org_id: Option<Option<serde_json::Value>>,
 }
 
 async fn update(
@@ -204,6 +213,11 @@ pub(crate) async fn update_team(
 ) -> Result<Team, ApiError> {
     let manages = caller.manages_team(app, id).await?;
     caller.allow(manages, "change a team they do not own")?;
+    if body.org_id.is_some() {
+        return Err(ApiError::BadRequest(
+            "`org_id` cannot be changed: a team stays in the org it was created in".into(),
+        ));
+    }
     if let Some(name) = &body.name {
         validate::name("name", name)?;
     }

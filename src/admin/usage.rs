@@ -30,6 +30,7 @@ pub(crate) struct AdminQuery {
     pub user_id: Option<String>,
     pub key_id: Option<String>,
     pub team_id: Option<String>,
+    pub org_id: Option<String>,
 }
 
 fn group_by(value: Option<&str>, default: GroupBy) -> Result<GroupBy, ApiError> {
@@ -68,6 +69,7 @@ pub(crate) async fn report(
         user_id: q.user_id,
         key_id: q.key_id,
         team_id: q.team_id,
+        org_id: q.org_id,
     };
     Ok(app.store.usage_report(query).await?)
 }
@@ -89,7 +91,7 @@ pub(crate) async fn own(
     default: GroupBy,
 ) -> Result<UsageReport, ApiError> {
     let group_by = group_by(q.group_by.as_deref(), default)?;
-    if matches!(group_by, GroupBy::User) {
+    if matches!(group_by, GroupBy::User | GroupBy::Org) {
         return Err(ApiError::BadRequest(
             "`group_by`: a user's own report groups by key, team, model or day".into(),
         ));
@@ -101,6 +103,7 @@ pub(crate) async fn own(
         user_id: Some(me.user.id.clone()),
         key_id: None,
         team_id: None,
+        org_id: None,
     };
     Ok(app.store.usage_report(query).await?)
 }

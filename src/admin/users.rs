@@ -81,6 +81,8 @@ pub(crate) struct CreateUser {
     #[serde(default, deserialize_with = "whole::option")]
     pub max_parallel: Option<i64>,
     pub metadata: Option<serde_json::Value>,
+    /// Fixed from then on.
+    pub org_id: Option<String>,
 }
 
 async fn create(
@@ -123,6 +125,7 @@ pub(crate) async fn create_user(
                 password_hash,
                 limits,
                 metadata: body.metadata,
+                org_id: body.org_id,
                 email_unverified: false,
             },
         )
@@ -196,6 +199,9 @@ pub(crate) struct UpdateUser {
     #[serde(default, deserialize_with = "whole::nullable")]
     pub max_parallel: Option<Option<i64>>,
     pub metadata: Option<serde_json::Value>,
+    /// Refused: a user never moves to another org (named so the answer can say so).
+    #[serde(default, deserialize_with = "nullable")]
+    pub org_id: Option<Option<serde_json::Value>>,
 }
 
 async fn update(
@@ -215,6 +221,11 @@ pub(crate) async fn update_user(
     body: UpdateUser,
 ) -> Result<User, ApiError> {
     caller.require_admin("change users")?;
+    if body.org_id.is_some() {
+        return Err(ApiError::BadRequest(
+            "`org_id` cannot be changed: a user stays in the org they were created in".into(),
+        ));
+    }
     if let Some(email) = &body.email {
         check_email(email)?;
     }

@@ -22,7 +22,7 @@ pub mod refusal;
 use crate::authn::{Authenticator, AuthnError};
 use crate::backend::BackendError;
 use crate::clock::Clock;
-use crate::decision::{self, Denial, Grant, Policy};
+use crate::decision::{self, Denial, Grant, Policy, Principal};
 use crate::domain::Timestamp;
 use crate::limits::plan::{self, Quota};
 use crate::usage::pricing;
@@ -123,7 +123,20 @@ impl Admission {
             policy
                 .rates
                 .estimate(body_bytes, body.max_output_tokens, grant.model.as_deref());
-        let payers = Payers::of(&principal);
+        // A key carries its org; a person's org is read (cached) by its id.
+        let user_org = match &principal {
+            Principal::User(user) => match user.org_id.as_deref() {
+                Some(id) => self
+                    .auth
+                    .orgs
+                    .resolve(id)
+                    .await
+                    .map_err(BackendError::from)?,
+                None => None,
+            },
+            _ => None,
+        };
+        let payers = Payers::of(&principal, user_org.as_deref());
         let charges = payers.charges();
         let reservation = Reservation {
             demands: plan::demands(

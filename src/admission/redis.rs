@@ -783,7 +783,7 @@ fn unexpected() -> BackendError {
     BackendError::fault(Backend::Redis, "redis: unexpected script reply")
 }
 
-/// The letter of a budget's owner: `t`, `u` or `k`.
+/// The letter of a budget's owner: `o`, `t`, `u` or `k`.
 fn level(kind: SpendKind) -> &'static str {
     super::payers::level(kind)
 }

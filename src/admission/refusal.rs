@@ -114,6 +114,7 @@ fn level_name(bucket: &str) -> String {
         "g" => "this gateway".to_owned(),
         "r" => format!("the route {name}"),
         "m" => format!("the model {name}"),
+        "o" => "your organization".to_owned(),
         "t" => "your team".to_owned(),
         "u" => "your user".to_owned(),
         _ => "this API key".to_owned(),

@@ -34,6 +34,8 @@ struct IssuerPolicy {
     /// Teams `group_to_team` names that do not exist are created.
     auto_create_teams: bool,
     group_to_role: Vec<(String, Role)>,
+    /// The claim that names the user's org (`org_claim`).
+    org_claim: Option<String>,
 }
 
 impl IssuerPolicy {
@@ -55,6 +57,7 @@ impl IssuerPolicy {
                 .iter()
                 .map(|(g, r)| (g.clone(), role(r)))
                 .collect(),
+            org_claim: issuer.org_claim.clone(),
         }
     }
 
@@ -100,12 +103,21 @@ fn privilege_rank(role: Role) -> u8 {
     }
 }
 
+/// What a verified identity is ([`OidcUsers::user_id`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolved {
+    /// This user.
+    User(String),
+    /// Nobody may sign in with these claims; the reason, for the 401.
+    Refused(String),
+}
+
 /// Maps verified OIDC identities to user ids, provisioning and syncing through the store.
 pub struct OidcUsers {
     store: SharedStore,
     issuers: HashMap<String, IssuerPolicy>,
-    /// Fingerprint of (issuer, subject, email, name, groups) → user id.
-    seen: StoreCache<[u8; 32], String>,
+    /// Fingerprint of (issuer, subject, email, name, groups, org) → what it resolved to.
+    seen: StoreCache<[u8; 32], Resolved>,
 }
 
 impl OidcUsers {
@@ -126,15 +138,17 @@ impl OidcUsers {
         }
     }
 
-    /// The id of the user this identity is, or `None` when it is linked to nobody and its
-    /// issuer does not provision users. `fresh` is told the ids whose record the sync may
-    /// have changed (role), so their cached records can be dropped.
+    /// The user this identity is, or `None` when it is linked to nobody and its issuer does
+    /// not provision users. With the issuer's `org_claim`, a token whose claim is missing or
+    /// names no live org, or whose user belongs to another org, is [`Resolved::Refused`].
+    /// `fresh` is told the ids whose record the sync may have changed (role), so their
+    /// cached records can be dropped.
     pub async fn user_id(
         &self,
         identity: &OidcIdentity,
         source: Option<&str>,
         fresh: impl FnOnce(&str),
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<Resolved>, StoreError> {
         let Some(policy) = self.issuers.get(&identity.issuer) else {
             // The verifier only accepts configured issuers.
             return Ok(None);
@@ -146,6 +160,22 @@ impl OidcUsers {
         let found = self
             .seen
             .get_or_load(&fingerprint(identity), || async move {
+                let org = match (&policy.org_claim, &identity.org) {
+                    (None, _) => None,
+                    (Some(claim), None) => {
+                        return Ok(Some(Resolved::Refused(format!(
+                            "The token has no `{claim}` claim, which names your organization"
+                        ))))
+                    }
+                    (Some(claim), Some(name)) => match self.store.org_by_name(name).await? {
+                        Some(org) => Some(org.id),
+                        None => {
+                            return Ok(Some(Resolved::Refused(format!(
+                                "The token's `{claim}` claim names no organization here: {name:?}"
+                            ))))
+                        }
+                    },
+                };
                 let login = OidcLogin {
                     issuer: identity.issuer.clone(),
                     subject: identity.subject.clone(),
@@ -157,6 +187,7 @@ impl OidcUsers {
                     role_from_groups: policy.role_for(&identity.groups),
                     teams_from_groups: policy.teams_for(&identity.groups),
                     auto_create_teams: policy.auto_create_teams,
+                    org_id: org.clone(),
                 };
                 let actor = Actor::new(
                     format!("oidc:{}", identity.issuer),
@@ -175,7 +206,13 @@ impl OidcUsers {
                     }
                     *synced_id = Some(o.user.id.clone());
                     *new_account_seen = o.created || o.linked;
-                    o.user.id
+                    if org.is_some() && o.user.org_id != org {
+                        return Resolved::Refused(
+                            "This account belongs to another organization than the token names"
+                                .to_string(),
+                        );
+                    }
+                    Resolved::User(o.user.id)
                 }))
             })
             .await?;
@@ -187,7 +224,7 @@ impl OidcUsers {
             // be remembered as linked to nobody; they are not any more.
             self.seen.forget_missing();
         }
-        Ok(found.map(|id| (*id).clone()))
+        Ok(found.map(|resolved| (*resolved).clone()))
     }
 
     /// Forgets identities remembered as "linked to nobody": a user just created may be
@@ -203,12 +240,15 @@ impl OidcUsers {
             Invalidation::All => self.seen.invalidate(None),
             Invalidation::User(id) => {
                 let id = id.clone();
-                self.seen
-                    .invalidate(Some(Box::new(move |_, user| *user == id)));
+                self.seen.invalidate(Some(Box::new(
+                    move |_, seen| matches!(seen, Resolved::User(user) if *user == id),
+                )));
             }
             // Team writes can change what `group_to_team` resolves to (a team created or
             // renamed): sync again.
             Invalidation::Team(_) => self.seen.invalidate(None),
+            // An org created, renamed or deleted changes what `org_claim` names.
+            Invalidation::Org(_) => self.seen.invalidate(None),
             Invalidation::Key(_) => {}
         }
     }
@@ -224,6 +264,7 @@ fn fingerprint(identity: &OidcIdentity) -> [u8; 32] {
         identity.email.as_deref().unwrap_or(""),
         if identity.email_verified { "1" } else { "0" },
         identity.name.as_deref().unwrap_or(""),
+        identity.org.as_deref().unwrap_or(""),
     ]
     .into_iter()
     .chain(groups.iter().map(String::as_str))
@@ -289,6 +330,7 @@ mod tests {
             email_verified: false,
             name: None,
             groups: groups.iter().map(|s| s.to_string()).collect(),
+            org: None,
         };
         assert_eq!(
             fingerprint(&id(&["a", "b"], None)),

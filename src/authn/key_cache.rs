@@ -16,7 +16,8 @@
 
 use super::api_key::KeyHash;
 use crate::domain::{
-    BudgetDuration, CachedKey, KeyLookup, KeyOwnerTeam, KeyOwnerUser, Limits, Names, User,
+    BudgetDuration, CachedKey, KeyLookup, KeyOwnerOrg, KeyOwnerTeam, KeyOwnerUser, Limits, Names,
+    User,
 };
 use crate::metrics::{CacheCounters, CacheResult, Metrics};
 use crate::store::{SharedStore, StoreError};
@@ -34,6 +35,7 @@ pub enum Invalidation {
     Key(String),
     User(String),
     Team(String),
+    Org(String),
     All,
 }
 
@@ -202,6 +204,7 @@ pub struct KeyResolver {
 struct Shared {
     users: HashMap<Box<str>, Arc<KeyOwnerUser>>,
     teams: HashMap<Box<str>, Arc<KeyOwnerTeam>>,
+    orgs: HashMap<Box<str>, Arc<KeyOwnerOrg>>,
     names: HashSet<Names>,
     /// By their exact value (`max_budget` by its bits).
     limits: HashMap<LimitsKey, Arc<Limits>>,
@@ -227,6 +230,7 @@ impl Shared {
             via_previous,
             user,
             team,
+            org,
         } = lookup;
         let cached = CachedKey {
             id: key.id.into_boxed_str(),
@@ -240,6 +244,7 @@ impl Shared {
             via_previous,
             user: user.map(|u| share(&mut self.users, u.id.clone(), u)),
             team: team.map(|t| share(&mut self.teams, t.id.clone(), t)),
+            org: org.map(|o| share(&mut self.orgs, o.id.clone(), o)),
         };
         self.sweep();
         cached
@@ -270,7 +275,7 @@ impl Shared {
     }
 
     fn len(&self) -> usize {
-        self.users.len() + self.teams.len() + self.names.len() + self.limits.len()
+        self.users.len() + self.teams.len() + self.orgs.len() + self.names.len() + self.limits.len()
     }
 
     /// Drops the copies only the pool holds, when it has doubled since the last sweep.
@@ -280,6 +285,7 @@ impl Shared {
         }
         self.users.retain(|_, held| Arc::strong_count(held) > 1);
         self.teams.retain(|_, held| Arc::strong_count(held) > 1);
+        self.orgs.retain(|_, held| Arc::strong_count(held) > 1);
         self.names.retain(|held| Arc::strong_count(held) > 1);
         self.limits.retain(|_, held| Arc::strong_count(held) > 1);
         self.swept_at = self.len();
@@ -336,6 +342,9 @@ impl KeyResolver {
             Invalidation::Team(id) => {
                 Box::new(move |_, k| k.team.as_ref().is_some_and(|t| t.id == id))
             }
+            Invalidation::Org(id) => {
+                Box::new(move |_, k| k.org.as_ref().is_some_and(|o| o.id == id))
+            }
         };
         self.cache.invalidate(Some(stale));
     }
@@ -387,7 +396,52 @@ impl UserResolver {
         match what {
             Invalidation::All => self.cache.invalidate(None),
             Invalidation::User(id) => self.cache.forget(&id),
-            Invalidation::Key(_) | Invalidation::Team(_) => {}
+            Invalidation::Key(_) | Invalidation::Team(_) | Invalidation::Org(_) => {}
+        }
+    }
+}
+
+/// Orgs by id, as the budgets and limits of people signed in with a login token need them
+/// (a key's org comes with the key). Cached like users; an org write drops its entry.
+pub struct OrgResolver {
+    store: SharedStore,
+    cache: StoreCache<String, KeyOwnerOrg>,
+}
+
+impl OrgResolver {
+    pub fn new(
+        store: SharedStore,
+        config: &crate::config::Cache,
+        timeout: Duration,
+        metrics: Metrics,
+    ) -> OrgResolver {
+        OrgResolver {
+            store,
+            cache: StoreCache::new("org", config, timeout, metrics),
+        }
+    }
+
+    /// The live org with this id, or `None` (unknown or deleted).
+    pub async fn resolve(&self, id: &str) -> Result<Option<Arc<KeyOwnerOrg>>, StoreError> {
+        let id = id.to_owned();
+        self.cache
+            .get_or_load(&id, || async {
+                Ok(self
+                    .store
+                    .get_org(&id)
+                    .await?
+                    .as_ref()
+                    .map(KeyOwnerOrg::from))
+            })
+            .await
+    }
+
+    /// Drops a cached org made stale by an admin write, at once.
+    pub fn invalidate(&self, what: Invalidation) {
+        match what {
+            Invalidation::All => self.cache.invalidate(None),
+            Invalidation::Org(id) => self.cache.forget(&id),
+            Invalidation::Key(_) | Invalidation::User(_) | Invalidation::Team(_) => {}
         }
     }
 }
@@ -429,6 +483,7 @@ mod tests {
                 blocked: false,
                 limits: Limits::default(),
             }),
+            org: None,
         }
     }
 

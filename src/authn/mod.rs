@@ -38,8 +38,8 @@ use crate::decision::{Denial, DenyReason, Principal};
 use crate::domain::{Timestamp, User};
 use crate::metrics::Metrics;
 use crate::store::SharedStore;
-use identity::OidcUsers;
-pub use key_cache::{Invalidation, KeyResolver, UserResolver};
+use identity::{OidcUsers, Resolved};
+pub use key_cache::{Invalidation, KeyResolver, OrgResolver, UserResolver};
 use login::Sessions;
 pub use master::MasterKey;
 use oidc::{OidcError, OidcIdentity, OidcVerifier};
@@ -94,6 +94,8 @@ pub struct Authenticator {
     pub master: MasterKey,
     pub keys: KeyResolver,
     pub users: UserResolver,
+    /// Orgs of people signed in with a login token (a key's org comes with the key).
+    pub orgs: OrgResolver,
     /// tollgate's own sessions, when `auth.session` is configured.
     pub sessions: Option<Arc<Sessions>>,
     /// OIDC issuers, when `auth.oidc` lists any.
@@ -129,7 +131,8 @@ impl Authenticator {
         Authenticator {
             master,
             keys: KeyResolver::new(store.clone(), &config.cache, timeout, metrics.clone()),
-            users: UserResolver::new(store, &config.cache, timeout, metrics.clone()),
+            users: UserResolver::new(store.clone(), &config.cache, timeout, metrics.clone()),
+            orgs: OrgResolver::new(store, &config.cache, timeout, metrics.clone()),
             sessions,
             oidc,
             max_token_bytes: config.auth.max_token_bytes,
@@ -150,6 +153,7 @@ impl Authenticator {
             users.invalidate(&what);
         }
         self.users.invalidate(what.clone());
+        self.orgs.invalidate(what.clone());
         self.keys.invalidate(what);
     }
 
@@ -229,6 +233,10 @@ impl Authenticator {
                     Err(invalid(NO_ACCOUNT))
                 }
                 Err(OidcUserError::Gone) => Err(invalid(ACCOUNT_GONE)),
+                Err(OidcUserError::Refused(why)) => {
+                    tracing::info!(issuer = %identity.issuer, reason = %why, "OIDC token refused");
+                    Err(invalid(&why))
+                }
                 Err(OidcUserError::Unavailable(e)) => Err(AuthnError::Unavailable(e)),
             };
         } else if let Some(sessions) = &self.sessions {
@@ -266,8 +274,10 @@ impl Authenticator {
             })
             .await
             .map_err(|e| OidcUserError::Unavailable(e.into()))?;
-        let Some(user_id) = found else {
-            return Err(OidcUserError::NoAccount);
+        let user_id = match found {
+            None => return Err(OidcUserError::NoAccount),
+            Some(Resolved::Refused(why)) => return Err(OidcUserError::Refused(why)),
+            Some(Resolved::User(id)) => id,
         };
         match self.users.resolve(&user_id).await {
             Ok(Some(user)) => Ok(user),
@@ -284,6 +294,8 @@ pub enum OidcUserError {
     NoAccount,
     /// Its user was deleted while it was being resolved.
     Gone,
+    /// Its claims admit nobody (e.g. `org_claim` names no org); the reason.
+    Refused(String),
     Unavailable(BackendError),
 }
 

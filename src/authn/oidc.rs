@@ -58,6 +58,8 @@ pub struct OidcIdentity {
     pub name: Option<String>,
     /// From the configured groups claim: a string array, or a single string.
     pub groups: Vec<String>,
+    /// The value of the issuer's `org_claim` (a string), when it has one.
+    pub org: Option<String>,
 }
 
 /// What an issuer's discovery document says about signing in at it with the authorization
@@ -506,6 +508,7 @@ fn identity(
     issuer: &str,
     claims: &Map<String, Value>,
     names: &ClaimNames,
+    org_claim: Option<&str>,
 ) -> Result<OidcIdentity, JwtRejection> {
     let subject =
         string_claim(claims, &names.subject).ok_or_else(|| JwtRejection::MissingSubject {
@@ -532,6 +535,7 @@ fn identity(
         },
         name: string_claim(claims, &names.name),
         groups,
+        org: org_claim.and_then(|claim| string_claim(claims, claim)),
     })
 }
 
@@ -657,7 +661,12 @@ impl OidcVerifier {
         self.check(issuer, &jwt, &issuer.config.audiences, now)
             .await?;
         let config = &issuer.config;
-        Ok(identity(&config.issuer, jwt.claims(), &config.claims)?)
+        Ok(identity(
+            &config.issuer,
+            jwt.claims(),
+            &config.claims,
+            config.org_claim.as_deref(),
+        )?)
     }
 
     /// Verifies an ID token that `issuer`'s token endpoint answered to a sign-in, as a
@@ -697,7 +706,12 @@ impl OidcVerifier {
             return Err(JwtRejection::WrongNonce.into());
         }
         let config = &issuer.config;
-        Ok(identity(&config.issuer, claims, &config.claims)?)
+        Ok(identity(
+            &config.issuer,
+            claims,
+            &config.claims,
+            config.org_claim.as_deref(),
+        )?)
     }
 
     /// Header, key, signature and registered claims of a token of `issuer`, with
@@ -817,15 +831,22 @@ mod tests {
             "i",
             &claims(json!({"sub": "u", "groups": ["a", 1, "b"], "email": ""})),
             &names,
+            None,
         )
         .unwrap();
         assert_eq!(id.groups, ["a", "b"]);
         assert_eq!(id.email, None);
-        let id = identity("i", &claims(json!({"sub": "u", "groups": "a"})), &names).unwrap();
+        let id = identity(
+            "i",
+            &claims(json!({"sub": "u", "groups": "a"})),
+            &names,
+            None,
+        )
+        .unwrap();
         assert_eq!(id.groups, ["a"]);
         assert!(!id.email_verified);
         assert_eq!(
-            identity("i", &claims(json!({"sub": 5})), &names).unwrap_err(),
+            identity("i", &claims(json!({"sub": 5})), &names, None).unwrap_err(),
             JwtRejection::MissingSubject {
                 claim: "sub".into()
             }
@@ -837,7 +858,7 @@ mod tests {
         let names = ClaimNames::default();
         let verified = |v: Value| {
             let claims = json!({"sub": "u", "email": "a@x", "email_verified": v});
-            identity("i", claims.as_object().unwrap(), &names)
+            identity("i", claims.as_object().unwrap(), &names, None)
                 .unwrap()
                 .email_verified
         };

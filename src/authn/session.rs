@@ -241,6 +241,7 @@ mod tests {
             email: "ada@example.com".into(),
             full_name: None,
             role: Role::User,
+            org_id: None,
             blocked: false,
             limits: Default::default(),
             metadata: serde_json::json!({}),

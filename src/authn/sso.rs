@@ -194,6 +194,10 @@ pub enum SsoError {
     /// be read again in `retry_after` seconds.
     #[error("The sign-in provider's signing key is not known yet; try again in {retry_after}s")]
     KeyNotFetchedYet { retry_after: u64 },
+    /// The identity's claims admit nobody (its `org_claim` names no organization, or one
+    /// its account is not in).
+    #[error("{0}")]
+    IdentityRefused(String),
     /// The identity is linked to no user and its issuer does not provision users.
     #[error("This identity has no tollgate account; ask an admin to create one with your email")]
     NoAccount,
@@ -237,6 +241,7 @@ impl SsoError {
             SsoError::InvalidIdToken(_) => "invalid_id_token",
             SsoError::KeyNotFetchedYet { .. } => "key_not_fetched_yet",
             SsoError::NoAccount => "no_account",
+            SsoError::IdentityRefused(_) => "identity_refused",
             SsoError::AccountGone => "account_gone",
             SsoError::Blocked => "blocked",
             SsoError::Unavailable(_) => "unavailable",
@@ -604,6 +609,7 @@ impl Sso {
             .map_err(|e| match e {
                 OidcUserError::NoAccount => SsoError::NoAccount,
                 OidcUserError::Gone => SsoError::AccountGone,
+                OidcUserError::Refused(why) => SsoError::IdentityRefused(why),
                 OidcUserError::Unavailable(e) => SsoError::Unavailable(e),
             })?;
         let actor = Actor::new(format!("user:{}", user.id), source.map(str::to_owned));

@@ -113,6 +113,7 @@ async fn created_at(store: &SharedStore, charge: &Charge) -> Result<Timestamp, S
         SpendKind::Key => store.get_key(&charge.id).await?.map(|k| k.created_at),
         SpendKind::User => store.get_user(&charge.id).await?.map(|u| u.created_at),
         SpendKind::Team => store.get_team(&charge.id).await?.map(|t| t.created_at),
+        SpendKind::Org => store.get_org(&charge.id).await?.map(|o| o.created_at),
     }
     .unwrap_or(0))
 }

@@ -31,6 +31,9 @@ enum TeamAction {
         /// Free-form JSON object kept with the team
         #[arg(long, value_name = "JSON")]
         metadata: Option<JsonObject>,
+        /// The org the team belongs to (fixed once created)
+        #[arg(long = "org", value_name = "ORG_ID")]
+        org_id: Option<String>,
     },
     /// List teams.
     List,
@@ -108,6 +111,7 @@ const COLUMNS: &[Column] = &[
 const FIELDS: &[&str] = &[
     "id",
     "name",
+    "org_id",
     "models",
     "blocked",
     "rpm",
@@ -193,9 +197,11 @@ pub async fn run(cmd: TeamCommand) -> Result<(), CliError> {
             models,
             limits,
             metadata,
+            org_id,
         } => {
             let mut body = Body::new();
             body.insert("name".into(), json!(name));
+            set(&mut body, "org_id", org_id);
             set(&mut body, "models", models);
             limits.write(&mut body);
             set(&mut body, "metadata", metadata);

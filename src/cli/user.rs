@@ -44,6 +44,9 @@ enum UserAction {
         /// Free-form JSON object kept with the user
         #[arg(long, value_name = "JSON")]
         metadata: Option<JsonObject>,
+        /// The org the user belongs to (fixed once created)
+        #[arg(long = "org", value_name = "ORG_ID")]
+        org_id: Option<String>,
     },
     /// List users.
     List,
@@ -114,6 +117,7 @@ const FIELDS: &[&str] = &[
     "email",
     "full_name",
     "role",
+    "org_id",
     "blocked",
     "rpm",
     "tpm",
@@ -158,6 +162,7 @@ pub async fn run(cmd: UserCommand) -> Result<(), CliError> {
             password_stdin,
             limits,
             metadata,
+            org_id,
         } => {
             let password = if password_stdin {
                 Some(read_password_line()?)
@@ -170,6 +175,7 @@ pub async fn run(cmd: UserCommand) -> Result<(), CliError> {
             body.insert("role".into(), json!(role));
             set(&mut body, "full_name", full_name);
             set(&mut body, "password", password);
+            set(&mut body, "org_id", org_id);
             limits.write(&mut body);
             set(&mut body, "metadata", metadata);
             let user = api.post(&["admin", "users"], Value::Object(body)).await?;

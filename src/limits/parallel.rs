@@ -181,6 +181,7 @@ mod tests {
 
     fn slot(owner: &str, limit: u64) -> Slot {
         let kind = match owner.split(':').next() {
+            Some("o") => Some(SpendKind::Org),
             Some("t") => Some(SpendKind::Team),
             Some("u") => Some(SpendKind::User),
             Some("k") => Some(SpendKind::Key),
@@ -206,6 +207,11 @@ mod tests {
         };
         let free = Limits::default();
         let payers = Payers {
+            org: Some(Payer {
+                kind: SpendKind::Org,
+                id: "o1",
+                limits: &capped,
+            }),
             team: Some(Payer {
                 kind: SpendKind::Team,
                 id: "t1",
@@ -224,7 +230,12 @@ mod tests {
         };
         assert_eq!(
             slots(&rates, &payers),
-            [slot("g", 50), slot("t:t1", 2), slot("k:k1", 2)]
+            [
+                slot("g", 50),
+                slot("o:o1", 2),
+                slot("t:t1", 2),
+                slot("k:k1", 2)
+            ]
         );
         assert!(slots(&Rates::default(), &Payers::default()).is_empty());
     }

@@ -296,6 +296,7 @@ mod tests {
                     id: "t1",
                     limits: &team,
                 }),
+                org: None,
             },
             42,
         );

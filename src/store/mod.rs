@@ -4,6 +4,7 @@
 //! The contract is split by capability, one trait per kind of record:
 //! - [`UserStore`]: users (create, read, patch, soft delete).
 //! - [`TeamStore`]: teams and their memberships.
+//! - [`OrgStore`]: organizations (tenants) above teams and users.
 //! - [`KeyStore`]: virtual keys, and the hot path's lookup of a key by its hash.
 //! - [`AuditStore`]: reading the audit log, and audit lines for events that are not writes.
 //! - [`IdentityStore`]: OIDC identities: the user of an (issuer, subject), found, linked or
@@ -41,7 +42,7 @@ pub use passkeys::{
 use crate::backend::{Backend, BackendError};
 use crate::domain::{
     rfc3339, ApiKey, AuditEvent, BudgetDuration, KeyLookup, Limits, Membership, MembershipSource,
-    Role, Team, TeamRole, Timestamp, User,
+    Org, Role, Team, TeamRole, Timestamp, User,
 };
 use crate::secret::Secret;
 use crate::usage::UsageRecord;
@@ -135,6 +136,8 @@ pub struct NewUser {
     pub password_hash: Option<String>,
     pub limits: Limits,
     pub metadata: Option<serde_json::Value>,
+    /// The live org the user belongs to (fixed from then on).
+    pub org_id: Option<String>,
     /// Nobody vouches for `email`: the user typed it in (registration). No OIDC identity is
     /// linked to this user by email (see [`OidcLogin::email_verified`]).
     pub email_unverified: bool,
@@ -160,6 +163,8 @@ pub struct NewTeam {
     pub models: Vec<String>,
     pub limits: Limits,
     pub metadata: Option<serde_json::Value>,
+    /// The live org the team belongs to (fixed from then on).
+    pub org_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -167,6 +172,20 @@ pub struct TeamPatch {
     pub name: Option<String>,
     pub models: Option<Vec<String>>,
     pub blocked: Option<bool>,
+    pub limits: LimitsPatch,
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NewOrg {
+    pub name: String,
+    pub limits: Limits,
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct OrgPatch {
+    pub name: Option<String>,
     pub limits: LimitsPatch,
     pub metadata: Option<serde_json::Value>,
 }
@@ -365,7 +384,7 @@ pub struct NewRefreshToken {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RefreshOutcome {
     /// The token was live: it is now used, and the new one (same family) is stored.
-    Rotated { user: User, family: String },
+    Rotated { user: Box<User>, family: String },
     /// The token had already been used or revoked: someone replays it, so its whole family
     /// has just been revoked (and `auth.refresh_reuse` audited).
     Reused { user_id: String, family: String },
@@ -401,6 +420,8 @@ pub struct OidcLogin {
     /// Create the teams of `teams_from_groups` that do not exist (the issuer's
     /// `auto_create_teams`) instead of skipping them.
     pub auto_create_teams: bool,
+    /// The org the token names (`org_claim`): a user this login provisions joins it.
+    pub org_id: Option<String>,
 }
 
 /// What an OIDC login found or did.
@@ -450,22 +471,24 @@ pub enum SsoTake {
     Unknown,
 }
 
-/// Whose spend: a key, a user or a team.
+/// Whose spend: a key, a user, a team or an org.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SpendKind {
     Key,
     User,
     Team,
+    Org,
 }
 
 impl SpendKind {
-    /// `key`, `user` or `team`, as stored in `spend.entity_kind`.
+    /// `key`, `user`, `team` or `org`, as stored in `spend.entity_kind`.
     pub fn as_str(self) -> &'static str {
         match self {
             SpendKind::Key => "key",
             SpendKind::User => "user",
             SpendKind::Team => "team",
+            SpendKind::Org => "org",
         }
     }
 }
@@ -483,8 +506,9 @@ impl FromStr for SpendKind {
             "key" => Ok(SpendKind::Key),
             "user" => Ok(SpendKind::User),
             "team" => Ok(SpendKind::Team),
+            "org" => Ok(SpendKind::Org),
             other => Err(format!(
-                "unknown entity kind `{other}` (expected one of: key, user, team)"
+                "unknown entity kind `{other}` (expected one of: key, user, team, org)"
             )),
         }
     }
@@ -500,13 +524,14 @@ pub struct EntityBudget {
     pub anchor: Timestamp,
 }
 
-/// What a usage report groups by (`group_by=key|user|team|model|day`).
+/// What a usage report groups by (`group_by=key|user|team|org|model|day`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GroupBy {
     Key,
     User,
     Team,
+    Org,
     Model,
     /// The UTC calendar day of the record's `at`, as `YYYY-MM-DD`.
     Day,
@@ -518,6 +543,7 @@ impl GroupBy {
             GroupBy::Key => "key",
             GroupBy::User => "user",
             GroupBy::Team => "team",
+            GroupBy::Org => "org",
             GroupBy::Model => "model",
             GroupBy::Day => "day",
         }
@@ -537,10 +563,11 @@ impl FromStr for GroupBy {
             "key" => Ok(GroupBy::Key),
             "user" => Ok(GroupBy::User),
             "team" => Ok(GroupBy::Team),
+            "org" => Ok(GroupBy::Org),
             "model" => Ok(GroupBy::Model),
             "day" => Ok(GroupBy::Day),
             other => Err(format!(
-                "unknown group_by `{other}` (expected one of: key, user, team, model, day)"
+                "unknown group_by `{other}` (expected one of: key, user, team, org, model, day)"
             )),
         }
     }
@@ -564,6 +591,8 @@ pub struct UsageQuery {
     pub key_id: Option<String>,
     /// Only this team's records.
     pub team_id: Option<String>,
+    /// Only this org's records.
+    pub org_id: Option<String>,
 }
 
 impl UsageQuery {
@@ -576,6 +605,7 @@ impl UsageQuery {
             user_id: None,
             key_id: None,
             team_id: None,
+            org_id: None,
         }
     }
 }
@@ -829,6 +859,7 @@ pub struct UiSession {
 pub trait Store:
     UserStore
     + TeamStore
+    + OrgStore
     + KeyStore
     + AuditStore
     + IdentityStore
@@ -893,6 +924,28 @@ pub trait TeamStore: Send + Sync {
     async fn list_members(&self, team_id: &str) -> StoreResult<Vec<Membership>>;
     /// Memberships of a user in live teams (for "which teams does this caller own").
     async fn user_memberships(&self, user_id: &str) -> StoreResult<Vec<Membership>>;
+}
+
+/// Organizations (tenants). Soft-deleted like teams; teams and users name theirs in
+/// `org_id`, set when they are created.
+#[async_trait]
+pub trait OrgStore: Send + Sync {
+    /// A name another live org has is a `Conflict`.
+    async fn create_org(&self, actor: &Actor, org: NewOrg) -> StoreResult<Org>;
+    async fn get_org(&self, id: &str) -> StoreResult<Option<Org>>;
+    /// The live org named `name` (exact match).
+    async fn org_by_name(&self, name: &str) -> StoreResult<Option<Org>>;
+    /// Live orgs, oldest first.
+    async fn list_orgs(&self) -> StoreResult<Vec<Org>>;
+    async fn update_org(
+        &self,
+        actor: &Actor,
+        id: &str,
+        patch: OrgPatch,
+    ) -> StoreResult<Option<Org>>;
+    /// Deletes an org that has no live team nor user (else `Conflict`, naming how many).
+    /// Its row is kept (soft delete) for its usage history. False: no such live org.
+    async fn delete_org(&self, actor: &Actor, id: &str) -> StoreResult<bool>;
 }
 
 /// Virtual keys: their lifecycle, and the hot path's lookup by hash.
@@ -1051,6 +1104,12 @@ pub trait UsageStore: Send + Sync {
     /// [`UsageStore::record_usage`], answering the positions in `records` of the records that
     /// were new (ascending), so callers can count exactly what was added.
     async fn record_new_usage(&self, records: &[UsageRecord]) -> StoreResult<Vec<usize>>;
+
+    /// Fills in the `org_id` of the records that have none: their team's org, else their
+    /// user's (deleted teams and users included; none when neither has one). Records that
+    /// name an org keep it. One query per kind (and per 1024 ids), before a batch is
+    /// written, so its spend accrues to the org as well.
+    async fn assign_orgs(&self, records: &mut [UsageRecord]) -> StoreResult<()>;
 
     /// The spend of a key, user or team in the budget period that contains `at` (0 when
     /// none): the period of the entity's own `budget_duration`, read from its row (deleted

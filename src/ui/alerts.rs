@@ -140,6 +140,7 @@ async fn page(
             SpendKind::Key => ("key", names.key(app, id).await?, format!("/keys/{id}")),
             SpendKind::User => ("user", names.user(app, id).await?, format!("/users/{id}")),
             SpendKind::Team => ("team", names.team(app, id).await?, format!("/teams/{id}")),
+            SpendKind::Org => ("org", names.org(app, id).await?, "/budgets".to_owned()),
         };
         view.rows.push(Row {
             created: show::when(alert.created_at),

@@ -130,6 +130,8 @@ fn row(b: Budget, thresholds: &[u32]) -> Row {
         SpendKind::Key => ("key", format!("/keys/{}", b.id)),
         SpendKind::User => ("user", format!("/users/{}", b.id)),
         SpendKind::Team => ("team", format!("/teams/{}", b.id)),
+        // The web UI has no page of an org yet.
+        SpendKind::Org => ("org", "/budgets".to_owned()),
     };
     Row {
         kind,

@@ -206,12 +206,13 @@ pub fn filter_text(field: &str, text: &str, max: usize) -> Result<String, UiErro
 
 // ---- names ------------------------------------------------------------------------------
 
-/// The names of users, teams and keys, each read once per page. Used only where the page's
+/// The names of users, teams, orgs and keys, each read once per page. Used only where the page's
 /// reader may read the record through the API (admins and viewers read every record).
 #[derive(Default)]
 pub struct Names {
     users: HashMap<String, Option<String>>,
     teams: HashMap<String, Option<String>>,
+    orgs: HashMap<String, Option<String>>,
     keys: HashMap<String, Option<String>>,
 }
 
@@ -241,10 +242,20 @@ impl Names {
                 SpendKind::Key => &mut self.keys,
                 SpendKind::User => &mut self.users,
                 SpendKind::Team => &mut self.teams,
+                SpendKind::Org => &mut self.orgs,
             };
             map.entry(id.to_owned()).or_insert(name);
         }
         Ok(())
+    }
+
+    /// The org's name, or `None` when there is no such live org.
+    pub async fn org(&mut self, app: &AppState, id: &str) -> Result<Option<String>, UiError> {
+        if !self.orgs.contains_key(id) {
+            let name = app.store.get_org(id).await?.map(|o| o.name);
+            self.orgs.insert(id.to_owned(), name);
+        }
+        Ok(self.orgs[id].clone())
     }
 
     /// The team's name, or `None` when there is no such live team.

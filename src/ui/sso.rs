@@ -167,7 +167,10 @@ async fn callback(
 fn sso_error(e: &SsoError) -> UiError {
     let status = match e {
         _ if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
-        SsoError::NoAccount | SsoError::AccountGone | SsoError::Blocked => StatusCode::FORBIDDEN,
+        SsoError::NoAccount
+        | SsoError::AccountGone
+        | SsoError::Blocked
+        | SsoError::IdentityRefused(_) => StatusCode::FORBIDDEN,
         SsoError::Refused { .. } | SsoError::CodeRefused { .. } | SsoError::InvalidIdToken(_) => {
             StatusCode::UNAUTHORIZED
         }

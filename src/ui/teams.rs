@@ -114,6 +114,7 @@ impl TeamForm {
             budget_duration: show::duration(&self.budget_duration)?,
             max_parallel: show::whole("max_parallel", &self.max_parallel)?,
             metadata: None,
+            org_id: None,
         })
     }
 

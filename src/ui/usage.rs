@@ -501,6 +501,7 @@ async fn labels(
                 GroupBy::Key => "no key".to_owned(),
                 GroupBy::User => "no user".to_owned(),
                 GroupBy::Team => "no team".to_owned(),
+                GroupBy::Org => "no org".to_owned(),
                 GroupBy::Model => "no model".to_owned(),
                 GroupBy::Day => "no day".to_owned(),
             }

@@ -253,6 +253,7 @@ pub fn record_from_entry(entry: &HttpAccessLogEntry, models: &[Model]) -> Option
         key_id,
         user_id,
         team_id,
+        org_id: None,
         model,
         tokens: found.tokens,
         cost_usd,

@@ -654,6 +654,7 @@ impl Exchange {
             key_id: self.key_id.clone(),
             user_id: self.user_id.clone(),
             team_id: self.team_id.clone(),
+            org_id: None,
             model,
             tokens,
             cost_usd,

@@ -51,6 +51,11 @@ pub struct UsageRecord {
     pub key_id: Option<String>,
     pub user_id: Option<String>,
     pub team_id: Option<String>,
+    /// The org charged: its team's org, else its user's, filled in before the record is
+    /// written ([`crate::store::UsageStore::owner_orgs`]); absent from records queued by
+    /// earlier versions.
+    #[serde(default)]
+    pub org_id: Option<String>,
     pub model: Option<String>,
     #[serde(flatten)]
     pub tokens: TokenUsage,

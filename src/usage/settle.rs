@@ -42,6 +42,14 @@ impl Settler {
     /// on failure (plus a database backend error unless the store refused the batch as
     /// invalid); retrying is the caller's.
     pub async fn commit(&self, batch: &[UsageRecord]) -> Result<(), StoreError> {
+        // Each record is charged to its team's (else its user's) org too.
+        let mut batch = batch.to_vec();
+        if let Err(e) = self.store.assign_orgs(&mut batch).await {
+            self.count("retried", batch.len() as u64);
+            self.metrics.backend_error("database");
+            return Err(e);
+        }
+        let batch = batch.as_slice();
         match self.store.record_new_usage(batch).await {
             Ok(fresh) => {
                 let new = fresh.len() as u64;

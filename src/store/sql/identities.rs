@@ -105,7 +105,8 @@ impl SqlStore {
 
         let teams = match &login.teams_from_groups {
             Some(names) => {
-                self.sync_group_teams(&mut tx, actor, login, &user.id, names, now)
+                let org = user.org_id.clone();
+                self.sync_group_teams(&mut tx, actor, login, &user.id, org.as_deref(), names, now)
                     .await?
             }
             None => GroupTeams::default(),
@@ -203,6 +204,7 @@ impl SqlStore {
             email: email.map_or_else(|| format!("{handle}@users.invalid"), str::to_string),
             full_name: login.name.clone(),
             role: login.role_from_groups.unwrap_or(login.default_role),
+            org_id: login.org_id.clone(),
             blocked: false,
             limits: Limits::default(),
             metadata: json!({}),
@@ -213,8 +215,8 @@ impl SqlStore {
         sqlx::query(
             "INSERT INTO users (id, username, email, full_name, role, blocked, password_hash, \
              rpm, tpm, max_budget, budget_duration, metadata, created_at, updated_at, \
-             email_verified) \
-             VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, CAST($9 AS DOUBLE PRECISION), $10, $11, $12, $13, $14)",
+             email_verified, org_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, CAST($9 AS DOUBLE PRECISION), $10, $11, $12, $13, $14, $15)",
         )
         .bind(&user.id)
         .bind(&user.username)
@@ -228,6 +230,7 @@ impl SqlStore {
         .bind(now)
         // The `users.invalid` stand-in is nobody's address: no token may claim it.
         .bind(email.is_some())
+        .bind(user.org_id.as_deref())
         .execute(&mut *conn)
         .await
         .map_err(|e| map_db_err(e, Some(USER_CONFLICT)))?;
@@ -240,6 +243,7 @@ impl SqlStore {
                 "password_set": false,
                 "source": "oidc",
                 "issuer": login.issuer,
+                "org_id": user.org_id,
             }),
             &user.limits,
         );
@@ -265,19 +269,23 @@ impl SqlStore {
         Ok(found.is_some())
     }
 
-    /// The id of the live team named `name`, locked FOR SHARE (Postgres) so it cannot be
-    /// deleted under a membership added in this transaction.
+    /// The id of the live team named `name` in the org `org` (none: outside every org),
+    /// locked FOR SHARE (Postgres) so it cannot be deleted under a membership added in this
+    /// transaction.
     async fn live_team_id(
         &self,
         conn: &mut AnyConnection,
         name: &str,
+        org: Option<&str>,
     ) -> StoreResult<Option<String>> {
         let sql = format!(
-            "SELECT id FROM teams WHERE name = $1 AND deleted_at IS NULL{}",
+            "SELECT id FROM teams WHERE name = $1 AND deleted_at IS NULL \
+             AND COALESCE(org_id, '') = $2{}",
             self.backend.for_share()
         );
         sqlx::query_scalar(&sql)
             .bind(name)
+            .bind(org.unwrap_or(""))
             .fetch_optional(&mut *conn)
             .await
             .map_err(db_err)
@@ -298,24 +306,29 @@ impl SqlStore {
         actor: &Actor,
         login: &OidcLogin,
         name: &str,
+        org: Option<&str>,
         now: Timestamp,
     ) -> StoreResult<Option<(String, bool)>> {
         let id = domain::new_id();
         let inserted = sqlx::query(
-            "INSERT INTO teams (id, name, models, blocked, metadata, created_at, updated_at) \
-             VALUES ($1, $2, '[]', $3, '{}', $4, $4) ON CONFLICT DO NOTHING",
+            "INSERT INTO teams (id, name, models, blocked, metadata, created_at, updated_at, org_id) \
+             VALUES ($1, $2, '[]', $3, '{}', $4, $4, $5) ON CONFLICT DO NOTHING",
         )
         .bind(&id)
         .bind(name)
         .bind(false)
         .bind(now)
+        .bind(org)
         .execute(&mut *conn)
         .await
         .map_err(db_err)?
         .rows_affected();
         if inserted == 0 {
             // A concurrent login created it (None: and it was deleted since).
-            return Ok(self.live_team_id(conn, name).await?.map(|id| (id, false)));
+            return Ok(self
+                .live_team_id(conn, name, org)
+                .await?
+                .map(|id| (id, false)));
         }
         let details = with_limits(
             json!({
@@ -323,6 +336,7 @@ impl SqlStore {
                 "models": [],
                 "source": "oidc",
                 "issuer": login.issuer,
+                "org_id": org,
             }),
             &Limits::default(),
         );
@@ -330,15 +344,19 @@ impl SqlStore {
         Ok(Some((id, true)))
     }
 
-    /// Makes the user's group memberships match the live teams named `names`, creating the
-    /// missing ones first when `login.auto_create_teams` is on. Manual memberships are never
-    /// touched, and a named team the user is already a manual member of stays manual.
+    /// Makes the user's group memberships match the live teams named `names` in the user's
+    /// org (`org`; none: the teams outside every org), creating the missing ones there first
+    /// when `login.auto_create_teams` is on. A name taken by a team of another org matches
+    /// nothing and is not created. Manual memberships are never touched, and a named team
+    /// the user is already a manual member of stays manual.
+    #[allow(clippy::too_many_arguments)]
     async fn sync_group_teams(
         &self,
         conn: &mut AnyConnection,
         actor: &Actor,
         login: &OidcLogin,
         user_id: &str,
+        org: Option<&str>,
         names: &[String],
         now: Timestamp,
     ) -> StoreResult<GroupTeams> {
@@ -350,11 +368,11 @@ impl SqlStore {
         names.sort();
         names.dedup();
         for name in &names {
-            let mut id = self.live_team_id(conn, name).await?;
+            let mut id = self.live_team_id(conn, name, org).await?;
             if id.is_none() && login.auto_create_teams {
                 require_nonempty("team name", name)?;
                 if let Some((new_id, created)) = self
-                    .create_group_team(conn, actor, login, name, now)
+                    .create_group_team(conn, actor, login, name, org, now)
                     .await?
                 {
                     if created {

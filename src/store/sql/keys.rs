@@ -6,7 +6,7 @@ use super::{
     map_db_err, prefixed_limits, require_key_hash, require_nonempty, with_limits, write_audit,
     Backend, BindLimits, Changes, SqlStore,
 };
-use crate::domain::{self, ApiKey, KeyLookup, KeyOwnerTeam, KeyOwnerUser, Timestamp};
+use crate::domain::{self, ApiKey, KeyLookup, KeyOwnerOrg, KeyOwnerTeam, KeyOwnerUser, Timestamp};
 use crate::store::{
     Actor, KeyFilter, KeyPage, KeyPageRequest, KeyPatch, KeyStatus, KeyStore, LimitsPatch, NewKey,
     PageFrom, StoreError, StoreResult, MAX_KEY_PAGE,
@@ -208,6 +208,9 @@ impl SqlStore {
                     live.insert((table, id.clone()));
                 }
             }
+        }
+        if let (Some(user), Some(team)) = (&key.user_id, &key.team_id) {
+            self.require_same_org(&mut *tx, team, user).await?;
         }
         sqlx::query(
             "INSERT INTO api_keys (id, name, key_hash, key_hint, user_id, team_id, permissions, \
@@ -570,10 +573,15 @@ impl KeyStore for SqlStore {
              t.rpm AS owner_team_rpm, t.tpm AS owner_team_tpm, \
              t.max_budget AS owner_team_max_budget, \
              t.budget_duration AS owner_team_budget_duration, \
-             t.max_parallel AS owner_team_max_parallel \
+             t.max_parallel AS owner_team_max_parallel, \
+             o.id AS owner_org_id, o.rpm AS owner_org_rpm, o.tpm AS owner_org_tpm, \
+             o.max_budget AS owner_org_max_budget, \
+             o.budget_duration AS owner_org_budget_duration, \
+             o.max_parallel AS owner_org_max_parallel \
              FROM api_keys k \
              LEFT JOIN users u ON u.id = k.user_id \
              LEFT JOIN teams t ON t.id = k.team_id \
+             LEFT JOIN orgs o ON o.id = COALESCE(t.org_id, u.org_id) \
              WHERE k.key_hash = $1 OR k.previous_hash = $1 \
              LIMIT 2";
         let rows = sqlx::query(SQL)
@@ -612,11 +620,19 @@ impl KeyStore for SqlStore {
             }),
             None => None,
         };
+        let org = match col::<Option<String>>(row, "owner_org_id")? {
+            Some(id) => Some(KeyOwnerOrg {
+                id,
+                limits: prefixed_limits(row, "owner_org_")?,
+            }),
+            None => None,
+        };
         Ok(Some(KeyLookup {
             key: key_from_row(row)?,
             via_previous,
             user,
             team,
+            org,
         }))
     }
 }

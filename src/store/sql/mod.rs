@@ -31,7 +31,7 @@
 //! [`SqlStore`] (connecting, [`Backend`], migrations) lives here with what every capability
 //! shares: error mapping, column decoding, binding limits, audit rows and write transactions.
 //! Each capability trait of [`crate::store`] is implemented in a submodule of its own:
-//! `users`, `teams` (with memberships), `keys`, `audit`, `identities` (OIDC), `sessions`
+//! `users`, `teams` (with memberships), `orgs`, `keys`, `audit`, `identities` (OIDC), `sessions`
 //! (login guard and refresh tokens), `usage` (usage records and spend), `alerts`, `sso`
 //! (sign-ins with SSO in progress), `passkeys` (WebAuthn credentials and challenges) and
 //! `ui_sessions` (the web UI's browser sessions).
@@ -40,6 +40,7 @@ mod alerts;
 mod audit;
 mod identities;
 mod keys;
+mod orgs;
 mod passkeys;
 mod sessions;
 mod sso;
@@ -364,8 +365,8 @@ fn migrate_err(err: MigrateError) -> StoreError {
 
 // ---- row mapping -------------------------------------------------------------------------
 
-const USER_COLS: &str = "id, username, email, full_name, role, blocked, rpm, tpm, max_budget, \
-     budget_duration, max_parallel, metadata, locked_until, created_at, updated_at";
+const USER_COLS: &str = "id, username, email, full_name, role, org_id, blocked, rpm, tpm, \
+     max_budget, budget_duration, max_parallel, metadata, locked_until, created_at, updated_at";
 
 const MEMBER_COLS: &str = "team_id, user_id, role, source, created_at";
 
@@ -437,6 +438,7 @@ fn user_from_row(row: &AnyRow) -> StoreResult<User> {
         email: col(row, "email")?,
         full_name: col(row, "full_name")?,
         role: enum_col(row, "role")?,
+        org_id: col(row, "org_id")?,
         blocked: bool_col(row, "blocked")?,
         limits: limits_from_row(row)?,
         metadata: json_col(row, "metadata")?,

@@ -7,19 +7,20 @@ use super::{
     MEMBER_COLS,
 };
 use crate::domain::{self, Membership, MembershipSource, Team, TeamRole};
-use crate::store::{Actor, NewTeam, StoreResult, TeamPatch, TeamStore};
+use crate::store::{Actor, NewTeam, StoreError, StoreResult, TeamPatch, TeamStore};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
 
-const TEAM_COLS: &str = "id, name, models, blocked, rpm, tpm, max_budget, budget_duration, \
-     max_parallel, metadata, created_at, updated_at";
+const TEAM_COLS: &str = "id, name, org_id, models, blocked, rpm, tpm, max_budget, \
+     budget_duration, max_parallel, metadata, created_at, updated_at";
 
 fn team_from_row(row: &AnyRow) -> StoreResult<Team> {
     Ok(Team {
         id: col(row, "id")?,
         name: col(row, "name")?,
+        org_id: col(row, "org_id")?,
         models: list_col(row, "models")?,
         blocked: bool_col(row, "blocked")?,
         limits: limits_from_row(row)?,
@@ -48,6 +49,40 @@ impl SqlStore {
     }
 }
 
+impl SqlStore {
+    /// Fails with `Invalid` unless the team and the user belong to the same org (or both
+    /// to none): neither a membership nor a key of a user and a team crosses orgs.
+    pub(super) async fn require_same_org(
+        &self,
+        conn: &mut AnyConnection,
+        team_id: &str,
+        user_id: &str,
+    ) -> StoreResult<()> {
+        let team_org: Option<String> = sqlx::query_scalar("SELECT org_id FROM teams WHERE id = $1")
+            .bind(team_id)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        let user_org: Option<String> = sqlx::query_scalar("SELECT org_id FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        if team_org == user_org {
+            return Ok(());
+        }
+        let of = |org: &Option<String>| match org {
+            Some(org) => format!("org {org}"),
+            None => "no org".to_string(),
+        };
+        Err(StoreError::Invalid(format!(
+            "user {user_id} belongs to {} and team {team_id} to {}: a user and a team meet only inside one org",
+            of(&user_org),
+            of(&team_org)
+        )))
+    }
+}
+
 #[async_trait]
 impl TeamStore for SqlStore {
     async fn create_team(&self, actor: &Actor, new: NewTeam) -> StoreResult<Team> {
@@ -56,6 +91,7 @@ impl TeamStore for SqlStore {
         let team = Team {
             id: domain::new_id(),
             name: new.name,
+            org_id: new.org_id,
             models: new.models,
             blocked: false,
             limits: new.limits,
@@ -64,10 +100,13 @@ impl TeamStore for SqlStore {
             updated_at: now,
         };
         let mut tx = self.begin_write().await?;
+        if let Some(org) = &team.org_id {
+            self.require_live(&mut tx, "orgs", "org", org).await?;
+        }
         sqlx::query(
             "INSERT INTO teams (id, name, models, blocked, rpm, tpm, max_budget, \
-             budget_duration, metadata, created_at, updated_at, max_parallel) \
-             VALUES ($1, $2, $3, $4, $5, $6, CAST($7 AS DOUBLE PRECISION), $8, $9, $10, $11, $12)",
+             budget_duration, metadata, created_at, updated_at, max_parallel, org_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, CAST($7 AS DOUBLE PRECISION), $8, $9, $10, $11, $12, $13)",
         )
         .bind(&team.id)
         .bind(&team.name)
@@ -78,11 +117,12 @@ impl TeamStore for SqlStore {
         .bind(now)
         .bind(now)
         .bind(team.limits.max_parallel)
+        .bind(team.org_id.as_deref())
         .execute(&mut *tx)
         .await
         .map_err(|e| map_db_err(e, Some(&team_conflict(&team.name))))?;
         let details = with_limits(
-            json!({ "name": team.name, "models": team.models }),
+            json!({ "name": team.name, "org_id": team.org_id, "models": team.models }),
             &team.limits,
         );
         write_audit(&mut tx, actor, now, "team.create", &team.id, details).await?;
@@ -210,6 +250,7 @@ impl TeamStore for SqlStore {
         let mut tx = self.begin_write().await?;
         self.require_live(&mut tx, "teams", "team", team_id).await?;
         self.require_live(&mut tx, "users", "user", user_id).await?;
+        self.require_same_org(&mut tx, team_id, user_id).await?;
         let sql = format!(
             "SELECT role FROM team_members WHERE team_id = $1 AND user_id = $2{}",
             self.backend.for_update()

@@ -41,12 +41,12 @@ const MAX_ROWS: usize = 1024;
 
 const USAGE_COLUMNS: &str = "INSERT INTO usage_records (request_id, at, key_id, user_id, \
      team_id, model, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, \
-     cost_usd, status, latency_ms, estimated, source, written_at) VALUES ";
+     cost_usd, status, latency_ms, estimated, source, written_at, org_id) VALUES ";
 const USAGE_CONFLICT: &str = " ON CONFLICT (request_id) DO NOTHING RETURNING request_id";
 
 const ROLLUP_COLUMNS: &str = "INSERT INTO usage_daily (day, key_id, user_id, team_id, model, \
-     requests, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, cost_usd) \
-     VALUES ";
+     requests, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, cost_usd, \
+     org_id) VALUES ";
 /// Sums saturate at `i64::MAX` (counts are stored saturated too), so no sum can fail a
 /// batch, which would then be retried for ever.
 const ROLLUP_CONFLICT: &str = " ON CONFLICT (day, key_id, user_id, team_id, model) DO UPDATE SET \
@@ -201,6 +201,7 @@ fn entity_table(kind: SpendKind) -> &'static str {
         SpendKind::Key => "api_keys",
         SpendKind::User => "users",
         SpendKind::Team => "teams",
+        SpendKind::Org => "orgs",
     }
 }
 
@@ -246,7 +247,12 @@ async fn spend_bases<'a>(
 ) -> StoreResult<HashMap<(SpendKind, &'a str), SpendBasis>> {
     let wanted: Vec<(SpendKind, &str)> = entities.iter().copied().collect();
     let mut found: HashMap<(SpendKind, String), SpendBasis> = HashMap::with_capacity(wanted.len());
-    for kind in [SpendKind::Key, SpendKind::User, SpendKind::Team] {
+    for kind in [
+        SpendKind::Key,
+        SpendKind::User,
+        SpendKind::Team,
+        SpendKind::Org,
+    ] {
         let columns = "id, budget_duration, created_at";
         for row in rows_of_kind(conn, backend, &wanted, kind, columns, "").await? {
             found.insert((kind, col(&row, "id")?), SpendBasis::from_row(&row)?);
@@ -369,6 +375,9 @@ impl SqlStore {
         if let Some(team_id) = &query.team_id {
             add("team_id =", Param::Text(team_id.clone()));
         }
+        if let Some(org_id) = &query.org_id {
+            add("org_id =", Param::Text(org_id.clone()));
+        }
         let daily = table == "usage_daily";
         // Records without an owner or model fall in the NO_GROUP ("") group; the rollup
         // keeps them as "" already. Days are numbered in SQL (floor division, the same on
@@ -377,11 +386,13 @@ impl SqlStore {
             (GroupBy::Key, false) => "COALESCE(key_id, '')",
             (GroupBy::User, false) => "COALESCE(user_id, '')",
             (GroupBy::Team, false) => "COALESCE(team_id, '')",
+            (GroupBy::Org, false) => "COALESCE(org_id, '')",
             (GroupBy::Model, false) => "COALESCE(model, '')",
             (GroupBy::Day, false) => "(at - ((at % 86400) + 86400) % 86400) / 86400",
             (GroupBy::Key, true) => "key_id",
             (GroupBy::User, true) => "user_id",
             (GroupBy::Team, true) => "team_id",
+            (GroupBy::Org, true) => "org_id",
             (GroupBy::Model, true) => "model",
             (GroupBy::Day, true) => "day",
         };
@@ -505,6 +516,43 @@ fn plan(since: Option<Timestamp>, until: Option<Timestamp>, pruned: Option<i64>)
 
 #[async_trait]
 impl UsageStore for SqlStore {
+    async fn assign_orgs(&self, records: &mut [UsageRecord]) -> StoreResult<()> {
+        let wanted: Vec<(SpendKind, &str)> = records
+            .iter()
+            .filter(|r| r.org_id.is_none())
+            .flat_map(|r| {
+                [
+                    r.team_id.as_deref().map(|id| (SpendKind::Team, id)),
+                    r.user_id.as_deref().map(|id| (SpendKind::User, id)),
+                ]
+            })
+            .flatten()
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let mut orgs: HashMap<(SpendKind, String), String> = HashMap::new();
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        for kind in [SpendKind::Team, SpendKind::User] {
+            let columns = "id, org_id";
+            let tail = " AND org_id IS NOT NULL";
+            for row in rows_of_kind(&mut conn, self.backend, &wanted, kind, columns, tail).await? {
+                orgs.insert((kind, col(&row, "id")?), col(&row, "org_id")?);
+            }
+        }
+        drop(conn);
+        for record in records.iter_mut().filter(|r| r.org_id.is_none()) {
+            let of = |kind: SpendKind, id: &Option<String>| {
+                id.as_ref()
+                    .and_then(|id| orgs.get(&(kind, id.clone())))
+                    .cloned()
+            };
+            record.org_id = of(SpendKind::Team, &record.team_id)
+                .or_else(|| of(SpendKind::User, &record.user_id));
+        }
+        Ok(())
+    }
+
     async fn record_new_usage(&self, records: &[UsageRecord]) -> StoreResult<Vec<usize>> {
         if records.is_empty() {
             return Ok(Vec::new());
@@ -523,7 +571,7 @@ impl UsageStore for SqlStore {
         let mut tx = self.begin_write().await?;
         let mut new: Vec<(usize, &UsageRecord)> = Vec::with_capacity(ordered.len());
         for chunk in chunks(&ordered) {
-            let sql = multi_row(self.backend, USAGE_COLUMNS, 16, chunk.len(), USAGE_CONFLICT);
+            let sql = multi_row(self.backend, USAGE_COLUMNS, 17, chunk.len(), USAGE_CONFLICT);
             let mut insert = sqlx::query(&sql);
             for (_, record) in chunk {
                 insert = bind_record(insert, record, written_at);
@@ -543,6 +591,8 @@ impl UsageStore for SqlStore {
         // Sums of the new records per day and owner, and their cost per (entity, period),
         // both added in request id order and written sorted.
         let mut daily: BTreeMap<DayGroup, DaySums> = BTreeMap::new();
+        // The org of each group (its key, user and team determine it; the first record's).
+        let mut daily_orgs: HashMap<DayGroup, &str> = HashMap::new();
         let mut payers: BTreeSet<(SpendKind, &str)> = BTreeSet::new();
         for (_, record) in &new {
             let group = (
@@ -553,6 +603,9 @@ impl UsageStore for SqlStore {
                 record.model.as_deref().unwrap_or(""),
             );
             daily.entry(group).or_default().add(record);
+            daily_orgs
+                .entry(group)
+                .or_insert(record.org_id.as_deref().unwrap_or(""));
             payers.extend(crate::admission::payers::of_record(record));
         }
         let bases = spend_bases(&mut tx, self.backend, &payers).await?;
@@ -574,7 +627,7 @@ impl UsageStore for SqlStore {
             let sql = multi_row(
                 self.backend,
                 ROLLUP_COLUMNS,
-                11,
+                12,
                 chunk.len(),
                 ROLLUP_CONFLICT,
             );
@@ -591,7 +644,13 @@ impl UsageStore for SqlStore {
                     .bind(sums.output_tokens)
                     .bind(sums.cached_input_tokens)
                     .bind(sums.reasoning_tokens)
-                    .bind(sums.cost_usd);
+                    .bind(sums.cost_usd)
+                    .bind(
+                        daily_orgs
+                            .get(&(*day, *key, *user, *team, *model))
+                            .copied()
+                            .unwrap_or(""),
+                    );
             }
             upsert.execute(&mut *tx).await.map_err(db_err)?;
         }
@@ -668,7 +727,7 @@ impl UsageStore for SqlStore {
         }
         // The rollup keeps "no owner" as "", so a filter on the empty id (which only a raw
         // record with an empty id matches) is answered from the raw records.
-        let empty_filter = [&query.user_id, &query.key_id, &query.team_id]
+        let empty_filter = [&query.user_id, &query.key_id, &query.team_id, &query.org_id]
             .into_iter()
             .any(|id| id.as_deref() == Some(""));
         let sources = if empty_filter {
@@ -694,12 +753,17 @@ impl UsageStore for SqlStore {
     ) -> StoreResult<Vec<Option<EntityBudget>>> {
         let mut found: HashMap<(SpendKind, String), EntityBudget> = HashMap::new();
         let mut conn = self.pool.acquire().await.map_err(db_err)?;
-        for kind in [SpendKind::Key, SpendKind::User, SpendKind::Team] {
+        for kind in [
+            SpendKind::Key,
+            SpendKind::User,
+            SpendKind::Team,
+            SpendKind::Org,
+        ] {
             // Revoked keys still have a budget (their late usage counts); deleted users and
             // teams do not.
             let live = match kind {
                 SpendKind::Key => "",
-                SpendKind::User | SpendKind::Team => " AND deleted_at IS NULL",
+                SpendKind::User | SpendKind::Team | SpendKind::Org => " AND deleted_at IS NULL",
             };
             let columns = "id, max_budget, budget_duration, created_at";
             let rows = rows_of_kind(&mut conn, self.backend, entities, kind, columns, live).await?;
@@ -729,11 +793,16 @@ impl UsageStore for SqlStore {
     ) -> StoreResult<HashMap<(SpendKind, String), String>> {
         let mut found = HashMap::with_capacity(entities.len());
         let mut conn = self.pool.acquire().await.map_err(db_err)?;
-        for kind in [SpendKind::Key, SpendKind::User, SpendKind::Team] {
+        for kind in [
+            SpendKind::Key,
+            SpendKind::User,
+            SpendKind::Team,
+            SpendKind::Org,
+        ] {
             let (columns, live) = match kind {
                 SpendKind::Key => ("id, name", ""),
                 SpendKind::User => ("id, username AS name", " AND deleted_at IS NULL"),
-                SpendKind::Team => ("id, name", " AND deleted_at IS NULL"),
+                SpendKind::Team | SpendKind::Org => ("id, name", " AND deleted_at IS NULL"),
             };
             let rows = rows_of_kind(&mut conn, self.backend, entities, kind, columns, live).await?;
             for row in rows {
@@ -833,6 +902,7 @@ fn bind_record<'q>(
         .bind(record.estimated)
         .bind(source_text(record.source))
         .bind(written_at)
+        .bind(record.org_id.as_deref())
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ impl UserStore for SqlStore {
             email: new.email,
             full_name: new.full_name,
             role: new.role.unwrap_or(Role::User),
+            org_id: new.org_id,
             blocked: false,
             limits: new.limits,
             metadata: new.metadata.unwrap_or_else(|| json!({})),
@@ -30,11 +31,14 @@ impl UserStore for SqlStore {
             updated_at: now,
         };
         let mut tx = self.begin_write().await?;
+        if let Some(org) = &user.org_id {
+            self.require_live(&mut tx, "orgs", "org", org).await?;
+        }
         sqlx::query(
             "INSERT INTO users (id, username, email, full_name, role, blocked, password_hash, \
              rpm, tpm, max_budget, budget_duration, metadata, created_at, updated_at, \
-             email_verified, max_parallel) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, CAST($10 AS DOUBLE PRECISION), $11, $12, $13, $14, $15, $16)",
+             email_verified, max_parallel, org_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, CAST($10 AS DOUBLE PRECISION), $11, $12, $13, $14, $15, $16, $17)",
         )
         .bind(&user.id)
         .bind(&user.username)
@@ -49,6 +53,7 @@ impl UserStore for SqlStore {
         .bind(now)
         .bind(!new.email_unverified)
         .bind(user.limits.max_parallel)
+        .bind(user.org_id.as_deref())
         .execute(&mut *tx)
         .await
         .map_err(|e| map_db_err(e, Some(USER_CONFLICT)))?;
@@ -58,6 +63,7 @@ impl UserStore for SqlStore {
                 "email": user.email,
                 "full_name": user.full_name,
                 "role": user.role,
+                "org_id": user.org_id,
                 "password_set": new.password_hash.is_some(),
             }),
             &user.limits,
