@@ -15,6 +15,7 @@ pub(crate) mod audit;
 pub(crate) mod budgets;
 pub(crate) mod keys;
 pub(crate) mod profile;
+pub(crate) mod roles;
 pub(crate) mod session;
 pub(crate) mod teams;
 pub(crate) mod usage;
@@ -64,6 +65,7 @@ pub fn router(app: Arc<Api>) -> Router {
         .merge(keys::routes())
         .merge(users::routes())
         .merge(teams::routes())
+        .merge(roles::routes())
         .merge(audit::routes())
         .merge(session::routes())
         .merge(profile::routes())

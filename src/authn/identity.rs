@@ -36,8 +36,8 @@ struct IssuerPolicy {
 
 impl IssuerPolicy {
     fn from_config(issuer: &OidcIssuer) -> IssuerPolicy {
-        // Config validation has checked every role name.
-        let role = |name: &str| name.parse::<Role>().unwrap_or(Role::User);
+        // Config validation has checked every role name: built-in roles only.
+        let role = |name: &str| Role::built_in(name).unwrap_or(Role::User);
         IssuerPolicy {
             auto_provision: issuer.auto_provision,
             trust_email: issuer.trust_email,
@@ -65,9 +65,9 @@ impl IssuerPolicy {
             .group_to_role
             .iter()
             .filter(|(group, _)| groups.contains(group))
-            .map(|(_, role)| *role)
-            .min_by_key(|role| privilege_rank(*role));
-        Some(mapped.unwrap_or(self.default_role))
+            .map(|(_, role)| role)
+            .min_by_key(|role| privilege_rank(role));
+        Some(mapped.unwrap_or(&self.default_role).clone())
     }
 
     /// The team names the groups map to; `None` when the issuer maps no groups to teams.
@@ -88,11 +88,11 @@ impl IssuerPolicy {
 }
 
 /// 0 is the most privileged.
-fn privilege_rank(role: Role) -> u8 {
+fn privilege_rank(role: &Role) -> u8 {
     match role {
         Role::Admin => 0,
         Role::Manager => 1,
-        Role::User => 2,
+        Role::User | Role::Custom(_) => 2,
         Role::Viewer => 3,
     }
 }
@@ -150,7 +150,7 @@ impl OidcUsers {
                     email_verified: policy.trust_email || identity.email_verified,
                     name: identity.name.clone(),
                     auto_provision: policy.auto_provision,
-                    default_role: policy.default_role,
+                    default_role: policy.default_role.clone(),
                     role_from_groups: policy.role_for(&identity.groups),
                     teams_from_groups: policy.teams_for(&identity.groups),
                 };
@@ -202,7 +202,7 @@ impl OidcUsers {
             // Team writes can change what `group_to_team` resolves to (a team created or
             // renamed): sync again.
             Invalidation::Team(_) => self.seen.invalidate(None),
-            Invalidation::Key(_) => {}
+            Invalidation::Key(_) | Invalidation::Role(_) => {}
         }
     }
 }

@@ -34,6 +34,8 @@ pub enum Invalidation {
     Key(String),
     User(String),
     Team(String),
+    /// A custom role's permissions changed: the users holding it, and their keys.
+    Role(String),
     All,
 }
 
@@ -334,6 +336,9 @@ impl KeyResolver {
             Invalidation::Team(id) => {
                 Box::new(move |_, k| k.team.as_ref().is_some_and(|t| t.id == id))
             }
+            Invalidation::Role(name) => {
+                Box::new(move |_, k| k.user.as_ref().is_some_and(|u| u.role.as_str() == name))
+            }
         };
         self.cache.invalidate(Some(stale));
     }
@@ -380,11 +385,14 @@ impl UserResolver {
     }
 
     /// Drops cached users made stale by an admin write, at once. Key and team writes do
-    /// not change a user record.
+    /// not change a user record; a custom role's permissions are part of its holders'.
     pub fn invalidate(&self, what: Invalidation) {
         match what {
             Invalidation::All => self.cache.invalidate(None),
             Invalidation::User(id) => self.cache.forget(&id),
+            Invalidation::Role(name) => self
+                .cache
+                .invalidate(Some(Box::new(move |_, u| u.role.as_str() == name))),
             Invalidation::Key(_) | Invalidation::Team(_) => {}
         }
     }
