@@ -387,24 +387,43 @@ async fn a_custom_role_acts_like_a_user_on_the_api_and_reads_usage_only_with_usa
             assert_eq!(status, StatusCode::OK);
         }
     }
+    // Someone else's budget: the analyst reads it, the chatter does not.
+    let body = json!({"username": "bud", "email": "bud@example.com", "max_budget": 10.0});
+    let (status, bud) = admin(&t, Method::POST, "/admin/users", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{bud}");
+    let names = |v: &Value| -> Vec<String> {
+        v["data"]
+            .as_array()
+            .unwrap_or_else(|| panic!("not a list: {v}"))
+            .iter()
+            .map(|b| b["name"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
     let (_, all) = t
         .call(Method::GET, "/admin/budgets", Some(&analyst), None)
         .await;
+    assert!(names(&all).contains(&"bud".to_owned()), "{all}");
     let (_, mine) = t
         .call(Method::GET, "/admin/budgets", Some(&chatter), None)
         .await;
-    let count = |v: &Value| v["data"].as_array().map_or(0, Vec::len);
-    assert!(count(&all) > count(&mine), "{all} vs {mine}");
+    assert!(!names(&mine).contains(&"bud".to_owned()), "{mine}");
 
-    // Nothing beyond that: no users, teams, audit log or writes of others.
-    for (method, path) in [
-        (Method::GET, "/admin/users".to_owned()),
-        (Method::GET, "/admin/audit".to_owned()),
-        (Method::GET, "/admin/alerts".to_owned()),
-        (Method::POST, "/admin/teams".to_owned()),
-        (Method::PATCH, format!("/admin/users/{analyst_id}")),
+    // Nothing beyond that: no users, teams, audit log, and no promoting themselves.
+    for (method, path, body) in [
+        (Method::GET, "/admin/users".to_owned(), None),
+        (Method::GET, "/admin/audit".to_owned(), None),
+        (Method::GET, "/admin/alerts".to_owned(), None),
+        (
+            Method::POST,
+            "/admin/teams".to_owned(),
+            Some(json!({"name": "t"})),
+        ),
+        (
+            Method::PATCH,
+            format!("/admin/users/{analyst_id}"),
+            Some(json!({"role": "admin"})),
+        ),
     ] {
-        let body = (method != Method::GET).then(|| json!({"name": "t"}));
         let (status, answer) = t.call(method.clone(), &path, Some(&analyst), body).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {answer}");
     }
