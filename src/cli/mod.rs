@@ -1,7 +1,7 @@
 //! The `tollgate` command line.
 //!
 //! `serve`, `migrate` and `config check` work on the configuration file directly; the
-//! admin commands (`key`, `user`, `team`, `audit`) are thin clients of the HTTP API
+//! admin commands (`key`, `user`, `team`, `role`, `audit`, `usage`) are thin clients of the HTTP API
 //! (see [`client`]), so they work the same against a local or a remote tollgate and never
 //! touch the database themselves.
 //!
@@ -15,6 +15,7 @@ mod client;
 mod key;
 mod migrate;
 mod output;
+mod role;
 mod serve;
 mod team;
 mod usage;
@@ -77,6 +78,8 @@ pub enum Command {
     User(user::UserCommand),
     /// Manage teams and their members.
     Team(team::TeamCommand),
+    /// Manage custom roles.
+    Role(role::RoleCommand),
     /// Read the audit log of admin writes.
     Audit(audit::AuditCommand),
     /// Usage reports: requests, tokens and cost.
@@ -92,6 +95,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Key(cmd) => key::run(cmd).await,
         Command::User(cmd) => user::run(cmd).await,
         Command::Team(cmd) => team::run(cmd).await,
+        Command::Role(cmd) => role::run(cmd).await,
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Usage(cmd) => usage::run(cmd).await,
     }
