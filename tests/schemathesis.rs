@@ -35,8 +35,11 @@ const SEED: u32 = 1;
 ///   role, a team's key within its team's models, a named owner that exists (DESIGN "Keys
 ///   narrow their owner");
 /// - members: the `user_id` names an existing user;
-/// - key listings: `after` and `before`, each valid alone, are not taken together.
-const RULES_BEYOND_THE_SCHEMA: [&str; 7] = [
+/// - key listings: `after` and `before`, each valid alone, are not taken together;
+/// - users: a `role` that is not built in names an existing custom role;
+/// - custom roles: each permission is one a custom role can have (the LLM route permissions
+///   of the configuration's routes, `usage:read`), and a name is not a built-in role's.
+const RULES_BEYOND_THE_SCHEMA: [&str; 11] = [
     "POST /admin/keys",
     "POST /admin/keys/bulk",
     "PATCH /admin/keys/{id}",
@@ -44,6 +47,10 @@ const RULES_BEYOND_THE_SCHEMA: [&str; 7] = [
     "POST /admin/teams/{id}/members",
     "GET /admin/keys",
     "GET /v1/user/keys",
+    "POST /admin/users",
+    "PATCH /admin/users/{id}",
+    "POST /admin/roles",
+    "PATCH /admin/roles/{name}",
 ];
 
 /// The user API, run as a logged-in person.
