@@ -686,6 +686,53 @@ mod tests {
     }
 
     #[test]
+    fn a_custom_role_grants_its_permissions_and_narrows_its_keys() {
+        let p = policy("");
+        let embeddings = route(&p, "POST", "/v1/embeddings").unwrap().clone();
+        let embedder = Role::custom("embedder", &["embeddings".to_owned()]);
+        let with_role = |k: ApiKey, role: &Role| {
+            let Principal::Key(l) = lookup(k) else {
+                unreachable!()
+            };
+            let mut l = (*l).clone();
+            Arc::make_mut(l.user.as_mut().unwrap()).role = role.clone();
+            Principal::Key(Arc::new(l))
+        };
+        // A key with no permissions of its own has the role's.
+        let k = with_role(key(), &embedder);
+        assert!(authorize(&p, &embeddings, &k, &named("m"), NOW).is_ok());
+        let d = authorize(&p, &chat(&p), &k, &named("m"), NOW).unwrap_err();
+        assert_eq!(d.reason, DenyReason::PermissionDenied);
+        // A key that lists more is narrowed to the role.
+        let mut wide = key();
+        wide.permissions = vec!["chat".into(), "embeddings".into()];
+        let Principal::Key(l) = with_role(wide, &embedder) else {
+            unreachable!()
+        };
+        assert_eq!(effective_permissions(&l), vec!["embeddings".to_owned()]);
+        // A role known by name only (not resolved by the store) grants nothing.
+        let unresolved: Role = "embedder".parse().unwrap();
+        let k = with_role(key(), &unresolved);
+        assert!(authorize(&p, &embeddings, &k, &named("m"), NOW).is_err());
+        // A person with the role: the same answers.
+        assert!(authorize(
+            &p,
+            &embeddings,
+            &person(embedder.clone(), false),
+            &named("m"),
+            NOW
+        )
+        .is_ok());
+        let d = authorize(&p, &chat(&p), &person(embedder, false), &named("m"), NOW).unwrap_err();
+        assert!(
+            d.message
+                .contains("The role `embedder` lacks the `chat` permission"),
+            "{}",
+            d.message
+        );
+    }
+
+    #[test]
     fn viewers_cannot_chat() {
         let p = policy("");
         let Principal::Key(l) = lookup(key()) else {

@@ -504,3 +504,31 @@ pub struct NewAuditEvent {
     pub source: Option<String>,
     pub details: serde_json::Value,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_parse_and_print_by_name() {
+        for name in Role::BUILT_IN {
+            let role: Role = name.parse().unwrap();
+            assert!(!role.is_custom());
+            assert_eq!(role.as_str(), name);
+            assert_eq!(serde_json::to_value(&role).unwrap(), name);
+        }
+        let custom: Role = "data-team_2".parse().unwrap();
+        assert_eq!(custom, Role::custom("data-team_2", &[]));
+        assert_eq!(serde_json::to_value(&custom).unwrap(), "data-team_2");
+        let back: Role = serde_json::from_value(serde_json::json!("data-team_2")).unwrap();
+        assert_eq!(back, custom);
+        for bad in ["", "Data", "2fast", "a b", "ok!", &"x".repeat(65)] {
+            let e = bad.parse::<Role>().unwrap_err();
+            assert!(e.contains("is not a role name"), "{bad}: {e}");
+        }
+        assert!("x".repeat(64).parse::<Role>().is_ok());
+        let e = "org_admin".parse::<Role>().unwrap_err();
+        assert!(e.contains("built-in role"), "{e}");
+        assert!(serde_json::from_value::<Role>(serde_json::json!("Nope")).is_err());
+    }
+}
