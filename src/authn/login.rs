@@ -249,7 +249,7 @@ impl Sessions {
                     access_token: access,
                     refresh_token: next,
                     expires_in: self.keys.access_ttl(),
-                    user,
+                    user: *user,
                 })
             }
             RefreshOutcome::Reused { family, user_id } => {

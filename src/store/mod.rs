@@ -362,7 +362,7 @@ pub struct NewRefreshToken {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RefreshOutcome {
     /// The token was live: it is now used, and the new one (same family) is stored.
-    Rotated { user: User, family: String },
+    Rotated { user: Box<User>, family: String },
     /// The token had already been used or revoked: someone replays it, so its whole family
     /// has just been revoked (and `auth.refresh_reuse` audited).
     Reused { user_id: String, family: String },

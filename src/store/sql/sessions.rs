@@ -230,7 +230,10 @@ impl SessionStore for SqlStore {
         .await
         .map_err(|e| map_db_err(e, Some("a refresh token with that hash already exists")))?;
         commit(tx).await?;
-        Ok(RefreshOutcome::Rotated { user, family })
+        Ok(RefreshOutcome::Rotated {
+            user: Box::new(user),
+            family,
+        })
     }
 
     async fn refresh_token_family(
