@@ -218,12 +218,12 @@ impl FromStr for Role {
         if let Some(role) = Role::built_in(s) {
             return Ok(role);
         }
-        Role::check_custom_name(s).map_err(|e| {
-            format!(
-                "unknown role: {e} (built-in roles: {})",
+        if Role::check_custom_name(s).is_err() {
+            return Err(format!(
+                "unknown role `{s}` (built-in roles: {}; a custom role's name is 1 to {MAX_ROLE_NAME_CHARS} characters, a lowercase letter first, then lowercase letters, digits, `-` or `_`)",
                 Role::BUILT_IN.join(", ")
-            )
-        })?;
+            ));
+        }
         Ok(Role::custom(s, &[]))
     }
 }
@@ -522,13 +522,26 @@ mod tests {
         assert_eq!(serde_json::to_value(&custom).unwrap(), "data-team_2");
         let back: Role = serde_json::from_value(serde_json::json!("data-team_2")).unwrap();
         assert_eq!(back, custom);
-        for bad in ["", "Data", "2fast", "a b", "ok!", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "Data",
+            "2fast",
+            "a b",
+            "ok!",
+            &"x".repeat(65),
+            "org_admin",
+        ] {
             let e = bad.parse::<Role>().unwrap_err();
-            assert!(e.contains("is not a role name"), "{bad}: {e}");
+            assert!(
+                e.starts_with(&format!("unknown role `{bad}`")),
+                "{bad}: {e}"
+            );
         }
         assert!("x".repeat(64).parse::<Role>().is_ok());
-        let e = "org_admin".parse::<Role>().unwrap_err();
+        let e = Role::check_custom_name("viewer").unwrap_err();
         assert!(e.contains("built-in role"), "{e}");
+        let e = Role::check_custom_name("Data").unwrap_err();
+        assert!(e.contains("is not a role name"), "{e}");
         assert!(serde_json::from_value::<Role>(serde_json::json!("Nope")).is_err());
     }
 }

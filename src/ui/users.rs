@@ -59,28 +59,25 @@ fn done_message(done: &str) -> Option<&'static str> {
 
 /// The roles a user can hold, as choices: `first` (if any), the built-in roles as
 /// [`show::ROLES`] orders them, then the custom roles by name.
-async fn role_picks(
-    app: &AppState,
-    first: Option<(&str, &str)>,
-    selected: &str,
-) -> Result<Vec<Pick>, UiError> {
-    let custom = app.store.list_roles().await?;
+fn role_picks(custom: &[String], first: Option<(&str, &str)>, selected: &str) -> Vec<Pick> {
     let names = first
         .into_iter()
+        .chain(show::ROLES.iter().copied())
         .map(|(value, label)| (value.to_owned(), label.to_owned()))
-        .chain(
-            show::ROLES
-                .iter()
-                .map(|(v, l)| (v.to_string(), l.to_string())),
-        )
-        .chain(custom.into_iter().map(|r| (r.name.clone(), r.name)));
-    Ok(names
+        .chain(custom.iter().map(|name| (name.clone(), name.clone())));
+    names
         .map(|(value, label)| Pick {
             selected: value == selected,
             value,
             label,
         })
-        .collect())
+        .collect()
+}
+
+/// The custom roles' names, by name.
+async fn custom_roles(app: &AppState) -> Result<Vec<String>, UiError> {
+    let roles = app.store.list_roles().await?;
+    Ok(roles.into_iter().map(|r| r.name).collect())
 }
 
 /// A user's standing, as the pages show it.
@@ -171,10 +168,19 @@ async fn listing(
     // The API's refusal (a `user` may not list users) is the page's answer.
     let users = api::visible_users(app, caller).await?;
     let q = show::filter_text("q", &form.q, MAX_SEARCH_CHARS)?;
+    let custom = custom_roles(app).await?;
     let role = match form.role.trim() {
         "" => None,
         r => Some(Role::from_str(r).map_err(|e| UiError::bad_request(format!("`role`: {e}")))?),
     };
+    if let Some(Role::Custom(wanted)) = &role {
+        if !custom.iter().any(|name| **name == *wanted.name) {
+            return Err(UiError::bad_request(format!(
+                "`role`: unknown role `{}`",
+                wanted.name
+            )));
+        }
+    }
     let page = match form.page.trim() {
         "" => 1,
         p => p.parse::<usize>().ok().filter(|p| *p >= 1).ok_or_else(|| {
@@ -241,11 +247,10 @@ async fn listing(
         done,
         error: error.map(|e| e.message),
         roles: role_picks(
-            app,
+            &custom,
             Some(("", "Any role")),
             role.as_ref().map_or("", Role::as_str),
-        )
-        .await?,
+        ),
         q,
         rows,
         matched,
@@ -255,14 +260,13 @@ async fn listing(
         older,
         can_create: caller.is_admin(),
         new_roles: role_picks(
-            app,
+            &custom,
             None,
             match new.role.as_str() {
                 "" => "user",
                 r => r,
             },
-        )
-        .await?,
+        ),
         form: new,
     };
     Ok(render_with_status(status, &view))
@@ -385,7 +389,7 @@ async fn show(
         // `GET /admin/keys?user_id=` answers admins, viewers and the user themselves.
         keys_link: caller.reads_all() || caller.is_user(&user.id),
         can_change: caller.is_admin(),
-        roles: role_picks(app, None, user.role.as_str()).await?,
+        roles: role_picks(&custom_roles(app).await?, None, user.role.as_str()),
         you: caller.is_user(&user.id),
         user,
     };
