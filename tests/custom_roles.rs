@@ -308,7 +308,7 @@ async fn users_are_given_custom_roles_and_their_keys_narrow_to_them() {
     )
     .await;
     assert!(
-        message(&answer).contains("no role `nosuchrole`"),
+        message(&answer).contains("unknown role `nosuchrole`"),
         "{status} {answer}"
     );
 

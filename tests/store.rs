@@ -5762,7 +5762,7 @@ async fn users_hold_custom_roles_with_their_permissions(store: SharedStore) {
     let mut ghost = new_user("ghost");
     ghost.role = Some("nosuchrole".parse().unwrap());
     let err = store.create_user(&admin(), ghost).await.unwrap_err();
-    assert_invalid(err, "no role `nosuchrole`");
+    assert_invalid(err, "unknown role `nosuchrole`");
     assert!(store.find_login_user("ghost").await.unwrap().is_none());
     let bob = store.create_user(&admin(), new_user("bob")).await.unwrap();
     let patch = UserPatch {
@@ -5773,7 +5773,7 @@ async fn users_hold_custom_roles_with_their_permissions(store: SharedStore) {
         .update_user(&admin(), &bob.id, patch)
         .await
         .unwrap_err();
-    assert_invalid(err, "no role `nosuchrole`");
+    assert_invalid(err, "unknown role `nosuchrole`");
     assert_eq!(
         store.get_user(&bob.id).await.unwrap().unwrap().role,
         Role::User

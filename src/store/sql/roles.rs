@@ -60,7 +60,7 @@ impl SqlStore {
             .map_err(db_err)?
             .ok_or_else(|| {
                 StoreError::Invalid(format!(
-                    "`role`: no role `{}` (built-in roles: {}; custom roles: GET /admin/roles)",
+                    "`role`: unknown role `{}` (built-in roles: {}; custom roles: GET /admin/roles)",
                     custom.name,
                     Role::BUILT_IN.join(", ")
                 ))
