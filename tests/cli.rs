@@ -975,7 +975,9 @@ fn bad_usage_exits_64() {
             "--email",
             "e",
             "--role",
-            "root",
+            // Not a role's name at all (a well-formed one may be a custom role: the API
+            // decides).
+            "Root!",
         ],
         vec!["team", "add-member", "t", "--user", "u", "--role", "boss"],
         vec!["audit", "list", "--since", "the dawn of time"],
