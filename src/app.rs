@@ -251,6 +251,7 @@ impl App {
                 Some(config.budgets.alert_secret.clone()),
                 metrics.clone(),
             )
+            .with_email(config.budgets.alert_email.as_ref())
             .with_clock(admission.clock().clone()),
         );
         let settler = Arc::new(Settler::new(

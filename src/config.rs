@@ -588,6 +588,10 @@ pub struct OidcIssuer {
     pub default_role: Option<String>,
     #[serde(default)]
     pub group_to_team: BTreeMap<String, String>,
+    /// Create the teams `group_to_team` names that do not exist (by name, audited), in the
+    /// sync of the first token that needs them. Off: such names are skipped with a warning.
+    #[serde(default)]
+    pub auto_create_teams: bool,
     #[serde(default)]
     pub group_to_role: BTreeMap<String, String>,
     /// "Sign in with SSO" at this issuer: the web UI's OIDC client. Absent: the issuer's
@@ -824,6 +828,67 @@ pub struct Budgets {
     /// How long a request's reserved cost is held when its usage never arrives.
     #[serde(deserialize_with = "duration")]
     pub reservation_timeout: Duration,
+    /// Alerts also sent by email; absent: no mail.
+    pub alert_email: Option<AlertEmail>,
+}
+
+/// `budgets.alert_email`: where budget alerts are mailed, beside the webhook.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertEmail {
+    /// `smtp://[user:password@]host[:port]` (default port 25; STARTTLS when the server
+    /// offers it, `?tls=required` to insist on it) or `smtps://…` (implicit TLS, default port
+    /// 465). The password is a secret: [`redact_url`] hides it wherever the URL is shown.
+    pub smtp_url: String,
+    /// The sender, `addr@example.com` or `Name <addr@example.com>`.
+    pub from: String,
+    /// The recipients (at least one), each as `from`.
+    pub to: Vec<String>,
+    /// A PEM bundle of the CA certificates that may sign the SMTP server's certificate,
+    /// trusted instead of the built-in public roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for AlertEmail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AlertEmail")
+            .field("smtp_url", &redact_url(&self.smtp_url))
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+impl AlertEmail {
+    /// Its URL, addresses and CA bundle, as `(key, why)` of the first that is wrong.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |key: &str, msg: String| Err((key.to_owned(), msg));
+        if let Err(e) = crate::mail::SmtpUrl::parse(&self.smtp_url) {
+            return err("budgets.alert_email.smtp_url", e);
+        }
+        if let Err(e) = crate::mail::mailbox(&self.from) {
+            return err("budgets.alert_email.from", e);
+        }
+        if self.to.is_empty() {
+            return err(
+                "budgets.alert_email.to",
+                "name at least one recipient".to_owned(),
+            );
+        }
+        for to in &self.to {
+            if let Err(e) = crate::mail::mailbox(to) {
+                return err("budgets.alert_email.to", e);
+            }
+        }
+        if let Some(ca_file) = &self.ca_file {
+            if let Err(e) = crate::backend_tls::read_ca_bundle(ca_file) {
+                return err("budgets.alert_email.ca_file", e);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for Budgets {
@@ -833,6 +898,7 @@ impl Default for Budgets {
             alert_webhook: String::new(),
             alert_secret: Secret::default(),
             reservation_timeout: Duration::from_secs(600),
+            alert_email: None,
         }
     }
 }
@@ -1072,6 +1138,31 @@ impl Config {
             if let Some(ui) = &oidc.ui {
                 ui.validate(&mut sso_names)?;
             }
+            if oidc.auto_create_teams {
+                if oidc.group_to_team.is_empty() {
+                    return err(
+                        "auth.oidc.auto_create_teams",
+                        format!(
+                            "`{}` has no `group_to_team` to create teams from; add one, or remove `auto_create_teams`",
+                            oidc.issuer
+                        ),
+                    );
+                }
+                // The names become teams: the rules of `POST /admin/teams` apply.
+                if let Some(name) = oidc.group_to_team.values().find(|name| {
+                    name.trim().is_empty()
+                        || name.chars().count() > 200
+                        || name.chars().any(char::is_control)
+                }) {
+                    return err(
+                        "auth.oidc.group_to_team",
+                        format!(
+                            "`{}` cannot be created as a team (a team name is 1 to 200 characters, not blank, without control characters)",
+                            name.escape_debug()
+                        ),
+                    );
+                }
+            }
             if let Some(alg) = oidc
                 .algorithms
                 .iter()
@@ -1161,6 +1252,9 @@ impl Config {
                     format!("{t} is not a percentage from 1 to 100"),
                 );
             }
+        }
+        if let Some(email) = &self.budgets.alert_email {
+            email.validate()?;
         }
         Ok(())
     }
@@ -1565,6 +1659,31 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("auth.oidc.group_to_role"));
+        let e = parse(
+            "auth:\n  oidc:\n    - issuer: https://a\n      audiences: [t]\n      auto_create_teams: true\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("auth.oidc.auto_create_teams"));
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.message.contains("group_to_team"), "{e}");
+        let e = parse(
+            "auth:\n  oidc:\n    - { issuer: https://a, audiences: [t], auto_create_teams: true, group_to_team: { eng: \" \" } }\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("auth.oidc.group_to_team"));
+        // Without auto_create_teams a name is only looked up, never created.
+        let c = parse(
+            "auth:\n  oidc:\n    - { issuer: https://a, audiences: [t], group_to_team: { eng: \" \" } }\n",
+        )
+        .unwrap()
+        .config;
+        assert!(!c.auth.oidc[0].auto_create_teams);
+        let c = parse(
+            "auth:\n  oidc:\n    - { issuer: https://a, audiences: [t], auto_create_teams: true, group_to_team: { eng: Engineering } }\n",
+        )
+        .unwrap()
+        .config;
+        assert!(c.auth.oidc[0].auto_create_teams);
         let c = parse(
             "auth:\n  oidc:\n    - { issuer: https://a, audiences: [t], leeway: 5s, claims: { groups: roles } }\n",
         )
@@ -1657,6 +1776,88 @@ mod tests {
         .unwrap()
         .config;
         assert_eq!(c.redis.unwrap().tls.unwrap().ca_file, ca);
+    }
+
+    #[test]
+    fn alert_email_is_read_and_its_password_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, crate::backend_tls::tests::CA_PEM).unwrap();
+        let c = parse(&format!(
+            "budgets:\n  alert_email:\n    smtp_url: smtps://alerts:hunter2@smtp.example.com\n    from: Alerts <alerts@example.com>\n    to: [a@example.com, b@example.com]\n    ca_file: {}\n",
+            ca.display()
+        ))
+        .unwrap()
+        .config;
+        let email = c.budgets.alert_email.clone().expect("alert_email");
+        assert_eq!(email.to, ["a@example.com", "b@example.com"]);
+        assert_eq!(email.ca_file.as_deref(), Some(ca.as_path()));
+        for shown in [format!("{email:?}"), format!("{c:?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(
+                shown.contains("smtps://alerts:***@smtp.example.com"),
+                "{shown}"
+            );
+        }
+        assert!(parse("").unwrap().config.budgets.alert_email.is_none());
+    }
+
+    #[test]
+    fn alert_email_errors_name_the_key_and_line() {
+        let cases = [
+            (
+                "budgets:\n  alert_email:\n    smtp_url: http://u:hunter2@mail\n    from: a@b.c\n    to: [d@e.f]\n",
+                "budgets.alert_email.smtp_url",
+                3,
+                "smtp://",
+            ),
+            (
+                "budgets:\n  alert_email:\n    smtp_url: smtp://u:hunter2@mail?tls=yes\n    from: a@b.c\n    to: [d@e.f]\n",
+                "budgets.alert_email.smtp_url",
+                3,
+                "tls=required",
+            ),
+            (
+                "budgets:\n  alert_email:\n    smtp_url: smtp://mail\n    from: not-an-address\n    to: [d@e.f]\n",
+                "budgets.alert_email.from",
+                4,
+                "not an email address",
+            ),
+            (
+                "budgets:\n  alert_email:\n    smtp_url: smtp://mail\n    from: a@b.c\n    to: []\n",
+                "budgets.alert_email.to",
+                5,
+                "at least one",
+            ),
+            (
+                "budgets:\n  alert_email:\n    smtp_url: smtp://mail\n    from: a@b.c\n    to: [d@e.f, nobody]\n",
+                "budgets.alert_email.to",
+                5,
+                "`nobody`",
+            ),
+            (
+                "budgets:\n  alert_email:\n    smtp_url: smtp://mail\n    from: a@b.c\n    to: [d@e.f]\n    ca_file: /no/such/ca.pem\n",
+                "budgets.alert_email.ca_file",
+                6,
+                "cannot read",
+            ),
+        ];
+        for (yaml, key, line, message) in cases {
+            let e = parse(yaml).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{e}");
+            assert_eq!(e.line, Some(line), "{e}");
+            assert!(e.message.contains(message), "{e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+        // Missing and unknown members are errors too.
+        let e = parse("budgets:\n  alert_email:\n    smtp_url: smtp://mail\n    to: [d@e.f]\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("from"), "{e}");
+        let e = parse(
+            "budgets:\n  alert_email: { smtp_url: smtp://mail, from: a@b.c, to: [d@e.f], cc: [x@y.z] }\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cc"), "{e}");
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! [`ui`] (the web UI: pages over the HTTP API's handlers), [`cli`] (the command line),
 //! [`config`], [`metrics`] and [`app`] (wiring and listeners);
 //! [`lifecycle`] says when a replica is ready and how it drains on SIGTERM;
-//! [`backend_tls`] says what TLS to Postgres and Redis trusts and what its failures mean.
+//! [`backend_tls`] says what TLS to Postgres and Redis trusts and what its failures mean;
+//! [`mail`] sends budget alerts by SMTP.
 //! [`mock_llm`] is an OpenAI-shaped upstream used by the end-to-end tests and the demo.
 
 pub mod admin;
@@ -33,6 +34,7 @@ pub mod domain;
 pub mod invalidation;
 pub mod lifecycle;
 pub mod limits;
+pub mod mail;
 pub mod metrics;
 pub mod mock_llm;
 pub mod redis_pool;

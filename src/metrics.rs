@@ -18,6 +18,7 @@
 
 use crate::config::FailureMode;
 use crate::decision::DenyReason;
+use crate::store::AlertChannel;
 use ::metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::PrometheusRecorder;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -39,6 +40,7 @@ pub const USAGE_RECORDS: &str = "tollgate_usage_records_total";
 pub const USAGE_TOKENS: &str = "tollgate_usage_tokens_total";
 pub const SPEND_USD: &str = "tollgate_spend_usd_total";
 pub const BUDGET_ALERTS: &str = "tollgate_budget_alerts_total";
+pub const BUDGET_ALERT_EMAILS: &str = "tollgate_budget_alert_emails_total";
 pub const INVALIDATION_LAG: &str = "tollgate_invalidation_lag_seconds";
 
 /// Check latency buckets: a cached decision takes microseconds, one through Redis or the
@@ -57,7 +59,7 @@ const INVALIDATION_BUCKETS: &[f64] = &[
 pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// The `backend` label values of `tollgate_backend_errors_total`.
-const BACKENDS: [&str; 4] = ["database", "redis", "oidc", "alert_webhook"];
+const BACKENDS: [&str; 5] = ["database", "redis", "oidc", "alert_webhook", "alert_email"];
 /// The `result` label values of `tollgate_usage_records_total`.
 const USAGE_RESULTS: [&str; 4] = ["written", "duplicate", "retried", "dead_letter"];
 
@@ -157,6 +159,8 @@ struct Inner {
     /// By [`USAGE_RESULTS`].
     usage_records: [Counter; USAGE_RESULTS.len()],
     budget_alerts: [Counter; 4],
+    /// Email deliveries by [`AlertResult`] index less one (delivered, retried, failed).
+    budget_alert_emails: [Counter; 3],
     reservations_open: Gauge,
     invalidation_lag: Histogram,
     queues: Mutex<Vec<Oldest>>,
@@ -203,7 +207,7 @@ impl Metrics {
             (CACHE_REQUESTS, "Cache look-ups on the decision path"),
             (
                 BACKEND_ERRORS,
-                "Failed calls to a backend (database, redis, oidc, alert_webhook)",
+                "Failed calls to a backend (database, redis, oidc, alert_webhook, alert_email)",
             ),
             (
                 FAILURE_MODE,
@@ -215,6 +219,10 @@ impl Metrics {
             ),
             (USAGE_TOKENS, "Tokens of written usage records"),
             (BUDGET_ALERTS, "Budget alerts by what became of them"),
+            (
+                BUDGET_ALERT_EMAILS,
+                "Budget alert mail deliveries by what became of them",
+            ),
         ] {
             recorder.describe_counter(name.into(), None, help.into());
         }
@@ -274,6 +282,8 @@ impl Metrics {
             usage_records: USAGE_RESULTS.map(|r| counter(USAGE_RECORDS, "result", r)),
             budget_alerts: ["raised", "delivered", "retried", "failed"]
                 .map(|r| counter(BUDGET_ALERTS, "result", r)),
+            budget_alert_emails: ["delivered", "retried", "failed"]
+                .map(|r| counter(BUDGET_ALERT_EMAILS, "result", r)),
             reservations_open: recorder
                 .register_gauge(&Key::from_name(RESERVATIONS_OPEN), &METADATA),
             invalidation_lag: recorder
@@ -316,7 +326,7 @@ impl Metrics {
         }
     }
 
-    /// Counts a failed call to `backend` (database | redis | oidc | alert_webhook).
+    /// Counts a failed call to `backend` (database | redis | oidc | alert_webhook | alert_email).
     pub fn backend_error(&self, backend: &'static str) {
         match BACKENDS.iter().position(|b| *b == backend) {
             Some(i) => self.inner.backend_errors[i].increment(1),
@@ -408,6 +418,20 @@ impl Metrics {
     /// Counts budget alerts by what became of them.
     pub fn budget_alerts(&self, result: AlertResult, n: u64) {
         self.inner.budget_alerts[result as usize].increment(n);
+    }
+
+    /// Counts one delivery attempt's result on `channel`: the webhook's in
+    /// `tollgate_budget_alerts_total{result}`, email's in
+    /// `tollgate_budget_alert_emails_total{result}` (`Raised` is not a delivery: not counted).
+    pub fn alert_delivery(&self, channel: AlertChannel, result: AlertResult) {
+        match channel {
+            AlertChannel::Webhook => self.budget_alerts(result, 1),
+            AlertChannel::Email => {
+                if let Some(i) = (result as usize).checked_sub(1) {
+                    self.inner.budget_alert_emails[i].increment(1);
+                }
+            }
+        }
     }
 
     /// Records one invalidation's lag (seconds).

@@ -772,6 +772,144 @@ fn users_and_teams() {
 }
 
 #[test]
+fn team_budgets_and_team_assignments() {
+    let server = Server::start();
+    let team_id = id(&server.json(&["team", "create", "--name", "platform"]));
+
+    // set-budget, by name and by id; a period not given stays as it was.
+    let set = server.json(&[
+        "team",
+        "set-budget",
+        "platform",
+        "--max-budget",
+        "250",
+        "--budget-duration",
+        "30d",
+    ]);
+    assert_eq!(set["id"], team_id.as_str());
+    assert_eq!(set["max_budget"], 250.0);
+    assert_eq!(set["budget_duration"], "30d");
+    let line = server.table(&["team", "set-budget", &team_id, "--max-budget", "300.5"]);
+    assert_eq!(
+        line.trim(),
+        format!("team platform ({team_id}): budget 300.50 USD per 30d")
+    );
+    let got = server.json(&["team", "get", &team_id]);
+    assert_eq!(got["max_budget"], 300.5);
+    assert_eq!(got["budget_duration"], "30d");
+    let line = server.table(&[
+        "team",
+        "set-budget",
+        "platform",
+        "--max-budget",
+        "10",
+        "--budget-duration",
+        "none",
+    ]);
+    assert_eq!(
+        line.trim(),
+        format!("team platform ({team_id}): budget 10.00 USD in total (no period)")
+    );
+    // `none` clears the budget and its period.
+    let line = server.table(&["team", "set-budget", "platform", "--max-budget", "none"]);
+    assert_eq!(line.trim(), format!("team platform ({team_id}): no budget"));
+    let got = server.json(&["team", "get", &team_id]);
+    assert!(got["max_budget"].is_null(), "{got}");
+    assert!(got["budget_duration"].is_null(), "{got}");
+    let updates = server.json(&["audit", "list", "--action", "team.update"]);
+    assert_eq!(updates["data"].as_array().unwrap().len(), 4, "{updates}");
+    let out = server.cli(&["team", "set-budget", "nope", "--max-budget", "1"]);
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("no team with id or name `nope` (404 not_found)"),
+        "{}",
+        stderr(&out)
+    );
+
+    // assign-team: by username and team name, by email and ids.
+    let bob_id = id(&server.json(&[
+        "user",
+        "create",
+        "--username",
+        "bob",
+        "--email",
+        "bob@example.com",
+    ]));
+    let members = |server: &Server| -> Vec<(String, String, String)> {
+        server.json(&["team", "get", &team_id])["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["user_id"].as_str().unwrap().to_owned(),
+                    m["role"].as_str().unwrap().to_owned(),
+                    m["source"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let member = |role: &str| vec![(bob_id.clone(), role.to_owned(), "manual".to_owned())];
+    let line = server.table(&["user", "assign-team", "bob", "platform"]);
+    assert_eq!(line.trim(), "user bob is now a member of team platform");
+    assert_eq!(members(&server), member("member"));
+    // Already a member: said so, nothing written.
+    let line = server.table(&["user", "assign-team", "bob@example.com", &team_id]);
+    assert_eq!(
+        line.trim(),
+        "user bob already is a member of team platform (nothing changed)"
+    );
+    let adds = || {
+        server.json(&["audit", "list", "--action", "team.member.add"])["data"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(adds(), 1);
+    // A role given: changed.
+    let line = server.table(&[
+        "user",
+        "assign-team",
+        &bob_id,
+        "platform",
+        "--role",
+        "owner",
+    ]);
+    assert_eq!(
+        line.trim(),
+        "user bob was a member of team platform; now an owner"
+    );
+    assert_eq!(members(&server), member("owner"));
+    assert_eq!(adds(), 2);
+    // No role given: an owner stays an owner.
+    let membership = server.json(&["user", "assign-team", "bob", "platform"]);
+    assert_eq!(membership["user_id"], bob_id.as_str());
+    assert_eq!(membership["team_id"], team_id.as_str());
+    assert_eq!(membership["role"], "owner");
+    assert_eq!(membership["source"], "manual");
+    assert_eq!(members(&server), member("owner"));
+    assert_eq!(adds(), 2);
+    let membership = server.json(&["user", "assign-team", "bob", "platform", "--role", "member"]);
+    assert_eq!(membership["role"], "member");
+    assert_eq!(members(&server), member("member"));
+
+    let out = server.cli(&["user", "assign-team", "carol", "platform"]);
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("no user with id, username or email `carol` (404 not_found)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = server.cli(&["user", "assign-team", "bob", "nope"]);
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("no team with id or name `nope`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn audit_list_shows_the_writes() {
     let server = Server::start();
     let user = server.json(&[
@@ -980,6 +1118,20 @@ fn bad_usage_exits_64() {
             "Root!",
         ],
         vec!["team", "add-member", "t", "--user", "u", "--role", "boss"],
+        vec!["team", "set-budget", "t"],
+        vec!["team", "set-budget", "t", "--max-budget", "lots"],
+        vec!["team", "set-budget", "t", "--max-budget=-5"],
+        vec![
+            "team",
+            "set-budget",
+            "t",
+            "--max-budget",
+            "none",
+            "--budget-duration",
+            "7d",
+        ],
+        vec!["user", "assign-team", "u"],
+        vec!["user", "assign-team", "u", "t", "--role", "boss"],
         vec!["audit", "list", "--since", "the dawn of time"],
         vec!["key", "list", "--url", "ftp://example.com"],
         vec!["frobnicate"],

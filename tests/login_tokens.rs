@@ -883,6 +883,270 @@ async fn tokens_provision_users_and_sync_role_and_teams_from_groups() {
     env.t.stop().await;
 }
 
+/// The live teams, as `(name, id)` sorted by name, from `GET /admin/teams` as master.
+async fn teams(t: &Tollgate) -> Vec<(String, String)> {
+    let (status, body) = t.admin(Method::GET, "/admin/teams", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut all: Vec<(String, String)> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|team| {
+            (
+                team["name"].as_str().unwrap().to_owned(),
+                team["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+const AUTO_CREATE_TEAMS: &str = "      auto_provision: true\n      auto_create_teams: true\n      group_to_team: { engineering: Engineering, research: Research, ml: Research }\n";
+
+#[tokio::test]
+async fn auto_create_teams_creates_the_teams_groups_name() {
+    let env = Env::start(AUTO_CREATE_TEAMS).await;
+    let t = &env.t;
+    assert!(teams(t).await.is_empty());
+
+    // Ada's first token names Engineering, which does not exist: created, and she is in it.
+    let ada = env.token(json!({"groups": ["engineering", "unmapped"]}));
+    let (status, _, me) = profile(t, &ada).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    let ada_id = user_id_by_email(t, ADA).await;
+    let all = teams(t).await;
+    assert_eq!(
+        all.iter()
+            .map(|(name, _)| name.as_str())
+            .collect::<Vec<_>>(),
+        ["Engineering"]
+    );
+    let engineering = all[0].1.clone();
+    assert_eq!(
+        membership(t, &engineering, &ada_id).await,
+        Some(("member".to_owned(), "group".to_owned()))
+    );
+    assert_person_allowed(t, &ada, &ada_id).await;
+    let created = audit(t, "team.create").await;
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert_eq!(created[0]["actor"], format!("oidc:{}", env.issuer.url()));
+    assert_eq!(created[0]["target"], engineering.as_str());
+    assert_eq!(created[0]["details"]["name"], "Engineering");
+    assert_eq!(created[0]["details"]["source"], "oidc");
+    assert_eq!(created[0]["details"]["issuer"], env.issuer.url());
+    let added = audit(t, "team.member.add").await;
+    assert_eq!(added.len(), 1, "{added:?}");
+    assert_eq!(added[0]["target"], format!("{engineering}/{ada_id}"));
+
+    // Two people's first tokens naming Research (through two groups) arrive at once: one
+    // team, created once, both in it.
+    let grace =
+        env.token(json!({"sub": "user-2", "email": "grace@example.com", "groups": ["research"]}));
+    let alan = env.token(
+        json!({"sub": "user-3", "email": "alan@example.com", "groups": ["ml", "engineering"]}),
+    );
+    let (g, a) = tokio::join!(profile(t, &grace), profile(t, &alan));
+    assert_eq!(g.0, StatusCode::OK, "{}", g.2);
+    assert_eq!(a.0, StatusCode::OK, "{}", a.2);
+    let all = teams(t).await;
+    assert_eq!(
+        all.iter()
+            .map(|(name, _)| name.as_str())
+            .collect::<Vec<_>>(),
+        ["Engineering", "Research"]
+    );
+    let research = all[1].1.clone();
+    let grace_id = user_id_by_email(t, "grace@example.com").await;
+    let alan_id = user_id_by_email(t, "alan@example.com").await;
+    for (team, user) in [
+        (&research, &grace_id),
+        (&research, &alan_id),
+        (&engineering, &alan_id),
+    ] {
+        assert_eq!(
+            membership(t, team, user).await,
+            Some(("member".to_owned(), "group".to_owned()))
+        );
+    }
+    assert_eq!(membership(t, &engineering, &grace_id).await, None);
+    let created = audit(t, "team.create").await;
+    assert_eq!(created.len(), 2, "{created:?}");
+    assert_eq!(
+        created
+            .iter()
+            .filter(|e| e["target"] == research.as_str())
+            .count(),
+        1
+    );
+    env.t.stop().await;
+}
+
+/// The `tollgate` binary against `t` with `token`: (success, stdout, stderr).
+async fn cli(t: &Tollgate, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .env("TOLLGATE_URL", format!("http://{}", t.http))
+        .env("TOLLGATE_TOKEN", token)
+        .env_remove("TOLLGATE_MASTER_KEY")
+        .output()
+        .await
+        .expect("the tollgate binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    )
+}
+
+/// `tollgate user assign-team` (table output) as master; its stdout.
+async fn assign_team_cli(t: &Tollgate, args: &[&str]) -> String {
+    let mut all = vec!["user", "assign-team"];
+    all.extend(args);
+    let (ok, stdout, stderr) = cli(t, MASTER_KEY, &all).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    stdout
+}
+
+#[tokio::test]
+async fn assigning_a_group_member_by_hand_keeps_the_membership_past_the_group() {
+    let env = Env::start(AUTO_CREATE_TEAMS).await;
+    let t = &env.t;
+    let ada = env.token(json!({"groups": ["engineering"]}));
+    assert_eq!(profile(t, &ada).await.0, StatusCode::OK);
+    let ada_id = user_id_by_email(t, ADA).await;
+    let engineering = teams(t).await[0].1.clone();
+    assert_eq!(
+        membership(t, &engineering, &ada_id).await,
+        Some(("member".to_owned(), "group".to_owned()))
+    );
+
+    let said = assign_team_cli(t, &[ADA, "Engineering"]).await;
+    assert_eq!(
+        said,
+        format!("user {ADA} is a member of team Engineering, now granted by hand (it came from a group)")
+    );
+    assert_eq!(
+        membership(t, &engineering, &ada_id).await,
+        Some(("member".to_owned(), "manual".to_owned()))
+    );
+    // Leaving the group no longer takes her out of the team.
+    let left = env.token(json!({"groups": []}));
+    assert_eq!(profile(t, &left).await.0, StatusCode::OK);
+    assert_eq!(
+        membership(t, &engineering, &ada_id).await,
+        Some(("member".to_owned(), "manual".to_owned()))
+    );
+    let said = assign_team_cli(t, &[ADA, "Engineering"]).await;
+    assert!(said.ends_with("(nothing changed)"), "{said}");
+    env.t.stop().await;
+}
+
+#[tokio::test]
+async fn the_team_commands_by_name_as_a_manager_and_a_team_owner() {
+    let env = Env::start("").await;
+    let t = &env.t;
+    user_with_password(t, "maria", "manager").await;
+    let owner_id = user_with_password(t, "olga", "user").await;
+    let grace_id = user_with_password(t, "grace", "user").await;
+    let maria = login(t, "maria").await;
+    let olga = login(t, "olga").await;
+
+    // A manager creates a team (and owns it), then names it: the id lookup is refused
+    // (not her team by that "id"), the list she may read has it.
+    let (status, _, team) = api(
+        t,
+        Method::POST,
+        "/admin/teams",
+        &maria,
+        Some(json!({ "name": "platform" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{team}");
+    let team_id = team["id"].as_str().unwrap().to_owned();
+    let (ok, said, err) = cli(
+        t,
+        &maria,
+        &[
+            "team",
+            "set-budget",
+            "platform",
+            "--max-budget",
+            "40",
+            "--budget-duration",
+            "7d",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        said,
+        format!("team platform ({team_id}): budget 40.00 USD per 7d")
+    );
+    // A manager may read users: she names one by username.
+    let (ok, said, err) = cli(
+        t,
+        &maria,
+        &["user", "assign-team", "olga", "platform", "--role", "owner"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(said, "user olga is now an owner of team platform");
+
+    // A team owner whose role is `user` may not read users: she names them by id.
+    let (ok, said, err) = cli(t, &olga, &["user", "assign-team", &grace_id, "platform"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        said,
+        format!("user {grace_id} is now a member of team platform")
+    );
+    assert_eq!(
+        membership(t, &team_id, &grace_id).await,
+        Some(("member".to_owned(), "manual".to_owned()))
+    );
+    let (ok, _, err) = cli(t, &olga, &["user", "assign-team", "grace", "platform"]).await;
+    assert!(!ok);
+    assert!(err.contains("(400 invalid_request)"), "{err}");
+    // Nor may she change the budget.
+    let (ok, _, err) = cli(
+        t,
+        &olga,
+        &["team", "set-budget", "platform", "--max-budget", "1"],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("(403 forbidden)"), "{err}");
+    assert_eq!(membership(t, &team_id, &owner_id).await.unwrap().0, "owner");
+    env.t.stop().await;
+}
+
+#[tokio::test]
+async fn without_auto_create_teams_no_team_is_created() {
+    let env = Env::start(
+        "      auto_provision: true\n      group_to_team: { engineering: Engineering }\n",
+    )
+    .await;
+    let t = &env.t;
+    let ada = env.token(json!({"groups": ["engineering"]}));
+    let (status, _, me) = profile(t, &ada).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    let ada_id = user_id_by_email(t, ADA).await;
+    assert_person_allowed(t, &ada, &ada_id).await;
+    assert!(teams(t).await.is_empty());
+    assert!(audit(t, "team.create").await.is_empty());
+    assert!(audit(t, "team.member.add").await.is_empty());
+
+    // An admin creates the team: the very same token syncs into it at once, without
+    // waiting for `cache.key_ttl` to forget that it was synced.
+    let engineering = create_team(t, "Engineering").await;
+    assert_eq!(profile(t, &ada).await.0, StatusCode::OK);
+    assert_eq!(
+        membership(t, &engineering, &ada_id).await,
+        Some(("member".to_owned(), "group".to_owned()))
+    );
+    env.t.stop().await;
+}
+
 #[tokio::test]
 async fn without_auto_provision_only_existing_users_are_linked() {
     let env = Env::start("").await;

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use tollgate::domain::{BudgetDuration, Limits, MembershipSource, Role, TeamRole};
 use tollgate::store::sql::{Backend, ConnectOptions, SqlStore};
 use tollgate::store::{
-    Actor, Alert, AlertCrossing, AlertFilter, AlertOutcome, AlertState, AuditFilter, GroupBy,
-    KeyFilter, KeyPageRequest, KeyPatch, KeyStatus, LimitsPatch, NewKey, NewRefreshToken, NewTeam,
-    NewUiSession, NewUser, OidcLogin, PageFrom, RefreshOutcome, SharedStore, SpendKind, Store,
-    StoreError, TeamPatch, UiHolder, UsageQuery, UsageReport, UsageRow, UsageTotals, UserPatch,
-    UserStore, ALERT_CLAIM_SECS, NO_GROUP,
+    Actor, Alert, AlertChannel, AlertCrossing, AlertFilter, AlertOutcome, AlertState, AuditFilter,
+    GroupBy, KeyFilter, KeyPageRequest, KeyPatch, KeyStatus, LimitsPatch, NewKey, NewRefreshToken,
+    NewTeam, NewUiSession, NewUser, OidcLogin, PageFrom, RefreshOutcome, SharedStore, SpendKind,
+    Store, StoreError, TeamPatch, UiHolder, UsageQuery, UsageReport, UsageRow, UsageTotals,
+    UserPatch, UserStore, ALERT_CLAIM_SECS, NO_GROUP,
 };
 use tollgate::usage::{TokenUsage, UsageRecord, UsageSource};
 
@@ -2662,6 +2662,8 @@ store_suite!(
     oidc_identity_of_a_deleted_user_provisions_a_new_one,
     user_memberships_skip_deleted_teams,
     oidc_concurrent_first_logins_make_one_user,
+    oidc_auto_create_teams_creates_missing_teams,
+    oidc_concurrent_logins_create_a_team_once,
 );
 
 fn refresh(user_id: &str, family: &str, secret: &str, expires_at: i64) -> NewRefreshToken {
@@ -2985,6 +2987,7 @@ fn oidc(subject: &str, email: Option<&str>) -> OidcLogin {
         default_role: Role::Viewer,
         role_from_groups: None,
         teams_from_groups: None,
+        auto_create_teams: false,
     }
 }
 
@@ -3782,6 +3785,169 @@ async fn oidc_concurrent_first_logins_make_one_user(store: SharedStore) {
     assert_eq!(store.list_users().await.unwrap().len(), 2);
     assert_eq!(audit_of(&store, "user.create").await.len(), 2);
     assert_eq!(audit_of(&store, "team.member.add").await.len(), 2);
+}
+
+/// The live team named `name`, if any.
+async fn team_named(store: &SharedStore, name: &str) -> Option<tollgate::domain::Team> {
+    let mut found: Vec<_> = store
+        .list_teams()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.name == name)
+        .collect();
+    assert!(found.len() <= 1, "two live teams named {name}: {found:?}");
+    found.pop()
+}
+
+async fn oidc_auto_create_teams_creates_missing_teams(store: SharedStore) {
+    let a = store.create_team(&admin(), new_team("A")).await.unwrap();
+    let login = |auto_create_teams: bool| OidcLogin {
+        teams_from_groups: teams(&["A", "Fresh"]),
+        auto_create_teams,
+        ..oidc("sub-1", Some("ada@example.com"))
+    };
+
+    // Off: the missing team is skipped, nothing is created.
+    let off = store
+        .oidc_login(&oidc_actor(), login(false))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(off.missing_teams, ["Fresh"]);
+    assert!(off.created_teams.is_empty());
+    assert!(team_named(&store, "Fresh").await.is_none());
+    let uid = off.user.id.clone();
+    assert_eq!(
+        memberships_of(&store, &uid).await,
+        [(a.id.clone(), TeamRole::Member, MembershipSource::Group)]
+    );
+
+    // On: created (no limits, no models), audited, and the user is a group member of it.
+    let on = store
+        .oidc_login(&oidc_actor(), login(true))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(on.missing_teams.is_empty(), "{:?}", on.missing_teams);
+    let fresh = team_named(&store, "Fresh").await.expect("Fresh created");
+    assert_eq!(on.created_teams, [(fresh.id.clone(), "Fresh".to_string())]);
+    assert!(fresh.models.is_empty());
+    assert_eq!(fresh.limits, Limits::default());
+    assert!(!fresh.blocked);
+    let mut expected = vec![
+        (a.id.clone(), TeamRole::Member, MembershipSource::Group),
+        (fresh.id.clone(), TeamRole::Member, MembershipSource::Group),
+    ];
+    expected.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(memberships_of(&store, &uid).await, expected);
+    let creates = audit_of(&store, "team.create").await;
+    let created: Vec<_> = creates
+        .iter()
+        .filter(|e| e.target.as_deref() == Some(fresh.id.as_str()))
+        .collect();
+    assert_eq!(created.len(), 1, "{creates:?}");
+    assert_eq!(created[0].actor, format!("oidc:{ISSUER}"));
+    assert_eq!(created[0].details["name"], "Fresh");
+    assert_eq!(created[0].details["source"], "oidc");
+    assert_eq!(created[0].details["issuer"], ISSUER);
+    assert_eq!(created[0].details["max_budget"], json!(null));
+
+    // Once it exists, later logins only find it.
+    let again = store
+        .oidc_login(&oidc_actor(), login(true))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(again.created_teams.is_empty());
+    assert_eq!(audit_of(&store, "team.create").await.len(), creates.len());
+    assert_eq!(memberships_of(&store, &uid).await, expected);
+
+    // A deleted team does not exist: the mapping creates a new one (a new id).
+    assert!(store.delete_team(&admin(), &fresh.id).await.unwrap());
+    let after = store
+        .oidc_login(&oidc_actor(), login(true))
+        .await
+        .unwrap()
+        .unwrap();
+    let renewed = team_named(&store, "Fresh")
+        .await
+        .expect("Fresh created again");
+    assert_ne!(renewed.id, fresh.id);
+    assert_eq!(
+        after.created_teams,
+        [(renewed.id.clone(), "Fresh".to_string())]
+    );
+    assert_eq!(
+        audit_of(&store, "team.create").await.len(),
+        creates.len() + 1
+    );
+    assert!(memberships_of(&store, &uid).await.contains(&(
+        renewed.id,
+        TeamRole::Member,
+        MembershipSource::Group
+    )));
+
+    // Without a group mapping nothing is created, whatever the flag says.
+    let unmapped = store
+        .oidc_login(
+            &oidc_actor(),
+            OidcLogin {
+                auto_create_teams: true,
+                ..oidc("sub-2", None)
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(unmapped.created_teams.is_empty());
+    assert_eq!(store.list_teams().await.unwrap().len(), 2);
+}
+
+async fn oidc_concurrent_logins_create_a_team_once(store: SharedStore) {
+    // Distinct people whose first tokens all name the same two new teams, at once: as on
+    // two replicas, each in its own transaction.
+    for round in 0..3 {
+        let names = [format!("Alpha-{round}"), format!("Beta-{round}")];
+        let tasks: Vec<_> = (0..4)
+            .map(|i| {
+                let store = store.clone();
+                let login = OidcLogin {
+                    teams_from_groups: Some(names.to_vec()),
+                    auto_create_teams: true,
+                    ..oidc(&format!("sub-{round}-{i}"), None)
+                };
+                tokio::spawn(async move { store.oidc_login(&oidc_actor(), login).await })
+            })
+            .collect();
+        let mut users = Vec::new();
+        let mut created = Vec::new();
+        for task in tasks {
+            let outcome = task.await.unwrap().unwrap().unwrap();
+            assert!(outcome.missing_teams.is_empty());
+            created.extend(outcome.created_teams);
+            users.push(outcome.user.id);
+        }
+        created.sort_by(|x, y| x.1.cmp(&y.1));
+        let mut want = Vec::new();
+        for name in &names {
+            let team = team_named(&store, name).await.expect("team created");
+            let mut members: Vec<_> = store
+                .list_members(&team.id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.user_id)
+                .collect();
+            members.sort();
+            users.sort();
+            assert_eq!(members, users, "every login joined {name}");
+            want.push((team.id, name.clone()));
+        }
+        assert_eq!(created, want, "each team was created by exactly one login");
+    }
+    assert_eq!(store.list_teams().await.unwrap().len(), 6);
+    assert_eq!(audit_of(&store, "team.create").await.len(), 6);
 }
 
 // ---- usage and spend ---------------------------------------------------------------------
@@ -4885,6 +5051,7 @@ store_suite!(
     alerts_outcomes,
     alerts_list_filters_newest_first,
     alerts_reject_bad_crossings,
+    alert_channels_are_delivered_independently,
 );
 
 fn crossing(kind: SpendKind, id: &str, period_start: i64, threshold: u32) -> AlertCrossing {
@@ -5026,6 +5193,265 @@ async fn alerts_due_are_claimed_once(store: SharedStore) {
     assert_eq!(claimed.len(), total, "an alert was handed out twice");
     // The 20 new ones and t1's 50 %, whose claim (until day+130) ran out.
     assert_eq!(total, 21);
+}
+
+/// The migrations of `flavour` before 0014 (alert mail) in a directory of their own, for a
+/// database as it was before that migration.
+fn migrations_before_alert_email(flavour: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(flavour);
+    for entry in std::fs::read_dir(source).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let version: u32 = name[..4].parse().unwrap();
+        if version < 14 {
+            std::fs::copy(&path, dir.path().join(&name)).unwrap();
+        }
+    }
+    dir
+}
+
+/// An alert raised before migration 0014 is pending on email, due since it was raised; its
+/// webhook delivery is kept as it was.
+async fn alerts_from_before_0014_are_due_by_email(store: SharedStore) {
+    let (web, mail) = (AlertChannel::Webhook, AlertChannel::Email);
+    store.migrate().await.unwrap();
+    let alerts = store.list_alerts(AlertFilter::default()).await.unwrap();
+    assert_eq!(alerts.len(), 2);
+    for a in &alerts {
+        assert_eq!(a.email.state, AlertState::Pending, "{a:?}");
+        assert_eq!(a.email.attempts, 0);
+        assert_eq!(a.email.next_attempt_at, Some(a.created_at));
+    }
+    let delivered = alerts.iter().find(|a| a.threshold == 50).unwrap();
+    assert_eq!(delivered.state, AlertState::Delivered);
+    assert_eq!(delivered.attempts, 2);
+    let due = store.due_deliveries(mail, 2_000_000_000, 10).await.unwrap();
+    assert_eq!(due.len(), 2);
+    let due = store.due_deliveries(web, 2_000_000_000, 10).await.unwrap();
+    assert_eq!(due.iter().map(|a| a.threshold).collect::<Vec<_>>(), [75]);
+}
+
+const OLD_ALERTS: &str = "INSERT INTO alerts (id, entity_kind, entity_id, period_start, \
+     period_end, threshold, spend_usd, budget_usd, created_at, state, attempts, \
+     next_attempt_at, delivered_at) VALUES \
+     ('old-50', 'key', 'k1', 1700000000, 1700086400, 50, 5.0, 10.0, 1700000100, 'delivered', \
+      2, NULL, 1700000200), \
+     ('old-75', 'key', 'k1', 1700000000, 1700086400, 75, 7.5, 10.0, 1700000300, 'pending', \
+      0, 1700000300, NULL)";
+
+#[tokio::test]
+async fn alerts_from_before_0014_are_due_by_email_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+    let old = migrations_before_alert_email("sqlite");
+    {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::migrate::Migrator::new(old.path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query(OLD_ALERTS).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+    let store = SqlStore::connect(&url, &test_connect_options())
+        .await
+        .unwrap();
+    alerts_from_before_0014_are_due_by_email(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn alerts_from_before_0014_are_due_by_email_postgres() {
+    use sqlx::{Connection, Executor};
+    let mut admin = common::db::postgres_admin_connection().await;
+    let schema = format!(
+        "tg_test_{}_{}",
+        chrono::Utc::now().timestamp(),
+        uuid::Uuid::new_v4().simple()
+    );
+    admin
+        .execute(format!("CREATE SCHEMA {schema}").as_str())
+        .await
+        .unwrap();
+    let _ = admin.close().await;
+    let base = common::db::postgres_base_url();
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+    let old = migrations_before_alert_email("postgres");
+    {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::migrate::Migrator::new(old.path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query(OLD_ALERTS).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+    let store = SqlStore::connect(&url, &test_connect_options())
+        .await
+        .unwrap();
+    alerts_from_before_0014_are_due_by_email(Arc::new(store)).await;
+}
+
+/// The webhook and email each claim, retry, deliver and give up an alert on their own
+/// columns: one channel's claim, retry or outcome never makes the other send again nor
+/// hides an alert from it.
+async fn alert_channels_are_delivered_independently(store: SharedStore) {
+    let day = ts("2026-03-04T00:00:00Z");
+    let (web, mail) = (AlertChannel::Webhook, AlertChannel::Email);
+    store
+        .raise_alerts(&[
+            crossing(SpendKind::Team, "t1", day, 50),
+            crossing(SpendKind::Team, "t1", day, 75),
+        ])
+        .await
+        .unwrap();
+    let now = day + 3600;
+    let raised = all_alerts(&store).await;
+    for a in &raised {
+        assert_eq!(a.email.state, AlertState::Pending);
+        assert_eq!(a.email.attempts, 0);
+        assert_eq!(
+            a.email.next_attempt_at,
+            Some(now),
+            "due by email when raised"
+        );
+        assert_eq!(
+            (a.email.last_error.as_ref(), a.email.delivered_at),
+            (None, None)
+        );
+    }
+
+    // Claimed on the webhook: still due by email, and the other way round.
+    let by_web = store.due_deliveries(web, now, 10).await.unwrap();
+    assert_eq!(by_web.len(), 2);
+    assert_eq!(
+        by_web[0].email.next_attempt_at,
+        Some(now),
+        "email untouched"
+    );
+    assert!(store.due_deliveries(web, now, 10).await.unwrap().is_empty());
+    let by_mail = store.due_deliveries(mail, now, 10).await.unwrap();
+    assert_eq!(by_mail.len(), 2);
+    assert_eq!(
+        by_mail[0].email.next_attempt_at,
+        Some(now + ALERT_CLAIM_SECS)
+    );
+    assert_eq!(by_mail[0].next_attempt_at, Some(now + ALERT_CLAIM_SECS));
+    assert!(store
+        .due_deliveries(mail, now, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let id = |threshold: u32| {
+        raised
+            .iter()
+            .find(|a| a.threshold == threshold)
+            .unwrap()
+            .id
+            .clone()
+    };
+    let (a50, a75) = (id(50), id(75));
+
+    // 50 %: the webhook delivers, email fails once and is retried: only email is due again.
+    assert!(store
+        .mark_delivery(web, &a50, AlertOutcome::Delivered { at: now })
+        .await
+        .unwrap());
+    let retry = AlertOutcome::Retry {
+        error: "cannot connect to the SMTP server".into(),
+        next_attempt_at: now + 1,
+    };
+    assert!(store
+        .mark_delivery(mail, &a50, retry.clone())
+        .await
+        .unwrap());
+    // 75 %: email delivers, the webhook gives up.
+    assert!(store
+        .mark_delivery(mail, &a75, AlertOutcome::Delivered { at: now })
+        .await
+        .unwrap());
+    assert!(store
+        .mark_delivery(
+            web,
+            &a75,
+            AlertOutcome::Failed {
+                error: "HTTP 500".into()
+            }
+        )
+        .await
+        .unwrap());
+
+    let later = now + DAY;
+    assert!(store
+        .due_deliveries(web, later, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let due = store.due_deliveries(mail, later, 10).await.unwrap();
+    assert_eq!(
+        due.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        [a50.as_str()]
+    );
+    assert_eq!(due[0].email.attempts, 1);
+    assert_eq!(
+        due[0].email.last_error.as_deref(),
+        Some("cannot connect to the SMTP server")
+    );
+    assert_eq!(
+        due[0].state,
+        AlertState::Delivered,
+        "the webhook's state kept"
+    );
+    assert_eq!(due[0].attempts, 1);
+    assert_eq!(due[0].last_error, None);
+
+    // A channel that settled takes no more outcomes; the other still does.
+    assert!(!store
+        .mark_delivery(mail, &a75, retry.clone())
+        .await
+        .unwrap());
+    assert!(!store.mark_delivery(web, &a50, retry.clone()).await.unwrap());
+    assert!(store
+        .mark_delivery(mail, &a50, AlertOutcome::Delivered { at: later })
+        .await
+        .unwrap());
+
+    let all = all_alerts(&store).await;
+    let shown = |id: &str| all.iter().find(|a| a.id == id).unwrap().clone();
+    let (s50, s75) = (shown(&a50), shown(&a75));
+    assert_eq!(
+        (
+            s50.state,
+            s50.email.state,
+            s50.email.attempts,
+            s50.email.delivered_at
+        ),
+        (AlertState::Delivered, AlertState::Delivered, 2, Some(later))
+    );
+    assert_eq!(
+        (
+            s75.state,
+            s75.attempts,
+            s75.email.state,
+            s75.email.delivered_at
+        ),
+        (AlertState::Failed, 1, AlertState::Delivered, Some(now))
+    );
+    assert_eq!(s75.email.next_attempt_at, None);
+    // The API shape of the email channel.
+    let json = serde_json::to_value(&s75).unwrap();
+    assert_eq!(json["email"]["state"], "delivered");
+    assert_eq!(json["email"]["attempts"], 1);
+    assert_eq!(json["email"]["delivered_at"], "2026-03-04T01:00:00Z");
+    assert_eq!(json["email"]["next_attempt_at"], serde_json::Value::Null);
+    assert_eq!(json["state"], "failed");
 }
 
 async fn alerts_outcomes(store: SharedStore) {

@@ -1625,6 +1625,70 @@ async fn alerts_show_their_delivery_to_admins_and_viewers_only() {
     s.stop().await;
 }
 
+#[tokio::test]
+async fn alerts_show_their_email_delivery_when_mail_is_configured() {
+    // Nothing listens on port 9 here: the running delivery loop's attempts fail, which the
+    // page shows as the email channel's pending state.
+    let s = Stack::start(
+        Db::Sqlite,
+        "budgets:\n  alert_email: { smtp_url: \"smtp://127.0.0.1:9\", from: a@example.com, to: [b@example.com] }\n",
+    )
+    .await;
+    let (key, _) =
+        s.t.create_key(json!({"name": "uma-laptop", "user_id": s.id("uma"), "max_budget": 10.0}))
+            .await;
+    let now = chrono::Utc::now().timestamp();
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let records = [record(
+        "e1",
+        &at,
+        Some(&key),
+        None,
+        None,
+        "gpt-4o",
+        (1, 1),
+        5.0,
+    )];
+    s.t.app.store.record_usage(&records).await.unwrap();
+    assert_eq!(s.t.app.alerts.on_written(&records, now).await, 1);
+    let id = s.api(Method::GET, "/admin/alerts", None).await["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The email channel gives up (as after its last attempt); the webhook's stays pending.
+    assert!(s
+        .t
+        .app
+        .store
+        .mark_delivery(
+            tollgate::store::AlertChannel::Email,
+            &id,
+            AlertOutcome::Failed {
+                error: "cannot connect to the SMTP server <b>".into(),
+            },
+        )
+        .await
+        .unwrap());
+
+    let page = s.as_("ada").await.get("/alerts").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.contains("alerts are mailed"), "{}", page.main());
+    assert!(page.contains("<th scope=\"col\">Email</th>"));
+    let row = row_of(&page, "failed");
+    assert!(row.contains("uma-laptop") && row.contains("50 %"), "{row}");
+    assert!(row.contains("status email-failed"), "{row}");
+    assert!(row.contains("cannot connect to the SMTP server &"), "{row}");
+    assert!(!row.contains("<b>"), "escaped: {row}");
+    assert!(
+        row.contains("<span class=\"status pending\">pending</span>"),
+        "{row}"
+    );
+    let shown = &s.api(Method::GET, "/admin/alerts", None).await["data"][0];
+    assert_eq!(shown["email"]["state"], "failed");
+    assert_eq!(shown["state"], "pending");
+    s.stop().await;
+}
+
 // ---- audit ------------------------------------------------------------------------------
 
 async fn the_audit_log_is_filtered_and_paged(db: Db) {

@@ -87,6 +87,11 @@ pub(crate) async fn create_team(
             )
             .await?;
     }
+    // A new name for `group_to_team`: identities synced while it matched no team sync
+    // again on their next token, not only once `cache.key_ttl` has passed.
+    app.invalidator
+        .send(Invalidation::Team(team.id.clone()))
+        .await;
     Ok(team)
 }
 

@@ -1,7 +1,7 @@
 //! From a verified OIDC token to a tollgate user: find the user linked to the identity
 //! (issuer, subject), or link one by email, or create one (`auto_provision`), and keep the
 //! role and group memberships in step with the token's groups (`group_to_role`,
-//! `group_to_team`).
+//! `group_to_team`, creating missing teams with `auto_create_teams`).
 //!
 //! Linking by email hands the identity an existing account, so it needs an email the
 //! issuer vouches for: `email_verified: true` in the token, or `trust_email` on the issuer.
@@ -31,6 +31,8 @@ struct IssuerPolicy {
     trust_email: bool,
     default_role: Role,
     group_to_team: Vec<(String, String)>,
+    /// Teams `group_to_team` names that do not exist are created.
+    auto_create_teams: bool,
     group_to_role: Vec<(String, Role)>,
 }
 
@@ -47,6 +49,7 @@ impl IssuerPolicy {
                 .iter()
                 .map(|(g, t)| (g.clone(), t.clone()))
                 .collect(),
+            auto_create_teams: issuer.auto_create_teams,
             group_to_role: issuer
                 .group_to_role
                 .iter()
@@ -153,6 +156,7 @@ impl OidcUsers {
                     default_role: policy.default_role.clone(),
                     role_from_groups: policy.role_for(&identity.groups),
                     teams_from_groups: policy.teams_for(&identity.groups),
+                    auto_create_teams: policy.auto_create_teams,
                 };
                 let actor = Actor::new(
                     format!("oidc:{}", identity.issuer),
@@ -162,6 +166,9 @@ impl OidcUsers {
                 Ok(outcome.map(|o| {
                     if o.created {
                         tracing::info!(user.id = %o.user.id, user.name = %o.user.username, issuer = %identity.issuer, "created a user from an OIDC login");
+                    }
+                    for (id, name) in &o.created_teams {
+                        tracing::info!(team.id = %id, team.name = %name, issuer = %identity.issuer, "created a team named by group_to_team");
                     }
                     if !o.missing_teams.is_empty() {
                         tracing::warn!(issuer = %identity.issuer, teams = ?o.missing_teams, "group_to_team names teams that do not exist; create them to sync their members");

@@ -13,6 +13,7 @@ mod audit;
 mod check;
 mod client;
 mod key;
+mod lookup;
 mod migrate;
 mod output;
 mod role;

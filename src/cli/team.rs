@@ -1,10 +1,11 @@
 //! `tollgate team …`: teams and their members through `/admin/teams`.
 
-use super::args::{parse_bool, set, Body, CommaList, JsonObject, LimitArgs};
+use super::args::{parse_bool, set, Body, Clearable, CommaList, JsonObject, LimitArgs};
 use super::client::{Api, ApiArgs};
+use super::lookup;
 use super::output::{self, print, Cell, Column};
 use super::CliError;
-use crate::domain::TeamRole;
+use crate::domain::{BudgetDuration, TeamRole};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
@@ -55,6 +56,18 @@ enum TeamAction {
         /// Free-form JSON object kept with the team
         #[arg(long, value_name = "JSON")]
         metadata: Option<JsonObject>,
+    },
+    /// Set or clear a team's budget (USD per period).
+    SetBudget {
+        /// The team's id or name
+        team: String,
+        /// Budget in USD per period (`none`: no budget, and no period)
+        #[arg(long, value_name = "USD")]
+        max_budget: Clearable<f64>,
+        /// Budget period: 1d, 7d, 30d or 1mo (`none`: the budget never resets; left out:
+        /// the team's period stays as it is)
+        #[arg(long, value_name = "PERIOD")]
+        budget_duration: Option<Clearable<BudgetDuration>>,
     },
     /// Delete a team: its memberships go, its keys are revoked.
     Delete {
@@ -131,6 +144,46 @@ fn show(team: &Value) -> String {
     out
 }
 
+/// The PATCH body of `set-budget`. Clearing the budget clears its period too: a period
+/// without a budget limits nothing, and would come back unnoticed with the next budget.
+fn budget_body(
+    max_budget: Clearable<f64>,
+    budget_duration: Option<Clearable<BudgetDuration>>,
+) -> Result<Value, CliError> {
+    match (&max_budget, &budget_duration) {
+        (Clearable::Set(usd), _) if !usd.is_finite() || *usd < 0.0 => Err(CliError::Usage(
+            format!("--max-budget {usd}: a budget is a number of USD, 0 or more (or `none`)"),
+        )),
+        (Clearable::Clear, Some(Clearable::Set(_))) => Err(CliError::Usage(
+            "--max-budget none clears the budget and its period; --budget-duration needs a budget"
+                .into(),
+        )),
+        (Clearable::Clear, _) => Ok(json!({ "max_budget": null, "budget_duration": null })),
+        (Clearable::Set(_), _) => {
+            let mut body = Body::new();
+            set(&mut body, "max_budget", Some(&max_budget));
+            set(&mut body, "budget_duration", budget_duration.as_ref());
+            Ok(Value::Object(body))
+        }
+    }
+}
+
+/// `team platform (ID): budget 100.00 USD per 1mo`, or `… : no budget`.
+fn budget_line(team: &Value) -> String {
+    let name = output::text(team.get("name"));
+    let id = output::text(team.get("id"));
+    match team.get("max_budget").and_then(Value::as_f64) {
+        None => format!("team {name} ({id}): no budget"),
+        Some(usd) => {
+            let period = match team.get("budget_duration").and_then(Value::as_str) {
+                Some(period) => format!("per {period}"),
+                None => "in total (no period)".to_owned(),
+            };
+            format!("team {name} ({id}): budget {usd:.2} USD {period}")
+        }
+    }
+}
+
 pub async fn run(cmd: TeamCommand) -> Result<(), CliError> {
     let api = Api::new(&cmd.api)?;
     match cmd.action {
@@ -180,6 +233,19 @@ pub async fn run(cmd: TeamCommand) -> Result<(), CliError> {
                 .patch(&["admin", "teams", &id], Value::Object(body))
                 .await?;
             print(api.output, &team, show);
+        }
+        TeamAction::SetBudget {
+            team,
+            max_budget,
+            budget_duration,
+        } => {
+            let body = budget_body(max_budget, budget_duration)?;
+            let id = lookup::team(&api, &team).await?["id"]
+                .as_str()
+                .unwrap_or(&team)
+                .to_owned();
+            let updated = api.patch(&["admin", "teams", &id], body).await?;
+            print(api.output, &updated, budget_line);
         }
         TeamAction::Delete { id } => {
             let answer = api.delete(&["admin", "teams", &id]).await?;

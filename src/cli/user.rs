@@ -2,9 +2,10 @@
 
 use super::args::{parse_bool, set, Body, Clearable, JsonObject, LimitArgs};
 use super::client::{Api, ApiArgs};
+use super::lookup;
 use super::output::{self, print, Cell, Column};
 use super::CliError;
-use crate::domain::Role;
+use crate::domain::{Role, TeamRole};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use std::io::BufRead;
@@ -81,6 +82,17 @@ enum UserAction {
     Unlock {
         /// The user's id
         id: String,
+    },
+    /// Make a user a member of a team (by hand: group sync never removes it), or change
+    /// their role in it.
+    AssignTeam {
+        /// The user's id, username or email
+        user: String,
+        /// The team's id or name
+        team: String,
+        /// owner or member (default: member for a new member; a member's role is kept)
+        #[arg(long)]
+        role: Option<TeamRole>,
     },
 }
 
@@ -201,6 +213,9 @@ pub async fn run(cmd: UserCommand) -> Result<(), CliError> {
             let answer = api.delete(&["admin", "users", &id]).await?;
             print(api.output, &answer, |_| format!("deleted user {id}"));
         }
+        UserAction::AssignTeam { user, team, role } => {
+            assign_team(&api, &user, &team, role).await?
+        }
         UserAction::Unlock { id } => {
             let user = api
                 .post(&["admin", "users", &id, "unlock"], json!({}))
@@ -209,4 +224,70 @@ pub async fn run(cmd: UserCommand) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// `user assign-team`: adds the membership, or changes its role, through
+/// `POST /admin/teams/{id}/members`. A membership that already is what was asked for (and
+/// was granted by hand) is left alone and said so; one that came from a group becomes a
+/// manual one, so that the group sync no longer removes it.
+async fn assign_team(
+    api: &Api,
+    user: &str,
+    team: &str,
+    role: Option<TeamRole>,
+) -> Result<(), CliError> {
+    let team = lookup::team(api, team).await?;
+    let user = lookup::user(api, user).await?;
+    let team_id = team["id"].as_str().unwrap_or_default().to_owned();
+    let team_name = output::text(team.get("name"));
+    let current = team["members"]
+        .as_array()
+        .and_then(|members| members.iter().find(|m| m["user_id"] == user.id.as_str()))
+        .cloned();
+    let role_of = |m: &Value| m["role"].as_str().unwrap_or_default().to_owned();
+    let (membership, said) = match &current {
+        Some(m) if m["source"] == "manual" && role.is_none_or(|r| r.as_str() == role_of(m)) => {
+            let said = format!(
+                "user {} already is {} of team {team_name} (nothing changed)",
+                user.label,
+                a_role(&role_of(m))
+            );
+            (m.clone(), said)
+        }
+        _ => {
+            let wanted = role.map_or_else(
+                || current.as_ref().map_or("member".to_owned(), role_of),
+                |r| r.as_str().to_owned(),
+            );
+            let membership = api
+                .post(
+                    &["admin", "teams", &team_id, "members"],
+                    json!({ "user_id": user.id, "role": wanted }),
+                )
+                .await?;
+            let now = a_role(&role_of(&membership));
+            let said = match &current {
+                None => format!("user {} is now {now} of team {team_name}", user.label),
+                Some(m) if role_of(m) != role_of(&membership) => format!(
+                    "user {} was {} of team {team_name}; now {now}",
+                    user.label,
+                    a_role(&role_of(m))
+                ),
+                Some(_) => format!(
+                    "user {} is {now} of team {team_name}, now granted by hand (it came from a group)",
+                    user.label
+                ),
+            };
+            (membership, said)
+        }
+    };
+    print(api.output, &membership, |_| said);
+    Ok(())
+}
+
+fn a_role(role: &str) -> &'static str {
+    match role {
+        "owner" => "an owner",
+        _ => "a member",
+    }
 }

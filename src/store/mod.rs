@@ -395,6 +395,9 @@ pub struct OidcLogin {
     /// Some: names of the teams the token's groups map to (group_to_team); memberships are
     /// synced. None: memberships are left alone.
     pub teams_from_groups: Option<Vec<String>>,
+    /// Create the teams of `teams_from_groups` that do not exist (the issuer's
+    /// `auto_create_teams`) instead of skipping them.
+    pub auto_create_teams: bool,
 }
 
 /// What an OIDC login found or did.
@@ -406,6 +409,8 @@ pub struct OidcUser {
     pub linked: bool,
     /// Team names from `teams_from_groups` that name no live team (skipped).
     pub missing_teams: Vec<String>,
+    /// Teams this login created (`auto_create_teams`), as (id, name).
+    pub created_teams: Vec<(String, String)>,
 }
 
 /// A sign-in with SSO that was started and not finished yet: what its callback needs. Kept
@@ -704,6 +709,46 @@ pub struct Alert {
     pub last_error: Option<String>,
     #[serde(with = "rfc3339::option", default)]
     pub delivered_at: Option<Timestamp>,
+    /// Its delivery by email (`budgets.alert_email`); the fields above are the webhook's.
+    pub email: AlertDelivery,
+}
+
+/// Where an alert is in its delivery on one channel other than the webhook (today: email),
+/// with the same meanings as the webhook's fields of [`Alert`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertDelivery {
+    pub state: AlertState,
+    pub attempts: u32,
+    #[serde(with = "rfc3339::option", default)]
+    pub next_attempt_at: Option<Timestamp>,
+    pub last_error: Option<String>,
+    #[serde(with = "rfc3339::option", default)]
+    pub delivered_at: Option<Timestamp>,
+}
+
+/// A way an alert is delivered. Each channel delivers each alert once (at least once), with
+/// its own attempts, retries and state: one failing never makes the other send again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AlertChannel {
+    /// `budgets.alert_webhook`.
+    Webhook,
+    /// `budgets.alert_email`.
+    Email,
+}
+
+impl AlertChannel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertChannel::Webhook => "webhook",
+            AlertChannel::Email => "email",
+        }
+    }
+}
+
+impl fmt::Display for AlertChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What one delivery attempt of an alert led to ([`AlertStore::mark_alert`]).
@@ -948,7 +993,10 @@ pub trait IdentityStore: Send + Sync {
     /// (audited `user.create` with `"source": "oidc"`). Then the role is set from
     /// `role_from_groups` (audited `user.role`) and group memberships are synced with
     /// `teams_from_groups` (audited `team.member.add` / `team.member.remove` with
-    /// `"source": "group"`); memberships with source manual are never touched.
+    /// `"source": "group"`); memberships with source manual are never touched. With
+    /// `auto_create_teams`, a named team that does not exist is created first (audited
+    /// `team.create` with `"source": "oidc"`); concurrent logins naming the same new team
+    /// create it once.
     async fn oidc_login(&self, actor: &Actor, login: OidcLogin) -> StoreResult<Option<OidcUser>>;
 }
 
@@ -1099,16 +1147,39 @@ pub trait AlertStore: Send + Sync {
     /// amount fails the whole call with `Invalid`.
     async fn raise_alerts(&self, crossings: &[AlertCrossing]) -> StoreResult<u64>;
 
-    /// Up to `limit` pending alerts due at `now` (`next_attempt_at <= now`), the longest due
-    /// first, claimed for delivery: each is answered to one caller only, and is due again
+    /// Up to `limit` alerts pending on the webhook and due at `now` (`next_attempt_at <=
+    /// now`), the longest due first, claimed for delivery: each is answered to one caller only, and is due again
     /// only [`ALERT_CLAIM_SECS`] after `now` unless [`AlertStore::mark_alert`] records its
     /// outcome first (so two replicas do not deliver one alert at once, and an alert whose
     /// deliverer died is retried). The answer shows the claimed `next_attempt_at`.
-    async fn due_alerts(&self, now: Timestamp, limit: i64) -> StoreResult<Vec<Alert>>;
+    async fn due_alerts(&self, now: Timestamp, limit: i64) -> StoreResult<Vec<Alert>> {
+        self.due_deliveries(AlertChannel::Webhook, now, limit).await
+    }
 
-    /// Records the outcome of one delivery attempt of a pending alert (counting the attempt).
-    /// Answers false when there is no such pending alert (it was already delivered or failed).
-    async fn mark_alert(&self, id: &str, outcome: AlertOutcome) -> StoreResult<bool>;
+    /// Records the outcome of one webhook delivery attempt of a pending alert (counting the
+    /// attempt). Answers false when there is no such pending alert (it was already delivered or failed).
+    async fn mark_alert(&self, id: &str, outcome: AlertOutcome) -> StoreResult<bool> {
+        self.mark_delivery(AlertChannel::Webhook, id, outcome).await
+    }
+
+    /// [`AlertStore::due_alerts`] on one channel: up to `limit` alerts pending on `channel`
+    /// and due on it at `now`, claimed on that channel only (the other channel's state is
+    /// neither read nor changed).
+    async fn due_deliveries(
+        &self,
+        channel: AlertChannel,
+        now: Timestamp,
+        limit: i64,
+    ) -> StoreResult<Vec<Alert>>;
+
+    /// [`AlertStore::mark_alert`] on one channel: records one attempt's outcome on `channel`
+    /// only. False when the alert is not pending on that channel.
+    async fn mark_delivery(
+        &self,
+        channel: AlertChannel,
+        id: &str,
+        outcome: AlertOutcome,
+    ) -> StoreResult<bool>;
 
     /// Alerts matching the filter, newest first (`created_at`, then id).
     async fn list_alerts(&self, filter: AlertFilter) -> StoreResult<Vec<Alert>>;

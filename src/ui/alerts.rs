@@ -1,4 +1,5 @@
-//! The alerts page, `/ui/alerts`: budget alerts and their delivery to the webhook, as
+//! The alerts page, `/ui/alerts`: budget alerts and their delivery to the webhook (and by
+//! email when `budgets.alert_email` is set: one more column), as
 //! `GET /admin/alerts` lists them (admins and viewers), newest first, with the API's
 //! filters (state, kind of entity, entity) and how many.
 
@@ -61,6 +62,10 @@ struct Row {
     next_attempt: String,
     delivered: String,
     last_error: String,
+    /// The email channel's state, attempts and last error (shown when mail is configured).
+    email_state: &'static str,
+    email_attempts: u32,
+    email_error: String,
 }
 
 #[derive(Template)]
@@ -76,6 +81,8 @@ struct AlertsView {
     limit: i64,
     /// Whether a webhook is configured (without one alerts stay pending).
     webhook: bool,
+    /// Whether alerts are mailed (`budgets.alert_email`): the email column is shown.
+    email: bool,
 }
 
 async fn page(
@@ -104,6 +111,7 @@ async fn page(
         rows: Vec::new(),
         limit,
         webhook: !app.config.budgets.alert_webhook.trim().is_empty(),
+        email: app.config.budgets.alert_email.is_some(),
     };
     let some = |text: &str| Some(text.trim().to_owned()).filter(|t| !t.is_empty());
     let query = AlertsQuery {
@@ -154,6 +162,9 @@ async fn page(
             },
             delivered: alert.delivered_at.map(show::when).unwrap_or_default(),
             last_error: alert.last_error.unwrap_or_default(),
+            email_state: alert.email.state.as_str(),
+            email_attempts: alert.email.attempts,
+            email_error: alert.email.last_error.unwrap_or_default(),
         });
     }
     Ok(render_with_status(StatusCode::OK, &view))

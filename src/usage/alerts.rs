@@ -11,27 +11,37 @@
 //!   fire once per period per threshold whatever the number of batches, retries or
 //!   replicas. Evaluation looks at the level of spend, not at what a batch added, so a raise
 //!   that failed (database down) is made good by the entity's next batch in that period.
-//! - **Deliver** ([`Alerts::deliver_due`], every second from [`Alerts::spawn`]): due alerts
+//! - **Deliver** ([`Alerts::deliver_due`], every second from [`Alerts::spawn`]) on each
+//!   configured channel, the webhook and email (`budgets.alert_email`), each with its own
+//!   state, attempts and backoff in the alert's row: each channel delivers an alert once (at
+//!   least once) and a channel failing never makes the other send again. Webhook: due alerts
 //!   are claimed and POSTed as JSON to the webhook, signed with HMAC-SHA256
 //!   (`x-tollgate-signature: sha256=<hex>` over the exact body) when a signing secret is
 //!   configured, and named by `x-tollgate-alert-id` (receivers deduplicate on it: delivery is
 //!   at least once). A 2xx answer delivers; anything else (another status, a timeout, a
 //!   refused connection) is retried after 1 s, doubling up to 10 min, and after
 //!   [`MAX_ATTEMPTS`] attempts the alert is `failed`. Without a webhook nothing is posted and
-//!   alerts stay `pending` (they are still listed by `GET /admin/alerts`).
+//!   alerts stay `pending` (they are still listed by `GET /admin/alerts`). Email: a
+//!   plain-text mail ([`mail_text`]) naming the entity (kind, name and id), threshold, spend,
+//!   budget and period, through [`crate::mail::Mailer`]; the server taking the message
+//!   delivers, anything else is retried and given up like the webhook's attempts.
 //!
 //! Nothing here reads the clock: callers pass `now` (Unix seconds), so tests drive periods
 //! and backoff by hand.
 
 use super::{period, UsageRecord};
 use crate::clock::Clock;
+use crate::config::AlertEmail;
 use crate::domain::{rfc3339, Timestamp};
+use crate::mail::Mailer;
 use crate::metrics::{AlertResult, Metrics};
 use crate::secret::Secret;
-use crate::store::{Alert, AlertCrossing, AlertOutcome, SharedStore, SpendKind, StoreError};
+use crate::store::{
+    Alert, AlertChannel, AlertCrossing, AlertOutcome, SharedStore, SpendKind, StoreError,
+};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -70,6 +80,8 @@ pub struct Alerts {
     /// The webhook, or why it cannot be used (kept as each failed attempt's error).
     webhook: Option<Result<reqwest::Url, String>>,
     signing_secret: Option<Secret>,
+    /// The mailer of `budgets.alert_email`, or why it cannot be used.
+    email: Option<Result<Mailer, String>>,
     http: reqwest::Client,
     metrics: Metrics,
     /// The time [`Alerts::spawn`] delivers at.
@@ -112,6 +124,7 @@ impl Alerts {
             thresholds: thresholds.into_iter().collect(),
             webhook,
             signing_secret: signing_secret.filter(|s| !s.is_empty()),
+            email: None,
             http,
             metrics,
             clock: Clock::System,
@@ -123,6 +136,17 @@ impl Alerts {
     /// time fall due in the same time.
     pub fn with_clock(mut self, clock: Clock) -> Alerts {
         self.clock = clock;
+        self
+    }
+
+    /// Mails alerts too, as `budgets.alert_email` says (None: no mail). A mailer that cannot
+    /// be set up (its CA file gone since the configuration was checked) is logged, and every
+    /// attempt fails with that reason until the alerts are given up, as for a bad webhook.
+    pub fn with_email(mut self, email: Option<&AlertEmail>) -> Alerts {
+        self.email = email.map(Mailer::new);
+        if let Some(Err(e)) = &self.email {
+            tracing::error!(error = %e, "budgets.alert_email is unusable; alert mail will fail");
+        }
         self
     }
 
@@ -224,29 +248,63 @@ impl Alerts {
         }
     }
 
-    /// Posts the alerts due at `now` to the webhook and records each outcome; answers how
-    /// many were delivered. Without a webhook, does nothing.
+    /// Delivers the alerts due at `now` on each configured channel (the webhook, email) and
+    /// records each outcome on its channel; answers how many deliveries succeeded (an alert
+    /// delivered on both channels counts twice). Without a channel, does nothing.
     pub async fn deliver_due(&self, now: Timestamp) -> usize {
+        let (webhook, email) =
+            futures::future::join(self.deliver_webhook(now), self.deliver_email(now)).await;
+        webhook + email
+    }
+
+    async fn deliver_webhook(&self, now: Timestamp) -> usize {
         let Some(webhook) = &self.webhook else {
             return 0;
         };
-        let due = match self.store.due_alerts(now, BATCH).await {
-            Ok(due) => due,
-            Err(e) => {
-                self.store_failed(&e, "cannot read due budget alerts");
-                return 0;
-            }
+        let Some(due) = self.due(AlertChannel::Webhook, now).await else {
+            return 0;
         };
         futures::stream::iter(due)
-            .map(|alert| self.deliver_one(webhook, alert, now))
+            .map(|alert| self.webhook_one(webhook, alert, now))
             .buffer_unordered(CONCURRENCY)
             .filter(|delivered| futures::future::ready(*delivered))
             .count()
             .await
     }
 
-    /// One attempt at one alert; true when delivered.
-    async fn deliver_one(
+    async fn deliver_email(&self, now: Timestamp) -> usize {
+        let Some(mailer) = &self.email else {
+            return 0;
+        };
+        let Some(due) = self.due(AlertChannel::Email, now).await else {
+            return 0;
+        };
+        if due.is_empty() {
+            return 0;
+        }
+        // The entities' names, one query per kind for the whole batch. Without them no mail
+        // is sent: the claims run out and the alerts are tried again.
+        let entities: Vec<(SpendKind, &str)> = due
+            .iter()
+            .map(|a| (a.entity_kind, a.entity_id.as_str()))
+            .collect();
+        let names = match self.store.names(&entities).await {
+            Ok(names) => names,
+            Err(e) => {
+                self.store_failed(&e, "cannot read the names for budget alert mail");
+                return 0;
+            }
+        };
+        futures::stream::iter(due)
+            .map(|alert| self.email_one(mailer, &names, alert, now))
+            .buffer_unordered(CONCURRENCY)
+            .filter(|delivered| futures::future::ready(*delivered))
+            .count()
+            .await
+    }
+
+    /// One attempt at one alert on the webhook; true when delivered.
+    async fn webhook_one(
         &self,
         webhook: &Result<reqwest::Url, String>,
         alert: Alert,
@@ -256,29 +314,78 @@ impl Alerts {
             Ok(url) => self.post(url, &alert).await,
             Err(e) => Err(e.clone()),
         };
-        let attempt = alert.attempts.saturating_add(1);
+        self.settle(AlertChannel::Webhook, &alert, result, now)
+            .await
+    }
+
+    /// One attempt at one alert by email; true when delivered.
+    async fn email_one(
+        &self,
+        mailer: &Result<Mailer, String>,
+        names: &HashMap<(SpendKind, String), String>,
+        alert: Alert,
+        now: Timestamp,
+    ) -> bool {
+        let result = match mailer {
+            Ok(mailer) => {
+                let name = names.get(&(alert.entity_kind, alert.entity_id.clone()));
+                let (subject, body) = mail_text(&alert, name.map(String::as_str));
+                mailer.send(&message_id(&alert), &subject, body).await
+            }
+            Err(e) => Err(e.clone()),
+        };
+        self.settle(AlertChannel::Email, &alert, result, now).await
+    }
+
+    /// The alerts due on `channel`, claimed; None when the store cannot say.
+    async fn due(&self, channel: AlertChannel, now: Timestamp) -> Option<Vec<Alert>> {
+        match self.store.due_deliveries(channel, now, BATCH).await {
+            Ok(due) => Some(due),
+            Err(e) => {
+                self.store_failed(&e, "cannot read due budget alerts");
+                None
+            }
+        }
+    }
+
+    /// Records the result of one attempt at one alert on `channel`; true when delivered.
+    async fn settle(
+        &self,
+        channel: AlertChannel,
+        alert: &Alert,
+        result: Result<(), String>,
+        now: Timestamp,
+    ) -> bool {
+        let attempts = match channel {
+            AlertChannel::Webhook => alert.attempts,
+            AlertChannel::Email => alert.email.attempts,
+        };
+        let attempt = attempts.saturating_add(1);
         let outcome = match &result {
             Ok(()) => {
-                self.metrics.budget_alerts(AlertResult::Delivered, 1);
+                self.metrics.alert_delivery(channel, AlertResult::Delivered);
                 AlertOutcome::Delivered { at: now }
             }
             Err(error) => {
-                self.metrics.backend_error("alert_webhook");
+                self.metrics.backend_error(match channel {
+                    AlertChannel::Webhook => "alert_webhook",
+                    AlertChannel::Email => "alert_email",
+                });
                 if attempt >= MAX_ATTEMPTS {
-                    self.metrics.budget_alerts(AlertResult::Failed, 1);
+                    self.metrics.alert_delivery(channel, AlertResult::Failed);
                     tracing::error!(
-                        alert.id = %alert.id, attempts = attempt, %error,
+                        alert.id = %alert.id, %channel, attempts = attempt, %error,
                         "budget alert not delivered; giving up"
                     );
                     AlertOutcome::Failed {
                         error: error.clone(),
                     }
                 } else {
-                    self.metrics.budget_alerts(AlertResult::Retried, 1);
+                    self.metrics.alert_delivery(channel, AlertResult::Retried);
                     if attempt == 1 {
                         tracing::warn!(
-                            alert.id = %alert.id, %error,
-                            "cannot deliver a budget alert to the webhook; retrying with backoff"
+                            alert.id = %alert.id, %channel, %error,
+                            "cannot deliver a budget alert; retrying with backoff"
                         );
                     }
                     AlertOutcome::Retry {
@@ -288,7 +395,7 @@ impl Alerts {
                 }
             }
         };
-        if let Err(e) = self.store.mark_alert(&alert.id, outcome).await {
+        if let Err(e) = self.store.mark_delivery(channel, &alert.id, outcome).await {
             // The claim runs out and the alert is tried again (the receiver may see it twice).
             self.store_failed(&e, "cannot record a budget alert's delivery");
         }
@@ -318,10 +425,10 @@ impl Alerts {
     }
 
     /// Delivers due alerts every second, at [`Alerts::now`], until `stop` turns true (or its
-    /// sender is gone). Without a webhook the task ends at once.
+    /// sender is gone). Without a webhook and without email the task ends at once.
     pub fn spawn(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
         tokio::spawn(async move {
-            if self.webhook.is_none() {
+            if self.webhook.is_none() && self.email.is_none() {
                 return;
             }
             let mut tick = tokio::time::interval(TICK);
@@ -390,6 +497,72 @@ pub fn payload(alert: &Alert) -> serde_json::Value {
         },
         "created_at": rfc3339::format(alert.created_at),
     })
+}
+
+/// The `Message-ID` of an alert's mail (without angle brackets): the same on every attempt,
+/// so a mail sent twice (delivery is at least once) can be told apart from a new alert.
+pub fn message_id(alert: &Alert) -> String {
+    format!("{}.budget-alert@tollgate", alert.id)
+}
+
+/// The subject and plain-text body of an alert's mail; `name` is the entity's (a key's,
+/// user's or team's name), None when it has none or is gone.
+pub fn mail_text(alert: &Alert, name: Option<&str>) -> (String, String) {
+    let kind = alert.entity_kind.as_str();
+    let id = &alert.entity_id;
+    let named = match name.map(str::trim).filter(|n| !n.is_empty()) {
+        Some(name) => format!("{kind} \"{name}\" ({id})"),
+        None => format!("{kind} {id} (no name)"),
+    };
+    let subject = format!(
+        "[tollgate] Budget alert: {named} reached {}% of its budget",
+        alert.threshold
+    );
+    let percent = if alert.budget_usd > 0.0 {
+        format!(
+            " ({:.1}% of the budget)",
+            alert.spend_usd / alert.budget_usd * 100.0
+        )
+    } else {
+        String::new()
+    };
+    let body = format!(
+        "The spend of {named} has reached {threshold}% of its budget.\n\
+         \n\
+         Entity:    {kind}\n\
+         Name:      {name}\n\
+         Id:        {id}\n\
+         Threshold: {threshold}%\n\
+         Spend:     {spend} USD{percent}\n\
+         Budget:    {budget} USD\n\
+         Period:    {start} to {end}\n\
+         Raised at: {created}\n\
+         Alert id:  {alert_id}\n",
+        threshold = alert.threshold,
+        name = name
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .unwrap_or("(none)"),
+        spend = usd(alert.spend_usd),
+        budget = usd(alert.budget_usd),
+        start = rfc3339::format(alert.period_start),
+        end = rfc3339::format(alert.period_end),
+        created = rfc3339::format(alert.created_at),
+        alert_id = alert.id,
+    );
+    (subject, body)
+}
+
+/// An amount in USD with cents, and more digits when it has them (0.0042 stays 0.0042).
+fn usd(amount: f64) -> String {
+    let cents = format!("{amount:.2}");
+    let precise = format!("{amount:.6}");
+    let precise = precise.trim_end_matches('0');
+    if precise.len() > cents.len() {
+        precise.to_string()
+    } else {
+        cents
+    }
 }
 
 /// The `x-tollgate-signature` value of a body: `sha256=` and the lowercase hex
@@ -581,6 +754,13 @@ mod tests {
             next_attempt_at: Some(1_780_000_100),
             last_error: Some("boom".into()),
             delivered_at: None,
+            email: crate::store::AlertDelivery {
+                state: crate::store::AlertState::Pending,
+                attempts: 0,
+                next_attempt_at: Some(1_780_000_000),
+                last_error: None,
+                delivered_at: None,
+            },
         };
         assert_eq!(
             payload(&alert),
@@ -594,6 +774,70 @@ mod tests {
                 "created_at": "2026-05-28T20:26:40Z",
             })
         );
+    }
+
+    #[test]
+    fn mail_names_the_entity_threshold_spend_budget_and_period() {
+        let day = 1_780_000_000 - 1_780_000_000 % 86_400;
+        let alert = Alert {
+            id: "a-1".into(),
+            entity_kind: SpendKind::Team,
+            entity_id: "team-1".into(),
+            period_start: day,
+            period_end: day + 86_400,
+            threshold: 75,
+            spend_usd: 7.5,
+            budget_usd: 10.0,
+            created_at: 1_780_000_000,
+            state: crate::store::AlertState::Pending,
+            attempts: 0,
+            next_attempt_at: None,
+            last_error: None,
+            delivered_at: None,
+            email: crate::store::AlertDelivery {
+                state: crate::store::AlertState::Pending,
+                attempts: 0,
+                next_attempt_at: None,
+                last_error: None,
+                delivered_at: None,
+            },
+        };
+        let (subject, body) = mail_text(&alert, Some("research"));
+        assert_eq!(
+            subject,
+            "[tollgate] Budget alert: team \"research\" (team-1) reached 75% of its budget"
+        );
+        assert_eq!(
+            body,
+            "The spend of team \"research\" (team-1) has reached 75% of its budget.\n\
+             \n\
+             Entity:    team\n\
+             Name:      research\n\
+             Id:        team-1\n\
+             Threshold: 75%\n\
+             Spend:     7.50 USD (75.0% of the budget)\n\
+             Budget:    10.00 USD\n\
+             Period:    2026-05-28T00:00:00Z to 2026-05-29T00:00:00Z\n\
+             Raised at: 2026-05-28T20:26:40Z\n\
+             Alert id:  a-1\n"
+        );
+        let (subject, body) = mail_text(&alert, None);
+        assert!(
+            subject.contains("team team-1 (no name) reached 75%"),
+            "{subject}"
+        );
+        assert!(body.contains("Name:      (none)\n"), "{body}");
+        // A zero budget has no percent; small amounts keep their digits.
+        let tiny = Alert {
+            spend_usd: 0.0042,
+            budget_usd: 0.0,
+            ..alert
+        };
+        let (_, body) = mail_text(&tiny, Some(" "));
+        assert!(body.contains("Spend:     0.0042 USD\n"), "{body}");
+        assert!(body.contains("Budget:    0.00 USD\n"), "{body}");
+        assert!(body.contains("Name:      (none)\n"), "{body}");
+        assert_eq!(message_id(&tiny), "a-1.budget-alert@tollgate");
     }
 
     #[test]

@@ -2,26 +2,29 @@
 //!
 //! Budget alerts live in an outbox (`alerts`, unique per entity, period start and threshold):
 //! [`AlertStore::raise_alerts`] inserts with `ON CONFLICT … DO NOTHING`, so an alert fires
-//! once however often it is raised; [`AlertStore::due_alerts`] claims due rows with a
-//! compare-and-set update on `next_attempt_at` (portable, no row locks), so one caller
-//! delivers each.
+//! once however often it is raised; [`AlertStore::due_deliveries`] claims due rows with a
+//! compare-and-set update on the channel's `next_attempt_at` (portable, no row locks), so
+//! one caller delivers each. Each channel (webhook, email) has its own state columns in the
+//! same row: claiming or settling one never touches the other.
 
 use super::{col, commit, db_err, enum_col, SqlStore};
 use crate::domain::{self, Timestamp};
 use crate::store::{
-    Alert, AlertCrossing, AlertFilter, AlertOutcome, AlertState, AlertStore, StoreError,
-    StoreResult, ALERT_CLAIM_SECS,
+    Alert, AlertChannel, AlertCrossing, AlertDelivery, AlertFilter, AlertOutcome, AlertState,
+    AlertStore, StoreError, StoreResult, ALERT_CLAIM_SECS,
 };
 use async_trait::async_trait;
 use sqlx::any::AnyRow;
 
 const ALERT_COLS: &str = "id, entity_kind, entity_id, period_start, period_end, threshold, \
      spend_usd, budget_usd, created_at, state, attempts, next_attempt_at, last_error, \
-     delivered_at";
+     delivered_at, email_state, email_attempts, email_next_attempt_at, email_last_error, \
+     email_delivered_at";
 
 const ALERT_INSERT: &str = "INSERT INTO alerts (id, entity_kind, entity_id, period_start, \
      period_end, threshold, spend_usd, budget_usd, created_at, state, attempts, \
-     next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10) \
+     next_attempt_at, email_state, email_attempts, email_next_attempt_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, 'pending', 0, $10) \
      ON CONFLICT (entity_kind, entity_id, period_start, threshold) DO NOTHING";
 
 /// Default and maximum number of alerts one `list_alerts` call returns.
@@ -74,7 +77,58 @@ fn alert_from_row(row: &AnyRow) -> StoreResult<Alert> {
         next_attempt_at: col(row, "next_attempt_at")?,
         last_error: col(row, "last_error")?,
         delivered_at: col(row, "delivered_at")?,
+        email: AlertDelivery {
+            state: enum_col::<AlertState>(row, "email_state")?,
+            attempts: small_count_col(row, "email_attempts")?,
+            next_attempt_at: col(row, "email_next_attempt_at")?,
+            last_error: col(row, "email_last_error")?,
+            delivered_at: col(row, "email_delivered_at")?,
+        },
     })
+}
+
+/// The columns of one channel's delivery state: the webhook's are the original ones, the
+/// others carry the channel's prefix (`email_state`, …).
+struct Columns {
+    state: &'static str,
+    attempts: &'static str,
+    next_attempt_at: &'static str,
+    last_error: &'static str,
+    delivered_at: &'static str,
+}
+
+fn columns(channel: AlertChannel) -> Columns {
+    match channel {
+        AlertChannel::Webhook => Columns {
+            state: "state",
+            attempts: "attempts",
+            next_attempt_at: "next_attempt_at",
+            last_error: "last_error",
+            delivered_at: "delivered_at",
+        },
+        AlertChannel::Email => Columns {
+            state: "email_state",
+            attempts: "email_attempts",
+            next_attempt_at: "email_next_attempt_at",
+            last_error: "email_last_error",
+            delivered_at: "email_delivered_at",
+        },
+    }
+}
+
+/// The claimed `next_attempt_at` of `channel` written into an alert as read.
+fn set_next_attempt(alert: &mut Alert, channel: AlertChannel, at: Option<Timestamp>) {
+    match channel {
+        AlertChannel::Webhook => alert.next_attempt_at = at,
+        AlertChannel::Email => alert.email.next_attempt_at = at,
+    }
+}
+
+fn next_attempt(alert: &Alert, channel: AlertChannel) -> Option<Timestamp> {
+    match channel {
+        AlertChannel::Webhook => alert.next_attempt_at,
+        AlertChannel::Email => alert.email.next_attempt_at,
+    }
 }
 
 /// An error message as kept in `last_error`: at most [`ALERT_ERROR_MAX_CHARS`] characters.
@@ -128,14 +182,24 @@ impl AlertStore for SqlStore {
         Ok(new)
     }
 
-    async fn due_alerts(&self, now: Timestamp, limit: i64) -> StoreResult<Vec<Alert>> {
+    async fn due_deliveries(
+        &self,
+        channel: AlertChannel,
+        now: Timestamp,
+        limit: i64,
+    ) -> StoreResult<Vec<Alert>> {
         let limit = limit.clamp(0, ALERTS_MAX_LIMIT);
         if limit == 0 {
             return Ok(Vec::new());
         }
+        let Columns {
+            state,
+            next_attempt_at,
+            ..
+        } = columns(channel);
         let sql = format!(
-            "SELECT {ALERT_COLS} FROM alerts WHERE state = 'pending' AND next_attempt_at <= $1 \
-             ORDER BY next_attempt_at, id LIMIT $2"
+            "SELECT {ALERT_COLS} FROM alerts WHERE {state} = 'pending' \
+             AND {next_attempt_at} <= $1 ORDER BY {next_attempt_at}, id LIMIT $2"
         );
         let rows = sqlx::query(&sql)
             .bind(now)
@@ -144,55 +208,68 @@ impl AlertStore for SqlStore {
             .await
             .map_err(db_err)?;
         let claimed_until = now.saturating_add(ALERT_CLAIM_SECS);
+        // Claimed only if nobody else claimed or settled it on this channel since it was
+        // read: the update matches the row as it was read, so of two callers exactly one
+        // wins. The other channel's columns are not touched.
+        let claim = format!(
+            "UPDATE alerts SET {next_attempt_at} = $1 \
+             WHERE id = $2 AND {state} = 'pending' AND {next_attempt_at} = $3"
+        );
         let mut due = Vec::with_capacity(rows.len());
         for row in &rows {
             let mut alert = alert_from_row(row)?;
-            // Claimed only if nobody else claimed or settled it since it was read: the
-            // update matches the row as it was read, so of two callers exactly one wins.
-            let claimed = sqlx::query(
-                "UPDATE alerts SET next_attempt_at = $1 \
-                 WHERE id = $2 AND state = 'pending' AND next_attempt_at = $3",
-            )
-            .bind(claimed_until)
-            .bind(&alert.id)
-            .bind(alert.next_attempt_at)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?
-            .rows_affected();
+            let claimed = sqlx::query(&claim)
+                .bind(claimed_until)
+                .bind(&alert.id)
+                .bind(next_attempt(&alert, channel))
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
             if claimed == 1 {
-                alert.next_attempt_at = Some(claimed_until);
+                set_next_attempt(&mut alert, channel, Some(claimed_until));
                 due.push(alert);
             }
         }
         Ok(due)
     }
 
-    async fn mark_alert(&self, id: &str, outcome: AlertOutcome) -> StoreResult<bool> {
+    async fn mark_delivery(
+        &self,
+        channel: AlertChannel,
+        id: &str,
+        outcome: AlertOutcome,
+    ) -> StoreResult<bool> {
+        let Columns {
+            state,
+            attempts,
+            next_attempt_at,
+            last_error,
+            delivered_at,
+        } = columns(channel);
+        let pending = format!("WHERE id = $1 AND {state} = 'pending'");
+        let sql = match &outcome {
+            AlertOutcome::Delivered { .. } => format!(
+                "UPDATE alerts SET {state} = 'delivered', {attempts} = {attempts} + 1, \
+                 {delivered_at} = $2, {next_attempt_at} = NULL {pending}"
+            ),
+            AlertOutcome::Retry { .. } => format!(
+                "UPDATE alerts SET {attempts} = {attempts} + 1, {last_error} = $2, \
+                 {next_attempt_at} = $3 {pending}"
+            ),
+            AlertOutcome::Failed { .. } => format!(
+                "UPDATE alerts SET {state} = 'failed', {attempts} = {attempts} + 1, \
+                 {last_error} = $2, {next_attempt_at} = NULL {pending}"
+            ),
+        };
+        let query = sqlx::query(&sql).bind(id);
         let query = match &outcome {
-            AlertOutcome::Delivered { at } => sqlx::query(
-                "UPDATE alerts SET state = 'delivered', attempts = attempts + 1, \
-                 delivered_at = $2, next_attempt_at = NULL \
-                 WHERE id = $1 AND state = 'pending'",
-            )
-            .bind(id)
-            .bind(*at),
+            AlertOutcome::Delivered { at } => query.bind(*at),
             AlertOutcome::Retry {
                 error,
                 next_attempt_at,
-            } => sqlx::query(
-                "UPDATE alerts SET attempts = attempts + 1, last_error = $2, \
-                 next_attempt_at = $3 WHERE id = $1 AND state = 'pending'",
-            )
-            .bind(id)
-            .bind(alert_error_text(error))
-            .bind(*next_attempt_at),
-            AlertOutcome::Failed { error } => sqlx::query(
-                "UPDATE alerts SET state = 'failed', attempts = attempts + 1, \
-                 last_error = $2, next_attempt_at = NULL WHERE id = $1 AND state = 'pending'",
-            )
-            .bind(id)
-            .bind(alert_error_text(error)),
+            } => query.bind(alert_error_text(error)).bind(*next_attempt_at),
+            AlertOutcome::Failed { error } => query.bind(alert_error_text(error)),
         };
         let updated = query
             .execute(&self.pool)

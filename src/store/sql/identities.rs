@@ -104,19 +104,20 @@ impl SqlStore {
             }
         }
 
-        let missing_teams = match &login.teams_from_groups {
+        let teams = match &login.teams_from_groups {
             Some(names) => {
-                self.sync_group_teams(&mut tx, actor, &user.id, names, now)
+                self.sync_group_teams(&mut tx, actor, login, &user.id, names, now)
                     .await?
             }
-            None => Vec::new(),
+            None => GroupTeams::default(),
         };
         commit(tx).await?;
         Ok(Some(OidcUser {
             user,
             created,
             linked,
-            missing_teams,
+            missing_teams: teams.missing,
+            created_teams: teams.created,
         }))
     }
 
@@ -268,35 +269,108 @@ impl SqlStore {
         Ok(found.is_some())
     }
 
-    /// Makes the user's group memberships match the live teams named `names`; returns the
-    /// names that match no live team. Manual memberships are never touched, and a named team
-    /// the user is already a manual member of stays manual.
-    async fn sync_group_teams(
+    /// The id of the live team named `name`, locked FOR SHARE (Postgres) so it cannot be
+    /// deleted under a membership added in this transaction.
+    async fn live_team_id(
         &self,
         conn: &mut AnyConnection,
-        actor: &Actor,
-        user_id: &str,
-        names: &[String],
-        now: Timestamp,
-    ) -> StoreResult<Vec<String>> {
-        let mut desired: Vec<String> = Vec::new();
-        let mut missing: Vec<String> = Vec::new();
-        // FOR SHARE (Postgres): a team cannot be deleted under a membership added here.
+        name: &str,
+    ) -> StoreResult<Option<String>> {
         let sql = format!(
             "SELECT id FROM teams WHERE name = $1 AND deleted_at IS NULL{}",
             self.backend.for_share()
         );
-        for name in names {
-            let id: Option<String> = sqlx::query_scalar(&sql)
-                .bind(name)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(db_err)?;
+        sqlx::query_scalar(&sql)
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)
+    }
+
+    /// Creates the team `name` for `auto_create_teams` unless a live team has the name by
+    /// now; returns its id and whether this call created it (audited `team.create`).
+    ///
+    /// Race: live team names are unique (`teams_name_live`), and the INSERT does nothing on
+    /// that conflict. On Postgres a second login inserting the same name waits for the
+    /// first one's transaction: when it commits, the INSERT does nothing and the SELECT
+    /// after it (a new snapshot under READ COMMITTED) finds the first one's team; when it
+    /// rolls back, the second one's row goes in. On SQLite `BEGIN IMMEDIATE` serialises
+    /// the logins, so the second one finds the team before inserting.
+    async fn create_group_team(
+        &self,
+        conn: &mut AnyConnection,
+        actor: &Actor,
+        login: &OidcLogin,
+        name: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<(String, bool)>> {
+        let id = domain::new_id();
+        let inserted = sqlx::query(
+            "INSERT INTO teams (id, name, models, blocked, metadata, created_at, updated_at) \
+             VALUES ($1, $2, '[]', $3, '{}', $4, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(&id)
+        .bind(name)
+        .bind(false)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+        if inserted == 0 {
+            // A concurrent login created it (None: and it was deleted since).
+            return Ok(self.live_team_id(conn, name).await?.map(|id| (id, false)));
+        }
+        let details = with_limits(
+            json!({
+                "name": name,
+                "models": [],
+                "source": "oidc",
+                "issuer": login.issuer,
+            }),
+            &Limits::default(),
+        );
+        write_audit(conn, actor, now, "team.create", &id, details).await?;
+        Ok(Some((id, true)))
+    }
+
+    /// Makes the user's group memberships match the live teams named `names`, creating the
+    /// missing ones first when `login.auto_create_teams` is on. Manual memberships are never
+    /// touched, and a named team the user is already a manual member of stays manual.
+    async fn sync_group_teams(
+        &self,
+        conn: &mut AnyConnection,
+        actor: &Actor,
+        login: &OidcLogin,
+        user_id: &str,
+        names: &[String],
+        now: Timestamp,
+    ) -> StoreResult<GroupTeams> {
+        let mut desired: Vec<String> = Vec::new();
+        let mut teams = GroupTeams::default();
+        // In one order: two logins creating the same teams wait on each other's inserts
+        // (Postgres) in the same order, never each on the other's.
+        let mut names = names.to_vec();
+        names.sort();
+        names.dedup();
+        for name in &names {
+            let mut id = self.live_team_id(conn, name).await?;
+            if id.is_none() && login.auto_create_teams {
+                require_nonempty("team name", name)?;
+                if let Some((new_id, created)) = self
+                    .create_group_team(conn, actor, login, name, now)
+                    .await?
+                {
+                    if created {
+                        teams.created.push((new_id.clone(), name.clone()));
+                    }
+                    id = Some(new_id);
+                }
+            }
             match id {
                 Some(id) if !desired.contains(&id) => desired.push(id),
                 Some(_) => {}
-                None if !missing.contains(name) => missing.push(name.clone()),
-                None => {}
+                None => teams.missing.push(name.clone()),
             }
         }
         let sql = format!(
@@ -344,8 +418,15 @@ impl SqlStore {
             let details = json!({ "role": TeamRole::Member, "source": MembershipSource::Group });
             write_audit(conn, actor, now, "team.member.add", &target, details).await?;
         }
-        Ok(missing)
+        Ok(teams)
     }
+}
+
+/// What syncing group memberships found: names of no live team, and teams it created.
+#[derive(Default)]
+struct GroupTeams {
+    missing: Vec<String>,
+    created: Vec<(String, String)>,
 }
 
 #[async_trait]
