@@ -1223,7 +1223,7 @@ impl Config {
                         .map(|r| ("auth.oidc.default_role", r)),
                 )
             {
-                if role.parse::<crate::domain::Role>().is_err() {
+                if crate::domain::Role::built_in(role).is_none() {
                     return err(
                         key,
                         format!("`{role}` is not a role (admin, manager, user, viewer)"),

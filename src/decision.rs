@@ -25,12 +25,25 @@ pub const DUPLICATE_MODEL: &str = "The request body has more than one `model` me
 /// The permission that implies every other.
 pub const ADMIN_PERMISSION: &str = "admin";
 
-/// The permissions a role carries, before a key narrows them.
-pub fn role_permissions(role: Role) -> &'static [&'static str] {
+/// The permissions of the built-in role `viewer`.
+pub const VIEWER_PERMISSIONS: &[&str] = &["models:read", "usage:read"];
+
+/// The permissions a role carries, before a key narrows them: a built-in role's fixed
+/// ones, a custom role's as the store read them with its user.
+pub fn role_permissions(role: &Role) -> Vec<&str> {
     match role {
-        Role::Admin => &[ADMIN_PERMISSION],
-        Role::Manager | Role::User => LLM_PERMISSIONS,
-        Role::Viewer => &["models:read", "usage:read"],
+        Role::Admin => vec![ADMIN_PERMISSION],
+        Role::Manager | Role::User => LLM_PERMISSIONS.to_vec(),
+        Role::Viewer => VIEWER_PERMISSIONS.to_vec(),
+        Role::Custom(custom) => custom.permissions.iter().map(|p| &**p).collect(),
+    }
+}
+
+/// Whether a role carries `wanted` (`admin` carries every permission).
+pub fn role_grants(role: &Role, wanted: &str) -> bool {
+    match role {
+        Role::Custom(custom) => has_permission(&custom.permissions, wanted),
+        _ => has_permission_str(&role_permissions(role), wanted),
     }
 }
 
@@ -350,7 +363,7 @@ pub fn authorize(
                     "This user is blocked",
                 ));
             }
-            if !has_permission_str(role_permissions(user.role), &rule.permission) {
+            if !role_grants(&user.role, &rule.permission) {
                 return Err(Denial::new(
                     DenyReason::PermissionDenied,
                     format!(
@@ -447,7 +460,7 @@ pub fn standing(key: &CachedKey, now: Timestamp) -> Result<(), Denial> {
 /// LLM permissions unless it was given `admin` by an admin.
 pub fn effective_permissions(key: &CachedKey) -> Vec<String> {
     let owner: Vec<&str> = match &key.user {
-        Some(user) => role_permissions(user.role).to_vec(),
+        Some(user) => role_permissions(&user.role),
         None => LLM_PERMISSIONS.to_vec(),
     };
     if key.permissions.is_empty() {
@@ -469,8 +482,10 @@ pub fn has_permission_str(granted: &[&str], wanted: &str) -> bool {
         .any(|p| *p == wanted || *p == ADMIN_PERMISSION)
 }
 
-pub fn has_permission(granted: &[String], wanted: &str) -> bool {
-    granted.iter().any(|p| p == wanted || p == ADMIN_PERMISSION)
+pub fn has_permission<S: AsRef<str>>(granted: &[S], wanted: &str) -> bool {
+    granted
+        .iter()
+        .any(|p| p.as_ref() == wanted || p.as_ref() == ADMIN_PERMISSION)
 }
 
 /// Whether a model list lets `model` through. Empty: no restriction. An entry ending in `*`
@@ -669,6 +684,53 @@ mod tests {
             unreachable!()
         };
         assert_eq!(effective_permissions(&l), vec!["chat".to_owned()]);
+    }
+
+    #[test]
+    fn a_custom_role_grants_its_permissions_and_narrows_its_keys() {
+        let p = policy("");
+        let embeddings = route(&p, "POST", "/v1/embeddings").unwrap().clone();
+        let embedder = Role::custom("embedder", &["embeddings".to_owned()]);
+        let with_role = |k: ApiKey, role: &Role| {
+            let Principal::Key(l) = lookup(k) else {
+                unreachable!()
+            };
+            let mut l = (*l).clone();
+            Arc::make_mut(l.user.as_mut().unwrap()).role = role.clone();
+            Principal::Key(Arc::new(l))
+        };
+        // A key with no permissions of its own has the role's.
+        let k = with_role(key(), &embedder);
+        assert!(authorize(&p, &embeddings, &k, &named("m"), NOW).is_ok());
+        let d = authorize(&p, &chat(&p), &k, &named("m"), NOW).unwrap_err();
+        assert_eq!(d.reason, DenyReason::PermissionDenied);
+        // A key that lists more is narrowed to the role.
+        let mut wide = key();
+        wide.permissions = vec!["chat".into(), "embeddings".into()];
+        let Principal::Key(l) = with_role(wide, &embedder) else {
+            unreachable!()
+        };
+        assert_eq!(effective_permissions(&l), vec!["embeddings".to_owned()]);
+        // A role known by name only (not resolved by the store) grants nothing.
+        let unresolved: Role = "embedder".parse().unwrap();
+        let k = with_role(key(), &unresolved);
+        assert!(authorize(&p, &embeddings, &k, &named("m"), NOW).is_err());
+        // A person with the role: the same answers.
+        assert!(authorize(
+            &p,
+            &embeddings,
+            &person(embedder.clone(), false),
+            &named("m"),
+            NOW
+        )
+        .is_ok());
+        let d = authorize(&p, &chat(&p), &person(embedder, false), &named("m"), NOW).unwrap_err();
+        assert!(
+            d.message
+                .contains("The role `embedder` lacks the `chat` permission"),
+            "{}",
+            d.message
+        );
     }
 
     #[test]

@@ -117,14 +117,139 @@ pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// A user's role across the whole installation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// A user's role across the whole installation: a built-in one, or a custom role an admin
+/// defined (`/admin/roles`). Cloning is cheap (a custom role is shared, not copied).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Role {
     Admin,
     Manager,
     User,
     Viewer,
+    /// A custom role, with the permissions the store read along with the user. Parsed from
+    /// a name alone (a request body) it holds no permissions, so it grants nothing until
+    /// the store resolves it.
+    Custom(Arc<CustomRole>),
+}
+
+/// A custom role as a user holds it: its name and its permissions.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct CustomRole {
+    pub name: Box<str>,
+    pub permissions: Box<[Box<str>]>,
+}
+
+/// The longest custom role name.
+pub const MAX_ROLE_NAME_CHARS: usize = 64;
+
+impl Role {
+    /// The built-in roles' names. They (and `org_admin`, kept for organizations) cannot
+    /// name a custom role.
+    pub const BUILT_IN: [&'static str; 4] = ["admin", "manager", "user", "viewer"];
+    const RESERVED: [&'static str; 1] = ["org_admin"];
+
+    /// The built-in role of this name.
+    pub fn built_in(name: &str) -> Option<Role> {
+        match name {
+            "admin" => Some(Role::Admin),
+            "manager" => Some(Role::Manager),
+            "user" => Some(Role::User),
+            "viewer" => Some(Role::Viewer),
+            _ => None,
+        }
+    }
+
+    /// A custom role with its permissions.
+    pub fn custom(name: &str, permissions: &[String]) -> Role {
+        Role::Custom(Arc::new(CustomRole {
+            name: name.into(),
+            permissions: permissions.iter().map(|p| p.as_str().into()).collect(),
+        }))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Role::Admin => "admin",
+            Role::Manager => "manager",
+            Role::User => "user",
+            Role::Viewer => "viewer",
+            Role::Custom(role) => &role.name,
+        }
+    }
+
+    pub fn is_custom(&self) -> bool {
+        matches!(self, Role::Custom(_))
+    }
+
+    /// Whether `name` is reserved: a built-in role's, or one kept for a built-in role.
+    pub fn is_reserved(name: &str) -> bool {
+        Role::BUILT_IN.contains(&name) || Role::RESERVED.contains(&name)
+    }
+
+    /// Checks a custom role's name: 1 to 64 characters, a lowercase letter first, then
+    /// lowercase letters, digits, `-` and `_`; not a built-in role's.
+    pub fn check_custom_name(name: &str) -> Result<(), String> {
+        let well_formed = name.len() <= MAX_ROLE_NAME_CHARS
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !well_formed {
+            return Err(format!(
+                "`{name}` is not a role name: 1 to {MAX_ROLE_NAME_CHARS} characters, a lowercase letter first, then lowercase letters, digits, `-` or `_`"
+            ));
+        }
+        if Role::is_reserved(name) {
+            return Err(format!("`{name}` is a built-in role's name"));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A built-in role by name, else a custom role's name (not yet resolved: no permissions).
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        if let Some(role) = Role::built_in(s) {
+            return Ok(role);
+        }
+        if Role::check_custom_name(s).is_err() {
+            return Err(format!(
+                "unknown role `{s}` (built-in roles: {}; a custom role's name is 1 to {MAX_ROLE_NAME_CHARS} characters, a lowercase letter first, then lowercase letters, digits, `-` or `_`)",
+                Role::BUILT_IN.join(", ")
+            ));
+        }
+        Ok(Role::custom(s, &[]))
+    }
+}
+
+impl Serialize for Role {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Role {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Role, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A custom role as `/admin/roles` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoleDef {
+    pub name: String,
+    pub permissions: Vec<String>,
+    #[serde(with = "rfc3339")]
+    pub created_at: Timestamp,
+    #[serde(with = "rfc3339")]
+    pub updated_at: Timestamp,
 }
 
 /// A user's role inside one team.
@@ -163,7 +288,6 @@ macro_rules! string_enum {
     };
 }
 
-string_enum!(Role, "role", { Admin => "admin", Manager => "manager", User => "user", Viewer => "viewer" });
 string_enum!(TeamRole, "team role", { Owner => "owner", Member => "member" });
 
 /// Where a team membership came from: granted by hand, or synced from an identity
@@ -424,4 +548,45 @@ pub struct NewAuditEvent {
     pub target: Option<String>,
     pub source: Option<String>,
     pub details: serde_json::Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_parse_and_print_by_name() {
+        for name in Role::BUILT_IN {
+            let role: Role = name.parse().unwrap();
+            assert!(!role.is_custom());
+            assert_eq!(role.as_str(), name);
+            assert_eq!(serde_json::to_value(&role).unwrap(), name);
+        }
+        let custom: Role = "data-team_2".parse().unwrap();
+        assert_eq!(custom, Role::custom("data-team_2", &[]));
+        assert_eq!(serde_json::to_value(&custom).unwrap(), "data-team_2");
+        let back: Role = serde_json::from_value(serde_json::json!("data-team_2")).unwrap();
+        assert_eq!(back, custom);
+        for bad in [
+            "",
+            "Data",
+            "2fast",
+            "a b",
+            "ok!",
+            &"x".repeat(65),
+            "org_admin",
+        ] {
+            let e = bad.parse::<Role>().unwrap_err();
+            assert!(
+                e.starts_with(&format!("unknown role `{bad}`")),
+                "{bad}: {e}"
+            );
+        }
+        assert!("x".repeat(64).parse::<Role>().is_ok());
+        let e = Role::check_custom_name("viewer").unwrap_err();
+        assert!(e.contains("built-in role"), "{e}");
+        let e = Role::check_custom_name("Data").unwrap_err();
+        assert!(e.contains("is not a role name"), "{e}");
+        assert!(serde_json::from_value::<Role>(serde_json::json!("Nope")).is_err());
+    }
 }

@@ -2,7 +2,7 @@
 //!
 //! An admin write that changes a decision (a key revoked, blocked, rotated, deleted, its
 //! limits changed; a user blocked, deleted, given another role; a team's members, limits or
-//! budget changed) drops the stale cache entries in this process at once and publishes the
+//! budget changed; a custom role's permissions changed) drops the stale cache entries in this process at once and publishes the
 //! same [`Change`] to every other replica:
 //!
 //! - over Redis pub/sub (channel `{key_prefix}invalidate`) when `redis` is configured (on a
@@ -55,6 +55,8 @@ pub enum Change {
     User(String),
     Team(String),
     Org(String),
+    /// A custom role's permissions changed (by name).
+    Role(String),
     All,
     /// A key secret that was unknown may exist now (a key created or rotated): forget
     /// the "no such key" answer for this hash (hex).
@@ -76,6 +78,7 @@ impl From<Invalidation> for Change {
             Invalidation::User(id) => Change::User(id),
             Invalidation::Team(id) => Change::Team(id),
             Invalidation::Org(id) => Change::Org(id),
+            Invalidation::Role(name) => Change::Role(name),
             Invalidation::All => Change::All,
         }
     }
@@ -254,6 +257,7 @@ impl Invalidator {
             Change::User(id) => self.auth.invalidate(Invalidation::User(id.clone())),
             Change::Team(id) => self.auth.invalidate(Invalidation::Team(id.clone())),
             Change::Org(id) => self.auth.invalidate(Invalidation::Org(id.clone())),
+            Change::Role(name) => self.auth.invalidate(Invalidation::Role(name.clone())),
             Change::All => self.flush(),
             Change::NewSecret(hex) => match decode_hash(hex) {
                 Some(hash) => self.auth.keys.forget(&hash),

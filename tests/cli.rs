@@ -2,7 +2,7 @@
 //! against a real `tollgate serve` subprocess (free ports, a temporary SQLite database).
 //! Every server is stopped by its guard's `Drop`, pass or fail.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -1008,8 +1008,14 @@ fn serve_without_a_master_key_prints_one_that_works() {
 #[test]
 fn serve_stops_gracefully_on_sigterm() {
     let mut server = Server::start();
+    // /healthz can answer a moment before the line saying where tollgate serves is written.
+    let serving = server.url.replace("http://", "");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.stderr().contains(&serving) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let log = server.stderr();
-    assert!(log.contains(&server.url.replace("http://", "")), "{log}");
+    assert!(log.contains(&serving), "{log}");
     let killed = Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])
         .status()
@@ -1127,7 +1133,9 @@ fn bad_usage_exits_64() {
             "--email",
             "e",
             "--role",
-            "root",
+            // Not a role's name at all (a well-formed one may be a custom role: the API
+            // decides).
+            "Root!",
         ],
         vec!["team", "add-member", "t", "--user", "u", "--role", "boss"],
         vec!["team", "set-budget", "t"],
@@ -1228,4 +1236,78 @@ fn orgs() {
     let out = server.cli(&["org", "delete", &acme_id]);
     assert_exit(&out, 0);
     assert!(stdout(&out).contains("deleted org"), "{}", stdout(&out));
+}
+
+#[test]
+fn custom_roles() {
+    let server = Server::start();
+    let made = server.json(&[
+        "role",
+        "create",
+        "analyst",
+        "--permissions",
+        "chat,usage:read",
+    ]);
+    assert_eq!(made["name"], "analyst");
+    assert_eq!(made["permissions"], json!(["chat", "usage:read"]));
+
+    let table = server.table(&["role", "list"]);
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.contains("NAME") && header.contains("PERMISSIONS"),
+        "{table}"
+    );
+    let viewer = table.lines().find(|l| l.starts_with("viewer")).unwrap();
+    assert!(
+        viewer.contains("models:read,usage:read") && viewer.contains("built-in"),
+        "{table}"
+    );
+    let analyst = table.lines().find(|l| l.starts_with("analyst")).unwrap();
+    assert!(
+        analyst.contains("chat,usage:read") && analyst.contains("custom"),
+        "{table}"
+    );
+    let listed = server.json(&["role", "list"]);
+    assert_eq!(listed["data"].as_array().unwrap().len(), 5, "{listed}");
+    assert!(server
+        .table(&["role", "get", "analyst"])
+        .contains("usage:read"));
+
+    let changed = server.json(&["role", "update", "analyst", "--permissions", "embeddings"]);
+    assert_eq!(changed["permissions"], json!(["embeddings"]));
+
+    // A user takes the custom role by name; while they hold it, it is not deleted.
+    let ann = server.json(&[
+        "user",
+        "create",
+        "--username",
+        "ann",
+        "--email",
+        "ann@example.com",
+        "--role",
+        "analyst",
+    ]);
+    assert_eq!(ann["role"], "analyst");
+    let out = server.cli(&["role", "delete", "analyst"]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("(409 conflict)"), "{}", stderr(&out));
+    server.json(&["user", "update", &id(&ann), "--role", "user"]);
+    assert_eq!(
+        server.table(&["role", "delete", "analyst"]).trim(),
+        "deleted role analyst"
+    );
+
+    // Refusals are the API's, exit 1: a built-in role, `admin`, an unknown role.
+    for args in [
+        &["role", "update", "viewer", "--permissions", "chat"][..],
+        &["role", "create", "boss", "--permissions", "admin"],
+        &["role", "get", "analyst"],
+        &["user", "update", &id(&ann), "--role", "analyst"],
+    ] {
+        let out = server.cli(args);
+        assert_exit(&out, 1);
+    }
+    // A malformed name is bad usage before any request.
+    let out = server.cli(&["user", "update", &id(&ann), "--role", "Not A Role"]);
+    assert_exit(&out, 64);
 }

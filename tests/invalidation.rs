@@ -272,3 +272,50 @@ async fn sqlite_has_no_channel_and_invalidates_locally() {
     assert_eq!(status(&t, &key).await, 401);
     t.stop().await;
 }
+
+/// A custom role's new permissions reach the other replica's cached keys of its holders:
+/// over Postgres and over Redis, within [`BOUND`], with the keys warm on the other replica.
+#[tokio::test]
+async fn a_custom_roles_new_permissions_reach_the_other_replica() {
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    for redis in [None, Some(prefix.as_str())] {
+        let (a, b) = replicas(redis).await;
+        let role = json!({"name": "chatter", "permissions": ["chat"]});
+        admin(&a, Method::POST, "/admin/roles", Some(role)).await;
+        let user = a.create_user("cal", "chatter").await;
+        let (_, key) = a.create_key(json!({"name": "k", "user_id": user})).await;
+        let hit = "tollgate_cache_requests_total{cache=\"key\",result=\"hit\"}";
+        let warming = Instant::now();
+        loop {
+            let hits = b.metric(hit).await;
+            assert_eq!(status(&b, &key).await, 200);
+            if b.metric(hit).await > hits {
+                break;
+            }
+            assert!(
+                warming.elapsed() < GIVE_UP,
+                "b never answers from its cache"
+            );
+        }
+        let started = Instant::now();
+        let patch = json!({"permissions": ["embeddings"]});
+        admin(&a, Method::PATCH, "/admin/roles/chatter", Some(patch)).await;
+        loop {
+            let seen = status(&b, &key).await;
+            if seen != 200 {
+                assert_eq!(seen, 403, "refused as the role says");
+                break;
+            }
+            assert!(started.elapsed() < GIVE_UP, "b still admits the key");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let lag = started.elapsed();
+        println!(
+            "{}: role change seen by the other replica after {lag:?}",
+            b.app.invalidator.channel()
+        );
+        assert!(lag < BOUND, "{lag:?}");
+        a.stop().await;
+        b.stop().await;
+    }
+}

@@ -36,8 +36,11 @@ const SEED: u32 = 1;
 ///   narrow their owner");
 /// - members: the `user_id` names an existing user;
 /// - key listings: `after` and `before`, each valid alone, are not taken together;
-/// - teams and users: an `org_id` names an existing org.
-const RULES_BEYOND_THE_SCHEMA: [&str; 9] = [
+/// - teams and users: an `org_id` names an existing org;
+/// - users: a `role` that is not built in names an existing custom role;
+/// - custom roles: each permission is one a custom role can have (the LLM route permissions
+///   of the configuration's routes, `usage:read`), and a name is not a built-in role's.
+const RULES_BEYOND_THE_SCHEMA: [&str; 12] = [
     "POST /admin/keys",
     "POST /admin/keys/bulk",
     "PATCH /admin/keys/{id}",
@@ -47,6 +50,9 @@ const RULES_BEYOND_THE_SCHEMA: [&str; 9] = [
     "GET /v1/user/keys",
     "POST /admin/teams",
     "POST /admin/users",
+    "PATCH /admin/users/{id}",
+    "POST /admin/roles",
+    "PATCH /admin/roles/{name}",
 ];
 
 /// The user API, run as a logged-in person.

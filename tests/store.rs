@@ -6538,3 +6538,198 @@ async fn usage_is_charged_to_the_org_of_its_team_else_its_user(store: SharedStor
         .unwrap();
     assert_eq!(names[&(SpendKind::Org, acme.id.clone())], "Acme");
 }
+
+store_suite!(
+    custom_roles_are_created_changed_and_deleted_with_audit,
+    users_hold_custom_roles_with_their_permissions,
+);
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// Custom roles: created, listed by name, their permissions replaced, deleted; names are
+/// unique and never a built-in role's; `admin` is refused; every write is audited.
+async fn custom_roles_are_created_changed_and_deleted_with_audit(store: SharedStore) {
+    let made = store
+        .create_role(&admin(), "analyst", strings(&["usage:read", "models:read"]))
+        .await
+        .unwrap();
+    assert_eq!(made.name, "analyst");
+    assert_eq!(made.permissions, strings(&["usage:read", "models:read"]));
+    store
+        .create_role(&admin(), "chatter", strings(&["chat"]))
+        .await
+        .unwrap();
+    assert_eq!(store.get_role("analyst").await.unwrap(), Some(made.clone()));
+    assert_eq!(store.get_role("nobody").await.unwrap(), None);
+    let names: Vec<String> = store
+        .list_roles()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, strings(&["analyst", "chatter"]));
+
+    let taken = store.create_role(&admin(), "analyst", vec![]).await;
+    assert_conflict(taken.unwrap_err(), "a role named analyst already exists");
+    for reserved in ["viewer", "admin", "org_admin"] {
+        let err = store.create_role(&admin(), reserved, vec![]).await;
+        assert_invalid(err.unwrap_err(), "built-in role");
+    }
+    let err = store.create_role(&admin(), "Bad Name", vec![]).await;
+    assert_invalid(err.unwrap_err(), "is not a role name");
+    let err = store
+        .create_role(&admin(), "boss", strings(&["chat", "admin"]))
+        .await;
+    assert_invalid(err.unwrap_err(), "`admin`");
+    let err = store
+        .update_role(&admin(), "analyst", strings(&["admin"]))
+        .await;
+    assert_invalid(err.unwrap_err(), "`admin`");
+
+    let changed = store
+        .update_role(&admin(), "analyst", strings(&["chat"]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changed.permissions, strings(&["chat"]));
+    assert_eq!(changed.created_at, made.created_at);
+    assert_eq!(
+        store
+            .get_role("analyst")
+            .await
+            .unwrap()
+            .unwrap()
+            .permissions,
+        strings(&["chat"])
+    );
+    assert_eq!(
+        store.update_role(&admin(), "nobody", vec![]).await.unwrap(),
+        None
+    );
+
+    assert!(store.delete_role(&admin(), "chatter").await.unwrap());
+    assert!(!store.delete_role(&admin(), "chatter").await.unwrap());
+    assert_eq!(store.get_role("chatter").await.unwrap(), None);
+
+    let created = audit_of(&store, "role.create").await;
+    assert_eq!(created.len(), 2, "refused writes leave no audit row");
+    let analyst = created
+        .iter()
+        .find(|e| e.target.as_deref() == Some("analyst"))
+        .unwrap();
+    assert_eq!(analyst.actor, "master");
+    assert_eq!(
+        analyst.details,
+        json!({ "permissions": ["usage:read", "models:read"] })
+    );
+    let updated = audit_of(&store, "role.update").await;
+    assert_eq!(updated.len(), 1);
+    assert_eq!(
+        updated[0].details,
+        json!({ "from": ["usage:read", "models:read"], "to": ["chat"] })
+    );
+    let deleted = audit_of(&store, "role.delete").await;
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(deleted[0].target.as_deref(), Some("chatter"));
+}
+
+/// A user given a custom role is read with its permissions (by id, in listings, as a key's
+/// owner, at login); an unknown role is refused; a role is not deleted while a live user
+/// holds it.
+async fn users_hold_custom_roles_with_their_permissions(store: SharedStore) {
+    store
+        .create_role(&admin(), "analyst", strings(&["chat", "usage:read"]))
+        .await
+        .unwrap();
+    let analyst = Role::custom("analyst", &strings(&["chat", "usage:read"]));
+
+    // A name alone (as a request body has it) is resolved by the store.
+    let mut new = new_user("ada");
+    new.role = Some("analyst".parse().unwrap());
+    let ada = store.create_user(&admin(), new).await.unwrap();
+    assert_eq!(ada.role, analyst);
+    assert_eq!(
+        store.get_user(&ada.id).await.unwrap().unwrap().role,
+        analyst
+    );
+    let listed = store.list_users().await.unwrap();
+    assert_eq!(listed[0].role, analyst);
+    let login = store.find_login_user("ada").await.unwrap().unwrap();
+    assert_eq!(login.user.role, analyst);
+
+    let mut key = new_key("ada's", "sk-tg-role-secret-0001");
+    key.user_id = Some(ada.id.clone());
+    store.create_key(&admin(), key).await.unwrap();
+    let owner_role = |store: SharedStore| async move {
+        let found = store
+            .lookup_key(&hash("sk-tg-role-secret-0001"))
+            .await
+            .unwrap()
+            .unwrap();
+        found.user.unwrap().role
+    };
+    assert_eq!(owner_role(store.clone()).await, analyst);
+
+    // Unknown roles are refused, on create and on patch, and nothing is written.
+    let mut ghost = new_user("ghost");
+    ghost.role = Some("nosuchrole".parse().unwrap());
+    let err = store.create_user(&admin(), ghost).await.unwrap_err();
+    assert_invalid(err, "unknown role `nosuchrole`");
+    assert!(store.find_login_user("ghost").await.unwrap().is_none());
+    let bob = store.create_user(&admin(), new_user("bob")).await.unwrap();
+    let patch = UserPatch {
+        role: Some("nosuchrole".parse().unwrap()),
+        ..UserPatch::default()
+    };
+    let err = store
+        .update_user(&admin(), &bob.id, patch)
+        .await
+        .unwrap_err();
+    assert_invalid(err, "unknown role `nosuchrole`");
+    assert_eq!(
+        store.get_user(&bob.id).await.unwrap().unwrap().role,
+        Role::User
+    );
+
+    // The role's new permissions are what its holders are read with from then on.
+    store
+        .update_role(&admin(), "analyst", strings(&["embeddings"]))
+        .await
+        .unwrap();
+    let now = Role::custom("analyst", &strings(&["embeddings"]));
+    assert_eq!(store.get_user(&ada.id).await.unwrap().unwrap().role, now);
+    assert_eq!(owner_role(store.clone()).await, now);
+
+    // Held: not deleted. A patch gives bob the role; then neither holder lets it go until
+    // both are gone (one moved to a built-in role, one deleted).
+    let patch = UserPatch {
+        role: Some("analyst".parse().unwrap()),
+        ..UserPatch::default()
+    };
+    let bob = store
+        .update_user(&admin(), &bob.id, patch)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bob.role, now);
+    let err = store.delete_role(&admin(), "analyst").await.unwrap_err();
+    assert_conflict(
+        err,
+        "the role analyst is held by 2 user(s); give them another role first",
+    );
+    let patch = UserPatch {
+        role: Some(Role::Viewer),
+        ..UserPatch::default()
+    };
+    store.update_user(&admin(), &bob.id, patch).await.unwrap();
+    assert!(store.delete_role(&admin(), "analyst").await.is_err());
+    assert!(store.delete_user(&admin(), &ada.id).await.unwrap());
+    assert!(store.delete_role(&admin(), "analyst").await.unwrap());
+    assert_eq!(
+        audit_of(&store, "role.delete").await[0].target.as_deref(),
+        Some("analyst")
+    );
+}

@@ -2133,3 +2133,62 @@ async fn pages_at_size() {
     }
     s.stop().await;
 }
+
+/// Custom roles on the users pages: offered where an admin gives a role, shown on a user's
+/// page and in the listing, and a filter of the listing; an unknown one is refused.
+#[tokio::test]
+async fn custom_roles_are_offered_shown_and_filtered_on_the_users_pages() {
+    let s = Stack::start(Db::Sqlite, "").await;
+    s.api(
+        Method::POST,
+        "/admin/roles",
+        Some(json!({"name": "analyst", "permissions": ["usage:read"]})),
+    )
+    .await;
+    let ada = s.as_("ada").await;
+    let uma = s.id("uma");
+
+    let page = ada.get(&format!("/users/{uma}")).await;
+    assert!(
+        page.contains("<option value=\"analyst\">analyst</option>"),
+        "{}",
+        page.main()
+    );
+    let changed = ada
+        .submit(
+            &format!("/users/{uma}"),
+            &format!("/users/{uma}/role"),
+            &[("role", "analyst")],
+        )
+        .await;
+    redirected_to(&changed, &format!("/ui/users/{uma}?done=role"));
+    let user = s
+        .api(Method::GET, &format!("/admin/users/{uma}"), None)
+        .await;
+    assert_eq!(user["role"], "analyst");
+    let page = ada.get(&format!("/users/{uma}")).await;
+    assert!(
+        page.contains("<option value=\"analyst\" selected>analyst</option>"),
+        "{}",
+        page.main()
+    );
+
+    let page = ada.get("/users?role=analyst").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.contains(">uma</a>") && !page.contains(">ulf</a>"),
+        "{}",
+        page.main()
+    );
+    assert!(row_of(&page, "uma").contains("analyst"), "{}", page.main());
+    assert!(page.contains("<option value=\"analyst\" selected>analyst</option>"));
+    refused(
+        &ada.get("/users?role=nosuchrole").await,
+        StatusCode::BAD_REQUEST,
+        "unknown role `nosuchrole`",
+    );
+    // The create form offers it too.
+    let page = ada.get("/users").await;
+    assert!(page.contains("<option value=\"analyst\">analyst</option>"));
+    s.stop().await;
+}

@@ -7,7 +7,8 @@
 //! | `viewer` | read every admin route, write nothing |
 //! | `manager` | read users; create teams (becoming their owner); update and delete the teams they own |
 //! | team `owner` (any role but viewer) | manage that team's members and keys |
-//! | `user`, `manager` | manage their own keys |
+//! | `user`, `manager`, custom roles | manage their own keys |
+//! | custom role with `usage:read` | also read every usage report and budget |
 //!
 //! A virtual key without the `admin` permission is for calling models, not for this API.
 
@@ -132,7 +133,7 @@ impl Caller {
     pub fn role(&self) -> Role {
         match &self.who {
             Who::Master | Who::AdminKey => Role::Admin,
-            Who::User(user) => user.role,
+            Who::User(user) => user.role.clone(),
         }
     }
 
@@ -150,6 +151,15 @@ impl Caller {
     /// Admins and viewers read every admin route.
     pub fn reads_all(&self) -> bool {
         matches!(self.role(), Role::Admin | Role::Viewer)
+    }
+
+    /// Admins and viewers, and custom roles with `usage:read`, read the usage and budgets
+    /// of every key, user and team (docs/DESIGN.md, "Custom roles").
+    pub fn reads_usage(&self) -> bool {
+        match self.role() {
+            Role::Custom(_) => decision::role_grants(&self.role(), "usage:read"),
+            _ => self.reads_all(),
+        }
     }
 
     /// Whether the caller is this user.
@@ -281,7 +291,7 @@ impl Caller {
             Some(id) => app.store.get_user(id).await?.map(|u| u.role),
             None => None,
         };
-        match beyond_role(self.role(), &key_reach(permissions, owner_role)) {
+        match beyond_role(&self.role(), &key_reach(permissions, owner_role)) {
             None => Ok(()),
             Some(p) => Err(ApiError::Forbidden(format!(
                 "the role `{}` may not {what}: the key can do `{p}`, which that role cannot; only an admin hands out or re-enables a key beyond the caller's role (blocking or revoking it is allowed)",
@@ -298,19 +308,18 @@ fn key_reach(permissions: &[String], owner_role: Option<Role>) -> Vec<String> {
     if !permissions.is_empty() {
         return permissions.to_vec();
     }
-    let owner = match owner_role {
+    let owner = match &owner_role {
         Some(role) => decision::role_permissions(role),
-        None => LLM_PERMISSIONS,
+        None => LLM_PERMISSIONS.to_vec(),
     };
     owner.iter().map(|p| p.to_string()).collect()
 }
 
 /// The first of `reach` that `role` does not have (`admin` has everything).
-fn beyond_role(role: Role, reach: &[String]) -> Option<String> {
-    let granted = decision::role_permissions(role);
+fn beyond_role(role: &Role, reach: &[String]) -> Option<String> {
     reach
         .iter()
-        .find(|p| !decision::has_permission_str(granted, p))
+        .find(|p| !decision::role_grants(role, p))
         .cloned()
 }
 
@@ -372,9 +381,9 @@ pub async fn check_key_narrows(
         let role = owners
             .user(app, user_id)
             .await?
-            .map(|owner| owner.role)
+            .map(|owner| owner.role.clone())
             .ok_or_else(|| ApiError::BadRequest(format!("`user_id`: no user `{user_id}`")))?;
-        if let Some(p) = beyond_role(role, permissions) {
+        if let Some(p) = beyond_role(&role, permissions) {
             return Err(ApiError::BadRequest(format!(
                 "`permissions`: the key's user (role `{role}`) does not have `{p}`; a key can only narrow its owner's permissions"
             )));
@@ -443,14 +452,17 @@ mod tests {
     #[test]
     fn only_admins_hold_what_their_role_lacks() {
         let admin_key = strings(&["admin"]);
-        assert_eq!(beyond_role(Role::User, &admin_key), Some("admin".into()));
-        assert_eq!(beyond_role(Role::Manager, &admin_key), Some("admin".into()));
-        assert_eq!(beyond_role(Role::Admin, &admin_key), None);
-        let usage = strings(&["chat", "usage:read"]);
-        assert_eq!(beyond_role(Role::User, &usage), Some("usage:read".into()));
-        assert_eq!(beyond_role(Role::User, &strings(&["chat"])), None);
+        assert_eq!(beyond_role(&Role::User, &admin_key), Some("admin".into()));
         assert_eq!(
-            beyond_role(Role::Viewer, &strings(&["chat"])),
+            beyond_role(&Role::Manager, &admin_key),
+            Some("admin".into())
+        );
+        assert_eq!(beyond_role(&Role::Admin, &admin_key), None);
+        let usage = strings(&["chat", "usage:read"]);
+        assert_eq!(beyond_role(&Role::User, &usage), Some("usage:read".into()));
+        assert_eq!(beyond_role(&Role::User, &strings(&["chat"])), None);
+        assert_eq!(
+            beyond_role(&Role::Viewer, &strings(&["chat"])),
             Some("chat".into())
         );
     }

@@ -148,7 +148,7 @@ pub(crate) async fn listed(
         .collect())
 }
 
-/// Live keys: every one for admins and viewers; else the caller's own and those of the
+/// Live keys: every one for admins, viewers and custom roles with `usage:read`; else the caller's own and those of the
 /// teams they own.
 async fn keys(app: &AppState, caller: &Caller) -> Result<Vec<Budgeted>, ApiError> {
     let of = |key: ApiKey| Budgeted {
@@ -158,7 +158,7 @@ async fn keys(app: &AppState, caller: &Caller) -> Result<Vec<Budgeted>, ApiError
         limits: key.limits,
         anchor: key.created_at,
     };
-    if caller.reads_all() {
+    if caller.reads_usage() {
         let all = app.store.budgeted_keys(KeyFilter::default()).await?;
         return Ok(all.into_iter().map(of).collect());
     }
@@ -191,9 +191,9 @@ async fn keys(app: &AppState, caller: &Caller) -> Result<Vec<Budgeted>, ApiError
     Ok(found.into_iter().map(of).collect())
 }
 
-/// Live users: every one for admins and viewers; else the caller.
+/// Live users: every one for admins, viewers and custom roles with `usage:read`; else the caller.
 async fn users(app: &AppState, caller: &Caller) -> Result<Vec<Budgeted>, ApiError> {
-    let users = if caller.reads_all() {
+    let users = if caller.reads_usage() {
         app.store.list_users().await?
     } else {
         match caller.user() {
@@ -213,10 +213,10 @@ async fn users(app: &AppState, caller: &Caller) -> Result<Vec<Budgeted>, ApiErro
         .collect())
 }
 
-/// Live teams: every one for admins and viewers; else those the caller belongs to.
+/// Live teams: every one for admins, viewers and custom roles with `usage:read`; else those the caller belongs to.
 async fn teams(app: &AppState, caller: &Caller) -> Result<Vec<Budgeted>, ApiError> {
     let mut teams = app.store.list_teams().await?;
-    if !caller.reads_all() {
+    if !caller.reads_usage() {
         let mine: Vec<String> = match caller.user() {
             Some(me) => app
                 .store

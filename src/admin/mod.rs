@@ -16,6 +16,7 @@ pub(crate) mod budgets;
 pub(crate) mod keys;
 pub(crate) mod orgs;
 pub(crate) mod profile;
+pub(crate) mod roles;
 pub(crate) mod session;
 pub(crate) mod teams;
 pub(crate) mod usage;
@@ -66,6 +67,7 @@ pub fn router(app: Arc<Api>) -> Router {
         .merge(users::routes())
         .merge(teams::routes())
         .merge(orgs::routes())
+        .merge(roles::routes())
         .merge(audit::routes())
         .merge(session::routes())
         .merge(profile::routes())

@@ -40,7 +40,8 @@ fn group_by(value: Option<&str>, default: GroupBy) -> Result<GroupBy, ApiError> 
     })
 }
 
-/// Admins and viewers read every report; a team owner reads their team's (`team_id`).
+/// Admins, viewers and custom roles with `usage:read` read every report; a team owner
+/// reads their team's (`team_id`).
 async fn admin_report(
     State(app): State<AppState>,
     caller: Caller,
@@ -55,7 +56,7 @@ pub(crate) async fn report(
     caller: &Caller,
     q: AdminQuery,
 ) -> Result<UsageReport, ApiError> {
-    if !caller.reads_all() {
+    if !caller.reads_usage() {
         let owns = match &q.team_id {
             Some(team) => caller.owns_team(app, team).await?,
             None => false,

@@ -40,8 +40,8 @@ struct IssuerPolicy {
 
 impl IssuerPolicy {
     fn from_config(issuer: &OidcIssuer) -> IssuerPolicy {
-        // Config validation has checked every role name.
-        let role = |name: &str| name.parse::<Role>().unwrap_or(Role::User);
+        // Config validation has checked every role name: built-in roles only.
+        let role = |name: &str| Role::built_in(name).unwrap_or(Role::User);
         IssuerPolicy {
             auto_provision: issuer.auto_provision,
             trust_email: issuer.trust_email,
@@ -71,9 +71,9 @@ impl IssuerPolicy {
             .group_to_role
             .iter()
             .filter(|(group, _)| groups.contains(group))
-            .map(|(_, role)| *role)
-            .min_by_key(|role| privilege_rank(*role));
-        Some(mapped.unwrap_or(self.default_role))
+            .map(|(_, role)| role)
+            .min_by_key(|role| privilege_rank(role));
+        Some(mapped.unwrap_or(&self.default_role).clone())
     }
 
     /// The team names the groups map to; `None` when the issuer maps no groups to teams.
@@ -94,11 +94,11 @@ impl IssuerPolicy {
 }
 
 /// 0 is the most privileged.
-fn privilege_rank(role: Role) -> u8 {
+fn privilege_rank(role: &Role) -> u8 {
     match role {
         Role::Admin => 0,
         Role::Manager => 1,
-        Role::User => 2,
+        Role::User | Role::Custom(_) => 2,
         Role::Viewer => 3,
     }
 }
@@ -183,7 +183,7 @@ impl OidcUsers {
                     email_verified: policy.trust_email || identity.email_verified,
                     name: identity.name.clone(),
                     auto_provision: policy.auto_provision,
-                    default_role: policy.default_role,
+                    default_role: policy.default_role.clone(),
                     role_from_groups: policy.role_for(&identity.groups),
                     teams_from_groups: policy.teams_for(&identity.groups),
                     auto_create_teams: policy.auto_create_teams,
@@ -249,7 +249,7 @@ impl OidcUsers {
             Invalidation::Team(_) => self.seen.invalidate(None),
             // An org created, renamed or deleted changes what `org_claim` names.
             Invalidation::Org(_) => self.seen.invalidate(None),
-            Invalidation::Key(_) => {}
+            Invalidation::Key(_) | Invalidation::Role(_) => {}
         }
     }
 }

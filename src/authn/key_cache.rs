@@ -36,6 +36,8 @@ pub enum Invalidation {
     User(String),
     Team(String),
     Org(String),
+    /// A custom role's permissions changed: the users holding it, and their keys.
+    Role(String),
     All,
 }
 
@@ -345,6 +347,9 @@ impl KeyResolver {
             Invalidation::Org(id) => {
                 Box::new(move |_, k| k.org.as_ref().is_some_and(|o| o.id == id))
             }
+            Invalidation::Role(name) => {
+                Box::new(move |_, k| k.user.as_ref().is_some_and(|u| u.role.as_str() == name))
+            }
         };
         self.cache.invalidate(Some(stale));
     }
@@ -391,11 +396,14 @@ impl UserResolver {
     }
 
     /// Drops cached users made stale by an admin write, at once. Key and team writes do
-    /// not change a user record.
+    /// not change a user record; a custom role's permissions are part of its holders'.
     pub fn invalidate(&self, what: Invalidation) {
         match what {
             Invalidation::All => self.cache.invalidate(None),
             Invalidation::User(id) => self.cache.forget(&id),
+            Invalidation::Role(name) => self
+                .cache
+                .invalidate(Some(Box::new(move |_, u| u.role.as_str() == name))),
             Invalidation::Key(_) | Invalidation::Team(_) | Invalidation::Org(_) => {}
         }
     }
@@ -441,7 +449,10 @@ impl OrgResolver {
         match what {
             Invalidation::All => self.cache.invalidate(None),
             Invalidation::Org(id) => self.cache.forget(&id),
-            Invalidation::Key(_) | Invalidation::User(_) | Invalidation::Team(_) => {}
+            Invalidation::Key(_)
+            | Invalidation::User(_)
+            | Invalidation::Team(_)
+            | Invalidation::Role(_) => {}
         }
     }
 }

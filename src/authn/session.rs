@@ -139,7 +139,7 @@ impl SessionKeys {
             jti: uuid::Uuid::new_v4().to_string(),
             sid: sid.to_owned(),
             typ: ACCESS_TYPE.to_owned(),
-            role: user.role,
+            role: user.role.clone(),
             username: user.username.clone(),
         };
         let mut header = Header::new(Algorithm::HS256);

@@ -1,7 +1,8 @@
 //! The `tollgate` command line.
 //!
 //! `serve`, `migrate` and `config check` work on the configuration file directly; the
-//! admin commands (`key`, `user`, `team`, `org`, `audit`) are thin clients of the HTTP API
+//! admin commands (`key`, `user`, `team`, `org`, `role`, `audit`, `usage`) are thin clients of
+//! the HTTP API
 //! (see [`client`]), so they work the same against a local or a remote tollgate and never
 //! touch the database themselves.
 //!
@@ -17,6 +18,7 @@ mod lookup;
 mod migrate;
 mod org;
 mod output;
+mod role;
 mod serve;
 mod team;
 mod usage;
@@ -81,6 +83,8 @@ pub enum Command {
     Team(team::TeamCommand),
     /// Manage organizations (tenants).
     Org(org::OrgCommand),
+    /// Manage custom roles.
+    Role(role::RoleCommand),
     /// Read the audit log of admin writes.
     Audit(audit::AuditCommand),
     /// Usage reports: requests, tokens and cost.
@@ -97,6 +101,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::User(cmd) => user::run(cmd).await,
         Command::Team(cmd) => team::run(cmd).await,
         Command::Org(cmd) => org::run(cmd).await,
+        Command::Role(cmd) => role::run(cmd).await,
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Usage(cmd) => usage::run(cmd).await,
     }

@@ -42,7 +42,7 @@ pub use passkeys::{
 use crate::backend::{Backend, BackendError};
 use crate::domain::{
     rfc3339, ApiKey, AuditEvent, BudgetDuration, KeyLookup, Limits, Membership, MembershipSource,
-    Org, Role, Team, TeamRole, Timestamp, User,
+    Org, Role, RoleDef, Team, TeamRole, Timestamp, User,
 };
 use crate::secret::Secret;
 use crate::usage::UsageRecord;
@@ -869,6 +869,7 @@ pub trait Store:
     + SsoStore
     + PasskeyStore
     + UiSessionStore
+    + RoleStore
     + Send
     + Sync
     + 'static
@@ -893,6 +894,34 @@ pub trait UserStore: Send + Sync {
     ) -> StoreResult<Option<User>>;
     /// Deletes the user, their memberships and passkeys, and revokes their keys.
     async fn delete_user(&self, actor: &Actor, id: &str) -> StoreResult<bool>;
+}
+
+/// Custom roles. A user's custom role is read with the user ([`Role::Custom`] carries its
+/// permissions); creating or patching a user with a role name that is neither built in nor
+/// here is [`StoreError::Invalid`].
+#[async_trait]
+pub trait RoleStore: Send + Sync {
+    /// Every custom role, by name.
+    async fn list_roles(&self) -> StoreResult<Vec<RoleDef>>;
+    async fn get_role(&self, name: &str) -> StoreResult<Option<RoleDef>>;
+    /// [`StoreError::Conflict`] when the name is taken; [`StoreError::Invalid`] for a name
+    /// that is not a custom role's ([`Role::check_custom_name`]) or the `admin` permission.
+    async fn create_role(
+        &self,
+        actor: &Actor,
+        name: &str,
+        permissions: Vec<String>,
+    ) -> StoreResult<RoleDef>;
+    /// Replaces the role's permissions; `None` when there is no such role.
+    async fn update_role(
+        &self,
+        actor: &Actor,
+        name: &str,
+        permissions: Vec<String>,
+    ) -> StoreResult<Option<RoleDef>>;
+    /// `false` when there is no such role; [`StoreError::Conflict`] while a live user holds
+    /// it.
+    async fn delete_role(&self, actor: &Actor, name: &str) -> StoreResult<bool>;
 }
 
 /// Teams and their memberships.

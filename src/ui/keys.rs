@@ -57,7 +57,7 @@ const SECRET_COOKIE: &str = "tollgate_ui_secret";
 
 /// Which API routes a person's key actions go through.
 enum Route {
-    /// `/v1/user/keys`: the role `user`, who manages only their own keys.
+    /// `/v1/user/keys`: the role `user` and custom roles, who manage only their own keys.
     Own(SignedIn),
     /// `/admin/keys`: everyone else, each as the role table allows.
     Admin,
@@ -65,7 +65,9 @@ enum Route {
 
 fn route_of(session: &Session) -> Route {
     match &session.caller.who {
-        Who::User(user) if user.role == Role::User => Route::Own(signed_in(session, user)),
+        Who::User(user) if matches!(user.role, Role::User | Role::Custom(_)) => {
+            Route::Own(signed_in(session, user))
+        }
         _ => Route::Admin,
     }
 }

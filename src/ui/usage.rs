@@ -126,14 +126,14 @@ impl Metric {
 
 /// Who reads which report.
 enum Reader {
-    /// Admins and viewers: `GET /admin/usage`.
+    /// Admins, viewers and custom roles with `usage:read`: `GET /admin/usage`.
     All,
     /// Everyone else: their own, `GET /v1/user/usage`.
     Own(SignedIn),
 }
 
 fn reader_of(caller: &Caller) -> Result<Reader, UiError> {
-    if caller.reads_all() {
+    if caller.reads_usage() {
         return Ok(Reader::All);
     }
     match &caller.who {

@@ -10,7 +10,7 @@
 use super::form::{Confirmed, Posted, StrictQuery};
 use super::layout::{render, render_with_status, ConfirmView, Layout, PageResult};
 use super::session::Session;
-use super::show::{self, Choice, PathId};
+use super::show::{self, PathId, Pick};
 use super::web::UiError;
 use super::UiState;
 use crate::admin::users::{self as api, CreateUser, UpdateUser};
@@ -57,14 +57,28 @@ fn done_message(done: &str) -> Option<&'static str> {
     }
 }
 
-/// The role filter's choices.
-const ROLE_FILTER: [(&str, &str); 5] = [
-    ("", "Any role"),
-    ("admin", "admin"),
-    ("manager", "manager"),
-    ("user", "user"),
-    ("viewer", "viewer"),
-];
+/// The roles a user can hold, as choices: `first` (if any), the built-in roles as
+/// [`show::ROLES`] orders them, then the custom roles by name.
+fn role_picks(custom: &[String], first: Option<(&str, &str)>, selected: &str) -> Vec<Pick> {
+    let names = first
+        .into_iter()
+        .chain(show::ROLES.iter().copied())
+        .map(|(value, label)| (value.to_owned(), label.to_owned()))
+        .chain(custom.iter().map(|name| (name.clone(), name.clone())));
+    names
+        .map(|(value, label)| Pick {
+            selected: value == selected,
+            value,
+            label,
+        })
+        .collect()
+}
+
+/// The custom roles' names, by name.
+async fn custom_roles(app: &AppState) -> Result<Vec<String>, UiError> {
+    let roles = app.store.list_roles().await?;
+    Ok(roles.into_iter().map(|r| r.name).collect())
+}
 
 /// A user's standing, as the pages show it.
 fn status_of(user: &User, now: i64) -> &'static str {
@@ -120,7 +134,7 @@ struct UsersView {
     done: Option<&'static str>,
     error: Option<String>,
     q: String,
-    roles: Vec<Choice>,
+    roles: Vec<Pick>,
     rows: Vec<UserRow>,
     /// How many users match, and which of them this page shows (1-based).
     matched: usize,
@@ -130,7 +144,7 @@ struct UsersView {
     older: Option<String>,
     can_create: bool,
     form: NewUserForm,
-    new_roles: Vec<Choice>,
+    new_roles: Vec<Pick>,
 }
 
 async fn list(
@@ -154,10 +168,19 @@ async fn listing(
     // The API's refusal (a `user` may not list users) is the page's answer.
     let users = api::visible_users(app, caller).await?;
     let q = show::filter_text("q", &form.q, MAX_SEARCH_CHARS)?;
+    let custom = custom_roles(app).await?;
     let role = match form.role.trim() {
         "" => None,
         r => Some(Role::from_str(r).map_err(|e| UiError::bad_request(format!("`role`: {e}")))?),
     };
+    if let Some(Role::Custom(wanted)) = &role {
+        if !custom.iter().any(|name| **name == *wanted.name) {
+            return Err(UiError::bad_request(format!(
+                "`role`: unknown role `{}`",
+                wanted.name
+            )));
+        }
+    }
     let page = match form.page.trim() {
         "" => 1,
         p => p.parse::<usize>().ok().filter(|p| *p >= 1).ok_or_else(|| {
@@ -170,7 +193,7 @@ async fn listing(
     let needle = q.to_lowercase();
     let matching: Vec<User> = users
         .into_iter()
-        .filter(|u| role.is_none_or(|r| u.role == r))
+        .filter(|u| role.as_ref().is_none_or(|r| u.role.as_str() == r.as_str()))
         .filter(|u| {
             needle.is_empty()
                 || u.username.to_lowercase().contains(&needle)
@@ -205,7 +228,7 @@ async fn listing(
         if !q.is_empty() {
             query.append_pair("q", &q);
         }
-        if let Some(role) = role {
+        if let Some(role) = &role {
             query.append_pair("role", role.as_str());
         }
         if page > 1 {
@@ -223,7 +246,11 @@ async fn listing(
         layout: Layout::of(session, "Users", "/users"),
         done,
         error: error.map(|e| e.message),
-        roles: show::choices(&ROLE_FILTER, role.map_or("", Role::as_str)),
+        roles: role_picks(
+            &custom,
+            Some(("", "Any role")),
+            role.as_ref().map_or("", Role::as_str),
+        ),
         q,
         rows,
         matched,
@@ -232,8 +259,9 @@ async fn listing(
         newer,
         older,
         can_create: caller.is_admin(),
-        new_roles: show::choices(
-            &show::ROLES,
+        new_roles: role_picks(
+            &custom,
+            None,
             match new.role.as_str() {
                 "" => "user",
                 r => r,
@@ -307,7 +335,7 @@ struct UserView {
     keys_link: bool,
     /// Role, block, unblock, unlock, delete: admins only.
     can_change: bool,
-    roles: Vec<Choice>,
+    roles: Vec<Pick>,
     you: bool,
 }
 
@@ -361,7 +389,7 @@ async fn show(
         // `GET /admin/keys?user_id=` answers admins, viewers and the user themselves.
         keys_link: caller.reads_all() || caller.is_user(&user.id),
         can_change: caller.is_admin(),
-        roles: show::choices(&show::ROLES, user.role.as_str()),
+        roles: role_picks(&custom_roles(app).await?, None, user.role.as_str()),
         you: caller.is_user(&user.id),
         user,
     };

@@ -5,6 +5,7 @@
 use super::{
     bool_col, col, commit, db_err, map_db_err, member_from_row, require_nonempty, user_from_row,
     with_limits, write_audit, BindLimits, SqlStore, MEMBER_COLS, USER_COLS, USER_CONFLICT,
+    USER_ROLE,
 };
 use crate::authn::api_key::KeyHash;
 use crate::domain::{self, Limits, MembershipSource, TeamRole, Timestamp, User};
@@ -87,8 +88,8 @@ impl SqlStore {
             return Ok(None);
         };
 
-        if let Some(role) = login.role_from_groups {
-            if role != user.role {
+        if let Some(role) = &login.role_from_groups {
+            if *role != user.role {
                 sqlx::query("UPDATE users SET role = $2, updated_at = $3 WHERE id = $1")
                     .bind(&user.id)
                     .bind(role.as_str())
@@ -98,7 +99,7 @@ impl SqlStore {
                     .map_err(db_err)?;
                 let details = json!({ "from": user.role, "to": role, "source": "oidc" });
                 write_audit(&mut tx, actor, now, "user.role", &user.id, details).await?;
-                user.role = role;
+                user.role = role.clone();
                 user.updated_at = now;
             }
         }
@@ -130,7 +131,7 @@ impl SqlStore {
     ) -> StoreResult<Option<User>> {
         let Some(email) = email else { return Ok(None) };
         let sql = format!(
-            "SELECT {USER_COLS}, email_verified FROM users \
+            "SELECT {USER_COLS}, {USER_ROLE}, email_verified FROM users \
              WHERE email = $1 AND deleted_at IS NULL{}",
             self.backend.for_update()
         );
@@ -203,7 +204,10 @@ impl SqlStore {
             username,
             email: email.map_or_else(|| format!("{handle}@users.invalid"), str::to_string),
             full_name: login.name.clone(),
-            role: login.role_from_groups.unwrap_or(login.default_role),
+            role: login
+                .role_from_groups
+                .clone()
+                .unwrap_or_else(|| login.default_role.clone()),
             org_id: login.org_id.clone(),
             blocked: false,
             limits: Limits::default(),

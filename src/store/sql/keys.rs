@@ -2,8 +2,8 @@
 //! path's one read, which finds a key by its current or previous hash and joins its owners.
 
 use super::{
-    bool_col, col, commit, db_err, enum_col, json_col, limits_from_row, list_col, list_text,
-    map_db_err, prefixed_limits, require_key_hash, require_nonempty, with_limits, write_audit,
+    bool_col, col, commit, db_err, json_col, limits_from_row, list_col, list_text, map_db_err,
+    prefixed_limits, require_key_hash, require_nonempty, role_col, with_limits, write_audit,
     Backend, BindLimits, Changes, SqlStore,
 };
 use crate::domain::{self, ApiKey, KeyLookup, KeyOwnerOrg, KeyOwnerTeam, KeyOwnerUser, Timestamp};
@@ -564,6 +564,8 @@ impl KeyStore for SqlStore {
              k.max_parallel, k.expires_at, k.blocked, k.metadata, k.created_at, k.updated_at, k.revoked_at, \
              k.previous_expires_at, k.key_hash, \
              u.id AS owner_user_id, u.role AS owner_user_role, u.blocked AS owner_user_blocked, \
+             (SELECT r.permissions FROM roles r WHERE r.name = u.role) \
+             AS owner_user_role_permissions, \
              u.rpm AS owner_user_rpm, u.tpm AS owner_user_tpm, \
              u.max_budget AS owner_user_max_budget, \
              u.budget_duration AS owner_user_budget_duration, \
@@ -605,7 +607,7 @@ impl KeyStore for SqlStore {
         let user = match col::<Option<String>>(row, "owner_user_id")? {
             Some(id) => Some(KeyOwnerUser {
                 id,
-                role: enum_col(row, "owner_user_role")?,
+                role: role_col(row, "owner_user_role", "owner_user_role_permissions")?,
                 blocked: bool_col(row, "owner_user_blocked")?,
                 limits: prefixed_limits(row, "owner_user_")?,
             }),

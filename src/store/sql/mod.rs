@@ -33,8 +33,8 @@
 //! Each capability trait of [`crate::store`] is implemented in a submodule of its own:
 //! `users`, `teams` (with memberships), `orgs`, `keys`, `audit`, `identities` (OIDC), `sessions`
 //! (login guard and refresh tokens), `usage` (usage records and spend), `alerts`, `sso`
-//! (sign-ins with SSO in progress), `passkeys` (WebAuthn credentials and challenges) and
-//! `ui_sessions` (the web UI's browser sessions).
+//! (sign-ins with SSO in progress), `passkeys` (WebAuthn credentials and challenges),
+//! `ui_sessions` (the web UI's browser sessions) and `roles` (custom roles).
 
 mod alerts;
 mod audit;
@@ -42,6 +42,7 @@ mod identities;
 mod keys;
 mod orgs;
 mod passkeys;
+mod roles;
 mod sessions;
 mod sso;
 mod teams;
@@ -50,7 +51,7 @@ mod usage;
 mod users;
 
 use super::{Actor, LimitsPatch, Store, StoreError, StoreResult};
-use crate::domain::{BudgetDuration, Limits, Membership, Timestamp, User};
+use crate::domain::{BudgetDuration, Limits, Membership, Role, Timestamp, User};
 use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -237,7 +238,7 @@ impl SqlStore {
 
     async fn locked_user(&self, conn: &mut AnyConnection, id: &str) -> StoreResult<Option<User>> {
         let sql = format!(
-            "SELECT {USER_COLS} FROM users WHERE id = $1 AND deleted_at IS NULL{}",
+            "SELECT {USER_COLS}, {USER_ROLE} FROM users WHERE id = $1 AND deleted_at IS NULL{}",
             self.backend.for_update()
         );
         let row = sqlx::query(&sql)
@@ -368,6 +369,11 @@ fn migrate_err(err: MigrateError) -> StoreError {
 const USER_COLS: &str = "id, username, email, full_name, role, org_id, blocked, rpm, tpm, \
      max_budget, budget_duration, max_parallel, metadata, locked_until, created_at, updated_at";
 
+/// Read beside [`USER_COLS`] from `users`: the permissions of the user's custom role (NULL
+/// for a built-in role), so a user is read with what their role grants.
+const USER_ROLE: &str = "(SELECT r.permissions FROM roles r WHERE r.name = users.role) \
+     AS role_permissions";
+
 const MEMBER_COLS: &str = "team_id, user_id, role, source, created_at";
 
 fn col<'r, T>(row: &'r AnyRow, name: &str) -> StoreResult<T>
@@ -437,7 +443,7 @@ fn user_from_row(row: &AnyRow) -> StoreResult<User> {
         username: col(row, "username")?,
         email: col(row, "email")?,
         full_name: col(row, "full_name")?,
-        role: enum_col(row, "role")?,
+        role: role_col(row, "role", "role_permissions")?,
         org_id: col(row, "org_id")?,
         blocked: bool_col(row, "blocked")?,
         limits: limits_from_row(row)?,
@@ -446,6 +452,24 @@ fn user_from_row(row: &AnyRow) -> StoreResult<User> {
         created_at: col(row, "created_at")?,
         updated_at: col(row, "updated_at")?,
     })
+}
+
+/// A user's role from its name (column `name`) and, for a custom role, its permissions
+/// (column `permissions`, NULL when the name is a built-in role's).
+fn role_col(row: &AnyRow, name: &str, permissions: &str) -> StoreResult<Role> {
+    let role: String = col(row, name)?;
+    if let Some(role) = Role::built_in(&role) {
+        return Ok(role);
+    }
+    let granted = match col::<Option<String>>(row, permissions)? {
+        Some(text) => serde_json::from_str(&text).map_err(|e| {
+            StoreError::fault(format!("column {permissions} holds an invalid list: {e}"))
+        })?,
+        // The role was deleted under a user (it cannot be through the store): it grants
+        // nothing.
+        None => Vec::new(),
+    };
+    Ok(Role::custom(&role, &granted))
 }
 
 fn member_from_row(row: &AnyRow) -> StoreResult<Membership> {

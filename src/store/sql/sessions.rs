@@ -4,7 +4,7 @@
 
 use super::{
     col, commit, db_err, map_db_err, require_key_hash, require_nonempty, user_from_row,
-    write_audit, SqlStore, USER_COLS,
+    write_audit, SqlStore, USER_COLS, USER_ROLE,
 };
 use crate::domain::{self, Timestamp, User};
 use crate::store::{Actor, LoginUser, NewRefreshToken, RefreshOutcome, SessionStore, StoreResult};
@@ -17,7 +17,7 @@ impl SessionStore for SqlStore {
         // Usernames and emails are unique among live users, but one user's username may be
         // another's email; the username wins then.
         let sql = format!(
-            "SELECT {USER_COLS}, password_hash FROM users \
+            "SELECT {USER_COLS}, {USER_ROLE}, password_hash FROM users \
              WHERE (username = $1 OR email = $1) AND deleted_at IS NULL \
              ORDER BY CASE WHEN username = $1 THEN 0 ELSE 1 END LIMIT 1"
         );

@@ -100,7 +100,8 @@ impl UiSessionStore for SqlStore {
             .join(", ");
         let sql = format!(
             "SELECT s.id AS s_id, s.user_id AS s_user_id, s.master_tag AS s_master_tag, \
-             s.created_at AS s_created_at, s.expires_at AS s_expires_at, {user_cols} \
+             s.created_at AS s_created_at, s.expires_at AS s_expires_at, {user_cols}, \
+             (SELECT r.permissions FROM roles r WHERE r.name = u.role) AS role_permissions \
              FROM ui_sessions s LEFT JOIN users u ON u.id = s.user_id AND u.deleted_at IS NULL \
              WHERE s.token_hash = $1 AND s.expires_at > $2"
         );

@@ -3,7 +3,7 @@
 
 use super::{
     commit, db_err, map_db_err, require_nonempty, user_from_row, with_limits, write_audit,
-    BindLimits, Changes, SqlStore, USER_COLS, USER_CONFLICT,
+    BindLimits, Changes, SqlStore, USER_COLS, USER_CONFLICT, USER_ROLE,
 };
 use crate::domain::{self, Role, User};
 use crate::store::{Actor, NewUser, StoreResult, UserPatch, UserStore};
@@ -16,7 +16,7 @@ impl UserStore for SqlStore {
         require_nonempty("username", &new.username)?;
         require_nonempty("email", &new.email)?;
         let now = domain::now();
-        let user = User {
+        let mut user = User {
             id: domain::new_id(),
             username: new.username,
             email: new.email,
@@ -34,6 +34,7 @@ impl UserStore for SqlStore {
         if let Some(org) = &user.org_id {
             self.require_live(&mut tx, "orgs", "org", org).await?;
         }
+        user.role = self.assignable_role(&mut tx, user.role).await?;
         sqlx::query(
             "INSERT INTO users (id, username, email, full_name, role, blocked, password_hash, \
              rpm, tpm, max_budget, budget_duration, metadata, created_at, updated_at, \
@@ -74,7 +75,9 @@ impl UserStore for SqlStore {
     }
 
     async fn get_user(&self, id: &str) -> StoreResult<Option<User>> {
-        let sql = format!("SELECT {USER_COLS} FROM users WHERE id = $1 AND deleted_at IS NULL");
+        let sql = format!(
+            "SELECT {USER_COLS}, {USER_ROLE} FROM users WHERE id = $1 AND deleted_at IS NULL"
+        );
         let row = sqlx::query(&sql)
             .bind(id)
             .fetch_optional(&self.pool)
@@ -85,7 +88,7 @@ impl UserStore for SqlStore {
 
     async fn list_users(&self) -> StoreResult<Vec<User>> {
         let sql = format!(
-            "SELECT {USER_COLS} FROM users WHERE deleted_at IS NULL ORDER BY created_at, id"
+            "SELECT {USER_COLS}, {USER_ROLE} FROM users WHERE deleted_at IS NULL ORDER BY created_at, id"
         );
         let rows = sqlx::query(&sql)
             .fetch_all(&self.pool)
@@ -115,10 +118,14 @@ impl UserStore for SqlStore {
                 .await
                 .map_err(db_err)?;
         }
+        let role = match patch.role {
+            Some(role) => Some(self.assignable_role(&mut tx, role).await?),
+            None => None,
+        };
         let mut changes = Changes::default();
         changes.apply("email", &mut user.email, patch.email);
         changes.apply("full_name", &mut user.full_name, patch.full_name);
-        changes.apply("role", &mut user.role, patch.role);
+        changes.apply("role", &mut user.role, role);
         changes.apply("blocked", &mut user.blocked, patch.blocked);
         changes.apply_limits(&mut user.limits, patch.limits);
         changes.apply("metadata", &mut user.metadata, patch.metadata);
