@@ -982,6 +982,61 @@ async fn auto_create_teams_creates_the_teams_groups_name() {
     env.t.stop().await;
 }
 
+/// With `org_claim`, a team `auto_create_teams` creates belongs to the org of the token's
+/// user; a name already taken by a team of another org is neither joined nor created.
+#[tokio::test]
+async fn auto_created_teams_belong_to_the_tokens_org() {
+    let env = Env::start(&format!("{AUTO_CREATE_TEAMS}      org_claim: tenant\n")).await;
+    let t = &env.t;
+    let (_, acme) = t
+        .admin(Method::POST, "/admin/orgs", Some(json!({"name": "Acme"})))
+        .await;
+    let (_, globex) = t
+        .admin(Method::POST, "/admin/orgs", Some(json!({"name": "Globex"})))
+        .await;
+    let (status, research) = t
+        .admin(
+            Method::POST,
+            "/admin/teams",
+            Some(json!({"name": "Research", "org_id": globex["id"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{research}");
+
+    let ada = env.token(json!({"tenant": "Acme", "groups": ["engineering", "research"]}));
+    let (status, _, me) = profile(t, &ada).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    let ada_id = user_id_by_email(t, ADA).await;
+    let all = teams(t).await;
+    assert_eq!(
+        all.iter()
+            .map(|(name, _)| name.as_str())
+            .collect::<Vec<_>>(),
+        ["Engineering", "Research"]
+    );
+    let engineering = all[0].1.clone();
+    let (_, team) = t
+        .admin(Method::GET, &format!("/admin/teams/{engineering}"), None)
+        .await;
+    assert_eq!(team["org_id"], acme["id"], "{team}");
+    assert_eq!(
+        membership(t, &engineering, &ada_id).await,
+        Some(("member".to_owned(), "group".to_owned()))
+    );
+    // Globex's Research is not Ada's to join, and no second Research was made.
+    assert_eq!(all[1].1, research["id"].as_str().unwrap());
+    assert_eq!(membership(t, &all[1].1, &ada_id).await, None);
+    let created = audit(t, "team.create").await;
+    let by_oidc: Vec<_> = created
+        .iter()
+        .filter(|e| e["details"]["source"] == "oidc")
+        .collect();
+    assert_eq!(by_oidc.len(), 1, "{created:?}");
+    assert_eq!(by_oidc[0]["target"], engineering.as_str());
+    assert_eq!(by_oidc[0]["details"]["org_id"], acme["id"]);
+    env.t.stop().await;
+}
+
 /// The `tollgate` binary against `t` with `token`: (success, stdout, stderr).
 async fn cli(t: &Tollgate, token: &str, args: &[&str]) -> (bool, String, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))

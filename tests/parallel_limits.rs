@@ -261,6 +261,61 @@ async fn users_teams_and_the_gateway_share_their_slots_among_keys() {
     }
 }
 
+/// An org's `max_parallel` is shared by the keys of all its teams and users, and the
+/// usage record of one of their requests frees the org's slot.
+#[tokio::test]
+async fn an_org_s_slots_are_shared_by_its_teams_and_users() {
+    for (redis, prefix) in backends() {
+        let t = Tollgate::start_with_clock(&redis, Clock::manual(T0)).await;
+        let (status, org) = t
+            .admin(
+                Method::POST,
+                "/admin/orgs",
+                Some(json!({"name": "Acme", "max_parallel": 2})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{org}");
+        assert_eq!(org["max_parallel"], 2);
+        let org_id = org["id"].as_str().unwrap();
+        let (_, team) = t
+            .admin(
+                Method::POST,
+                "/admin/teams",
+                Some(json!({"name": "ops", "org_id": org_id})),
+            )
+            .await;
+        let (_, user) = t
+            .admin(
+                Method::POST,
+                "/admin/users",
+                Some(json!({"username": "ann", "email": "ann@example.com", "org_id": org_id})),
+            )
+            .await;
+        let (ops_id, ops) = key(&t, json!({"team_id": team["id"]})).await;
+        let (_, ann) = key(&t, json!({"user_id": user["id"]})).await;
+        let (_, outsider) = key(&t, json!({})).await;
+        assert_eq!(check(&t, &ops, "o1").await.status, 200);
+        assert_eq!(check(&t, &ann, "o2").await.status, 200);
+        assert_in_flight_refusal(&check(&t, &ann, "o3").await, "your organization", "2 of 2");
+        assert_in_flight_refusal(&check(&t, &ops, "o4").await, "your organization", "2 of 2");
+        // Outside the org nothing is held.
+        assert_eq!(check(&t, &outsider, "x1").await.status, 200);
+        if let Some(prefix) = &prefix {
+            let keys = redis_keys(prefix).await;
+            let owner = format!("{prefix}{{o:{org_id}}}:par");
+            assert!(keys.contains(&owner), "{owner} in {keys:?}");
+        }
+
+        record(&t, "o1", &ops_id).await;
+        eventually(
+            || async { check(&t, &ann, "o5").await.status == 200 },
+            "the org's slot is freed by the usage record",
+        )
+        .await;
+        t.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn a_changed_limit_applies_at_the_next_check_and_no_limit_costs_no_key() {
     for (redis, prefix) in backends() {
