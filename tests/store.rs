@@ -6078,6 +6078,32 @@ store_suite!(
     memberships_and_keys_stay_inside_one_org,
 );
 
+/// A new user `name` in `org`.
+async fn user_in(
+    store: &SharedStore,
+    name: &str,
+    org: &tollgate::domain::Org,
+) -> tollgate::domain::User {
+    let new = NewUser {
+        org_id: Some(org.id.clone()),
+        ..new_user(name)
+    };
+    store.create_user(&admin(), new).await.unwrap()
+}
+
+/// A new team `name` in `org`.
+async fn team_in(
+    store: &SharedStore,
+    name: &str,
+    org: &tollgate::domain::Org,
+) -> tollgate::domain::Team {
+    let new = NewTeam {
+        org_id: Some(org.id.clone()),
+        ..new_team(name)
+    };
+    store.create_team(&admin(), new).await.unwrap()
+}
+
 fn new_org(name: &str) -> tollgate::store::NewOrg {
     tollgate::store::NewOrg {
         name: name.to_string(),
@@ -6205,26 +6231,8 @@ async fn org_crud(store: SharedStore) {
 
 async fn org_delete_refused_while_it_has_teams_or_users(store: SharedStore) {
     let org = store.create_org(&admin(), new_org("Acme")).await.unwrap();
-    let team = store
-        .create_team(
-            &admin(),
-            NewTeam {
-                org_id: Some(org.id.clone()),
-                ..new_team("eng")
-            },
-        )
-        .await
-        .unwrap();
-    let user = store
-        .create_user(
-            &admin(),
-            NewUser {
-                org_id: Some(org.id.clone()),
-                ..new_user("ada")
-            },
-        )
-        .await
-        .unwrap();
+    let team = team_in(&store, "eng", &org).await;
+    let user = user_in(&store, "ada", &org).await;
     assert_conflict(
         store.delete_org(&admin(), &org.id).await.unwrap_err(),
         "org Acme still has 1 team(s) and 1 user(s): delete them first",
@@ -6241,28 +6249,10 @@ async fn org_delete_refused_while_it_has_teams_or_users(store: SharedStore) {
 
 async fn teams_and_users_belong_to_an_org(store: SharedStore) {
     let org = store.create_org(&admin(), new_org("Acme")).await.unwrap();
-    let team = store
-        .create_team(
-            &admin(),
-            NewTeam {
-                org_id: Some(org.id.clone()),
-                ..new_team("eng")
-            },
-        )
-        .await
-        .unwrap();
+    let team = team_in(&store, "eng", &org).await;
     assert_eq!(team.org_id.as_deref(), Some(org.id.as_str()));
     assert_eq!(store.get_team(&team.id).await.unwrap().unwrap(), team);
-    let user = store
-        .create_user(
-            &admin(),
-            NewUser {
-                org_id: Some(org.id.clone()),
-                ..new_user("ada")
-            },
-        )
-        .await
-        .unwrap();
+    let user = user_in(&store, "ada", &org).await;
     assert_eq!(user.org_id.as_deref(), Some(org.id.as_str()));
     assert_eq!(store.get_user(&user.id).await.unwrap().unwrap(), user);
     assert_eq!(
@@ -6342,26 +6332,8 @@ async fn memberships_and_keys_stay_inside_one_org(store: SharedStore) {
         .create_team(&admin(), new_team("plain"))
         .await
         .unwrap();
-    let ada = store
-        .create_user(
-            &admin(),
-            NewUser {
-                org_id: Some(acme.id.clone()),
-                ..new_user("ada")
-            },
-        )
-        .await
-        .unwrap();
-    let gus = store
-        .create_user(
-            &admin(),
-            NewUser {
-                org_id: Some(globex.id.clone()),
-                ..new_user("gus")
-            },
-        )
-        .await
-        .unwrap();
+    let ada = user_in(&store, "ada", &acme).await;
+    let gus = user_in(&store, "gus", &globex).await;
     let pat = store.create_user(&admin(), new_user("pat")).await.unwrap();
 
     let add = |team: String, user: String| {
@@ -6441,26 +6413,8 @@ async fn usage_is_charged_to_the_org_of_its_team_else_its_user(store: SharedStor
         )
         .await
         .unwrap();
-    let team = store
-        .create_team(
-            &admin(),
-            NewTeam {
-                org_id: Some(acme.id.clone()),
-                ..new_team("eng")
-            },
-        )
-        .await
-        .unwrap();
-    let ada = store
-        .create_user(
-            &admin(),
-            NewUser {
-                org_id: Some(acme.id.clone()),
-                ..new_user("ada")
-            },
-        )
-        .await
-        .unwrap();
+    let team = team_in(&store, "eng", &acme).await;
+    let ada = user_in(&store, "ada", &acme).await;
     let pat = store.create_user(&admin(), new_user("pat")).await.unwrap();
     let at = ts("2026-03-04T10:00:00Z");
     let mut records = vec![
