@@ -162,7 +162,8 @@ pub(crate) async fn update_org(
     id: &str,
     body: UpdateOrg,
 ) -> Result<Org, ApiError> {
-    if !caller.is_admin() && own_org(caller) != Some(id) {
+    // To an org admin another org does not exist.
+    if caller.org_scope().is_some_and(|org| org != id) {
         return Err(ApiError::not_found("org", id));
     }
     caller.require_admin("change orgs")?;
@@ -194,7 +195,8 @@ async fn remove(
 
 /// `DELETE /admin/orgs/{id}`: admins only; 409 while the org has live teams or users.
 pub(crate) async fn delete_org(app: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
-    if !caller.is_admin() && own_org(caller) != Some(id) {
+    // To an org admin another org does not exist.
+    if caller.org_scope().is_some_and(|org| org != id) {
         return Err(ApiError::not_found("org", id));
     }
     caller.require_admin("delete orgs")?;
