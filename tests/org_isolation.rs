@@ -926,3 +926,60 @@ async fn org_keys_through_envoy() {
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     w.t.stop().await;
 }
+
+/// The web UI as org A's admin: its pages list org A's keys, teams, users and budgets and
+/// nothing of org B; org B's key, team and user by address are 404; the key form does not
+/// find org B's user as an owner.
+#[tokio::test]
+async fn the_web_ui_shows_an_org_admin_only_its_org() {
+    use common::ui::{Browser, Db, Stack, PASSWORD};
+
+    let s = Stack::start(Db::Sqlite, "").await;
+    let a = org(&s.t, "acme").await;
+    let b = org(&s.t, "globex").await;
+    let body = json!({
+        "username": "acme-admin",
+        "email": "acme-admin@example.com",
+        "role": "org_admin",
+        "password": PASSWORD,
+        "org_id": a.id,
+    });
+    master(&s.t, Method::POST, "/admin/users", body).await;
+    let browser = Browser::new(format!("http://{}", s.t.http));
+    browser.signed_in("acme-admin", PASSWORD).await;
+    let shown = |page: &common::ui::Page, what: &str| {
+        assert_eq!(page.status, StatusCode::OK, "{what}: {}", page.body);
+        for id in b.ids() {
+            assert!(!page.body.contains(&id), "{what} shows `{id}` of org B");
+        }
+        assert!(!page.body.contains("globex"), "{what} names org B");
+    };
+    let keys = browser.get("/keys").await;
+    shown(&keys, "/keys");
+    assert!(keys.contains("acme-key"), "{}", keys.body);
+    let teams = browser.get("/teams").await;
+    shown(&teams, "/teams");
+    assert!(teams.contains("acme-team"), "{}", teams.body);
+    let users = browser.get("/users").await;
+    shown(&users, "/users");
+    assert!(users.contains("acme-dev"), "{}", users.body);
+    let budgets = browser.get("/budgets").await;
+    shown(&budgets, "/budgets");
+    assert!(budgets.contains("acme-key"), "{}", budgets.body);
+    for path in ["/usage", "/profile"] {
+        shown(&browser.get(path).await, path);
+    }
+    for path in [
+        format!("/keys/{}", b.key),
+        format!("/teams/{}", b.team),
+        format!("/users/{}", b.user),
+    ] {
+        let page = browser.get(&path).await;
+        assert_eq!(page.status, StatusCode::NOT_FOUND, "{path}: {}", page.body);
+    }
+    // Filtering the key list by org B's user does not find that user.
+    let page = browser.get("/keys?user=globex-dev").await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND, "{}", page.body);
+    assert!(!page.body.contains(&b.user), "{}", page.body);
+    s.t.stop().await;
+}
