@@ -561,6 +561,35 @@ async fn try_route(w: &World, method: &str, route: &str) {
                 )
                 .await;
             assert!(key["key"].is_string());
+            // No key whose secret could do more than an org admin: not for an `admin` of
+            // the org (which would hold `admin`), with or without permissions of its own.
+            let boss = master(
+                &w.t,
+                Method::POST,
+                "/admin/users",
+                json!({"username": "acme-boss", "email": "boss@example.com", "role": "admin", "org_id": a.id}),
+            )
+            .await;
+            for body in [
+                json!({"name": "k", "user_id": id_of(&boss)}),
+                json!({"name": "k", "user_id": id_of(&boss), "permissions": ["admin"]}),
+            ] {
+                w.expect(m(method), route, Some(body), 403).await;
+            }
+            let bulk = json!({"keys": [{"name": "k", "user_id": id_of(&boss)}]});
+            w.expect(m(method), "/admin/keys/bulk", Some(bulk), 403)
+                .await;
+            // An admin of its org it neither changes nor deletes.
+            let boss_path = format!("/admin/users/{}", id_of(&boss));
+            w.expect(
+                Method::PATCH,
+                &boss_path,
+                Some(json!({"blocked": true})),
+                403,
+            )
+            .await;
+            w.expect(Method::DELETE, &boss_path, None, 403).await;
+            w.expect(Method::GET, &boss_path, None, 200).await;
         }
         ("POST", "/admin/keys/bulk") => {
             let keys = |owner: &str| json!({"keys": [{"name": "k1", "user_id": owner}]});

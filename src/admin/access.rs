@@ -255,6 +255,28 @@ impl Caller {
         self.user().is_some_and(|u| u.id == id)
     }
 
+    /// An org admin may only create a key whose secret can do no more than its own role:
+    /// not for an `admin` of its org, nor with permissions beyond `org_admin`'s (it holds
+    /// the new secret). 403 naming what the key could do.
+    pub async fn check_org_key_reach(
+        &self,
+        app: &AppState,
+        user_id: Option<&str>,
+        permissions: &[String],
+    ) -> Result<(), ApiError> {
+        let owner_role = match user_id {
+            Some(id) => app.store.get_user(id).await?.map(|u| u.role),
+            None => None,
+        };
+        match beyond_role(&self.role(), &key_reach(permissions, owner_role)) {
+            None => Ok(()),
+            Some(p) => Err(ApiError::Forbidden(format!(
+                "the role `{}` may not create this key: it could do `{p}`, which that role cannot",
+                self.role()
+            ))),
+        }
+    }
+
     /// `Ok` when `allowed`, else 403 naming the caller's role and what was refused.
     pub fn allow(&self, allowed: bool, what: &str) -> Result<(), ApiError> {
         if allowed {

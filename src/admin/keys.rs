@@ -144,6 +144,9 @@ async fn may_create(
         if body.user_id.is_none() && body.team_id.is_none() {
             body.user_id = caller.user().map(|u| u.id.clone());
         }
+        caller
+            .check_org_key_reach(app, body.user_id.as_deref(), &body.permissions)
+            .await?;
         return Ok(body);
     }
     caller.allow(caller.role() != Role::Viewer, "create keys")?;
