@@ -1226,7 +1226,10 @@ impl Config {
                 if crate::domain::Role::built_in(role).is_none() {
                     return err(
                         key,
-                        format!("`{role}` is not a role (admin, manager, user, viewer)"),
+                        format!(
+                            "`{role}` is not a role ({})",
+                            crate::domain::Role::BUILT_IN.join(", ")
+                        ),
                     );
                 }
             }

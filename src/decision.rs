@@ -33,7 +33,7 @@ pub const VIEWER_PERMISSIONS: &[&str] = &["models:read", "usage:read"];
 pub fn role_permissions(role: &Role) -> Vec<&str> {
     match role {
         Role::Admin => vec![ADMIN_PERMISSION],
-        Role::Manager | Role::User => LLM_PERMISSIONS.to_vec(),
+        Role::Manager | Role::User | Role::OrgAdmin => LLM_PERMISSIONS.to_vec(),
         Role::Viewer => VIEWER_PERMISSIONS.to_vec(),
         Role::Custom(custom) => custom.permissions.iter().map(|p| &**p).collect(),
     }

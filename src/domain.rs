@@ -125,6 +125,9 @@ pub enum Role {
     Manager,
     User,
     Viewer,
+    /// Manages one organization (the user's `org_id`): its teams, users, keys, usage and
+    /// audit log, nothing of another org (docs/DESIGN.md, "Org admins").
+    OrgAdmin,
     /// A custom role, with the permissions the store read along with the user. Parsed from
     /// a name alone (a request body) it holds no permissions, so it grants nothing until
     /// the store resolves it.
@@ -142,10 +145,8 @@ pub struct CustomRole {
 pub const MAX_ROLE_NAME_CHARS: usize = 64;
 
 impl Role {
-    /// The built-in roles' names. They (and `org_admin`, kept for organizations) cannot
-    /// name a custom role.
-    pub const BUILT_IN: [&'static str; 4] = ["admin", "manager", "user", "viewer"];
-    const RESERVED: [&'static str; 1] = ["org_admin"];
+    /// The built-in roles' names. They cannot name a custom role.
+    pub const BUILT_IN: [&'static str; 5] = ["admin", "manager", "user", "viewer", "org_admin"];
 
     /// The built-in role of this name.
     pub fn built_in(name: &str) -> Option<Role> {
@@ -154,6 +155,7 @@ impl Role {
             "manager" => Some(Role::Manager),
             "user" => Some(Role::User),
             "viewer" => Some(Role::Viewer),
+            "org_admin" => Some(Role::OrgAdmin),
             _ => None,
         }
     }
@@ -172,6 +174,7 @@ impl Role {
             Role::Manager => "manager",
             Role::User => "user",
             Role::Viewer => "viewer",
+            Role::OrgAdmin => "org_admin",
             Role::Custom(role) => &role.name,
         }
     }
@@ -180,9 +183,9 @@ impl Role {
         matches!(self, Role::Custom(_))
     }
 
-    /// Whether `name` is reserved: a built-in role's, or one kept for a built-in role.
+    /// Whether `name` is reserved: a built-in role's.
     pub fn is_reserved(name: &str) -> bool {
-        Role::BUILT_IN.contains(&name) || Role::RESERVED.contains(&name)
+        Role::BUILT_IN.contains(&name)
     }
 
     /// Checks a custom role's name: 1 to 64 characters, a lowercase letter first, then
@@ -567,15 +570,7 @@ mod tests {
         assert_eq!(serde_json::to_value(&custom).unwrap(), "data-team_2");
         let back: Role = serde_json::from_value(serde_json::json!("data-team_2")).unwrap();
         assert_eq!(back, custom);
-        for bad in [
-            "",
-            "Data",
-            "2fast",
-            "a b",
-            "ok!",
-            &"x".repeat(65),
-            "org_admin",
-        ] {
+        for bad in ["", "Data", "2fast", "a b", "ok!", &"x".repeat(65)] {
             let e = bad.parse::<Role>().unwrap_err();
             assert!(
                 e.starts_with(&format!("unknown role `{bad}`")),
@@ -583,8 +578,10 @@ mod tests {
             );
         }
         assert!("x".repeat(64).parse::<Role>().is_ok());
-        let e = Role::check_custom_name("viewer").unwrap_err();
-        assert!(e.contains("built-in role"), "{e}");
+        for name in ["viewer", "org_admin"] {
+            let e = Role::check_custom_name(name).unwrap_err();
+            assert!(e.contains("built-in role"), "{e}");
+        }
         let e = Role::check_custom_name("Data").unwrap_err();
         assert!(e.contains("is not a role name"), "{e}");
         assert!(serde_json::from_value::<Role>(serde_json::json!("Nope")).is_err());

@@ -1311,3 +1311,36 @@ fn custom_roles() {
     let out = server.cli(&["user", "update", &id(&ann), "--role", "Not A Role"]);
     assert_exit(&out, 64);
 }
+
+#[test]
+fn org_admins_are_made_with_role_org_admin() {
+    let server = Server::start();
+    let acme = server.json(&["org", "create", "--name", "Acme"]);
+    let acme_id = id(&acme);
+    let admin = server.json(&[
+        "user",
+        "create",
+        "--username",
+        "acme-admin",
+        "--email",
+        "acme-admin@example.com",
+        "--role",
+        "org_admin",
+        "--org",
+        &acme_id,
+    ]);
+    assert_eq!(admin["role"], "org_admin");
+    assert_eq!(admin["org_id"], acme_id.as_str());
+    let dev = server.json(&[
+        "user",
+        "create",
+        "--username",
+        "acme-dev",
+        "--email",
+        "acme-dev@example.com",
+        "--org",
+        &acme_id,
+    ]);
+    let promoted = server.json(&["user", "update", &id(&dev), "--role", "org_admin"]);
+    assert_eq!(promoted["role"], "org_admin");
+}

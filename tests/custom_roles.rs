@@ -88,7 +88,15 @@ async fn admins_create_list_change_and_delete_custom_roles() {
         .collect();
     assert_eq!(
         names,
-        ["admin", "manager", "user", "viewer", "analyst", "reranker"]
+        [
+            "admin",
+            "manager",
+            "user",
+            "viewer",
+            "org_admin",
+            "analyst",
+            "reranker"
+        ]
     );
     assert_eq!(
         listed["data"][3]["permissions"],

@@ -6076,6 +6076,7 @@ store_suite!(
     org_delete_refused_while_it_has_teams_or_users,
     teams_and_users_belong_to_an_org,
     memberships_and_keys_stay_inside_one_org,
+    listings_filter_by_org,
 );
 
 /// A new user `name` in `org`.
@@ -6686,4 +6687,147 @@ async fn users_hold_custom_roles_with_their_permissions(store: SharedStore) {
         audit_of(&store, "role.delete").await[0].target.as_deref(),
         Some("analyst")
     );
+}
+
+/// `org_id` of a key listing, the audit log and alerts: the org itself, its users and
+/// teams, and their keys; nothing of another org or of none.
+async fn listings_filter_by_org(store: SharedStore) {
+    let mut orgs = Vec::new();
+    for name in ["Acme", "Globex"] {
+        let org = store.create_org(&admin(), new_org(name)).await.unwrap();
+        let team = store
+            .create_team(
+                &admin(),
+                NewTeam {
+                    org_id: Some(org.id.clone()),
+                    ..new_team(&format!("{name}-team"))
+                },
+            )
+            .await
+            .unwrap();
+        let user = store
+            .create_user(
+                &admin(),
+                NewUser {
+                    org_id: Some(org.id.clone()),
+                    ..new_user(&format!("{name}-dev"))
+                },
+            )
+            .await
+            .unwrap();
+        let by_user = store
+            .create_key(
+                &admin(),
+                NewKey {
+                    user_id: Some(user.id.clone()),
+                    ..new_key(&format!("{name}-u"), &format!("{name}-user-secret"))
+                },
+            )
+            .await
+            .unwrap();
+        let by_team = store
+            .create_key(
+                &admin(),
+                NewKey {
+                    team_id: Some(team.id.clone()),
+                    ..new_key(&format!("{name}-t"), &format!("{name}-team-secret"))
+                },
+            )
+            .await
+            .unwrap();
+        orgs.push((org.id, team.id, user.id, by_user.id, by_team.id));
+    }
+    let loner = store
+        .create_user(&admin(), new_user("loner"))
+        .await
+        .unwrap();
+    store
+        .create_key(
+            &admin(),
+            NewKey {
+                user_id: Some(loner.id.clone()),
+                ..new_key("loner", "loner-secret")
+            },
+        )
+        .await
+        .unwrap();
+    let (acme, team, user, user_key, team_key) = orgs[0].clone();
+    let of_acme = [&acme, &team, &user, &user_key, &team_key]
+        .into_iter()
+        .cloned()
+        .collect::<std::collections::BTreeSet<String>>();
+
+    let keys = store
+        .list_keys(KeyFilter {
+            org_id: Some(acme.clone()),
+            ..KeyFilter::default()
+        })
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = keys.into_iter().map(|k| k.id).collect();
+    ids.sort();
+    let mut want = vec![user_key.clone(), team_key.clone()];
+    want.sort();
+    assert_eq!(ids, want);
+    let none = store
+        .list_keys(KeyFilter {
+            org_id: Some(acme.clone()),
+            user_id: Some(orgs[1].2.clone()),
+            ..KeyFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+
+    // Events of every target of Acme's, and of Acme's key after it is revoked.
+    store.revoke_key(&admin(), &user_key).await.unwrap();
+    let events = store
+        .list_audit(AuditFilter {
+            org_id: Some(acme.clone()),
+            limit: Some(1000),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    let targets: std::collections::BTreeSet<String> =
+        events.iter().filter_map(|e| e.target.clone()).collect();
+    assert_eq!(targets, of_acme);
+    assert!(events.iter().any(|e| e.action == "key.revoke"));
+
+    let now = tollgate::domain::now();
+    let crossings: Vec<AlertCrossing> = orgs
+        .iter()
+        .flat_map(|(org, team, user, key, _)| {
+            [
+                (SpendKind::Org, org),
+                (SpendKind::Team, team),
+                (SpendKind::User, user),
+                (SpendKind::Key, key),
+            ]
+        })
+        .chain([(SpendKind::User, &loner.id)])
+        .map(|(entity_kind, id)| AlertCrossing {
+            entity_kind,
+            entity_id: id.clone(),
+            period_start: now - 60,
+            period_end: now + 3600,
+            threshold: 50,
+            spend_usd: 6.0,
+            budget_usd: 10.0,
+            created_at: now,
+        })
+        .collect();
+    store.raise_alerts(&crossings).await.unwrap();
+    let alerts = store
+        .list_alerts(AlertFilter {
+            org_id: Some(acme.clone()),
+            ..AlertFilter::default()
+        })
+        .await
+        .unwrap();
+    let entities: std::collections::BTreeSet<String> =
+        alerts.into_iter().map(|a| a.entity_id).collect();
+    let mut want = of_acme.clone();
+    want.remove(&team_key);
+    assert_eq!(entities, want);
 }

@@ -9,6 +9,11 @@
 //! | team `owner` (any role but viewer) | manage that team's members and keys |
 //! | `user`, `manager`, custom roles | manage their own keys |
 //! | custom role with `usage:read` | also read every usage report and budget |
+//! | `org_admin` with an `org_id` | what the routes scoped through [`Caller::org_scope`] grant, for that org only |
+//!
+//! An org admin's generic checks (`is_admin`, `reads_all`, ...) are all false: a route
+//! grants it something only through [`Caller::org_scope`] and [`Caller::in_org`], so a
+//! route not scoped yet refuses it (fail closed), and another org's thing is 404.
 //!
 //! A virtual key without the `admin` permission is for calling models, not for this API.
 
@@ -30,6 +35,17 @@ pub enum Who {
     AdminKey,
     /// A person with a login token (session or OIDC).
     User(Arc<User>),
+}
+
+/// Something an org admin may manage when it belongs to its org ([`Caller::in_org`]).
+#[derive(Clone, Copy)]
+pub enum OrgThing<'a> {
+    Org(&'a str),
+    User(&'a User),
+    UserId(&'a str),
+    Team(&'a Team),
+    TeamId(&'a str),
+    Key(&'a ApiKey),
 }
 
 /// An authenticated caller: who, and how they appear in the audit log.
@@ -144,6 +160,78 @@ impl Caller {
         }
     }
 
+    /// The org an org admin manages: its `org_id`. `None` for every other caller, and for an
+    /// org admin without an org (who then manages nothing).
+    pub fn org_scope(&self) -> Option<&str> {
+        match &self.who {
+            Who::User(user) if user.role == Role::OrgAdmin => user.org_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Whether the caller is an org admin and `thing` belongs to its org. A key belongs to
+    /// its user's org, else its team's (a key cannot mix orgs); a key with neither, and
+    /// everything without an `org_id`, belongs to no org.
+    pub async fn in_org(&self, app: &AppState, thing: OrgThing<'_>) -> Result<bool, ApiError> {
+        let Some(org) = self.org_scope() else {
+            return Ok(false);
+        };
+        let of = match thing {
+            OrgThing::Org(id) => Some(id.to_owned()),
+            OrgThing::User(user) => user.org_id.clone(),
+            OrgThing::Team(team) => team.org_id.clone(),
+            OrgThing::UserId(id) => app.store.get_user(id).await?.and_then(|u| u.org_id),
+            OrgThing::TeamId(id) => app.store.get_team(id).await?.and_then(|t| t.org_id),
+            OrgThing::Key(key) => {
+                let by_user = match &key.user_id {
+                    Some(id) => app.store.get_user(id).await?.and_then(|u| u.org_id),
+                    None => None,
+                };
+                match (by_user, &key.team_id) {
+                    (Some(org), _) => Some(org),
+                    (None, Some(team)) => app.store.get_team(team).await?.and_then(|t| t.org_id),
+                    (None, None) => None,
+                }
+            }
+        };
+        Ok(of.as_deref() == Some(org))
+    }
+
+    /// An org admin's gate on a route that names one thing: `Ok(true)` when the thing is in
+    /// its org, **404** (`kind` `id` not found) when it is not, so that another org's things
+    /// are not revealed; `Ok(false)` for every other caller, whose own checks follow.
+    pub async fn org_gate(
+        &self,
+        app: &AppState,
+        thing: OrgThing<'_>,
+        kind: &str,
+        id: &str,
+    ) -> Result<bool, ApiError> {
+        if self.org_scope().is_none() {
+            return Ok(false);
+        }
+        if self.in_org(app, thing).await? {
+            Ok(true)
+        } else {
+            Err(ApiError::not_found(kind, id))
+        }
+    }
+
+    /// The `org_id` a new team or user of an org admin gets: its own org when none is named,
+    /// 403 for another one. `None` for other callers (the body's `org_id` stands).
+    pub fn org_for_new(&self, named: Option<&str>, what: &str) -> Result<Option<String>, ApiError> {
+        let Some(org) = self.org_scope() else {
+            return Ok(named.map(str::to_owned));
+        };
+        match named {
+            None => Ok(Some(org.to_owned())),
+            Some(id) if id == org => Ok(Some(org.to_owned())),
+            Some(_) => Err(ApiError::Forbidden(format!(
+                "the role `org_admin` may only {what} in its own org"
+            ))),
+        }
+    }
+
     pub fn is_admin(&self) -> bool {
         self.role() == Role::Admin
     }
@@ -165,6 +253,28 @@ impl Caller {
     /// Whether the caller is this user.
     pub fn is_user(&self, id: &str) -> bool {
         self.user().is_some_and(|u| u.id == id)
+    }
+
+    /// An org admin may only create a key whose secret can do no more than its own role:
+    /// not for an `admin` of its org, nor with permissions beyond `org_admin`'s (it holds
+    /// the new secret). 403 naming what the key could do.
+    pub async fn check_org_key_reach(
+        &self,
+        app: &AppState,
+        user_id: Option<&str>,
+        permissions: &[String],
+    ) -> Result<(), ApiError> {
+        let owner_role = match user_id {
+            Some(id) => app.store.get_user(id).await?.map(|u| u.role),
+            None => None,
+        };
+        match beyond_role(&self.role(), &key_reach(permissions, owner_role)) {
+            None => Ok(()),
+            Some(p) => Err(ApiError::Forbidden(format!(
+                "the role `{}` may not create this key: it could do `{p}`, which that role cannot",
+                self.role()
+            ))),
+        }
     }
 
     /// `Ok` when `allowed`, else 403 naming the caller's role and what was refused.

@@ -30,13 +30,18 @@ async fn list_alerts(
     Ok(list(listed(&app, &caller, q).await?))
 }
 
-/// `GET /admin/alerts`: the alerts the query asks for; admins and viewers.
+/// `GET /admin/alerts`: the alerts the query asks for; admins and viewers, and org admins
+/// those of their org.
 pub(crate) async fn listed(
     app: &AppState,
     caller: &Caller,
     q: AlertsQuery,
 ) -> Result<Vec<Alert>, ApiError> {
-    caller.require_reader("read budget alerts")?;
+    // Org admins read the alerts of their org and of its users, teams and keys.
+    let org_id = caller.org_scope().map(str::to_owned);
+    if org_id.is_none() {
+        caller.require_reader("read budget alerts")?;
+    }
     if let Some(limit) = q.limit {
         if !(1..=1000).contains(&limit) {
             return Err(ApiError::BadRequest(format!(
@@ -58,6 +63,7 @@ pub(crate) async fn listed(
         state,
         entity_kind,
         entity_id: q.entity_id,
+        org_id,
         limit: q.limit,
     };
     Ok(app.store.list_alerts(filter).await?)

@@ -40,13 +40,17 @@ async fn list_audit(
     Ok(list(listed(&app, &caller, q).await?))
 }
 
-/// `GET /admin/audit`: the events the query asks for, newest first; admins and viewers.
+/// `GET /admin/audit`: the events the query asks for, newest first; admins and viewers,
+/// and org admins the events whose target is their org or one of its users, teams or keys.
 pub(crate) async fn listed(
     app: &AppState,
     caller: &Caller,
     q: AuditQuery,
 ) -> Result<Vec<AuditEvent>, ApiError> {
-    caller.require_reader("read the audit log")?;
+    let org_id = caller.org_scope().map(str::to_owned);
+    if org_id.is_none() {
+        caller.require_reader("read the audit log")?;
+    }
     if let Some(limit) = q.limit {
         if !(1..=1000).contains(&limit) {
             return Err(ApiError::BadRequest(format!(
@@ -58,6 +62,7 @@ pub(crate) async fn listed(
         actor: q.actor,
         action: q.action,
         target: q.target,
+        org_id,
         since: time("since", q.since)?,
         until: time("until", q.until)?,
         limit: q.limit,

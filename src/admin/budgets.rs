@@ -162,6 +162,14 @@ async fn keys(app: &AppState, caller: &Caller) -> Result<Vec<Budgeted>, ApiError
         let all = app.store.budgeted_keys(KeyFilter::default()).await?;
         return Ok(all.into_iter().map(of).collect());
     }
+    if let Some(org) = caller.org_scope() {
+        let filter = KeyFilter {
+            org_id: Some(org.to_owned()),
+            ..KeyFilter::default()
+        };
+        let all = app.store.budgeted_keys(filter).await?;
+        return Ok(all.into_iter().map(of).collect());
+    }
     let Some(user) = caller.user() else {
         return Ok(Vec::new());
     };
@@ -195,6 +203,10 @@ async fn keys(app: &AppState, caller: &Caller) -> Result<Vec<Budgeted>, ApiError
 async fn users(app: &AppState, caller: &Caller) -> Result<Vec<Budgeted>, ApiError> {
     let users = if caller.reads_usage() {
         app.store.list_users().await?
+    } else if let Some(org) = caller.org_scope() {
+        let mut users = app.store.list_users().await?;
+        users.retain(|u| u.org_id.as_deref() == Some(org));
+        users
     } else {
         match caller.user() {
             Some(me) => vec![me.clone()],
@@ -216,7 +228,9 @@ async fn users(app: &AppState, caller: &Caller) -> Result<Vec<Budgeted>, ApiErro
 /// Live teams: every one for admins, viewers and custom roles with `usage:read`; else those the caller belongs to.
 async fn teams(app: &AppState, caller: &Caller) -> Result<Vec<Budgeted>, ApiError> {
     let mut teams = app.store.list_teams().await?;
-    if !caller.reads_usage() {
+    if let Some(org) = caller.org_scope() {
+        teams.retain(|t| t.org_id.as_deref() == Some(org));
+    } else if !caller.reads_usage() {
         let mine: Vec<String> = match caller.user() {
             Some(me) => app
                 .store

@@ -9,7 +9,7 @@
 use super::access::{check_key_narrows, Owners};
 use super::{
     all_with_spend, limits_of, limits_patch_of, list, nullable, validate, whole, with_spend,
-    ApiError, AppState, Caller, JsonBody, QueryParams, WithSpend,
+    ApiError, AppState, Caller, JsonBody, OrgThing, QueryParams, WithSpend,
 };
 use crate::authn::api_key::{self, PlainKey};
 use crate::authn::key_cache::Invalidation;
@@ -127,6 +127,26 @@ async fn may_create(
     mut body: CreateKey,
 ) -> Result<CreateKey, ApiError> {
     if caller.is_admin() {
+        return Ok(body);
+    }
+    if caller.org_scope().is_some() {
+        // An org admin creates keys for its org's users and teams (its own without either).
+        if let Some(user) = &body.user_id {
+            caller
+                .org_gate(app, OrgThing::UserId(user), "user", user)
+                .await?;
+        }
+        if let Some(team) = &body.team_id {
+            caller
+                .org_gate(app, OrgThing::TeamId(team), "team", team)
+                .await?;
+        }
+        if body.user_id.is_none() && body.team_id.is_none() {
+            body.user_id = caller.user().map(|u| u.id.clone());
+        }
+        caller
+            .check_org_key_reach(app, body.user_id.as_deref(), &body.permissions)
+            .await?;
         return Ok(body);
     }
     caller.allow(caller.role() != Role::Viewer, "create keys")?;
@@ -347,6 +367,7 @@ impl KeySearch {
         Ok(KeyFilter {
             user_id,
             team_id,
+            org_id: None,
             include_revoked,
             search: search.map(str::to_owned),
             status: self.status,
@@ -446,6 +467,23 @@ pub(crate) async fn listed(
     caller: &Caller,
     mut q: ListQuery,
 ) -> Result<KeyList, ApiError> {
+    if let Some(org) = caller.org_scope() {
+        // An org admin lists its org's keys, narrowed to one of its users or teams.
+        if let Some(team) = &q.team_id {
+            caller
+                .org_gate(app, OrgThing::TeamId(team), "team", team)
+                .await?;
+        }
+        if let Some(user) = &q.user_id {
+            caller
+                .org_gate(app, OrgThing::UserId(user), "user", user)
+                .await?;
+        }
+        let search = q.search();
+        let mut filter = search.filter(q.user_id, q.team_id, q.include_revoked)?;
+        filter.org_id = Some(org.to_owned());
+        return fetch_keys(app, filter, search.page()?).await;
+    }
     if !caller.reads_all() {
         // Others list their own keys, or the keys of a team they own.
         match (&q.team_id, &q.user_id) {
@@ -479,7 +517,8 @@ pub(crate) async fn read_key(
     id: &str,
 ) -> Result<WithSpend<ApiKey>, ApiError> {
     let key = existing_key(app, id).await?;
-    let sees = caller.sees_key(app, &key).await?;
+    let sees = caller.org_gate(app, OrgThing::Key(&key), "key", id).await?
+        || caller.sees_key(app, &key).await?;
     caller.allow(sees, "read this key")?;
     with_spend(app, SpendKind::Key, id, key).await
 }
@@ -506,7 +545,8 @@ pub(super) async fn managed_key(
     id: &str,
 ) -> Result<ApiKey, ApiError> {
     let key = existing_key(app, id).await?;
-    let manages = caller.manages_key(app, &key).await?;
+    let manages = caller.org_gate(app, OrgThing::Key(&key), "key", id).await?
+        || caller.manages_key(app, &key).await?;
     caller.allow(manages, "change this key")?;
     Ok(key)
 }

@@ -23,7 +23,7 @@ pub(crate) mod usage;
 pub(crate) mod user_keys;
 pub(crate) mod users;
 
-pub use access::{Caller, SignedIn, Who};
+pub use access::{Caller, OrgThing, SignedIn, Who};
 pub use error::ApiError;
 pub use session::SessionUser;
 

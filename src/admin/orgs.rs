@@ -162,6 +162,10 @@ pub(crate) async fn update_org(
     id: &str,
     body: UpdateOrg,
 ) -> Result<Org, ApiError> {
+    // To an org admin another org does not exist.
+    if caller.org_scope().is_some_and(|org| org != id) {
+        return Err(ApiError::not_found("org", id));
+    }
     caller.require_admin("change orgs")?;
     if let Some(name) = &body.name {
         validate::name("name", name)?;
@@ -191,6 +195,10 @@ async fn remove(
 
 /// `DELETE /admin/orgs/{id}`: admins only; 409 while the org has live teams or users.
 pub(crate) async fn delete_org(app: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
+    // To an org admin another org does not exist.
+    if caller.org_scope().is_some_and(|org| org != id) {
+        return Err(ApiError::not_found("org", id));
+    }
     caller.require_admin("delete orgs")?;
     if app.store.delete_org(&caller.actor, id).await? {
         app.invalidator.send(Invalidation::Org(id.to_owned())).await;

@@ -2,7 +2,7 @@
 
 use super::{
     all_with_spend, limits_of, limits_patch_of, list, nullable, validate, whole, ApiError,
-    AppState, Caller, JsonBody, WithSpend,
+    AppState, Caller, JsonBody, OrgThing, WithSpend,
 };
 use crate::authn::key_cache::Invalidation;
 use crate::domain::{BudgetDuration, Membership, MembershipSource, Role, Team, TeamRole};
@@ -58,16 +58,18 @@ pub(crate) async fn create_team(
     caller: &Caller,
     body: CreateTeam,
 ) -> Result<Team, ApiError> {
+    let in_org = caller.org_scope().is_some();
     caller.allow(
-        caller.is_admin() || caller.role() == Role::Manager,
+        caller.is_admin() || caller.role() == Role::Manager || in_org,
         "create teams",
     )?;
+    let org_id = caller.org_for_new(body.org_id.as_deref(), "create teams")?;
     validate::name("name", &body.name)?;
     validate::tokens("models", &body.models)?;
     let limits = limits_of!(body);
     validate::limits(&limits)?;
     validate::metadata(&body.metadata)?;
-    if body.org_id.is_some() {
+    if body.org_id.is_some() && !in_org {
         caller.require_admin("create a team in an org")?;
     }
     let team = app
@@ -79,7 +81,7 @@ pub(crate) async fn create_team(
                 models: body.models,
                 limits,
                 metadata: body.metadata,
-                org_id: body.org_id,
+                org_id,
             },
         )
         .await?;
@@ -117,7 +119,10 @@ pub(crate) async fn listed(
     caller: &Caller,
 ) -> Result<Vec<WithSpend<Team>>, ApiError> {
     let mut teams = app.store.list_teams().await?;
-    if let (false, Some(user)) = (caller.reads_all(), caller.user()) {
+    if let Some(org) = caller.org_scope() {
+        // An org admin sees its org's teams.
+        teams.retain(|t| t.org_id.as_deref() == Some(org));
+    } else if let (false, Some(user)) = (caller.reads_all(), caller.user()) {
         // Others see the teams they belong to.
         let mine: Vec<String> = app
             .store
@@ -154,13 +159,17 @@ pub(crate) async fn read_team(
     caller: &Caller,
     id: &str,
 ) -> Result<TeamWithMembers, ApiError> {
-    let sees = caller.sees_team(app, id).await?;
+    let team = org_team(app, caller, id).await?;
+    let sees = caller.org_scope().is_some() || caller.sees_team(app, id).await?;
     caller.allow(sees, "read a team they do not belong to")?;
-    let team = app
-        .store
-        .get_team(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("team", id))?;
+    let team = match team {
+        Some(team) => team,
+        None => app
+            .store
+            .get_team(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("team", id))?,
+    };
     let members = app.store.list_members(id).await?;
     let spend = app
         .store
@@ -211,7 +220,8 @@ pub(crate) async fn update_team(
     id: &str,
     body: UpdateTeam,
 ) -> Result<Team, ApiError> {
-    let manages = caller.manages_team(app, id).await?;
+    let manages =
+        org_team(app, caller, id).await?.is_some() || caller.manages_team(app, id).await?;
     caller.allow(manages, "change a team they do not own")?;
     if body.org_id.is_some() {
         return Err(ApiError::BadRequest(
@@ -250,7 +260,8 @@ async fn remove(
 
 /// `DELETE /admin/teams/{id}`: admins, and managers who own the team.
 pub(crate) async fn delete_team(app: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
-    let manages = caller.manages_team(app, id).await?;
+    let manages =
+        org_team(app, caller, id).await?.is_some() || caller.manages_team(app, id).await?;
     caller.allow(manages, "delete a team they do not own")?;
     let deleted = app.store.delete_team(&caller.actor, id).await?;
     app.invalidator
@@ -293,8 +304,14 @@ pub(crate) async fn add_member_as(
     id: &str,
     body: AddMember,
 ) -> Result<Membership, ApiError> {
-    let owns = caller.owns_team(app, id).await?;
+    let owns = org_team(app, caller, id).await?.is_some() || caller.owns_team(app, id).await?;
     caller.allow(owns, "manage the members of a team they do not own")?;
+    // An org admin adds its org's users only; another org's are not revealed.
+    if caller.org_scope().is_some() {
+        caller
+            .org_gate(app, OrgThing::UserId(&body.user_id), "user", &body.user_id)
+            .await?;
+    }
     if app.store.get_team(id).await?.is_none() {
         return Err(ApiError::not_found("team", id));
     }
@@ -333,7 +350,7 @@ pub(crate) async fn remove_member_as(
     id: &str,
     user_id: &str,
 ) -> Result<(), ApiError> {
-    let owns = caller.owns_team(app, id).await?;
+    let owns = org_team(app, caller, id).await?.is_some() || caller.owns_team(app, id).await?;
     caller.allow(owns, "manage the members of a team they do not own")?;
     if app.store.remove_member(&caller.actor, id, user_id).await? {
         app.invalidator
@@ -348,4 +365,21 @@ pub(crate) async fn remove_member_as(
             "user `{user_id}` is not a member of team `{id}`"
         )))
     }
+}
+
+/// For an org admin, the team `id` of its org (404 when it is not, or does not exist);
+/// `None` for other callers, whose own checks follow.
+async fn org_team(app: &AppState, caller: &Caller, id: &str) -> Result<Option<Team>, ApiError> {
+    if caller.org_scope().is_none() {
+        return Ok(None);
+    }
+    let team = app
+        .store
+        .get_team(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("team", id))?;
+    caller
+        .org_gate(app, OrgThing::Team(&team), "team", id)
+        .await?;
+    Ok(Some(team))
 }

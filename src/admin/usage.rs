@@ -54,9 +54,16 @@ async fn admin_report(
 pub(crate) async fn report(
     app: &AppState,
     caller: &Caller,
-    q: AdminQuery,
+    mut q: AdminQuery,
 ) -> Result<UsageReport, ApiError> {
-    if !caller.reads_usage() {
+    if let Some(org) = caller.org_scope() {
+        // An org admin reads its org's usage only: the filter is forced to it, and another
+        // org named is 404.
+        match q.org_id.as_deref() {
+            Some(id) if id != org => return Err(ApiError::not_found("org", id)),
+            _ => q.org_id = Some(org.to_owned()),
+        }
+    } else if !caller.reads_usage() {
         let owns = match &q.team_id {
             Some(team) => caller.owns_team(app, team).await?,
             None => false,

@@ -2,7 +2,7 @@
 
 use super::{
     all_with_spend, limits_of, limits_patch_of, list, nullable, validate, whole, with_spend,
-    ApiError, AppState, Caller, JsonBody, WithSpend,
+    ApiError, AppState, Caller, JsonBody, OrgThing, WithSpend,
 };
 use crate::authn::key_cache::Invalidation;
 use crate::authn::login;
@@ -94,13 +94,19 @@ async fn create(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
-/// `POST /admin/users`: admins only.
+/// `POST /admin/users`: admins; an org admin in its own org (the `org_id` defaults to it),
+/// with any role but `admin`.
 pub(crate) async fn create_user(
     app: &AppState,
     caller: &Caller,
-    body: CreateUser,
+    mut body: CreateUser,
 ) -> Result<User, ApiError> {
-    caller.require_admin("create users")?;
+    if caller.org_scope().is_some() {
+        body.org_id = caller.org_for_new(body.org_id.as_deref(), "create users")?;
+        check_org_admin_gives(caller, body.role.as_ref())?;
+    } else {
+        caller.require_admin("create users")?;
+    }
     check_username(&body.username)?;
     check_email(&body.email)?;
     if let Some(name) = &body.full_name {
@@ -147,11 +153,40 @@ async fn list_users(
 /// The users of `GET /admin/users` (admins, viewers and managers), without their spend:
 /// the web UI reads the spend of the users one page shows, not of every user.
 pub(crate) async fn visible_users(app: &AppState, caller: &Caller) -> Result<Vec<User>, ApiError> {
+    if let Some(org) = caller.org_scope() {
+        let mut users = app.store.list_users().await?;
+        users.retain(|u| u.org_id.as_deref() == Some(org));
+        return Ok(users);
+    }
     caller.allow(
         caller.reads_all() || caller.role() == Role::Manager,
         "list users",
     )?;
     Ok(app.store.list_users().await?)
+}
+
+/// The user `id` when it is in the org admin's org (404 otherwise, so that another org's
+/// users are not revealed) and not a global admin (403: an org admin never changes one).
+async fn org_user(app: &AppState, caller: &Caller, id: &str, what: &str) -> Result<User, ApiError> {
+    let user = app
+        .store
+        .get_user(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user", id))?;
+    caller
+        .org_gate(app, OrgThing::User(&user), "user", id)
+        .await?;
+    if user.role == Role::Admin {
+        return Err(ApiError::Forbidden(format!(
+            "the role `org_admin` may not {what} an `admin`"
+        )));
+    }
+    Ok(user)
+}
+
+/// An org admin gives any role but `admin`: global admins are made by admins only.
+fn check_org_admin_gives(caller: &Caller, role: Option<&Role>) -> Result<(), ApiError> {
+    caller.allow(role != Some(&Role::Admin), "give the role `admin`")
 }
 
 async fn get_user(
@@ -168,15 +203,23 @@ pub(crate) async fn read_user(
     caller: &Caller,
     id: &str,
 ) -> Result<WithSpend<User>, ApiError> {
-    caller.allow(
-        caller.reads_all() || caller.role() == Role::Manager || caller.is_user(id),
-        "read other users",
-    )?;
+    let scoped = caller.org_scope().is_some() && !caller.is_user(id);
+    if !scoped {
+        caller.allow(
+            caller.reads_all() || caller.role() == Role::Manager || caller.is_user(id),
+            "read other users",
+        )?;
+    }
     let user = app
         .store
         .get_user(id)
         .await?
         .ok_or_else(|| ApiError::not_found("user", id))?;
+    if scoped {
+        caller
+            .org_gate(app, OrgThing::User(&user), "user", id)
+            .await?;
+    }
     with_spend(app, SpendKind::User, id, user).await
 }
 
@@ -213,14 +256,20 @@ async fn update(
     update_user(&app, &caller, &id, body).await.map(Json)
 }
 
-/// `PATCH /admin/users/{id}`: admins only.
+/// `PATCH /admin/users/{id}`: admins; an org admin for its org's users (not admins, and
+/// never making one).
 pub(crate) async fn update_user(
     app: &AppState,
     caller: &Caller,
     id: &str,
     body: UpdateUser,
 ) -> Result<User, ApiError> {
-    caller.require_admin("change users")?;
+    if caller.org_scope().is_some() {
+        org_user(app, caller, id, "change").await?;
+        check_org_admin_gives(caller, body.role.as_ref())?;
+    } else {
+        caller.require_admin("change users")?;
+    }
     if body.org_id.is_some() {
         return Err(ApiError::BadRequest(
             "`org_id` cannot be changed: a user stays in the org they were created in".into(),
@@ -261,9 +310,13 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `DELETE /admin/users/{id}`: admins only.
+/// `DELETE /admin/users/{id}`: admins; an org admin for its org's users (not admins).
 pub(crate) async fn delete_user(app: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
-    caller.require_admin("delete users")?;
+    if caller.org_scope().is_some() {
+        org_user(app, caller, id, "delete").await?;
+    } else {
+        caller.require_admin("delete users")?;
+    }
     let deleted = app.store.delete_user(&caller.actor, id).await?;
     app.invalidator
         .send(Invalidation::User(id.to_owned()))
@@ -284,13 +337,17 @@ async fn unlock(
 }
 
 /// `POST /admin/users/{id}/unlock`: lifts a login lockout (and resets the failure count);
-/// admins only.
+/// admins; an org admin for its org's users.
 pub(crate) async fn unlock_user(
     app: &AppState,
     caller: &Caller,
     id: &str,
 ) -> Result<User, ApiError> {
-    caller.require_admin("unlock users")?;
+    if caller.org_scope().is_some() {
+        org_user(app, caller, id, "unlock").await?;
+    } else {
+        caller.require_admin("unlock users")?;
+    }
     app.store
         .unlock_user(&caller.actor, id)
         .await?

@@ -97,9 +97,10 @@ impl IssuerPolicy {
 fn privilege_rank(role: &Role) -> u8 {
     match role {
         Role::Admin => 0,
-        Role::Manager => 1,
-        Role::User | Role::Custom(_) => 2,
-        Role::Viewer => 3,
+        Role::OrgAdmin => 1,
+        Role::Manager => 2,
+        Role::User | Role::Custom(_) => 3,
+        Role::Viewer => 4,
     }
 }
 

@@ -26,7 +26,7 @@ enum UserAction {
         username: String,
         #[arg(long)]
         email: String,
-        /// admin, manager, user, viewer, or a custom role's name (`tollgate role list`)
+        /// admin, manager, user, viewer, org_admin, or a custom role's name (`tollgate role list`)
         #[arg(long, default_value = "user")]
         role: Role,
         /// Full name
@@ -64,7 +64,7 @@ enum UserAction {
         /// Full name (`none` clears it)
         #[arg(long)]
         full_name: Option<Clearable<String>>,
-        /// admin, manager, user, viewer, or a custom role's name (`tollgate role list`)
+        /// admin, manager, user, viewer, org_admin, or a custom role's name (`tollgate role list`)
         #[arg(long)]
         role: Option<Role>,
         /// true blocks the user and all their keys; false unblocks

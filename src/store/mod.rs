@@ -221,6 +221,8 @@ pub struct KeyPatch {
 pub struct KeyFilter {
     pub user_id: Option<String>,
     pub team_id: Option<String>,
+    /// Keys of this org: of its users, or of its teams.
+    pub org_id: Option<String>,
     /// Revoked keys too (ignored when `status` is given: the status decides).
     pub include_revoked: bool,
     /// Keys whose name contains it (case-insensitively, ASCII letters only on SQLite), whose
@@ -335,6 +337,8 @@ pub struct AuditFilter {
     pub actor: Option<String>,
     pub action: Option<String>,
     pub target: Option<String>,
+    /// Only events whose target is this org, or one of its users, teams or keys.
+    pub org_id: Option<String>,
     pub since: Option<Timestamp>,
     pub until: Option<Timestamp>,
     /// At most this many events, newest first (the store caps it at 1000).
@@ -804,6 +808,8 @@ pub struct AlertFilter {
     pub state: Option<AlertState>,
     pub entity_kind: Option<SpendKind>,
     pub entity_id: Option<String>,
+    /// Only alerts of this org, or of one of its users, teams or keys.
+    pub org_id: Option<String>,
     /// At most this many (default 100; the store caps it at 1000).
     pub limit: Option<i64>,
 }

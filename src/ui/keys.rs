@@ -22,7 +22,7 @@ use super::web::{Site, UiError};
 use super::UiState;
 use crate::admin::keys::{self as api, CreateKey, KeySearch, ListQuery, WithSecret};
 use crate::admin::user_keys::{self, CreateOwnKey};
-use crate::admin::{ApiError, AppState, Caller, SignedIn, Who, WithSpend};
+use crate::admin::{ApiError, AppState, Caller, OrgThing, SignedIn, Who, WithSpend};
 use crate::authn::api_key::{self, KeyHash};
 use crate::domain::{self, rfc3339, ApiKey, BudgetDuration, Role, Timestamp};
 use crate::store::{KeyStatus, SpendKind};
@@ -240,7 +240,7 @@ async fn list(
         Route::Admin => {
             let user_id = match form.user.trim() {
                 "" => None,
-                name => match find_user(app, name).await? {
+                name => match find_user(app, &session.caller, name).await? {
                     Some(user) => Some(user.id),
                     None => {
                         view.error = Some(format!(
@@ -388,12 +388,24 @@ async fn owner_of(names: &mut Names, app: &AppState, key: &ApiKey) -> Result<Str
     })
 }
 
-/// The live user a name, an email or an id names.
-async fn find_user(app: &AppState, name: &str) -> Result<Option<domain::User>, UiError> {
-    if let Some(found) = app.store.find_login_user(name).await? {
-        return Ok(Some(found.user));
+/// The live user a name, an email or an id names; for an org admin, only one of its org
+/// (another org's users are not revealed).
+async fn find_user(
+    app: &AppState,
+    caller: &Caller,
+    name: &str,
+) -> Result<Option<domain::User>, UiError> {
+    let found = match app.store.find_login_user(name).await? {
+        Some(found) => Some(found.user),
+        None => app.store.get_user(name).await?,
+    };
+    match found {
+        Some(user) if caller.org_scope().is_some() => {
+            let ours = caller.in_org(app, OrgThing::User(&user)).await?;
+            Ok(ours.then_some(user))
+        }
+        found => Ok(found),
     }
-    Ok(app.store.get_user(name).await?)
 }
 
 /// The teams the caller sees (as `GET /admin/teams` answers them), for a select.
@@ -404,6 +416,10 @@ async fn team_options(
 ) -> Result<Vec<TeamOption>, UiError> {
     let teams = if caller.reads_all() {
         app.store.list_teams().await?
+    } else if let Some(org) = caller.org_scope() {
+        let mut teams = app.store.list_teams().await?;
+        teams.retain(|t| t.org_id.as_deref() == Some(org));
+        teams
     } else {
         let mut teams = Vec::new();
         if let Some(user) = caller.user() {
@@ -632,7 +648,7 @@ async fn create_from(
         Route::Admin => {
             let (user_id, team_id) = match form.owner.as_str() {
                 "me" => (session.caller.user().map(|u| u.id.clone()), None),
-                "user" => match find_user(app, form.owner_user.trim()).await? {
+                "user" => match find_user(app, &session.caller, form.owner_user.trim()).await? {
                     Some(user) => (Some(user.id), None),
                     None => {
                         return Err(UiError::bad_request(format!(

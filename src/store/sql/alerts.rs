@@ -295,6 +295,10 @@ impl AlertStore for SqlStore {
         if let Some(id) = filter.entity_id {
             add("entity_id =", id);
         }
+        if let Some(org) = filter.org_id {
+            params.push(org);
+            conditions.push(super::of_org("entity_id", &format!("${}", params.len())));
+        }
         let limit = filter
             .limit
             .unwrap_or(ALERTS_DEFAULT_LIMIT)

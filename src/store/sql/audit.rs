@@ -54,6 +54,10 @@ impl AuditStore for SqlStore {
         if let Some(until) = filter.until {
             add("at <=", Param::Int(until));
         }
+        if let Some(org) = filter.org_id {
+            params.push(Param::Text(org));
+            conditions.push(super::of_org("target", &format!("${}", params.len())));
+        }
         if let Some(before) = filter.before {
             // After the cursor's event in `ORDER BY at DESC, id DESC`; its `at` is read
             // here, so the cursor is the id alone.

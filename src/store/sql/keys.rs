@@ -69,6 +69,13 @@ impl Listing {
         if let Some(team_id) = filter.team_id {
             listing.condition("team_id = ", Param::Text(team_id));
         }
+        if let Some(org_id) = filter.org_id {
+            let org = listing.param(Param::Text(org_id));
+            listing.conditions.push(format!(
+                "(user_id IN (SELECT id FROM users WHERE org_id = {org}) \
+                 OR team_id IN (SELECT id FROM teams WHERE org_id = {org}))"
+            ));
+        }
         if let Some(search) = filter.search.filter(|s| !s.is_empty()) {
             // `$n` names the same value each time it appears. Ids are lower case; names
             // and hints are matched whatever their case.

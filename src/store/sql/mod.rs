@@ -624,6 +624,19 @@ impl Store for SqlStore {
     }
 }
 
+/// `{column} IN (…)`: the ids of org `{org}` (a placeholder such as `$3`) and of its
+/// users, teams and their keys, for the listings an org admin reads (audit log, alerts).
+pub(super) fn of_org(column: &str, org: &str) -> String {
+    format!(
+        "({column} = {org} \
+         OR {column} IN (SELECT id FROM users WHERE org_id = {org}) \
+         OR {column} IN (SELECT id FROM teams WHERE org_id = {org}) \
+         OR {column} IN (SELECT id FROM api_keys WHERE \
+             user_id IN (SELECT id FROM users WHERE org_id = {org}) \
+             OR team_id IN (SELECT id FROM teams WHERE org_id = {org})))"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
