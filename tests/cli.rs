@@ -1267,8 +1267,9 @@ fn custom_roles() {
         analyst.contains("chat,usage:read") && analyst.contains("custom"),
         "{table}"
     );
+    // The five built-in roles (admin, org_admin, manager, user, viewer) and analyst.
     let listed = server.json(&["role", "list"]);
-    assert_eq!(listed["data"].as_array().unwrap().len(), 5, "{listed}");
+    assert_eq!(listed["data"].as_array().unwrap().len(), 6, "{listed}");
     assert!(server
         .table(&["role", "get", "analyst"])
         .contains("usage:read"));
