@@ -1012,3 +1012,65 @@ async fn the_web_ui_shows_an_org_admin_only_its_org() {
     assert!(!page.body.contains(&b.user), "{}", page.body);
     s.t.stop().await;
 }
+
+/// A viewer, a manager or a custom role with `usage:read` in an org does not read across
+/// the installation (that would show other orgs); outside every org they still do.
+#[tokio::test]
+async fn readers_in_an_org_do_not_read_other_orgs() {
+    let w = World::new("").await;
+    master(
+        &w.t,
+        Method::POST,
+        "/admin/roles",
+        json!({"name": "analyst", "permissions": ["chat", "usage:read"]}),
+    )
+    .await;
+    let global = [
+        "/admin/users",
+        "/admin/usage",
+        "/admin/budgets",
+        "/admin/audit",
+    ];
+    for (name, role) in [("vee", "viewer"), ("mae", "manager"), ("ana", "analyst")] {
+        let (_, token) = person(&w.t, name, role, &w.a.id).await;
+        for path in global {
+            let (status, answer) = w.t.call(Method::GET, path, Some(&token), None).await;
+            // Budgets answer a person their own (their org's); the rest is refused.
+            if path != "/admin/budgets" {
+                assert_eq!(status, StatusCode::FORBIDDEN, "{role} {path}: {answer}");
+            }
+            for id in w.b.ids() {
+                assert!(!answer.to_string().contains(&id), "{role} {path}: {answer}");
+            }
+        }
+        let path = format!("/admin/users/{}", w.b.user);
+        let (status, answer) = w.t.call(Method::GET, &path, Some(&token), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{role} {path}: {answer}");
+    }
+    // The same viewer outside every org reads everything, as before orgs.
+    let body = json!({
+        "username": "vic",
+        "email": "vic@example.com",
+        "role": "viewer",
+        "password": PASSWORD,
+    });
+    master(&w.t, Method::POST, "/admin/users", body).await;
+    let (_, tokens) =
+        w.t.call(
+            Method::POST,
+            "/v1/login",
+            None,
+            Some(json!({"username": "vic", "password": PASSWORD})),
+        )
+        .await;
+    let token = tokens["access_token"].as_str().unwrap();
+    for path in global {
+        let (status, answer) = w.t.call(Method::GET, path, Some(token), None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {answer}");
+    }
+    let (_, users) =
+        w.t.call(Method::GET, "/admin/users", Some(token), None)
+            .await;
+    assert!(users.to_string().contains(&w.b.user), "{users}");
+    w.t.stop().await;
+}

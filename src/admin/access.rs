@@ -236,18 +236,38 @@ impl Caller {
         self.role() == Role::Admin
     }
 
-    /// Admins and viewers read every admin route.
-    pub fn reads_all(&self) -> bool {
-        matches!(self.role(), Role::Admin | Role::Viewer)
+    /// A person of an org whose role is not `admin`. Such a caller never gets the reads
+    /// across the whole installation that a viewer, manager or custom role with
+    /// `usage:read` has outside every org: they would show other orgs (docs/DESIGN.md,
+    /// "Org admins"). Only `org_admin` reads inside its org.
+    pub fn in_an_org(&self) -> bool {
+        self.user()
+            .is_some_and(|u| u.org_id.is_some() && u.role != Role::Admin)
     }
 
-    /// Admins and viewers, and custom roles with `usage:read`, read the usage and budgets
-    /// of every key, user and team (docs/DESIGN.md, "Custom roles").
+    /// Admins, and viewers outside every org, read every admin route.
+    pub fn reads_all(&self) -> bool {
+        match self.role() {
+            Role::Admin => true,
+            Role::Viewer => !self.in_an_org(),
+            _ => false,
+        }
+    }
+
+    /// Admins and viewers, and custom roles with `usage:read`, outside every org, read the
+    /// usage and budgets of every key, user and team (docs/DESIGN.md, "Custom roles").
     pub fn reads_usage(&self) -> bool {
         match self.role() {
-            Role::Custom(_) => decision::role_grants(&self.role(), "usage:read"),
+            Role::Custom(_) => {
+                decision::role_grants(&self.role(), "usage:read") && !self.in_an_org()
+            }
             _ => self.reads_all(),
         }
+    }
+
+    /// Admins, viewers and managers outside every org read other users.
+    pub fn reads_users(&self) -> bool {
+        self.reads_all() || (self.role() == Role::Manager && !self.in_an_org())
     }
 
     /// Whether the caller is this user.

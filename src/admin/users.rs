@@ -158,10 +158,7 @@ pub(crate) async fn visible_users(app: &AppState, caller: &Caller) -> Result<Vec
         users.retain(|u| u.org_id.as_deref() == Some(org));
         return Ok(users);
     }
-    caller.allow(
-        caller.reads_all() || caller.role() == Role::Manager,
-        "list users",
-    )?;
+    caller.allow(caller.reads_users(), "list users")?;
     Ok(app.store.list_users().await?)
 }
 
@@ -206,7 +203,7 @@ pub(crate) async fn read_user(
     let scoped = caller.org_scope().is_some() && !caller.is_user(id);
     if !scoped {
         caller.allow(
-            caller.reads_all() || caller.role() == Role::Manager || caller.is_user(id),
+            caller.reads_users() || caller.is_user(id),
             "read other users",
         )?;
     }

@@ -6,7 +6,6 @@ use super::assets;
 use super::session::Session;
 use super::web::{Site, UiError};
 use crate::admin::Caller;
-use crate::domain::Role;
 use askama::Template;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -36,7 +35,7 @@ pub const NAV: &[Nav] = &[
         path: "/users",
         label: "Users",
         // `GET /admin/users`: admins, viewers and managers.
-        shown: |caller| caller.reads_all() || caller.role() == Role::Manager,
+        shown: |caller| caller.reads_users(),
     },
     Nav {
         path: "/usage",

@@ -40,11 +40,6 @@ pub fn routes() -> Router<UiState> {
         .route("/ui/teams/{id}/members/remove", post(remove_member))
 }
 
-/// Whether the caller may read other users through the API (`GET /admin/users/{id}`).
-fn reads_users(caller: &Caller) -> bool {
-    caller.reads_all() || caller.role() == Role::Manager
-}
-
 /// Whether the API lets the caller create teams (the form is offered only then).
 fn creates_teams(caller: &Caller) -> bool {
     caller.is_admin() || caller.role() == Role::Manager
@@ -317,7 +312,7 @@ async fn team_page(app: &AppState, session: &Session, id: &str, page: Page) -> P
     let caller = &session.caller;
     let found = api::read_team(app, caller, id).await?;
     let team = found.team;
-    let names_users = reads_users(caller);
+    let names_users = caller.reads_users();
     let mut names = Names::default();
     if names_users {
         let wanted: Vec<(SpendKind, &str)> = found
@@ -503,7 +498,7 @@ async fn member_id(app: &AppState, caller: &Caller, typed: &str) -> Result<Strin
     if typed.is_empty() {
         return Err(UiError::bad_request("Name the user to add."));
     }
-    if !reads_users(caller) {
+    if !caller.reads_users() {
         return Ok(typed.to_owned());
     }
     if let Some(found) = app.store.find_login_user(typed).await? {
