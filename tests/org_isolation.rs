@@ -63,8 +63,8 @@ async fn master(t: &Tollgate, method: Method, path: &str, body: Value) -> Value 
     answer
 }
 
-/// A user with a password, logged in: (id, access token).
-async fn person(t: &Tollgate, username: &str, role: &str, org: &str) -> (String, String) {
+/// A user with a password (in `org`, or in none), logged in: (id, access token).
+async fn person(t: &Tollgate, username: &str, role: &str, org: Option<&str>) -> (String, String) {
     let body = json!({
         "username": username,
         "email": format!("{username}@example.com"),
@@ -188,7 +188,7 @@ impl World {
         let t = Tollgate::start(&format!("{}{yaml}", config())).await;
         let a = org(&t, "acme").await;
         let b = org(&t, "globex").await;
-        let admin_a = person(&t, "acme-admin", "org_admin", &a.id).await;
+        let admin_a = person(&t, "acme-admin", "org_admin", Some(&a.id)).await;
         World { t, a, b, admin_a }
     }
 
@@ -844,22 +844,8 @@ async fn an_org_admin_reaches_nothing_of_another_org_on_postgres() {
 #[tokio::test]
 async fn the_role_without_an_org_and_plain_users_get_nothing_of_an_org() {
     let w = World::new("").await;
-    let body = json!({
-        "username": "orphan",
-        "email": "orphan@example.com",
-        "role": "org_admin",
-        "password": PASSWORD,
-    });
-    master(&w.t, Method::POST, "/admin/users", body).await;
-    let (_, tokens) =
-        w.t.call(
-            Method::POST,
-            "/v1/login",
-            None,
-            Some(json!({"username": "orphan", "password": PASSWORD})),
-        )
-        .await;
-    let token = tokens["access_token"].as_str().unwrap();
+    let (_, token) = person(&w.t, "orphan", "org_admin", None).await;
+    let token = token.as_str();
     for path in ["/admin/users", "/admin/audit", "/admin/alerts"] {
         let (status, answer) = w.t.call(Method::GET, path, Some(token), None).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {answer}");
@@ -1032,7 +1018,7 @@ async fn readers_in_an_org_do_not_read_other_orgs() {
         "/admin/audit",
     ];
     for (name, role) in [("vee", "viewer"), ("mae", "manager"), ("ana", "analyst")] {
-        let (_, token) = person(&w.t, name, role, &w.a.id).await;
+        let (_, token) = person(&w.t, name, role, Some(&w.a.id)).await;
         for path in global {
             let (status, answer) = w.t.call(Method::GET, path, Some(&token), None).await;
             // Budgets answer a person their own (their org's); the rest is refused.
@@ -1048,22 +1034,8 @@ async fn readers_in_an_org_do_not_read_other_orgs() {
         assert_eq!(status, StatusCode::FORBIDDEN, "{role} {path}: {answer}");
     }
     // The same viewer outside every org reads everything, as before orgs.
-    let body = json!({
-        "username": "vic",
-        "email": "vic@example.com",
-        "role": "viewer",
-        "password": PASSWORD,
-    });
-    master(&w.t, Method::POST, "/admin/users", body).await;
-    let (_, tokens) =
-        w.t.call(
-            Method::POST,
-            "/v1/login",
-            None,
-            Some(json!({"username": "vic", "password": PASSWORD})),
-        )
-        .await;
-    let token = tokens["access_token"].as_str().unwrap();
+    let (_, token) = person(&w.t, "vic", "viewer", None).await;
+    let token = token.as_str();
     for path in global {
         let (status, answer) = w.t.call(Method::GET, path, Some(token), None).await;
         assert_eq!(status, StatusCode::OK, "{path}: {answer}");
